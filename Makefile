@@ -1,0 +1,54 @@
+# TitanovaX: `make demo` and `make test` each set themselves up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+# the stamp changes whenever the pins or the project metadata change
+STAMP := $(VENV)/.setup-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: setup demo test test-fast lint typecheck bench lock clean-state help
+
+help:
+	@echo "make demo   - set up, then run the whole path end to end and print a summary"
+	@echo "make test   - set up, then run the test suite (unit, integration, dags, e2e)"
+	@echo "make lint / typecheck / bench / lock"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@# torch first, the CPU wheel (an unpinned torch would pull a multi-GB CUDA build)
+	@$(VENV)/bin/uv pip install -q --python $(PY) --find-links /opt/wheels torch==2.13.0
+	@$(VENV)/bin/uv pip install -q --python $(PY) --find-links /opt/wheels --index-strategy unsafe-best-match -r requirements.txt
+	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@rm -f $(VENV)/.setup-* && touch $@
+	@echo "setup done: $(VENV)"
+
+demo: setup
+	$(VENV)/bin/tx demo
+
+test: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "unit"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+typecheck: setup
+	$(VENV)/bin/mypy engine infra training serving feature_repo/pipeline
+
+bench: setup
+	$(VENV)/bin/python bench/online_read.py
+
+lock:
+	uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --find-links /opt/wheels --index-strategy unsafe-best-match --no-header -o requirements.txt
+
+clean-state:
+	rm -rf .tx

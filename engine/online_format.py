@@ -1,0 +1,138 @@
+"""Feast's Redis online-store format, read without importing feast.
+
+Layout (Feast ``RedisOnlineStore``, entity key serialisation v3):
+
+- key: ``serialize_entity_key(EntityKey)`` + project name, where the entity key is
+  ``<u32 n keys>`` then per key ``<u32 type=STRING><u32 len><utf8 name>``, then per value
+  ``<u32 type><u32 len><bytes>`` (little-endian);
+- hash fields: 4 bytes, the little-endian unsigned murmur3-32 of ``"<view>:<feature>"``;
+  values: a serialised ``feast.types.Value`` protobuf;
+- ``_ts:<view>``: a serialised ``google.protobuf.Timestamp`` of the row's event time.
+
+Only the protobuf wire types those messages use are decoded here; a test checks these
+functions against the Feast SDK on the same Redis keys.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import mmh3
+
+_STRING, _INT64 = 2, 4
+_U32 = struct.Struct("<I")
+_F64 = struct.Struct("<d")
+_F32 = struct.Struct("<f")
+
+
+def entity_key(join_key: str, value: str | int, project: str) -> bytes:
+    """Redis key of one single-join-key entity row (string or int64 value)."""
+    k = join_key.encode()
+    if isinstance(value, str):
+        v, vtype = value.encode(), _STRING
+    else:
+        v, vtype = struct.pack("<q", value), _INT64
+    return b"".join(
+        [_U32.pack(1), _U32.pack(_STRING), _U32.pack(len(k)), k, _U32.pack(vtype), _U32.pack(len(v)), v, project.encode()]
+    )
+
+
+def field_hash(feature_view: str, feature: str) -> bytes:
+    return _U32.pack(mmh3.hash(f"{feature_view}:{feature}", signed=False))
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, i
+        shift += 7
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _packed(payload: bytes, kind: str) -> list[float] | list[int]:
+    if kind == "d":
+        return list(struct.unpack(f"<{len(payload) // 8}d", payload))
+    if kind == "f":
+        return list(struct.unpack(f"<{len(payload) // 4}f", payload))
+    out, i = [], 0
+    while i < len(payload):
+        v, i = _varint(payload, i)
+        out.append(_signed64(v))
+    return out
+
+
+# Value field number → how to read it
+_SCALARS = {3: "i32", 4: "i64", 5: "d", 6: "f", 7: "bool", 8: "i64", 2: "str", 1: "bytes"}
+_LISTS = {13: "i", 14: "i", 15: "d", 16: "f", 18: "i"}
+
+
+def decode_value(buf: bytes) -> object:
+    """Decode a serialised ``feast.types.Value``; an empty message (unset) → ``None``."""
+    if not buf:
+        return None
+    key, i = _varint(buf, 0)
+    field, wire = key >> 3, key & 7
+    if wire == 1 and field == 5:
+        return _F64.unpack_from(buf, i)[0]
+    if wire == 5 and field == 6:
+        return _F32.unpack_from(buf, i)[0]
+    if wire == 0:
+        v, _ = _varint(buf, i)
+        if field == 7:
+            return bool(v)
+        if field == 3:
+            v &= 0xFFFFFFFF
+            return v - (1 << 32) if v >= 1 << 31 else v
+        return _signed64(v)
+    if wire == 2:
+        n, i = _varint(buf, i)
+        payload = buf[i : i + n]
+        if field == 2:
+            return payload.decode()
+        if field == 1:
+            return payload
+        if field in _LISTS:
+            # a XxxList message: field 1, packed (wire 2) or repeated
+            out: list[float] | list[int] = []
+            j = 0
+            while j < len(payload):
+                k2, j = _varint(payload, j)
+                w2 = k2 & 7
+                if w2 == 2:
+                    m, j = _varint(payload, j)
+                    out += _packed(payload[j : j + m], _LISTS[field])  # type: ignore[operator]
+                    j += m
+                elif w2 == 1:
+                    out.append(_F64.unpack_from(payload, j)[0])  # type: ignore[arg-type]
+                    j += 8
+                elif w2 == 5:
+                    out.append(_F32.unpack_from(payload, j)[0])  # type: ignore[arg-type]
+                    j += 4
+                else:
+                    v, j = _varint(payload, j)
+                    out.append(_signed64(v))  # type: ignore[arg-type]
+            return out
+        if field == 19:
+            return None
+    raise ValueError(f"unsupported feast Value field {field} (wire type {wire})")
+
+
+def decode_timestamp(buf: bytes) -> float:
+    """Decode a serialised ``google.protobuf.Timestamp`` → epoch seconds (float)."""
+    seconds = nanos = 0
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        v, i = _varint(buf, i)
+        if key >> 3 == 1:
+            seconds = _signed64(v)
+        elif key >> 3 == 2:
+            nanos = v
+    return seconds + nanos / 1e9

@@ -1,0 +1,133 @@
+"""Ingest: pull one data interval of bars through the MT5 gateway into the staging area.
+
+MT5 bar ``time`` is the open time in broker server time; the lake stores UTC. A run for the
+data interval [start, end) takes the bars whose UTC open time lies in it, leaves out the bar
+that is still forming on the terminal, and overwrites the interval's staging partitions, so
+running it twice gives the same bytes. Validation then moves each partition to the lake or to
+quarantine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from engine.mt5 import TIMEFRAMES, Terminal, TerminalError, timeframe_seconds
+from feature_repo.pipeline import lake
+from infra.settings import PlatformSettings, utc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    symbol: str
+    timeframe: str
+    start: str
+    end: str
+    rows: int
+    partitions: list[str] = field(default_factory=list)
+    forming_bar_excluded: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def open_platform_terminal(settings: PlatformSettings, clock: Callable[[], int] | None = None) -> Terminal:
+    """The terminal the platform ingests from: simulated (synthetic market or MT5 exports)
+    by default, or the native / bridge terminal when ``TX_MT5_MODE`` says so."""
+    from engine.mt5.gateway import open_terminal
+
+    if settings.mt5_mode == "sim":
+        from engine.mt5.sim import ExportFeed, SyntheticFeed
+
+        feed: object
+        if settings.mt5_exports:
+            feed = ExportFeed(settings.mt5_exports, server_utc_offset_hours=settings.broker_utc_offset_hours)
+        else:
+            # the synthetic market runs on: by default the terminal stands at the wall clock
+            if clock is None:
+                import time
+
+                clock = lambda: int(time.time())  # noqa: E731
+            feed = SyntheticFeed(
+                seed=settings.synthetic_seed,
+                symbols=settings.symbols,
+                server_utc_offset_hours=settings.broker_utc_offset_hours,
+            )
+        return open_terminal(
+            "sim", sim_feed=feed, clock=clock, server_utc_offset_hours=settings.broker_utc_offset_hours
+        )
+    return open_terminal(settings.mt5_mode, server_utc_offset_hours=settings.broker_utc_offset_hours)
+
+
+def rates_to_frame(rates: np.ndarray, symbol: str, timeframe: str, utc_offset_hours: int) -> pd.DataFrame:
+    """MT5 rates (server time) → lake rows (UTC open and close time, raw server time kept)."""
+    off = utc_offset_hours * 3600
+    step = timeframe_seconds(timeframe)
+    server = rates["time"].astype("int64")
+    t = pd.to_datetime(server - off, unit="s", utc=True).astype("datetime64[ns, UTC]")
+    return pd.DataFrame(
+        {
+            "time": t,
+            "close_time": t + pd.Timedelta(seconds=step),
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "open": rates["open"].astype("float64"),
+            "high": rates["high"].astype("float64"),
+            "low": rates["low"].astype("float64"),
+            "close": rates["close"].astype("float64"),
+            "tick_volume": rates["tick_volume"].astype("int64"),
+            "spread": rates["spread"].astype("int32"),
+            "real_volume": rates["real_volume"].astype("int64"),
+            "server_time": server,
+        }
+    )
+
+
+def ingest(
+    settings: PlatformSettings,
+    symbol: str,
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    terminal: Terminal | None = None,
+) -> IngestResult:
+    """Stage the bars of [start, end) (UTC open times) for ``symbol``/``timeframe``."""
+    start, end = utc(start), utc(end)
+    if end <= start:
+        raise ValueError(f"empty interval: start={start} end={end}")
+    term = terminal or open_platform_terminal(settings)
+    tf = TIMEFRAMES[timeframe]
+    off = settings.broker_utc_offset_hours * 3600
+    rates = term.copy_rates_range(symbol, tf, int(start.timestamp()) + off, int(end.timestamp()) + off - 1)
+    if rates is None:
+        raise TerminalError("copy_rates_range", term.last_error())
+    forming = term.copy_rates_from_pos(symbol, tf, 0, 1)
+    excluded = False
+    if len(rates) and forming is not None and len(forming) and rates["time"][-1] == forming["time"][0]:
+        rates = rates[:-1]  # still forming: its close is not known yet
+        excluded = True
+    df = rates_to_frame(rates, symbol, timeframe, settings.broker_utc_offset_hours)
+    df = df[(df["time"] >= start) & (df["time"] < end)].sort_values("time")
+
+    result = IngestResult(symbol, timeframe, start.isoformat(), end.isoformat(), len(df), forming_bar_excluded=excluded)
+    days = df["time"].dt.date
+    for day in lake.days_in(start, end):
+        part = df[days == day]
+        stale = lake.partition_dir(settings.staging_dir, symbol, timeframe, day)
+        if part.empty:
+            if stale.exists():
+                import shutil
+
+                shutil.rmtree(stale)
+            continue
+        path = lake.write_partition(settings.staging_dir, part, symbol, timeframe, day)
+        result.partitions.append(str(path))
+    log.info("ingested %d %s %s bars for [%s, %s) into %d partitions", len(df), symbol, timeframe, start, end, len(result.partitions))
+    return result

@@ -1,0 +1,125 @@
+"""The bar lake: partitioned parquet, ``<root>/symbol=S/timeframe=TF/date=YYYY-MM-DD/bars.parquet``.
+
+Bars are stored in UTC. ``time`` is the bar's open time, ``close_time`` its close; ``server_time``
+keeps the raw MT5 value (open time, broker server time, epoch seconds) for audit. Writes are
+atomic and overwrite: a partition is replaced whole, so re-running an interval leaves the same
+bytes and no duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+BAR_COLUMNS = [
+    "time",
+    "close_time",
+    "symbol",
+    "timeframe",
+    "open",
+    "high",
+    "low",
+    "close",
+    "tick_volume",
+    "spread",
+    "real_volume",
+    "server_time",
+]
+
+BAR_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("ns", tz="UTC")),
+        ("close_time", pa.timestamp("ns", tz="UTC")),
+        ("symbol", pa.string()),
+        ("timeframe", pa.string()),
+        ("open", pa.float64()),
+        ("high", pa.float64()),
+        ("low", pa.float64()),
+        ("close", pa.float64()),
+        ("tick_volume", pa.int64()),
+        ("spread", pa.int32()),
+        ("real_volume", pa.int64()),
+        ("server_time", pa.int64()),
+    ]
+)
+
+
+def partition_dir(root: Path, symbol: str, timeframe: str, day: date) -> Path:
+    return root / f"symbol={symbol}" / f"timeframe={timeframe}" / f"date={day.isoformat()}"
+
+
+def days_in(start: datetime, end: datetime) -> Iterator[date]:
+    """UTC days that bars with open time in [start, end) can fall on."""
+    d = start.astimezone(UTC).date()
+    last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
+    while d <= last:
+        yield d
+        d += timedelta(days=1)
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
+    """Write ``df`` to ``path`` through a temp file and rename: readers never see half a file.
+
+    The output is deterministic for equal input (no write timestamps in the metadata)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata(None)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_partition(root: Path, bars: pd.DataFrame, symbol: str, timeframe: str, day: date) -> Path:
+    """Replace one day's partition with ``bars`` (already UTC, sorted, that day only)."""
+    part = partition_dir(root, symbol, timeframe, day)
+    path = part / "bars.parquet"
+    write_parquet_atomic(bars[BAR_COLUMNS].reset_index(drop=True), path, BAR_SCHEMA)
+    return path
+
+
+def read_partition(root: Path, symbol: str, timeframe: str, day: date) -> pd.DataFrame | None:
+    path = partition_dir(root, symbol, timeframe, day) / "bars.parquet"
+    if not path.exists():
+        return None
+    return pq.read_table(path, schema=BAR_SCHEMA).to_pandas()
+
+
+def move_partition(src_root: Path, dst_root: Path, symbol: str, timeframe: str, day: date) -> Path | None:
+    """Move a partition between roots (staging → lake/quarantine), replacing the target."""
+    src = partition_dir(src_root, symbol, timeframe, day)
+    if not src.exists():
+        return None
+    dst = partition_dir(dst_root, symbol, timeframe, day)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+    return dst
+
+
+def read_bars(root: Path, symbol: str, timeframe: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """Bars with open time in [start, end), sorted by time, from the partitions present."""
+    frames = [
+        df
+        for day in days_in(start, end)
+        if (df := read_partition(root, symbol, timeframe, day)) is not None and len(df)
+    ]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=BAR_SCHEMA.field(c).type.to_pandas_dtype()) for c in BAR_COLUMNS})
+    df = pd.concat(frames, ignore_index=True)
+    s, e = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    df = df[(df["time"] >= s) & (df["time"] < e)]
+    return df.sort_values("time").reset_index(drop=True)

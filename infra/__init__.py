@@ -1,0 +1,1 @@
+"""Platform wiring shared by the offline rooms: settings, local services, the `tx` CLI."""

@@ -1,0 +1,209 @@
+"""``tx``: one command per stage. Each calls the same function the DAG task calls."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="TitanovaX: MT5 bars → validated lake → Feast/Redis → ONNX model → BentoML → engine.", no_args_is_help=True)
+features_app = typer.Typer(help="Feast feature repo: apply, build, materialise, env.", no_args_is_help=True)
+engine_app = typer.Typer(help="The live engine.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+app.add_typer(engine_app, name="engine")
+
+Date = Annotated[datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="UTC")]
+
+
+def _utc(d: datetime) -> datetime:
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("feast", "great_expectations", "urllib3", "httpx", "alembic", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings():
+    from infra.settings import PlatformSettings
+
+    return PlatformSettings()
+
+
+def _echo(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _symbols(symbol: str | None) -> list[str]:
+    return [symbol] if symbol else _settings().symbols
+
+
+@app.command()
+def ingest(start: Date, end: Date, symbol: Annotated[str | None, typer.Option(help="Default: TX_SYMBOLS")] = None) -> None:
+    """Stage the bars of [start, end) from the MT5 gateway (server time → UTC)."""
+    from feature_repo.pipeline.ingest import ingest as run
+
+    s = _settings()
+    _echo([run(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict() for sym in _symbols(symbol)])
+
+
+@app.command()
+def validate(start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None) -> None:
+    """Validate staged bars with Great Expectations: pass → lake, fail → quarantine (exit 1)."""
+    from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
+
+    s = _settings()
+    try:
+        _echo([validate_interval(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict() for sym in _symbols(symbol)])
+    except BatchQuarantined as exc:
+        _echo(exc.report.to_dict())
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the Feast definitions (feast apply) with the TX_* settings."""
+    from feature_repo.pipeline.store import feast_apply
+
+    typer.echo(feast_apply(_settings()))
+
+
+@features_app.command("env")
+def features_env() -> None:
+    """Print the environment the feast CLI needs (use: eval "$(tx features env)")."""
+    from feature_repo.pipeline.store import feast_env
+
+    for k, v in feast_env(_settings()).items():
+        typer.echo(f"export {k}='{v}'")
+
+
+@features_app.command("build")
+def features_build(start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None) -> None:
+    """Compute offline features of [start, end) from the lake."""
+    from feature_repo.pipeline.store import build_features
+
+    s = _settings()
+    _echo([build_features(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict() for sym in _symbols(symbol)])
+
+
+@features_app.command("materialize")
+def features_materialize(start: Date, end: Date) -> None:
+    """Materialise offline features of bars closing in the interval into Redis."""
+    from feature_repo.pipeline.store import materialize
+
+    s = _settings()
+    materialize(s, _utc(start), _utc(end), s.timeframe)
+    typer.echo("materialised")
+
+
+@app.command()
+def train(
+    as_of: Annotated[datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="UTC end of the test window")],
+    experiment: str = "trend_v1",
+) -> None:
+    """Build the point-in-time dataset, train, export ONNX (parity-checked) and register."""
+    from training.config import load_config
+    from training.train import build_training_dataset, train_and_register
+
+    s, cfg = _settings(), load_config(experiment)
+    path = build_training_dataset(s, cfg, _utc(as_of))
+    _echo(train_and_register(s, cfg, path, _utc(as_of)).to_dict())
+
+
+@app.command()
+def promote(version: str) -> None:
+    """Run the promotion gate for a registered version; passing moves the `champion` alias."""
+    from training.train import promote as gate
+
+    decision = gate(_settings(), version)
+    _echo(decision.to_dict())
+    if not decision.promoted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(envvar="TX_SERVING_PORT")] = 3000,
+    host: Annotated[str, typer.Option(envvar="TX_SERVING_HOST")] = "127.0.0.1",
+) -> None:
+    """Import the `champion` from MLflow into BentoML and serve it over HTTP (Ctrl-C stops)."""
+    from serving.importer import import_from_registry
+    from serving.server import start_server, stop_server, wait_ready
+
+    s = _settings()
+    os.environ.setdefault("BENTOML_HOME", str(s.home / "bentoml"))
+    imported = import_from_registry(s.tracking_uri, s.model_name, "champion")
+    proc = start_server(host=host, port=port, model_tag=imported.bentoml_tag, bentoml_home=os.environ["BENTOML_HOME"], log_path=s.home / "logs" / "serving.log")
+    try:
+        wait_ready(f"http://{host}:{port}", 120)
+        typer.echo(f"serving {imported.bentoml_tag} (MLflow v{imported.mlflow_version}) at http://{host}:{port}/predict")
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(proc)
+
+
+@engine_app.command("run")
+def engine_run(
+    features: Annotated[str, typer.Option(help="Comma-separated feature names (the bundle's order); default: from serving's model")] = "",
+) -> None:
+    """Run the engine live against the configured terminal (TX_MT5_MODE), bar by bar."""
+    import redis
+
+    from engine.config import EngineSettings
+    from engine.features import OnlineFeatureReader
+    from engine.journal import Journal
+    from engine.loop import Engine
+    from engine.mt5 import TIMEFRAMES
+    from engine.mt5.gateway import open_terminal
+    from engine.serving_client import ServingClient
+
+    es = EngineSettings()
+    names = [f for f in features.split(",") if f]
+    if not names:
+        from feature_repo.pipeline.transforms import FEATURE_NAMES
+
+        names = list(FEATURE_NAMES)
+    if es.mt5_mode == "sim":
+        from feature_repo.pipeline.ingest import open_platform_terminal
+
+        terminal = open_platform_terminal(_settings())
+    else:
+        terminal = open_terminal(es.mt5_mode, host=es.mt5_host, port=es.mt5_port, login=es.mt5_login, password=es.mt5_password, server=es.mt5_server)
+    eng = Engine(
+        terminal=terminal,
+        features=OnlineFeatureReader(redis.Redis.from_url(es.redis_url), project=es.feast_project, feature_view=es.feature_view, features=names),
+        model=ServingClient(es.serving_url, es.serving_timeout_s),
+        journal=Journal(es.journal_path),
+        limits=es.risk_limits(),
+        lots=es.lots,
+        magic=es.magic,
+    )
+    typer.echo(f"engine {es.mode} on {es.symbols} {es.timeframe}; journal {es.journal_path}")
+    eng.run_live(es.symbols, TIMEFRAMES[es.timeframe], utc_offset_hours=es.broker_utc_offset_hours)
+
+
+@app.command()
+def demo(
+    history_days: Annotated[int, typer.Option(help="Days of history for features and training")] = 30,
+    experiment: str = "trend_v1",
+) -> None:
+    """Run everything end to end on embedded defaults and print a summary."""
+    from infra.demo import run_demo
+
+    typer.echo(run_demo(history_days=history_days, experiment=experiment).render())
+
+
+if __name__ == "__main__":
+    app()

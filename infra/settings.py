@@ -1,0 +1,119 @@
+"""Settings of the platform deployable (dags/, feature_repo/, training/), all from ``TX_*``.
+
+Every variable is documented in ``.env.example``. Reading settings has no side effects: no
+folder is created and no connection opened until a function that needs one asks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+
+
+class PlatformSettings(BaseSettings):
+    """Infrastructure settings of the platform. Experiments live in versioned YAML instead."""
+
+    model_config = SettingsConfigDict(env_prefix="TX_", env_file=None, extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".tx",
+        description="Root of all local state: bar lake, quarantine, offline features, "
+        "Feast registry, MLflow store, Airflow home, engine journal.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Online store. Unset: the run starts a private redis-server on a free port.",
+    )
+    mt5_mode: Literal["sim", "native", "bridge"] = "sim"
+    mt5_exports: Path | None = Field(
+        default=None, description="Folder of MT5 CSV exports to replay instead of the synthetic market."
+    )
+    symbols: list[str] = Field(default_factory=lambda: ["EURUSD"])
+    timeframe: str = "M5"
+    broker_utc_offset_hours: int = Field(
+        default=2, description="Broker server time minus UTC, in hours (fixed offset)."
+    )
+    synthetic_seed: int = 7
+    feast_project: str = "titanovax"
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="Default: sqlite:///<home>/mlflow.db with artifacts under <home>/mlartifacts."
+    )
+    mlflow_experiment: str = "tx_trend"
+    model_name: str = "tx_trend"
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, v: object) -> object:
+        if isinstance(v, str) and not v.startswith("["):
+            return [s.strip().upper() for s in v.split(",") if s.strip()]
+        return v
+
+    # --- derived locations ---------------------------------------------------------------
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def offline_features_dir(self) -> Path:
+        return self.home / "offline" / "trend_features"
+
+    @property
+    def feast_registry(self) -> Path:
+        return self.home / "feast" / "registry.db"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "TX_REDIS_URL is not set: start one with `tx services redis` or run through "
+                "`tx demo`, which starts a private redis-server."
+            )
+        return self.redis_url
+
+
+def feast_redis_connection_string(redis_url: str) -> str:
+    """``redis://host:port/db`` → Feast's ``host:port,db=N`` connection string."""
+    u = urlparse(redis_url)
+    if u.scheme not in ("redis", "rediss"):
+        raise ValueError(f"TX_REDIS_URL must be redis://host:port/db, got {redis_url!r}")
+    db = int(u.path.strip("/") or 0)
+    parts = [f"{u.hostname or '127.0.0.1'}:{u.port or 6379}", f"db={db}"]
+    if u.password:
+        parts.append(f"password={u.password}")
+    if u.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def utc(dt: datetime) -> datetime:
+    """Return ``dt`` as an aware UTC datetime (naive input is taken as UTC)."""
+    from datetime import UTC
+
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)

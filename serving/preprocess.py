@@ -1,0 +1,235 @@
+"""Bundle manifest, row → matrix preprocessing and decisions, as plain functions.
+
+Nothing here imports BentoML or onnxruntime, so a client, a benchmark or a batch job can
+reuse exactly what the service does with a request. Errors name the offending field with a
+``loc`` path in the shape of the HTTP request (``("rows", 0, "features", "rsi_14")``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+#: The trading meaning of each class the bundle may name, as the model bundle contract fixes it.
+CLASS_POSITIONS: Mapping[str, int] = {"short": -1, "flat": 0, "long": 1}
+#: Decision taken when the most probable class is below the bundle's ``min_confidence``.
+FALLBACK_CLASS = "flat"
+#: At most this many issues are reported for one request.
+MAX_REPORTED_ISSUES = 20
+
+Loc = tuple[str | int, ...]
+
+
+class ManifestError(ValueError):
+    """The bundle manifest does not satisfy the model bundle contract."""
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What serving needs from a bundle's ``tx_manifest``, validated."""
+
+    model_name: str
+    feature_service: str
+    features: tuple[str, ...]
+    input_name: str
+    prob_output: str
+    classes: tuple[str, ...]
+    positions: tuple[int, ...]
+    min_confidence: float
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+
+def bundle_spec(manifest: Mapping[str, Any]) -> BundleSpec:
+    """Validate a bundle manifest and return the part serving uses.
+
+    Raises:
+        ManifestError: a required key is missing or inconsistent with the contract.
+    """
+
+    def require(key: str) -> Any:
+        if key not in manifest:
+            raise ManifestError(f"manifest has no {key!r}")
+        return manifest[key]
+
+    features = require("features")
+    if (
+        not isinstance(features, list | tuple)
+        or not features
+        or not all(isinstance(f, str) and f for f in features)
+    ):
+        raise ManifestError("manifest 'features' must be a non-empty list of names")
+    if len(set(features)) != len(features):
+        raise ManifestError("manifest 'features' has duplicate names")
+
+    classes = tuple(require("classes"))
+    positions = tuple(require("positions"))
+    if sorted(classes) != sorted(CLASS_POSITIONS):
+        raise ManifestError(
+            f"manifest 'classes' must be an ordering of {sorted(CLASS_POSITIONS)}, got {classes}"
+        )
+    expected_positions = tuple(CLASS_POSITIONS[c] for c in classes)
+    if positions != expected_positions:
+        raise ManifestError(
+            f"manifest 'positions' {positions} do not match classes {classes}: "
+            f"expected {expected_positions}"
+        )
+
+    min_confidence = require("min_confidence")
+    if (
+        isinstance(min_confidence, bool)
+        or not isinstance(min_confidence, Real)
+        or not 0.0 <= float(min_confidence) <= 1.0
+    ):
+        raise ManifestError(f"manifest 'min_confidence' must be in [0, 1], got {min_confidence!r}")
+
+    return BundleSpec(
+        model_name=str(manifest.get("model_name", "")),
+        feature_service=str(manifest.get("feature_service", "")),
+        features=tuple(features),
+        input_name=str(manifest.get("input_name", "input")),
+        prob_output=str(manifest.get("prob_output", "probabilities")),
+        classes=classes,
+        positions=positions,
+        min_confidence=float(min_confidence),
+    )
+
+
+@dataclass(frozen=True)
+class FeatureIssue:
+    """One reason a request cannot be scored, located like the request's JSON."""
+
+    loc: Loc
+    kind: str  # empty_rows | missing_feature | unexpected_feature | not_a_number | non_finite
+    message: str
+
+    @property
+    def field(self) -> str:
+        """The ``loc`` as a dotted path, e.g. ``rows.0.features.rsi_14``."""
+        return ".".join(str(p) for p in self.loc)
+
+
+class FeatureValidationError(ValueError):
+    """The rows cannot be turned into a model input; ``issues`` says where and why."""
+
+    def __init__(self, issues: Sequence[FeatureIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("; ".join(f"{i.field}: {i.message}" for i in self.issues))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
+
+
+def rows_to_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:
+    """Order each row's ``{feature: value}`` by ``features`` into a float32 ``[N, F]`` matrix.
+
+    Every row must name exactly the bundle's features with finite real numbers that fit in
+    float32. All problems are collected (up to ``MAX_REPORTED_ISSUES``) before raising.
+
+    Raises:
+        FeatureValidationError: empty ``rows``, a missing or unknown feature, a value that is
+            not a real number (strings and booleans included), or a non-finite value.
+    """
+    if not rows:
+        raise FeatureValidationError(
+            [FeatureIssue(("rows",), "empty_rows", "at least one row is required")]
+        )
+    order = tuple(features)
+    expected = frozenset(order)
+    issues: list[FeatureIssue] = []
+    matrix = np.zeros((len(rows), len(order)), dtype=np.float64)
+
+    for i, row in enumerate(rows):
+        if len(issues) >= MAX_REPORTED_ISSUES:
+            break
+        if row.keys() != expected:
+            issues.extend(
+                FeatureIssue(
+                    ("rows", i, "features", name),
+                    "missing_feature",
+                    f"feature {name!r} is required by the model and missing",
+                )
+                for name in order
+                if name not in row
+            )
+            issues.extend(
+                FeatureIssue(
+                    ("rows", i, "features", name),
+                    "unexpected_feature",
+                    f"feature {name!r} is not a feature of the model",
+                )
+                for name in sorted(k for k in row if k not in expected)
+            )
+            continue
+        for j, name in enumerate(order):
+            value = row[name]
+            if not _is_number(value):
+                issues.append(
+                    FeatureIssue(
+                        ("rows", i, "features", name),
+                        "not_a_number",
+                        f"feature {name!r} must be a real number, got {type(value).__name__}",
+                    )
+                )
+            elif not math.isfinite(value):
+                issues.append(
+                    FeatureIssue(
+                        ("rows", i, "features", name),
+                        "non_finite",
+                        f"feature {name!r} must be finite, got {value!r}",
+                    )
+                )
+            else:
+                matrix[i, j] = value
+
+    with np.errstate(over="ignore"):
+        matrix32 = matrix.astype(np.float32)
+    if not issues:
+        for i, j in zip(*np.nonzero(~np.isfinite(matrix32)), strict=True):
+            name = order[j]
+            issues.append(
+                FeatureIssue(
+                    ("rows", int(i), "features", name),
+                    "non_finite",
+                    f"feature {name!r} = {matrix[i, j]!r} overflows float32",
+                )
+            )
+    if issues:
+        raise FeatureValidationError(issues[:MAX_REPORTED_ISSUES])
+    return matrix32
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The class a row is traded as, its position and the probability behind it."""
+
+    label: str
+    position: int
+    confidence: float
+
+
+def decide(probabilities: np.ndarray, spec: BundleSpec) -> list[Decision]:
+    """Map ``[N, C]`` class probabilities to decisions.
+
+    The most probable class is taken when its probability is at least
+    ``spec.min_confidence``; otherwise the decision is ``flat``.
+    """
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(spec.classes):
+        raise ValueError(
+            f"probabilities must be [N, {len(spec.classes)}], got {list(probabilities.shape)}"
+        )
+    best = probabilities.argmax(axis=1)
+    confidence = probabilities[np.arange(len(best)), best]
+    out: list[Decision] = []
+    for k, p in zip(best.tolist(), confidence.tolist(), strict=True):
+        label = spec.classes[k] if p >= spec.min_confidence else FALLBACK_CLASS
+        out.append(Decision(label=label, position=CLASS_POSITIONS[label], confidence=p))
+    return out

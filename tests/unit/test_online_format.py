@@ -1,0 +1,58 @@
+"""The engine's decoder of Feast's online format equals Feast's own serialisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int64List, Value
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from engine.online_format import decode_timestamp, decode_value, entity_key, field_hash
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("symbol", ["EURUSD", "XAUUSD", "ß-unicode"])
+def test_entity_key_when_built_by_engine_then_equals_feast_redis_key(symbol: str) -> None:
+    ek = EntityKey(join_keys=["symbol"], entity_values=[Value(string_val=symbol)])
+    assert entity_key("symbol", symbol, "titanovax") == _redis_key("titanovax", ek, 3)
+    assert entity_key("symbol", symbol, "") == serialize_entity_key(ek, 3)
+
+
+def test_int64_entity_key_equals_feast() -> None:
+    ek = EntityKey(join_keys=["account"], entity_values=[Value(int64_val=-42)])
+    assert entity_key("account", -42, "p") == _redis_key("p", ek, 3)
+
+
+def test_field_hash_equals_feast_mmh3() -> None:
+    for name in ["trend_fv:ret_1", "trend_fv:rsi_14", "x:ü"]:
+        assert field_hash(*name.split(":")) == _mmh3(name)
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (Value(double_val=-1.2345678901234567), -1.2345678901234567),
+        (Value(double_val=0.0), 0.0),
+        (Value(float_val=1.5), 1.5),
+        (Value(int64_val=-(2**40)), -(2**40)),
+        (Value(int32_val=-7), -7),
+        (Value(bool_val=True), True),
+        (Value(string_val="abc"), "abc"),
+        (Value(double_list_val=DoubleList(val=[1.0, -2.5, 3e-9])), [1.0, -2.5, 3e-9]),
+        (Value(float_list_val=FloatList(val=[0.5, -0.25])), [0.5, -0.25]),
+        (Value(int64_list_val=Int64List(val=[1, -2, 3])), [1, -2, 3]),
+        (Value(), None),
+    ],
+)
+def test_decode_value_when_feast_serialises_then_engine_reads_the_same(value: Value, expected: object) -> None:
+    assert decode_value(value.SerializeToString()) == expected
+
+
+def test_decode_timestamp() -> None:
+    ts = Timestamp(seconds=1767225900, nanos=500_000_000)
+    assert math.isclose(decode_timestamp(ts.SerializeToString()), 1767225900.5)

@@ -1,0 +1,1 @@
+"""Training room: datasets and labels, models, ONNX export and parity, MLflow registry, gate."""
