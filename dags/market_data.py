@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, task
+from airflow import sdk
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 
-@dag(
+@sdk.dag(
     dag_id="market_data",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=datetime(2024, 1, 1),
@@ -22,7 +22,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
     default_args={"retries": 0},
 )
 def market_data() -> None:
-    @task
+    @sdk.task
     def ingest(data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:
         from feature_repo.pipeline.ingest import ingest as ingest_interval
         from infra.settings import PlatformSettings
@@ -30,7 +30,7 @@ def market_data() -> None:
         s = PlatformSettings()
         return [ingest_interval(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict() for sym in s.symbols]  # type: ignore[arg-type]
 
-    @task
+    @sdk.task
     def validate(staged: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:
         from feature_repo.pipeline.validate import validate_interval
         from infra.settings import PlatformSettings
@@ -38,7 +38,7 @@ def market_data() -> None:
         s = PlatformSettings()
         return [validate_interval(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict() for sym in s.symbols]  # type: ignore[arg-type]
 
-    @task
+    @sdk.task
     def features(validated: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:
         from feature_repo.pipeline.store import build_features
         from infra.settings import PlatformSettings
@@ -46,7 +46,7 @@ def market_data() -> None:
         s = PlatformSettings()
         return [build_features(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict() for sym in s.symbols]  # type: ignore[arg-type]
 
-    @task
+    @sdk.task
     def materialize(built: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> int:
         from feature_repo.pipeline.store import materialize as materialize_interval
         from infra.settings import PlatformSettings

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, task
+from airflow import sdk
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 
-@dag(
+@sdk.dag(
     dag_id="train_and_promote",
     schedule=CronDataIntervalTimetable("0 0 * * 6", timezone="UTC"),  # Saturdays, markets closed
     start_date=datetime(2024, 1, 1),
@@ -23,7 +23,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
     default_args={"retries": 0},
 )
 def train_and_promote() -> None:
-    @task
+    @sdk.task
     def dataset(params: dict | None = None, data_interval_end: datetime | None = None) -> str:
         from infra.settings import PlatformSettings
         from training.config import load_config
@@ -31,7 +31,7 @@ def train_and_promote() -> None:
 
         return build_training_dataset(PlatformSettings(), load_config(params["experiment"]), data_interval_end)  # type: ignore[arg-type,index]
 
-    @task
+    @sdk.task
     def train(path: str, params: dict | None = None, data_interval_end: datetime | None = None) -> dict:
         from infra.settings import PlatformSettings
         from training.config import load_config
@@ -39,7 +39,7 @@ def train_and_promote() -> None:
 
         return train_and_register(PlatformSettings(), load_config(params["experiment"]), path, data_interval_end).to_dict()  # type: ignore[arg-type,index]
 
-    @task
+    @sdk.task
     def promote(trained: dict) -> dict:
         from infra.settings import PlatformSettings
         from training.train import promote as gate

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class EngineSettings(BaseSettings):
     serving_url: str = "http://127.0.0.1:3000"
     serving_timeout_s: float = 0.5
     journal_path: Path = Path(".tx/engine/journal.sqlite")
-    symbols: list[str] = Field(default_factory=lambda: ["EURUSD"])
+    # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     timeframe: str = "M5"
     lots: float = Field(default=0.1, alias="TX_ENGINE_LOTS")
     magic: int = Field(default=20260101, alias="TX_ENGINE_MAGIC")

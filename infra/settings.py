@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
@@ -36,7 +36,8 @@ class PlatformSettings(BaseSettings):
     mt5_exports: Path | None = Field(
         default=None, description="Folder of MT5 CSV exports to replay instead of the synthetic market."
     )
-    symbols: list[str] = Field(default_factory=lambda: ["EURUSD"])
+    # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     timeframe: str = "M5"
     broker_utc_offset_hours: int = Field(
         default=2, description="Broker server time minus UTC, in hours (fixed offset)."
@@ -113,7 +114,13 @@ def feast_redis_connection_string(redis_url: str) -> str:
 
 
 def utc(dt: datetime) -> datetime:
-    """Return ``dt`` as an aware UTC datetime (naive input is taken as UTC)."""
+    """Return ``dt`` as a plain, aware UTC ``datetime`` (naive input is taken as UTC).
+
+    Subclasses such as pendulum's ``DateTime`` (Airflow's data intervals) become a stdlib
+    ``datetime``: pandas drops their time zone otherwise."""
     from datetime import UTC
 
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    aware = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return datetime(
+        aware.year, aware.month, aware.day, aware.hour, aware.minute, aware.second, aware.microsecond, tzinfo=UTC
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ def build_dataset(
     horizon: int,
     cost_multiplier: float = 1.0,
     feature_service: str = FEATURE_SERVICE,
-    store: object | None = None,
+    store: Any | None = None,
 ) -> pd.DataFrame:
     """Rows for bars closing in (start, end] whose label is known by ``end``.
 
@@ -72,8 +73,8 @@ def build_dataset(
     if entity.empty:
         raise ValueError(f"no labelled bars for {symbols} {timeframe} in [{start}, {end})")
     fs = store or open_store(settings)
-    service = fs.get_feature_service(feature_service)  # type: ignore[attr-defined]
-    joined = fs.get_historical_features(  # type: ignore[attr-defined]
+    service = fs.get_feature_service(feature_service)
+    joined = fs.get_historical_features(
         entity_df=entity[["symbol", "event_timestamp"]], features=service
     ).to_df()
     joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True)

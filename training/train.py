@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+CHALLENGER = "challenger"
 
 
 @dataclass
@@ -176,7 +177,7 @@ def train_and_register(
     parity = check_parity(model, onnx_model, x_test)
     metrics["onnx_parity_max_abs_diff"] = parity
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "model_name": settings.model_name,
         "feature_service": cfg.feature_service,
         "feature_view": FEATURE_VIEW,
@@ -239,13 +240,16 @@ class GateDecision:
 
 def promote(settings: PlatformSettings, version: str) -> GateDecision:
     """Move ``champion`` to ``version`` if it beats always-flat after costs on its test window
-    and its ONNX export passed parity; the replaced champion becomes ``previous``."""
+    and its ONNX export passed parity; the replaced champion becomes ``previous``.
+
+    A refused version that passed parity becomes ``challenger``: it may be shadowed or paper
+    traded, never served as the champion."""
     from mlflow import MlflowClient
 
     _mlflow(settings)
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     mv = client.get_model_version(settings.model_name, version)
-    run = client.get_run(mv.run_id)
+    run = client.get_run(str(mv.run_id))
     m = run.data.metrics
     try:
         current: str | None = client.get_model_version_by_alias(settings.model_name, CHAMPION).version
@@ -257,6 +261,7 @@ def promote(settings: PlatformSettings, version: str) -> GateDecision:
         decision = GateDecision(version, False, "ONNX parity failed", current)
     elif not net > flat:
         decision = GateDecision(version, False, f"net return {net:.5f} does not beat always-flat {flat:.5f}", current)
+        client.set_registered_model_alias(settings.model_name, CHALLENGER, str(version))
     else:
         if current is not None and current != str(version):
             client.set_registered_model_alias(settings.model_name, PREVIOUS, current)

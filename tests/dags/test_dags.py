@@ -50,6 +50,8 @@ def run_dag(settings, module: str, logical_date: str, conf: dict | None = None) 
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line and json.loads(line[len("RESULT "):])["state"] != "success":
+        print(proc.stderr[-8000:])  # shown by pytest on failure
     assert line, f"dag.test gave no result (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(line[len("RESULT "):])
 
@@ -59,8 +61,9 @@ def test_market_data_dag_when_run_for_a_day_then_every_task_succeeds_and_redis_h
 
     s = make_settings(tmp_path, redis_url, db=5, symbols=["EURUSD"])
     feast_apply(s)
-    first = run_dag(s, "dags.market_data", "2026-01-06T00:00:00")
-    again = run_dag(s, "dags.market_data", "2026-01-07T00:00:00")
+    # Airflow 3 runs the complete data interval that ends at the given date
+    first = run_dag(s, "dags.market_data", "2026-01-07T00:00:00")
+    again = run_dag(s, "dags.market_data", "2026-01-08T00:00:00")
     for res in (first, again):
         assert res["state"] == "success", res
         assert set(res["tasks"]) == {"ingest", "validate", "features", "materialize"}
@@ -80,7 +83,8 @@ def test_train_and_promote_dag_when_run_as_of_a_saturday_then_a_version_is_regis
     path = tmp_path / "trend_small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     as_of = platform.end - timedelta(days=2)  # a Saturday: the weekly interval ends there
-    res = run_dag(s, "dags.train_and_promote", (as_of - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S"), {"experiment": str(path)})
+    res = run_dag(s, "dags.train_and_promote", as_of.strftime("%Y-%m-%dT%H:%M:%S"), {"experiment": str(path)})
+    assert res["end"].startswith(as_of.strftime("%Y-%m-%d")), res
     assert res["state"] == "success", res
     assert res["tasks"] == {"dataset": "success", "train": "success", "promote": "success"}
     from mlflow import MlflowClient

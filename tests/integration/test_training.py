@@ -91,6 +91,7 @@ def test_train_register_and_gate(platform: Platform, tmp_path_factory: pytest.Te
 
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias(s.model_name, "champion")
+    assert client.get_model_version_by_alias(s.model_name, "challenger").version == flat.version
 
     # the real model is promoted only if it beats always-flat after costs on its test window
     decision = promote(s, res.version)

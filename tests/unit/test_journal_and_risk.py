@@ -56,3 +56,12 @@ def test_risk_limits_are_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         RiskLimits().kill_switch = True  # type: ignore[misc]
+
+
+def test_settings_when_symbols_are_comma_separated_in_env_then_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.config import EngineSettings
+    from infra.settings import PlatformSettings
+
+    monkeypatch.setenv("TX_SYMBOLS", "eurusd, XAUUSD")
+    assert PlatformSettings().symbols == ["EURUSD", "XAUUSD"]
+    assert EngineSettings().symbols == ["EURUSD", "XAUUSD"]

@@ -155,10 +155,10 @@ def test_trending_regime_then_positive_return_autocorrelation(market: SyntheticM
     calm = state == REGIME_CALM
     ac_trend = np.corrcoef(prev[trend], nxt[trend])[0, 1]
     ac_calm = np.corrcoef(prev[calm], nxt[calm])[0, 1]
-    assert 0.05 < ac_trend < 0.25
+    assert 0.1 < ac_trend < 0.35
     assert ac_calm < 0.0
-    # modest overall: far from a free lunch
-    assert abs(np.corrcoef(prev, nxt)[0, 1]) < 0.1
+    # learnable on purpose (the drift in trends), yet returns stay mostly noise bar to bar
+    assert 0.03 < np.corrcoef(prev, nxt)[0, 1] < 0.2
     assert set(np.unique(reg)) == {0, 1, 2, 3}
 
 
