@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	@# torch first, the CPU wheel (an unpinned torch would pull a multi-GB CUDA build)
-	@$(VENV)/bin/uv pip install -q --python $(PY) --find-links /opt/wheels torch==2.13.0
+	@$(VENV)/bin/uv pip install -q --python $(PY) --find-links /opt/wheels "torch==2.13.0+cpu"
 	@$(VENV)/bin/uv pip install -q --python $(PY) --find-links /opt/wheels --index-strategy unsafe-best-match -r requirements.txt
 	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || (apt-get update -qq && apt-get install -y -qq redis-server)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from infra.settings import PlatformSettings
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raw"
 
@@ -31,3 +35,53 @@ def redis_url() -> Iterator[str]:
 
     with LocalRedis() as srv:
         yield srv.url
+
+
+# --- a small real platform: temp TX_HOME, private Redis db, feast apply, two weeks of bars ---
+START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
+DAYS = 14
+SYMBOLS = ["EURUSD", "GBPUSD"]
+
+
+@dataclass
+class Platform:
+    settings: PlatformSettings
+    start: datetime
+    end: datetime
+
+    def days(self) -> list[datetime]:
+        return [self.start + timedelta(days=i) for i in range((self.end - self.start).days)]
+
+
+def run_market_data(s: PlatformSettings, start: datetime, end: datetime) -> None:
+    """The market_data DAG's tasks, called directly (the DAG itself is tested in tests/dags)."""
+    from feature_repo.pipeline.ingest import ingest
+    from feature_repo.pipeline.store import build_features, materialize
+    from feature_repo.pipeline.validate import validate_interval
+
+    day = start
+    while day < end:
+        nxt = day + timedelta(days=1)
+        for sym in s.symbols:
+            ingest(s, sym, s.timeframe, day, nxt)
+            validate_interval(s, sym, s.timeframe, day, nxt)
+            build_features(s, sym, s.timeframe, day, nxt)
+        day = nxt
+    materialize(s, start, end, s.timeframe)
+
+
+def make_settings(home: Path, redis_url: str, db: int, **kw: object) -> PlatformSettings:
+    base = redis_url.rsplit("/", 1)[0]
+    opts: dict[str, object] = {"symbols": SYMBOLS, "timeframe": "M5", **kw}
+    return PlatformSettings(home=home, redis_url=f"{base}/{db}", **opts)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Platform]:
+    from feature_repo.pipeline.store import feast_apply
+
+    s = make_settings(tmp_path_factory.mktemp("platform"), redis_url, db=1)
+    feast_apply(s)
+    end = START + timedelta(days=DAYS)
+    run_market_data(s, START, end)
+    yield Platform(s, START, end)

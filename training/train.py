@@ -55,8 +55,8 @@ class TrainResult:
 def _mlflow(settings: PlatformSettings) -> Any:
     import mlflow
 
+    # the registry follows the tracking URI (never set a process-wide registry URI here)
     mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
     return mlflow
 
 

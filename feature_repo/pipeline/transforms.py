@@ -45,6 +45,28 @@ def _safe_div(a: pd.Series, b: pd.Series) -> pd.Series:
     return a / b.where(b != 0)
 
 
+def _windows(x: pd.Series, w: int) -> tuple[np.ndarray, pd.Index]:
+    v = x.to_numpy(dtype="float64")
+    if len(v) < w:
+        return np.empty((0, w)), x.index[:0]
+    return np.lib.stride_tricks.sliding_window_view(v, w), x.index[w - 1 :]
+
+
+def rolling_mean(x: pd.Series, w: int) -> pd.Series:
+    """Mean over the last ``w`` values, computed from the window alone.
+
+    Unlike pandas' running-sum rolling, the value depends only on the window's contents, so
+    the batch path (long history) and the per-bar path (short history) agree to the bit."""
+    win, idx = _windows(x, w)
+    return pd.Series(win.mean(axis=1), index=idx).reindex(x.index)
+
+
+def rolling_std(x: pd.Series, w: int) -> pd.Series:
+    """Population standard deviation over the last ``w`` values, from the window alone."""
+    win, idx = _windows(x, w)
+    return pd.Series(win.std(axis=1), index=idx).reindex(x.index)
+
+
 def compute_features(bars: pd.DataFrame, point: float) -> pd.DataFrame:
     """Features for every bar of one symbol/timeframe (``bars`` sorted by open time, UTC).
 
@@ -59,10 +81,10 @@ def compute_features(bars: pd.DataFrame, point: float) -> pd.DataFrame:
     r1 = logc.diff()
     prev_c = c.shift(1)
     tr = pd.concat([h - lo, (h - prev_c).abs(), (lo - prev_c).abs()], axis=1).max(axis=1, skipna=False)
-    atr = tr.rolling(14).mean()
+    atr = rolling_mean(tr, 14)
     gain, loss = r1.clip(lower=0), (-r1).clip(lower=0)
-    g, lss = gain.rolling(14).mean(), loss.rolling(14).mean()
-    sma20, sd20 = c.rolling(20).mean(), c.rolling(20).std(ddof=0)
+    g, lss = rolling_mean(gain, 14), rolling_mean(loss, 14)
+    sma20, sd20 = rolling_mean(c, 20), rolling_std(c, 20)
     tv = b["tick_volume"].astype("float64")
     hour = b["close_time"].dt.hour + b["close_time"].dt.minute / 60.0
 
@@ -73,14 +95,14 @@ def compute_features(bars: pd.DataFrame, point: float) -> pd.DataFrame:
             "ret_1": r1,
             "ret_6": logc - logc.shift(6),
             "ret_24": logc - logc.shift(24),
-            "vol_24": r1.rolling(24).std(ddof=0),
+            "vol_24": rolling_std(r1, 24),
             "atr_14_rel": atr / c,
             "rsi_14": _safe_div(g, g + lss),
-            "sma_ratio_12_48": c.rolling(12).mean() / c.rolling(48).mean() - 1.0,
+            "sma_ratio_12_48": rolling_mean(c, 12) / rolling_mean(c, 48) - 1.0,
             "bb_pos_20": _safe_div(c - sma20, 2.0 * sd20),
             "range_atr": _safe_div(h - lo, atr),
             "spread_atr": _safe_div(b["spread"].astype("float64") * point, atr),
-            "tickvol_z_48": _safe_div(tv - tv.rolling(48).mean(), tv.rolling(48).std(ddof=0)),
+            "tickvol_z_48": _safe_div(tv - rolling_mean(tv, 48), rolling_std(tv, 48)),
             "hour_sin": np.sin(2 * np.pi * hour / 24.0),
             "hour_cos": np.cos(2 * np.pi * hour / 24.0),
         }

@@ -86,8 +86,10 @@ def build_suite() -> Any:
 @functools.cache
 def _validator() -> tuple[Any, Any]:
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     asset = ctx.data_sources.add_pandas("mt5").add_dataframe_asset("bars")
     batch_def = asset.add_batch_definition_whole_dataframe("partition")
     suite = ctx.suites.add(build_suite())

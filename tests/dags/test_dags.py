@@ -17,7 +17,7 @@ import yaml
 
 from infra.airflow_env import airflow_env, ensure_airflow_db
 from infra.settings import PROJECT_ROOT
-from tests.integration.conftest import Platform, make_settings
+from tests.conftest import Platform, make_settings
 
 pytestmark = [pytest.mark.dags, pytest.mark.slow]
 

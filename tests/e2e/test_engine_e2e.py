@@ -16,7 +16,7 @@ from engine.journal import Journal
 from engine.loop import Engine
 from engine.serving_client import ServingClient
 from infra.redis_local import free_port
-from tests.integration.conftest import Platform
+from tests.conftest import Platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

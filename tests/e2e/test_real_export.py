@@ -12,7 +12,7 @@ from feature_repo.pipeline import lake
 from feature_repo.pipeline.store import FEATURE_VIEW, feast_apply, features_for_range
 from feature_repo.pipeline.transforms import FEATURE_NAMES
 from infra.settings import PlatformSettings
-from tests.integration.conftest import run_market_data
+from tests.conftest import run_market_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from feature_repo.pipeline.ingest import ingest
 from feature_repo.pipeline.store import FEATURE_VIEW, feast_apply, features_for_range, open_store
 from feature_repo.pipeline.transforms import FEATURE_NAMES
 from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
-from tests.integration.conftest import Platform, make_settings
+from tests.conftest import Platform, make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.pipeline.transforms import FEATURE_NAMES
-from tests.integration.conftest import Platform
+from tests.conftest import Platform
 from training.config import ExperimentConfig, LabelConfig, SplitConfig
 from training.dataset import LookAheadError, assert_point_in_time, build_dataset
 
@@ -91,11 +91,11 @@ def test_train_register_and_gate(platform: Platform, tmp_path_factory: pytest.Te
 
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias(s.model_name, "champion")
-    assert client.get_model_version_by_alias(s.model_name, "challenger").version == flat.version
+    assert str(client.get_model_version_by_alias(s.model_name, "challenger").version) == flat.version
 
     # the real model is promoted only if it beats always-flat after costs on its test window
     decision = promote(s, res.version)
     assert decision.promoted == (res.metrics["test_net_return"] > 0)
     if decision.promoted:
-        assert client.get_model_version_by_alias(s.model_name, "champion").version == res.version
+        assert str(client.get_model_version_by_alias(s.model_name, "champion").version) == res.version
     assert "gate" in client.get_model_version(s.model_name, res.version).tags

@@ -39,7 +39,7 @@ def test_features_when_history_is_cut_at_bar_t_then_bar_t_features_are_unchanged
     for cut in (WARMUP_BARS + 5, 150, 399):
         part = compute_features(bars.iloc[: cut + 1], 1e-5).set_index("event_timestamp")
         t = part.index[-1]
-        np.testing.assert_allclose(part.loc[t, list(FEATURE_NAMES)].astype(float), full.loc[t, list(FEATURE_NAMES)].astype(float), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(part.loc[t, list(FEATURE_NAMES)].astype(float), full.loc[t, list(FEATURE_NAMES)].astype(float), rtol=0, atol=0)
 
 
 def test_features_when_a_future_bar_changes_then_past_features_do_not() -> None:
