@@ -26,17 +26,17 @@ def main() -> None:
 
     from engine.features import OnlineFeatureReader
     from engine.online_format import entity_key
+    from feature_repo.pipeline.backfill import backfill
     from feature_repo.pipeline.store import FEATURE_SERVICE, FEATURE_VIEW, feast_apply, open_store
     from feature_repo.pipeline.transforms import FEATURE_NAMES
     from infra.redis_local import LocalRedis
     from infra.settings import PlatformSettings
-    from tests.conftest import run_market_data
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
         s = PlatformSettings(home=Path(tmp), redis_url=srv.url, symbols=["EURUSD"], timeframe="M5")
         feast_apply(s)
         start = datetime(2026, 1, 5, tzinfo=UTC)
-        run_market_data(s, start, start + timedelta(days=2))
+        backfill(s, start, start + timedelta(days=2))
         store = open_store(s)
         service = store.get_feature_service(FEATURE_SERVICE)
         r = redis.Redis.from_url(s.redis_url)

@@ -107,6 +107,15 @@ def features_materialize(start: Date, end: Date) -> None:
 
 
 @app.command()
+def backfill(start: Date, end: Date) -> None:
+    """Run ingest → validate → features for every day of [start, end), then materialise."""
+    from feature_repo.pipeline.backfill import backfill as run
+
+    run(_settings(), _utc(start), _utc(end))
+    typer.echo("backfilled")
+
+
+@app.command()
 def train(
     as_of: Annotated[datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="UTC end of the test window")],
     experiment: str = "trend_v1",

@@ -55,19 +55,9 @@ class Platform:
 
 def run_market_data(s: PlatformSettings, start: datetime, end: datetime) -> None:
     """The market_data DAG's tasks, called directly (the DAG itself is tested in tests/dags)."""
-    from feature_repo.pipeline.ingest import ingest
-    from feature_repo.pipeline.store import build_features, materialize
-    from feature_repo.pipeline.validate import validate_interval
+    from feature_repo.pipeline.backfill import backfill
 
-    day = start
-    while day < end:
-        nxt = day + timedelta(days=1)
-        for sym in s.symbols:
-            ingest(s, sym, s.timeframe, day, nxt)
-            validate_interval(s, sym, s.timeframe, day, nxt)
-            build_features(s, sym, s.timeframe, day, nxt)
-        day = nxt
-    materialize(s, start, end, s.timeframe)
+    backfill(s, start, end)
 
 
 def make_settings(home: Path, redis_url: str, db: int, **kw: object) -> PlatformSettings:

@@ -1,0 +1,26 @@
+"""The market_data sequence for a span, without a scheduler: per UTC day and symbol, ingest →
+validate → features, then one materialisation. Tests, benchmarks and `tx backfill` use it;
+the DAG runs the same functions one data interval at a time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from feature_repo.pipeline.ingest import ingest
+from feature_repo.pipeline.store import build_features, materialize
+from feature_repo.pipeline.validate import validate_interval
+from infra.settings import PlatformSettings, utc
+
+
+def backfill(settings: PlatformSettings, start: datetime, end: datetime, *, materialise: bool = True) -> None:
+    day, end = utc(start), utc(end)
+    first = day
+    while day < end:
+        nxt = min(day + timedelta(days=1), end)
+        for sym in settings.symbols:
+            ingest(settings, sym, settings.timeframe, day, nxt)
+            validate_interval(settings, sym, settings.timeframe, day, nxt)
+            build_features(settings, sym, settings.timeframe, day, nxt)
+        day = nxt
+    if materialise:
+        materialize(settings, first, end, settings.timeframe)
