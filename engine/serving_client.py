@@ -20,7 +20,7 @@ class Prediction:
 
 
 class ServingUnavailable(RuntimeError):
-    pass
+    """Serving did not answer in time, or answered with an error."""
 
 
 class ServingClient:

@@ -158,7 +158,7 @@ def serve(
         typer.echo(f"serving {imported.bentoml_tag} (MLflow v{imported.mlflow_version}) at http://{host}:{port}/predict")
         proc.wait()
     except KeyboardInterrupt:
-        pass
+        typer.echo("stopping the server")
     finally:
         stop_server(proc)
 

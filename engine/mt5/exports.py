@@ -294,15 +294,14 @@ def _parse_rows(
                 v2 = int(cells[isp]) if isp >= 0 else 0
                 v3 = int(cells[irv]) if irv >= 0 else 0
             except ValueError:
-                pass
-            else:
-                if isfinite(o + h + lo + c) and v1 >= 0 and v2 >= 0 and v3 >= 0:
-                    line_no.append(k + 1)
-                    raw.append(line)
-                    times.append(ts)
-                    prices.extend((o, h, lo, c))
-                    ints.extend((v1, v2, v3))
-                    continue
+                ts = -1  # not plain: the slow path below explains what is wrong
+            if ts >= 0 and isfinite(o + h + lo + c) and v1 >= 0 and v2 >= 0 and v3 >= 0:
+                line_no.append(k + 1)
+                raw.append(line)
+                times.append(ts)
+                prices.extend((o, h, lo, c))
+                ints.extend((v1, v2, v3))
+                continue
         parsed = _parse_row_slow(line, cells, needed, layout)
         if isinstance(parsed, str):
             rejected.append((k + 1, line, parsed))

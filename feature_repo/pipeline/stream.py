@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class StaleBar(RuntimeError):
-    pass
+    """The terminal's last closed bar is not the bar the caller expects."""
 
 
 class FeaturePusher:
