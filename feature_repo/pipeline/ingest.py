@@ -120,12 +120,8 @@ def ingest(
     days = df["time"].dt.date
     for day in lake.days_in(start, end):
         part = df[days == day]
-        stale = lake.partition_dir(settings.staging_dir, symbol, timeframe, day)
         if part.empty:
-            if stale.exists():
-                import shutil
-
-                shutil.rmtree(stale)
+            lake.remove_partition(settings.staging_dir, symbol, timeframe, day)
             continue
         path = lake.write_partition(settings.staging_dir, part, symbol, timeframe, day)
         result.partitions.append(str(path))

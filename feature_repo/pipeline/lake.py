@@ -97,6 +97,15 @@ def read_partition(root: Path, symbol: str, timeframe: str, day: date) -> pd.Dat
     return pq.read_table(path, schema=BAR_SCHEMA).to_pandas()
 
 
+def remove_partition(root: Path, symbol: str, timeframe: str, day: date) -> bool:
+    """Delete one day's partition under ``root``; returns whether there was one."""
+    part = partition_dir(root, symbol, timeframe, day)
+    if not part.exists():
+        return False
+    shutil.rmtree(part)
+    return True
+
+
 def move_partition(src_root: Path, dst_root: Path, symbol: str, timeframe: str, day: date) -> Path | None:
     """Move a partition between roots (staging → lake/quarantine), replacing the target."""
     src = partition_dir(src_root, symbol, timeframe, day)

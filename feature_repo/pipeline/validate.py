@@ -144,11 +144,7 @@ def validate_interval(
             dst = lake.move_partition(settings.staging_dir, settings.quarantine_dir, symbol, timeframe, day)
             assert dst is not None
             # the lake must not keep an older good copy of a day that now fails
-            old = lake.partition_dir(settings.lake_dir, symbol, timeframe, day)
-            if old.exists():
-                import shutil
-
-                shutil.rmtree(old)
+            lake.remove_partition(settings.lake_dir, symbol, timeframe, day)
             (dst / "validation.json").write_text(json.dumps(outcome, indent=2, default=str))
             entry["quarantine"] = str(dst)
             log.error("quarantined %s %s %s: %s", symbol, timeframe, day, entry["failed_expectations"])

@@ -64,7 +64,6 @@ def test_validate_when_bars_are_clean_then_they_move_to_the_lake(platform: Platf
 
 
 def test_validate_when_a_batch_is_corrupt_then_it_is_quarantined_and_never_reaches_features_or_redis(tmp_path: Path, redis_url: str) -> None:
-    from feature_repo.pipeline.ingest import rates_to_frame
     from feature_repo.pipeline.store import build_features, materialize
 
     s = make_settings(tmp_path, redis_url, db=3, symbols=["EURUSD"])
@@ -94,7 +93,6 @@ def test_validate_when_a_batch_is_corrupt_then_it_is_quarantined_and_never_reach
     materialize(s, d2, d3, "M5")
     row = _reader(s).read("EURUSD")
     assert row.event_time <= d2.timestamp()  # Redis still holds day 1's last bar, nothing of day 2
-    del rates_to_frame
 
 
 def _reader(s) -> OnlineFeatureReader:
