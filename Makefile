@@ -24,6 +24,8 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(VENV)/bin/uv pip install -q --python $(PY) --find-links /opt/wheels --index-strategy unsafe-best-match -r requirements.txt
 	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@# headless Chromium + driver for the operator console's browser test
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 	@rm -f $(VENV)/.setup-* && touch $@
 	@echo "setup done: $(VENV)"
 
@@ -46,8 +48,8 @@ typecheck: setup
 bench: setup
 	$(VENV)/bin/python bench/online_read.py
 
-lock:
-	uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+lock: setup
+	$(VENV)/bin/uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  --find-links /opt/wheels --index-strategy unsafe-best-match --no-header -o requirements.txt
 
 clean-state:
