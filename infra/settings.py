@@ -43,6 +43,14 @@ class PlatformSettings(BaseSettings):
         default=2, description="Broker server time minus UTC, in hours (fixed offset)."
     )
     synthetic_seed: int = 7
+    validation_config: Path | None = Field(
+        default=None,
+        description="YAML merged over feature_repo/pipeline/validation_rules.yaml (rule severities and thresholds).",
+    )
+    validation_severity: str = Field(
+        default="",
+        description="Per-rule severity overrides, e.g. 'price_jump=hard,frozen_prices=off' ('*=hard': every rule).",
+    )
     feast_project: str = "titanovax"
     mlflow_tracking_uri: str | None = Field(
         default=None, description="Default: sqlite:///<home>/mlflow.db with artifacts under <home>/mlartifacts."
