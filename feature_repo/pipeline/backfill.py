@@ -13,13 +13,16 @@ from infra.settings import PlatformSettings, utc
 
 
 def backfill(settings: PlatformSettings, start: datetime, end: datetime, *, materialise: bool = True) -> None:
+    """Ingest, validate and build features day by day over [start, end), then materialise once."""
     day, end = utc(start), utc(end)
     first = day
     while day < end:
         nxt = min(day + timedelta(days=1), end)
+        # every symbol's bars reach the lake before any features: the cross-symbol family reads them
         for sym in settings.symbols:
             ingest(settings, sym, settings.timeframe, day, nxt)
             validate_interval(settings, sym, settings.timeframe, day, nxt)
+        for sym in settings.symbols:
             build_features(settings, sym, settings.timeframe, day, nxt)
         day = nxt
     if materialise:

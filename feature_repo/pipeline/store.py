@@ -1,5 +1,11 @@
 """Features into Feast: the offline parquet, ``feast apply``, materialisation and pushes.
 
+One feature computation per symbol and bar range feeds three views (see
+:mod:`feature_repo.pipeline.transforms`): ``trend_fv`` (13 features, service ``trend_v1``),
+``trend_v2_fv`` (all 46) and ``bar_sequence_fv`` (the 64-bar ``seq`` array); services
+``trend_v1`` = ``trend_fv``, ``trend_v2`` = ``trend_v2_fv`` + ``bar_sequence_fv``. Their offline
+parquet lives in sibling folders of ``settings.offline_features_dir``.
+
 ``feature_store.yaml`` reads its registry path and Redis connection from the environment;
 :func:`feast_env` derives them from :class:`PlatformSettings`, and :func:`open_store` sets them
 in this process just before it builds the ``FeatureStore``.
@@ -18,31 +24,67 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from engine.mt5 import timeframe_seconds
 from feature_repo.pipeline import lake
-from feature_repo.pipeline.transforms import FEATURE_NAMES, WARMUP_BARS, compute_features
+from feature_repo.pipeline.transforms import (
+    FEATURE_NAMES,
+    SEQ_FIELD,
+    SEQ_WARMUP_BARS,
+    TREND_V1_FEATURES,
+    WARMUP_BARS,
+    compute_sequences,
+    feature_frame,
+    select_rows,
+)
 from infra.settings import FEATURE_REPO, PlatformSettings, feast_redis_connection_string, utc
 
 log = logging.getLogger(__name__)
 
 FEATURE_VIEW = "trend_fv"
 FEATURE_SERVICE = "trend_v1"
+V2_VIEW = "trend_v2_fv"
+SEQ_VIEW = "bar_sequence_fv"
+V2_SERVICE = "trend_v2"
+VIEWS: tuple[str, ...] = (FEATURE_VIEW, V2_VIEW, SEQ_VIEW)
+VIEW_FIELDS: dict[str, tuple[str, ...]] = {
+    FEATURE_VIEW: TREND_V1_FEATURES,
+    V2_VIEW: FEATURE_NAMES,
+    SEQ_VIEW: (SEQ_FIELD,),
+}
+SERVICE_VIEWS: dict[str, tuple[str, ...]] = {FEATURE_SERVICE: (FEATURE_VIEW,), V2_SERVICE: (V2_VIEW, SEQ_VIEW)}
 MATERIALIZE_OVERLAP = timedelta(hours=1)
+_SEQ_SCHEMA = pa.schema(
+    [
+        ("symbol", pa.string()),
+        ("event_timestamp", pa.timestamp("ns", tz="UTC")),
+        (SEQ_FIELD, pa.list_(pa.float32())),
+    ]
+)
+
+
+def offline_dir(settings: PlatformSettings, view: str = FEATURE_VIEW) -> Path:
+    """Offline parquet folder of a feature view (``trend_fv`` keeps the historical location)."""
+    base = settings.offline_features_dir
+    return {FEATURE_VIEW: base, V2_VIEW: base.parent / "trend_v2", SEQ_VIEW: base.parent / "bar_sequence"}[view]
 
 
 def feast_env(settings: PlatformSettings) -> dict[str, str]:
     return {
         "TX_FEAST_REGISTRY": str(settings.feast_registry),
         "TX_FEAST_REDIS": feast_redis_connection_string(settings.require_redis_url()),
-        "TX_OFFLINE_FEATURES": str(settings.offline_features_dir),
+        "TX_OFFLINE_FEATURES": str(offline_dir(settings, FEATURE_VIEW)),
+        "TX_OFFLINE_FEATURES_V2": str(offline_dir(settings, V2_VIEW)),
+        "TX_OFFLINE_SEQUENCES": str(offline_dir(settings, SEQ_VIEW)),
     }
 
 
 def feast_apply(settings: PlatformSettings) -> str:
     """Register the repo's definitions (``feast apply``), creating the folders it needs."""
     settings.feast_registry.parent.mkdir(parents=True, exist_ok=True)
-    settings.offline_features_dir.mkdir(parents=True, exist_ok=True)
+    for view in VIEWS:
+        offline_dir(settings, view).mkdir(parents=True, exist_ok=True)
     feast_bin = Path(sys.executable).with_name("feast")
     env = {**os.environ, **feast_env(settings)}
     proc = subprocess.run(
@@ -64,11 +106,12 @@ def open_store(settings: PlatformSettings) -> Any:
 
 def lookback(timeframe: str) -> timedelta:
     """History read before an interval so its first bars are past the warm-up (weekends incl.)."""
-    return timedelta(days=math.ceil(2 * WARMUP_BARS * timeframe_seconds(timeframe) / 86400) + 3)
+    bars = max(WARMUP_BARS, SEQ_WARMUP_BARS)
+    return timedelta(days=math.ceil(2 * bars * timeframe_seconds(timeframe) / 86400) + 3)
 
 
-def offline_path(settings: PlatformSettings, symbol: str, timeframe: str, day: Any) -> Path:
-    return settings.offline_features_dir / f"{symbol}_{timeframe}_{day.isoformat()}.parquet"
+def offline_path(settings: PlatformSettings, symbol: str, timeframe: str, day: Any, view: str = FEATURE_VIEW) -> Path:
+    return offline_dir(settings, view) / f"{symbol}_{timeframe}_{day.isoformat()}.parquet"
 
 
 @dataclass
@@ -77,6 +120,7 @@ class FeatureResult:
     timeframe: str
     rows: int
     files: list[str] = field(default_factory=list)
+    view_rows: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,36 +133,84 @@ def symbol_point(settings: PlatformSettings, symbol: str) -> float:
     return float(symbol_spec(symbol).point)
 
 
-def features_for_range(
-    settings: PlatformSettings, symbol: str, timeframe: str, start: datetime, end: datetime
-) -> pd.DataFrame:
-    """Feature rows of the bars with open time in [start, end), computed from the lake only."""
+def view_rows(
+    bars: dict[str, pd.DataFrame], symbol: str, point: float, views: tuple[str, ...] = VIEWS
+) -> dict[str, pd.DataFrame]:
+    """The rows of each view for ``symbol`` from one feature computation over ``bars`` (all
+    configured symbols' bars, keyed by symbol: the others feed the cross-symbol family)."""
+    own = bars[symbol]
+    out: dict[str, pd.DataFrame] = {}
+    tab = [v for v in views if v != SEQ_VIEW]
+    if tab:
+        frame = feature_frame(own, point, {k: v for k, v in bars.items() if k != symbol}) if len(own) else None
+        for v in tab:
+            names = list(VIEW_FIELDS[v])
+            out[v] = select_rows(frame, names) if frame is not None else pd.DataFrame(columns=["symbol", "event_timestamp", *names])
+    if SEQ_VIEW in views:
+        out[SEQ_VIEW] = compute_sequences(own, point)
+    return out
+
+
+def read_lake_bars(
+    settings: PlatformSettings, timeframe: str, start: datetime, end: datetime
+) -> dict[str, pd.DataFrame]:
+    """Lake bars of every configured symbol with open time in [start - lookback, end)."""
+    return {
+        sym: lake.read_bars(settings.lake_dir, sym, timeframe, start - lookback(timeframe), end) for sym in settings.symbols
+    }
+
+
+def frames_for_range(
+    settings: PlatformSettings,
+    symbol: str,
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    views: tuple[str, ...] = VIEWS,
+    bars: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Per view, the rows of the bars with open time in [start, end), from the lake only."""
     start, end = utc(start), utc(end)
-    bars = lake.read_bars(settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end)
-    feats = compute_features(bars, symbol_point(settings, symbol))
+    bars = bars if bars is not None else read_lake_bars(settings, timeframe, start, end)
+    if symbol not in bars:
+        bars = {**bars, symbol: lake.read_bars(settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end)}
     step = pd.Timedelta(seconds=timeframe_seconds(timeframe))
-    opened = feats["event_timestamp"] - step
-    return feats[(opened >= start) & (opened < end)].reset_index(drop=True)
+    out = {}
+    for v, rows in view_rows(bars, symbol, symbol_point(settings, symbol), views).items():
+        opened = pd.to_datetime(rows["event_timestamp"], utc=True) - step
+        out[v] = rows[(opened >= start) & (opened < end)].reset_index(drop=True)
+    return out
+
+
+def features_for_range(
+    settings: PlatformSettings, symbol: str, timeframe: str, start: datetime, end: datetime, view: str = FEATURE_VIEW
+) -> pd.DataFrame:
+    """Feature rows of one view for the bars with open time in [start, end), from the lake only."""
+    return frames_for_range(settings, symbol, timeframe, start, end, (view,))[view]
 
 
 def build_features(
     settings: PlatformSettings, symbol: str, timeframe: str, start: datetime, end: datetime
 ) -> FeatureResult:
-    """Write the offline feature files of [start, end), one per UTC day, overwriting."""
+    """Write the offline feature files of every view for [start, end), one per UTC day, overwriting.
+
+    ``rows`` counts the ``trend_fv`` rows; ``view_rows`` every view's."""
     start, end = utc(start), utc(end)
-    feats = features_for_range(settings, symbol, timeframe, start, end)
+    frames = frames_for_range(settings, symbol, timeframe, start, end)
     step = pd.Timedelta(seconds=timeframe_seconds(timeframe))
-    res = FeatureResult(symbol, timeframe, len(feats))
-    day_of_open = (feats["event_timestamp"] - step).dt.date
-    for day in lake.days_in(start, end):
-        path = offline_path(settings, symbol, timeframe, day)
-        part = feats[day_of_open == day]
-        if part.empty:
-            path.unlink(missing_ok=True)
-            continue
-        lake.write_parquet_atomic(part, path)
-        res.files.append(str(path))
-    log.info("built %d feature rows for %s %s [%s, %s)", len(feats), symbol, timeframe, start, end)
+    res = FeatureResult(symbol, timeframe, len(frames[FEATURE_VIEW]))
+    for view, feats in frames.items():
+        res.view_rows[view] = len(feats)
+        day_of_open = (pd.to_datetime(feats["event_timestamp"], utc=True) - step).dt.date
+        for day in lake.days_in(start, end):
+            path = offline_path(settings, symbol, timeframe, day, view)
+            part = feats[day_of_open == day]
+            if part.empty:
+                path.unlink(missing_ok=True)
+                continue
+            lake.write_parquet_atomic(part, path, schema=_SEQ_SCHEMA if view == SEQ_VIEW else None)
+            res.files.append(str(path))
+    log.info("built %s feature rows for %s %s [%s, %s)", res.view_rows, symbol, timeframe, start, end)
     return res
 
 
@@ -127,10 +219,10 @@ def materialize(settings: PlatformSettings, start: datetime, end: datetime, time
     start, end = utc(start), utc(end)
     step = timedelta(seconds=timeframe_seconds(timeframe))
     store = open_store(settings)
-    store.materialize(start - MATERIALIZE_OVERLAP, end + step, feature_views=[FEATURE_VIEW])
+    store.materialize(start - MATERIALIZE_OVERLAP, end + step, feature_views=list(VIEWS))
 
 
 def push_rows(settings: PlatformSettings, rows: pd.DataFrame, store: Any | None = None) -> None:
     """Write feature rows straight to the online store through Feast (the per-bar path)."""
     store = store or open_store(settings)
-    store.write_to_online_store(FEATURE_VIEW, rows[["symbol", "event_timestamp", *FEATURE_NAMES]])
+    store.write_to_online_store(FEATURE_VIEW, rows[["symbol", "event_timestamp", *TREND_V1_FEATURES]])
