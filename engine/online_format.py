@@ -10,7 +10,8 @@ Layout (Feast ``RedisOnlineStore``, entity key serialisation v3):
 - ``_ts:<view>``: a serialised ``google.protobuf.Timestamp`` of the row's event time.
 
 Only the protobuf wire types those messages use are decoded here; a test checks these
-functions against the Feast SDK on the same Redis keys.
+functions against the Feast SDK on the same Redis keys. The encoders (``encode_*``) write the
+same bytes Feast writes, for the streaming pusher's direct path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import struct
 
 import mmh3
+import numpy as np
 
 _STRING, _INT64 = 2, 4
 _U32 = struct.Struct("<I")
@@ -136,3 +138,62 @@ def decode_timestamp(buf: bytes) -> float:
         elif key >> 3 == 2:
             nanos = v
     return seconds + nanos / 1e9
+
+
+# Value field numbers of the types written here (feast/types/Value.proto)
+_DOUBLE_KEY = bytes([5 << 3 | 1])  # double_val, fixed64
+_FLOAT_LIST_KEY = bytes([0x82, 0x01])  # float_list_val = 16, length-delimited
+_PACKED_1 = bytes([1 << 3 | 2])  # FloatList.val = 1, packed
+
+
+def _put_varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_double(v: float) -> bytes:
+    """``Value(double_val=v).SerializeToString()``."""
+    return _DOUBLE_KEY + _F64.pack(v)
+
+
+def encode_float_list(values: np.ndarray) -> bytes:
+    """``Value(float_list_val=FloatList(val=values)).SerializeToString()`` (float32, packed)."""
+    raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    inner = _PACKED_1 + _put_varint(len(raw)) + raw if raw else b""
+    return _FLOAT_LIST_KEY + _put_varint(len(inner)) + inner
+
+
+def encode_timestamp(seconds: int, nanos: int = 0) -> bytes:
+    """``google.protobuf.Timestamp(seconds=, nanos=).SerializeToString()``."""
+    out = b""
+    if seconds:
+        out += b"\x08" + _put_varint(seconds & ((1 << 64) - 1))
+    if nanos:
+        out += b"\x10" + _put_varint(nanos)
+    return out
+
+
+def decode_float32_array(buf: bytes) -> np.ndarray:
+    """A serialised ``float_list_val`` → ``float32`` array, without a Python float per element.
+
+    Fast path for the packed layout Feast writes; anything else goes through
+    :func:`decode_value`."""
+    if buf[:2] == _FLOAT_LIST_KEY:
+        n, i = _varint(buf, 2)
+        if n == 0:
+            return np.empty(0, dtype=np.float32)
+        if i + n == len(buf) and buf[i : i + 1] == _PACKED_1:
+            m, j = _varint(buf, i + 1)
+            if j + m == len(buf):
+                return np.frombuffer(buf, dtype="<f4", count=m // 4, offset=j).astype(np.float32)
+    v = decode_value(buf)
+    if not isinstance(v, list):
+        raise ValueError("not a float list value")
+    return np.asarray(v, dtype=np.float32)

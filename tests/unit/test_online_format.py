@@ -11,7 +11,18 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int64List, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.online_format import decode_timestamp, decode_value, entity_key, field_hash
+import numpy as np
+
+from engine.online_format import (
+    decode_float32_array,
+    decode_timestamp,
+    decode_value,
+    encode_double,
+    encode_float_list,
+    encode_timestamp,
+    entity_key,
+    field_hash,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -56,3 +67,28 @@ def test_decode_value_when_feast_serialises_then_engine_reads_the_same(value: Va
 def test_decode_timestamp() -> None:
     ts = Timestamp(seconds=1767225900, nanos=500_000_000)
     assert math.isclose(decode_timestamp(ts.SerializeToString()), 1767225900.5)
+
+
+@pytest.mark.parametrize("v", [0.0, -0.0, 1.5, -1.2345678901234567e-300, 7e22, float("inf")])
+def test_encode_double_when_written_by_the_pusher_then_bytes_equal_feast(v: float) -> None:
+    assert encode_double(v) == Value(double_val=v).SerializeToString()
+
+
+@pytest.mark.parametrize("n", [1, 3, 31, 32, 576, 5000])
+def test_encode_float_list_when_written_by_the_pusher_then_bytes_equal_feast(n: int) -> None:
+    a = np.random.default_rng(n).normal(size=n).astype(np.float32)
+    feast_bytes = Value(float_list_val=FloatList(val=a.tolist())).SerializeToString()
+    assert encode_float_list(a) == feast_bytes
+    got = decode_float32_array(feast_bytes)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, a)
+    assert decode_value(feast_bytes) == a.tolist()
+
+
+def test_decode_float32_array_of_an_empty_list() -> None:
+    assert decode_float32_array(Value(float_list_val=FloatList(val=[])).SerializeToString()).size == 0
+
+
+@pytest.mark.parametrize("seconds,nanos", [(1767225900, 0), (1767225900, 500_000_000), (0, 0), (1, 1)])
+def test_encode_timestamp_equals_protobuf(seconds: int, nanos: int) -> None:
+    assert encode_timestamp(seconds, nanos) == Timestamp(seconds=seconds, nanos=nanos).SerializeToString()
