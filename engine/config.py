@@ -1,4 +1,10 @@
-"""Engine settings (from ``TX_*``) and frozen risk limits."""
+"""Engine settings (from ``TX_*``) and the frozen limits the risk layer, sizing and execution use.
+
+``EngineSettings`` is read from the environment (every variable is documented in
+``.env.example``); :meth:`EngineSettings.risk_limits`, :meth:`EngineSettings.sizing` and
+:meth:`EngineSettings.execution` turn it into frozen, typed config objects that nothing can
+change while the engine runs (a new config means a reload, which is journaled).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,61 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 @dataclass(frozen=True)
 class RiskLimits:
-    """Limits the risk layer enforces; frozen so nothing changes them mid-run."""
+    """Limits the risk layer enforces; frozen so nothing changes them mid-run.
 
-    max_position_lots: float = 1.0
+    Money limits are fractions of equity (``0.03`` = 3 %). A limit of ``0`` (or ``None``)
+    disables that rule.
+    """
+
     kill_switch: bool = False
+    max_position_lots: float = 1.0  # per symbol, absolute net lots of this engine
+    max_total_lots: float = 3.0  # all symbols, sum of absolute net lots
+    daily_loss_limit: float = 0.03  # loss since the UTC day's first equity, / that equity → HALTED
+    max_drawdown: float = 0.10  # trailing: (peak equity - equity) / peak → HALTED
+    max_orders_per_minute: int = 10
+    max_consecutive_losses: int = 5  # closed losing trades in a row → REDUCING
+    max_feature_age_s: float = 90.0  # wall/sim clock now - feature event time
+    max_spread_points: float = 50.0
+    max_tick_age_s: float = 900.0  # no tick this recent (server clock): market closed
+
+    def __post_init__(self) -> None:
+        for name in ("max_position_lots", "max_total_lots", "daily_loss_limit", "max_drawdown",
+                     "max_feature_age_s", "max_spread_points", "max_tick_age_s"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"RiskLimits.{name} must be >= 0")
+        if self.max_orders_per_minute < 0 or self.max_consecutive_losses < 0:
+            raise ValueError("RiskLimits counts must be >= 0")
+
+
+@dataclass(frozen=True)
+class SizingConfig:
+    """Lots from risk % of equity over an ATR stop; ``risk_per_trade=0`` uses ``fixed_lots``."""
+
+    risk_per_trade: float = 0.0  # fraction of equity lost if the stop is hit (0.005 = 0.5 %)
+    fixed_lots: float = 0.1
+    atr_period: int = 14
+    stop_atr_mult: float = 2.0  # stop distance = mult * ATR (0: no stop loss)
+    take_profit_atr_mult: float = 0.0  # 0: no take profit
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Order path: the edge gate, retries and filling preference."""
+
+    min_edge_cost_ratio: float = 0.0  # refuse when expected edge < ratio * (spread + slippage); 0: off
+    edge_atr_mult: float = 1.0  # expected move of a sure call, in ATRs over the label horizon
+    slippage_points: float = 0.0  # predicted slippage: base points ...
+    slippage_spread_frac: float = 0.25  # ... + this fraction of the current spread
+    max_retries: int = 3
+    retry_backoff_s: float = 0.2
+    deviation_points: int = 20
+    filling_preference: tuple[str, ...] = ("FOK", "IOC", "RETURN")
+    history_lookback_s: int = 7 * 86_400  # how far back to search deals for a client order id
 
 
 class EngineSettings(BaseSettings):
+    """Settings of the engine deployable, all from ``TX_*`` (documented in ``.env.example``)."""
+
     model_config = SettingsConfigDict(env_prefix="TX_", extra="ignore")
 
     mode: Literal["live", "paper", "backtest"] = Field(default="paper", alias="TX_ENGINE_MODE")
@@ -33,14 +87,32 @@ class EngineSettings(BaseSettings):
     feature_view: str = "trend_fv"
     serving_url: str = "http://127.0.0.1:3000"
     serving_timeout_s: float = 0.5
+    serving_token: str | None = None
+    serving_api: Literal["v1", "legacy"] = Field(default="v1", alias="TX_ENGINE_SERVING_API")
+    serving_fallback: Literal["fail_closed", "onnx"] = Field(default="fail_closed", alias="TX_ENGINE_SERVING_FALLBACK")
+    bundle_dir: Path | None = Field(default=None, alias="TX_ENGINE_BUNDLE_DIR")
     journal_path: Path = Path(".tx/engine/journal.sqlite")
+    journal_url: str | None = None
     # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     timeframe: str = "M5"
     lots: float = Field(default=0.1, alias="TX_ENGINE_LOTS")
     magic: int = Field(default=20260101, alias="TX_ENGINE_MAGIC")
-    max_position_lots: float = Field(default=1.0, alias="TX_RISK_MAX_POSITION_LOTS")
+    engine_token: str | None = None
+    control_host: str = Field(default="127.0.0.1", alias="TX_ENGINE_CONTROL_HOST")
+    control_port: int = Field(default=8765, alias="TX_ENGINE_CONTROL_PORT")
     kill_switch: bool = Field(default=False, alias="TX_RISK_KILL_SWITCH")
+    max_position_lots: float = Field(default=1.0, alias="TX_RISK_MAX_POSITION_LOTS")
+    max_total_lots: float = Field(default=3.0, alias="TX_RISK_MAX_TOTAL_LOTS")
+    daily_loss_limit: float = Field(default=0.03, alias="TX_RISK_DAILY_LOSS_LIMIT")
+    max_drawdown: float = Field(default=0.10, alias="TX_RISK_MAX_DRAWDOWN")
+    max_orders_per_minute: int = Field(default=10, alias="TX_RISK_MAX_ORDERS_PER_MINUTE")
+    max_consecutive_losses: int = Field(default=5, alias="TX_RISK_MAX_CONSECUTIVE_LOSSES")
+    max_feature_age_s: float = Field(default=90.0, alias="TX_RISK_MAX_FEATURE_AGE_S")
+    max_spread_points: float = Field(default=50.0, alias="TX_RISK_MAX_SPREAD_POINTS")
+    risk_per_trade: float = Field(default=0.0, alias="TX_RISK_PER_TRADE")
+    stop_atr_mult: float = Field(default=2.0, alias="TX_ENGINE_STOP_ATR_MULT")
+    min_edge_cost_ratio: float = Field(default=0.0, alias="TX_ENGINE_MIN_EDGE_COST_RATIO")
     broker_utc_offset_hours: int = 2
 
     @field_validator("symbols", mode="before")
@@ -51,4 +123,28 @@ class EngineSettings(BaseSettings):
         return v
 
     def risk_limits(self) -> RiskLimits:
-        return RiskLimits(max_position_lots=self.max_position_lots, kill_switch=self.kill_switch)
+        """The frozen risk limits these settings describe."""
+        return RiskLimits(
+            kill_switch=self.kill_switch,
+            max_position_lots=self.max_position_lots,
+            max_total_lots=self.max_total_lots,
+            daily_loss_limit=self.daily_loss_limit,
+            max_drawdown=self.max_drawdown,
+            max_orders_per_minute=self.max_orders_per_minute,
+            max_consecutive_losses=self.max_consecutive_losses,
+            max_feature_age_s=self.max_feature_age_s,
+            max_spread_points=self.max_spread_points,
+        )
+
+    def sizing(self) -> SizingConfig:
+        """The frozen sizing config these settings describe."""
+        return SizingConfig(risk_per_trade=self.risk_per_trade, fixed_lots=self.lots, stop_atr_mult=self.stop_atr_mult)
+
+    def execution(self) -> ExecutionConfig:
+        """The frozen execution config these settings describe."""
+        return ExecutionConfig(min_edge_cost_ratio=self.min_edge_cost_ratio)
+
+    @property
+    def journal_target(self) -> str:
+        """Where the journal lives: ``TX_JOURNAL_URL`` (postgresql://…) or the SQLite path."""
+        return self.journal_url or str(self.journal_path)

@@ -1,42 +1,84 @@
-"""The engine: for each newly closed bar, features → serving → risk → MT5 order → journal.
+"""The engine: for each newly closed bar, features → model → sizing/gate → risk → MT5 order →
+journal.
 
 Its world comes in as arguments (terminal, feature reader, model client, journal, clock), so
-the same code runs live against a real terminal, in paper mode and over a replay.
+the same code runs ``live`` against a real terminal, in ``paper`` mode (simulated terminal,
+wall clock) and as a ``backtest`` (simulated terminal and clock, as fast as it goes).
+
+Per bar (:meth:`Engine.on_bar`):
+
+1. account: equity → risk state (daily loss, trailing drawdown), closed deals → consecutive
+   losses;
+2. features: the row's event time must equal the bar close being decided (else
+   ``stale_features``); its age feeds the risk layer;
+3. model: serving, or the hash-checked in-process fallback (``serving_unavailable`` /
+   ``model_mismatch`` when neither answers);
+4. target: the model's position × lots sized from risk % of equity over an ATR stop (rounded
+   to the symbol's volume step), through the execution gate (``edge_below_cost``);
+5. risk: :func:`engine.risk.check_order` (every refusal has a reason code);
+6. orders: close what points the wrong way, open the rest, each through the idempotent
+   :class:`engine.execution.OrderExecutor` (write-ahead intents, client order ids);
+7. journal: one row per bar with the latency breakdown, verdict, reason, requests and results.
+
+On start (:meth:`Engine.reconcile`) pending intents are resolved against the terminal's
+positions and deals, so a crash between ``order_send`` and the journal write neither loses the
+order nor sends it twice.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.config import RiskLimits
+from engine.config import ExecutionConfig, RiskLimits, SizingConfig
+from engine.execution import OrderExecutor, OrderOutcome
 from engine.features import FeatureRow, FeatureUnavailable
 from engine.journal import DecisionRecord, Journal
+from engine.metrics import EngineMetrics
 from engine.mt5 import Terminal
 from engine.mt5 import protocol as mt5
-from engine.risk import Reason, check_order
-from engine.serving_client import Prediction, ServingUnavailable
+from engine.risk import Reason, RiskManager, RiskState, TradingState
+from engine.serving_client import ModelMismatch, Prediction, ServingUnavailable
+from engine.sizing import atr, cost_points, edge_points, lots_for_risk, round_volume
 
 log = logging.getLogger(__name__)
 
 
 class FeatureSource(Protocol):
+    """Reads the feature row of a symbol (the latest one written)."""
+
     def read(self, symbol: str) -> FeatureRow: ...
 
 
 class ModelClient(Protocol):
+    """Scores one feature row."""
+
     def predict(self, row: FeatureRow) -> Prediction: ...
 
 
 @dataclass
 class EngineStats:
+    """In-process figures of one run (the journal and metrics hold the rest)."""
+
     latencies_ms: list[float] = field(default_factory=list)  # tick-to-decision per bar
+    stages_ms: list[dict[str, float]] = field(default_factory=list)
+    bars: int = 0
+
+
+class _Refuse(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class Engine:
+    """One engine for live, paper and backtest (see the module docstring)."""
+
     def __init__(
         self,
         *,
@@ -45,9 +87,16 @@ class Engine:
         model: ModelClient,
         journal: Journal,
         limits: RiskLimits,
-        lots: float,
+        lots: float = 0.1,
         magic: int,
         clock: Callable[[], float] = time.time,
+        sizing: SizingConfig | None = None,
+        execution: ExecutionConfig | None = None,
+        timeframe: int = mt5.TIMEFRAME_M5,
+        server_utc_offset_hours: int = 2,
+        metrics: EngineMetrics | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        reload_hook: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.terminal = terminal
         self.features = features
@@ -57,117 +106,334 @@ class Engine:
         self.lots = lots
         self.magic = magic
         self.clock = clock
+        self.sizing = sizing or SizingConfig(fixed_lots=lots, stop_atr_mult=0.0)
+        self.execution = execution or ExecutionConfig()
+        self.timeframe = timeframe
+        self.offset_s = int(server_utc_offset_hours) * 3600
+        self.metrics = metrics or EngineMetrics()
+        self.reload_hook = reload_hook
         self.stats = EngineStats()
+        self.lock = threading.RLock()
+        self.started = False
+        saved = journal.load_state("risk")
+        self.risk = RiskManager(limits, RiskState.from_json(saved) if saved else RiskState(), on_change=self._save_risk)
+        self.metrics.set_state(self.risk.state.trading_state)
+        acct = terminal.account_info()
+        self.login = int(acct.login) if acct is not None else 0
+        self.executor = OrderExecutor(
+            terminal, journal, self.execution, magic=magic, login=self.login, sleep=sleep,
+            on_retcode=lambda rc: self.metrics.orders.labels(str(rc)).inc(),
+        )  # fmt: skip
+        self.last_reconcile: dict[str, Any] = {}
+
+    def _save_risk(self, state: RiskState) -> None:
+        self.journal.save_state("risk", state.to_json())
+        self.metrics.set_state(state.trading_state)
+
+    # --- start: reconcile ---------------------------------------------------------------
+    def reconcile(self) -> dict[str, Any]:
+        """Resolve pending intents against the terminal; report what the terminal holds.
+
+        A pending intent whose client id is found at the broker (position or deal) becomes
+        ``recovered``; one that is not becomes ``not_sent`` (its bar, if decided again, sends
+        it under the same id). Positions of this magic with an unknown comment are reported
+        (adopted as they are: the engine trades the net position)."""
+        with self.lock:
+            now = self.clock()
+            report: dict[str, Any] = {"recovered": [], "not_sent": [], "unknown_positions": []}
+            for it in self.journal.intents("pending"):
+                found = self.executor.find_existing(it.symbol, it.client_id, now)
+                if found is not None:
+                    self.journal.intent_end(it.client_id, "recovered", {"results": [found], "reconciled": True}, None)
+                    report["recovered"].append(it.client_id)
+                else:
+                    self.journal.intent_end(it.client_id, "not_sent", {"results": [], "reconciled": True}, None)
+                    report["not_sent"].append(it.client_id)
+            known = {it.client_id for it in self.journal.intents()}
+            positions = [p for p in (self.terminal.positions_get() or ()) if p.magic == self.magic]
+            report["positions"] = len(positions)
+            report["unknown_positions"] = [int(p.ticket) for p in positions if p.comment not in known]
+            self._observe_account(now)
+            self.last_reconcile = report
+            self.started = True
+            if report["recovered"] or report["not_sent"] or report["unknown_positions"]:
+                log.warning("reconciliation: %s", report)
+            return report
 
     # --- one bar ------------------------------------------------------------------------
     def on_bar(self, symbol: str, bar_close: int) -> DecisionRecord | None:
         """Decide on the bar of ``symbol`` that closed at ``bar_close`` (UTC epoch seconds).
 
         Returns the journaled record, or ``None`` if this bar was already decided (restart)."""
-        if self.journal.decided(symbol, bar_close):
-            return None
+        with self.lock:
+            if not self.started:
+                self.reconcile()
+            if self.journal.decided(symbol, bar_close):
+                return None
+            return self._decide(symbol, int(bar_close))
+
+    def _decide(self, symbol: str, bar_close: int) -> DecisionRecord:
         t0 = time.perf_counter()
         lat: dict[str, float] = {}
-        rec = DecisionRecord(
-            symbol, bar_close, self.clock(), None, None, "none", None, "refused", None, None, None, None, lat
-        )
+        now = self.clock()
+        rec = DecisionRecord(symbol, bar_close, now, None, None, "none", None, "refused", None, None, None, None, lat)
         try:
-            row = self.features.read(symbol)
-            lat["features_ms"] = (time.perf_counter() - t0) * 1e3
+            self._observe_account(now)
+            t = time.perf_counter()
+            try:
+                row = self.features.read(symbol)
+            except FeatureUnavailable as exc:
+                raise _Refuse(Reason.NO_FEATURES, str(exc)) from exc
+            lat["feature_ms"] = (time.perf_counter() - t) * 1e3
             rec.feature_time = row.event_time
+            age = now - row.event_time
+            self.metrics.feature_age.labels(symbol).set(age)
             if round(row.event_time) != bar_close:
-                rec.reason = f"{Reason.STALE_FEATURES}: row at {row.event_time:.0f}, bar closed {bar_close}"
-                return self._finish(rec, t0)
-            t1 = time.perf_counter()
-            pred = self.model.predict(row)
-            lat["serving_ms"] = (time.perf_counter() - t1) * 1e3
+                raise _Refuse(Reason.STALE_FEATURES, f"row at {row.event_time:.0f}, bar closed {bar_close}")
+            t = time.perf_counter()
+            try:
+                pred = self.model.predict(row)
+            except ModelMismatch as exc:
+                raise _Refuse(Reason.MODEL_MISMATCH, str(exc)) from exc
+            except ServingUnavailable as exc:
+                raise _Refuse(Reason.SERVING_UNAVAILABLE, str(exc)) from exc
+            lat["predict_ms"] = (time.perf_counter() - t) * 1e3
+            if pred.source != "serving":
+                self.metrics.fallbacks.inc()
+                lat["fallback"] = 1.0
             rec.model_version, rec.decision = pred.model_version, pred.decision
-            target = pred.position * self.lots
-            rec.target_lots = target
-            current = self._net_lots(symbol)
-            verdict = check_order(self.limits, current_lots=current, target_lots=target)
-            if not verdict.allowed:
-                rec.reason = f"{verdict.reason}: {verdict.detail}"
-                return self._finish(rec, t0)
-            if abs(target - current) < 1e-9:
+            t = time.perf_counter()
+            plan = self._plan(symbol, pred, age)
+            lat["risk_ms"] = (time.perf_counter() - t) * 1e3
+            if plan is None:
                 rec.verdict = "hold"
+                rec.target_lots = self._net_lots(symbol)
                 return self._finish(rec, t0)
-            t2 = time.perf_counter()
-            self._move_position(symbol, current, target, bar_close, rec)
-            lat["order_ms"] = (time.perf_counter() - t2) * 1e3
-        except FeatureUnavailable as exc:
-            rec.reason = f"{Reason.NO_FEATURES}: {exc}"
-        except ServingUnavailable as exc:
-            rec.reason = f"{Reason.SERVING_UNAVAILABLE}: {exc}"
+            current, target, sl_d, tp_d = plan
+            rec.target_lots = target
+            t = time.perf_counter()
+            self._move_position(symbol, current, target, bar_close, rec, sl_d, tp_d)
+            lat["order_ms"] = (time.perf_counter() - t) * 1e3
+        except _Refuse as r:
+            rec.verdict, rec.reason_code, rec.reason = "refused", str(r.reason), f"{r.reason}: {r.detail}"
         return self._finish(rec, t0)
+
+    def _plan(self, symbol: str, pred: Prediction, feature_age: float) -> tuple[float, float, float, float] | None:
+        """``(current, target, sl distance, tp distance)``, ``None`` to hold; raises _Refuse."""
+        current = self._net_lots(symbol)
+        side = 0 if current == 0 else (1 if current > 0 else -1)
+        if pred.position == side:
+            return None  # already where the model wants to be (no resizing mid-trade)
+        info = self.terminal.symbol_info(symbol)
+        tick = self.terminal.symbol_info_tick(symbol)
+        now_server = self.clock() + self.offset_s
+        market_open = (
+            info is not None and tick is not None and info.trade_mode != mt5.SYMBOL_TRADE_MODE_DISABLED
+            and (not self.limits.max_tick_age_s or now_server - tick.time <= self.limits.max_tick_age_s)
+        )  # fmt: skip
+        spread = (tick.ask - tick.bid) / info.point if (info is not None and tick is not None and info.point) else 0.0
+        target, sl_d, tp_d = 0.0, 0.0, 0.0
+        if pred.position != 0 and info is not None:
+            rates = self.terminal.copy_rates_from_pos(symbol, self.timeframe, 1, self.sizing.atr_period + 1)
+            a = atr(rates, self.sizing.atr_period) if rates is not None else 0.0
+            sl_d = self.sizing.stop_atr_mult * a
+            tp_d = self.sizing.take_profit_atr_mult * a
+            ex = self.execution
+            if ex.min_edge_cost_ratio > 0:
+                edge = edge_points(pred.probabilities, pred.position, a / info.point, ex.edge_atr_mult)
+                cost = cost_points(spread, ex.slippage_points, ex.slippage_spread_frac)
+                if edge < ex.min_edge_cost_ratio * cost:
+                    if current == 0:
+                        raise _Refuse(Reason.EDGE_BELOW_COST, f"edge {edge:.1f} points < {ex.min_edge_cost_ratio:g} x cost {cost:.1f}")
+                    pred_position = 0  # the edge does not pay for a new position: only close
+                else:
+                    pred_position = pred.position
+            else:
+                pred_position = pred.position
+            if pred_position != 0:
+                if self.sizing.risk_per_trade > 0:
+                    acct = self.terminal.account_info()
+                    lots = lots_for_risk(
+                        acct.equity if acct else 0.0, self.sizing.risk_per_trade, sl_d, tick_size=info.trade_tick_size,
+                        tick_value=info.trade_tick_value, volume_min=info.volume_min, volume_step=info.volume_step,
+                        volume_max=info.volume_max,
+                    )  # fmt: skip
+                else:
+                    lots = round_volume(self.sizing.fixed_lots, info.volume_min, info.volume_step, info.volume_max)
+                if lots <= 0:
+                    if current == 0:
+                        raise _Refuse(Reason.SIZE_BELOW_MIN, f"risked size below volume_min {info.volume_min}")
+                else:
+                    target = pred_position * lots
+        if abs(target - current) < 1e-9:
+            return None
+        other = sum(abs(v) for s, v in self._all_net_lots().items() if s != symbol)
+        closing = current != 0 and (target == 0 or (target > 0) != (current > 0))
+        n_orders = (len(self.positions(symbol)) if closing else 0) + (1 if abs(target) > 1e-12 and (closing or current == 0 or abs(target) > abs(current)) else 0)
+        v = self.risk.check(
+            current_lots=current, target_lots=target, other_lots=other, now=self.clock(),
+            spread_points=spread, market_open=market_open, feature_age_s=feature_age, new_orders=max(n_orders, 1),
+        )  # fmt: skip
+        if not v.allowed:
+            assert v.reason is not None
+            raise _Refuse(v.reason, v.detail)
+        return current, target, sl_d, tp_d
 
     def _finish(self, rec: DecisionRecord, t0: float) -> DecisionRecord:
         total = (time.perf_counter() - t0) * 1e3
         rec.latency_ms["total_ms"] = total
+        rec.trading_state = str(self.risk.state.trading_state)
         self.journal.record(rec)
         self.stats.latencies_ms.append(total)
+        self.stats.stages_ms.append(dict(rec.latency_ms))
+        self.stats.bars += 1
+        self.metrics.decisions.labels(rec.verdict).inc()
+        if rec.reason_code:
+            self.metrics.refusals.labels(rec.reason_code).inc()
+        self.metrics.observe_stages({k: v for k, v in rec.latency_ms.items() if k.endswith("_ms")})
         log.debug("%s %s %s %s", rec.symbol, rec.bar_close, rec.verdict, rec.reason or rec.decision)
         return rec
 
+    # --- account ------------------------------------------------------------------------
+    def _observe_account(self, now: float) -> None:
+        acct = self.terminal.account_info()
+        if acct is None:
+            return
+        self.risk.observe_equity(float(acct.equity), now)
+        self.metrics.equity.set(float(acct.equity))
+        self.metrics.drawdown.set(self.risk.state.drawdown)
+        lo = int(now) - 2 * 86_400
+        deals = self.terminal.history_deals_get(lo, int(now) + 2 * 86_400) or ()
+        closed = [
+            (int(d.ticket), float(d.profit + d.commission + d.swap))
+            for d in deals
+            if d.magic == self.magic and d.entry == mt5.DEAL_ENTRY_OUT and d.ticket > self.risk.state.last_deal_ticket
+        ]
+        if closed:
+            self.risk.observe_closed_trades(closed)
+
     # --- positions and orders -------------------------------------------------------------
-    def _positions(self, symbol: str) -> tuple[Any, ...]:
-        pos = self.terminal.positions_get(symbol=symbol)
+    def positions(self, symbol: str | None = None) -> tuple[Any, ...]:
+        """This engine's open positions (its magic)."""
+        pos = self.terminal.positions_get(symbol=symbol) if symbol else self.terminal.positions_get()
         return tuple(p for p in (pos or ()) if p.magic == self.magic)
 
     def _net_lots(self, symbol: str) -> float:
-        return sum(p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume for p in self._positions(symbol))
+        return round(sum(p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume for p in self.positions(symbol)), 8)
 
-    def _send(self, request: dict[str, Any]) -> Any:
-        result = self.terminal.order_send(request)
-        if result is None:
-            return None, {"last_error": list(self.terminal.last_error())}
-        return result, {k: v for k, v in result._asdict().items() if k != "request"}
+    def _all_net_lots(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in self.positions():
+            out[p.symbol] = round(out.get(p.symbol, 0.0) + (p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume), 8)
+        return out
 
-    def _move_position(self, symbol: str, current: float, target: float, bar_close: int, rec: DecisionRecord) -> None:
-        """Close what points the wrong way, then open the rest (hedging accounts)."""
-        requests: list[dict[str, Any]] = []
-        results: list[dict[str, Any]] = []
-        comment = f"tx:{bar_close}"
+    def _move_position(
+        self, symbol: str, current: float, target: float, bar_close: int, rec: DecisionRecord, sl_d: float, tp_d: float
+    ) -> None:
+        """Close what points the wrong way (or all when going flat), then open the rest (hedging accounts)."""
+        outcomes: list[OrderOutcome] = []
         remaining = current
+        now = self.clock()
         if current != 0 and (target == 0 or (target > 0) != (current > 0)):
-            for p in self._positions(symbol):
+            for p in self.positions(symbol):
                 close_type = mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
-                requests.append(self._request(symbol, close_type, p.volume, comment, position=p.ticket))
-            remaining = 0.0
+                o = self.executor.execute(symbol, bar_close, f"close:{p.ticket}", order_type=close_type, volume=p.volume,
+                                          now_utc=now, position=int(p.ticket))  # fmt: skip
+                outcomes.append(o)
+                if o.status == "done":
+                    self.risk.record_order(now)
+                if not o.ok:
+                    break
+            else:
+                remaining = 0.0
         delta = round(target - remaining, 8)
-        if delta != 0:
+        if delta != 0 and all(o.ok for o in outcomes):
             side = mt5.ORDER_TYPE_BUY if delta > 0 else mt5.ORDER_TYPE_SELL
-            requests.append(self._request(symbol, side, abs(delta), comment))
-        retcode = None
-        for req in requests:
-            res, res_d = self._send(req)
-            results.append(res_d)
-            retcode = res.retcode if res is not None else None
-            if res is None or res.retcode != mt5.TRADE_RETCODE_DONE:
-                rec.verdict = "error"
-                rec.reason = f"order failed: retcode={retcode} {res_d}"
-                break
+            o = self.executor.execute(symbol, bar_close, f"open:{'buy' if delta > 0 else 'sell'}", order_type=side,
+                                      volume=abs(delta), now_utc=now, sl_distance=sl_d, tp_distance=tp_d)  # fmt: skip
+            outcomes.append(o)
+            if o.status == "done":
+                self.risk.record_order(now)
+        rec.order_request = {"orders": [o.requests[-1] if o.requests else {"client_id": o.client_id} for o in outcomes]}
+        rec.order_result = {"results": [{"client_id": o.client_id, "intent": o.intent, "status": o.status, "attempts": o.results} for o in outcomes]}
+        rec.retcode = outcomes[-1].retcode if outcomes else None
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            f = failed[0]
+            rec.verdict = "error"
+            rec.reason_code = str(f.reason or Reason.ORDER_FAILED)
+            rec.reason = f"{rec.reason_code}: {f.intent} retcode={f.retcode} {f.detail}"
+            if f.reason is Reason.NO_MONEY:
+                self.risk.set_state(TradingState.REDUCING, Reason.NO_MONEY, f.detail)
         else:
             rec.verdict = "sent"
-        rec.order_request = {"orders": requests}
-        rec.order_result = {"results": results}
-        rec.retcode = retcode
 
-    def _request(self, symbol: str, order_type: int, volume: float, comment: str, position: int | None = None) -> dict[str, Any]:
-        req: dict[str, Any] = {
-            "action": mt5.TRADE_ACTION_DEAL,
-            "symbol": symbol,
-            "volume": float(volume),
-            "type": order_type,
-            "deviation": 20,
-            "magic": self.magic,
-            "comment": comment,
-            "type_time": mt5.ORDER_TIME_GTC,
-            "type_filling": mt5.ORDER_FILLING_IOC,
-        }
-        if position is not None:
-            req["position"] = position
-        return req
+    # --- operator actions (control API) ---------------------------------------------------
+    def kill(self, flatten: bool = False, detail: str = "operator kill") -> dict[str, Any]:
+        """HALT trading; with ``flatten`` close every position of this engine."""
+        with self.lock:
+            self.risk.kill(detail)
+            closed: list[dict[str, Any]] = []
+            if flatten:
+                now = self.clock()
+                stamp = int(now)
+                for p in self.positions():
+                    close_type = mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
+                    o = self.executor.execute(p.symbol, stamp, f"flatten:{p.ticket}", order_type=close_type,
+                                              volume=p.volume, now_utc=now, position=int(p.ticket))  # fmt: skip
+                    closed.append({"ticket": int(p.ticket), "status": o.status, "retcode": o.retcode})
+            return {"state": str(self.risk.state.trading_state), "flattened": closed}
+
+    def resume(self) -> dict[str, Any]:
+        """Back to ACTIVE (peak restarts at current equity, loss streak resets)."""
+        with self.lock:
+            self.risk.resume()
+            return {"state": str(self.risk.state.trading_state)}
+
+    def reload(self) -> dict[str, Any]:
+        """Re-open the model (serving client/bundle) through ``reload_hook``; journaled in state."""
+        with self.lock:
+            info = self.reload_hook() if self.reload_hook is not None else {"reloaded": False, "detail": "no reload hook"}
+            self.journal.save_state("last_reload", str(info))
+            return info
+
+    def status(self) -> dict[str, Any]:
+        """Trading state, risk figures, decision counts, last decision."""
+        with self.lock:
+            st = self.risk.state
+            last = self.journal.rows(limit=1)
+            return {
+                "trading_state": str(st.trading_state), "state_reason": st.state_reason, "state_detail": st.state_detail,
+                "equity": st.equity, "peak_equity": st.peak_equity, "day_start_equity": st.day_start_equity,
+                "drawdown": st.drawdown, "daily_loss": st.daily_loss, "consecutive_losses": st.consecutive_losses,
+                "decisions": self.journal.counts(), "refusals": self.journal.reason_counts(),
+                "last_decision": {k: last[0][k] for k in ("symbol", "bar_close", "verdict", "reason", "decision")} if last else None,
+                "last_reconcile": self.last_reconcile, "magic": self.magic, "login": self.login,
+            }  # fmt: skip
+
+    def positions_view(self) -> list[dict[str, Any]]:
+        """Open positions as JSON-able dicts."""
+        with self.lock:
+            return [
+                {"ticket": int(p.ticket), "symbol": p.symbol, "side": "buy" if p.type == mt5.POSITION_TYPE_BUY else "sell",
+                 "volume": float(p.volume), "price_open": float(p.price_open), "price_current": float(p.price_current),
+                 "sl": float(p.sl), "tp": float(p.tp), "profit": float(p.profit), "comment": p.comment}
+                for p in self.positions()
+            ]
+
+    def pnl(self) -> dict[str, Any]:
+        """Balance, equity, floating and realised P&L of this engine's deals."""
+        with self.lock:
+            acct = self.terminal.account_info()
+            now = self.clock()
+            deals = self.terminal.history_deals_get(0, int(now) + 2 * 86_400) or ()
+            realised = sum(float(d.profit + d.commission + d.swap) for d in deals if d.magic == self.magic)
+            floating = sum(float(p.profit) for p in self.positions())
+            return {
+                "balance": float(acct.balance) if acct else None, "equity": float(acct.equity) if acct else None,
+                "floating": floating, "realised": realised, "drawdown": self.risk.state.drawdown,
+                "daily_loss": self.risk.state.daily_loss,
+            }  # fmt: skip
 
     # --- drivers ------------------------------------------------------------------------
     def replay(
@@ -194,14 +460,16 @@ class Engine:
         poll_s: float = 0.25,
         stop: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Live driver: poll the terminal for newly closed bars and decide on each."""
+        """Live/paper driver: poll the terminal for newly closed bars and decide on each."""
         from engine.mt5 import timeframe_seconds
 
         step = timeframe_seconds(timeframe)
         last: dict[str, int] = {}
+        self.reconcile()
         while not stop():
             for sym in symbols:
-                rates = self.terminal.copy_rates_from_pos(sym, timeframe, 1, 1)  # last closed bar
+                with self.lock:
+                    rates = self.terminal.copy_rates_from_pos(sym, timeframe, 1, 1)  # last closed bar
                 if rates is None or not len(rates):
                     continue
                 close_server = int(rates["time"][0]) + step

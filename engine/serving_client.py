@@ -1,52 +1,182 @@
-"""HTTP client of the serving API (``POST /predict``)."""
+"""Model clients of the engine: the serving API over HTTP, an in-process ONNX session of the
+same bundle, and the policy that picks between them when serving is slow or down.
+
+* :class:`ServingClient` — ``POST /v1/predict`` with ``Authorization: Bearer <token>``
+  (contract 3); ``api="legacy"`` keeps the walking skeleton's ``POST /predict``.
+* :class:`OnnxModel` — the bundle's ONNX graph in onnxruntime (one intra-op thread); refuses
+  to load when the file's sha256 differs from the manifest's ``bundle_sha256``.
+* :class:`FallbackModel` — serving first; on timeout/outage either fail closed
+  (:class:`ServingUnavailable`) or answer from the in-process session, but only when its hash
+  equals the ``bundle_sha256`` serving last reported (:class:`ModelMismatch` otherwise).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import httpx
+import numpy as np
 
 from engine.features import FeatureRow
+
+log = logging.getLogger(__name__)
+
+CLASS_POSITIONS = {"short": -1, "flat": 0, "long": 1}
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """One model answer for one row."""
+
     model_version: str
     position: int
     decision: str
     probabilities: dict[str, float]
+    bundle_sha256: str = ""
+    source: str = "serving"  # serving | onnx
+    confidence: float = 0.0
 
 
 class ServingUnavailable(RuntimeError):
     """Serving did not answer in time, or answered with an error."""
 
 
+class ModelMismatch(ServingUnavailable):
+    """The in-process bundle is not the version serving runs: no fallback."""
+
+
+class BundleHashMismatch(ValueError):
+    """The ONNX file's sha256 is not the manifest's ``bundle_sha256``."""
+
+
+def _row_json(row: FeatureRow) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "symbol": row.symbol,
+        "feature_time": datetime.fromtimestamp(row.event_time, UTC).isoformat().replace("+00:00", "Z"),
+        "features": row.values,
+    }
+    seq = getattr(row, "sequence", None)
+    if seq is not None:
+        out["sequence"] = np.asarray(seq, dtype=float).tolist()
+    return out
+
+
 class ServingClient:
-    def __init__(self, base_url: str, timeout_s: float = 0.5, token: str | None = None) -> None:
+    """HTTP client of the serving API (contract 3)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 0.5,
+        token: str | None = None,
+        api: Literal["v1", "legacy"] = "v1",
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
+        self.path = "/v1/predict" if api == "v1" else "/predict"
+        self.last_bundle_sha256 = ""
+        self.last_model_version = ""
 
     def predict(self, row: FeatureRow) -> Prediction:
-        body: dict[str, Any] = {
-            "rows": [
-                {
-                    "symbol": row.symbol,
-                    "feature_time": datetime.fromtimestamp(row.event_time, UTC).isoformat(),
-                    "features": row.values,
-                }
-            ]
-        }
+        """Ask serving for one row; :class:`ServingUnavailable` on timeout, outage or error."""
         try:
-            r = self._http.post("/predict", json=body)
+            r = self._http.post(self.path, json={"rows": [_row_json(row)]})
         except httpx.HTTPError as exc:
             raise ServingUnavailable(f"serving call failed: {exc!r}") from exc
         if r.status_code != 200:
             raise ServingUnavailable(f"serving answered {r.status_code}: {r.text[:300]}")
         data = r.json()
         p = data["predictions"][0]
-        return Prediction(str(data["model_version"]), int(p["position"]), p["decision"], p["probabilities"])
+        self.last_bundle_sha256 = str(data.get("bundle_sha256") or "")
+        self.last_model_version = str(data["model_version"])
+        return Prediction(
+            self.last_model_version, int(p["position"]), p["decision"], p["probabilities"],
+            self.last_bundle_sha256, "serving", float(p.get("confidence", 0.0)),
+        )  # fmt: skip
 
     def close(self) -> None:
+        """Close the HTTP connection pool."""
         self._http.close()
+
+
+class OnnxModel:
+    """The bundle's ONNX graph in-process (hash-checked at load)."""
+
+    def __init__(self, onnx_bytes: bytes, manifest: dict[str, Any], model_version: str = "") -> None:
+        import onnxruntime as ort  # allowed in the engine; imported only when a fallback is configured
+
+        self.bundle_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+        expected = manifest.get("bundle_sha256")
+        if expected and expected != self.bundle_sha256:
+            raise BundleHashMismatch(f"bundle sha256 {self.bundle_sha256} != manifest {expected}")
+        self.manifest = manifest
+        self.model_version = str(model_version or manifest.get("model_version", ""))
+        self.features = list(manifest["features"])
+        self.classes = list(manifest.get("classes", ["short", "flat", "long"]))
+        self.min_confidence = float(manifest.get("min_confidence", 0.0))
+        self.input_name = str(manifest.get("input_name", "input"))
+        self.prob_output = str(manifest.get("prob_output", "probabilities"))
+        seq = manifest.get("sequence")
+        self.seq_input = str(seq["input_name"]) if seq else None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def from_dir(cls, bundle_dir: Path | str) -> OnnxModel:
+        """Load ``<dir>/model.onnx`` with ``<dir>/manifest.json`` (the tx_manifest, plus
+        ``model_version``)."""
+        d = Path(bundle_dir)
+        manifest = json.loads((d / "manifest.json").read_text())
+        return cls((d / "model.onnx").read_bytes(), manifest)
+
+    def predict(self, row: FeatureRow) -> Prediction:
+        """Score one row exactly as serving does: argmax, flat below ``min_confidence``."""
+        x = np.array([[row.values[f] for f in self.features]], dtype=np.float32)
+        feeds: dict[str, np.ndarray] = {self.input_name: x}
+        if self.seq_input is not None:
+            seq = getattr(row, "sequence", None)
+            if seq is None:
+                raise ServingUnavailable("bundle needs the sequence feature; the row has none")
+            feeds[self.seq_input] = np.asarray(seq, dtype=np.float32)[None, ...]
+        probs = self.session.run([self.prob_output], feeds)[0][0]
+        k = int(np.argmax(probs))
+        label = self.classes[k] if float(probs[k]) >= self.min_confidence else "flat"
+        return Prediction(
+            self.model_version, CLASS_POSITIONS[label], label,
+            {c: float(p) for c, p in zip(self.classes, probs, strict=True)}, self.bundle_sha256, "onnx", float(probs[k]),
+        )  # fmt: skip
+
+
+class FallbackModel:
+    """Serving first; on outage fail closed or fall back to the same bundle in-process."""
+
+    def __init__(self, primary: Any, fallback: OnnxModel | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.fallbacks = 0
+
+    def predict(self, row: FeatureRow) -> Prediction:
+        """See the class docstring."""
+        try:
+            return self.primary.predict(row)  # type: ignore[no-any-return]
+        except ServingUnavailable as exc:
+            if self.fallback is None:
+                raise
+            served = getattr(self.primary, "last_bundle_sha256", "")
+            if served and served != self.fallback.bundle_sha256:
+                raise ModelMismatch(f"serving runs bundle {served[:12]}, local bundle is {self.fallback.bundle_sha256[:12]}") from exc
+            self.fallbacks += 1
+            log.warning("serving unavailable (%s): in-process ONNX fallback", exc)
+            pred = self.fallback.predict(row)
+            if not pred.model_version:
+                pred = replace(pred, model_version=getattr(self.primary, "last_model_version", ""))
+            return pred

@@ -1,0 +1,62 @@
+"""Backtest/paper helpers: an in-memory feature source and the list of bar closes to replay.
+
+The engine itself is the same in every mode; a backtest only swaps the world it is given:
+a simulated terminal on a simulated clock, and (optionally) features precomputed in memory
+instead of read from Redis, so it runs as fast as the engine's own code allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from engine.features import FeatureRow, FeatureUnavailable
+from engine.mt5 import protocol as mt5
+
+
+class ArrayFeatureSource:
+    """Feature rows from arrays: ``read(symbol)`` returns the latest row whose event time is
+    at or before ``clock()``, exactly as the online store would hold it at that instant."""
+
+    def __init__(
+        self,
+        names: list[str],
+        tables: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.names = list(names)
+        self._tables = {s: (np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float64)) for s, (t, v) in tables.items()}
+        self._clock = clock
+
+    @property
+    def features(self) -> list[str]:
+        """Feature names, in order."""
+        return list(self.names)
+
+    def read(self, symbol: str) -> FeatureRow:
+        """The row the online store would hold now."""
+        if symbol not in self._tables:
+            raise FeatureUnavailable(f"no features for {symbol}")
+        times, values = self._tables[symbol]
+        i = int(np.searchsorted(times, int(self._clock()), "right")) - 1
+        if i < 0:
+            raise FeatureUnavailable(f"no feature row for {symbol} before {self._clock():.0f}")
+        row = values[i]
+        if not np.all(np.isfinite(row)):
+            raise FeatureUnavailable(f"{symbol}: non-finite feature at {int(times[i])}")
+        return FeatureRow(symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)))
+
+
+def bar_closes(terminal: mt5.Terminal, symbols: list[str], timeframe: int, start_utc: int, end_utc: int, offset_hours: int) -> list[int]:
+    """UTC closes of the bars (any of ``symbols``) that close in ``(start_utc, end_utc]``.
+
+    The terminal's clock must already stand at or after ``end_utc``."""
+    off = int(offset_hours) * 3600
+    step = mt5.timeframe_seconds(timeframe)
+    closes: set[int] = set()
+    for sym in symbols:
+        rates = terminal.copy_rates_range(sym, timeframe, start_utc + off - step, end_utc + off - step)
+        if rates is not None:
+            closes.update(int(t) - off + step for t in rates["time"])
+    return sorted(c for c in closes if start_utc < c <= end_utc)

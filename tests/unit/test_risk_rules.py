@@ -1,0 +1,226 @@
+"""One scenario per risk rule: the order is refused with the rule's reason code (and the
+trading state moves where the rule says). Pure checks use :func:`check_order` /
+:class:`RiskManager`; engine-level checks run the real engine on the real simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from engine.config import RiskLimits
+from engine.journal import Journal
+from engine.loop import Engine
+from engine.risk import Reason, RiskManager, RiskState, TradingState, check_order
+from tests.unit.faults import MONDAY_0800, ClockFeatures, ScriptedModel, closes, sim_terminal
+
+pytestmark = pytest.mark.unit
+
+DAY = 86_400
+
+
+def _engine(tmp_path: Path, now: list[int], limits: RiskLimits | None = None, model: ScriptedModel | None = None, features: object | None = None, terminal: object | None = None) -> Engine:
+    return Engine(
+        terminal=terminal or sim_terminal(now),  # type: ignore[arg-type]
+        features=features or ClockFeatures(now),  # type: ignore[arg-type]
+        model=model or ScriptedModel(1),
+        journal=Journal(tmp_path / "j.sqlite"),
+        limits=limits or RiskLimits(),
+        lots=0.1,
+        magic=11,
+        clock=lambda: float(now[0]),
+        sleep=lambda s: None,
+    )
+
+
+# --- kill switch and trading state -----------------------------------------------------------
+def test_order_when_kill_switch_engaged_in_config_then_refuses_with_kill_switch() -> None:
+    v = check_order(RiskLimits(kill_switch=True), current_lots=0, target_lots=0.1)
+    assert not v.allowed and v.reason is Reason.KILL_SWITCH
+
+
+def test_engine_when_operator_kills_then_halted_survives_a_restart_and_refuses_until_resumed(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now)
+    e.kill(detail="test")
+    e.journal.close()
+
+    e2 = _engine(tmp_path, now)  # restart on the same journal
+    assert e2.risk.state.trading_state is TradingState.HALTED
+    rec = e2.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "kill_switch"
+    assert e2.positions() == ()
+    e2.resume()
+    now[0] += 300
+    rec = e2.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "sent" and len(e2.positions()) == 1
+
+
+def test_order_when_trading_halted_then_denies_even_a_reduction() -> None:
+    st = RiskState(trading_state=TradingState.HALTED, state_reason="max_drawdown")
+    v = check_order(RiskLimits(), st, current_lots=0.1, target_lots=0.0)
+    assert not v.allowed and v.reason is Reason.MAX_DRAWDOWN
+
+
+# --- money limits ---------------------------------------------------------------------------
+def test_order_when_daily_loss_limit_hit_then_halts_and_refuses() -> None:
+    rm = RiskManager(RiskLimits(daily_loss_limit=0.03, max_drawdown=0.5))
+    rm.observe_equity(10_000.0, MONDAY_0800)
+    rm.observe_equity(9_750.0, MONDAY_0800 + 3600)  # -2.5 %: still ACTIVE
+    assert rm.state.trading_state is TradingState.ACTIVE and rm.check(current_lots=0, target_lots=0.1).allowed
+    rm.observe_equity(9_690.0, MONDAY_0800 + 7200)  # -3.1 %
+    v = rm.check(current_lots=0, target_lots=0.1)
+    assert rm.state.trading_state is TradingState.HALTED
+    assert not v.allowed and v.reason is Reason.DAILY_LOSS_LIMIT
+
+
+def test_daily_loss_halt_when_the_next_utc_day_starts_then_trading_resumes() -> None:
+    rm = RiskManager(RiskLimits(daily_loss_limit=0.03, max_drawdown=0.5))
+    rm.observe_equity(10_000.0, MONDAY_0800)
+    rm.observe_equity(9_600.0, MONDAY_0800 + 3600)
+    assert rm.state.trading_state is TradingState.HALTED
+    rm.observe_equity(9_600.0, MONDAY_0800 + DAY)
+    assert rm.state.trading_state is TradingState.ACTIVE and rm.state.day_start_equity == 9_600.0
+
+
+def test_engine_when_equity_is_below_the_days_start_by_more_than_the_limit_then_halts_and_refuses(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    j = Journal(tmp_path / "j.sqlite")  # the engine restarts on a day that began at 20k equity
+    j.save_state("risk", RiskState(day="2026-01-12", day_start_equity=20_000.0, peak_equity=20_000.0).to_json())
+    j.close()
+    e = _engine(tmp_path, now, RiskLimits(daily_loss_limit=0.03, max_drawdown=0.9))
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "daily_loss_limit"
+    assert e.status()["trading_state"] == "HALTED" and e.positions() == ()
+
+
+def test_order_when_trailing_drawdown_exceeds_limit_then_halts_and_refuses() -> None:
+    rm = RiskManager(RiskLimits(daily_loss_limit=0.0, max_drawdown=0.10))
+    rm.observe_equity(10_000.0, MONDAY_0800)
+    rm.observe_equity(12_000.0, MONDAY_0800 + DAY)  # new peak
+    rm.observe_equity(10_900.0, MONDAY_0800 + 2 * DAY)  # 9.2 % off the peak
+    assert rm.state.trading_state is TradingState.ACTIVE
+    rm.observe_equity(10_750.0, MONDAY_0800 + 3 * DAY)  # 10.4 % off the peak
+    v = rm.check(current_lots=0, target_lots=0.1)
+    assert not v.allowed and v.reason is Reason.MAX_DRAWDOWN
+    rm.resume()  # the operator's call: the peak restarts at the current equity
+    assert rm.check(current_lots=0, target_lots=0.1).allowed and rm.state.peak_equity == 10_750.0
+
+
+# --- exposure and rate -------------------------------------------------------------------------
+def test_order_when_symbol_exposure_exceeds_max_position_then_refuses() -> None:
+    v = check_order(RiskLimits(max_position_lots=0.5), current_lots=0, target_lots=-0.6)
+    assert not v.allowed and v.reason is Reason.MAX_POSITION
+    assert check_order(RiskLimits(max_position_lots=0.5), current_lots=0.2, target_lots=-0.5).allowed
+
+
+def test_order_when_total_exposure_across_symbols_exceeds_limit_then_refuses() -> None:
+    v = check_order(RiskLimits(max_position_lots=1.0, max_total_lots=1.0), current_lots=0, target_lots=0.4, other_lots=0.7)
+    assert not v.allowed and v.reason is Reason.MAX_TOTAL_EXPOSURE
+
+
+def test_engine_when_a_second_symbol_would_exceed_total_exposure_then_refuses_it(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now, RiskLimits(max_position_lots=0.1, max_total_lots=0.15))
+    assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
+    rec = e.on_bar("GBPUSD", now[0])
+    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "max_total_exposure"
+
+
+def test_order_when_rate_exceeds_max_orders_per_minute_then_refuses() -> None:
+    st = RiskState(order_times=[1000.0, 1010.0, 1020.0])
+    v = check_order(RiskLimits(max_orders_per_minute=3), st, current_lots=0, target_lots=0.1, now=1030.0)
+    assert not v.allowed and v.reason is Reason.MAX_ORDERS_PER_MINUTE
+    assert check_order(RiskLimits(max_orders_per_minute=3), st, current_lots=0, target_lots=0.1, now=1061.0).allowed
+
+
+def test_engine_when_the_model_flips_faster_than_the_order_rate_then_refuses(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    model = ScriptedModel(1)
+    e = _engine(tmp_path, now, RiskLimits(max_orders_per_minute=2), model=model)
+    assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
+    model.position = -1  # flip: close + open = 2 more orders within the same minute
+    now[0] += 10
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "max_orders_per_minute"
+
+
+def test_order_when_consecutive_losses_reach_limit_then_reducing_and_only_reductions_pass() -> None:
+    rm = RiskManager(RiskLimits(max_consecutive_losses=3))
+    rm.observe_closed_trades([(1, -5.0), (2, 3.0), (3, -1.0), (4, -2.0)])
+    assert rm.state.consecutive_losses == 2 and rm.state.trading_state is TradingState.ACTIVE
+    rm.observe_closed_trades([(4, -2.0), (5, -0.5)])  # ticket 4 already counted
+    assert rm.state.consecutive_losses == 3 and rm.state.trading_state is TradingState.REDUCING
+    v = rm.check(current_lots=0.0, target_lots=0.1)
+    assert not v.allowed and v.reason is Reason.MAX_CONSECUTIVE_LOSSES
+    assert rm.check(current_lots=0.2, target_lots=0.0).allowed  # closing is still allowed
+
+
+# --- market context -------------------------------------------------------------------------
+def test_order_when_features_are_older_than_limit_then_refuses_stale() -> None:
+    v = check_order(RiskLimits(max_feature_age_s=60), current_lots=0, target_lots=0.1, feature_age_s=75)
+    assert not v.allowed and v.reason is Reason.STALE_FEATURES
+
+
+def test_engine_when_the_feature_row_is_not_of_the_decided_bar_then_refuses_stale(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now, features=ClockFeatures(now, lag_s=300))  # the previous bar's row
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "stale_features"
+    assert rec.reason is not None and rec.reason.startswith("stale_features") and e.positions() == ()
+
+
+def test_order_when_spread_is_wider_than_limit_then_refuses() -> None:
+    v = check_order(RiskLimits(max_spread_points=30), current_lots=0, target_lots=0.1, spread_points=42)
+    assert not v.allowed and v.reason is Reason.WIDE_SPREAD
+
+
+def test_engine_when_the_live_spread_exceeds_the_limit_then_refuses_wide_spread(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now, RiskLimits(max_spread_points=1))  # the synthetic EURUSD spread is ~12 points
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "wide_spread"
+
+
+def test_order_when_market_closed_then_refuses() -> None:
+    v = check_order(RiskLimits(), current_lots=0, target_lots=0.1, market_open=False)
+    assert not v.allowed and v.reason is Reason.MARKET_CLOSED
+
+
+def test_engine_when_deciding_on_a_saturday_then_refuses_market_closed(tmp_path: Path) -> None:
+    saturday = MONDAY_0800 - 2 * DAY  # the last tick is Friday night's
+    now = [saturday]
+    e = _engine(tmp_path, now)
+    rec = e.on_bar("EURUSD", saturday)
+    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "market_closed"
+
+
+def test_order_when_state_is_reducing_then_an_increase_is_refused_and_a_reduction_allowed() -> None:
+    st = RiskState(trading_state=TradingState.REDUCING, state_reason="no_money")
+    v = check_order(RiskLimits(), st, current_lots=0.1, target_lots=-0.1)  # a flip adds risk
+    assert not v.allowed and v.reason is Reason.NO_MONEY
+    assert check_order(RiskLimits(), st, current_lots=0.1, target_lots=0.0).allowed
+
+
+# --- config ---------------------------------------------------------------------------------
+def test_risk_limits_when_assigned_then_frozen_and_negative_limits_are_rejected() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RiskLimits().kill_switch = True  # type: ignore[misc]
+    with pytest.raises(ValueError, match="max_drawdown"):
+        RiskLimits(max_drawdown=-0.1)
+
+
+def test_risk_state_when_serialised_then_round_trips() -> None:
+    st = RiskState(trading_state=TradingState.REDUCING, state_reason="x", consecutive_losses=4, order_times=[1.0])
+    assert RiskState.from_json(st.to_json()) == st
+
+
+def test_engine_when_replaying_a_day_then_every_bar_is_journaled_with_stage_latencies(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now)
+    e.replay(closes(n=5), ["EURUSD"], lambda t: now.__setitem__(0, t))
+    rows = e.journal.rows()
+    assert [r["verdict"] for r in rows] == ["sent", "hold", "hold", "hold", "hold"]
+    assert {"feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms"} <= set(rows[0]["latency_ms"])
+    assert all(r["trading_state"] == "ACTIVE" and r["model_version"] == "7" for r in rows)
