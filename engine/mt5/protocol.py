@@ -68,7 +68,12 @@ ORDER_TIME_GTC = 0
 SYMBOL_FILLING_FOK = 1
 SYMBOL_FILLING_IOC = 2
 SYMBOL_TRADE_MODE_DISABLED = 0
+SYMBOL_TRADE_MODE_LONGONLY = 1
+SYMBOL_TRADE_MODE_SHORTONLY = 2
+SYMBOL_TRADE_MODE_CLOSEONLY = 3
 SYMBOL_TRADE_MODE_FULL = 4
+SYMBOL_CALC_MODE_FOREX = 0
+SYMBOL_TRADE_EXECUTION_MARKET = 2
 DEAL_ENTRY_IN = 0
 DEAL_ENTRY_OUT = 1
 
@@ -93,8 +98,19 @@ RES_S_OK = 1
 RES_E_FAIL = -1
 RES_E_INVALID_PARAMS = -2
 RES_E_NOT_FOUND = -4
+RES_E_NO_MEMORY = -3
+RES_E_INVALID_VERSION = -5
+RES_E_AUTH_FAILED = -6
+RES_E_UNSUPPORTED = -7
+RES_E_AUTO_TRADING_DISABLED = -8
 RES_E_INTERNAL_FAIL = -10000
-RES_E_NO_IPC = -10004
+RES_E_INTERNAL_FAIL_SEND = -10001
+RES_E_INTERNAL_FAIL_RECEIVE = -10002
+RES_E_INTERNAL_FAIL_INIT = -10003
+RES_E_INTERNAL_FAIL_CONNECT = -10004
+RES_E_INTERNAL_FAIL_TIMEOUT = -10005
+RES_E_NO_IPC = RES_E_INTERNAL_FAIL_CONNECT
+"""What the official module answers before ``initialize()``: ``(-10004, 'No IPC connection')``."""
 
 RATES_DTYPE = np.dtype(
     [
@@ -142,32 +158,109 @@ class AccountInfo(NamedTuple):
 
 
 class SymbolInfo(NamedTuple):
-    """The fields of the official ``SymbolInfo`` that TitanovaX reads."""
+    """``symbol_info()`` of the official module: every field, in the official order.
 
-    name: str
-    description: str
-    currency_base: str
-    currency_profit: str
-    currency_margin: str
-    digits: int
-    point: float
-    spread: int
-    spread_float: bool
-    trade_contract_size: float
-    trade_tick_size: float
-    trade_tick_value: float
-    trade_mode: int
-    trade_stops_level: int
-    trade_freeze_level: int
-    filling_mode: int
-    volume_min: float
-    volume_max: float
-    volume_step: float
-    bid: float
-    ask: float
-    time: int
-    visible: bool
-    select: bool
+    The order and names follow ``symbol_info()._asdict()`` as printed in the official
+    documentation (tests/unit/test_mt5_stubs.py checks them). Every field has a neutral
+    default so a terminal fills in what it knows, by keyword.
+    """
+
+    custom: bool = False
+    chart_mode: int = 0
+    select: bool = False
+    visible: bool = False
+    session_deals: int = 0
+    session_buy_orders: int = 0
+    session_sell_orders: int = 0
+    volume: int = 0
+    volumehigh: int = 0
+    volumelow: int = 0
+    time: int = 0
+    digits: int = 0
+    spread: int = 0
+    spread_float: bool = False
+    ticks_bookdepth: int = 0
+    trade_calc_mode: int = 0
+    trade_mode: int = 0
+    start_time: int = 0
+    expiration_time: int = 0
+    trade_stops_level: int = 0
+    trade_freeze_level: int = 0
+    trade_exemode: int = 0
+    swap_mode: int = 0
+    swap_rollover3days: int = 0
+    margin_hedged_use_leg: bool = False
+    expiration_mode: int = 0
+    filling_mode: int = 0
+    order_mode: int = 0
+    order_gtc_mode: int = 0
+    option_mode: int = 0
+    option_right: int = 0
+    bid: float = 0.0
+    bidhigh: float = 0.0
+    bidlow: float = 0.0
+    ask: float = 0.0
+    askhigh: float = 0.0
+    asklow: float = 0.0
+    last: float = 0.0
+    lasthigh: float = 0.0
+    lastlow: float = 0.0
+    volume_real: float = 0.0
+    volumehigh_real: float = 0.0
+    volumelow_real: float = 0.0
+    option_strike: float = 0.0
+    point: float = 0.0
+    trade_tick_value: float = 0.0
+    trade_tick_value_profit: float = 0.0
+    trade_tick_value_loss: float = 0.0
+    trade_tick_size: float = 0.0
+    trade_contract_size: float = 0.0
+    trade_accrued_interest: float = 0.0
+    trade_face_value: float = 0.0
+    trade_liquidity_rate: float = 0.0
+    volume_min: float = 0.0
+    volume_max: float = 0.0
+    volume_step: float = 0.0
+    volume_limit: float = 0.0
+    swap_long: float = 0.0
+    swap_short: float = 0.0
+    margin_initial: float = 0.0
+    margin_maintenance: float = 0.0
+    session_volume: float = 0.0
+    session_turnover: float = 0.0
+    session_interest: float = 0.0
+    session_buy_orders_volume: float = 0.0
+    session_sell_orders_volume: float = 0.0
+    session_open: float = 0.0
+    session_close: float = 0.0
+    session_aw: float = 0.0
+    session_price_settlement: float = 0.0
+    session_price_limit_min: float = 0.0
+    session_price_limit_max: float = 0.0
+    margin_hedged: float = 0.0
+    price_change: float = 0.0
+    price_volatility: float = 0.0
+    price_theoretical: float = 0.0
+    price_greeks_delta: float = 0.0
+    price_greeks_theta: float = 0.0
+    price_greeks_gamma: float = 0.0
+    price_greeks_vega: float = 0.0
+    price_greeks_rho: float = 0.0
+    price_greeks_omega: float = 0.0
+    price_sensitivity: float = 0.0
+    basis: str = ""
+    category: str = ""
+    currency_base: str = ""
+    currency_profit: str = ""
+    currency_margin: str = ""
+    bank: str = ""
+    description: str = ""
+    exchange: str = ""
+    formula: str = ""
+    isin: str = ""
+    name: str = ""
+    page: str = ""
+    path: str = ""
 
 
 class Tick(NamedTuple):
@@ -245,6 +338,28 @@ class TerminalError(RuntimeError):
         self.call = call
         self.last_error = last_error
         super().__init__(f"MT5 {call} failed: last_error={last_error}")
+
+    @property
+    def code(self) -> int:
+        """The ``last_error()`` code (``RES_*``)."""
+        return int(self.last_error[0])
+
+    @property
+    def is_connection_error(self) -> bool:
+        """Whether the failure is the link to the terminal (IPC or bridge), not the request."""
+        return is_ipc_error(self.code)
+
+
+class TerminalConnectionError(TerminalError):
+    """The link to the terminal failed: MT5 IPC (``RES_E_INTERNAL_FAIL*``) or the rpyc bridge
+    (connection refused, closed stream, timeout). Reconnecting may help; see
+    :class:`engine.mt5.resilient.ResilientTerminal`."""
+
+
+def is_ipc_error(code: int) -> bool:
+    """``RES_E_INTERNAL_FAIL`` … ``RES_E_INTERNAL_FAIL_TIMEOUT`` (-10000 … -10005, and the rest
+    of the -10000 range): the terminal link, not the request, failed."""
+    return -10099 <= int(code) <= RES_E_INTERNAL_FAIL
 
 
 @runtime_checkable
@@ -325,3 +440,59 @@ class OrderCheckResult(NamedTuple):
     margin_level: float
     comment: str
     request: Any
+
+
+class TradeOrder(NamedTuple):
+    """An active (pending) order, as ``orders_get`` returns it."""
+
+    ticket: int
+    time_setup: int
+    time_setup_msc: int
+    time_done: int
+    time_done_msc: int
+    time_expiration: int
+    type: int
+    type_time: int
+    type_filling: int
+    state: int
+    magic: int
+    position_id: int
+    position_by_id: int
+    reason: int
+    volume_initial: float
+    volume_current: float
+    price_open: float
+    sl: float
+    tp: float
+    price_current: float
+    price_stoplimit: float
+    symbol: str
+    comment: str
+    external_id: str
+
+
+class TerminalInfo(NamedTuple):
+    """``terminal_info()``: the terminal's state and settings."""
+
+    community_account: bool
+    community_connection: bool
+    connected: bool
+    dlls_allowed: bool
+    trade_allowed: bool
+    tradeapi_disabled: bool
+    email_enabled: bool
+    ftp_enabled: bool
+    notifications_enabled: bool
+    mqid: bool
+    build: int
+    maxbars: int
+    codepage: int
+    ping_last: int
+    community_balance: float
+    retransmission: float
+    company: str
+    name: str
+    language: str
+    path: str
+    data_path: str
+    commondata_path: str

@@ -75,8 +75,10 @@ from engine.mt5.protocol import (
     RES_E_NO_IPC,
     RES_E_NOT_FOUND,
     RES_S_OK,
+    SYMBOL_CALC_MODE_FOREX,
     SYMBOL_FILLING_FOK,
     SYMBOL_FILLING_IOC,
+    SYMBOL_TRADE_EXECUTION_MARKET,
     SYMBOL_TRADE_MODE_FULL,
     TICK_FLAG_ASK,
     TICK_FLAG_BID,
@@ -427,9 +429,17 @@ class SimulatedTerminal:
             return None
         spec = self.feed.spec(symbol)
         q = self._quote(symbol)
+        tick_value = self._to_usd(spec.contract_size * spec.point, spec.currency_profit)
         return self._ok(
             SymbolInfo(
                 name=symbol,
+                path=f"Forex\\{symbol}",
+                trade_calc_mode=SYMBOL_CALC_MODE_FOREX,
+                trade_exemode=SYMBOL_TRADE_EXECUTION_MARKET,
+                trade_tick_value_profit=tick_value,
+                trade_tick_value_loss=tick_value,
+                swap_rollover3days=3,
+                margin_hedged=spec.contract_size,
                 description=spec.description,
                 currency_base=spec.currency_base,
                 currency_profit=spec.currency_profit,
@@ -440,9 +450,7 @@ class SimulatedTerminal:
                 spread_float=True,
                 trade_contract_size=spec.contract_size,
                 trade_tick_size=spec.point,
-                trade_tick_value=self._to_usd(
-                    spec.contract_size * spec.point, spec.currency_profit
-                ),
+                trade_tick_value=tick_value,
                 trade_mode=SYMBOL_TRADE_MODE_FULL,
                 trade_stops_level=spec.stops_level,
                 trade_freeze_level=spec.freeze_level,

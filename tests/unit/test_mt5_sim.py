@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -484,56 +483,45 @@ def test_gateway_native_without_package_then_runtime_error_naming_platform(
         open_terminal("native")
 
 
-def test_gateway_native_then_initialize_called_and_failure_raised(
+def test_gateway_native_then_credentials_reach_initialize_and_auth_failure_raised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from engine.mt5.resilient import ResilientTerminal
+    from engine.mt5.simserver import sim_module
+
     calls: list[tuple[Any, ...]] = []
-    fake = types.ModuleType("MetaTrader5")
+    fake = sim_module(SimulatedTerminal(SyntheticFeed(end_utc=THURSDAY)))
+    real_init = fake.initialize
     fake.ok = True  # type: ignore[attr-defined]
 
     def initialize(*args: Any, **kwargs: Any) -> bool:
         calls.append((args, kwargs))
+        real_init()
         return bool(fake.ok)  # type: ignore[attr-defined]
 
     fake.initialize = initialize  # type: ignore[attr-defined]
-    fake.last_error = lambda: (-6, "Terminal: Authorization failed")  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "MetaTrader5", fake)
     term = open_terminal(
         "native", path="C:/mt5/terminal64.exe", login=123, password="pw", server="Demo"
     )
-    assert term is fake
+    assert isinstance(term, ResilientTerminal) and isinstance(term, P.Terminal)
     assert calls == [
         (("C:/mt5/terminal64.exe",), {"login": 123, "password": "pw", "server": "Demo"})
     ]
+    assert term.symbol_info_tick("EURUSD") is not None
     fake.ok = False  # type: ignore[attr-defined]
+    fake.last_error = lambda: (-6, "Terminal: Authorization failed")  # type: ignore[attr-defined]
+    slept: list[float] = []
     with pytest.raises(P.TerminalError) as err:
-        open_terminal("native")
+        open_terminal("native", sleep=slept.append)
     assert err.value.last_error == (-6, "Terminal: Authorization failed")
+    assert slept == []  # an authorization failure is not retried
 
 
-def test_gateway_bridge_then_mt5linux_used_or_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gateway_bridge_without_mt5linux_then_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mt5linux", None)
     with pytest.raises(RuntimeError, match="mt5linux"):
         open_terminal("bridge")
-    made: dict[str, Any] = {}
-
-    class FakeBridge:
-        def __init__(self, host: str, port: int) -> None:
-            made.update(host=host, port=port)
-
-        def initialize(self, *args: Any, **kwargs: Any) -> bool:
-            made["init"] = kwargs
-            return True
-
-        def last_error(self) -> tuple[int, str]:
-            return (1, "Success")
-
-    fake = types.ModuleType("mt5linux")
-    fake.MetaTrader5 = FakeBridge  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mt5linux", fake)
-    term = open_terminal("bridge", host="10.0.0.5", port=8001, login=5)
-    assert isinstance(term, FakeBridge)
-    assert made == {"host": "10.0.0.5", "port": 8001, "init": {"login": 5}}
 
 
 def test_gateway_unknown_mode_then_value_error() -> None:
