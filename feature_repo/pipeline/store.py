@@ -214,12 +214,19 @@ def build_features(
     return res
 
 
-def materialize(settings: PlatformSettings, start: datetime, end: datetime, timeframe: str) -> None:
-    """Materialise the bars closing in the interval (plus a small overlap for late bars)."""
+def materialize(
+    settings: PlatformSettings,
+    start: datetime,
+    end: datetime,
+    timeframe: str,
+    views: tuple[str, ...] = VIEWS,
+    store: Any | None = None,
+) -> None:
+    """Materialise the bars opening in [start, end), i.e. closing by ``end`` (Feast's range is
+    inclusive), plus a small overlap before ``start`` for late or re-validated bars."""
     start, end = utc(start), utc(end)
-    step = timedelta(seconds=timeframe_seconds(timeframe))
-    store = open_store(settings)
-    store.materialize(start - MATERIALIZE_OVERLAP, end + step, feature_views=list(VIEWS))
+    store = store or open_store(settings)
+    store.materialize(start - MATERIALIZE_OVERLAP, end, feature_views=list(views))
 
 
 def push_rows(settings: PlatformSettings, rows: pd.DataFrame, store: Any | None = None) -> None:

@@ -15,7 +15,9 @@ from engine.features import OnlineFeatureReader
 from feature_repo.pipeline import lake
 from feature_repo.pipeline.ingest import ingest
 from feature_repo.pipeline.store import FEATURE_VIEW, feast_apply, features_for_range, open_store
-from feature_repo.pipeline.transforms import FEATURE_NAMES
+from feature_repo.pipeline.transforms import (
+    TREND_V1_FEATURES as FEATURE_NAMES,  # trend_fv's features
+)
 from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
 from tests.conftest import Platform, make_settings
 
