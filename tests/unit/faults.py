@@ -27,7 +27,7 @@ from engine.mt5 import protocol as mt5
 from engine.mt5.sim import SimulatedTerminal, SyntheticFeed
 from engine.serving_client import Prediction, ServingUnavailable
 
-MONDAY_0800 = 1_768_204_800 + 8 * 3600  # 2026-01-12 08:00 UTC (a Monday), market open
+MONDAY_0800 = 1_768_204_800  # 2026-01-12 08:00 UTC (a Monday), market open
 
 
 class Crash(Exception):

@@ -253,14 +253,14 @@ def test_stop_prices_when_requested_inside_the_stops_level_then_pushed_beyond_it
 def test_engine_when_risk_sizing_is_configured_then_the_order_volume_follows_equity_and_atr(tmp_path: Path) -> None:
     now = [MONDAY_0800]
     term = FaultyTerminal(sim_terminal(now))
-    e = _engine(tmp_path, now, term, sizing=SizingConfig(risk_per_trade=0.01, stop_atr_mult=2.0))
+    e = _engine(tmp_path, now, term, sizing=SizingConfig(risk_per_trade=0.002, stop_atr_mult=2.0), limits=RiskLimits(max_position_lots=50, max_total_lots=50))
     rec = e.on_bar("EURUSD", now[0])
     assert rec is not None and rec.verdict == "sent"
     req = term.sent[-1]
     tick = term.inner.symbol_info_tick("EURUSD")
     assert tick is not None
     risked = (tick.bid - req["sl"]) / 1e-5 * 1.0 * req["volume"]  # USD at 1 USD/point/lot
-    assert 0.0 < risked <= 100.0 + 1e-6 and risked > 100.0 * 0.8  # ≈ 1 % of 10k, rounded down to 0.01 lot
+    assert 20.0 * 0.8 < risked <= 20.0 + 1e-6  # ≈ 0.2 % of 10k, rounded down to 0.01 lot
 
 
 def test_engine_when_expected_edge_does_not_cover_spread_and_slippage_then_refuses(tmp_path: Path) -> None:
