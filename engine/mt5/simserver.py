@@ -108,6 +108,7 @@ def serve(
 
     sys.modules["MetaTrader5"] = sim_module(terminal)
     server = ThreadedServer(SlaveService, hostname=host, port=port, reuse_addr=True)
+    server._listen()  # listen before announcing readiness (start() would do it, later)
     logger.info("simulated MT5 bridge listening on %s:%d", host, server.port)
     if on_ready is not None:
         on_ready(server.port)
