@@ -155,6 +155,7 @@ def test_bridge_when_server_stays_down_then_connection_error_names_the_link(serv
 
 def test_bridge_when_link_dies_before_order_send_then_order_is_not_resent(server: BridgeServer) -> None:
     term = open_terminal("bridge", host="127.0.0.1", port=server.port, sleep=lambda s: None)
+    assert isinstance(term, ResilientTerminal)
     server.stop()
     assert term.order_send(_deal()) is None
     assert term.last_error()[0] == P.RES_E_INTERNAL_FAIL_CONNECT

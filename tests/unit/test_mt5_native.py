@@ -148,6 +148,7 @@ def test_resilient_when_link_stays_down_then_connection_error_carries_last_error
 
 def test_resilient_when_link_fails_during_order_send_then_order_is_not_resent(link: Link) -> None:
     term = open_terminal("native", sleep=lambda s: None)
+    assert isinstance(term, ResilientTerminal)
     link.down = True
     assert term.order_send(_deal()) is None
     assert term.last_error()[0] == P.RES_E_INTERNAL_FAIL_RECEIVE
