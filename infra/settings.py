@@ -57,6 +57,14 @@ class PlatformSettings(BaseSettings):
     )
     mlflow_experiment: str = "tx_trend"
     model_name: str = "tx_trend"
+    # --- training (owner: training) ---
+    optuna_storage: str | None = Field(
+        default=None,
+        description="Optuna study storage; default sqlite:///<home>/optuna.db. PostgreSQL: "
+        "postgresql+psycopg://postgres@127.0.0.1:5432/<db> (shared by every tuning worker).",
+    )
+    serving_url: str | None = Field(default=None, description="Serving base URL the train DAG asks to reload after a promotion.")
+    serving_token: str | None = Field(default=None, description="Bearer token for serving's admin reload (secret, no default).")
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -93,6 +101,10 @@ class PlatformSettings(BaseSettings):
     @property
     def mlflow_artifacts(self) -> Path:
         return self.home / "mlartifacts"
+
+    @property
+    def optuna_storage_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.home / 'optuna.db'}"
 
     @property
     def tracking_uri(self) -> str:

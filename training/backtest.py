@@ -1,16 +1,38 @@
-"""A vectorised, cost-aware backtest of per-bar target positions.
+"""A vectorised, cost-aware backtest of per-bar target positions, with bootstrap CIs.
 
-Position ``p_t`` is taken at bar *t*'s close and earns the next bar's log return. Changing
-the position by ``|Δp|`` units pays half the spread per unit (``cost_t / 2`` in return units),
-so a round trip pays the whole spread.
+Position ``p_t`` is taken at bar *t*'s close and earns the next bar's log return
+``ret_next_t``. Changing the position by ``|Δp|`` units pays, per unit traded:
+
+* half the bar's spread (``spread_rel_t / 2``; a round trip pays the whole spread),
+* half the round-trip commission,
+* the slippage model's estimate (replaceable; default ``k_s * spread + k_v * recent vol``),
+
+and holding pays the daily swap pro rata per bar. Several symbols trade with equal capital: the
+portfolio's per-bar P&L is the mean over the symbols quoting at that time.
+
+Metrics: net return, Sharpe and Sortino annualised for the timeframe (252 trading days), max
+drawdown of the cumulative log P&L, hit rate (share of winning bars in the market), profit
+factor, turnover, trades, exposure; confidence intervals from a moving-block bootstrap of the
+per-bar P&L. Baselines: always flat, buy-and-hold, and a momentum rule (sign of the last
+``k`` bars' return).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from engine.mt5 import timeframe_seconds
+
+TRADING_DAYS = 252
+
+
+def bars_per_year(timeframe: str) -> float:
+    return TRADING_DAYS * 86400 / timeframe_seconds(timeframe)
 
 
 def positions_from_proba(proba: np.ndarray, min_confidence: float) -> np.ndarray:
@@ -21,33 +43,195 @@ def positions_from_proba(proba: np.ndarray, min_confidence: float) -> np.ndarray
     return pos
 
 
-def backtest(ds: pd.DataFrame, positions: np.ndarray, timeframe: str) -> dict[str, float]:
-    """Net metrics of ``positions`` over ``ds`` (one symbol or several, sorted by time)."""
-    out: dict[str, float] = {}
-    pnl_all = []
-    trades = 0
-    for _, g in ds.assign(_pos=positions).groupby("symbol", sort=True):
-        p = g["_pos"].to_numpy(dtype=float)
-        turnover = np.abs(np.diff(np.concatenate([[0.0], p])))
-        pnl = p * g["ret_next"].to_numpy() - turnover * g["cost"].to_numpy() / 2.0
-        pnl_all.append(pnl)
-        trades += int((turnover > 0).sum())
-    pnl = np.concatenate(pnl_all) if pnl_all else np.zeros(0)
-    bars_per_year = 252 * 86400 / timeframe_seconds(timeframe)
-    std = pnl.std(ddof=1) if len(pnl) > 1 else 0.0
-    equity = np.cumsum(pnl)
-    out["net_return"] = float(pnl.sum())
-    out["sharpe"] = float(pnl.mean() / std * np.sqrt(bars_per_year)) if std > 0 else 0.0
-    out["max_drawdown"] = float((np.maximum.accumulate(np.concatenate([[0.0], equity])) - np.concatenate([[0.0], equity])).max())
-    out["trades"] = float(trades)
-    out["exposure"] = float(np.mean(positions != 0)) if len(positions) else 0.0
-    active = positions != 0
-    out["hit_rate"] = float(np.mean(np.sign(ds["ret_next"].to_numpy()[active]) == positions[active])) if active.any() else 0.0
-    return out
+class SlippageModel(Protocol):
+    """Slippage per unit traded, in return units, for each row of a dataset (past data only)."""
+
+    def __call__(self, ds: pd.DataFrame) -> np.ndarray: ...
 
 
-def equity_curve(ds: pd.DataFrame, positions: np.ndarray) -> pd.Series:
-    p = positions.astype(float)
-    turnover = np.abs(np.diff(np.concatenate([[0.0], p])))
-    pnl = p * ds["ret_next"].to_numpy() - turnover * ds["cost"].to_numpy() / 2.0
-    return pd.Series(np.cumsum(pnl), index=ds["event_timestamp"])
+@dataclass(frozen=True)
+class SpreadVolSlippage:
+    """``spread_k * spread_rel + vol_k * stdev of the last `window` one-bar returns``."""
+
+    spread_k: float = 0.25
+    vol_k: float = 0.05
+    window: int = 24
+
+    def __call__(self, ds: pd.DataFrame) -> np.ndarray:
+        spread = _spread_rel(ds)
+        past = ds.groupby("symbol", sort=False)["ret_next"].shift(1)  # bar t's own return: known at its close
+        vol = past.groupby(ds["symbol"], sort=False).transform(lambda s: s.rolling(self.window, min_periods=2).std())
+        return self.spread_k * spread + self.vol_k * np.nan_to_num(vol.to_numpy(dtype=float))
+
+
+@dataclass(frozen=True)
+class Costs:
+    commission: float = 0.0  # round trip, return units
+    slippage: SlippageModel | None = None
+    swap_long_per_day: float = 0.0  # return units per day held (negative = paid)
+    swap_short_per_day: float = 0.0
+
+
+def _spread_rel(ds: pd.DataFrame) -> np.ndarray:
+    col = "spread_rel" if "spread_rel" in ds else "cost"
+    return ds[col].to_numpy(dtype=float)
+
+
+def pnl_frame(ds: pd.DataFrame, positions: np.ndarray, timeframe: str, costs: Costs | None = None) -> pd.DataFrame:
+    """Per-row gross, cost and net P&L plus turnover (rows in ``ds`` order)."""
+    costs = costs or Costs()
+    d = ds[["symbol", "event_timestamp", "ret_next"]].copy()
+    d["_pos"] = np.asarray(positions, dtype=float)
+    prev = d.groupby("symbol", sort=False)["_pos"].shift(1).fillna(0.0).to_numpy()
+    turnover = np.abs(d["_pos"].to_numpy() - prev)
+    per_unit = _spread_rel(ds) / 2.0 + costs.commission / 2.0
+    if costs.slippage is not None:
+        per_unit = per_unit + costs.slippage(ds)
+    pos = d["_pos"].to_numpy()
+    day_frac = timeframe_seconds(timeframe) / 86400
+    swap = np.where(pos > 0, costs.swap_long_per_day, np.where(pos < 0, costs.swap_short_per_day, 0.0)) * np.abs(pos) * day_frac
+    gross = pos * d["ret_next"].to_numpy(dtype=float)
+    cost = turnover * per_unit
+    return pd.DataFrame(
+        {
+            "symbol": d["symbol"].to_numpy(),
+            "event_timestamp": d["event_timestamp"].to_numpy(),
+            "position": pos,
+            "turnover": turnover,
+            "gross": gross,
+            "cost": cost,
+            "net": gross - cost + swap,
+        }
+    )
+
+
+def portfolio_pnl(frame: pd.DataFrame) -> pd.Series:
+    """Per-bar portfolio net P&L: mean over the symbols quoting at each timestamp."""
+    return frame.groupby("event_timestamp", sort=True)["net"].mean()
+
+
+def _sharpe(p: np.ndarray, ann: float) -> float:
+    sd = p.std(ddof=1) if len(p) > 1 else 0.0
+    return float(p.mean() / sd * np.sqrt(ann)) if sd > 0 else 0.0
+
+
+def _sortino(p: np.ndarray, ann: float) -> float:
+    down = np.minimum(p, 0.0)
+    dd = np.sqrt(np.mean(down**2)) if len(p) else 0.0
+    return float(p.mean() / dd * np.sqrt(ann)) if dd > 0 else 0.0
+
+
+def max_drawdown(p: np.ndarray) -> float:
+    eq = np.concatenate([[0.0], np.cumsum(p)])
+    return float((np.maximum.accumulate(eq) - eq).max())
+
+
+def block_bootstrap_index(n: int, n_boot: int, block: int, rng: np.random.Generator) -> np.ndarray:
+    """Moving-block bootstrap row indices, shape ``[n_boot, n]``."""
+    block = max(1, min(block, n))
+    n_blocks = int(np.ceil(n / block))
+    starts = rng.integers(0, n - block + 1, size=(n_boot, n_blocks))
+    idx = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(n_boot, -1)[:, :n]
+    return idx
+
+
+def bootstrap_ci(
+    p: np.ndarray,
+    stat: Callable[[np.ndarray], np.ndarray],
+    *,
+    n_boot: int = 500,
+    ci: float = 0.9,
+    block: int | None = None,
+    seed: int = 3,
+) -> tuple[float, float]:
+    """CI of ``stat`` (vectorised over rows of a ``[n_boot, n]`` array) by moving-block bootstrap."""
+    n = len(p)
+    if n < 4:
+        return (float("nan"), float("nan"))
+    block = block or max(2, round(np.sqrt(n)))
+    idx = block_bootstrap_index(n, n_boot, block, np.random.default_rng(seed))
+    vals = stat(p[idx])
+    a = (1 - ci) / 2
+    return float(np.nanquantile(vals, a)), float(np.nanquantile(vals, 1 - a))
+
+
+def sharpe_rows(ann: float) -> Callable[[np.ndarray], np.ndarray]:
+    def f(m: np.ndarray) -> np.ndarray:
+        sd = m.std(axis=1, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(sd > 0, m.mean(axis=1) / sd * np.sqrt(ann), 0.0)
+
+    return f
+
+
+def metrics_from_pnl(frame: pd.DataFrame, timeframe: str, *, n_boot: int = 300, ci: float = 0.9, seed: int = 3) -> dict[str, float]:
+    ann = bars_per_year(timeframe)
+    p = portfolio_pnl(frame).to_numpy()
+    pos = frame["position"].to_numpy()
+    net = frame["net"].to_numpy()
+    active = pos != 0
+    wins, losses = net[net > 0].sum(), -net[net < 0].sum()
+    sh_lo, sh_hi = bootstrap_ci(p, sharpe_rows(ann), n_boot=n_boot, ci=ci, seed=seed)
+    nr_lo, nr_hi = bootstrap_ci(p, lambda m: m.sum(axis=1), n_boot=n_boot, ci=ci, seed=seed)
+    return {
+        "net_return": float(p.sum()),
+        "net_return_ci_low": nr_lo,
+        "net_return_ci_high": nr_hi,
+        "gross_return": float(portfolio_pnl(frame.assign(net=frame["gross"])).sum()),
+        "sharpe": _sharpe(p, ann),
+        "sharpe_ci_low": sh_lo,
+        "sharpe_ci_high": sh_hi,
+        "sortino": _sortino(p, ann),
+        "max_drawdown": max_drawdown(p),
+        "hit_rate": float(np.mean(net[active] > 0)) if active.any() else 0.0,
+        "profit_factor": float(wins / losses) if losses > 0 else (float("inf") if wins > 0 else 0.0),
+        "turnover": float(frame["turnover"].sum()),
+        "trades": float((frame["turnover"] > 0).sum()),
+        "exposure": float(np.mean(active)) if len(pos) else 0.0,
+        "bars": float(len(p)),
+    }
+
+
+def backtest(
+    ds: pd.DataFrame,
+    positions: np.ndarray,
+    timeframe: str,
+    costs: Costs | None = None,
+    *,
+    n_boot: int = 300,
+    ci: float = 0.9,
+) -> dict[str, float]:
+    """Net metrics of ``positions`` over ``ds`` (one symbol or several)."""
+    return metrics_from_pnl(pnl_frame(ds, positions, timeframe, costs), timeframe, n_boot=n_boot, ci=ci)
+
+
+def momentum_positions(ds: pd.DataFrame, lookback: int = 24) -> np.ndarray:
+    """Sign of the last ``lookback`` bars' return (bars up to and including *t*)."""
+    past = ds.groupby("symbol", sort=False)["ret_next"].shift(1).fillna(0.0)
+    mom = past.groupby(ds["symbol"], sort=False).transform(lambda s: s.rolling(lookback, min_periods=1).sum())
+    return np.sign(mom.to_numpy()).astype(np.int64)
+
+
+def baselines(ds: pd.DataFrame, timeframe: str, costs: Costs | None = None, *, n_boot: int = 300) -> dict[str, dict[str, float]]:
+    n = len(ds)
+    return {
+        "flat": backtest(ds, np.zeros(n, dtype=np.int64), timeframe, costs, n_boot=n_boot),
+        "buy_and_hold": backtest(ds, np.ones(n, dtype=np.int64), timeframe, costs, n_boot=n_boot),
+        "momentum": backtest(ds, momentum_positions(ds), timeframe, costs, n_boot=n_boot),
+    }
+
+
+def equity_curve(ds: pd.DataFrame, positions: np.ndarray, timeframe: str = "M5", costs: Costs | None = None) -> pd.Series:
+    """Cumulative portfolio net log return, indexed by bar close."""
+    return portfolio_pnl(pnl_frame(ds, positions, timeframe, costs)).cumsum()
+
+
+def costs_from_config(cfg: object) -> Costs:
+    """:class:`Costs` from an :class:`training.config.CostConfig`."""
+    c = cfg
+    return Costs(
+        commission=float(c.commission),  # type: ignore[attr-defined]
+        slippage=SpreadVolSlippage(c.slippage_spread_k, c.slippage_vol_k),  # type: ignore[attr-defined]
+        swap_long_per_day=float(c.swap_long_per_day),  # type: ignore[attr-defined]
+        swap_short_per_day=float(c.swap_short_per_day),  # type: ignore[attr-defined]
+    )

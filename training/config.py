@@ -1,10 +1,15 @@
-"""Versioned experiment configs (YAML) with explicit chronological ranges."""
+"""Versioned experiment configs (YAML) with explicit chronological ranges.
+
+A config names its feature service, labels, costs, walk-forward scheme, model family, tuning
+space and promotion gate. Ranges are either explicit (``split.start``/``test_start``/``end``)
+or relative to an ``as_of`` time given by the CLI or the DAG's data interval.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
@@ -15,12 +20,77 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 class LabelConfig(BaseModel):
     horizon_bars: int = Field(6, ge=1)
     cost_multiplier: float = Field(1.0, ge=0)
+    commission: float = Field(0.0, ge=0, description="round-trip commission in return units (7e-5 = 7 USD per 100k)")
+    method: Literal["fixed", "triple_barrier"] = "fixed"
+    tp: float = Field(1.5, gt=0, description="take-profit barrier in barrier units")
+    sl: float = Field(1.5, gt=0, description="stop-loss barrier in barrier units")
+    barrier_unit: Literal["atr", "vol"] = "atr"
+    barrier_window: int = Field(14, ge=2)
 
 
 class SplitConfig(BaseModel):
     train_days: int = Field(24, ge=1)
     test_days: int = Field(6, ge=1)
     embargo_bars: int = Field(6, ge=0)
+    n_folds: int = Field(3, ge=1, description="walk-forward folds inside the training window (tuning, ensemble weights)")
+    scheme: Literal["expanding", "rolling"] = "expanding"
+    # explicit chronological ranges (UTC); when set they win over as_of-relative days
+    start: datetime | None = None
+    test_start: datetime | None = None
+    end: datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SplitConfig:
+        given = [d for d in (self.start, self.test_start, self.end) if d is not None]
+        if given and len(given) != 3:
+            raise ValueError("split.start, split.test_start and split.end go together")
+        if given and not (self.start < self.test_start < self.end):  # type: ignore[operator]
+            raise ValueError("split ranges must be chronological: start < test_start < end")
+        return self
+
+
+class CostConfig(BaseModel):
+    """Backtest costs beyond the bar's spread (return units)."""
+
+    commission: float = Field(0.0, ge=0, description="round-trip commission")
+    slippage_spread_k: float = Field(0.25, ge=0, description="slippage per unit traded = k * spread + ...")
+    slippage_vol_k: float = Field(0.05, ge=0, description="... + k * recent one-bar volatility")
+    swap_long_per_day: float = 0.0
+    swap_short_per_day: float = 0.0
+
+
+class TransformerConfig(BaseModel):
+    d_model: int = Field(32, ge=8)
+    n_heads: int = Field(4, ge=1)
+    n_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(256, ge=8)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 7
+
+
+class RegimeConfig(BaseModel):
+    vol_feature: str = "vol_24"
+    trend_feature: str = "sma_ratio_12_48"
+
+
+class TuneConfig(BaseModel):
+    n_trials: int = Field(12, ge=1)
+    metric: Literal["log_loss"] = "log_loss"
+    seed: int = 11
+
+
+class GateConfig(BaseModel):
+    ci: float = Field(0.9, gt=0, lt=1, description="two-sided bootstrap CI level of the Sharpe difference")
+    sharpe_ci_tolerance: float = Field(
+        0.5, ge=0, description="promote only if the CI's lower bound of (challenger - champion) Sharpe > -tolerance"
+    )
+    min_sharpe_gain: float = Field(0.0, description="and the point estimate of the difference > this")
+    max_drawdown_tolerance: float = Field(0.25, ge=0, description="challenger maxDD <= champion maxDD * (1 + tol)")
+    latency_budget_us: float = Field(2000.0, gt=0, description="single-row ONNX p50 budget")
+    n_boot: int = Field(500, ge=50)
+    seed: int = 5
 
 
 class DecisionConfig(BaseModel):
@@ -30,9 +100,15 @@ class DecisionConfig(BaseModel):
 class ExperimentConfig(BaseModel):
     name: str
     feature_service: str
+    family: Literal["xgboost", "ensemble"] = "xgboost"
     label: LabelConfig = LabelConfig()
     split: SplitConfig = SplitConfig()
-    model: dict[str, Any] = Field(default_factory=dict)
+    costs: CostConfig = CostConfig()
+    model: dict[str, Any] = Field(default_factory=dict, description="XGBoost parameters")
+    transformer: TransformerConfig = TransformerConfig()
+    regime: RegimeConfig = RegimeConfig()
+    tune: TuneConfig = TuneConfig()
+    gate: GateConfig = GateConfig()
     decision: DecisionConfig = DecisionConfig()
 
     @model_validator(mode="after")
@@ -44,11 +120,17 @@ class ExperimentConfig(BaseModel):
             )
         return self
 
-    def ranges(self, as_of: datetime) -> dict[str, tuple[datetime, datetime]]:
-        """Chronological train and test windows ending at ``as_of`` (UTC)."""
+    def ranges(self, as_of: datetime | None = None) -> dict[str, tuple[datetime, datetime]]:
+        """Chronological train and test windows: the explicit ones, else ending at ``as_of``."""
+        sp = self.split
+        if sp.start is not None and sp.test_start is not None and sp.end is not None:
+            s, t, e = (d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC) for d in (sp.start, sp.test_start, sp.end))
+            return {"train": (s, t), "test": (t, e)}
+        if as_of is None:
+            raise ValueError(f"config {self.name} has no explicit split ranges: give as_of")
         end = as_of.astimezone(UTC)
-        test_start = end - timedelta(days=self.split.test_days)
-        train_start = test_start - timedelta(days=self.split.train_days)
+        test_start = end - timedelta(days=sp.test_days)
+        train_start = test_start - timedelta(days=sp.train_days)
         return {"train": (train_start, test_start), "test": (test_start, end)}
 
 

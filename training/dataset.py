@@ -18,12 +18,40 @@ import pandas as pd
 
 from engine.mt5 import timeframe_seconds
 from feature_repo.pipeline import lake
-from feature_repo.pipeline.store import FEATURE_SERVICE, lookback, open_store, symbol_point
-from feature_repo.pipeline.transforms import FEATURE_NAMES
+from feature_repo.pipeline.store import (
+    FEATURE_SERVICE,
+    SEQ_VIEW,
+    SERVICE_VIEWS,
+    VIEW_FIELDS,
+    lookback,
+    open_store,
+    symbol_point,
+)
+from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
 from infra.settings import PlatformSettings, utc
 from training.labels import make_labels
 
 log = logging.getLogger(__name__)
+
+
+def service_inputs(feature_service: str) -> tuple[list[str], bool]:
+    """(tabular feature names in model-input order, whether the bar sequence is an input)."""
+    if feature_service not in SERVICE_VIEWS:
+        raise KeyError(f"unknown feature service {feature_service!r}; known: {sorted(SERVICE_VIEWS)}")
+    views = SERVICE_VIEWS[feature_service]
+    names: list[str] = []
+    for v in views:
+        if v != SEQ_VIEW:
+            names += [n for n in VIEW_FIELDS[v] if n not in names]
+    return names, SEQ_VIEW in views
+
+
+def sequence_tensor(ds: pd.DataFrame) -> np.ndarray:
+    """The ``seq`` column (flat arrays) → float32 ``[N, SEQ_LEN, C]``."""
+    c = len(SEQ_CHANNELS)
+    if len(ds) == 0:
+        return np.zeros((0, SEQ_LEN, c), np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in ds[SEQ_FIELD]]).reshape(len(ds), SEQ_LEN, c)
 
 
 class LookAheadError(AssertionError):
@@ -41,6 +69,13 @@ def assert_point_in_time(ds: pd.DataFrame) -> None:
     if off.any():
         bad = ds.loc[off, "event_timestamp"].head(3).tolist()
         raise LookAheadError(f"{int(off.sum())} rows joined a feature row of another bar, e.g. {bad}")
+    if SEQ_FIELD in ds and "hour_sin" in SEQ_CHANNELS and len(ds):
+        # the newest bar of each sequence must be this row's bar: check its close-hour channel
+        seq = sequence_tensor(ds)
+        last = seq[:, -1, SEQ_CHANNELS.index("hour_sin")]
+        bad_seq = np.abs(last - expect_sin.to_numpy(np.float32)) > 1e-5
+        if bad_seq.any():
+            raise LookAheadError(f"{int(bad_seq.sum())} sequences do not end at their own bar close")
 
 
 def build_dataset(
@@ -54,6 +89,7 @@ def build_dataset(
     cost_multiplier: float = 1.0,
     feature_service: str = FEATURE_SERVICE,
     store: Any | None = None,
+    label_kw: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Rows for bars closing in (start, end] whose label is known by ``end``.
 
@@ -65,7 +101,9 @@ def build_dataset(
     frames = []
     for symbol in symbols:
         bars = lake.read_bars(settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end)
-        labels = make_labels(bars, horizon=horizon, point=symbol_point(settings, symbol), cost_multiplier=cost_multiplier)
+        labels = make_labels(
+            bars, horizon=horizon, point=symbol_point(settings, symbol), cost_multiplier=cost_multiplier, **(label_kw or {})
+        )
         opened = labels["event_timestamp"] - step
         labels = labels[(opened >= start) & (labels["label_end"] <= end)]
         frames.append(labels)
@@ -79,7 +117,10 @@ def build_dataset(
     ).to_df()
     joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True)
     ds = entity.merge(joined, on=["symbol", "event_timestamp"], how="left", validate="one_to_one")
-    missing = ds[list(FEATURE_NAMES)].isna().any(axis=1)
+    names, has_seq = service_inputs(feature_service)
+    missing = ds[names].isna().any(axis=1)
+    if has_seq:
+        missing |= ds[SEQ_FIELD].isna()
     if missing.any():
         log.info("dropping %d rows without features (warm-up or quarantined bars)", int(missing.sum()))
     ds = ds[~missing].sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)

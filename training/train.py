@@ -1,21 +1,29 @@
 """Train, evaluate, export and register the tx_trend model; promote it through a gate.
 
-Three steps, each a plain function that the CLI, the DAG tasks and the tests call, passing
-references (paths, run ids, versions) between them:
+Each step is a plain function that the CLI, the DAG tasks and the tests call, passing
+references (paths, run ids, versions) between them. A training *work dir*
+(``$TX_HOME/runs/<name>_<tf>_<as_of>_<id>``) carries the state between steps:
 
 1. :func:`build_training_dataset` — point-in-time dataset through Feast, saved as parquet;
-2. :func:`train_and_register` — chronological split with purge and embargo, XGBoost, cost-aware
-   backtest on the test window, ONNX export with a parity check, an MLflow run and a
-   registered model version carrying the bundle manifest;
-3. :func:`promote` — the gate: the version gets the alias ``champion`` only if it beats
-   always-flat (net return > 0 after costs) on the test window and passed parity.
+2. :func:`fit_step` — purged chronological split, the config's model family fitted on the
+   training window (the ensemble fits its weights on the last walk-forward fold);
+3. :func:`backtest_step` — test-window predictions, cost-aware backtest with bootstrap CIs and
+   baselines, plots;
+4. :func:`export_step` — one ONNX graph, parity against the native model (hard check) and
+   single-row latency;
+5. :func:`register_step` — MLflow run + registered model version carrying the manifest;
+
+:func:`train_and_register` runs 2-5. :func:`promote` (in :mod:`training.gate`) is the gate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import tempfile
+import pickle
+import subprocess
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,14 +32,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_repo.pipeline.store import FEATURE_VIEW
-from feature_repo.pipeline.transforms import FEATURE_NAMES
-from infra.settings import PlatformSettings, utc
-from training.backtest import backtest, equity_curve, positions_from_proba
+from infra.settings import PROJECT_ROOT, PlatformSettings, utc
+from training.backtest import (
+    backtest,
+    baselines,
+    costs_from_config,
+    pnl_frame,
+    positions_from_proba,
+)
 from training.config import ExperimentConfig
-from training.dataset import build_dataset
-from training.export import check_parity, xgb_to_onnx
+from training.dataset import build_dataset, sequence_tensor, service_inputs
 from training.labels import CLASSES, POSITIONS
+from training.models import EnsembleModel, ModelData, RegimeClassifier, TransformerModel, XGBModel
+from training.splits import purged_train_test, walk_forward_folds
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +73,34 @@ def _mlflow(settings: PlatformSettings) -> Any:
     return mlflow
 
 
-def ensure_experiment(settings: PlatformSettings) -> str:
+def ensure_experiment(settings: PlatformSettings, name: str | None = None) -> str:
     mlflow = _mlflow(settings)
-    exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    name = name or settings.mlflow_experiment
+    exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return str(exp.experiment_id)
     settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-    return str(mlflow.create_experiment(settings.mlflow_experiment, artifact_location=settings.mlflow_artifacts.as_uri()))
+    return str(mlflow.create_experiment(name, artifact_location=settings.mlflow_artifacts.as_uri()))
+
+
+def label_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    lc = cfg.label
+    return {
+        "commission": lc.commission,
+        "method": lc.method,
+        "tp": lc.tp,
+        "sl": lc.sl,
+        "barrier_unit": lc.barrier_unit,
+        "barrier_window": lc.barrier_window,
+    }
 
 
 def build_training_dataset(
-    settings: PlatformSettings, cfg: ExperimentConfig, as_of: datetime, timeframe: str | None = None
+    settings: PlatformSettings, cfg: ExperimentConfig, as_of: datetime | None, timeframe: str | None = None
 ) -> str:
-    """Build the dataset for the config's train+test span ending at ``as_of``; returns its path."""
+    """Build the dataset for the config's train+test span (ending at ``as_of``); returns its path."""
     tf = timeframe or settings.timeframe
-    r = cfg.ranges(utc(as_of))
+    r = cfg.ranges(utc(as_of) if as_of else None)
     ds = build_dataset(
         settings,
         settings.symbols,
@@ -84,138 +110,285 @@ def build_training_dataset(
         horizon=cfg.label.horizon_bars,
         cost_multiplier=cfg.label.cost_multiplier,
         feature_service=cfg.feature_service,
+        label_kw=label_kwargs(cfg),
     )
-    out = settings.home / "datasets" / f"{cfg.name}_{tf}_{utc(as_of):%Y%m%dT%H%M}.parquet"
+    out = settings.home / "datasets" / f"{cfg.name}_{tf}_{r['test'][1]:%Y%m%dT%H%M}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.to_parquet(out, index=False)
     log.info("dataset %s: %d rows", out, len(ds))
     return str(out)
 
 
-def chronological_split(
-    ds: pd.DataFrame, test_start: datetime, embargo: pd.Timedelta
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train: rows whose label ends before the test window starts minus the embargo (purged).
-    Test: rows whose features exist at or after the test start."""
-    ts = pd.Timestamp(utc(test_start))
-    train = ds[ds["label_end"] <= ts - embargo]
-    test = ds[ds["event_timestamp"] >= ts]
-    return train.reset_index(drop=True), test.reset_index(drop=True)
+def model_data(ds: pd.DataFrame, feature_service: str) -> ModelData:
+    names, has_seq = service_inputs(feature_service)
+    y = ds["label"].to_numpy() if "label" in ds else None
+    return ModelData(ds[names].to_numpy(np.float32), sequence_tensor(ds) if has_seq else None, y)
 
 
-def _plots(test: pd.DataFrame, pos: np.ndarray, model: Any, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for sym, g in test.assign(_pos=pos).groupby("symbol"):
-        ax.plot(equity_curve(g, g["_pos"].to_numpy()), label=f"{sym} model (net)")
-    ax.axhline(0.0, color="grey", lw=0.8, label="always flat")
-    ax.set_title("Test window: cumulative net log return")
-    ax.legend()
-    fig.tight_layout()
-    files.append(out / "equity_curve.png")
-    fig.savefig(files[-1], dpi=100)
-    plt.close(fig)
-
-    imp = pd.Series(model.feature_importances_, index=list(FEATURE_NAMES)).sort_values()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    imp.plot.barh(ax=ax)
-    ax.set_title("XGBoost feature importance (gain share)")
-    fig.tight_layout()
-    files.append(out / "feature_importance.png")
-    fig.savefig(files[-1], dpi=100)
-    plt.close(fig)
-    return files
+def make_model(cfg: ExperimentConfig, params: dict[str, Any] | None = None) -> Any:
+    """The config's model family, unfitted (``params`` override the XGBoost parameters)."""
+    xgb = XGBModel({**cfg.model, **(params or {})})
+    if cfg.family == "xgboost":
+        return xgb
+    names, has_seq = service_inputs(cfg.feature_service)
+    if not has_seq:
+        raise ValueError(f"family ensemble needs a feature service with the sequence; {cfg.feature_service} has none")
+    return EnsembleModel(xgb, TransformerModel(cfg.transformer), RegimeClassifier(names, cfg.regime.vol_feature, cfg.regime.trend_feature))
 
 
-def train_and_register(
+def _embargo(cfg: ExperimentConfig, timeframe: str) -> pd.Timedelta:
+    from engine.mt5 import timeframe_seconds
+
+    return pd.Timedelta(seconds=cfg.split.embargo_bars * timeframe_seconds(timeframe))
+
+
+def split_dataset(ds: pd.DataFrame, cfg: ExperimentConfig, as_of: datetime | None, timeframe: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Purged, embargoed hold-out split at the config's test start."""
+    r = cfg.ranges(utc(as_of) if as_of else None)
+    tr, te = purged_train_test(ds, pd.Timestamp(r["test"][0]), _embargo(cfg, timeframe))
+    return ds.iloc[tr].reset_index(drop=True), ds.iloc[te].reset_index(drop=True)
+
+
+def fit_model(model: Any, train: pd.DataFrame, cfg: ExperimentConfig, timeframe: str) -> Any:
+    """Fit ``model`` on the training rows; the ensemble gets the last walk-forward fold as
+    validation (purged and embargoed from the rows before it)."""
+    data = model_data(train, cfg.feature_service)
+    if isinstance(model, EnsembleModel):
+        folds = walk_forward_folds(train, n_folds=max(cfg.split.n_folds, 1), embargo=_embargo(cfg, timeframe), min_train_rows=50)
+        if not folds:
+            raise ValueError("too little training data for a validation fold")
+        last = folds[-1]
+        return model.fit(data.take(last.train), data.take(last.test))
+    return model.fit(data)
+
+
+# --- the steps ---------------------------------------------------------------------------------
+def _workdir(settings: PlatformSettings, cfg: ExperimentConfig, tf: str, as_of: datetime | None) -> Path:
+    stamp = f"{utc(as_of):%Y%m%dT%H%M}" if as_of else "explicit"
+    d = settings.home / "runs" / f"{cfg.name}_{tf}_{stamp}_{uuid.uuid4().hex[:8]}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=str))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def fit_step(
     settings: PlatformSettings,
     cfg: ExperimentConfig,
     dataset_path: str,
-    as_of: datetime,
+    as_of: datetime | None,
     timeframe: str | None = None,
-) -> TrainResult:
-    """Fit on the purged train window, evaluate on the test window, export, register."""
-    from xgboost import XGBClassifier
-
+    params: dict[str, Any] | None = None,
+) -> str:
+    """Split, fit and pickle the model into a new work dir; returns the work dir."""
     tf = timeframe or settings.timeframe
     ds = pd.read_parquet(dataset_path)
-    r = cfg.ranges(utc(as_of))
-    from engine.mt5 import timeframe_seconds
-
-    embargo = pd.Timedelta(seconds=cfg.split.embargo_bars * timeframe_seconds(tf))
-    train, test = chronological_split(ds, r["test"][0], embargo)
+    train, test = split_dataset(ds, cfg, as_of, tf)
     if len(train) < 200 or len(test) < 50:
         raise ValueError(f"too little data: {len(train)} train rows, {len(test)} test rows")
-    x_cols = list(FEATURE_NAMES)
-    x_train = train[x_cols].to_numpy(np.float32)
-    x_test = test[x_cols].to_numpy(np.float32)
+    model = fit_model(make_model(cfg, params), train, cfg, tf)
+    wd = _workdir(settings, cfg, tf, as_of)
+    with open(wd / "model.pkl", "wb") as f:
+        pickle.dump(model, f)
+    r = cfg.ranges(utc(as_of) if as_of else None)
+    _write_json(
+        wd / "step.json",
+        {
+            "config": cfg.model_dump(mode="json"),
+            "dataset_path": dataset_path,
+            "as_of": utc(as_of).isoformat() if as_of else None,
+            "timeframe": tf,
+            "params": params or {},
+            "train_range": [r["train"][0].isoformat(), r["train"][1].isoformat()],
+            "test_range": [r["test"][0].isoformat(), r["test"][1].isoformat()],
+            "train_rows": len(train),
+            "test_rows": len(test),
+            "symbols": sorted(ds["symbol"].unique().tolist()),
+        },
+    )
+    log.info("fitted %s (%s) on %d rows → %s", cfg.name, cfg.family, len(train), wd)
+    return str(wd)
 
-    params = {"objective": "multi:softprob", "num_class": 3, "n_jobs": 2, "random_state": 7, **cfg.model}
-    model = XGBClassifier(**params)
-    model.fit(x_train, train["label"].to_numpy())
-    proba = model.predict_proba(x_test)
-    pos = positions_from_proba(proba, cfg.decision.min_confidence)
-    bt = backtest(test, pos, tf)
-    flat = backtest(test, np.zeros(len(test), dtype=np.int64), tf)
-    acc = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
+
+def _load_step(workdir: str) -> tuple[dict[str, Any], ExperimentConfig, Any, pd.DataFrame]:
+    wd = Path(workdir)
+    step = _read_json(wd / "step.json")
+    cfg = ExperimentConfig.model_validate(step["config"])
+    with open(wd / "model.pkl", "rb") as f:
+        model = pickle.load(f)
+    ds = pd.read_parquet(step["dataset_path"])
+    as_of = datetime.fromisoformat(step["as_of"]) if step["as_of"] else None
+    _, test = split_dataset(ds, cfg, as_of, step["timeframe"])
+    return step, cfg, model, test
+
+
+def backtest_step(workdir: str) -> dict[str, float]:
+    """Test-window predictions → backtest with CIs, baselines and plots; writes metrics.json."""
     from sklearn.metrics import log_loss
 
-    metrics = {
-        "test_accuracy": acc,
-        "test_log_loss": float(log_loss(test["label"], proba, labels=[0, 1, 2])),
-        **{f"test_{k}": v for k, v in bt.items()},
-        "baseline_flat_net_return": flat["net_return"],
-        "train_rows": float(len(train)),
-        "test_rows": float(len(test)),
-    }
-    onnx_model = xgb_to_onnx(model, len(x_cols))
-    parity = check_parity(model, onnx_model, x_test)
-    metrics["onnx_parity_max_abs_diff"] = parity
+    from training.plots import write_plots
 
+    step, cfg, model, test = _load_step(workdir)
+    tf = step["timeframe"]
+    data = model_data(test, cfg.feature_service)
+    proba = model.predict_proba(data)
+    np.save(Path(workdir) / "test_proba.npy", proba)
+    pos = positions_from_proba(proba, cfg.decision.min_confidence)
+    costs = costs_from_config(cfg.costs)
+    bt = backtest(test, pos, tf, costs, n_boot=cfg.gate.n_boot, ci=cfg.gate.ci)
+    base = baselines(test, tf, costs, n_boot=cfg.gate.n_boot)
+    y = data.labels()
+    metrics: dict[str, float] = {
+        "test_accuracy": float((proba.argmax(axis=1) == y).mean()),
+        "test_log_loss": float(log_loss(y, np.clip(proba, 1e-7, 1), labels=[0, 1, 2])),
+        **{f"test_{k}": v for k, v in bt.items()},
+        **{f"baseline_{b}_{k}": v for b, m in base.items() for k, v in m.items() if k in ("net_return", "sharpe", "max_drawdown", "sharpe_ci_low", "sharpe_ci_high")},
+        "train_rows": float(step["train_rows"]),
+        "test_rows": float(step["test_rows"]),
+    }
+    pnl = pnl_frame(test, pos, tf, costs)
+    pnl.to_parquet(Path(workdir) / "test_pnl.parquet", index=False)
+    names, _ = service_inputs(cfg.feature_service)
+    write_plots(Path(workdir) / "plots", test, pos, proba, y, model, names, tf, costs)
+    _write_json(Path(workdir) / "metrics.json", metrics)
+    return metrics
+
+
+def export_step(workdir: str) -> dict[str, Any]:
+    """One ONNX graph; parity with the native model on the test window (hard check) and
+    single-row latency; writes model.onnx and export.json."""
+    from training.export import check_parity, model_to_onnx, sha256, single_row_latency_us
+
+    _step, cfg, model, test = _load_step(workdir)
+    data = model_data(test, cfg.feature_service)
+    seq_shape = None if data.seq is None else (int(data.seq.shape[1]), int(data.seq.shape[2]))
+    onnx_model = model_to_onnx(model, data.x.shape[1], seq_shape)
+    parity = check_parity(model, onnx_model, data.x, seq=data.seq)
+    lat = single_row_latency_us(onnx_model, data.x[0], None if data.seq is None else data.seq[0])
+    (Path(workdir) / "model.onnx").write_bytes(onnx_model.SerializeToString())
+    info = {"parity_max_abs_diff": parity, "onnx_latency_us": lat, "bundle_sha256": sha256(onnx_model)}
+    _write_json(Path(workdir) / "export.json", info)
+    log.info("ONNX export: parity %.2e, single-row p50 %.0f µs", parity, lat["p50"])
+    return info
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=False)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def lake_snapshot(settings: PlatformSettings, symbols: list[str], timeframe: str) -> str:
+    """Hash of the lake partitions (path, size, content hash of small files) the dataset read."""
+    h = hashlib.sha256()
+    for sym in symbols:
+        for p in sorted((settings.lake_dir / f"symbol={sym}" / f"timeframe={timeframe}").glob("date=*/bars.parquet")):
+            h.update(str(p.relative_to(settings.lake_dir)).encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def build_manifest(settings: PlatformSettings, step: dict[str, Any], cfg: ExperimentConfig, model: Any, metrics: dict[str, float], export: dict[str, Any]) -> dict[str, Any]:
+    from feature_repo.pipeline.store import SEQ_VIEW, SERVICE_VIEWS
+    from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
+
+    names, has_seq = service_inputs(cfg.feature_service)
+    views = list(SERVICE_VIEWS[cfg.feature_service])
+    tab_views = [v for v in views if v != SEQ_VIEW]
     manifest: dict[str, Any] = {
         "model_name": settings.model_name,
         "feature_service": cfg.feature_service,
-        "feature_view": FEATURE_VIEW,
-        "features": x_cols,
+        "feature_view": tab_views[0],
+        "feature_views": views,
+        "features": names,
         "input_name": "input",
         "prob_output": "probabilities",
         "classes": list(CLASSES),
         "positions": list(POSITIONS),
         "min_confidence": cfg.decision.min_confidence,
-        "timeframe": tf,
-        "symbols": sorted(ds["symbol"].unique().tolist()),
-        "train_range": [r["train"][0].isoformat(), r["train"][1].isoformat()],
-        "test_range": [r["test"][0].isoformat(), r["test"][1].isoformat()],
+        "timeframe": step["timeframe"],
+        "symbols": step["symbols"],
+        "train_range": step["train_range"],
+        "test_range": step["test_range"],
         "label_horizon": cfg.label.horizon_bars,
+        "label": cfg.label.model_dump(mode="json"),
+        "costs": cfg.costs.model_dump(mode="json"),
+        "gate": cfg.gate.model_dump(mode="json"),
+        "family": cfg.family,
+        "experiment": cfg.name,
         "metrics": metrics,
+        "thresholds": {"min_confidence": cfg.decision.min_confidence},
+        "ensemble_weights": None,
+        "lake_snapshot": lake_snapshot(settings, step["symbols"], step["timeframe"]),
+        "git_commit": git_commit(),
+        "bundle_sha256": export["bundle_sha256"],
+        "onnx_latency_us": export["onnx_latency_us"]["p50"],
+        "onnx_latency_p99_us": export["onnx_latency_us"]["p99"],
+        "parity_max_abs_diff": export["parity_max_abs_diff"],
     }
+    if has_seq:
+        manifest["sequence"] = {
+            "input_name": "sequence",
+            "feature_view": SEQ_VIEW,
+            "field": SEQ_FIELD,
+            "seq_len": SEQ_LEN,
+            "channels": list(SEQ_CHANNELS),
+        }
+    if isinstance(model, EnsembleModel) and model.weights is not None:
+        manifest["ensemble_weights"] = {"members": ["xgboost", "transformer"], "by_regime_state": model.weights.tolist()}
+        manifest["thresholds"]["regime"] = {
+            "vol_feature": cfg.regime.vol_feature,
+            "vol_threshold": model.regime.vol_thr,
+            "trend_feature": cfg.regime.trend_feature,
+            "abs_trend_threshold": model.regime.trend_thr,
+        }
+    return manifest
+
+
+def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
+    """MLflow run (params, metrics, plots, per-bar test P&L) and a registered ONNX version."""
+    import onnx
+
+    wd = Path(workdir)
+    step, cfg, model, _ = _load_step(workdir)
+    metrics = _read_json(wd / "metrics.json")
+    export = _read_json(wd / "export.json")
+    metrics = {**metrics, "onnx_parity_max_abs_diff": export["parity_max_abs_diff"], "onnx_latency_p50_us": export["onnx_latency_us"]["p50"]}
+    manifest = build_manifest(settings, step, cfg, model, metrics, export)
+    onnx_model = onnx.load(str(wd / "model.onnx"))
     mlflow = _mlflow(settings)
     exp_id = ensure_experiment(settings)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-{utc(as_of):%Y%m%d}") as run:
-        mlflow.log_params({f"model.{k}": v for k, v in cfg.model.items()})
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-{step['test_range'][1][:10]}") as run:
+        mlflow.log_params({f"model.{k}": v for k, v in {**cfg.model, **step["params"]}.items()})
         mlflow.log_params(
             {
+                "family": cfg.family,
+                "label.method": cfg.label.method,
                 "label.horizon_bars": cfg.label.horizon_bars,
                 "label.cost_multiplier": cfg.label.cost_multiplier,
+                "label.commission": cfg.label.commission,
                 "decision.min_confidence": cfg.decision.min_confidence,
                 "feature_service": cfg.feature_service,
-                "timeframe": tf,
-                "symbols": ",".join(manifest["symbols"]),
-                "train_range": "/".join(manifest["train_range"]),
-                "test_range": "/".join(manifest["test_range"]),
+                "timeframe": step["timeframe"],
+                "symbols": ",".join(step["symbols"]),
+                "train_range": "/".join(step["train_range"]),
+                "test_range": "/".join(step["test_range"]),
             }
         )
-        mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            for f in _plots(test, pos, model, Path(tmp)):
-                mlflow.log_artifact(str(f), artifact_path="plots")
-            (Path(tmp) / "features.json").write_text(json.dumps(x_cols, indent=1))
-            mlflow.log_artifact(str(Path(tmp) / "features.json"))
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        for f in sorted((wd / "plots").glob("*.png")):
+            mlflow.log_artifact(str(f), artifact_path="plots")
+        mlflow.log_artifact(str(wd / "test_pnl.parquet"), artifact_path="evaluation")
+        _write_json(wd / "features.json", manifest["features"])
+        mlflow.log_artifact(str(wd / "features.json"))
         info = mlflow.onnx.log_model(
             onnx_model,
             name="model",
@@ -223,50 +396,27 @@ def train_and_register(
             metadata={"tx_manifest": manifest},
         )
         mv = mlflow.register_model(info.model_uri, settings.model_name)
-    log.info("registered %s v%s (run %s): %s", settings.model_name, mv.version, run.info.run_id, bt)
-    return TrainResult(run.info.run_id, settings.model_name, str(mv.version), metrics, parity)
+    log.info("registered %s v%s (run %s)", settings.model_name, mv.version, run.info.run_id)
+    return TrainResult(run.info.run_id, settings.model_name, str(mv.version), metrics, float(export["parity_max_abs_diff"]))
 
 
-@dataclass
-class GateDecision:
-    version: str
-    promoted: bool
-    reason: str
-    previous_champion: str | None
+def train_and_register(
+    settings: PlatformSettings,
+    cfg: ExperimentConfig,
+    dataset_path: str,
+    as_of: datetime | None,
+    timeframe: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> TrainResult:
+    """fit → backtest → export (parity-checked) → register."""
+    wd = fit_step(settings, cfg, dataset_path, as_of, timeframe, params)
+    backtest_step(wd)
+    export_step(wd)
+    return register_step(settings, wd)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
+def promote(settings: PlatformSettings, version: str, **kw: Any) -> Any:
+    """The promotion gate (see :func:`training.gate.promote`)."""
+    from training.gate import promote as gate
 
-def promote(settings: PlatformSettings, version: str) -> GateDecision:
-    """Move ``champion`` to ``version`` if it beats always-flat after costs on its test window
-    and its ONNX export passed parity; the replaced champion becomes ``previous``.
-
-    A refused version that passed parity becomes ``challenger``: it may be shadowed or paper
-    traded, never served as the champion."""
-    from mlflow import MlflowClient
-
-    _mlflow(settings)
-    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    mv = client.get_model_version(settings.model_name, version)
-    run = client.get_run(str(mv.run_id))
-    m = run.data.metrics
-    try:
-        current: str | None = client.get_model_version_by_alias(settings.model_name, CHAMPION).version
-    except Exception:
-        current = None
-    net, flat = m.get("test_net_return", float("-inf")), m.get("baseline_flat_net_return", 0.0)
-    parity_ok = m.get("onnx_parity_max_abs_diff", float("inf")) <= 1e-5
-    if not parity_ok:
-        decision = GateDecision(version, False, "ONNX parity failed", current)
-    elif not net > flat:
-        decision = GateDecision(version, False, f"net return {net:.5f} does not beat always-flat {flat:.5f}", current)
-        client.set_registered_model_alias(settings.model_name, CHALLENGER, str(version))
-    else:
-        if current is not None and current != str(version):
-            client.set_registered_model_alias(settings.model_name, PREVIOUS, current)
-        client.set_registered_model_alias(settings.model_name, CHAMPION, str(version))
-        decision = GateDecision(version, True, f"net return {net:.5f} > always-flat {flat:.5f}", current)
-    client.set_model_version_tag(settings.model_name, str(version), "gate", json.dumps(decision.to_dict()))
-    log.info("gate for %s v%s: %s", settings.model_name, version, decision.reason)
-    return decision
+    return gate(settings, version, **kw)
