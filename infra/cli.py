@@ -11,7 +11,9 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(help="TitanovaX: MT5 bars → validated lake → Feast/Redis → ONNX model → BentoML → engine.", no_args_is_help=True)
-features_app = typer.Typer(help="Feast feature repo: apply, build, materialise, env.", no_args_is_help=True)
+features_app = typer.Typer(
+    help="Feast feature repo: apply, build, materialise, stream, get (point-in-time), catalog, env.", no_args_is_help=True
+)
 engine_app = typer.Typer(help="The live engine.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(engine_app, name="engine")
@@ -106,6 +108,80 @@ def features_materialize(start: Date, end: Date) -> None:
     typer.echo("materialised")
 
 
+@features_app.command("stream")
+def features_stream(
+    writer: Annotated[str, typer.Option(help="direct (Feast's Redis format, one round trip) or feast (write_to_online_store)")] = "direct",
+    max_bars: Annotated[int | None, typer.Option(help="Stop after this many bar closes (default: run until Ctrl-C)")] = None,
+    wait_s: Annotated[float, typer.Option(help="Seconds to wait after a close for every symbol's bar")] = 5.0,
+) -> None:
+    """Streaming pusher: on each closed bar of the configured terminal, compute that bar's
+    features (every view, every symbol) and write them to Redis."""
+    import time
+
+    import numpy as np
+
+    from feature_repo.pipeline.ingest import open_platform_terminal
+    from feature_repo.pipeline.stream import FeaturePusher
+
+    s = _settings()
+    pusher = FeaturePusher(s, open_platform_terminal(s), writer=writer)
+
+    def report(close: int, rows: dict) -> None:
+        lag_ms = (time.time() - close) * 1e3
+        logging.getLogger("tx.features.stream").info(
+            "bar %s: %d symbols written %.1f ms after the close (compute %.1f ms)",
+            datetime.fromtimestamp(close, UTC).isoformat(), len(rows), lag_ms, pusher.stats.compute_s[-1] * 1e3,
+        )
+
+    typer.echo(f"streaming {s.symbols} {s.timeframe} features to {s.redis_url} ({writer} writer); Ctrl-C stops")
+    try:
+        pusher.run(max_bars=max_bars, wait_s=wait_s, on_push=report)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    total = np.array(pusher.stats.fetch_s) + np.array(pusher.stats.compute_s) + np.array(pusher.stats.write_s)
+    if len(total):
+        typer.echo(f"pushed {pusher.pushed} rows; per bar p50 {np.percentile(total, 50) * 1e3:.1f} ms p99 {np.percentile(total, 99) * 1e3:.1f} ms")
+
+
+@features_app.command("get")
+def features_get(
+    start: Date,
+    end: Date,
+    out: Annotated[str, typer.Option(help="Output parquet file")],
+    service: Annotated[str, typer.Option(help="Feast feature service: trend_v1 or trend_v2")] = "trend_v2",
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated (default: TX_SYMBOLS)")] = None,
+) -> None:
+    """Point-in-time features of a service (Feast get_historical_features) at every bar close
+    of [start, end), written to a parquet file."""
+    from pathlib import Path
+
+    from feature_repo.pipeline.store import historical_features
+
+    s = _settings()
+    syms = [x.strip().upper() for x in symbols.split(",")] if symbols else s.symbols
+    df = historical_features(s, service, syms, _utc(start), _utc(end))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out, index=False)
+    _echo({"rows": len(df), "columns": len(df.columns), "symbols": syms, "service": service, "out": out})
+
+
+@features_app.command("catalog")
+def features_catalog() -> None:
+    """The feature catalogue: name, family, window (bars, = first valid bar + 1), formula."""
+    from feature_repo.pipeline.transforms import (
+        FEATURES,
+        SEQ_CHANNELS,
+        SEQ_LEN,
+        SEQ_WARMUP_BARS,
+        TREND_V1_FEATURES,
+    )
+
+    for f in FEATURES:
+        tag = "v1+v2" if f.name in TREND_V1_FEATURES else "v2"
+        typer.echo(f"{f.name:20s} {f.family:13s} {f.window:4d}  {tag:5s}  {f.formula}")
+    typer.echo(f"{'seq':20s} {'sequence':13s} {SEQ_WARMUP_BARS:4d}  v2     {SEQ_LEN} bars x ({', '.join(SEQ_CHANNELS)}), float32")
+
+
 @app.command()
 def backfill(start: Date, end: Date) -> None:
     """Run ingest → validate → features for every day of [start, end), then materialise."""
@@ -165,42 +241,21 @@ def serve(
 
 @engine_app.command("run")
 def engine_run(
-    features: Annotated[str, typer.Option(help="Comma-separated feature names (the bundle's order); default: from serving's model")] = "",
+    mode: Annotated[str, typer.Option(help="live (native/bridge terminal) | paper (simulated terminal, wall clock) | backtest (simulated terminal and clock); default TX_ENGINE_MODE")] = "",
+    start: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="backtest: first bar close (UTC)")] = None,
+    end: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="backtest: last bar close (UTC)")] = None,
+    features: Annotated[str, typer.Option(help="Comma-separated feature names (the bundle's order); default: the bundle's manifest, else trend_v1")] = "",
 ) -> None:
-    """Run the engine live against the configured terminal (TX_MT5_MODE), bar by bar."""
-    import redis
+    """Run the engine: the same code in live, paper and backtest mode (control API when TX_ENGINE_TOKEN is set)."""
+    from infra.engine_world import run_engine
 
-    from engine.config import EngineSettings
-    from engine.features import OnlineFeatureReader
-    from engine.journal import Journal
-    from engine.loop import Engine
-    from engine.mt5 import TIMEFRAMES
-    from engine.mt5.gateway import open_terminal
-    from engine.serving_client import ServingClient
-
-    es = EngineSettings()
-    names = [f for f in features.split(",") if f]
-    if not names:
-        from feature_repo.pipeline.transforms import FEATURE_NAMES
-
-        names = list(FEATURE_NAMES)
-    if es.mt5_mode == "sim":
-        from feature_repo.pipeline.ingest import open_platform_terminal
-
-        terminal = open_platform_terminal(_settings())
-    else:
-        terminal = open_terminal(es.mt5_mode, host=es.mt5_host, port=es.mt5_port, login=es.mt5_login, password=es.mt5_password, server=es.mt5_server)
-    eng = Engine(
-        terminal=terminal,
-        features=OnlineFeatureReader(redis.Redis.from_url(es.redis_url), project=es.feast_project, feature_view=es.feature_view, features=names),
-        model=ServingClient(es.serving_url, es.serving_timeout_s),
-        journal=Journal(es.journal_path),
-        limits=es.risk_limits(),
-        lots=es.lots,
-        magic=es.magic,
+    out = run_engine(
+        mode or None,
+        start_utc=int(_utc(start).timestamp()) if start else None,
+        end_utc=int(_utc(end).timestamp()) if end else None,
+        feature_names=[f for f in features.split(",") if f],
     )
-    typer.echo(f"engine {es.mode} on {es.symbols} {es.timeframe}; journal {es.journal_path}")
-    eng.run_live(es.symbols, TIMEFRAMES[es.timeframe], utc_offset_hours=es.broker_utc_offset_hours)
+    typer.echo(json.dumps(out, indent=2, default=str))
 
 
 @app.command()

@@ -229,6 +229,40 @@ def materialize(
     store.materialize(start - MATERIALIZE_OVERLAP, end, feature_views=list(views))
 
 
+def bar_closes(settings: PlatformSettings, symbols: list[str], timeframe: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """Entity rows ``symbol``, ``event_timestamp`` at the close of every lake bar opening in [start, end)."""
+    start, end = utc(start), utc(end)
+    frames = [
+        lake.read_bars(settings.lake_dir, sym, timeframe, start, end)[["symbol", "close_time"]] for sym in symbols
+    ]
+    rows = pd.concat(frames, ignore_index=True).rename(columns={"close_time": "event_timestamp"})
+    rows["symbol"] = rows["symbol"].astype(str)
+    return rows.sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
+
+
+def historical_features(
+    settings: PlatformSettings,
+    service: str,
+    symbols: list[str],
+    start: datetime,
+    end: datetime,
+    timeframe: str | None = None,
+    store: Any | None = None,
+) -> pd.DataFrame:
+    """Point-in-time features of a feature service through Feast ``get_historical_features``,
+    with entity rows at the lake's bar closes of [start, end). Bars whose features are not
+    defined (warm-up, quarantined history) come back with nulls; nothing later than each
+    bar's close is joined."""
+    tf = timeframe or settings.timeframe
+    entity = bar_closes(settings, symbols, tf, start, end)
+    if entity.empty:
+        raise ValueError(f"no bars in the lake for {symbols} {tf} in [{start}, {end})")
+    store = store or open_store(settings)
+    out = store.get_historical_features(entity_df=entity, features=store.get_feature_service(service)).to_df()
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return out.sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
+
+
 def push_rows(settings: PlatformSettings, rows: pd.DataFrame, store: Any | None = None) -> None:
     """Write feature rows straight to the online store through Feast (the per-bar path)."""
     store = store or open_store(settings)

@@ -190,3 +190,21 @@ def test_stream_path_when_a_bar_is_missing_then_nothing_is_written_for_that_clos
     pusher = FeaturePusher(s, open_platform_terminal(s, clock=lambda: saturday_noon))
     assert pusher.push_bar(saturday_noon) == {}
     assert r.dbsize() == 0 and pusher.stats.skipped == len(s.symbols)
+
+
+def test_stream_loop_when_the_clock_passes_three_closes_then_each_bar_is_pushed_once_in_order(expected: Expected) -> None:
+    from feature_repo.pipeline.ingest import open_platform_terminal
+    from feature_repo.pipeline.stream import FeaturePusher
+
+    s = _redis(expected.settings, STREAM_DB)
+    redis.Redis.from_url(s.redis_url).flushdb()  # type: ignore[arg-type]
+    now = [expected.closes[3].timestamp() - 1234.5]  # a simulated clock, in the middle of a bar
+    pusher = FeaturePusher(s, open_platform_terminal(s, clock=lambda: int(now[0])))
+    pushed: list[int] = []
+
+    def sleep(dt: float) -> None:
+        now[0] += dt
+
+    n = pusher.run(clock=lambda: now[0], sleep=sleep, max_bars=3, on_push=lambda c, rows: pushed.append(c))
+    assert n == 3 and pushed == [int(t.timestamp()) for t in expected.closes[3:6]]
+    _assert_online_equals_offline(s, expected, expected.closes[5])
