@@ -42,6 +42,11 @@ class PlatformSettings(BaseSettings):
     broker_utc_offset_hours: int = Field(
         default=2, description="Broker server time minus UTC, in hours (fixed offset)."
     )
+    broker_tz: str | None = Field(
+        default=None,
+        description="Broker server time rule (engine/mt5/brokertime.py): fixed:+2 | ny-close | eet | "
+        "tz:<zone>[+h]. Unset: fixed TX_BROKER_UTC_OFFSET_HOURS.",
+    )
     synthetic_seed: int = 7
     validation_config: Path | None = Field(
         default=None,

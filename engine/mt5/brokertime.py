@@ -350,7 +350,8 @@ class OffsetDetection:
     reason: str = ""
     open_delay_h: float = 0.0
     """How much later than Sunday 17:00 New York the week opens (1h for gold: 18:00 New York),
-    read from the data (the most common open − close difference, 0 or 1)."""
+    read from the data: 1 when at least three weekends, and more than show 0, open an hour
+    "late")."""
 
     @property
     def observations(self) -> list[Observation]:
@@ -450,7 +451,8 @@ def detect_offset(
         det.conclusive, det.reason = False, "no weekend gap in the bars"
         return det
     diffs = Counter(_half((o - so) / 3600) - _half((c - fc) / 3600) for c, o, fc, so in raw)
-    delay = max((0.0, 1.0), key=lambda d: diffs.get(d, 0))
+    # gold opens an hour after FX: many weekends show it; a DST weekend alone looks the same
+    delay = 1.0 if diffs.get(1.0, 0) >= 3 and diffs.get(1.0, 0) > diffs.get(0.0, 0) else 0.0
     det.open_delay_h = delay
     det.weeks = [
         WeekObservation(c, o, fc, so + round(delay * 3600), _half((c - fc) / 3600), _half((o - so) / 3600) - delay)

@@ -1,10 +1,18 @@
 """Ingest: pull one data interval of bars through the MT5 gateway into the staging area.
 
-MT5 bar ``time`` is the open time in broker server time; the lake stores UTC. A run for the
-data interval [start, end) takes the bars whose UTC open time lies in it, leaves out the bar
-that is still forming on the terminal, and overwrites the interval's staging partitions, so
-running it twice gives the same bytes. Validation then moves each partition to the lake or to
-quarantine.
+MT5 bar ``time`` is the open time in broker server time; the lake stores UTC. The broker's
+clock is described by a rule (:mod:`engine.mt5.brokertime`, ``TX_BROKER_TZ``: a fixed offset,
+``ny-close`` or an IANA zone such as EET/EEST; unset, the fixed ``TX_BROKER_UTC_OFFSET_HOURS``),
+applied per bar so DST switches land right. A run for the data interval [start, end) takes the
+bars whose UTC open time lies in it, leaves out the bar that is still forming on the terminal,
+and overwrites the interval's staging partitions, so running it twice gives the same bytes.
+Validation then moves each partition to the lake or to quarantine.
+
+Each run also stores the symbol's ``symbol_info`` contract metadata with the lake
+(``<lake>/symbol=S/_symbol.json``, :func:`feature_repo.pipeline.lake.symbol_meta`), and, when
+the interval holds a weekend, checks the configured time rule against the bars
+(:func:`engine.mt5.brokertime.check_rule`): a disagreement is logged as a warning and reported in
+:attr:`IngestResult.broker_time_check`.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from engine.mt5 import TIMEFRAMES, Terminal, TerminalError, timeframe_seconds
+from engine.mt5.brokertime import BrokerTimeRule, FixedOffset, check_rule, parse_rule
 from feature_repo.pipeline import lake
 from infra.settings import PlatformSettings, utc
 
@@ -33,15 +42,26 @@ class IngestResult:
     rows: int
     partitions: list[str] = field(default_factory=list)
     forming_bar_excluded: bool = False
+    broker_time_rule: str = ""
+    broker_time_check: str | None = None  # the rule check's message, when the bars hold a weekend
+    broker_time_ok: bool = True
+    symbol_meta: str | None = None  # path of the stored symbol_info metadata
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
+def broker_rule(settings: PlatformSettings) -> FixedOffset | BrokerTimeRule:
+    """The broker time rule of the settings: ``TX_BROKER_TZ``, else the fixed
+    ``TX_BROKER_UTC_OFFSET_HOURS``."""
+    return parse_rule(getattr(settings, "broker_tz", None), settings.broker_utc_offset_hours)
+
+
 def open_platform_terminal(settings: PlatformSettings, clock: Callable[[], int] | None = None) -> Terminal:
     """The terminal the platform ingests from: simulated (synthetic market or MT5 exports)
-    by default, or the native / bridge terminal when ``TX_MT5_MODE`` says so."""
-    from engine.mt5.gateway import open_terminal
+    by default, or the native / bridge terminal when ``TX_MT5_MODE`` says so (connection and
+    account from ``TX_MT5_*``, :class:`engine.mt5.settings.MT5Settings`)."""
+    from engine.mt5.gateway import open_configured_terminal, open_terminal
 
     if settings.mt5_mode == "sim":
         from engine.mt5.sim import ExportFeed, SyntheticFeed
@@ -63,15 +83,22 @@ def open_platform_terminal(settings: PlatformSettings, clock: Callable[[], int] 
         return open_terminal(
             "sim", sim_feed=feed, clock=clock, server_utc_offset_hours=settings.broker_utc_offset_hours
         )
-    return open_terminal(settings.mt5_mode, server_utc_offset_hours=settings.broker_utc_offset_hours)
+    from engine.mt5.settings import MT5Settings
+
+    return open_configured_terminal(MT5Settings(mode=settings.mt5_mode))
 
 
-def rates_to_frame(rates: np.ndarray, symbol: str, timeframe: str, utc_offset_hours: int) -> pd.DataFrame:
-    """MT5 rates (server time) → lake rows (UTC open and close time, raw server time kept)."""
-    off = utc_offset_hours * 3600
+def rates_to_frame(
+    rates: np.ndarray, symbol: str, timeframe: str, utc_offset_hours: int | BrokerTimeRule
+) -> pd.DataFrame:
+    """MT5 rates (server time) → lake rows (UTC open and close time, raw server time kept).
+
+    ``utc_offset_hours`` is a fixed offset or a :class:`~engine.mt5.brokertime.BrokerTimeRule`
+    (applied per bar)."""
+    rule = FixedOffset(utc_offset_hours) if isinstance(utc_offset_hours, int | float) else utc_offset_hours
     step = timeframe_seconds(timeframe)
     server = rates["time"].astype("int64")
-    t = pd.to_datetime(server - off, unit="s", utc=True).astype("datetime64[ns, UTC]")
+    t = pd.to_datetime(rule.to_utc(server), unit="s", utc=True).astype("datetime64[ns, UTC]")
     return pd.DataFrame(
         {
             "time": t,
@@ -90,6 +117,16 @@ def rates_to_frame(rates: np.ndarray, symbol: str, timeframe: str, utc_offset_ho
     )
 
 
+def store_symbol_meta(settings: PlatformSettings, symbol: str, terminal: Terminal) -> str | None:
+    """Write ``symbol``'s ``symbol_info`` metadata with the lake; ``None`` (logged) when the
+    terminal has none."""
+    info = terminal.symbol_info(symbol)
+    if info is None:
+        log.warning("symbol_info(%s) failed: %s; metadata not stored", symbol, terminal.last_error())
+        return None
+    return str(lake.write_symbol_meta(settings.lake_dir, symbol, lake.symbol_meta(info)))
+
+
 def ingest(
     settings: PlatformSettings,
     symbol: str,
@@ -104,8 +141,10 @@ def ingest(
         raise ValueError(f"empty interval: start={start} end={end}")
     term = terminal or open_platform_terminal(settings)
     tf = TIMEFRAMES[timeframe]
-    off = settings.broker_utc_offset_hours * 3600
-    rates = term.copy_rates_range(symbol, tf, int(start.timestamp()) + off, int(end.timestamp()) + off - 1)
+    rule = broker_rule(settings)
+    server_from = rule.to_server(int(start.timestamp()))
+    server_to = rule.to_server(int(end.timestamp())) - 1
+    rates = term.copy_rates_range(symbol, tf, server_from, server_to)
     if rates is None:
         raise TerminalError("copy_rates_range", term.last_error())
     forming = term.copy_rates_from_pos(symbol, tf, 0, 1)
@@ -113,10 +152,16 @@ def ingest(
     if len(rates) and forming is not None and len(forming) and rates["time"][-1] == forming["time"][0]:
         rates = rates[:-1]  # still forming: its close is not known yet
         excluded = True
-    df = rates_to_frame(rates, symbol, timeframe, settings.broker_utc_offset_hours)
+    df = rates_to_frame(rates, symbol, timeframe, rule)
     df = df[(df["time"] >= start) & (df["time"] < end)].sort_values("time")
 
     result = IngestResult(symbol, timeframe, start.isoformat(), end.isoformat(), len(df), forming_bar_excluded=excluded)
+    result.broker_time_rule = rule.spec
+    if len(rates) > 1 and timeframe_seconds(timeframe) <= 3600:
+        check = check_rule(rule, rates["time"], timeframe, symbol=symbol)
+        if check.checked:
+            result.broker_time_check, result.broker_time_ok = check.message, check.ok
+    result.symbol_meta = store_symbol_meta(settings, symbol, term)
     days = df["time"].dt.date
     for day in lake.days_in(start, end):
         part = df[days == day]

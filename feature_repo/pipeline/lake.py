@@ -1,5 +1,11 @@
 """The bar lake: partitioned parquet, ``<root>/symbol=S/timeframe=TF/date=YYYY-MM-DD/bars.parquet``.
 
+Next to a symbol's bars, ``<root>/symbol=S/_symbol.json`` keeps its contract metadata from the
+terminal's ``symbol_info`` (digits, point, contract size, volume min/step/max, trade and filling
+modes, stops level, currencies; see :func:`symbol_meta`), written atomically by ingest and read
+back with :func:`read_symbol_meta` / :func:`symbol_point`. (Its leading underscore keeps it out
+of parquet dataset discovery.)
+
 Bars are stored in UTC. ``time`` is the bar's open time, ``close_time`` its close; ``server_time``
 keeps the raw MT5 value (open time, broker server time, epoch seconds) for audit. Writes are
 atomic and overwrite: a partition is replaced whole, so re-running an interval leaves the same
@@ -8,12 +14,14 @@ bytes and no duplicates.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -132,3 +140,78 @@ def read_bars(root: Path, symbol: str, timeframe: str, start: datetime, end: dat
     s, e = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
     df = df[(df["time"] >= s) & (df["time"] < e)]
     return df.sort_values("time").reset_index(drop=True)
+
+
+# --- symbol metadata ----------------------------------------------------------------------------
+
+SYMBOL_META_FILE = "_symbol.json"
+SYMBOL_META_FIELDS = (
+    "name", "description", "path", "currency_base", "currency_profit", "currency_margin",
+    "digits", "point", "trade_tick_size", "trade_tick_value", "trade_contract_size",
+    "trade_calc_mode", "trade_mode", "trade_exemode", "filling_mode", "order_mode",
+    "expiration_mode", "trade_stops_level", "trade_freeze_level", "volume_min", "volume_step",
+    "volume_max", "volume_limit", "spread_float", "swap_mode", "swap_long", "swap_short",
+    "margin_initial", "margin_maintenance", "margin_hedged",
+)  # fmt: skip
+"""The ``SymbolInfo`` fields kept with the lake: the contract, not the market (no bid/ask)."""
+
+_TRADE_MODES = {0: "DISABLED", 1: "LONGONLY", 2: "SHORTONLY", 3: "CLOSEONLY", 4: "FULL"}
+_FILLING_FLAGS = {1: "FOK", 2: "IOC", 4: "BOC"}  # symbol_info().filling_mode bits
+
+
+def symbol_meta(info: Any) -> dict[str, Any]:
+    """The lake's metadata record of a ``symbol_info()`` answer (any object with its fields):
+    :data:`SYMBOL_META_FIELDS` plus readable ``trade_mode_name`` and ``filling_modes``."""
+    meta: dict[str, Any] = {}
+    for name in SYMBOL_META_FIELDS:
+        v = getattr(info, name, None)
+        if v is None:
+            continue
+        meta[name] = v.item() if hasattr(v, "item") else v
+    if "point" in meta:
+        meta["point"] = round(float(meta["point"]), int(meta.get("digits", 10)))
+    meta["symbol"] = meta.get("name", "")
+    meta["trade_mode_name"] = _TRADE_MODES.get(int(meta.get("trade_mode", -1)), "UNKNOWN")
+    flags = int(meta.get("filling_mode", 0))
+    meta["filling_modes"] = [n for bit, n in _FILLING_FLAGS.items() if flags & bit] or ["RETURN"]
+    return meta
+
+
+def symbol_meta_path(root: Path, symbol: str) -> Path:
+    return root / f"symbol={symbol}" / SYMBOL_META_FILE
+
+
+def write_symbol_meta(root: Path, symbol: str, meta: dict[str, Any]) -> Path:
+    """Write ``meta`` as ``<root>/symbol=S/_symbol.json`` through a temp file and a rename;
+    an unchanged record is not rewritten (same bytes, same mtime)."""
+    path = symbol_meta_path(root, symbol)
+    data = (json.dumps({**meta, "symbol": symbol}, sort_keys=True, indent=1) + "\n").encode()
+    if path.exists() and path.read_bytes() == data:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_symbol_meta(root: Path, symbol: str) -> dict[str, Any] | None:
+    """The stored metadata of ``symbol``, or ``None`` when ingest has not written any."""
+    path = symbol_meta_path(root, symbol)
+    if not path.exists():
+        return None
+    meta: dict[str, Any] = json.loads(path.read_text())
+    return meta
+
+
+def symbol_point(root: Path, symbol: str) -> float | None:
+    """The price of one point of ``symbol`` from the stored metadata, or ``None``."""
+    meta = read_symbol_meta(root, symbol)
+    if meta is None or "point" not in meta:
+        return None
+    return float(meta["point"])
