@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from training.config import TransformerConfig
-from training.export import PARITY_TOLERANCE, check_parity, model_to_onnx, onnx_predict, onnx_session
+from training.export import (
+    PARITY_TOLERANCE,
+    check_parity,
+    model_to_onnx,
+    onnx_predict,
+    onnx_session,
+)
 from training.models import (
     EnsembleModel,
     ModelData,

@@ -1,0 +1,161 @@
+"""The promotion gate on real MLflow registry versions (real ONNX bundles, real aliases):
+a worse challenger is refused, a better one promoted, every move audited, rollback works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from infra.settings import PlatformSettings
+from training.config import GateConfig
+from training.export import check_parity, single_row_latency_us, xgb_to_onnx
+from training.gate import decide, promote
+from training.models import ModelData, XGBModel
+from training.registry import RollbackError, audit_path, current_aliases, history, rollback
+
+pytestmark = pytest.mark.integration
+
+FEATURES = ["f0", "f1", "f2"]
+N = 1500
+
+
+def market(seed: int = 0) -> pd.DataFrame:
+    """A window where f0 carries a noisy view of the next bar's return (as a feature would)."""
+    rng = np.random.default_rng(seed)
+    t = pd.date_range("2026-02-02 00:05", periods=N, freq="5min", tz="UTC")
+    ret = rng.normal(0, 6e-4, N)
+    return pd.DataFrame(
+        {
+            "symbol": "EURUSD",
+            "event_timestamp": t,
+            "ret_next": ret,
+            "spread_rel": 5e-5,
+            "f0": np.sign(ret) + rng.normal(0, 1.2, N),
+            "f1": rng.normal(size=N),
+            "f2": rng.normal(size=N),
+        }
+    )
+
+
+def labels(ds: pd.DataFrame) -> np.ndarray:
+    return np.where(ds["ret_next"] > 1e-4, 2, np.where(ds["ret_next"] < -1e-4, 0, 1))
+
+
+def register(settings: PlatformSettings, model: XGBModel, window: pd.DataFrame, *, parity: float | None = None) -> str:
+    import mlflow
+
+    from training.train import ensure_experiment
+
+    onnx_model = xgb_to_onnx(model, len(FEATURES))
+    x = window[FEATURES].to_numpy(np.float32)
+    manifest = {
+        "model_name": settings.model_name,
+        "feature_service": "trend_test",
+        "features": FEATURES,
+        "min_confidence": 0.4,
+        "timeframe": "M5",
+        "symbols": ["EURUSD"],
+        "test_range": [str(window["event_timestamp"].min()), str(window["event_timestamp"].max())],
+        "costs": {"commission": 0.0, "slippage_spread_k": 0.0, "slippage_vol_k": 0.0},
+        "parity_max_abs_diff": check_parity(model, onnx_model, x) if parity is None else parity,
+        "onnx_latency_us": single_row_latency_us(onnx_model, x[0], n=50)["p50"],
+    }
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    with mlflow.start_run(experiment_id=ensure_experiment(settings)):
+        info = mlflow.onnx.log_model(onnx_model, name="model", metadata={"tx_manifest": manifest})
+        return str(mlflow.register_model(info.model_uri, settings.model_name).version)
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> PlatformSettings:
+    return PlatformSettings(home=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name="tx_gate_test")
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, XGBModel]:
+    train = market(seed=1)
+    x, y = train[FEATURES].to_numpy(np.float32), labels(train)
+    params = {"n_estimators": 40, "max_depth": 2, "learning_rate": 0.2}
+    return {
+        "good": XGBModel(params).fit(ModelData(x, None, y)),
+        "bad": XGBModel(params).fit(ModelData(x, None, 2 - y)),  # learnt the inverse: long when it should short
+    }
+
+
+def test_gate_when_challenger_is_worse_then_refused_and_set_as_challenger_with_an_audit_row(settings: PlatformSettings, models: dict[str, XGBModel]) -> None:
+    window = market(seed=2)
+    good = register(settings, models["good"], window)
+    first = promote(settings, good, window=window, actor="test")
+    assert first.promoted, first.reason  # no champion yet: beats always-flat
+    bad = register(settings, models["bad"], window)
+
+    decision = promote(settings, bad, window=window, actor="test")
+
+    assert not decision.promoted
+    assert decision.evidence["sharpe_diff"] < 0
+    from training.registry import client_for
+
+    aliases = current_aliases(client_for(settings), settings.model_name)
+    assert aliases == {"champion": good, "challenger": bad}
+    rows = history(settings)
+    assert [r["action"] for r in rows] == ["promote", "refuse→challenger"]
+    last = rows[-1]
+    assert last["actor"] == "test" and last["version"] == bad and last["after"]["champion"] == good
+    assert "sharpe_diff_ci" in last["evidence"] and last["evidence"]["champion"] == good
+    assert any(k.startswith("audit.") for k in client_for(settings).get_model_version(settings.model_name, bad).tags)
+
+
+def test_gate_when_challenger_is_better_then_promoted_old_champion_becomes_previous_and_rollback_restores_it(
+    settings: PlatformSettings, models: dict[str, XGBModel]
+) -> None:
+    from training.registry import client_for
+
+    window = market(seed=3)
+    bad = register(settings, models["bad"], window)
+    # seed the registry with the weak model as champion (an operator decision, audited too)
+    from training.registry import move_aliases
+
+    move_aliases(settings, {"champion": bad}, action="manual", version=bad, evidence={"why": "test setup"}, actor="test")
+    good = register(settings, models["good"], window)
+
+    decision = promote(settings, good, window=window, actor="test")
+
+    assert decision.promoted, decision.reason
+    assert decision.evidence["sharpe_diff_ci"][0] > -0.5
+    client = client_for(settings)
+    assert current_aliases(client, settings.model_name) == {"champion": good, "previous": bad}
+
+    rec = rollback(settings, actor="ops", reason="drill")
+    assert current_aliases(client, settings.model_name) == {"champion": bad, "previous": good}
+    assert rec["action"] == "rollback" and rec["before"]["champion"] == good and rec["after"]["champion"] == bad
+    assert [r["action"] for r in history(settings)] == ["manual", "promote", "rollback"]
+    assert len(audit_path(settings).read_text().splitlines()) == 3
+
+
+def test_gate_when_parity_failed_then_refused_and_no_alias_moves(settings: PlatformSettings, models: dict[str, XGBModel]) -> None:
+    window = market(seed=4)
+    v = register(settings, models["good"], window, parity=1e-3)
+    decision = promote(settings, v, window=window, actor="test")
+    from training.registry import client_for
+
+    assert not decision.promoted and "parity" in decision.reason
+    assert current_aliases(client_for(settings), settings.model_name) == {}
+    with pytest.raises(RollbackError):
+        rollback(settings)
+
+
+def test_decide_when_drawdown_or_latency_is_worse_beyond_tolerance_then_refused() -> None:
+    rng = np.random.default_rng(0)
+    idx = pd.date_range("2026-01-01", periods=2000, freq="5min", tz="UTC")
+    champ = pd.Series(rng.normal(1e-5, 1e-4, 2000), index=idx)
+    chal = 3 * champ + 3e-5  # a better Sharpe, but three times the leverage: a deeper drawdown
+    cfg = GateConfig(max_drawdown_tolerance=0.1)
+    ok, reason, _ = decide(chal, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0)
+    assert not ok and "drawdown" in reason
+    ok, reason, _ = decide(champ + 2e-5, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0)
+    assert ok, reason
+    ok, reason, _ = decide(champ + 2e-5, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=1e6)
+    assert not ok and "latency" in reason
