@@ -23,7 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,7 @@ class Journal:
     # --- decisions ----------------------------------------------------------------------
     def record(self, rec: DecisionRecord) -> None:
         """Journal one decision; :class:`DuplicateDecision` if the bar was already journaled."""
-        d = asdict(rec)
+        d = dict(vars(rec))  # shallow: the JSON columns are serialised below (asdict deep-copies)
         for k in _JSON_DECISION:
             d[k] = json.dumps(d[k]) if d[k] is not None else None
         cols = ",".join(d)

@@ -459,8 +459,10 @@ class Engine:
         utc_offset_hours: int,
         poll_s: float = 0.25,
         stop: Callable[[], bool] = lambda: False,
+        before_bar: Callable[[str, int], None] | None = None,
     ) -> None:
-        """Live/paper driver: poll the terminal for newly closed bars and decide on each."""
+        """Live/paper driver: poll the terminal for newly closed bars and decide on each
+        (``before_bar`` runs first, e.g. a paper-mode feature pusher)."""
         from engine.mt5 import timeframe_seconds
 
         step = timeframe_seconds(timeframe)
@@ -475,5 +477,8 @@ class Engine:
                 close_server = int(rates["time"][0]) + step
                 if last.get(sym) != close_server:
                     last[sym] = close_server
-                    self.on_bar(sym, close_server - utc_offset_hours * 3600)
+                    close_utc = close_server - utc_offset_hours * 3600
+                    if before_bar is not None:
+                        before_bar(sym, close_utc)
+                    self.on_bar(sym, close_utc)
             time.sleep(poll_s)

@@ -1,0 +1,73 @@
+"""Wiring the engine from :class:`~engine.config.EngineSettings`: the model client (serving,
+with the configured fallback) and the engine itself. The CLI and the bench call these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engine.config import EngineSettings
+from engine.journal import Journal
+from engine.loop import Engine, FeatureSource
+from engine.metrics import EngineMetrics
+from engine.mt5 import TIMEFRAMES
+from engine.mt5.protocol import Terminal
+from engine.serving_client import FallbackModel, OnnxModel, ServingClient
+
+log = logging.getLogger(__name__)
+
+
+class ModelHandle:
+    """The engine's model client, re-openable (control API ``reload``)."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.model = self._open()
+
+    def _open(self) -> FallbackModel:
+        s = self.settings
+        client = ServingClient(s.serving_url, s.serving_timeout_s, token=s.serving_token, api=s.serving_api)
+        local = None
+        if s.serving_fallback == "onnx":
+            if s.bundle_dir is None:
+                raise ValueError("TX_ENGINE_SERVING_FALLBACK=onnx needs TX_ENGINE_BUNDLE_DIR (model.onnx + manifest.json)")
+            local = OnnxModel.from_dir(s.bundle_dir)
+        return FallbackModel(client, local)
+
+    def predict(self, row: Any) -> Any:
+        """Delegate to the current model."""
+        return self.model.predict(row)
+
+    def reload(self) -> dict[str, Any]:
+        """Re-open the serving client and the local bundle (a new bundle dir content is read)."""
+        old = self.model
+        self.model = self._open()
+        close = getattr(old.primary, "close", None)
+        if close is not None:
+            close()
+        fb = self.model.fallback
+        return {"reloaded": True, "fallback_bundle_sha256": fb.bundle_sha256 if fb else None}
+
+
+def build_engine(
+    settings: EngineSettings,
+    *,
+    terminal: Terminal,
+    features: FeatureSource,
+    model: Any,
+    clock: Callable[[], float] = time.time,
+    journal: Journal | None = None,
+    metrics: EngineMetrics | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Engine:
+    """An engine with the settings' frozen limits, sizing and execution config."""
+    reload = getattr(model, "reload", None)
+    return Engine(
+        terminal=terminal, features=features, model=model, journal=journal or Journal(settings.journal_target),
+        limits=settings.risk_limits(), lots=settings.lots, magic=settings.magic, clock=clock,
+        sizing=settings.sizing(), execution=settings.execution(), timeframe=TIMEFRAMES[settings.timeframe],
+        server_utc_offset_hours=settings.broker_utc_offset_hours, metrics=metrics, sleep=sleep,
+        reload_hook=reload if callable(reload) else None,
+    )  # fmt: skip

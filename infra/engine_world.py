@@ -1,0 +1,162 @@
+"""The engine's world per mode, wired from the platform side (``tx engine run``, the bench).
+
+The engine package stays lean; this module may use the platform (feature_repo) to give it a
+world: ``live`` — native/bridge terminal, wall clock, features from Redis; ``paper`` —
+simulated terminal on the wall clock, features pushed to Redis each bar and read back;
+``backtest`` — simulated terminal on a simulated clock, features computed in memory from the
+terminal's bars, as fast as the engine goes. The engine code is the same in all three.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def precompute_features(
+    terminal: Any, symbols: list[str], timeframe: str, start_utc: int, end_utc: int, offset_hours: int, names: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each symbol's feature rows (event time = bar close, UTC) for bars closing in
+    ``[start_utc, end_utc]``, from the same transforms the pipeline uses. The terminal's clock
+    must stand at or after ``end_utc``."""
+    from engine.mt5 import TIMEFRAMES, timeframe_seconds
+    from feature_repo.pipeline.ingest import rates_to_frame
+    from feature_repo.pipeline.transforms import SPECS, compute_features
+
+    step = timeframe_seconds(timeframe)
+    warm = max(SPECS[n].window for n in names) + 60
+    off = offset_hours * 3600
+    lo = start_utc - max(warm * step * 3, 10 * 86_400)  # weekends and gaps in the warm-up
+    frames = {}
+    for sym in symbols:
+        rates = terminal.copy_rates_range(sym, TIMEFRAMES[timeframe], lo + off, end_utc + off - step)
+        frames[sym] = rates_to_frame(rates, sym, timeframe, offset_hours)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for sym in symbols:
+        info = terminal.symbol_info(sym)
+        others = {k: v for k, v in frames.items() if k != sym}
+        f = compute_features(frames[sym], float(info.point), others or None, names=names)
+        t = np.array([int(x.timestamp()) for x in f["event_timestamp"]], dtype=np.int64)
+        keep = (t >= start_utc) & (t <= end_utc)
+        out[sym] = (t[keep].astype(np.int64), f[names].to_numpy(np.float64)[keep])
+    return out
+
+
+@dataclass
+class BacktestWorld:
+    """A simulated terminal on a settable clock, its bar closes and in-memory features."""
+
+    terminal: Any
+    now: list[int]
+    closes: list[int]
+    features: Any
+
+    def set_time(self, t: int) -> None:
+        """Move the simulated clock."""
+        self.now[0] = int(t)
+
+
+def backtest_world(settings: Any, start_utc: int, end_utc: int, names: list[str]) -> BacktestWorld:
+    """The world of a backtest over ``(start_utc, end_utc]`` on the platform's terminal."""
+    from engine.backtest import ArrayFeatureSource, bar_closes
+    from engine.mt5 import TIMEFRAMES
+    from feature_repo.pipeline.ingest import open_platform_terminal
+
+    now = [int(end_utc)]
+    terminal = open_platform_terminal(settings, clock=lambda: now[0])
+    tables = precompute_features(terminal, list(settings.symbols), settings.timeframe, start_utc, end_utc,
+                                 settings.broker_utc_offset_hours, names)  # fmt: skip
+    closes = bar_closes(terminal, list(settings.symbols), TIMEFRAMES[settings.timeframe], start_utc, end_utc, settings.broker_utc_offset_hours)
+    now[0] = int(start_utc)
+    return BacktestWorld(terminal, now, closes, ArrayFeatureSource(names, tables, clock=lambda: float(now[0])))
+
+
+def _feature_names(es: Any, given: list[str]) -> list[str]:
+    if given:
+        return given
+    if es.bundle_dir is not None:
+        import json
+
+        return list(json.loads((es.bundle_dir / "manifest.json").read_text())["features"])
+    from feature_repo.pipeline.transforms import TREND_V1_FEATURES
+
+    return list(TREND_V1_FEATURES)  # trend_fv, the engine's default view
+
+
+def run_engine(mode: str | None, *, start_utc: int | None = None, end_utc: int | None = None,
+               feature_names: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run the engine in ``mode`` (default ``TX_ENGINE_MODE``): ``backtest`` returns its
+    summary; ``live`` and ``paper`` run until interrupted (the control API serves meanwhile
+    when ``TX_ENGINE_TOKEN`` is set)."""
+    import time
+    from datetime import UTC, datetime
+
+    from engine.app import ModelHandle, build_engine
+    from engine.backtest import run_backtest
+    from engine.config import EngineSettings
+    from engine.control import ControlServer
+    from engine.journal import Journal
+    from engine.mt5 import TIMEFRAMES
+    from engine.serving_client import OnnxModel
+    from infra.settings import PlatformSettings
+
+    es = EngineSettings()
+    ps = PlatformSettings()
+    mode = mode or es.mode
+    names = _feature_names(es, feature_names or [])
+    if mode == "backtest":
+        if start_utc is None or end_utc is None:
+            raise ValueError("backtest needs --start and --end")
+        world = backtest_world(ps.model_copy(update={"symbols": es.symbols}), start_utc, end_utc, names)
+        model: Any = OnnxModel.from_dir(es.bundle_dir) if es.bundle_dir is not None else ModelHandle(es)
+        target = es.journal_url or str(ps.home / "engine" / f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite")
+        engine = build_engine(es, terminal=world.terminal, features=world.features, model=model,
+                              clock=lambda: float(world.now[0]), journal=Journal(target), sleep=lambda s: None)  # fmt: skip
+        res = run_backtest(engine, world.closes, es.symbols, world.set_time)
+        lat = np.array(engine.stats.latencies_ms or [0.0])
+        return {
+            "mode": "backtest", "bars": res.bars, "decisions": res.decisions, "seconds": round(res.seconds, 2),
+            "bars_per_s": round(res.bars_per_s, 1), "verdicts": res.counts, "refusals": res.refusals,
+            "balance": res.balance, "equity": res.equity, "decision_ms_p50": round(float(np.percentile(lat, 50)), 3),
+            "decision_ms_p99": round(float(np.percentile(lat, 99)), 3), "journal": target,
+        }  # fmt: skip
+
+    import redis
+
+    from engine.features import OnlineFeatureReader
+    from engine.mt5.gateway import open_terminal
+
+    before_bar = None
+    if mode == "live":
+        if es.mt5_mode == "sim":
+            raise ValueError("live mode trades a real terminal: set TX_MT5_MODE=native or bridge (paper mode uses the simulator)")
+        terminal = open_terminal(es.mt5_mode, host=es.mt5_host, port=es.mt5_port, login=es.mt5_login,
+                                 password=es.mt5_password, server=es.mt5_server)  # fmt: skip
+    elif mode == "paper":
+        from feature_repo.pipeline.ingest import open_platform_terminal
+        from feature_repo.pipeline.stream import FeaturePusher
+
+        sim = ps.model_copy(update={"mt5_mode": "sim", "symbols": es.symbols, "redis_url": ps.redis_url or es.redis_url})
+        terminal = open_platform_terminal(sim)  # the simulated terminal on the wall clock
+        before_bar = FeaturePusher(sim, terminal).push
+    else:
+        raise ValueError(f"unknown mode {mode!r}: live, paper or backtest")
+    reader = OnlineFeatureReader(redis.Redis.from_url(es.redis_url), project=es.feast_project, feature_view=es.feature_view, features=names)
+    engine = build_engine(es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time)
+    server = None
+    if es.engine_token:
+        server = ControlServer(engine, token=es.engine_token, host=es.control_host, port=es.control_port).start()
+    else:
+        log.warning("TX_ENGINE_TOKEN is not set: the control API and console are off")
+    log.info("engine %s on %s %s; journal %s", mode, es.symbols, es.timeframe, es.journal_target)
+    try:
+        engine.run_live(es.symbols, TIMEFRAMES[es.timeframe], utc_offset_hours=es.broker_utc_offset_hours, before_bar=before_bar)
+    finally:
+        if server is not None:
+            server.stop()
+    return {"mode": mode, "status": engine.status()}
