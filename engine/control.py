@@ -122,7 +122,7 @@ class ControlServer:
     def url(self) -> str:
         """Base URL of the running server."""
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> ControlServer:
         """Serve in the background."""
