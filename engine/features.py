@@ -9,6 +9,7 @@ bar the engine is deciding on.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,9 @@ from engine.online_format import (
     entity_key,
     field_hash,
 )
+
+_DOUBLE_TAG = 5 << 3 | 1  # feast Value.double_val, fixed64
+_F64 = struct.Struct("<d")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ class OnlineFeatureReader:
             times[view] = decode_timestamp(ts)
         values: dict[str, float] = {}
         for name, buf in zip(self._features, raw, strict=False):
+            if buf is not None and len(buf) == 9 and buf[0] == _DOUBLE_TAG:  # double_val: the common case
+                values[name] = _F64.unpack_from(buf, 1)[0]
+                continue
             v = decode_value(buf) if buf is not None else None
             if v is None:
                 raise FeatureUnavailable(f"{symbol}: feature {name} missing")
