@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 # the stamp changes whenever the pins or the project metadata change
 STAMP := $(VENV)/.setup-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: setup demo test test-fast lint typecheck bench lock clean-state help
+.PHONY: setup demo test test-fast lint typecheck typecheck-mt5 bench lock clean-state help
 
 help:
 	@echo "make demo   - set up, then run the whole path end to end and print a summary"
@@ -44,6 +44,11 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy engine infra training serving feature_repo/pipeline
+
+# the MT5 gateway against the official API's types (metatrader5-stubs): `import MetaTrader5`
+# resolves to the stubs, so every adapter call is checked against the real signatures
+typecheck-mt5: setup
+	$(VENV)/bin/mypy engine/mt5
 
 bench: setup
 	$(VENV)/bin/python bench/online_read.py
