@@ -190,7 +190,11 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
     return summary
 
 
-def run_engine_week(settings: PlatformSettings, plan: DemoPlan, serving_url: str, manifest: dict[str, Any]) -> dict[str, str]:
+def run_engine_week(
+    settings: PlatformSettings, plan: DemoPlan, serving_url: str, manifest: dict[str, Any], *, serving_token: str | None = None
+) -> dict[str, str]:
+    """Paper-trade the unseen week bar by bar through serving (contract 3, Bearer token from
+    ``serving_token`` or TX_SERVING_TOKEN) with the full risk layer and journal."""
     import redis
 
     from engine.config import RiskLimits
@@ -220,8 +224,8 @@ def run_engine_week(settings: PlatformSettings, plan: DemoPlan, serving_url: str
     journal_path = settings.home / "engine" / f"journal-demo-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite"
     journal = Journal(journal_path)
     r = redis.Redis.from_url(settings.require_redis_url())
-    reader = OnlineFeatureReader(r, project=settings.feast_project, feature_view=manifest["feature_view"], features=manifest["features"])
-    client = ServingClient(serving_url, timeout_s=2.0)
+    reader = OnlineFeatureReader.from_manifest(r, manifest, project=settings.feast_project)
+    client = ServingClient(serving_url, timeout_s=2.0, token=serving_token or os.environ.get("TX_SERVING_TOKEN"))
     engine = Engine(
         terminal=terminal,
         features=reader,
@@ -246,6 +250,8 @@ def run_engine_week(settings: PlatformSettings, plan: DemoPlan, serving_url: str
         engine.replay(bar_closes, settings.symbols, set_time, before_bar=pusher.push)
     wall = time.perf_counter() - t0
     counts = journal.counts()
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(journal.reason_counts().items())) or "none"
+    state = engine.status()["trading_state"]
     lat = np.array(engine.stats.latencies_ms) if engine.stats.latencies_ms else np.zeros(1)
     acct = terminal.account_info()
     client.close()
@@ -254,6 +260,7 @@ def run_engine_week(settings: PlatformSettings, plan: DemoPlan, serving_url: str
         "engine week (UTC)": f"{plan.as_of:%Y-%m-%d} → {plan.engine_end:%Y-%m-%d}, {len(bar_closes)} closed bars, {wall:.0f} s",
         "engine decisions": f"{sum(counts.values())} (orders sent {counts.get('sent', 0)}, holds {counts.get('hold', 0)}, "
         f"refused {counts.get('refused', 0)}, order errors {counts.get('error', 0)})",
+        "engine refusals by reason": f"{reasons}; trading state at the end {state}",
         "tick-to-decision (ms)": f"p50 {np.percentile(lat, 50):.2f}  p99 {np.percentile(lat, 99):.2f}  (features + HTTP serving + order)",
         "paper account": f"balance {acct.balance:.2f} equity {acct.equity:.2f}" if acct else "n/a",
         "journal": str(journal_path),
