@@ -4,16 +4,18 @@ Two formats are read (the format is recognised from the header, not from the nam
 
 * **copy_rates CSV**: what ``pd.DataFrame(mt5.copy_rates_*(...)).to_csv()`` writes:
   ``time,open,high,low,close,tick_volume,spread,real_volume`` with ``time`` either a naive
-  ``YYYY-MM-DD HH:MM:SS`` string or epoch seconds. Columns are found by name, so a leading
-  index column or trailing extra columns (derived features) are ignored.
+  ``YYYY-MM-DD HH:MM:SS`` string or epoch seconds (also ``1714752000.0``, or milliseconds).
+  Columns are found by name, so a leading index column or trailing extra columns (derived
+  features) are ignored.
 * **History Center / "Export bars"**: tab-separated ``<DATE> <TIME> <OPEN> <HIGH> <LOW>
   <CLOSE> <TICKVOL> <VOL> <SPREAD>`` with dates as ``2025.01.02`` (``<TIME>`` may be absent
   in D1 exports). UTF-16 files with a byte-order mark, as the terminal sometimes writes,
   are decoded too.
 
-Both CRLF and LF line endings are accepted. All times are kept in broker **server time**,
-as written (an offset in a time string is dropped and its wall clock kept: MT5 times are
-server wall-clock seconds). Prices are rounded to the symbol's digits, which removes the
+Both CRLF and LF line endings are accepted, blank lines after the data are ignored, and a
+semicolon-separated file may use decimal commas (``1,08500``). All times are kept in broker
+**server time**, as written (an offset in a time string is dropped and its wall clock kept: MT5
+times are server wall-clock seconds). Prices are rounded to the symbol's digits, which removes the
 binary float artefacts pandas writes (``1.0883099999999999`` -> ``1.08831``).
 
 Nothing is dropped silently: every line that cannot become a valid bar (wrong field count,
@@ -48,6 +50,7 @@ _NAME_RE = re.compile(
     r"^(?P<symbol>[A-Za-z0-9.#!+\-]+?)_(?P<tf>M1|M5|M15|M30|H1|H4|D1)(?:_.*)?$", re.IGNORECASE
 )
 _SUFFIXES = {".csv", ".tsv", ".txt"}
+_EPOCH_FLOAT_RE = re.compile(r"^\d{9,13}\.0*$")
 
 # header names (lower-case, without <>) -> RATES_DTYPE field
 _COLUMN_ALIASES: dict[str, str] = {
@@ -153,9 +156,9 @@ def read_export(
         raise ValueError(f"{src.name}: unsupported timeframe {tf!r}; use one of {list(TIMEFRAMES)}")
 
     lines = _decode(src.read_bytes()).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final line ending
     lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    while lines and not lines[-1].strip():
+        lines.pop()  # the final line ending, and blank lines after the data
     if not lines:
         return Export(sym, tf, np.empty(0, dtype=RATES_DTYPE), src)
 
@@ -282,9 +285,10 @@ def _parse_rows(
     prices: list[float] = []
     ints: list[int] = []
     isfinite = math.isfinite
+    decimal_comma = delim == ";"  # a European-locale export: "1,08500;1,08600"
     for k in range(first, len(lines)):
         line = lines[k]
-        cells = line.split(delim)
+        cells = (line.replace(",", ".") if decimal_comma else line).split(delim)
         if len(cells) >= needed:
             # fast path: plain cells; anything unusual is re-parsed below to explain it
             try:
@@ -379,6 +383,9 @@ def _parse_time(date_cell: str, time_cell: str | None) -> int:
     if s.isdigit():
         v = int(s)
         return v // 1000 if len(s) >= 13 else v
+    if _EPOCH_FLOAT_RE.match(s):  # "1714752000.0": an epoch column pandas wrote as float
+        v = int(s.split(".", 1)[0])
+        return v // 1000 if len(s.split(".", 1)[0]) >= 13 else v
     if len(s) >= 10 and s[4] == "." and s[7] == ".":
         s = s[:4] + "-" + s[5:7] + "-" + s[8:]
     dt = datetime.fromisoformat(s)

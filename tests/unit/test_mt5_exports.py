@@ -261,3 +261,44 @@ def test_export_names_then_symbol_and_timeframe_parsed(tmp_path: Path) -> None:
     assert found == {("EURUSD", "H1"): tmp_path / "EURUSD_H1__a.csv"}
     with pytest.raises(FileNotFoundError):
         scan_exports(tmp_path / "missing")
+
+
+def test_epoch_time_written_as_float_then_read_as_epoch_seconds(tmp_path: Path) -> None:
+    text = HEADER + "\n1714752000.0,1.25000,1.25100,1.24900,1.25050,1500,9,0\n"
+    text += "1714755600000.0,1.25050,1.25100,1.24999,1.25070,1400,10,0\n"  # milliseconds
+    e = read_export(_write(tmp_path, "GBPUSD_H1__float_epoch.csv", text))
+    assert e.rejected == []
+    np.testing.assert_array_equal(e.rates["time"], [1_714_752_000, 1_714_755_600])
+
+
+def test_semicolon_export_with_decimal_commas_then_prices_parsed(tmp_path: Path) -> None:
+    text = "time;open;high;low;close;tick_volume;spread;real_volume\n"
+    text += "2024-05-15 10:00:00;1,08294;1,08316;1,08243;1,0825;2597;18;0\n"
+    text += "2024-05-15 11:00:00;1,08249;1,08337;1,08237;1,08289000000001;2224;18;0\n"
+    e = read_export(_write(tmp_path, "EURUSD_H1__eu.csv", text, "\r\n"))
+    assert e.rejected == [] and len(e.rates) == 2
+    assert e.rates["open"].tolist() == [1.08294, 1.08249] and e.rates["close"][1] == 1.08289
+    assert e.rounded_rows == 1
+
+
+def test_blank_lines_after_the_data_then_ignored_not_rejected(tmp_path: Path) -> None:
+    text = HEADER + "\n2024-05-15 10:00:00,1.08294,1.08316,1.08243,1.0825,2597,18,0\n\n\n"
+    e = read_export(_write(tmp_path, "EURUSD_H1__blank.csv", text, "\r\n"))
+    assert len(e.rates) == 1 and e.rejected == []
+    inner = HEADER + "\n2024-05-15 10:00:00,1.08294,1.08316,1.08243,1.0825,2597,18,0\n\n"
+    inner += "2024-05-15 11:00:00,1.08249,1.08337,1.08237,1.08289,2224,18,0\n"
+    e2 = read_export(_write(tmp_path, "EURUSD_H1__inner_blank.csv", inner))
+    assert len(e2.rates) == 2 and e2.rejected == [(3, "", "empty line")]  # inside the data: reported
+
+
+def test_history_center_with_float_artefacts_and_an_extra_column_then_parsed(tmp_path: Path) -> None:
+    text = (
+        "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>\t<NOTE>\n"
+        "2024.01.02\t00:00:00\t1.10400000000001\t1.1045\t1.10381\t1.10412\t311\t5\t7\tx\n"
+        "2024.01.02\t00:05:00\t1.10412\t1.1049999999999\t1.104\t1.10455\t280\t0\t6\t\n"
+    )
+    e = read_export(_write(tmp_path, "EURUSD_M5_202401020000_202401020005.csv", text, "\r\n"))
+    assert (e.format, e.digits, e.rejected) == ("history_center", 5, [])
+    assert e.rates["open"][0] == 1.104 and e.rates["high"][1] == 1.105 and e.rounded_rows == 2
+    assert e.rates["real_volume"].tolist() == [5, 0] and e.rates["spread"].tolist() == [7, 6]
+    assert e.rates["time"].tolist() == [_ts("2024-01-02 00:00"), _ts("2024-01-02 00:05")]
