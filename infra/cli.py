@@ -191,29 +191,122 @@ def backfill(start: Date, end: Date) -> None:
     typer.echo("backfilled")
 
 
+# --- training: train / tune / promote / models / report (owner: training) ----------------------
+models_app = typer.Typer(help="Registry aliases: champion / previous / challenger, audited.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(report_app, name="report")
+AsOf = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="UTC end of the test window (omit for configs with explicit ranges)")]
+
+
 @app.command()
 def train(
-    as_of: Annotated[datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="UTC end of the test window")],
+    as_of: AsOf = None,
     experiment: str = "trend_v1",
+    study: Annotated[str | None, typer.Option(help="Use the best parameters of this Optuna study")] = None,
 ) -> None:
-    """Build the point-in-time dataset, train, export ONNX (parity-checked) and register."""
+    """Build the point-in-time dataset, train, backtest, export ONNX (parity-checked) and register."""
     from training.config import load_config
     from training.train import build_training_dataset, train_and_register
 
     s, cfg = _settings(), load_config(experiment)
-    path = build_training_dataset(s, cfg, _utc(as_of))
-    _echo(train_and_register(s, cfg, path, _utc(as_of)).to_dict())
+    when = _utc(as_of) if as_of else None
+    path = build_training_dataset(s, cfg, when)
+    params = None
+    if study:
+        from training.tune import best_params
+
+        params = best_params(s, study)
+    _echo(train_and_register(s, cfg, path, when, params=params).to_dict())
 
 
 @app.command()
-def promote(version: str) -> None:
-    """Run the promotion gate for a registered version; passing moves the `champion` alias."""
-    from training.train import promote as gate
+def tune(
+    as_of: AsOf = None,
+    experiment: str = "trend_v1",
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes sharing one study")] = 1,
+    trials: Annotated[int | None, typer.Option(help="Trials in all (default: the config's tune.n_trials)")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: <experiment>-<dataset>)")] = None,
+) -> None:
+    """Optuna (TPE + median pruning on purged walk-forward folds) in TX_OPTUNA_STORAGE; logs to MLflow."""
+    from training.config import load_config
+    from training.train import build_training_dataset
+    from training.tune import tune as run
 
-    decision = gate(_settings(), version)
+    s, cfg = _settings(), load_config(experiment)
+    when = _utc(as_of) if as_of else None
+    path = build_training_dataset(s, cfg, when)
+    _echo(run(s, cfg, path, when, workers=workers, n_trials=trials, study_name=study).to_dict())
+
+
+@app.command()
+def promote(version: str, actor: Annotated[str | None, typer.Option(help="Who (default user@host)")] = None) -> None:
+    """Run the promotion gate for a registered version; passing moves `champion` (audited)."""
+    from training.gate import promote as gate
+    from training.registry import notify_serving
+
+    s = _settings()
+    decision = gate(s, version, actor=actor)
     _echo(decision.to_dict())
     if not decision.promoted:
         raise typer.Exit(1)
+    typer.echo(notify_serving(s))
+
+
+@models_app.command("history")
+def models_history(limit: Annotated[int, typer.Option(help="Last N moves")] = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Audit history of alias moves: when, who, action, version, aliases before → after, reason."""
+    from training.registry import history
+
+    rows = history(_settings(), limit)
+    if as_json:
+        _echo(rows)
+        return
+    for r in rows:
+        reason = r.get("evidence", {}).get("reason", "")
+        typer.echo(f"{r['time'][:19]}  {r['actor']:<24} {r['action']:<18} v{r['version']:<4} {r['before']} → {r['after']}  {reason}")
+
+
+@models_app.command("aliases")
+def models_aliases() -> None:
+    """The current aliases of the registered model."""
+    from training.registry import client_for, current_aliases
+
+    s = _settings()
+    _echo(current_aliases(client_for(s), s.model_name))
+
+
+@models_app.command("rollback")
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit history)")] = "manual rollback",
+    actor: Annotated[str | None, typer.Option(help="Who (default user@host)")] = None,
+) -> None:
+    """Move `champion` back to `previous` (audited), then ask serving to reload."""
+    from training.registry import RollbackError, notify_serving, rollback
+
+    s = _settings()
+    try:
+        _echo(rollback(s, actor=actor, reason=reason))
+    except RollbackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(notify_serving(s))
+
+
+@report_app.command("real-exports")
+def report_real_exports(
+    out: Annotated[str, typer.Option(help="Markdown file to write")] = "reports/real_exports.md",
+    raw: Annotated[str | None, typer.Option(help="Folder of the exports (default ../shared/data/raw)")] = None,
+    only: Annotated[str, typer.Option(help="Comma-separated file-name fragments to restrict to")] = "",
+) -> None:
+    """Out-of-sample after-cost results per real export, with CIs and baselines."""
+    from pathlib import Path
+
+    from infra.settings import PROJECT_ROOT
+    from training.real_exports import real_exports_report
+
+    raw_dir = Path(raw) if raw else PROJECT_ROOT.parent / "shared" / "data" / "raw"
+    typer.echo(real_exports_report(raw_dir, Path(out), only=[o for o in only.split(",") if o] or None))
 
 
 @app.command()
