@@ -362,5 +362,82 @@ def demo(
     typer.echo(run_demo(history_days=history_days, experiment=experiment).render())
 
 
+
+# --- MT5 gateway (owner: MT5 gateway) -------------------------------------------------------------
+mt5_app = typer.Typer(help="MT5 gateway: broker time check, symbol metadata, a simulated bridge.", no_args_is_help=True)
+app.add_typer(mt5_app, name="mt5")
+
+
+@mt5_app.command("detect-offset")
+def mt5_detect_offset(
+    path: Annotated[str | None, typer.Option(help="An MT5 export file or a folder of them; default: the configured terminal")] = None,
+    symbol: Annotated[str | None, typer.Option(help="Default: TX_SYMBOLS")] = None,
+    timeframe: Annotated[str | None, typer.Option(help="Default: TX_TIMEFRAME (H1 or finer to be conclusive)")] = None,
+    days: Annotated[int, typer.Option(help="Terminal: days of bars to read")] = 120,
+    rule: Annotated[str | None, typer.Option(help="Rule to check; default TX_BROKER_TZ / TX_BROKER_UTC_OFFSET_HOURS")] = None,
+) -> None:
+    """Infer the broker's UTC offset from weekly opens/closes and check the configured rule."""
+    from pathlib import Path
+
+    from engine.mt5.brokertime import check_rule, parse_rule
+    from feature_repo.pipeline.ingest import broker_rule, check_broker_time
+
+    s = _settings()
+    chosen = parse_rule(rule, s.broker_utc_offset_hours) if rule else broker_rule(s)
+    if path is None:
+        if rule:
+            s = s.model_copy(update={"broker_tz": chosen.spec})
+        tf = timeframe or s.timeframe
+        _echo([check_broker_time(s, sym, tf, days) for sym in _symbols(symbol)])
+        return
+    from engine.mt5.exports import read_export, scan_exports
+
+    p = Path(path)
+    files = sorted(scan_exports(p).values()) if p.is_dir() else [p]
+    out = []
+    for f in files:
+        e = read_export(f)
+        if (symbol and e.symbol != symbol) or (timeframe and e.timeframe != timeframe):
+            continue
+        out.append({"file": f.name, "symbol": e.symbol, "bars": len(e),
+                    **check_rule(chosen, e.rates["time"], e.timeframe, symbol=e.symbol).to_dict()})  # fmt: skip
+    _echo(out)
+
+
+@mt5_app.command("symbol-info")
+def mt5_symbol_info(
+    symbol: Annotated[str | None, typer.Option(help="Default: TX_SYMBOLS")] = None,
+    store: Annotated[bool, typer.Option(help="Also write <lake>/symbol=S/_symbol.json")] = False,
+) -> None:
+    """The contract metadata of symbols from the configured terminal's symbol_info."""
+    from feature_repo.pipeline import lake
+    from feature_repo.pipeline.ingest import open_platform_terminal
+
+    s = _settings()
+    term = open_platform_terminal(s)
+    out = []
+    for sym in _symbols(symbol):
+        info = term.symbol_info(sym)
+        if info is None:
+            out.append({"symbol": sym, "error": list(term.last_error())})
+            continue
+        meta = lake.symbol_meta(info)
+        if store:
+            meta["stored"] = str(lake.write_symbol_meta(s.lake_dir, sym, meta))
+        out.append(meta)
+    _echo(out)
+
+
+@mt5_app.command("serve-sim")
+def mt5_serve_sim(
+    port: Annotated[int, typer.Option(help="Port of the rpyc classic server (mt5linux's default 18812)")] = 18812,
+    host: str = "127.0.0.1",
+    seed: Annotated[int, typer.Option(help="Synthetic market seed")] = 7,
+) -> None:
+    """Serve the simulated terminal as an mt5linux bridge (for TX_MT5_MODE=bridge without MT5)."""
+    from engine.mt5.simserver import main
+
+    main(["--host", host, "--port", str(port), "--seed", str(seed)])
+
 if __name__ == "__main__":
     app()

@@ -472,6 +472,24 @@ class RuleCheck:
     ok: bool = True
     message: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (``tx mt5 detect-offset``)."""
+        det = self.detection
+        return {
+            "rule": self.rule,
+            "ok": self.ok,
+            "message": self.message,
+            "timeframe": det.timeframe,
+            "conclusive": det.conclusive,
+            "weekends": len(det.weeks),
+            "readings": self.checked,
+            "mismatches": [list(m) for m in self.mismatches],
+            "winter_offset_h": det.winter_offset_h if det.conclusive else None,
+            "summer_offset_h": det.summer_offset_h if det.conclusive else None,
+            "open_delay_h": det.open_delay_h,
+            "suggested": det.suggested,
+        }
+
 
 def check_rule(
     rule: BrokerTimeRule,

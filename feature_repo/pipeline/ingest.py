@@ -117,6 +117,14 @@ def rates_to_frame(
     )
 
 
+def _synthetic(term: Terminal) -> bool:
+    """The seeded synthetic market keeps a fixed Sunday 22:00 UTC week all year (not New York
+    time), so the weekly-close check has nothing true to say about it."""
+    from engine.mt5.sim import SyntheticFeed
+
+    return isinstance(getattr(term, "feed", None), SyntheticFeed)
+
+
 def store_symbol_meta(settings: PlatformSettings, symbol: str, terminal: Terminal) -> str | None:
     """Write ``symbol``'s ``symbol_info`` metadata with the lake; ``None`` (logged) when the
     terminal has none."""
@@ -157,7 +165,7 @@ def ingest(
 
     result = IngestResult(symbol, timeframe, start.isoformat(), end.isoformat(), len(df), forming_bar_excluded=excluded)
     result.broker_time_rule = rule.spec
-    if len(rates) > 1 and timeframe_seconds(timeframe) <= 3600:
+    if len(rates) > 1 and timeframe_seconds(timeframe) <= 3600 and not _synthetic(term):
         check = check_rule(rule, rates["time"], timeframe, symbol=symbol)
         if check.checked:
             result.broker_time_check, result.broker_time_ok = check.message, check.ok
@@ -172,3 +180,24 @@ def ingest(
         result.partitions.append(str(path))
     log.info("ingested %d %s %s bars for [%s, %s) into %d partitions", len(df), symbol, timeframe, start, end, len(result.partitions))
     return result
+
+
+def check_broker_time(
+    settings: PlatformSettings,
+    symbol: str,
+    timeframe: str,
+    days: int = 120,
+    terminal: Terminal | None = None,
+) -> dict[str, object]:
+    """Check the configured broker time rule against the terminal's last ``days`` of bars
+    (``tx mt5 detect-offset``): the detector's readings, the mismatches and a suggestion."""
+    term = terminal or open_platform_terminal(settings)
+    if _synthetic(term):
+        log.warning("the synthetic market's week is Sunday 22:00 UTC all year: its offset check is not meaningful")
+    count = max(2, days * 86_400 // timeframe_seconds(timeframe))
+    rates = term.copy_rates_from_pos(symbol, TIMEFRAMES[timeframe], 1, int(count))
+    if rates is None:
+        raise TerminalError("copy_rates_from_pos", term.last_error())
+    out: dict[str, object] = {"symbol": symbol, "bars": len(rates)}
+    out.update(check_rule(broker_rule(settings), rates["time"], timeframe, symbol=symbol).to_dict())
+    return out
