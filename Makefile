@@ -52,6 +52,9 @@ typecheck-mt5: setup
 
 bench: setup
 	$(VENV)/bin/python bench/online_read.py
+	$(VENV)/bin/python bench/mt5_bridge.py
+	$(VENV)/bin/python bench/freshness.py
+	$(VENV)/bin/python bench/materialize.py
 
 lock: setup
 	$(VENV)/bin/uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
