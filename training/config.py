@@ -76,6 +76,8 @@ class RegimeConfig(BaseModel):
 
 
 class TuneConfig(BaseModel):
+    enabled: bool = True
+    workers: int = Field(2, ge=1, description="parallel workers (DAG mapped tasks / processes)")
     n_trials: int = Field(12, ge=1)
     metric: Literal["log_loss"] = "log_loss"
     seed: int = 11

@@ -58,7 +58,7 @@ def transformer_to_onnx(model: Any, n_features: int, seq_len: int, n_channels: i
         optimize=True,
         verbose=False,
     )
-    onnx_program.save(buf)  # type: ignore[union-attr]
+    onnx_program.save(buf)  # type: ignore[union-attr,arg-type]
     return onnx.load_from_string(buf.getvalue())
 
 

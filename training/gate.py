@@ -206,21 +206,20 @@ def _gate_config(manifest: dict[str, Any]) -> GateConfig:
     return GateConfig.model_validate(manifest.get("gate") or {})
 
 
-def promote(
+def evaluate_gate(
     settings: PlatformSettings,
     version: str,
     *,
     window: pd.DataFrame | None = None,
     cfg: GateConfig | None = None,
-    actor: str | None = None,
 ) -> GateDecision:
-    """Gate ``version`` against the champion on the challenger's test window and move aliases.
+    """Score ``version`` and the current champion on the challenger's test window and apply
+    the rules; moves nothing.
 
     ``window``: the OOS rows to score (features of both bundles, ``ret_next``, ``spread_rel``);
     default: built through Feast for the challenger's ``test_range``."""
     client = client_for(settings)
-    aliases = current_aliases(client, settings.model_name)
-    current = aliases.get(CHAMPION)
+    current = current_aliases(client, settings.model_name).get(CHAMPION)
     chal = load_bundle(settings, version)
     champ = load_bundle(settings, current) if current and current != str(version) else None
     m = chal.manifest
@@ -236,16 +235,43 @@ def promote(
     latency = float(m.get("onnx_latency_us", 0.0))
     ok, reason, ev = decide(chal_pnl, champ_pnl, timeframe=tf, cfg=cfg, parity=parity, latency_us=latency)
     ev.update({"challenger": str(version), "champion": champ.version if champ else None, "window": [str(window["event_timestamp"].min()), str(window["event_timestamp"].max())]})
-    decision = GateDecision(str(version), ok, reason, current, ev)
-    if ok:
-        moves: dict[str, str | None] = {CHAMPION: str(version)}
-        if current and current != str(version):
-            moves[PREVIOUS] = current
-        if aliases.get(CHALLENGER) == str(version):
-            moves[CHALLENGER] = None
-        move_aliases(settings, moves, action="promote", version=str(version), evidence={"reason": reason, **ev}, actor=actor)
-    elif parity <= PARITY_TOLERANCE:
-        move_aliases(settings, {CHALLENGER: str(version)}, action="refuse→challenger", version=str(version), evidence={"reason": reason, **ev}, actor=actor)
-    client.set_model_version_tag(settings.model_name, str(version), "gate", json.dumps(decision.to_dict(), default=str)[:4900])
     log.info("gate for %s v%s: %s", settings.model_name, version, reason)
+    return GateDecision(str(version), ok, reason, current, ev)
+
+
+def apply_decision(settings: PlatformSettings, decision: GateDecision, *, actor: str | None = None) -> GateDecision:
+    """Move the aliases a gate decision calls for (audited) and tag the version with it.
+
+    Refuses to act on a stale decision: the champion must still be the one it was compared with."""
+    client = client_for(settings)
+    aliases = current_aliases(client, settings.model_name)
+    version = decision.version
+    if aliases.get(CHAMPION) != decision.previous_champion:
+        raise RuntimeError(
+            f"champion moved since the gate ran ({decision.previous_champion} → {aliases.get(CHAMPION)}): run the gate again"
+        )
+    ev = {"reason": decision.reason, **decision.evidence}
+    if decision.promoted:
+        moves: dict[str, str | None] = {CHAMPION: version}
+        current = decision.previous_champion
+        if current and current != version:
+            moves[PREVIOUS] = current
+        if aliases.get(CHALLENGER) == version:
+            moves[CHALLENGER] = None
+        move_aliases(settings, moves, action="promote", version=version, evidence=ev, actor=actor)
+    elif float(decision.evidence.get("parity_max_abs_diff", float("inf"))) <= PARITY_TOLERANCE:
+        move_aliases(settings, {CHALLENGER: version}, action="refuse→challenger", version=version, evidence=ev, actor=actor)
+    client.set_model_version_tag(settings.model_name, version, "gate", json.dumps(decision.to_dict(), default=str)[:4900])
     return decision
+
+
+def promote(
+    settings: PlatformSettings,
+    version: str,
+    *,
+    window: pd.DataFrame | None = None,
+    cfg: GateConfig | None = None,
+    actor: str | None = None,
+) -> GateDecision:
+    """Gate ``version`` (:func:`evaluate_gate`) and move the aliases (:func:`apply_decision`)."""
+    return apply_decision(settings, evaluate_gate(settings, version, window=window, cfg=cfg), actor=actor)

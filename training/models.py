@@ -139,8 +139,8 @@ def _torch_module(n_features: int, n_channels: int, seq_len: int, cfg: Any) -> A
             self.head = nn.Linear(2 * cfg.d_model, N_CLASSES)
 
         def forward(self, x: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-            xs = (x - self.x_mean) / self.x_std
-            ss = (seq - self.s_mean) / self.s_std
+            xs = (x - self.x_mean) / self.x_std  # type: ignore[operator]
+            ss = (seq - self.s_mean) / self.s_std  # type: ignore[operator]
             h = self.encoder(self.proj(ss) + self.pos)
             z = torch.cat([h.mean(dim=1), self.tab(xs)], dim=1)
             return torch.softmax(self.head(z), dim=1)

@@ -72,7 +72,13 @@ def load_bars(path: Path, offset_h: int) -> tuple[pd.DataFrame, str, str, float]
 def evaluate_file(entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any]) -> FileResult:
     from engine.mt5 import timeframe_seconds
     from feature_repo.pipeline.transforms import TREND_V1_FEATURES, compute_features
-    from training.backtest import Costs, SpreadVolSlippage, backtest, baselines, positions_from_proba
+    from training.backtest import (
+        Costs,
+        SpreadVolSlippage,
+        backtest,
+        baselines,
+        positions_from_proba,
+    )
     from training.config import load_config
     from training.dataset import assert_point_in_time
     from training.labels import make_labels

@@ -210,6 +210,35 @@ def log_study(settings: PlatformSettings, storage: str, study_name: str) -> Tune
     return TuneResult(study_name, storage, len(study.trials), float(study.best_value), dict(study.best_params), run.info.run_id)
 
 
+def plan_workers(settings: PlatformSettings, cfg: ExperimentConfig, dataset_path: str) -> list[dict[str, Any]]:
+    """One job per worker (the DAG maps over it); creates the study first. With tuning
+    disabled the jobs carry zero trials and the workers pass straight through."""
+    name = study_name_for(cfg, dataset_path)
+    total = cfg.tune.n_trials if cfg.tune.enabled else 0
+    if total:
+        open_study(settings.optuna_storage_url, name, cfg.tune.seed)
+    w = cfg.tune.workers
+    return [{"study": name, "dataset_path": dataset_path, "worker": i, "trials": total // w + (1 if i < total % w else 0)} for i in range(w)]
+
+
+def run_planned_worker(settings: PlatformSettings, cfg: ExperimentConfig, job: dict[str, Any], as_of: datetime | None) -> int:
+    if not job["trials"]:
+        log.info("tuning disabled for %s: worker %d has nothing to do", cfg.name, job["worker"])
+        return 0
+    return tune_worker(
+        settings.optuna_storage_url, job["study"], cfg, job["dataset_path"], utc(as_of) if as_of else None,
+        settings.timeframe, int(job["trials"]), int(job["worker"]),
+    )
+
+
+def summarise(settings: PlatformSettings, cfg: ExperimentConfig, dataset_path: str, trials_done: int) -> dict[str, Any]:
+    """Log the study to MLflow and return the best parameters ({} when tuning was off)."""
+    if not trials_done:
+        return {"study": None, "params": {}}
+    res = log_study(settings, settings.optuna_storage_url, study_name_for(cfg, dataset_path))
+    return {"study": res.study_name, "params": res.best_params, "best_value": res.best_value, "mlflow_run_id": res.mlflow_run_id}
+
+
 def best_params(settings: PlatformSettings, study_name: str) -> dict[str, Any]:
     import optuna
 

@@ -80,15 +80,21 @@ def test_train_and_promote_dag_when_run_as_of_a_saturday_then_a_version_is_regis
     cfg = yaml.safe_load((PROJECT_ROOT / "training" / "configs" / "trend_v1.yaml").read_text())
     cfg["split"].update(train_days=9, test_days=3)
     cfg["model"].update(n_estimators=60)
+    cfg["tune"] = {"enabled": True, "workers": 2, "n_trials": 2}  # two mapped tune tasks, one trial each
     path = tmp_path / "trend_small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     as_of = platform.end - timedelta(days=2)  # a Saturday: the weekly interval ends there
     res = run_dag(s, "dags.train_and_promote", as_of.strftime("%Y-%m-%dT%H:%M:%S"), {"experiment": str(path)})
     assert res["end"].startswith(as_of.strftime("%Y-%m-%d")), res
     assert res["state"] == "success", res
-    assert res["tasks"] == {"dataset": "success", "train": "success", "promote": "success"}
+    stages = ("dataset", "tune_plan", "tune", "tuned", "fit", "backtest", "export", "register", "gate", "promote", "reload_serving")
+    assert res["tasks"] == dict.fromkeys(stages, "success")
     from mlflow import MlflowClient
 
     client = MlflowClient(s.tracking_uri, s.tracking_uri)
     versions = client.search_model_versions(f"name='{s.model_name}'")
     assert len(versions) == 1 and "gate" in versions[0].tags
+    import optuna
+
+    studies = optuna.get_all_study_summaries(f"sqlite:///{s.home / 'optuna.db'}")
+    assert [st.n_trials for st in studies] == [2]
