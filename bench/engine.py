@@ -58,6 +58,7 @@ def make_bundle(out: Path, names: list[str]) -> Path:
     xs, ys = [], []
     for sym in SYMBOLS:
         rates = term.copy_rates_range(sym, TIMEFRAMES["M5"], t0 + 7200 - 300, t1 + 7200)
+        assert rates is not None, term.last_error()
         close_at = dict(zip((rates["time"].astype(np.int64) - 7200 + 300).tolist(), rates["close"].tolist(), strict=True))
         t, x = feats[sym]
         fwd = np.array([close_at.get(int(ti) + HORIZON * 300, np.nan) / close_at.get(int(ti), np.nan) - 1 for ti in t])
