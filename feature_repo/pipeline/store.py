@@ -36,6 +36,8 @@ from feature_repo.pipeline.transforms import (
     WARMUP_BARS,
     compute_sequences,
     feature_frame,
+    last_row,
+    last_sequence,
     select_rows,
 )
 from infra.settings import FEATURE_REPO, PlatformSettings, feast_redis_connection_string, utc
@@ -148,6 +150,25 @@ def view_rows(
             out[v] = select_rows(frame, names) if frame is not None else pd.DataFrame(columns=["symbol", "event_timestamp", *names])
     if SEQ_VIEW in views:
         out[SEQ_VIEW] = compute_sequences(own, point)
+    return out
+
+
+def last_view_rows(bars: dict[str, pd.DataFrame], symbol: str, point: float) -> dict[str, dict[str, Any]]:
+    """Each view's row of ``symbol``'s last bar in ``bars`` (the per-bar path: the same
+    transforms as :func:`view_rows`, only the last row kept); views whose row is not defined
+    are left out."""
+    own = bars[symbol]
+    out: dict[str, dict[str, Any]] = {}
+    if own.empty:
+        return out
+    frame = feature_frame(own, point, {k: v for k, v in bars.items() if k != symbol})
+    for v in (FEATURE_VIEW, V2_VIEW):
+        row = last_row(frame, VIEW_FIELDS[v])
+        if row is not None:
+            out[v] = row
+    seq = last_sequence(own, point)
+    if seq is not None:
+        out[SEQ_VIEW] = {"symbol": str(own["symbol"].iloc[-1]), "event_timestamp": own["close_time"].iloc[-1], SEQ_FIELD: seq}
     return out
 
 

@@ -42,16 +42,16 @@ from feature_repo.pipeline.store import (
     SEQ_VIEW,
     VIEW_FIELDS,
     VIEWS,
+    last_view_rows,
     open_store,
     symbol_point,
-    view_rows,
 )
 from feature_repo.pipeline.transforms import SEQ_FIELD, STREAM_BARS, XS_TOLERANCE_BARS
 from infra.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
-BarRows = dict[str, dict[str, pd.Series]]  # symbol → view → the bar's row
+BarRows = dict[str, dict[str, dict[str, Any]]]  # symbol → view → the bar's row (field → value)
 
 
 class StaleBar(RuntimeError):
@@ -70,7 +70,7 @@ class DirectWriter:
         self.project = project
         self._fields = {v: [(n, field_hash(v, n)) for n in VIEW_FIELDS[v]] for v in views}
 
-    def encode(self, symbol: str, rows: dict[str, pd.Series]) -> tuple[bytes, dict[bytes, bytes]]:
+    def encode(self, symbol: str, rows: dict[str, Any]) -> tuple[bytes, dict[bytes, bytes]]:
         mapping: dict[bytes, bytes] = {}
         for view, row in rows.items():
             ts = pd.Timestamp(row["event_timestamp"])
@@ -172,9 +172,8 @@ class FeaturePusher:
             own = bars[sym]
             if own.empty or own["close_time"].iloc[-1] != cutoff:
                 continue
-            tail = {k: (v.iloc[-STREAM_BARS:] if k == sym else v) for k, v in bars.items()}
-            rows = view_rows(tail, sym, self.points[sym])
-            got = {v: r.iloc[-1] for v, r in rows.items() if len(r) and r["event_timestamp"].iloc[-1] == cutoff}
+            tail = {k: (v.iloc[-STREAM_BARS:].reset_index(drop=True) if k == sym else v) for k, v in bars.items()}
+            got = {v: r for v, r in last_view_rows(tail, sym, self.points[sym]).items() if r["event_timestamp"] == cutoff}
             if got:
                 out[sym] = got
         return out
@@ -184,7 +183,7 @@ class FeaturePusher:
         rows = self.rows_at(bar_close)
         if symbol not in rows or view not in rows[symbol]:
             raise StaleBar(f"{symbol}: no {view} row for the bar closing at {bar_close}")
-        return rows[symbol][view].to_frame().T.reset_index(drop=True)
+        return pd.DataFrame([rows[symbol][view]])
 
     def push_bar(self, bar_close: int) -> BarRows:
         """Compute and write every symbol's rows of the bar closing at ``bar_close``."""

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -235,6 +237,16 @@ def _hours(t: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _local_hour_flag(open_utc: pd.Series, tz: str, start: int, end: int) -> np.ndarray:
+    """1.0 where the local hour in ``tz`` is in [start, end). Spans under 30 days whose ends
+    have the same UTC offset contain no DST change (changes are months apart): one offset
+    then serves every bar, which is what keeps the per-bar path fast."""
+    secs = open_utc.to_numpy(dtype="datetime64[s]").astype("int64")
+    if len(secs) and secs[-1] - secs[0] < 30 * 86400:
+        zi = ZoneInfo(tz)
+        first, last = (datetime.fromtimestamp(int(x), UTC).astimezone(zi).utcoffset() for x in (secs[0], secs[-1]))
+        if first == last and first is not None:
+            hour = (secs + int(first.total_seconds())) % 86400 // 3600
+            return ((hour >= start) & (hour < end)).astype("float64")
     hour = open_utc.dt.tz_convert(tz).dt.hour.to_numpy()
     return ((hour >= start) & (hour < end)).astype("float64")
 
@@ -250,12 +262,19 @@ def _aligned_log_close(own: pd.DataFrame, other: pd.DataFrame, step: pd.Timedelt
     return np.where(ok, oc[np.clip(pos, 0, None)] if len(right) else _NAN, _NAN)
 
 
+def _sorted(bars: pd.DataFrame) -> pd.DataFrame:
+    """``bars`` by open time with a fresh 0..n-1 index (no copy when already so)."""
+    if bars["time"].is_monotonic_increasing and isinstance(bars.index, pd.RangeIndex) and bars.index.start == 0 and bars.index.step == 1:
+        return bars
+    return bars.sort_values("time").reset_index(drop=True)
+
+
 def feature_frame(bars: pd.DataFrame, point: float, others: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """All :data:`FEATURES` of every bar (sorted by open time), NaN where not yet defined.
 
     ``others``: bars of the other configured symbols (same timeframe), for the cross-symbol
     family; they must reach back :data:`XS_TOLERANCE_BARS` bars before ``bars``' first bar."""
-    b = bars.sort_values("time").reset_index(drop=True)
+    b = _sorted(bars)
     c, h, lo, o = (b[k].to_numpy("float64") for k in ("close", "high", "low", "open"))
     logc = np.log(c)
     ret = {k: logc - _shift(logc, k) for k in (1, 3, 6, 12, 24, 48)}
@@ -404,7 +423,7 @@ def compute_features(
 def sequence_channels(bars: pd.DataFrame, point: float) -> np.ndarray:
     """The per-bar channel vectors ``[n, C]`` of :data:`SEQ_CHANNELS` (NaN in their warm-up),
     float64, each normalised only with data known at that bar's close."""
-    b = bars.sort_values("time").reset_index(drop=True)
+    b = _sorted(bars)
     c, h, lo, o = (b[k].to_numpy("float64") for k in ("close", "high", "low", "open"))
     atr = rolling_mean(_true_range(h, lo, c), 14)
     hour, _ = _hours(b["close_time"])
@@ -446,3 +465,29 @@ def compute_sequences(bars: pd.DataFrame, point: float) -> pd.DataFrame:
         },
         columns=cols,
     )
+
+
+def last_sequence(bars: pd.DataFrame, point: float) -> np.ndarray | None:
+    """The ``seq`` value of the last bar of ``bars`` (what :func:`compute_sequences` gives for
+    it), or ``None`` when its window is not complete or not defined. The per-bar path."""
+    if len(bars) < SEQ_WARMUP_BARS:
+        return None
+    b = _sorted(bars)
+    m = sequence_channels(b.iloc[len(b) - SEQ_WARMUP_BARS :].reset_index(drop=True), point).astype(np.float32)
+    last = m[-SEQ_LEN:]
+    if np.isnan(last).any():
+        return None
+    return np.ascontiguousarray(last).reshape(-1)
+
+
+def last_row(frame: pd.DataFrame, names: tuple[str, ...] | list[str]) -> dict[str, object] | None:
+    """The last row of a :func:`feature_frame` as ``{symbol, event_timestamp, *names}``, or
+    ``None`` when it is still in the warm-up of ``names`` or any of them is undefined (the row
+    :func:`select_rows` would drop). The per-bar path."""
+    names = list(names)
+    if len(frame) < max(SPECS[n].window for n in names):
+        return None
+    vals = frame[names].iloc[-1].to_numpy(dtype="float64")
+    if np.isnan(vals).any():
+        return None
+    return {"symbol": frame["symbol"].iloc[-1], "event_timestamp": frame["event_timestamp"].iloc[-1], **dict(zip(names, vals.tolist(), strict=True))}

@@ -20,6 +20,9 @@ from feature_repo.pipeline.transforms import (
     compute_features,
     compute_sequences,
     feature_frame,
+    last_row,
+    last_sequence,
+    select_rows,
     sequence_channels,
     sequence_to_array,
 )
@@ -201,3 +204,30 @@ def test_sequence_to_array_rejects_a_wrong_length() -> None:
 
 def test_specs_index_every_feature() -> None:
     assert set(SPECS) == set(FEATURE_NAMES)
+
+
+def test_per_bar_helpers_when_given_the_stream_window_then_equal_the_batch_rows_to_the_bit() -> None:
+    bars, others = make_bars(), _others()
+    batch = select_rows(feature_frame(bars, 1e-5, others)).set_index("event_timestamp")
+    seqs = compute_sequences(bars, 1e-5).set_index("event_timestamp")
+    for cut in (WARMUP_BARS + 1, 333, 399):
+        lo = max(0, cut + 1 - STREAM_BARS)
+        own = bars.iloc[lo : cut + 1].reset_index(drop=True)
+        row = last_row(feature_frame(own, 1e-5, {k: v.iloc[: cut + 1] for k, v in others.items()}), FEATURE_NAMES)
+        assert row is not None and row["event_timestamp"] == bars["close_time"].iloc[cut]
+        assert [row[n] for n in FEATURE_NAMES] == batch.loc[row["event_timestamp"], list(FEATURE_NAMES)].tolist()
+        np.testing.assert_array_equal(last_sequence(own, 1e-5), seqs.loc[row["event_timestamp"], "seq"])
+    assert last_row(feature_frame(bars.iloc[: WARMUP_BARS - 1], 1e-5), FEATURE_NAMES) is None
+    assert last_sequence(bars.iloc[: SEQ_WARMUP_BARS - 1], 1e-5) is None
+
+
+@pytest.mark.parametrize("start", ["2026-03-25 00:00", "2026-10-20 00:00", "2026-01-05 00:00"])
+def test_session_flags_over_a_dst_change_equal_a_full_time_zone_conversion(start: str) -> None:
+    bars = make_bars(n=3000, start=start)  # ~10 days: the London/New York DST changes fall inside two of them
+    frame = feature_frame(bars, 1e-5)
+    for col, tz, a, b in (("sess_london", "Europe/London", 8, 17), ("sess_newyork", "America/New_York", 8, 17), ("sess_sydney", "Australia/Sydney", 7, 16)):
+        hour = bars["time"].dt.tz_convert(tz).dt.hour
+        np.testing.assert_array_equal(frame[col].to_numpy(), ((hour >= a) & (hour < b)).astype(float).to_numpy())
+        for i in range(150, 3000, 97):  # the per-bar path's short spans
+            short = feature_frame(bars.iloc[i - 150 : i].reset_index(drop=True), 1e-5)
+            assert short[col].iloc[-1] == frame[col].iloc[i - 1]
