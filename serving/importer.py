@@ -31,6 +31,10 @@ class BundleImportError(RuntimeError):
     """The registry entry is not a deployable bundle."""
 
 
+class AliasNotSetError(LookupError):
+    """The registered model exists but the alias points to no version."""
+
+
 @dataclass(frozen=True)
 class ImportedModel:
     """A bundle in the BentoML store: serve it with ``bentoml_tag``."""
@@ -58,14 +62,21 @@ def import_from_registry(
             BentoML was already used in this process), else ``~/bentoml``.
 
     Raises:
+        AliasNotSetError: the registered model has no version with ``alias``.
         BundleImportError: the version has no ``model.onnx`` or no valid ``tx_manifest``,
             or the ONNX graph does not match the manifest.
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     store = _model_store(bentoml_home)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    mv = client.get_model_version_by_alias(model_name, alias)
+    try:
+        mv = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc).lower():
+            raise AliasNotSetError(f"{model_name} has no version with alias {alias!r}") from exc
+        raise
     version = str(mv.version)
 
     existing = _find_imported(store, _bentoml_name(model_name), version)
@@ -83,6 +94,12 @@ def import_from_registry(
     tag = _save(store, model_name, version, alias, onnx_bytes, manifest, source=mv.source)
     logger.info("imported %s@%s = v%s as %s", model_name, alias, version, tag)
     return ImportedModel(tag, version, manifest, created=True)
+
+
+def get_stored(tag: str, *, bentoml_home: str | Path | None = None) -> StoredModel:
+    """The BentoML model ``tag`` from the store under ``bentoml_home`` (default as in
+    ``import_from_registry``)."""
+    return _model_store(bentoml_home).get(tag)
 
 
 def _bentoml_name(model_name: str) -> str:

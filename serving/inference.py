@@ -29,9 +29,23 @@ def open_session(model: str | Path | bytes) -> ort.InferenceSession:
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def warm_up(session: ort.InferenceSession, spec: BundleSpec, runs: int = 3) -> None:
+    """Score zeros a few times: the first runs allocate and would otherwise land on a live
+    request (BentoML #3434)."""
+    matrix = np.zeros((1, spec.n_features), dtype=np.float32)
+    seq = (
+        np.zeros((1, spec.sequence.seq_len, spec.sequence.n_channels), dtype=np.float32)
+        if spec.sequence is not None
+        else None
+    )
+    for _ in range(runs):
+        predict_proba(session, spec, matrix, seq)
+
+
 def check_session(session: ort.InferenceSession, spec: BundleSpec) -> None:
     """Raise ``BundleMismatchError`` unless the graph takes ``spec.input_name`` as
-    ``[N, len(features)]`` and outputs ``spec.prob_output``."""
+    ``[N, len(features)]`` (plus, for a sequence bundle, ``spec.sequence.input_name`` as
+    ``[N, SEQ_LEN, C]``), needs no other input, and outputs ``spec.prob_output``."""
     inputs = {i.name: i for i in session.get_inputs()}
     if spec.input_name not in inputs:
         raise BundleMismatchError(
@@ -43,6 +57,28 @@ def check_session(session: ort.InferenceSession, spec: BundleSpec) -> None:
             f"ONNX input {spec.input_name!r} has shape {shape}, manifest lists "
             f"{spec.n_features} features"
         )
+    seq = spec.sequence
+    if seq is not None:
+        if seq.input_name not in inputs:
+            raise BundleMismatchError(
+                f"ONNX graph has no input {seq.input_name!r} that the manifest's 'sequence' "
+                f"promises; inputs: {sorted(inputs)}"
+            )
+        seq_shape = inputs[seq.input_name].shape
+        want = [None, seq.seq_len, seq.n_channels]
+        if len(seq_shape) != 3 or any(
+            isinstance(got, int) and w is not None and got != w
+            for got, w in zip(seq_shape, want, strict=True)
+        ):
+            raise BundleMismatchError(
+                f"ONNX input {seq.input_name!r} has shape {seq_shape}, manifest promises "
+                f"[N, {seq.seq_len}, {seq.n_channels}]"
+            )
+    fed = {spec.input_name} | ({seq.input_name} if seq is not None else set())
+    if set(inputs) - fed:
+        raise BundleMismatchError(
+            f"ONNX graph needs inputs {sorted(set(inputs) - fed)} the manifest does not describe"
+        )
     outputs = [o.name for o in session.get_outputs()]
     if spec.prob_output not in outputs:
         raise BundleMismatchError(
@@ -51,10 +87,19 @@ def check_session(session: ort.InferenceSession, spec: BundleSpec) -> None:
 
 
 def predict_proba(
-    session: ort.InferenceSession, spec: BundleSpec, matrix: np.ndarray
+    session: ort.InferenceSession,
+    spec: BundleSpec,
+    matrix: np.ndarray,
+    sequence: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Class probabilities ``[N, len(spec.classes)]`` for a float32 ``[N, F]`` matrix."""
-    (probs,) = session.run([spec.prob_output], {spec.input_name: matrix})
+    """Class probabilities ``[N, len(spec.classes)]`` for a float32 ``[N, F]`` matrix (and
+    the float32 ``[N, SEQ_LEN, C]`` sequence when the bundle has one)."""
+    feeds = {spec.input_name: matrix}
+    if spec.sequence is not None:
+        if sequence is None:
+            raise ValueError(f"bundle needs its {spec.sequence.input_name!r} input")
+        feeds[spec.sequence.input_name] = sequence
+    (probs,) = session.run([spec.prob_output], feeds)
     probs = np.asarray(probs)
     if probs.shape != (matrix.shape[0], len(spec.classes)):
         raise BundleMismatchError(

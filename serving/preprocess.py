@@ -41,10 +41,46 @@ class BundleSpec:
     classes: tuple[str, ...]
     positions: tuple[int, ...]
     min_confidence: float
+    sequence: SequenceSpec | None = None
 
     @property
     def n_features(self) -> int:
         return len(self.features)
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """The optional per-bar sequence input of a bundle (manifest key ``sequence``)."""
+
+    input_name: str
+    seq_len: int
+    channels: tuple[str, ...]
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+
+def _sequence_spec(raw: Any) -> SequenceSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ManifestError("manifest 'sequence' must be an object or absent")
+    seq_len = raw.get("seq_len")
+    channels = raw.get("channels")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ManifestError(f"manifest 'sequence.seq_len' must be a positive int, got {seq_len!r}")
+    if (
+        not isinstance(channels, list | tuple)
+        or not channels
+        or not all(isinstance(c, str) and c for c in channels)
+    ):
+        raise ManifestError("manifest 'sequence.channels' must be a non-empty list of names")
+    return SequenceSpec(
+        input_name=str(raw.get("input_name", "sequence")),
+        seq_len=seq_len,
+        channels=tuple(channels),
+    )
 
 
 def bundle_spec(manifest: Mapping[str, Any]) -> BundleSpec:
@@ -99,6 +135,7 @@ def bundle_spec(manifest: Mapping[str, Any]) -> BundleSpec:
         classes=classes,
         positions=positions,
         min_confidence=float(min_confidence),
+        sequence=_sequence_spec(manifest.get("sequence")),
     )
 
 

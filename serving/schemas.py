@@ -1,14 +1,14 @@
-"""Typed JSON of the serving API (``POST /predict``) and its error shape.
+"""Typed JSON of the serving API (``POST /v1/predict``, alias ``POST /predict``).
 
-Every input error is answered with HTTP 400 and BentoML's body for pydantic validation
-errors::
+These pydantic models are the API's documentation (``GET /v1/schema`` serves their JSON
+Schemas) and the reference the hot path is tested against: ``serving.request`` accepts
+exactly what ``PredictRequest`` accepts (plus the check of the bundle's feature set), without
+running pydantic per request. Every input error is answered with HTTP 400 and the body
+BentoML uses for pydantic validation errors::
 
     {"error": "1 validation error for PredictRequest",
      "detail": [{"type": "missing_feature", "loc": ["rows", 0, "features", "rsi_14"],
                  "msg": "feature 'rsi_14' is required by the model and missing"}]}
-
-Shape and type errors come from these models; feature-set errors found against the loaded
-bundle are raised as the same ``ValidationError`` by ``feature_validation_error``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from serving.preprocess import FeatureValidationError
-
-#: Most rows accepted in one request.
-MAX_ROWS = 10_000
+from serving.request import MAX_ROWS, SYMBOL_MAX_LEN
 
 ClassName = Literal["short", "flat", "long"]
 Position = Literal[-1, 0, 1]
@@ -36,7 +32,7 @@ class FeatureRow(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    symbol: str = Field(min_length=1, max_length=64, examples=["EURUSD"])
+    symbol: str = Field(min_length=1, max_length=SYMBOL_MAX_LEN, examples=["EURUSD"])
     feature_time: AwareDatetime = Field(
         description="When the features became known (bar close), ISO-8601 with an offset "
         "(e.g. '2024-01-02T10:05:00Z') or epoch seconds. Returned in UTC.",
@@ -44,6 +40,11 @@ class FeatureRow(BaseModel):
     )
     features: dict[str, FeatureValue] = Field(
         description="Exactly the bundle's features, by name.", examples=[{"ret_1": 0.0012}]
+    )
+    sequence: list[list[FeatureValue]] | None = Field(
+        default=None,
+        description="Only for bundles whose manifest has 'sequence' (and then required): "
+        "SEQ_LEN steps, oldest first, of the manifest's channels.",
     )
 
     @field_validator("feature_time")
@@ -70,23 +71,12 @@ class Prediction(BaseModel):
     probabilities: ClassProbabilities
     decision: ClassName
     position: Position
+    confidence: float = Field(description="Probability of the most probable class.")
 
 
 class PredictResponse(BaseModel):
     model_name: str = Field(description="Registered MLflow model name.")
     model_version: str = Field(description="MLflow model version that produced the predictions.")
+    bundle_sha256: str = Field(description="sha256 of the ONNX bundle that was run.")
+    request_id: str = Field(description="X-Request-ID given, or one made up; in the shadow log.")
     predictions: list[Prediction]
-
-
-def feature_validation_error(exc: FeatureValidationError) -> ValidationError:
-    """Re-raise-able pydantic ``ValidationError`` for ``exc``, so BentoML answers 400 with
-    the same body as for schema errors, each issue's ``loc`` naming the field."""
-    line_errors: list[InitErrorDetails] = [
-        {
-            "type": PydanticCustomError(issue.kind, "{message}", {"message": issue.message}),
-            "loc": issue.loc,
-            "input": None,
-        }
-        for issue in exc.issues
-    ]
-    return ValidationError.from_exception_data("PredictRequest", line_errors)

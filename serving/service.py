@@ -1,32 +1,33 @@
-"""The BentoML service: one ONNX bundle, loaded once, behind ``POST /predict``.
+"""The BentoML service: the champion bundle (and a challenger in shadow) behind ``/v1/predict``.
 
 Run it with ``serving.server.start_server`` (or ``bentoml serve serving.service:TrendService``)
-with ``TX_SERVING_MODEL_TAG`` naming the BentoML model written by ``serving.importer`` and
-``BENTOML_HOME`` pointing at its store.
+with ``TX_SERVING_MODEL_TAG`` naming the BentoML model written by ``serving.importer``,
+``BENTOML_HOME`` pointing at its store and ``TX_SERVING_TOKEN`` set (see ``serving.api``
+for the endpoints and ``serving.runtime`` for shadow scoring and hot reload).
+
+BentoML's own per-request work is kept off the prediction path: tracing is off for the
+``/v1`` paths and the access log skips them (``tx_serving_*`` metrics and the shadow log
+record them instead); ``serving.api.ApiMiddleware`` answers them directly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import bentoml
-import numpy as np
 
-from serving.importer import MANIFEST_FILE, ONNX_FILE
-from serving.inference import check_session, open_session, predict_proba
-from serving.preprocess import FeatureValidationError, bundle_spec, decide, rows_to_matrix
-from serving.schemas import (
-    ClassProbabilities,
-    Prediction,
-    PredictRequest,
-    PredictResponse,
-    feature_validation_error,
-)
-from serving.settings import ServingSettings
+from serving.api import PREDICT_PATHS, ApiMiddleware, RuntimeRef
+from serving.settings import AuthConfigError, ServingSettings
 
 logger = logging.getLogger(__name__)
+
+#: Filled by ``TrendService.__init__`` in the worker, read by ``ApiMiddleware``.
+RUNTIME = RuntimeRef()
+_HOT_PATHS = sorted(PREDICT_PATHS)
 
 
 @bentoml.service(
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
     workers=1,
     resources={"cpu": "1"},
     traffic={"timeout": 30},
+    tracing={"excluded_urls": [*_HOT_PATHS, "/v1/models", "/healthz", "/readyz", "/metrics"]},
+    logging={"access": {"skip_paths": [*_HOT_PATHS, "/healthz", "/readyz", "/metrics"]}},
 )
 class TrendService:
     """Trend classifier: feature rows in, class probabilities and a decision out."""
@@ -42,46 +45,92 @@ class TrendService:
     bento_model = bentoml.models.BentoModel(ServingSettings().serving_model_tag)
 
     def __init__(self) -> None:
-        stored = self.bento_model
-        manifest = json.loads(Path(stored.path_of(MANIFEST_FILE)).read_text())
-        self.spec = bundle_spec(manifest)
-        self.model_name = str(stored.info.metadata.get("mlflow_model_name", stored.tag.name))
-        self.model_version = str(stored.info.labels["mlflow_version"])
-        self.session = open_session(stored.path_of(ONNX_FILE))
-        check_session(self.session, self.spec)
-        # Warm-up: the first run allocates and would otherwise land on a live request.
-        warm = np.zeros((1, self.spec.n_features), dtype=np.float32)
-        for _ in range(3):
-            predict_proba(self.session, self.spec, warm)
-        logger.info(
-            "serving %s v%s (%s, %d features) from BentoML model %s",
-            self.model_name,
-            self.model_version,
-            self.spec.feature_service,
-            self.spec.n_features,
-            stored.tag,
+        from serving.importer import import_from_registry
+        from serving.metrics import ServingMetrics
+        from serving.runtime import (
+            ServingRuntime,
+            ServingState,
+            ShadowScorer,
+            load_model,
+            load_stored,
         )
 
-    @bentoml.api(route="/predict")
-    def predict(self, request: PredictRequest, /) -> PredictResponse:
-        """Score each row; every input error is a 400 whose ``detail[].loc`` names the field."""
+        settings = ServingSettings()
         try:
-            matrix = rows_to_matrix([row.features for row in request.rows], self.spec.features)
-        except FeatureValidationError as exc:
-            raise feature_validation_error(exc) from None
-        probs = predict_proba(self.session, self.spec, matrix)
-        decisions = decide(probs, self.spec)
-        classes = self.spec.classes
-        predictions = [
-            Prediction(
-                symbol=row.symbol,
-                feature_time=row.feature_time,
-                probabilities=ClassProbabilities(**dict(zip(classes, p, strict=True))),
-                decision=d.label,  # type: ignore[arg-type]  # bundle_spec checked the classes
-                position=d.position,  # type: ignore[arg-type]
-            )
-            for row, p, d in zip(request.rows, probs.tolist(), decisions, strict=True)
-        ]
-        return PredictResponse(
-            model_name=self.model_name, model_version=self.model_version, predictions=predictions
+            token = settings.require_token()
+        except AuthConfigError as exc:
+            _refuse_to_start(exc)
+            raise
+        if token is None:
+            logger.warning("serving WITHOUT authentication (TX_SERVING_ALLOW_NO_AUTH=true)")
+        metrics = ServingMetrics()
+        champion = load_stored(self.bento_model)  # the stored model, resolved by BentoML
+        challenger = (
+            load_model(settings.serving_challenger_tag) if settings.serving_challenger_tag else None
         )
+
+        def resolve(alias: str) -> Any:
+            from serving.importer import AliasNotSetError
+
+            try:
+                return import_from_registry(
+                    settings.mlflow_tracking_uri, settings.model_name, alias
+                )
+            except AliasNotSetError:
+                return None
+
+        self.runtime = ServingRuntime(
+            state=ServingState.of(champion, challenger),
+            resolver=resolve,
+            champion_alias=settings.model_alias,
+            challenger_alias=settings.serving_challenger_alias,
+            shadow=ShadowScorer(
+                Path(settings.shadow_log_path),
+                max_queue=settings.serving_shadow_queue,
+                metrics=metrics,
+            ),
+            metrics=metrics,
+        )
+        self.runtime.start_polling(settings.serving_reload_interval_s)
+        RUNTIME.set(self.runtime, metrics, token)
+        logger.info(
+            "serving %s v%s (%s, %d features%s), challenger %s; reload poll %s s; shadow log %s",
+            champion.model_name,
+            champion.model_version,
+            champion.spec.feature_service,
+            champion.spec.n_features,
+            ", sequence" if champion.spec.sequence else "",
+            f"v{challenger.model_version}" if challenger else "none",
+            settings.serving_reload_interval_s or "off",
+            settings.shadow_log_path,
+        )
+
+    def __is_ready__(self) -> bool:
+        """``/readyz``: 200 only once the champion is loaded and warmed up (``load_model``
+        warms every session before it can be published)."""
+        return RUNTIME.runtime is self.runtime
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self.runtime.close()
+
+
+def _refuse_to_start(exc: Exception) -> None:
+    """Stop the whole ``bentoml serve`` rather than let its supervisor restart a worker that
+    can never start: kill the parent when it is BentoML's supervisor, so that it exits with a
+    failure status (-9) a process manager reports (a SIGTERM would make it exit 0). Other
+    workers, if any, fail the same check and exit on their own."""
+    logger.critical("refusing to start: %s", exc)
+    parent = os.getppid()
+    try:
+        cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    is_arbiter = b"circusd" in cmdline[0] or (
+        any(b"bentoml" in part for part in cmdline) and b"serve" in cmdline
+    )  # BentoML's supervisor renames itself "circusd"
+    if is_arbiter:
+        os.kill(parent, signal.SIGKILL)
+
+
+TrendService.add_asgi_middleware(ApiMiddleware, ref=RUNTIME)  # type: ignore[attr-defined]
