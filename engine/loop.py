@@ -478,7 +478,10 @@ class Engine:
                 if last.get(sym) != close_server:
                     last[sym] = close_server
                     close_utc = close_server - utc_offset_hours * 3600
-                    if before_bar is not None:
-                        before_bar(sym, close_utc)
-                    self.on_bar(sym, close_utc)
+                    try:
+                        if before_bar is not None:
+                            before_bar(sym, close_utc)
+                        self.on_bar(sym, close_utc)
+                    except Exception:  # one bad bar must not stop a live engine; the journal shows the gap
+                        log.exception("%s bar %s: decision failed", sym, close_utc)
             time.sleep(poll_s)
