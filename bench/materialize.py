@@ -6,7 +6,8 @@ Feast's ``materialize`` scans the rows of the interval in the offline store and 
 latest row per entity (per symbol) of each view; rows/s below counts offline rows scanned over
 the interval. For scale, the same run also times building the offline features (compute +
 parquet, the DAG's ``features`` task) and the streaming pusher's direct writer writing every
-one of those rows to Redis (pipelined, 500 rows per round trip).
+one of those rows to Redis (pipelined, 500 rows per round trip) — more work than Feast does,
+since it writes every row where Feast writes the latest per entity.
 
     .venv/bin/python bench/materialize.py [--days 5]
 """
@@ -92,7 +93,7 @@ def main() -> None:
         n_direct = 0
         t0 = time.perf_counter()
         for view, df in frames.items():
-            recs = [row for _, row in df.iterrows()]
+            recs = df.to_dict("records")
             for i in range(0, len(recs), 500):
                 pipe = r.pipeline(transaction=False)
                 for row in recs[i : i + 500]:
@@ -109,9 +110,13 @@ def main() -> None:
     for name, n, sec in res:
         print(f"{'feast materialize: ' + name:48s} {n:7d} {sec:8.2f} {n / sec:9.0f}")
     print(f"{'feast materialize: one daily interval, 3 views':48s} {'':7s} {daily_s:8.2f}")
-    print(f"{'peer: direct writer, every row (pipelined 500)':48s} {n_direct:7d} {direct_s:8.2f} {n_direct / direct_s:9.0f}")
+    print(f"{'peer: direct writer, writes EVERY row (500/trip)':48s} {n_direct:7d} {direct_s:8.2f} {n_direct / direct_s:9.0f}")
     allv = res[-1]
-    print(f"ratio direct rows/s / feast rows/s (all views): {(n_direct / direct_s) / (allv[1] / allv[2]):.1f}")
+    print(
+        "note: Feast scans every row of the interval but writes only the latest per symbol and view; "
+        f"the direct writer encodes and writes all {n_direct} rows (throughput ratio direct/feast "
+        f"{(n_direct / direct_s) / (allv[1] / allv[2]):.2f})"
+    )
 
 
 if __name__ == "__main__":
