@@ -27,9 +27,11 @@ class ArrayFeatureSource:
         names: list[str],
         tables: Mapping[str, tuple[np.ndarray, np.ndarray]],
         clock: Callable[[], float],
+        sequences: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.names = list(names)
         self._tables = {s: (np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float64)) for s, (t, v) in tables.items()}
+        self._seqs = {s: (np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float32)) for s, (t, v) in (sequences or {}).items()}
         self._clock = clock
 
     @property
@@ -48,7 +50,14 @@ class ArrayFeatureSource:
         row = values[i]
         if not np.all(np.isfinite(row)):
             raise FeatureUnavailable(f"{symbol}: non-finite feature at {int(times[i])}")
-        return FeatureRow(symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)))
+        seq = None
+        if self._seqs:  # the sequence of the same bar ([seq_len, channels]), or no row at all
+            st, sv = self._seqs.get(symbol, (np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32)))
+            j = int(np.searchsorted(st, times[i]))
+            if j >= len(st) or st[j] != times[i]:
+                raise FeatureUnavailable(f"{symbol}: no sequence row at {int(times[i])}")
+            seq = sv[j]
+        return FeatureRow(symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)), sequence=seq)
 
 
 def bar_closes(terminal: mt5.Terminal, symbols: list[str], timeframe: int, start_utc: int, end_utc: int, offset_hours: int) -> list[int]:

@@ -18,6 +18,34 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def precompute_sequences(
+    terminal: Any, symbols: list[str], timeframe: str, start_utc: int, end_utc: int, offset_hours: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each symbol's sequence feature (``[N, SEQ_LEN, C]`` float32, event time = bar close)."""
+    from engine.mt5 import TIMEFRAMES, timeframe_seconds
+    from feature_repo.pipeline.ingest import rates_to_frame
+    from feature_repo.pipeline.transforms import (
+        SEQ_CHANNELS,
+        SEQ_FIELD,
+        SEQ_LEN,
+        SEQ_WARMUP_BARS,
+        compute_sequences,
+    )
+
+    step = timeframe_seconds(timeframe)
+    off = offset_hours * 3600
+    lo = start_utc - max((SEQ_WARMUP_BARS + 60) * step * 3, 10 * 86_400)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for sym in symbols:
+        rates = terminal.copy_rates_range(sym, TIMEFRAMES[timeframe], lo + off, end_utc + off - step)
+        f = compute_sequences(rates_to_frame(rates, sym, timeframe, offset_hours), float(terminal.symbol_info(sym).point))
+        t = np.array([int(x.timestamp()) for x in f["event_timestamp"]], dtype=np.int64)
+        keep = (t >= start_utc) & (t <= end_utc)
+        seq = np.stack(list(f[SEQ_FIELD])) if len(f) else np.zeros((0, SEQ_LEN * len(SEQ_CHANNELS)), np.float32)
+        out[sym] = (t[keep], seq[keep].reshape(-1, SEQ_LEN, len(SEQ_CHANNELS)).astype(np.float32))
+    return out
+
+
 def precompute_features(
     terminal: Any, symbols: list[str], timeframe: str, start_utc: int, end_utc: int, offset_hours: int, names: list[str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -61,19 +89,25 @@ class BacktestWorld:
         self.now[0] = int(t)
 
 
-def backtest_world(settings: Any, start_utc: int, end_utc: int, names: list[str]) -> BacktestWorld:
-    """The world of a backtest over ``(start_utc, end_utc]`` on the platform's terminal."""
+def backtest_world(settings: Any, start_utc: int, end_utc: int, names: list[str], *, sequence: bool = False) -> BacktestWorld:
+    """The world of a backtest over ``(start_utc, end_utc]`` on the platform's terminal
+    (``names`` may be ``view:feature`` refs; ``sequence`` adds the bar sequence feature)."""
     from engine.backtest import ArrayFeatureSource, bar_closes
     from engine.mt5 import TIMEFRAMES
     from feature_repo.pipeline.ingest import open_platform_terminal
 
     now = [int(end_utc)]
     terminal = open_platform_terminal(settings, clock=lambda: now[0])
+    plain = [n.split(":", 1)[-1] for n in names]
     tables = precompute_features(terminal, list(settings.symbols), settings.timeframe, start_utc, end_utc,
-                                 settings.broker_utc_offset_hours, names)  # fmt: skip
+                                 settings.broker_utc_offset_hours, plain)  # fmt: skip
+    seqs = None
+    if sequence:
+        seqs = precompute_sequences(terminal, list(settings.symbols), settings.timeframe, start_utc, end_utc,
+                                    settings.broker_utc_offset_hours)  # fmt: skip
     closes = bar_closes(terminal, list(settings.symbols), TIMEFRAMES[settings.timeframe], start_utc, end_utc, settings.broker_utc_offset_hours)
     now[0] = int(start_utc)
-    return BacktestWorld(terminal, now, closes, ArrayFeatureSource(names, tables, clock=lambda: float(now[0])))
+    return BacktestWorld(terminal, now, closes, ArrayFeatureSource(plain, tables, clock=lambda: float(now[0]), sequences=seqs))
 
 
 def _feature_names(es: Any, given: list[str]) -> list[str]:
@@ -112,8 +146,9 @@ def run_engine(mode: str | None, *, start_utc: int | None = None, end_utc: int |
     if mode == "backtest":
         if start_utc is None or end_utc is None:
             raise ValueError("backtest needs --start and --end")
-        world = backtest_world(ps.model_copy(update={"symbols": es.symbols}), start_utc, end_utc, names)
         model: Any = OnnxModel.from_dir(es.bundle_dir) if es.bundle_dir is not None else ModelHandle(es)
+        seq = bool(getattr(model, "seq_input", None))
+        world = backtest_world(ps.model_copy(update={"symbols": es.symbols}), start_utc, end_utc, names, sequence=seq)
         target = es.journal_url or str(ps.home / "engine" / f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite")
         engine = build_engine(es, terminal=world.terminal, features=world.features, model=model,
                               clock=lambda: float(world.now[0]), journal=Journal(target), sleep=lambda s: None)  # fmt: skip

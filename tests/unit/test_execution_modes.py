@@ -20,23 +20,34 @@ from tests.unit.faults import MONDAY_0800, ClockFeatures, ScriptedModel, sim_ter
 pytestmark = pytest.mark.unit
 
 
-def _bundle(d: Path, names: list[str]) -> Path:
+def _bundle(d: Path, names: list[str], channels: list[str] | None = None) -> Path:
+    """A real ONNX bundle: softmax(input @ W [+ flatten(sequence) @ V]); with ``channels`` it
+    takes the sequence input [N, 64, C] as trend_v2 bundles do."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.zeros((len(names), 3), np.float32)
     w[0] = [-50.0, 0.0, 50.0]  # the sign of the first feature (ret_1) picks long or short
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)],
-        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(names)])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])], [numpy_helper.from_array(w, "W")],
-    )  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["input", "W"], ["z"])]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(names)])]
+    inits = [numpy_helper.from_array(w, "W")]
+    if channels:
+        v = np.full((64 * len(channels), 3), 1e-3, np.float32)
+        nodes += [helper.make_node("Flatten", ["sequence"], ["s"], axis=1), helper.make_node("MatMul", ["s", "V"], ["zs"]),
+                  helper.make_node("Add", ["z", "zs"], ["z2"])]  # fmt: skip
+        inputs.append(helper.make_tensor_value_info("sequence", TensorProto.FLOAT, [None, 64, len(channels)]))
+        inits.append(numpy_helper.from_array(v, "V"))
+    nodes.append(helper.make_node("Softmax", ["z2" if channels else "z"], ["probabilities"], axis=1))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     data = model.SerializeToString()
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.onnx").write_bytes(data)
-    (d / "manifest.json").write_text(json.dumps({"features": names, "classes": ["short", "flat", "long"], "min_confidence": 0.0,
-                                                 "bundle_sha256": hashlib.sha256(data).hexdigest(), "model_version": "t1"}))  # fmt: skip
+    manifest = {"features": names, "classes": ["short", "flat", "long"], "min_confidence": 0.0,
+                "bundle_sha256": hashlib.sha256(data).hexdigest(), "model_version": "t1"}  # fmt: skip
+    if channels:
+        manifest["sequence"] = {"input_name": "sequence", "feature_view": "bar_sequence_fv", "field": "seq", "seq_len": 64, "channels": channels}
+    (d / "manifest.json").write_text(json.dumps(manifest))
     return d
 
 
@@ -57,6 +68,20 @@ def test_backtest_mode_when_run_from_settings_then_every_bar_of_every_symbol_is_
     rows = Journal(out["journal"]).rows()
     assert len(rows) == 144 and all(r["feature_time"] == r["bar_close"] for r in rows if r["verdict"] != "refused")
     assert {r["model_version"] for r in rows} == {"t1"}
+
+
+def test_backtest_mode_when_the_bundle_reads_the_sequence_then_rows_carry_the_bars_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from feature_repo.pipeline.transforms import FEATURE_NAMES, SEQ_CHANNELS
+    from infra.engine_world import run_engine
+
+    monkeypatch.setenv("TX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TX_SYMBOLS", "EURUSD,GBPUSD")
+    monkeypatch.setenv("TX_ENGINE_BUNDLE_DIR", str(_bundle(tmp_path / "bundle", list(FEATURE_NAMES), list(SEQ_CHANNELS))))
+    out = run_engine("backtest", start_utc=MONDAY_0800, end_utc=MONDAY_0800 + 3600)
+    assert out["decisions"] == 24 and out["refusals"].get("no_features", 0) == 0
+    assert out["verdicts"].get("sent", 0) > 0
 
 
 def test_live_mode_when_the_terminal_is_the_simulator_then_it_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
