@@ -314,17 +314,38 @@ def serve(
     port: Annotated[int, typer.Option(envvar="TX_SERVING_PORT")] = 3000,
     host: Annotated[str, typer.Option(envvar="TX_SERVING_HOST")] = "127.0.0.1",
 ) -> None:
-    """Import the `champion` from MLflow into BentoML and serve it over HTTP (Ctrl-C stops)."""
-    from serving.importer import import_from_registry
+    """Import `champion` (and `challenger`, scored in shadow) from MLflow into BentoML and serve
+    POST /v1/predict over HTTP with TX_SERVING_TOKEN; aliases are polled for hot reload
+    (Ctrl-C stops)."""
+    from serving.importer import AliasNotSetError, import_from_registry
     from serving.server import start_server, stop_server, wait_ready
+    from serving.settings import AuthConfigError, ServingSettings
 
     s = _settings()
-    os.environ.setdefault("BENTOML_HOME", str(s.home / "bentoml"))
-    imported = import_from_registry(s.tracking_uri, s.model_name, "champion")
-    proc = start_server(host=host, port=port, model_tag=imported.bentoml_tag, bentoml_home=os.environ["BENTOML_HOME"], log_path=s.home / "logs" / "serving.log")
+    ss = ServingSettings()
     try:
-        wait_ready(f"http://{host}:{port}", 120)
-        typer.echo(f"serving {imported.bentoml_tag} (MLflow v{imported.mlflow_version}) at http://{host}:{port}/predict")
+        token = ss.require_token()
+    except AuthConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    os.environ.setdefault("BENTOML_HOME", str(s.home / "bentoml"))
+    imported = import_from_registry(s.tracking_uri, s.model_name, ss.model_alias)
+    challenger = None
+    if ss.serving_challenger_alias:
+        try:
+            challenger = import_from_registry(s.tracking_uri, s.model_name, ss.serving_challenger_alias)
+        except AliasNotSetError:
+            challenger = None
+    proc = start_server(
+        host=host, port=port, model_tag=imported.bentoml_tag, bentoml_home=os.environ["BENTOML_HOME"],
+        log_path=s.home / "logs" / "serving.log", token=token, allow_no_auth=token is None,
+        challenger_tag=challenger.bentoml_tag if challenger else None, tracking_uri=s.tracking_uri,
+        model_name=s.model_name, env={"TX_HOME": str(s.home)},
+    )  # fmt: skip
+    try:
+        wait_ready(f"http://{host}:{port}", 120, proc=proc, token=token)
+        shadow = f", challenger v{challenger.mlflow_version} in shadow" if challenger else ""
+        typer.echo(f"serving {imported.bentoml_tag} (MLflow v{imported.mlflow_version}{shadow}) at http://{host}:{port}/v1/predict")
         proc.wait()
     except KeyboardInterrupt:
         typer.echo("stopping the server")
