@@ -164,26 +164,46 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
         summary.add("served alias", alias if champ else "challenger (NOT promoted: refused by the gate; paper mode only)")
 
         # --- 4. serving -----------------------------------------------------------------
-        from serving.importer import import_from_registry
+        import secrets
+
+        from serving.importer import AliasNotSetError, import_from_registry
         from serving.server import start_server, stop_server, wait_ready
 
         os.environ.setdefault("BENTOML_HOME", str(settings.home / "bentoml"))
         imported = import_from_registry(settings.tracking_uri, settings.model_name, alias)
+        shadow = None
+        if alias == "champion":
+            try:
+                shadow = import_from_registry(settings.tracking_uri, settings.model_name, "challenger")
+            except AliasNotSetError:
+                shadow = None
+        # a token of this run unless one is configured: serving refuses to start without one
+        serving_token = os.environ.get("TX_SERVING_TOKEN") or secrets.token_urlsafe(24)
         port = port or free_port()
         url = f"http://127.0.0.1:{port}"
         proc = start_server(
             host="127.0.0.1",
             port=port,
             model_tag=imported.bentoml_tag,
+            challenger_tag=shadow.bentoml_tag if shadow else None,
             bentoml_home=os.environ["BENTOML_HOME"],
             log_path=settings.home / "logs" / "serving.log",
+            token=serving_token,
+            tracking_uri=settings.tracking_uri,
+            model_name=settings.model_name,
+            env={"TX_HOME": str(settings.home), "TX_MODEL_ALIAS": alias}
+            | ({} if alias == "champion" else {"TX_SERVING_CHALLENGER_ALIAS": ""}),
         )
         stack.callback(stop_server, proc)
-        ready_s = wait_ready(url, 120)
-        summary.add("serving", f"{url}/predict (BentoML {imported.bentoml_tag}, ready in {ready_s:.1f} s)")
+        ready_s = wait_ready(url, 120, proc=proc, token=serving_token)
+        summary.add(
+            "serving",
+            f"{url}/v1/predict (BentoML {imported.bentoml_tag}, ready in {ready_s:.1f} s; "
+            f"shadow: {f'challenger v{shadow.mlflow_version}' if shadow else 'none'})",
+        )
 
         # --- 5. engine over the unseen week ---------------------------------------------
-        engine_summary = run_engine_week(settings, plan, url, imported.manifest)
+        engine_summary = run_engine_week(settings, plan, url, imported.manifest, serving_token=serving_token)
         for k, v in engine_summary.items():
             summary.add(k, v)
     summary.add("demo wall time", f"{time.perf_counter() - t_start:.0f} s")
