@@ -245,10 +245,11 @@ def _run_lengths(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def hour_profile(times_s: np.ndarray, tick_volume: np.ndarray) -> np.ndarray:
-    """Mean log tick volume per UTC hour, centred on its mean over the hours (NaN: no bar)."""
+def hour_profile(times_s: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean ``log(1 + value)`` per UTC hour (tick volume, spread), centred on its mean over the
+    hours (NaN: no bar in that hour)."""
     hours = (np.asarray(times_s, dtype=np.int64) // 3600) % 24
-    lv = np.log1p(np.asarray(tick_volume, dtype=float))
+    lv = np.log1p(np.clip(np.asarray(values, dtype=float), 0, None))
     sums = np.bincount(hours, weights=lv, minlength=24)
     counts = np.bincount(hours, minlength=24)
     prof = np.full(24, np.nan)
@@ -362,36 +363,52 @@ def annotate(
 
     out["closes_after_as_of_s"] = np.clip(ct - as_of_s, 0, None)
 
-    # timezone shift: hour-of-day activity profile (or the weekly open) against the history
+    # timezone shift: the hour-of-day profiles of activity (tick volume) and of the spread
+    # (its rollover widening) must both point to the same shift; on real exports either one
+    # alone is fooled by holidays (see validation_rules.yaml). Short batches: the weekly open.
     shift, gain = 0, 0.0
     hist_days = len(np.unique(hist_t // 86400))
     if hist_days >= int(cfg.param("tz_shift", "min_history_days")) and len(t):
-        shift, gain = estimate_tz_shift(
-            hour_profile(t, df["tick_volume"].to_numpy()),
-            hour_profile(hist_t, history["tick_volume"].to_numpy()),
-            int(cfg.param("tz_shift", "min_batch_hours")),
-            float(cfg.param("tz_shift", "min_gain")),
+        min_hours, min_gain = int(cfg.param("tz_shift", "min_batch_hours")), float(cfg.param("tz_shift", "min_gain"))
+        by_activity, gain = estimate_tz_shift(
+            hour_profile(t, df["tick_volume"].to_numpy()), hour_profile(hist_t, history["tick_volume"].to_numpy()), min_hours, min_gain
         )
-        if len(np.unique((t // 3600) % 24)) < int(cfg.param("tz_shift", "min_batch_hours")):
-            shift = _weekly_open_shift(ts, prev, has_prev, hist_t)
+        by_spread, spread_gain = estimate_tz_shift(
+            hour_profile(t, df["spread"].to_numpy()), hour_profile(hist_t, history["spread"].to_numpy()), min_hours, min_gain
+        )
+        info["tz_shift_by_activity"], info["tz_shift_by_spread"] = by_activity, by_spread
+        info["tz_spread_gain"] = round(spread_gain, 4)
+        shift = by_activity if by_activity == by_spread else 0
+        if len(np.unique((t // 3600) % 24)) < min_hours:
+            shift = _weekly_open_shift(hist_t, ts, step)
     out["tz_shift_hours"] = shift
     info["tz_shift_hours"], info["tz_profile_gain"] = shift, round(gain, 4)
     return out, info
 
 
-def _weekly_opens(t: np.ndarray, prev: np.ndarray) -> np.ndarray:
-    """Hour of week (from Sunday 00:00 UTC) of bars that follow a Friday/Saturday close."""
+def _weekly_opens(times: np.ndarray, step: int) -> np.ndarray:
+    """Hour of week (from Sunday 00:00 UTC) of each weekly open in sorted ``times``, with its
+    position: a bar after a Friday/Saturday close (a 36 h to 4 day gap) whose week ran bar by
+    bar into that close (so daily bars mixed into an intraday history do not count)."""
+    if times.size < 3:
+        return np.empty((0, 2))
+    prev, prev2 = times[1:-1], times[:-2]
+    cur = times[2:]
     prev_wd = ((prev // 86400) + 3) % 7  # 1970-01-01 was a Thursday: Monday = 0
-    gap = t - prev
-    is_open = (prev_wd >= 4) & (prev_wd <= 5) & (gap >= 36 * 3600) & (gap < 4 * 86400)
+    gap = cur - prev
+    is_open = (prev_wd >= 4) & (prev_wd <= 5) & (gap >= 36 * 3600) & (gap < 4 * 86400) & (prev - prev2 == step)
     sunday0 = 3 * 86400  # 1970-01-04 00:00 UTC was a Sunday
-    return ((t[is_open] - sunday0) % (7 * 86400)) / 3600.0
+    how = ((cur - sunday0) % (7 * 86400)) / 3600.0
+    return np.column_stack([np.flatnonzero(is_open) + 2, how[is_open]])
 
 
-def _weekly_open_shift(ts: np.ndarray, prev: np.ndarray, has_prev: np.ndarray, hist_t: np.ndarray) -> int:
-    batch_open = _weekly_opens(ts[has_prev], prev[has_prev])
-    hist_open = _weekly_opens(hist_t[1:], hist_t[:-1]) if hist_t.size > 1 else np.empty(0)
-    if batch_open.size == 0 or hist_open.size == 0:
+def _weekly_open_shift(hist_t: np.ndarray, batch_t: np.ndarray, step: int) -> int:
+    """Hours between the batch's weekly open and the history's median weekly open (0: none)."""
+    opens = _weekly_opens(np.concatenate([hist_t, batch_t]), step)
+    if opens.size == 0:
         return 0
-    d = float(batch_open[0] - np.median(hist_open))
+    in_batch = opens[:, 0] >= hist_t.size
+    if not in_batch.any() or in_batch.all():
+        return 0
+    d = float(opens[in_batch, 1][0] - np.median(opens[~in_batch, 1]))
     return round((d + 84) % 168 - 84)

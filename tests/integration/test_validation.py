@@ -28,7 +28,12 @@ from feature_repo.pipeline.calendar import calendar_for, easter_sunday
 from feature_repo.pipeline.expectations import RULES, ValidationConfigError, load_config
 from feature_repo.pipeline.ingest import ingest
 from feature_repo.pipeline.store import build_features, feast_apply, materialize
-from feature_repo.pipeline.validate import BatchQuarantined, list_quarantine, release_partition, validate_interval
+from feature_repo.pipeline.validate import (
+    BatchQuarantined,
+    list_quarantine,
+    release_partition,
+    validate_interval,
+)
 from infra.settings import PlatformSettings
 from tests.conftest import make_settings, run_market_data
 
