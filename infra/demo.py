@@ -150,6 +150,13 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
             f"  sharpe {m.get('test_sharpe', float('nan')):.2f}  trades {m.get('test_trades', 0):.0f}"
             f"  parity {m.get('onnx_parity_max_abs_diff', float('nan')):.1e}",
         )
+        summary.add(
+            "test vs baselines (net)",
+            f"sharpe 90% CI [{m.get('test_sharpe_ci_low', float('nan')):.2f}, {m.get('test_sharpe_ci_high', float('nan')):.2f}]"
+            f"  buy&hold {m.get('baseline_buy_and_hold_net_return', float('nan')):+.5f}"
+            f"  momentum {m.get('baseline_momentum_net_return', float('nan')):+.5f}  flat +0.00000"
+            f"  onnx 1-row p50 {m.get('onnx_latency_p50_us', float('nan')):.0f} µs",
+        )
         try:
             champ = client.get_model_version_by_alias(settings.model_name, "champion")
         except Exception:

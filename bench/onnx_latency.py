@@ -1,0 +1,79 @@
+"""Single-row latency: the exported ONNX graph (onnxruntime, 1 thread, no spinning) against the
+native model, interleaved in one run, for XGBoost (trend_v1 shape) and the ensemble (trend_v2
+shape: 46 features + a 64x9 sequence). Prints p50/p99 in µs and the native/ONNX ratio.
+
+    .venv/bin/python bench/onnx_latency.py [--n 2000]
+
+Synthetic data of the real shapes; the models are small (training them is not measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000, help="calls per case")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from training.config import TransformerConfig
+    from training.export import model_to_onnx, onnx_feeds, onnx_session
+    from training.models import (
+        EnsembleModel,
+        ModelData,
+        RegimeClassifier,
+        TransformerModel,
+        XGBModel,
+    )
+
+    rng = np.random.default_rng(0)
+
+    def data(n: int, f: int, seq: bool) -> ModelData:
+        x = rng.normal(size=(n, f)).astype(np.float32)
+        s = rng.normal(size=(n, 64, 9)).astype(np.float32) if seq else None
+        y = np.where(x[:, 0] > 0.5, 2, np.where(x[:, 0] < -0.5, 0, 1))
+        return ModelData(x, s, y)
+
+    xgb_params = {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.05}
+    d1 = data(3000, 13, False)
+    xgb = XGBModel(xgb_params).fit(d1)
+    d2 = data(1500, 46, True)
+    names = [f"f{i}" for i in range(46)]
+    ens = EnsembleModel(XGBModel(xgb_params), TransformerModel(TransformerConfig(epochs=1)), RegimeClassifier(names, "f1", "f2"))
+    ens.fit(d2.take(np.arange(1000)), d2.take(np.arange(1000, 1500)))
+
+    cases = {
+        "xgboost (13 features, 200 trees)": (xgb, model_to_onnx(xgb, 13), d1),
+        "ensemble (46 features + 64x9 sequence)": (ens, model_to_onnx(ens, 46, (64, 9)), d2),
+    }
+    print(f"single-row latency, {args.n} calls per case, interleaved (µs)")
+    print(f"{'model':<42} {'path':<8} {'p50':>9} {'p99':>9}")
+    for name, (model, onnx_model, d) in cases.items():
+        sess = onnx_session(onnx_model)
+        row = d.take(np.arange(1))
+        feeds = onnx_feeds(row.x, row.seq)
+        t_onnx, t_nat = np.empty(args.n), np.empty(args.n)
+        for _ in range(50):
+            sess.run(["probabilities"], feeds)
+            model.predict_proba(row)
+        for i in range(args.n):
+            t0 = time.perf_counter_ns()
+            sess.run(["probabilities"], feeds)
+            t1 = time.perf_counter_ns()
+            model.predict_proba(row)
+            t2 = time.perf_counter_ns()
+            t_onnx[i], t_nat[i] = t1 - t0, t2 - t1
+        for path, t in (("onnx", t_onnx), ("native", t_nat)):
+            print(f"{name:<42} {path:<8} {np.percentile(t, 50) / 1e3:9.1f} {np.percentile(t, 99) / 1e3:9.1f}")
+        print(f"{'':<42} ratio native/onnx p50 = {np.percentile(t_nat, 50) / np.percentile(t_onnx, 50):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
