@@ -3,7 +3,7 @@
 Position ``p_t`` is taken at bar *t*'s close and earns the next bar's log return
 ``ret_next_t``. Changing the position by ``|Δp|`` units pays, per unit traded:
 
-* half the bar's spread (``spread_rel_t / 2``; a round trip pays the whole spread),
+* half the bar's spread (``spread_ret_t / 2``; a round trip pays the whole spread),
 * half the round-trip commission,
 * the slippage model's estimate (replaceable; default ``k_s * spread + k_v * recent vol``),
 
@@ -51,7 +51,7 @@ class SlippageModel(Protocol):
 
 @dataclass(frozen=True)
 class SpreadVolSlippage:
-    """``spread_k * spread_rel + vol_k * stdev of the last `window` one-bar returns``."""
+    """``spread_k * spread_ret + vol_k * stdev of the last `window` one-bar returns``."""
 
     spread_k: float = 0.25
     vol_k: float = 0.05
@@ -73,7 +73,7 @@ class Costs:
 
 
 def _spread_rel(ds: pd.DataFrame) -> np.ndarray:
-    col = "spread_rel" if "spread_rel" in ds else "cost"
+    col = "spread_ret" if "spread_ret" in ds else "cost"
     return ds[col].to_numpy(dtype=float)
 
 

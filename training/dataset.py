@@ -110,6 +110,10 @@ def build_dataset(
     entity = pd.concat(frames, ignore_index=True)
     if entity.empty:
         raise ValueError(f"no labelled bars for {symbols} {timeframe} in [{start}, {end})")
+    names, has_seq = service_inputs(feature_service)
+    clash = set(entity.columns) & (set(names) | ({SEQ_FIELD} if has_seq else set()))
+    if clash:
+        raise ValueError(f"label columns {sorted(clash)} collide with features of {feature_service}")
     fs = store or open_store(settings)
     service = fs.get_feature_service(feature_service)
     joined = fs.get_historical_features(
@@ -117,7 +121,6 @@ def build_dataset(
     ).to_df()
     joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True)
     ds = entity.merge(joined, on=["symbol", "event_timestamp"], how="left", validate="one_to_one")
-    names, has_seq = service_inputs(feature_service)
     missing = ds[names].isna().any(axis=1)
     if has_seq:
         missing |= ds[SEQ_FIELD].isna()

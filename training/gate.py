@@ -216,7 +216,7 @@ def evaluate_gate(
     """Score ``version`` and the current champion on the challenger's test window and apply
     the rules; moves nothing.
 
-    ``window``: the OOS rows to score (features of both bundles, ``ret_next``, ``spread_rel``);
+    ``window``: the OOS rows to score (features of both bundles, ``ret_next``, ``spread_ret``);
     default: built through Feast for the challenger's ``test_range``."""
     client = client_for(settings)
     current = current_aliases(client, settings.model_name).get(CHAMPION)

@@ -19,7 +19,7 @@ For bar *t* (features known at its close), two labelling methods:
 The barrier unit uses bars ``≤ t`` only; outcomes use bars ``> t`` only. The last ``h`` bars
 have no label. ``label_end`` is the close of bar ``t+h`` for both methods (an upper bound of
 when the label is known, which is what purging needs). ``ret_next`` (the next bar's log
-return), ``spread_rel`` (spread / close) and ``cost`` feed the cost-aware backtest.
+return), ``spread_ret`` (spread / close) and ``cost`` feed the cost-aware backtest.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def make_labels(
 
     Returns ``symbol``, ``event_timestamp`` (the bar's close: when its features exist),
     ``label_end`` (close of bar t+h: when the label is known at the latest), ``fwd_ret``,
-    ``spread_rel``, ``cost`` (round trip), ``ret_next`` and ``label`` (0 short, 1 flat, 2 long).
+    ``spread_ret``, ``cost`` (round trip), ``ret_next`` and ``label`` (0 short, 1 flat, 2 long).
     """
     if horizon < 1:
         raise ValueError("horizon must be >= 1")
@@ -143,7 +143,7 @@ def make_labels(
             "event_timestamp": b["close_time"],
             "label_end": end,
             "fwd_ret": fwd,
-            "spread_rel": spread_rel,
+            "spread_ret": spread_rel,
             "cost": cost,
             "ret_next": nxt,
             "label": label,

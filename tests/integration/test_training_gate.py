@@ -32,7 +32,7 @@ def market(seed: int = 0) -> pd.DataFrame:
             "symbol": "EURUSD",
             "event_timestamp": t,
             "ret_next": ret,
-            "spread_rel": 5e-5,
+            "spread_ret": 5e-5,
             "f0": np.sign(ret) + rng.normal(0, 1.2, N),
             "f1": rng.normal(size=N),
             "f2": rng.normal(size=N),

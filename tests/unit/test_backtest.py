@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 def window(n: int = 500, drift: float = 0.0, seed: int = 1, spread: float = 1e-4) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     t = pd.date_range("2026-01-05 00:05", periods=n, freq="5min", tz="UTC")
-    return pd.DataFrame({"symbol": "EURUSD", "event_timestamp": t, "ret_next": rng.normal(drift, 5e-4, n), "spread_rel": spread})
+    return pd.DataFrame({"symbol": "EURUSD", "event_timestamp": t, "ret_next": rng.normal(drift, 5e-4, n), "spread_ret": spread})
 
 
 def test_backtest_when_always_flat_then_nothing_is_earned_or_paid() -> None:
