@@ -194,8 +194,13 @@ class ResilientTerminal:
         raise TerminalConnectionError(call, err)
 
     def __getattr__(self, call: str) -> Any:
+        """Any other call of the underlying terminal (``orders_get``, ``terminal_info``, …),
+        through the same retry logic; ``AttributeError`` when the terminal has no such call."""
         if call.startswith("_"):
             raise AttributeError(call)
+        term = self._term if self._term is not None else self.ensure_connected()
+        if not callable(getattr(term, call, None)):
+            raise AttributeError(f"{type(term).__name__} has no call {call!r}")
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             return self._invoke(call, *args, **kwargs)

@@ -97,8 +97,10 @@ from engine.mt5.protocol import (
     OrderCheckResult,
     OrderSendResult,
     SymbolInfo,
+    TerminalInfo,
     Tick,
     TradeDeal,
+    TradeOrder,
     TradePosition,
     TradeRequest,
     timeframe_seconds,
@@ -615,6 +617,29 @@ class SimulatedTerminal:
                 )
             )
         return self._ok(tuple(out))
+
+    def orders_get(
+        self, symbol: str | None = None, ticket: int | None = None, group: str | None = None
+    ) -> tuple[TradeOrder, ...] | None:
+        """Active pending orders: always none (market execution only)."""
+        if not self._ready():
+            return None
+        return self._ok(())
+
+    def terminal_info(self) -> TerminalInfo | None:
+        """The simulated terminal's state: connected, trading allowed."""
+        if not self._ready():
+            return None
+        return self._ok(
+            TerminalInfo(
+                community_account=False, community_connection=False, connected=True,
+                dlls_allowed=False, trade_allowed=True, tradeapi_disabled=False,
+                email_enabled=False, ftp_enabled=False, notifications_enabled=False, mqid=False,
+                build=0, maxbars=100_000, codepage=0, ping_last=0, community_balance=0.0,
+                retransmission=0.0, company=self.company, name=self.name, language="English",
+                path="", data_path="", commondata_path="",
+            )
+        )  # fmt: skip
 
     def history_deals_get(
         self,

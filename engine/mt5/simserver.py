@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 FUNCTIONS = (
     "initialize", "shutdown", "last_error", "account_info", "symbol_info", "symbol_info_tick",
     "symbol_select", "symbols_get", "copy_rates_range", "copy_rates_from", "copy_rates_from_pos",
-    "order_check", "order_send", "positions_total", "positions_get", "history_deals_get",
+    "order_check", "order_send", "positions_total", "positions_get", "orders_get",
+    "history_deals_get", "terminal_info",
 )  # fmt: skip
 """The official functions the simulated module provides."""
 

@@ -111,6 +111,7 @@ def test_bridge_when_connected_then_every_call_answers_as_the_terminal_behind_it
     assert term.positions_get(ticket=res.order) == ref.positions_get(ticket=res.order)
     assert term.history_deals_get(0, 2**31) == ref.history_deals_get(0, 2**31)
     assert term.history_deals_get(position=res.order) == ref.history_deals_get(position=res.order)
+    assert term.orders_get() == () and term.terminal_info() == ref.terminal_info()
     chk = term.order_check(_deal(type_filling=P.ORDER_FILLING_RETURN))
     assert chk is not None and chk.retcode == P.TRADE_RETCODE_INVALID_FILL
     assert term.symbol_info("NOPE") is None and ref.symbol_info("NOPE") is None

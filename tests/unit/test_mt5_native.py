@@ -175,3 +175,12 @@ def test_native_without_module_then_runtime_error_names_the_platform(monkeypatch
     monkeypatch.setitem(sys.modules, "MetaTrader5", None)
     with pytest.raises(RuntimeError, match=sys.platform):
         NativeTerminal()
+
+
+def test_resilient_when_asked_for_other_calls_then_forwards_those_the_terminal_has(link: Link) -> None:
+    term = open_terminal("native")
+    assert term.positions_total() == 0  # type: ignore[attr-defined]
+    assert term.orders_get() == ()  # type: ignore[attr-defined]  # the stand-in has no pending orders
+    assert getattr(term, "time_current", None) is None  # a simulator-only call is not invented
+    with pytest.raises(AttributeError):
+        term.copy_ticks_range  # type: ignore[attr-defined]  # noqa: B018

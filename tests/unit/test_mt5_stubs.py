@@ -203,6 +203,7 @@ def test_simulated_terminal_when_answering_then_every_field_has_the_documented_t
         "Tick": (term.symbol_info_tick("USDJPY"), stubs.classes["Tick"]),
         "OrderSendResult": (res, stubs.classes["OrderSendResult"]),
         "TradePosition": ((term.positions_get() or (None,))[0], stubs.classes["TradePosition"]),
+        "TerminalInfo": (term.terminal_info(), stubs.classes["TerminalInfo"]),
     }
     problems = {}
     for name, (value, spec) in answers.items():
