@@ -108,24 +108,33 @@ def _engine(world: Any, model: Any, journal_target: str) -> Any:
                   clock=lambda: float(world.now[0]), sleep=lambda s: None)  # fmt: skip
 
 
-def vectorised(world: Any, sess: Any, min_conf: float) -> tuple[float, int, float]:
-    """The same bars as one numpy program: batched ONNX, positions, after-spread P&L."""
+def vectorised(world: Any, sess: Any, min_conf: float) -> tuple[float, int, float, dict[str, dict[int, int]]]:
+    """The same bars as one numpy program: batched ONNX, positions, after-spread P&L (closes
+    are bid prices, so a round trip costs one spread: half a spread per unit of position change)."""
     from engine.mt5 import TIMEFRAMES
 
+    world.set_time(max(int(world.features._tables[s][0][-1]) for s in SYMBOLS))  # every bar visible
     t0 = time.perf_counter()
     total, n = 0.0, 0
+    positions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for sym in SYMBOLS:
         t, x = world.features._tables[sym]
         rates = world.terminal.copy_rates_range(sym, TIMEFRAMES["M5"], int(t[0]) + 7200 - 300, int(t[-1]) + 7200 - 300)
-        close = rates["close"][-len(t):]
-        spread = rates["spread"][-len(t):] * 1e-5
+        close_time = rates["time"].astype(np.int64) - 7200 + 300
+        idx = np.searchsorted(close_time, t)
+        if not np.array_equal(close_time[np.minimum(idx, len(close_time) - 1)], t):
+            raise AssertionError(f"{sym}: bars and feature rows are not aligned")
+        close = rates["close"][idx]
+        spread = rates["spread"][idx] * 1e-5
         p = sess.run(["probabilities"], {"input": x.astype(np.float32)})[0]
         k = p.argmax(1)
         pos = np.where(p[np.arange(len(k)), k] >= min_conf, k - 1, 0)
-        pnl = pos[:-1] * np.diff(close) - np.abs(np.diff(pos, prepend=0))[:-1] * spread[:-1]
+        pnl = pos[:-1] * np.diff(close) - 0.5 * np.abs(np.diff(pos, prepend=0))[:-1] * spread[:-1]
         total += float(pnl.sum())
         n += len(t)
-    return time.perf_counter() - t0, n, total
+        positions[sym] = (t, pos)
+    dt = time.perf_counter() - t0
+    return dt, n, total, {s: dict(zip(t.tolist(), p.tolist(), strict=True)) for s, (t, p) in positions.items()}
 
 
 def main() -> None:
@@ -175,14 +184,17 @@ def main() -> None:
         res2 = run_backtest(e2, w2.closes, SYMBOLS, w2.set_time)
 
         w3 = world()
-        dt_vec, n_vec, pnl = vectorised(w3, local.session, float(manifest.get("min_confidence", 0.0)))
+        dt_vec, n_vec, pnl, vec_pos = vectorised(w3, local.session, float(manifest.get("min_confidence", 0.0)))
+        side = {"long": 1, "short": -1, "flat": 0}
+        rows = [r for r in e.journal.rows() if r["decision"] in side]
+        same = sum(vec_pos[r["symbol"]].get(int(r["bar_close"])) == side[r["decision"]] for r in rows)
         print("\nbacktest throughput (same bars)")
         print(f"  engine, journal on disk    {res.bars_per_s:>12,.0f} bars/s  ({res.decisions} in {res.seconds:.2f} s)")
         print(f"  engine, journal in memory  {res2.bars_per_s:>12,.0f} bars/s  ({res2.decisions} in {res2.seconds:.2f} s)")
         print(f"  vectorised numpy loop      {n_vec / dt_vec:>12,.0f} bars/s  ({n_vec} in {dt_vec * 1e3:.1f} ms)")
         print(f"  ratio vectorised / engine  {(n_vec / dt_vec) / res2.bars_per_s:>12,.0f}x (in-memory journal)")
-        print(f"  P&L at 0.1 lot: vectorised {pnl * 0.1 * 100_000:,.2f} USD, engine {(res.equity or 0) - 10_000:,.2f} USD "
-              "(the engine's stops, fills and risk refusals make them differ)")
+        print(f"  same model decision as the engine on {same}/{len(rows)} bars; P&L at 0.1 lot: vectorised "
+              f"{pnl * 0.1 * 100_000:,.2f} USD, engine {(res.equity or 0) - 10_000:,.2f} USD (fills, refusals, open position)")
 
         # -- via serving
         serving(args, bundle, manifest, tmp, world, names)
