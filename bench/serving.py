@@ -307,6 +307,21 @@ def throughput(target: Target, body: bytes, concurrency: int, seconds: float) ->
     return sum(counts) / elapsed
 
 
+def server_side_mean_ms(base_url: str) -> float:
+    """Mean time inside the tx middleware for successful /v1/predict calls (its histogram)."""
+    import httpx
+
+    text = httpx.get(base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    total = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for part in total:
+            if line.startswith(f"tx_serving_request_duration_seconds_{part}{{") and (
+                'endpoint="/v1/predict"' in line and 'outcome="ok"' in line
+            ):
+                total[part] += float(line.rsplit(" ", 1)[1])
+    return 1e3 * total["sum"] / max(total["count"], 1.0)
+
+
 def stats(ms: np.ndarray) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
@@ -390,6 +405,7 @@ def main() -> None:
                 for t in targets:
                     http[t.name][f"req_per_s_c{c}"] = throughput(t, body, c, args.seconds)
             results["http"] = http
+            results["tx_server_side_mean_ms"] = server_side_mean_ms(tx_url)
 
     # --- report -------------------------------------------------------------------------
     print("\nin process (one row)                      p50 ms   p99 ms")
@@ -407,6 +423,9 @@ def main() -> None:
         print(
             f"  {'throughput c=' + str(c):<36} {tx[k]:9.0f}/s  {base[k]:9.0f}/s  {tx[k] / base[k]:5.1f}x"
         )
+    print(
+        f"  {'tx time inside its middleware (mean)':<36} {results['tx_server_side_mean_ms']:10.3f} ms"
+    )
     floor = inproc["onnxruntime_tuned"]["p50_ms"]
     print(
         f"\ntx HTTP p50 is {tx['raw_client']['p50_ms'] / floor:.0f}x the in-process onnxruntime call "

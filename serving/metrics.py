@@ -71,7 +71,15 @@ class ServingMetrics:
             **kw,
         )
 
+        # labelled children by label tuple: ``.labels()`` validates and locks on every call
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
     def observe(self, endpoint: str, model_version: str, outcome: str, seconds: float) -> None:
         """Count one request and its latency."""
-        self.latency.labels(endpoint, model_version, outcome).observe(seconds)
-        self.requests.labels(endpoint, model_version, outcome).inc()
+        key = (endpoint, model_version, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.latency.labels(*key), self.requests.labels(*key))
+            self._children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
