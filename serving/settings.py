@@ -79,7 +79,7 @@ class ServingSettings(BaseSettings):
     serving_shadow_queue: int = Field(
         default=10_000,
         ge=1,
-        description="Shadow rows waiting to be scored before new ones are dropped.",
+        description="Shadow requests waiting to be scored before new ones are dropped.",
     )
 
     @property
