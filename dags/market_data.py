@@ -32,11 +32,13 @@ def market_data() -> None:
 
     @sdk.task
     def validate(staged: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:
-        from feature_repo.pipeline.validate import validate_interval
+        """Hard failures quarantine the day and fail this task (downstream does not run);
+        soft failures are logged as warnings and the bars proceed (TX_VALIDATION_SEVERITY)."""
+        from feature_repo.pipeline.validate import validate_symbols
         from infra.settings import PlatformSettings
 
         s = PlatformSettings()
-        return [validate_interval(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict() for sym in s.symbols]  # type: ignore[arg-type]
+        return validate_symbols(s, s.symbols, s.timeframe, data_interval_start, data_interval_end)  # type: ignore[arg-type]
 
     @sdk.task
     def features(validated: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:

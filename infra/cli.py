@@ -60,15 +60,47 @@ def ingest(start: Date, end: Date, symbol: Annotated[str | None, typer.Option(he
 
 @app.command()
 def validate(start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None) -> None:
-    """Validate staged bars with Great Expectations: pass → lake, fail → quarantine (exit 1)."""
-    from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
+    """Validate staged bars with Great Expectations: pass → lake (soft flags beside it), hard
+    failure → quarantine (exit 1). Severities: TX_VALIDATION_SEVERITY / TX_VALIDATION_CONFIG."""
+    from feature_repo.pipeline.validate import QuarantinedSymbols, validate_symbols
 
     s = _settings()
     try:
-        _echo([validate_interval(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict() for sym in _symbols(symbol)])
+        _echo(validate_symbols(s, _symbols(symbol), s.timeframe, _utc(start), _utc(end)))
+    except QuarantinedSymbols as exc:
+        _echo([r.to_dict() for r in exc.reports])
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+# --- data: the validation quarantine (validation helper) ---------------------------------------
+data_app = typer.Typer(help="The bar lake's quarantine: list and release validated batches.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("quarantine")
+def data_quarantine() -> None:
+    """List the quarantined day partitions with their hard failures and folders."""
+    from feature_repo.pipeline.validate import list_quarantine
+
+    _echo(list_quarantine(_settings()))
+
+
+@data_app.command("release")
+def data_release(
+    symbol: Annotated[str, typer.Argument(help="e.g. EURUSD")],
+    day: Annotated[datetime, typer.Argument(formats=["%Y-%m-%d"], help="UTC day of the partition")],
+    timeframe: Annotated[str | None, typer.Option(help="Default: TX_TIMEFRAME")] = None,
+) -> None:
+    """Re-validate a quarantined partition (fix its bars.parquet first); pass → lake (exit 0)."""
+    from feature_repo.pipeline.validate import BatchQuarantined, release_partition
+
+    s = _settings()
+    try:
+        _echo(release_partition(s, symbol.upper(), timeframe or s.timeframe, day.date()).to_dict())
     except BatchQuarantined as exc:
         _echo(exc.report.to_dict())
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: still failing: {exc}", err=True)
         raise typer.Exit(1) from exc
 
 

@@ -139,10 +139,13 @@ def load_config(path: Path | None = None, severity_overrides: str | dict[str, st
         raise ValidationConfigError(f"unknown validation rule(s) {sorted(unknown)}; rules: {', '.join(RULES)}")
     if "*" in overrides:
         for r in rules:
-            rules[r]["severity"] = overrides["*"]
+            if r != "schema":  # a partition with the wrong schema can never enter the lake
+                rules[r]["severity"] = overrides["*"]
     for r, sev in overrides.items():
         if r != "*":
             rules[r]["severity"] = sev
+    if rules["schema"].get("severity") != "hard":
+        raise ValidationConfigError("rule schema is always hard: a partition with the wrong schema cannot enter the lake")
     for r, spec in rules.items():
         if spec.get("severity") not in SEVERITIES:
             raise ValidationConfigError(f"rule {r}: severity must be one of {SEVERITIES}, got {spec.get('severity')!r}")

@@ -214,11 +214,10 @@ def validate_frame(
     results = []
     stats: dict[str, Any] = {"rows": len(frame)}
 
-    schema_result = _run_suite(frame, build_schema_suite(symbol, timeframe)) if schema_sev != "off" else None
-    if schema_result is not None:
-        results.append(schema_result)
-        _collect(schema_result, frame.index, reasons, sev, failures, schema_sev)
-    if schema_result is None or schema_result.success or schema_sev == "soft":
+    schema_result = _run_suite(frame, build_schema_suite(symbol, timeframe))
+    results.append(schema_result)
+    _collect(schema_result, frame.index, reasons, sev, failures, schema_sev)
+    if schema_result.success:  # the FX-aware suite needs the schema to hold
         hist = history if history is not None and len(history) else pd.DataFrame(columns=lake.BAR_COLUMNS)
         checked, info = annotate(frame, hist, symbol, timeframe, as_of_s, cfg)
         stats.update(info)
@@ -427,3 +426,38 @@ def list_quarantine(settings: PlatformSettings) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+class QuarantinedSymbols(BatchQuarantined):
+    """Raised by :func:`validate_symbols` when any symbol had a hard failure (all were run)."""
+
+    def __init__(self, reports: list[ValidationReport], failed: list[BatchQuarantined]) -> None:
+        self.reports = reports
+        self.failed = failed
+        RuntimeError.__init__(self, " | ".join(str(e) for e in failed))
+        self.report = failed[0].report
+
+
+def validate_symbols(
+    settings: PlatformSettings, symbols: list[str], timeframe: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """The DAG's validate task: every symbol is validated (one symbol's quarantine does not stop
+    the others); soft flags are logged as warnings; any hard failure raises
+    :class:`QuarantinedSymbols` at the end, so the task fails loudly."""
+    reports: list[ValidationReport] = []
+    failed: list[BatchQuarantined] = []
+    for sym in symbols:
+        try:
+            reports.append(validate_interval(settings, sym, timeframe, start, end))
+        except BatchQuarantined as exc:
+            failed.append(exc)
+            reports.append(exc.report)
+    for r in reports:
+        if r.flagged_rows:
+            log.warning(
+                "validation: %s %s [%s, %s) passed with %d soft-flagged row(s): %s",
+                r.symbol, r.timeframe, r.start, r.end, r.flagged_rows, r.soft_failures,
+            )  # fmt: skip
+    if failed:
+        raise QuarantinedSymbols(reports, failed)
+    return [r.to_dict() for r in reports]

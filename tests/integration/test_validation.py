@@ -337,6 +337,9 @@ def test_config_when_overrides_name_unknown_rules_or_severities_then_they_are_re
         load_config(severity_overrides="no_such_rule=hard")
     with pytest.raises(ValidationConfigError):
         load_config(severity_overrides="price_jump=loud")
+    assert load_config(severity_overrides="*=off").severity("schema") == "hard"
+    with pytest.raises(ValidationConfigError, match="schema is always hard"):
+        load_config(severity_overrides="schema=soft")
 
 
 def test_config_when_a_yaml_overrides_a_threshold_then_it_is_merged_over_the_defaults(tmp_path: Path) -> None:
