@@ -48,14 +48,14 @@ def observe(url: str, project: str, r0: float, t0: float, speed: float, n_events
 
     from engine.online_format import decode_timestamp, entity_key
 
-    r = redis.Redis.from_url(url)
+    r: Any = redis.Redis.from_url(url)
     db = int(url.rsplit("/", 1)[1] or 0)
     keys = {entity_key("symbol", s, project): s for s in SYMBOLS}
     ps = r.pubsub()
     ps.psubscribe(f"__keyspace@{db}__:*")
     ps.get_message(timeout=1.0)  # the subscribe confirmation
     ready.set()
-    rec = []
+    rec: list[dict[str, Any]] = []
     while len(rec) < n_events:
         msg = ps.get_message(timeout=30.0)
         seen = time.time()

@@ -56,7 +56,7 @@ def main() -> None:
         backfill(s, start, start + timedelta(days=2))
         store = open_store(s)
         v2_service, v1_service = store.get_feature_service("trend_v2"), store.get_feature_service("trend_v1")
-        r = redis.Redis.from_url(s.redis_url)
+        r: Any = redis.Redis.from_url(s.require_redis_url())
         v2 = OnlineFeatureReader.from_manifest(
             r,
             {
