@@ -20,6 +20,8 @@ from tests.conftest import Platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+TOKEN = "e2e-serving-token"
+
 
 @pytest.fixture(scope="module")
 def served(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
@@ -37,9 +39,10 @@ def served(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iter
     MlflowClient(s.tracking_uri, s.tracking_uri).set_registered_model_alias(s.model_name, "e2e", res.version)
     imported = import_from_registry(s.tracking_uri, s.model_name, "e2e", bentoml_home=tmp / "bentoml")
     port = free_port()
-    proc = start_server(host="127.0.0.1", port=port, model_tag=imported.bentoml_tag, bentoml_home=str(tmp / "bentoml"), log_path=tmp / "serving.log")
+    proc = start_server(host="127.0.0.1", port=port, model_tag=imported.bentoml_tag, bentoml_home=str(tmp / "bentoml"),
+                        log_path=tmp / "serving.log", token=TOKEN, tracking_uri=s.tracking_uri, model_name=s.model_name)  # fmt: skip
     try:
-        wait_ready(f"http://127.0.0.1:{port}", 120, proc=proc, log_path=tmp / "serving.log")
+        wait_ready(f"http://127.0.0.1:{port}", 120, proc=proc, log_path=tmp / "serving.log", token=TOKEN)
         yield f"http://127.0.0.1:{port}", imported.manifest
     finally:
         stop_server(proc)
@@ -49,10 +52,10 @@ def _engine(platform: Platform, url: str, manifest: dict, journal: Journal, term
     s = platform.settings
     return Engine(
         terminal=terminal,
-        features=OnlineFeatureReader(redis.Redis.from_url(s.redis_url), project=s.feast_project, feature_view=manifest["feature_view"], features=manifest["features"]),
-        model=ServingClient(url, timeout_s=5.0),
+        features=OnlineFeatureReader.from_manifest(redis.Redis.from_url(s.redis_url), manifest, project=s.feast_project),
+        model=ServingClient(url, timeout_s=5.0, token=TOKEN),
         journal=journal,
-        limits=RiskLimits(max_position_lots=1.0),
+        limits=RiskLimits(max_position_lots=1.0, max_consecutive_losses=0, daily_loss_limit=0.0, max_drawdown=0.0),
         lots=0.1,
         magic=777,
         clock=lambda: float(now[0]),
@@ -86,6 +89,8 @@ def test_engine_when_bars_close_then_every_decision_is_journaled_and_a_restart_r
     assert len(rows) == 25
     assert all(r["verdict"] in ("sent", "hold") for r in rows), [r["reason"] for r in rows if r["verdict"] not in ("sent", "hold")]
     assert all(r["feature_time"] == r["bar_close"] for r in rows)
+    assert all({"feature_ms", "predict_ms", "total_ms"} <= set(r["latency_ms"]) for r in rows)
+    assert not engine.journal.intents("pending")  # every write-ahead intent got its result
     assert len({r["model_version"] for r in rows}) == 1 and rows[0]["model_version"]
     sent_before = [r for r in rows if r["verdict"] == "sent"]
     deals_before = len(terminal.history_deals_get(0, 2**31) or ())
