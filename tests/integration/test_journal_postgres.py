@@ -85,3 +85,17 @@ def test_engine_on_postgres_when_it_crashes_between_send_and_journal_then_restar
     assert len(e2.reconcile()["recovered"]) == 1
     assert e2.on_bar("EURUSD", now[0]).verdict == "hold"  # type: ignore[union-attr]
     assert len(term.sent) == 1 and len(e2.positions()) == 1
+
+
+def test_engine_settings_when_journal_url_is_postgres_then_the_built_engine_journals_there(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.app import build_engine
+    from engine.config import EngineSettings
+
+    monkeypatch.setenv("TX_JOURNAL_URL", pg_url)
+    now = [MONDAY_0800]
+    e = build_engine(EngineSettings(), terminal=sim_terminal(now), features=ClockFeatures(now), model=ScriptedModel(1),
+                     clock=lambda: float(now[0]), sleep=lambda s: None)  # fmt: skip
+    assert e.journal.postgres
+    assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
+    e.journal.close()
+    assert Journal(pg_url).counts() == {"sent": 1} and Journal(pg_url).load_state("risk") is not None
