@@ -56,12 +56,13 @@ def _deals(term: FaultyTerminal) -> list[mt5.TradeDeal]:
 
 
 # --- success and retried answers ---------------------------------------------------------------
-def test_order_when_broker_requotes_once_then_retries_with_a_fresh_price_and_fills_once(tmp_path: Path) -> None:
-    now, term, e = _world(tmp_path, [mt5.TRADE_RETCODE_REQUOTE])
+@pytest.mark.parametrize("retcode", [mt5.TRADE_RETCODE_REQUOTE, mt5.TRADE_RETCODE_PRICE_CHANGED])
+def test_order_when_broker_requotes_once_then_retries_with_a_fresh_price_and_fills_once(tmp_path: Path, retcode: int) -> None:
+    now, term, e = _world(tmp_path, [retcode])
     rec = e.on_bar("EURUSD", now[0])
     assert rec is not None and rec.verdict == "sent" and rec.retcode == mt5.TRADE_RETCODE_DONE
-    assert len(term.sent) == 2 and len(_deals(term)) == 1
-    assert [a["retcode"] for a in rec.order_result["results"][0]["attempts"]] == [10004, 10009]  # type: ignore[index]
+    assert len(term.sent) == 2 and len(_deals(term)) == 1 and "price" in term.sent[1]
+    assert [a["retcode"] for a in rec.order_result["results"][0]["attempts"]] == [retcode, 10009]  # type: ignore[index]
 
 
 def test_order_when_broker_has_no_prices_beyond_the_retry_budget_then_refuses_no_prices(tmp_path: Path) -> None:
@@ -77,12 +78,19 @@ def test_order_when_broker_rejects_once_then_retries_and_fills(tmp_path: Path) -
     assert rec is not None and rec.verdict == "sent" and len(term.sent) == 2 and len(_deals(term)) == 1
 
 
-def test_order_when_reply_is_lost_on_the_connection_then_it_is_found_by_client_id_and_not_resent(tmp_path: Path) -> None:
-    now, term, e = _world(tmp_path, [("lost", mt5.TRADE_RETCODE_CONNECTION)])
+@pytest.mark.parametrize("retcode", [mt5.TRADE_RETCODE_CONNECTION, 10012])  # 10012: TRADE_RETCODE_TIMEOUT
+def test_order_when_reply_is_lost_on_the_connection_then_it_is_found_by_client_id_and_not_resent(tmp_path: Path, retcode: int) -> None:
+    now, term, e = _world(tmp_path, [("lost", retcode)])
     rec = e.on_bar("EURUSD", now[0])
     assert rec is not None and rec.verdict == "sent"
     assert rec.order_result["results"][0]["status"] == "recovered"  # type: ignore[index]
     assert len(term.sent) == 1 and len(e.positions("EURUSD")) == 1
+
+
+def test_order_when_connection_fails_before_execution_then_it_retries_and_fills_exactly_once(tmp_path: Path) -> None:
+    now, term, e = _world(tmp_path, [mt5.TRADE_RETCODE_CONNECTION])  # not executed: the lookup finds nothing
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "sent" and len(term.sent) == 2 and len(e.positions("EURUSD")) == 1
 
 
 def test_order_when_order_send_returns_none_then_it_retries_and_fills_exactly_once(tmp_path: Path) -> None:

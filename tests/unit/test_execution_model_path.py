@@ -197,3 +197,22 @@ def test_fallback_when_serving_last_ran_another_bundle_then_model_mismatch_and_n
     e = _engine(tmp_path, now, FallbackModel(client, local))
     rec = e.on_bar("EURUSD", now[0])
     assert rec is not None and rec.verdict == "refused" and rec.reason_code == "model_mismatch"
+
+
+def test_model_handle_when_reloaded_after_a_new_bundle_lands_then_the_fallback_runs_the_new_hash(tmp_path: Path) -> None:
+    from engine.app import ModelHandle
+    from engine.config import EngineSettings
+
+    d = tmp_path / "bundle"
+    d.mkdir()
+    first = _onnx_bytes(LONG_W)
+    (d / "model.onnx").write_bytes(first)
+    (d / "manifest.json").write_text(json.dumps(_manifest(first)))
+    s = EngineSettings(TX_ENGINE_SERVING_FALLBACK="onnx", TX_ENGINE_BUNDLE_DIR=d, serving_url="http://127.0.0.1:9", serving_timeout_s=0.2)
+    handle = ModelHandle(s)
+    assert handle.predict(ROW).position == 1  # serving down: the local bundle answers
+    second = _onnx_bytes(-LONG_W)  # the promoted model calls the same row short
+    (d / "model.onnx").write_bytes(second)
+    (d / "manifest.json").write_text(json.dumps(_manifest(second)))
+    assert handle.reload() == {"reloaded": True, "fallback_bundle_sha256": hashlib.sha256(second).hexdigest()}
+    assert handle.predict(ROW).position == -1
