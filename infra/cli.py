@@ -167,7 +167,7 @@ def features_stream(
 
     typer.echo(f"streaming {s.symbols} {s.timeframe} features to {s.redis_url} ({writer} writer); Ctrl-C stops")
     try:
-        pusher.run(max_bars=max_bars, wait_s=wait_s, on_push=report)
+        pusher.run(max_bars=max_bars, wait_s=wait_s, on_push=report, push_last_closed=True)
     except KeyboardInterrupt:
         typer.echo("stopped")
     total = np.array(pusher.stats.fetch_s) + np.array(pusher.stats.compute_s) + np.array(pusher.stats.write_s)
