@@ -13,8 +13,8 @@ Two parts:
 States: ``ACTIVE`` trades freely; ``REDUCING`` only lets orders through that bring a position
 closer to flat; ``HALTED`` refuses every engine order (an operator may still flatten through
 the control API). Transitions: kill switch / max drawdown → HALTED (operator resume needed);
-daily loss limit → HALTED until the next UTC day; max consecutive losses or "no money" →
-REDUCING (operator resume needed).
+daily loss limit → HALTED until the next UTC day; max consecutive losses → REDUCING until
+the next UTC day (or resume); "no money" → REDUCING (operator resume needed).
 """
 
 from __future__ import annotations
@@ -218,6 +218,9 @@ class RiskManager:
             st.day, st.day_start_equity = day, equity
             changed = True
             if st.trading_state is TradingState.HALTED and st.state_reason == Reason.DAILY_LOSS_LIMIT:
+                self.set_state(TradingState.ACTIVE, "", "new trading day")
+            if st.trading_state is TradingState.REDUCING and st.state_reason == Reason.MAX_CONSECUTIVE_LOSSES:
+                st.consecutive_losses = 0  # a losing streak throttles for the rest of its day
                 self.set_state(TradingState.ACTIVE, "", "new trading day")
         if equity > st.peak_equity:
             st.peak_equity = equity

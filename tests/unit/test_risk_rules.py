@@ -157,6 +157,18 @@ def test_order_when_consecutive_losses_reach_limit_then_reducing_and_only_reduct
     assert rm.check(current_lots=0.2, target_lots=0.0).allowed  # closing is still allowed
 
 
+def test_losing_streak_reducing_when_the_next_utc_day_starts_then_trading_resumes_with_a_fresh_count() -> None:
+    rm = RiskManager(RiskLimits(max_consecutive_losses=2))
+    rm.observe_equity(10_000.0, MONDAY_0800)
+    rm.observe_closed_trades([(1, -1.0), (2, -1.0)])
+    assert rm.state.trading_state is TradingState.REDUCING
+    rm.observe_equity(9_998.0, MONDAY_0800 + 3600)  # same day: still reducing
+    assert rm.state.trading_state is TradingState.REDUCING
+    rm.observe_equity(9_998.0, MONDAY_0800 + DAY)
+    assert rm.state.trading_state is TradingState.ACTIVE and rm.state.consecutive_losses == 0
+    assert rm.check(current_lots=0.0, target_lots=0.1).allowed
+
+
 # --- market context -------------------------------------------------------------------------
 def test_order_when_features_are_older_than_limit_then_refuses_stale() -> None:
     v = check_order(RiskLimits(max_feature_age_s=60), current_lots=0, target_lots=0.1, feature_age_s=75)
