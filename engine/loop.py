@@ -274,6 +274,15 @@ class Engine:
             current_lots=current, target_lots=target, other_lots=other, now=self.clock(),
             spread_points=spread, market_open=market_open, feature_age_s=feature_age, new_orders=max(n_orders, 1),
         )  # fmt: skip
+        if not v.allowed and current != 0 and target != 0 and (target > 0) != (current > 0):
+            # a flip the rules refuse may still close the position (e.g. REDUCING, exposure)
+            v_close = self.risk.check(
+                current_lots=current, target_lots=0.0, other_lots=other, now=self.clock(), spread_points=spread,
+                market_open=market_open, feature_age_s=feature_age, new_orders=len(self.positions(symbol)),
+            )  # fmt: skip
+            if v_close.allowed:
+                log.info("%s: %s refuses the flip (%s); closing only", symbol, v.reason, v.detail)
+                return current, 0.0, sl_d, tp_d
         if not v.allowed:
             assert v.reason is not None
             raise _Refuse(v.reason, v.detail)

@@ -138,9 +138,9 @@ def test_order_when_rate_exceeds_max_orders_per_minute_then_refuses() -> None:
 def test_engine_when_the_model_flips_faster_than_the_order_rate_then_refuses(tmp_path: Path) -> None:
     now = [MONDAY_0800]
     model = ScriptedModel(1)
-    e = _engine(tmp_path, now, RiskLimits(max_orders_per_minute=2), model=model)
+    e = _engine(tmp_path, now, RiskLimits(max_orders_per_minute=1), model=model)
     assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
-    model.position = -1  # flip: close + open = 2 more orders within the same minute
+    model.position = -1  # flip: close + open (or even the close alone) is over the rate within the same minute
     now[0] += 10
     rec = e.on_bar("EURUSD", now[0])
     assert rec is not None and rec.verdict == "refused" and rec.reason_code == "max_orders_per_minute"
@@ -236,3 +236,15 @@ def test_engine_when_replaying_a_day_then_every_bar_is_journaled_with_stage_late
     assert [r["verdict"] for r in rows] == ["sent", "hold", "hold", "hold", "hold"]
     assert {"feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms"} <= set(rows[0]["latency_ms"])
     assert all(r["trading_state"] == "ACTIVE" and r["model_version"] == "7" for r in rows)
+
+
+def test_engine_when_reducing_and_the_model_flips_then_it_closes_without_opening_the_other_side(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    model = ScriptedModel(1)
+    e = _engine(tmp_path, now, model=model)
+    assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
+    e.risk.set_state(TradingState.REDUCING, Reason.OPERATOR, "test")
+    model.position = -1
+    now[0] += 300
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "sent" and rec.target_lots == 0.0 and e.positions() == ()
