@@ -54,7 +54,7 @@ bench: setup
 	$(VENV)/bin/python bench/online_read.py
 	$(VENV)/bin/python bench/mt5_bridge.py
 	$(VENV)/bin/python bench/freshness.py
-	$(VENV)/bin/python bench/engine.py --days 3
+	$(VENV)/bin/python bench/engine_loop.py --days 3
 	$(VENV)/bin/python bench/materialize.py
 	$(VENV)/bin/python bench/serving.py
 

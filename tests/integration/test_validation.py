@@ -61,7 +61,7 @@ def platform(base: PlatformSettings) -> Iterator[PlatformSettings]:
     for root in (base.staging_dir, base.lake_dir, base.quarantine_dir):
         lake.remove_partition(root, SYM, TF, DAY.date())
     (base.quarantine_dir / "releases.jsonl").unlink(missing_ok=True)
-    for f in base.offline_features_dir.rglob(f"*{DAY.date().isoformat()}*"):
+    for f in base.offline_features_dir.parent.rglob(f"*{DAY.date().isoformat()}*"):  # every view
         f.unlink() if f.is_file() else shutil.rmtree(f)
     redis.Redis.from_url(base.require_redis_url()).flushdb()
     materialize(base, HISTORY_START, DAY, TF)
@@ -99,7 +99,7 @@ def _redis_event_time(s: PlatformSettings) -> float:
 
 
 def _offline_event_times(s: PlatformSettings) -> pd.Series:
-    files = sorted(s.offline_features_dir.rglob("*.parquet"))
+    files = sorted(s.offline_features_dir.parent.rglob("*.parquet"))  # every view
     return pd.concat([pq.read_table(f, columns=["event_timestamp"]).to_pandas()["event_timestamp"] for f in files])
 
 

@@ -11,7 +11,7 @@ training helper's bundles plug in the same way through ``--bundle``). Serving: `
 (with ``--serving-token``) uses a running service; otherwise the bench tries to start the
 BentoML service on the bundle and reports why when it cannot.
 
-    .venv/bin/python bench/engine.py [--days 5] [--serving-bars 300] [--bundle DIR]
+    .venv/bin/python bench/engine_loop.py [--days 5] [--serving-bars 300] [--bundle DIR]
 """
 
 from __future__ import annotations
