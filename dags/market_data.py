@@ -6,6 +6,7 @@ interval and passes references (counts, paths) on. Intraday timeframes run daily
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
 from airflow import sdk
@@ -15,8 +16,10 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 @sdk.dag(
     dag_id="market_data",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
+    # history to backfill: with TX_DAG_CATCHUP=true the scheduler runs every missed daily
+    # interval since TX_DAG_START_DATE (or use `airflow backfill create --dag-id market_data`)
+    start_date=datetime.fromisoformat(os.environ.get("TX_DAG_START_DATE", "2024-01-01")),
+    catchup=os.environ.get("TX_DAG_CATCHUP", "false").lower() in ("1", "true", "yes"),
     max_active_runs=1,
     tags=["data"],
     default_args={"retries": 0},
