@@ -29,10 +29,8 @@ from typing import Any
 
 import numpy as np
 
-if __name__ == "__main__":  # this file is named like the package it measures: import the package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
+# run as `python bench/engine_loop.py`: the repository root goes on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 START = 1_768_204_800  # 2026-01-12 00:00 UTC, a Monday
 SYMBOLS = ["EURUSD", "GBPUSD"]

@@ -10,23 +10,17 @@ Synthetic data of the real shapes; the models are small (training them is not me
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def _repo_first_on_path() -> None:
-    # `python bench/x.py` puts bench/ first on sys.path, where bench/engine.py would shadow the
-    # engine package: the repository root goes first instead.
-    import sys
-
-    root = str(Path(__file__).resolve().parents[1])
-    sys.path[:] = [root, *[p for p in sys.path if p not in (root, str(Path(__file__).resolve().parent))]]
+# run as `python bench/x.py`: the repository root goes on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    _repo_first_on_path()
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="calls per case")
     args = ap.parse_args()

@@ -8,6 +8,7 @@ trials) and the fit times of XGBoost and the transformer.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,17 +28,12 @@ def synthetic(rows: int, names: list[str]) -> pd.DataFrame:
     return ds
 
 
-def _repo_first_on_path() -> None:
-    # `python bench/x.py` puts bench/ first on sys.path, where bench/engine.py would shadow the
-    # engine package: the repository root goes first instead.
-    import sys
 
-    root = str(Path(__file__).resolve().parents[1])
-    sys.path[:] = [root, *[p for p in sys.path if p not in (root, str(Path(__file__).resolve().parent))]]
+# run as `python bench/x.py`: the repository root goes on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    _repo_first_on_path()
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=6000)
     ap.add_argument("--trials", type=int, default=6)

@@ -165,6 +165,30 @@ def _is_number(value: object) -> bool:
     return isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
 
 
+def feature_name_issues(
+    i: int, features: Mapping[Any, Any], order: Sequence[str], expected: frozenset[str]
+) -> list[FeatureIssue]:
+    """The missing features of row ``i`` (in the bundle's order), then its unknown ones."""
+    missing = [
+        FeatureIssue(
+            ("rows", i, "features", name),
+            "missing_feature",
+            f"feature {name!r} is required by the model and missing",
+        )
+        for name in order
+        if name not in features
+    ]
+    unexpected = [
+        FeatureIssue(
+            ("rows", i, "features", name),
+            "unexpected_feature",
+            f"feature {name!r} is not a feature of the model",
+        )
+        for name in sorted((k for k in features if k not in expected), key=str)
+    ]
+    return missing + unexpected
+
+
 def rows_to_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:
     """Order each row's ``{feature: value}`` by ``features`` into a float32 ``[N, F]`` matrix.
 
@@ -188,23 +212,7 @@ def rows_to_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -
         if len(issues) >= MAX_REPORTED_ISSUES:
             break
         if row.keys() != expected:
-            issues.extend(
-                FeatureIssue(
-                    ("rows", i, "features", name),
-                    "missing_feature",
-                    f"feature {name!r} is required by the model and missing",
-                )
-                for name in order
-                if name not in row
-            )
-            issues.extend(
-                FeatureIssue(
-                    ("rows", i, "features", name),
-                    "unexpected_feature",
-                    f"feature {name!r} is not a feature of the model",
-                )
-                for name in sorted(k for k in row if k not in expected)
-            )
+            issues.extend(feature_name_issues(i, row, order, expected))
             continue
         for j, name in enumerate(order):
             value = row[name]

@@ -33,6 +33,7 @@ from serving.preprocess import (
     FeatureIssue,
     FeatureValidationError,
     Loc,
+    feature_name_issues,
 )
 
 #: Most rows accepted in one request (as ``serving.schemas.MAX_ROWS``).
@@ -240,23 +241,7 @@ def _features(
     issues: list[FeatureIssue],
 ) -> None:
     if features.keys() != expected:
-        issues.extend(
-            FeatureIssue(
-                ("rows", i, "features", name),
-                "missing_feature",
-                f"feature {name!r} is required by the model and missing",
-            )
-            for name in order
-            if name not in features
-        )
-        issues.extend(
-            FeatureIssue(
-                ("rows", i, "features", name),
-                "unexpected_feature",
-                f"feature {name!r} is not a feature of the model",
-            )
-            for name in sorted((k for k in features if k not in expected), key=str)
-        )
+        issues.extend(feature_name_issues(i, features, order, expected))
         return
     values = [features[name] for name in order]
     if all(type(v) in _NUMBER_TYPES for v in values):

@@ -48,6 +48,7 @@ from engine.mt5.protocol import (
     TradeDeal,
     TradeOrder,
     TradePosition,
+    initialize_kwargs,
 )
 
 __all__ = ["LINK_ERRORS", "REMOTE_HELPERS", "BridgeTerminal"]
@@ -194,15 +195,7 @@ class BridgeTerminal:
         server: str | None = None,
         timeout: int | None = None,
     ) -> bool:
-        kw: dict[str, Any] = {}
-        if login is not None:
-            kw["login"] = int(login)
-        if password is not None:
-            kw["password"] = str(password)
-        if server is not None:
-            kw["server"] = str(server)
-        if timeout is not None:
-            kw["timeout"] = int(timeout)
+        kw = initialize_kwargs(login, password, server, timeout)
         args = (str(path),) if path is not None else ()
         return bool(self._call("initialize", *args, **kw))
 

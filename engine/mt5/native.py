@@ -42,6 +42,7 @@ from engine.mt5.protocol import (
     TradeDeal,
     TradeOrder,
     TradePosition,
+    initialize_kwargs,
 )
 
 if TYPE_CHECKING:
@@ -113,15 +114,7 @@ class NativeTerminal:
         """``initialize([path], login=, password=, server=, timeout=)``; unset ones omitted."""
         import MetaTrader5 as mt5
 
-        kw: dict[str, Any] = {}
-        if login is not None:
-            kw["login"] = int(login)
-        if password is not None:
-            kw["password"] = str(password)
-        if server is not None:
-            kw["server"] = str(server)
-        if timeout is not None:
-            kw["timeout"] = int(timeout)
+        kw = initialize_kwargs(login, password, server, timeout)
         if path is not None:
             return bool(mt5.initialize(str(path), **kw))
         return bool(mt5.initialize(**kw))

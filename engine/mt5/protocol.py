@@ -356,6 +356,25 @@ class TerminalConnectionError(TerminalError):
     :class:`engine.mt5.resilient.ResilientTerminal`."""
 
 
+def initialize_kwargs(
+    login: int | None = None,
+    password: str | None = None,
+    server: str | None = None,
+    timeout: int | None = None,
+) -> dict[str, Any]:
+    """The keywords of the official ``initialize(...)``, typed as it expects; unset ones left out."""
+    kw: dict[str, Any] = {}
+    if login is not None:
+        kw["login"] = int(login)
+    if password is not None:
+        kw["password"] = str(password)
+    if server is not None:
+        kw["server"] = str(server)
+    if timeout is not None:
+        kw["timeout"] = int(timeout)
+    return kw
+
+
 def is_ipc_error(code: int) -> bool:
     """``RES_E_INTERNAL_FAIL`` … ``RES_E_INTERNAL_FAIL_TIMEOUT`` (-10000 … -10005, and the rest
     of the -10000 range): the terminal link, not the request, failed."""
