@@ -64,3 +64,38 @@ def test_feast_cli_when_run_with_tx_features_env_then_lists_the_views_and_servic
         assert v in views.stdout
     services = subprocess.run([feast_bin, "feature-services", "list"], cwd=FEATURE_REPO, env=env, capture_output=True, text=True, check=True)
     assert "trend_v1" in services.stdout and "trend_v2" in services.stdout
+
+
+def test_feast_ui_when_started_on_the_repo_then_serves_the_page_and_the_registry(platform: Platform) -> None:
+    import httpx
+
+    from infra.redis_local import free_port
+
+    feast_bin = str(Path(sys.executable).with_name("feast"))
+    env = {**os.environ, **feast_env(platform.settings)}
+    port = free_port()
+    proc = subprocess.Popen(
+        [feast_bin, "ui", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=FEATURE_REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        base, page = f"http://127.0.0.1:{port}", None
+        for _ in range(120):
+            if proc.poll() is not None:
+                pytest.fail(f"feast ui exited {proc.returncode}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            try:
+                page = httpx.get(f"{base}/", timeout=2)
+                break
+            except httpx.TransportError:
+                import time
+
+                time.sleep(0.5)
+        assert page is not None and page.status_code == 200 and "<html" in page.text.lower()
+        project = platform.settings.feast_project
+        views = httpx.get(f"{base}/api/v1/feature_views", params={"project": project}, timeout=30)
+        assert views.status_code == 200, views.text[:500]
+        for view in ("trend_fv", "trend_v2_fv", "bar_sequence_fv"):
+            assert view in views.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
