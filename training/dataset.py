@@ -127,5 +127,29 @@ def build_dataset(
     if missing.any():
         log.info("dropping %d rows without features (warm-up or quarantined bars)", int(missing.sum()))
     ds = ds[~missing].sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
+    stale = carried_forward(ds, names)
+    if stale.any():
+        log.info("dropping %d rows whose bar has no feature row of its own (Feast carried an earlier one forward)", int(stale.sum()))
+        ds = ds[~stale].reset_index(drop=True)
     assert_point_in_time(ds)
     return ds
+
+
+def carried_forward(ds: pd.DataFrame, names: list[str]) -> pd.Series:
+    """Rows whose features are an earlier bar's, carried forward by the point-in-time join.
+
+    A bar without a feature row of its own (its features are undefined, e.g. on a flat holiday
+    filler bar) gets from ``get_historical_features`` the latest earlier row within the view's
+    TTL: exactly the previous row's values, with a close-hour encoding that is not its own. Only
+    such rows are flagged (a past value, not look-ahead); any other mismatch is left for
+    :func:`assert_point_in_time` to fail on."""
+    if not len(ds) or "hour_sin" not in ds or "hour_cos" not in ds:
+        return pd.Series(False, index=ds.index)
+    hour = ds["event_timestamp"].dt.hour + ds["event_timestamp"].dt.minute / 60.0
+    own = (np.abs(ds["hour_sin"] - np.sin(2 * np.pi * hour / 24.0)) <= 1e-9) & (
+        np.abs(ds["hour_cos"] - np.cos(2 * np.pi * hour / 24.0)) <= 1e-9
+    )
+    order = ds.sort_values(["symbol", "event_timestamp"]).index
+    cols = ds.loc[order, names]
+    same = (cols == cols.groupby(ds.loc[order, "symbol"]).shift(1)).all(axis=1)
+    return ~own & same.reindex(ds.index)

@@ -1,0 +1,46 @@
+"""The dataset builder's timestamp checks on hand-made rows: a bar without its own feature row
+(Feast carried the previous one forward) is dropped as stale, a future bar's row still fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.dataset import LookAheadError, assert_point_in_time, carried_forward
+
+pytestmark = pytest.mark.unit
+
+
+def _rows(n: int = 6) -> pd.DataFrame:
+    t = pd.date_range("2024-12-24 10:00", periods=n, freq="1h", tz="UTC")
+    hour = t.hour + t.minute / 60.0
+    return pd.DataFrame(
+        {
+            "symbol": "USDJPY",
+            "event_timestamp": t,
+            "label_end": t + pd.Timedelta(hours=6),
+            "ret_1": np.arange(n, dtype=float) / 100,
+            "hour_sin": np.sin(2 * np.pi * hour / 24.0),
+            "hour_cos": np.cos(2 * np.pi * hour / 24.0),
+        }
+    )
+
+
+NAMES = ["ret_1", "hour_sin", "hour_cos"]
+
+
+def test_carried_forward_when_a_bar_got_the_previous_bars_features_then_only_that_row_is_flagged() -> None:
+    ds = _rows()
+    ds.loc[3, NAMES] = ds.loc[2, NAMES].to_numpy()  # bar 3 has no row of its own: Feast joins bar 2's
+    flagged = carried_forward(ds, NAMES)
+    assert flagged.tolist() == [False, False, False, True, False, False]
+    assert_point_in_time(ds[~flagged])  # what is left is every bar's own row
+
+
+def test_carried_forward_when_a_bar_got_the_next_bars_features_then_it_is_not_excused() -> None:
+    ds = _rows()
+    ds.loc[3, NAMES] = ds.loc[4, NAMES].to_numpy()  # look-ahead: bar 3 joined bar 4's row
+    assert not carried_forward(ds, NAMES).any()
+    with pytest.raises(LookAheadError):
+        assert_point_in_time(ds)
