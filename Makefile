@@ -33,7 +33,7 @@ demo: setup
 	$(VENV)/bin/tx demo
 
 test: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "unit"

@@ -2,7 +2,7 @@
 ``challenger`` is written, before and after, with who, when, why and the evidence.
 
 The history is an append-only JSON Lines file, ``$TX_HOME/registry/alias_audit.jsonl`` (one
-object per move, never rewritten), mirrored as a tag ``audit.<utc time>`` on the model version
+object per move, never rewritten, naming its model and registry), mirrored as a tag ``audit.<utc time>`` on the model version
 the move concerns so the MLflow UI shows it too. ``tx models history`` prints it and
 ``tx models rollback`` moves ``champion`` back to ``previous`` (audited like any move).
 """
@@ -89,6 +89,7 @@ def move_aliases(
         "time": now.isoformat(),
         "actor": actor or default_actor(),
         "model_name": name,
+        "registry": settings.tracking_uri,
         "action": action,
         "version": str(version),
         "before": before,
@@ -116,7 +117,12 @@ def history(settings: PlatformSettings, limit: int | None = None) -> list[dict[s
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("model_name") == settings.model_name]
+    # one TX_HOME may have seen several registries (TX_MLFLOW_TRACKING_URI): only this one's moves
+    rows = [
+        r
+        for r in rows
+        if r.get("model_name") == settings.model_name and r.get("registry", settings.tracking_uri) == settings.tracking_uri
+    ]
     return rows[-limit:] if limit else rows
 
 
