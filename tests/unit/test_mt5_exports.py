@@ -10,10 +10,11 @@ import pytest
 
 from engine.mt5.exports import parse_export_name, read_export, scan_exports
 from engine.mt5.protocol import RATES_DTYPE
+from tests.conftest import raw_exports_dir
 
 pytestmark = pytest.mark.unit
 
-RAW = Path("/work/shared/data/raw")
+RAW = raw_exports_dir()  # ../shared/data/raw beside the checkout, or TX_TEST_RAW_EXPORTS
 
 # file, symbol, tf, rows, first bar, last bar (server time), digits, format, long-float rows
 # (from /work/shared/data/SOURCES.md)
@@ -50,7 +51,7 @@ def _write(tmp_path: Path, name: str, text: str, newline: str = "\n") -> Path:
 @pytest.fixture(scope="module")
 def raw_dir() -> Path:
     if not RAW.is_dir():
-        pytest.skip(f"real MT5 exports not available: {RAW} does not exist")
+        pytest.skip(f"real MT5 exports not available: {RAW} does not exist (../shared/data/raw)")
     return RAW
 
 
