@@ -21,6 +21,23 @@ def raw_exports_dir() -> Path:
     return Path(env) if env else RAW
 
 
+def redis_newest_event_time(settings: PlatformSettings) -> float:
+    """The newest event time any feature view holds in Redis (Feast's ``_ts:<view>`` fields);
+    0.0 when Redis holds none."""
+    import redis
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    r = redis.Redis.from_url(settings.require_redis_url())
+    newest = 0.0
+    for key in r.scan_iter():
+        for name, raw in r.hgetall(key).items():
+            if name.startswith(b"_ts:"):
+                ts = Timestamp()
+                ts.ParseFromString(raw)
+                newest = max(newest, ts.seconds + ts.nanos / 1e9)
+    return newest
+
+
 @pytest.fixture(scope="session")
 def raw_dir() -> Path:
     d = raw_exports_dir()

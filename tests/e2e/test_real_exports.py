@@ -27,7 +27,7 @@ from engine.mt5.exports import parse_export_name, read_export
 from feature_repo.pipeline import lake
 from feature_repo.pipeline.store import feast_apply
 from infra.settings import PlatformSettings
-from tests.conftest import run_market_data
+from tests.conftest import redis_newest_event_time, run_market_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -60,20 +60,6 @@ def _utc(d: str) -> datetime:
 def _validations(s: PlatformSettings, symbol: str, timeframe: str) -> dict[str, dict]:
     root = s.lake_dir / f"symbol={symbol}" / f"timeframe={timeframe}"
     return {p.parent.name.split("=", 1)[1]: json.loads(p.read_text()) for p in sorted(root.glob("date=*/validation.json"))}
-
-
-def _redis_newest(s: PlatformSettings) -> float:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    r = redis.Redis.from_url(s.require_redis_url())
-    newest = 0.0
-    for key in r.scan_iter():
-        for name, raw in r.hgetall(key).items():
-            if name.startswith(b"_ts:"):
-                ts = Timestamp()
-                ts.ParseFromString(raw)
-                newest = max(newest, ts.seconds + ts.nanos / 1e9)
-    return newest
 
 
 def test_every_export_has_a_window(raw_dir: Path) -> None:
@@ -159,4 +145,4 @@ def test_real_export_when_run_through_market_data_then_quirks_are_never_hard_fai
         pq.read_table(p, columns=["event_timestamp"]).to_pandas() for p in s.offline_features_dir.rglob("*.parquet")
     )
     assert len(offline) > 0
-    assert _redis_newest(s) == offline["event_timestamp"].max().timestamp()
+    assert redis_newest_event_time(s) == offline["event_timestamp"].max().timestamp()

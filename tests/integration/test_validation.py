@@ -35,7 +35,7 @@ from feature_repo.pipeline.validate import (
     validate_interval,
 )
 from infra.settings import PlatformSettings
-from tests.conftest import make_settings, run_market_data
+from tests.conftest import make_settings, redis_newest_event_time, run_market_data
 
 pytestmark = pytest.mark.integration
 
@@ -83,17 +83,8 @@ def _restage(s: PlatformSettings, df: pd.DataFrame, *, keep_dtypes: bool = False
 
 
 def _redis_event_time(s: PlatformSettings) -> float:
-    """The newest event time any feature view holds in Redis (Feast's ``_ts:<view>`` fields)."""
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    r = redis.Redis.from_url(s.require_redis_url())
-    newest = 0.0
-    for key in r.scan_iter():
-        for name, raw in r.hgetall(key).items():
-            if name.startswith(b"_ts:"):
-                ts = Timestamp()
-                ts.ParseFromString(raw)
-                newest = max(newest, ts.seconds + ts.nanos / 1e9)
+    """The newest event time any feature view holds in Redis."""
+    newest = redis_newest_event_time(s)
     assert newest > 0, "nothing in Redis"
     return newest
 
