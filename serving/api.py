@@ -75,11 +75,11 @@ class RuntimeRef:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """The request body passed the size limit while it was being read (answered 413)."""
 
 
 class _Disconnected(Exception):
-    pass
+    """The client went away before its request body was complete."""
 
 
 class ApiMiddleware:

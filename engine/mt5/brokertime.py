@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -74,11 +75,12 @@ class BrokerTimeRule(Protocol):
     def to_utc(self, server: Any) -> Any: ...
 
 
-class _RuleBase:
-    """Scalar/array plumbing shared by the rules."""
+class _RuleBase(ABC):
+    """Scalar/array plumbing shared by the rules; a rule defines :meth:`offset_at_utc`."""
 
-    def offset_at_utc(self, utc: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def offset_at_utc(self, utc: np.ndarray) -> np.ndarray:
+        """Server minus UTC, in seconds, at each UTC instant of ``utc``."""
 
     def offset_hours(self, utc: int) -> float:
         """The offset at one UTC instant, in hours."""

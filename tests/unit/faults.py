@@ -20,9 +20,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from engine.config import ExecutionConfig, RiskLimits, SizingConfig
 from engine.features import FeatureRow
+from engine.journal import Journal
+from engine.loop import Engine
 from engine.mt5 import protocol as mt5
 from engine.mt5.sim import SimulatedTerminal, SyntheticFeed
 from engine.serving_client import Prediction, ServingUnavailable
@@ -117,3 +121,32 @@ def sim_terminal(now: list[int], *, balance: float = 10_000.0, symbols: tuple[st
 def closes(start: int = MONDAY_0800, n: int = 10, step: int = 300) -> list[int]:
     """``n`` consecutive M5 bar closes from ``start``."""
     return [int(start + i * step) for i in range(n)]
+
+
+def make_engine(
+    tmp_path: Path,
+    now: list[int],
+    *,
+    terminal: Any = None,
+    features: Any = None,
+    model: Any = None,
+    limits: RiskLimits | None = None,
+    sizing: SizingConfig | None = None,
+    execution: ExecutionConfig | None = None,
+    magic: int = 42,
+) -> Engine:
+    """The real engine on the test world: the simulator (or ``terminal``), features at every
+    bar close of ``now``, a scripted long model, a SQLite journal in ``tmp_path``, no sleeping."""
+    return Engine(
+        terminal=terminal or sim_terminal(now),
+        features=features or ClockFeatures(now),
+        model=model or ScriptedModel(1),
+        journal=Journal(tmp_path / "j.sqlite"),
+        limits=limits or RiskLimits(),
+        lots=0.1,
+        magic=magic,
+        clock=lambda: float(now[0]),
+        sizing=sizing,
+        execution=execution,
+        sleep=lambda s: None,
+    )

@@ -10,16 +10,15 @@ import pytest
 
 from engine.config import ExecutionConfig, RiskLimits, SizingConfig
 from engine.execution import client_order_id
-from engine.journal import Journal
 from engine.loop import Engine
 from engine.mt5 import protocol as mt5
 from engine.sizing import lots_for_risk, round_volume, stop_prices
 from tests.unit.faults import (
     MONDAY_0800,
-    ClockFeatures,
     Crash,
     FaultyTerminal,
     ScriptedModel,
+    make_engine,
     sim_terminal,
 )
 
@@ -30,19 +29,10 @@ FOK, IOC = mt5.ORDER_FILLING_FOK, mt5.ORDER_FILLING_IOC
 
 def _engine(tmp_path: Path, now: list[int], terminal: FaultyTerminal, *, model: ScriptedModel | None = None,
             sizing: SizingConfig | None = None, execution: ExecutionConfig | None = None, limits: RiskLimits | None = None) -> Engine:  # fmt: skip
-    return Engine(
-        terminal=terminal,  # type: ignore[arg-type]
-        features=ClockFeatures(now),
-        model=model or ScriptedModel(1),
-        journal=Journal(tmp_path / "j.sqlite"),
-        limits=limits or RiskLimits(),
-        lots=0.1,
-        magic=42,
-        clock=lambda: float(now[0]),
-        sizing=sizing,
+    return make_engine(
+        tmp_path, now, terminal=terminal, model=model, sizing=sizing, limits=limits,
         execution=execution or ExecutionConfig(max_retries=3, retry_backoff_s=0.0),
-        sleep=lambda s: None,
-    )
+    )  # fmt: skip
 
 
 def _world(tmp_path: Path, script: list = (), **kw) -> tuple[list[int], FaultyTerminal, Engine]:  # type: ignore[assignment,type-arg]

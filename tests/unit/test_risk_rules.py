@@ -13,7 +13,13 @@ from engine.config import RiskLimits
 from engine.journal import Journal
 from engine.loop import Engine
 from engine.risk import Reason, RiskManager, RiskState, TradingState, check_order
-from tests.unit.faults import MONDAY_0800, ClockFeatures, ScriptedModel, closes, sim_terminal
+from tests.unit.faults import (
+    MONDAY_0800,
+    ClockFeatures,
+    ScriptedModel,
+    closes,
+    make_engine,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -21,17 +27,7 @@ DAY = 86_400
 
 
 def _engine(tmp_path: Path, now: list[int], limits: RiskLimits | None = None, model: ScriptedModel | None = None, features: object | None = None, terminal: object | None = None) -> Engine:
-    return Engine(
-        terminal=terminal or sim_terminal(now),  # type: ignore[arg-type]
-        features=features or ClockFeatures(now),  # type: ignore[arg-type]
-        model=model or ScriptedModel(1),
-        journal=Journal(tmp_path / "j.sqlite"),
-        limits=limits or RiskLimits(),
-        lots=0.1,
-        magic=11,
-        clock=lambda: float(now[0]),
-        sleep=lambda s: None,
-    )
+    return make_engine(tmp_path, now, terminal=terminal, features=features, model=model, limits=limits, magic=11)
 
 
 # --- kill switch and trading state -----------------------------------------------------------
