@@ -119,7 +119,7 @@ def build_dataset(
     joined = fs.get_historical_features(
         entity_df=entity[["symbol", "event_timestamp"]], features=service
     ).to_df()
-    joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True)
+    joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")  # DuckDB returns µs
     ds = entity.merge(joined, on=["symbol", "event_timestamp"], how="left", validate="one_to_one")
     missing = ds[names].isna().any(axis=1)
     if has_seq:

@@ -280,7 +280,7 @@ def historical_features(
         raise ValueError(f"no bars in the lake for {symbols} {tf} in [{start}, {end})")
     store = store or open_store(settings)
     out = store.get_historical_features(entity_df=entity, features=store.get_feature_service(service)).to_df()
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")  # DuckDB returns µs
     return out.sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
 
 
