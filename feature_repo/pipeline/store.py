@@ -129,7 +129,11 @@ class FeatureResult:
 
 
 def symbol_point(settings: PlatformSettings, symbol: str) -> float:
-    """Price of one point of ``symbol`` (spreads are in points)."""
+    """Price of one point of ``symbol`` (spreads are in points): the broker's ``symbol_info``
+    stored with the lake at ingest, else the simulator's symbol table (a symbol never ingested)."""
+    stored = lake.symbol_point(settings.lake_dir, symbol)
+    if stored is not None:
+        return stored
     from engine.mt5.synthetic import symbol_spec
 
     return float(symbol_spec(symbol).point)

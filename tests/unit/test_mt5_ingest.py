@@ -13,7 +13,7 @@ import pytest
 
 from engine.mt5.brokertime import NewYorkClose
 from engine.mt5.gateway import open_terminal
-from feature_repo.pipeline import lake
+from feature_repo.pipeline import lake, store
 from feature_repo.pipeline.ingest import broker_rule, ingest
 from infra.settings import PlatformSettings
 
@@ -106,3 +106,6 @@ def test_ingest_when_run_then_symbol_metadata_is_stored_with_the_lake_and_read_b
     ingest(s, "EURUSD", "H1", START, END, terminal=term)
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before  # unchanged: not rewritten
     assert not list(path.parent.glob("*.tmp"))
+    # features and labels scale spreads by the broker's point once it is stored, not the simulator's table
+    lake.write_symbol_meta(s.lake_dir, "EURUSD", {**meta, "point": 0.0001, "digits": 4})
+    assert store.symbol_point(s, "EURUSD") == 0.0001 and store.symbol_point(s, "GBPUSD") == 1e-05
