@@ -235,7 +235,7 @@ AsOf = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H
 def train(
     as_of: AsOf = None,
     experiment: str = "trend_v1",
-    study: Annotated[str | None, typer.Option(help="Use the best parameters of this Optuna study")] = None,
+    study: Annotated[str | None, typer.Option(help="Use the best parameters of this Optuna study (and of <study>-transformer for an ensemble)")] = None,
 ) -> None:
     """Build the point-in-time dataset, train, backtest, export ONNX (parity-checked) and register."""
     from training.config import load_config
@@ -244,12 +244,12 @@ def train(
     s, cfg = _settings(), load_config(experiment)
     when = _utc(as_of) if as_of else None
     path = build_training_dataset(s, cfg, when)
-    params = None
+    best: dict[str, dict] = {}
     if study:
-        from training.tune import best_params
+        from training.tune import best_member_params
 
-        params = best_params(s, study)
-    _echo(train_and_register(s, cfg, path, when, params=params).to_dict())
+        best = best_member_params(s, cfg, study)
+    _echo(train_and_register(s, cfg, path, when, params=best.get("xgboost"), transformer_params=best.get("transformer")).to_dict())
 
 
 @app.command()
@@ -257,10 +257,12 @@ def tune(
     as_of: AsOf = None,
     experiment: str = "trend_v1",
     workers: Annotated[int, typer.Option(min=1, help="Worker processes sharing one study")] = 1,
-    trials: Annotated[int | None, typer.Option(help="Trials in all (default: the config's tune.n_trials)")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials in all, per member study (default: the config's tune.n_trials / tune.transformer.n_trials)")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: <experiment>-<dataset>)")] = None,
 ) -> None:
-    """Optuna (TPE + median pruning on purged walk-forward folds) in TX_OPTUNA_STORAGE; logs to MLflow."""
+    """Optuna (TPE + median pruning on purged walk-forward folds) in TX_OPTUNA_STORAGE; logs to MLflow.
+
+    An ensemble config tunes both members: XGBoost in <study>, the transformer in <study>-transformer."""
     from training.config import load_config
     from training.train import build_training_dataset
     from training.tune import tune as run
@@ -330,15 +332,21 @@ def report_real_exports(
     out: Annotated[str, typer.Option(help="Markdown file to write")] = "reports/real_exports.md",
     raw: Annotated[str | None, typer.Option(help="Folder of the exports (default ../shared/data/raw)")] = None,
     only: Annotated[str, typer.Option(help="Comma-separated file-name fragments to restrict to")] = "",
+    config: Annotated[str | None, typer.Option(help="Report spec (default training/configs/real_exports_v1.yaml)")] = None,
 ) -> None:
-    """Out-of-sample after-cost results per real export, with CIs and baselines."""
+    """Out-of-sample after-cost results per real export, with CIs and baselines.
+
+    Each file is ingested, validated and featurised into $TX_HOME/real_exports/<file>/,
+    reused while unchanged. Datasets come from Feast get_historical_features."""
     from pathlib import Path
 
     from infra.settings import PROJECT_ROOT
     from training.real_exports import real_exports_report
 
     raw_dir = Path(raw) if raw else PROJECT_ROOT.parent / "shared" / "data" / "raw"
-    typer.echo(real_exports_report(raw_dir, Path(out), only=[o for o in only.split(",") if o] or None))
+    only_list = [o for o in only.split(",") if o] or None
+    text = real_exports_report(raw_dir, Path(out), Path(config) if config else None, only_list, _settings())
+    typer.echo(text)
 
 
 @app.command()

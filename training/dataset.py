@@ -140,7 +140,8 @@ def carried_forward(ds: pd.DataFrame, names: list[str]) -> pd.Series:
 
     A bar without a feature row of its own (its features are undefined, e.g. on a flat holiday
     filler bar) gets from ``get_historical_features`` the latest earlier row within the view's
-    TTL: exactly the previous row's values, with a close-hour encoding that is not its own. Only
+    TTL: exactly the previous row's values, with a close-hour encoding that is not its own. The
+    sequence view is checked the same way on its own (its newest bar's close-hour channel). Only
     such rows are flagged (a past value, not look-ahead); any other mismatch is left for
     :func:`assert_point_in_time` to fail on."""
     if not len(ds) or "hour_sin" not in ds or "hour_cos" not in ds:
@@ -152,4 +153,15 @@ def carried_forward(ds: pd.DataFrame, names: list[str]) -> pd.Series:
     order = ds.sort_values(["symbol", "event_timestamp"]).index
     cols = ds.loc[order, names]
     same = (cols == cols.groupby(ds.loc[order, "symbol"]).shift(1)).all(axis=1)
-    return ~own & same.reindex(ds.index)
+    stale = ~own & same.reindex(ds.index)
+    if SEQ_FIELD in ds and "hour_sin" in SEQ_CHANNELS:
+        # the sequence view is joined on its own: a bar without a sequence row of its own gets the
+        # previous bar's sequence, which ends at that bar's close
+        seq = sequence_tensor(ds.loc[order])
+        last = seq[:, -1, SEQ_CHANNELS.index("hour_sin")]
+        seq_own = np.abs(last - np.sin(2 * np.pi * hour.loc[order].to_numpy() / 24.0).astype(np.float32)) <= 1e-5
+        sym = ds.loc[order, "symbol"].to_numpy()
+        seq_same = np.zeros(len(order), bool)
+        seq_same[1:] = (sym[1:] == sym[:-1]) & (seq[1:] == seq[:-1]).all(axis=(1, 2))
+        stale |= pd.Series(~seq_own & seq_same, index=order).reindex(ds.index)
+    return stale

@@ -1,20 +1,34 @@
 """Out-of-sample, after-cost results on the real MT5 exports (``tx report real-exports``).
 
-For each file of ``configs/real_exports_v1.yaml``: bars → the platform's own feature transforms
-(``compute_features``, the code behind the offline store) and labels → the timestamp checks of
-the dataset builder → a purged, embargoed chronological split at the file's explicit
-``test_start`` → the trend_v1 recipe (XGBoost on the 13 trend_v1 features, parameters from
-``trend_v1.yaml``, untuned here) → the cost-aware backtest on the test range with block-bootstrap
-CIs, beside the always-flat, buy-and-hold and momentum baselines under the same costs.
+Each file of ``configs/real_exports_v1.yaml`` goes through the platform as a live symbol would:
 
-The report bypasses Feast on purpose (the files are not in a lake); the features are the same
-functions the offline store runs. Numbers are reported as they come out.
+1. **lake** — the simulated terminal replays the export; ingest converts its server time to UTC
+   with the file's broker time rule, Great Expectations validates every UTC day (hard failures
+   are quarantined and left out, soft flags kept), the feature task writes the offline parquet
+   of every view. This lives in ``$TX_HOME/real_exports/<file>/`` and is reused while the file,
+   the rule, the range and the pipeline code are unchanged (``prepared.json``).
+2. **dataset** — :func:`training.dataset.build_dataset`: labels from the lake, features through
+   Feast ``get_historical_features`` on each experiment's feature service, the builder's
+   timestamp checks.
+3. **split** — purged, embargoed at the file's explicit ``test_start``; every model is scored on
+   the same test bars (those every experiment has features for).
+4. **models** — each experiment's recipe as configured (``trend_v1``: XGBoost on 13 features;
+   ``trend_v2``: XGBoost + transformer + regime-weighted ensemble), untuned here.
+5. **backtest** — cost-aware, block-bootstrap CIs, beside always-flat, buy-and-hold and momentum
+   under the same costs.
+
+Numbers are reported as they come out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +37,34 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from infra.settings import PROJECT_ROOT, PlatformSettings
 from training.config import CONFIG_DIR
 
 log = logging.getLogger(__name__)
+
+BASELINES = ("flat", "buy_and_hold", "momentum")
+_PIPELINE_CODE = (PROJECT_ROOT / "feature_repo" / "pipeline", PROJECT_ROOT / "engine" / "mt5")
+
+
+@dataclass
+class Prepared:
+    """A file's lake and offline store, with what validation did to it."""
+
+    settings: PlatformSettings
+    symbol: str
+    timeframe: str
+    start: datetime  # UTC open time of the first bar
+    test_start: datetime
+    end: datetime  # UTC close time of the last bar
+    bars: int
+    quarantined_days: int
+    quarantined_rows: int
+    flagged_rows: int
+    reused: bool
+
+    def summary(self) -> dict[str, Any]:
+        keys = ("bars", "quarantined_days", "quarantined_rows", "flagged_rows", "reused")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -33,45 +72,97 @@ class FileResult:
     file: str
     symbol: str
     timeframe: str
-    train_rows: int
+    broker_tz: str
+    train_rows: dict[str, int]
     test_rows: int
     test_range: tuple[str, str]
-    model: dict[str, float]
+    models: dict[str, dict[str, float]]  # experiment → backtest metrics (+ accuracy)
     baselines: dict[str, dict[str, float]]
-    accuracy: float
+    lake: dict[str, Any] = field(default_factory=dict)
 
 
-def _server_to_utc(s: str, offset_h: int) -> pd.Timestamp:
-    return pd.Timestamp(s, tz="UTC") - pd.Timedelta(hours=offset_h)
+def _server_to_utc(s: str, rule: Any) -> datetime:
+    server = int(pd.Timestamp(s, tz="UTC").timestamp())
+    return datetime.fromtimestamp(int(rule.to_utc(np.array([server]))[0]), tz=UTC)
 
 
-def load_bars(path: Path, offset_h: int) -> tuple[pd.DataFrame, str, str, float]:
+def _fingerprint(path: Path, entry: dict[str, Any]) -> str:
+    h = hashlib.sha256(path.read_bytes())
+    h.update(json.dumps({k: entry[k] for k in ("broker_tz", "start", "end")}, sort_keys=True).encode())
+    for root in _PIPELINE_CODE:
+        for src in sorted(root.rglob("*.py")) + sorted(root.rglob("*.yaml")):
+            h.update(src.read_bytes())
+    return h.hexdigest()
+
+
+def _counts(done: dict[str, Any]) -> dict[str, int]:
+    return {k: int(done[k]) for k in ("bars", "quarantined_days", "quarantined_rows", "flagged_rows")}
+
+
+def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Prepared:
+    """The file's lake and offline features, built through ingest → validate → features."""
     from engine.mt5 import timeframe_seconds
-    from engine.mt5.exports import read_export
+    from engine.mt5.brokertime import parse_rule
+    from engine.mt5.exports import parse_export_name
+    from feature_repo.pipeline import lake
+    from feature_repo.pipeline.ingest import ingest
+    from feature_repo.pipeline.store import build_features, feast_apply
+    from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
 
-    ex = read_export(path)
-    r = ex.rates
-    step = pd.Timedelta(seconds=timeframe_seconds(ex.timeframe))
-    t = pd.to_datetime(r["time"].astype("int64") - offset_h * 3600, unit="s", utc=True)
-    bars = pd.DataFrame(
-        {
-            "time": t,
-            "close_time": t + step,
-            "symbol": ex.symbol,
-            "open": r["open"],
-            "high": r["high"],
-            "low": r["low"],
-            "close": r["close"],
-            "tick_volume": r["tick_volume"],
-            "spread": r["spread"],
-        }
+    name = entry["file"]
+    parsed = parse_export_name(name)
+    if parsed is None:
+        raise ValueError(f"{name}: not an export file name SYMBOL_TF[__source].csv")
+    symbol, tf = parsed
+    rule = parse_rule(entry["broker_tz"])
+    step = timeframe_seconds(tf)
+    start, test_start = _server_to_utc(entry["start"], rule), _server_to_utc(entry["test_start"], rule)
+    end = datetime.fromtimestamp(_server_to_utc(entry["end"], rule).timestamp() + step, tz=UTC)
+
+    home = base.home / "real_exports" / Path(name).stem
+    exports = home / "exports"  # the feed sees this one file only
+    exports.mkdir(parents=True, exist_ok=True)
+    link = exports / name
+    if not link.exists():
+        link.symlink_to((raw_dir / name).resolve())
+    s = base.model_copy(
+        update={"home": home, "mt5_exports": exports, "symbols": [symbol], "timeframe": tf, "broker_tz": entry["broker_tz"]}
     )
-    return bars, ex.symbol, ex.timeframe, float(10.0 ** -ex.digits)
+    marker = home / "prepared.json"
+    fp = _fingerprint(raw_dir / name, entry)
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        if done.get("fingerprint") == fp:
+            log.info("%s: lake and offline store reused (%s)", name, marker)
+            return Prepared(s, symbol, tf, start, test_start, end, **_counts(done), reused=True)
+    for folder in (s.staging_dir, s.lake_dir, s.quarantine_dir, s.home / "offline"):
+        if folder.exists():  # a changed file, rule, range or pipeline: rebuild from scratch
+            shutil.rmtree(folder)
+    feast_apply(s)
+    ingest(s, symbol, tf, start, end)
+    try:
+        report = validate_interval(s, symbol, tf, start, end)
+        parts = report.partitions
+    except BatchQuarantined as exc:  # the bad days stay in quarantine, the rest is in the lake
+        parts = exc.report.partitions
+        log.warning("%s: %d day(s) quarantined", name, sum(not p["success"] for p in parts))
+    build_features(s, symbol, tf, start, end)
+    bars = len(lake.read_bars(s.lake_dir, symbol, tf, start, end))
+    q = [p for p in parts if not p["success"]]
+    done = {
+        "fingerprint": fp,
+        "bars": bars,
+        "quarantined_days": len(q),
+        "quarantined_rows": int(sum(p["rows"] for p in q)),
+        "flagged_rows": int(sum(p.get("flagged_rows", 0) for p in parts)),
+        "prepared_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    marker.write_text(json.dumps(done, indent=1))
+    return Prepared(s, symbol, tf, start, test_start, end, **_counts(done), reused=False)
 
 
-def evaluate_file(entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any]) -> FileResult:
+def evaluate_file(entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any], base: PlatformSettings) -> FileResult:
     from engine.mt5 import timeframe_seconds
-    from feature_repo.pipeline.transforms import TREND_V1_FEATURES, compute_features
     from training.backtest import (
         Costs,
         SpreadVolSlippage,
@@ -80,40 +171,53 @@ def evaluate_file(entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any]) ->
         positions_from_proba,
     )
     from training.config import load_config
-    from training.dataset import assert_point_in_time
-    from training.labels import make_labels
-    from training.models import ModelData, XGBModel
+    from training.dataset import build_dataset
     from training.splits import purged_train_test
+    from training.train import fit_model, make_model, model_data
 
-    off = int(entry["utc_offset_hours"])
-    bars, symbol, tf, point = load_bars(raw_dir / entry["file"], off)
-    start, test_start, end = (_server_to_utc(str(entry[k]), off) for k in ("start", "test_start", "end"))
-    bars = bars[(bars["time"] >= start) & (bars["time"] <= end)].reset_index(drop=True)
+    p = prepare(entry, raw_dir, base)
     h = int(spec["horizon_bars"])
-    names = list(TREND_V1_FEATURES)
-    feats = compute_features(bars, point, names=names)
-    labels = make_labels(bars, horizon=h, point=point, commission=float(spec["commission"]))
-    ds = labels.merge(feats, on=["symbol", "event_timestamp"], how="inner").sort_values("event_timestamp").reset_index(drop=True)
-    assert_point_in_time(ds)
-    embargo = pd.Timedelta(seconds=h * timeframe_seconds(tf))
-    tr, te = purged_train_test(ds, test_start, embargo)
-    train, test = ds.iloc[tr].reset_index(drop=True), ds.iloc[te].reset_index(drop=True)
-    cfg = load_config(spec.get("experiment", "trend_v1"))
-    model = XGBModel(cfg.model).fit(ModelData(train[names].to_numpy(np.float32), None, train["label"].to_numpy()))
-    proba = model.predict_proba(ModelData(test[names].to_numpy(np.float32)))
-    pos = positions_from_proba(proba, float(spec["min_confidence"]))
-    costs = Costs(commission=float(spec["commission"]), slippage=SpreadVolSlippage(float(spec["slippage_spread_k"]), float(spec["slippage_vol_k"])))
+    commission = float(spec["commission"])
+    embargo = pd.Timedelta(seconds=h * timeframe_seconds(p.timeframe))
+    splits: dict[str, tuple[Any, pd.DataFrame, pd.DataFrame]] = {}
+    for name in spec.get("experiments", ["trend_v1"]):
+        cfg = load_config(name)
+        ds = build_dataset(
+            p.settings,
+            [p.symbol],
+            p.timeframe,
+            p.start,
+            p.end,
+            horizon=h,
+            feature_service=cfg.feature_service,
+            label_kw={"commission": commission},
+        )
+        tr, te = purged_train_test(ds, pd.Timestamp(p.test_start), embargo)
+        splits[name] = (cfg, ds.iloc[tr].reset_index(drop=True), ds.iloc[te].reset_index(drop=True))
+    common = set.intersection(*(set(te["event_timestamp"]) for _, _, te in splits.values()))
+    costs = Costs(commission=commission, slippage=SpreadVolSlippage(float(spec["slippage_spread_k"]), float(spec["slippage_vol_k"])))
     n_boot = int(spec.get("n_boot", 500))
+    models: dict[str, dict[str, float]] = {}
+    test = pd.DataFrame()
+    for name, (cfg, train, te) in splits.items():
+        test = te[te["event_timestamp"].isin(common)].reset_index(drop=True)
+        log.info("%s %s: fitting %s (%s) on %d rows", p.symbol, p.timeframe, name, cfg.family, len(train))
+        model = fit_model(make_model(cfg), train, cfg, p.timeframe)
+        proba = model.predict_proba(model_data(test, cfg.feature_service))
+        m = backtest(test, positions_from_proba(proba, float(spec["min_confidence"])), p.timeframe, costs, n_boot=n_boot)
+        m["accuracy"] = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
+        models[name] = m
     return FileResult(
         file=entry["file"],
-        symbol=symbol,
-        timeframe=tf,
-        train_rows=len(train),
+        symbol=p.symbol,
+        timeframe=p.timeframe,
+        broker_tz=entry["broker_tz"],
+        train_rows={n: len(tr) for n, (_, tr, _) in splits.items()},
         test_rows=len(test),
         test_range=(f"{test['event_timestamp'].min():%Y-%m-%d}", f"{test['event_timestamp'].max():%Y-%m-%d}"),
-        model=backtest(test, pos, tf, costs, n_boot=n_boot),
-        baselines=baselines(test, tf, costs, n_boot=n_boot),
-        accuracy=float((proba.argmax(axis=1) == test["label"].to_numpy()).mean()),
+        models=models,
+        baselines=baselines(test, p.timeframe, costs, n_boot=n_boot),
+        lake=p.summary(),
     )
 
 
@@ -122,49 +226,99 @@ def _fmt_ci(m: dict[str, float], key: str, scale: float = 1.0, digits: int = 2) 
     return f"{m[key] * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]"
 
 
+_LABELS = {"flat": "always flat", "buy_and_hold": "buy & hold", "momentum": "momentum (24 bars)"}
+
+
+def _model_label(name: str) -> str:
+    from training.config import load_config
+
+    cfg = load_config(name)
+    return f"{name}: {'XGBoost' if cfg.family == 'xgboost' else 'XGB + transformer ensemble'}"
+
+
 def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> str:
+    exps = spec.get("experiments", ["trend_v1"])
     lines = [
         "# Real MT5 exports: out-of-sample results after costs",
         "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `tx report real-exports` from `{raw_dir}` with "
-        f"`training/configs/real_exports_v1.yaml` (model: the {spec.get('experiment', 'trend_v1')} recipe, XGBoost on the 13 "
-        f"trend_v1 features; label horizon {spec['horizon_bars']} bars; trade when max probability ≥ {spec['min_confidence']}).",
+        "`training/configs/real_exports_v1.yaml`. Every file went through the platform: ingest (broker time rule per "
+        "file) → Great Expectations validation → offline features → point-in-time dataset through Feast "
+        "`get_historical_features` → purged split at the file's `test_start` (embargo = label horizon) → "
+        f"models {', '.join(f'`{e}`' for e in exps)} with their configured parameters, untuned here "
+        f"(label horizon {spec['horizon_bars']} bars; trade when max probability ≥ {spec['min_confidence']}).",
         "Costs on every position change: half the bar's own spread per unit, commission "
         f"{spec['commission']}, slippage {spec['slippage_spread_k']}×spread + {spec['slippage_vol_k']}×recent one-bar volatility. "
         "Net return = sum of per-bar net log returns over the test range (in %); Sharpe annualised (252 days); "
         f"[90 % CI] from a moving-block bootstrap of per-bar P&L ({spec.get('n_boot', 500)} resamples). "
-        "Baselines run on the same bars with the same costs. Numbers as they came out, not tuned.",
+        "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned.",
         "",
-        "| symbol | TF | test range (UTC) | test bars | model net % [CI] | model Sharpe [CI] | max DD % | trades | hit rate | PF | accuracy "
-        "| flat net % | buy&hold net % (Sharpe) | momentum net % (Sharpe) |",
-        "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| symbol | TF | test range (UTC) | test bars | strategy | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | hit rate | PF | accuracy |",
+        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        m, b = r.model, r.baselines
-        lines.append(
-            f"| {r.symbol} | {r.timeframe} | {r.test_range[0]} → {r.test_range[1]} | {r.test_rows} | {_fmt_ci(m, 'net_return', 100)} "
-            f"| {_fmt_ci(m, 'sharpe')} | {m['max_drawdown'] * 100:.2f} | {m['trades']:.0f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} "
-            f"| {r.accuracy:.3f} | {b['flat']['net_return'] * 100:+.2f} | {b['buy_and_hold']['net_return'] * 100:+.2f} ({b['buy_and_hold']['sharpe']:+.2f}) "
-            f"| {b['momentum']['net_return'] * 100:+.2f} ({b['momentum']['sharpe']:+.2f}) |"
-        )
-    lines += ["", "Files: " + ", ".join(f"`{r.file}` (train {r.train_rows} rows)" for r in results), ""]
+        head = f"| {r.symbol} | {r.timeframe} | {r.test_range[0]} → {r.test_range[1]} | {r.test_rows} "
+        rows = [(_model_label(n), m, f"{m['accuracy']:.3f}") for n, m in r.models.items()]
+        rows += [(_LABELS[b], r.baselines[b], "—") for b in BASELINES]
+        for label, m, acc in rows:
+            lines.append(
+                f"{head}| {label} | {_fmt_ci(m, 'net_return', 100)} | {_fmt_ci(m, 'sharpe')} | {m['max_drawdown'] * 100:.2f} "
+                f"| {m['trades']:.0f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
+            )
+    lines += ["", "| file | broker time | bars in lake | quarantined days (rows) | soft-flagged rows | train rows |", "|---|---|---:|---:|---:|---|"]
+    for r in results:
+        lk = r.lake
+        train = ", ".join(f"{n} {k}" for n, k in r.train_rows.items())
+        lines.append(f"| `{r.file}` | `{r.broker_tz}` | {lk['bars']} | {lk['quarantined_days']} ({lk['quarantined_rows']}) | {lk['flagged_rows']} | {train} |")
+    lines.append("")
     return "\n".join(lines)
 
 
-def real_exports_report(raw_dir: Path, out: Path | None = None, config: Path | None = None, only: list[str] | None = None) -> str:
-    """Evaluate every configured file present in ``raw_dir``; write the markdown to ``out``."""
+@contextlib.contextmanager
+def _with_redis(base: PlatformSettings) -> Iterator[PlatformSettings]:
+    """Feast's repo names an online store; the report only reads the offline one, but a
+    private redis-server stands in when ``TX_REDIS_URL`` is unset, as in every other run."""
+    if base.redis_url:
+        yield base
+        return
+    from infra.redis_local import LocalRedis
+
+    with LocalRedis() as r:
+        yield base.model_copy(update={"redis_url": r.url})
+
+
+def run_report(
+    raw_dir: Path, config: Path | None = None, only: list[str] | None = None, settings: PlatformSettings | None = None
+) -> tuple[list[FileResult], dict[str, Any]]:
+    """Evaluate every configured file present in ``raw_dir``."""
+    from rich.progress import Progress
+
     spec = yaml.safe_load((config or CONFIG_DIR / "real_exports_v1.yaml").read_text())
+    entries = [e for e in spec["files"] if not only or any(o in e["file"] for o in only)]
     results = []
-    for entry in spec["files"]:
-        if only and not any(o in entry["file"] for o in only):
-            continue
-        if not (raw_dir / entry["file"]).is_file():
-            log.warning("%s not in %s: skipped", entry["file"], raw_dir)
-            continue
-        log.info("evaluating %s", entry["file"])
-        results.append(evaluate_file(entry, raw_dir, spec))
+    with _with_redis(settings or PlatformSettings()) as base, Progress(transient=True) as bar:
+        task = bar.add_task("real exports", total=len(entries))
+        for entry in entries:
+            bar.update(task, description=entry["file"])
+            if not (raw_dir / entry["file"]).is_file():
+                log.warning("%s not in %s: skipped", entry["file"], raw_dir)
+            else:
+                results.append(evaluate_file(entry, raw_dir, spec, base))
+            bar.advance(task)
     if not results:
         raise FileNotFoundError(f"none of the configured exports is in {raw_dir}")
+    return results, spec
+
+
+def real_exports_report(
+    raw_dir: Path,
+    out: Path | None = None,
+    config: Path | None = None,
+    only: list[str] | None = None,
+    settings: PlatformSettings | None = None,
+) -> str:
+    """Evaluate every configured file present in ``raw_dir``; write the markdown to ``out``."""
+    results, spec = run_report(raw_dir, config, only, settings)
     text = render(results, spec, raw_dir)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,31 +1,62 @@
-"""The real-export report on one real file: a full table row with CIs and the baselines."""
+"""The real-export report on one real file (USDJPY H1, a year): the file goes through ingest,
+validation and the offline store, the datasets come from Feast ``get_historical_features`` on
+each experiment's feature service, and the table has every model and baseline with CIs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+from infra.settings import PlatformSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_real_export_report_when_run_on_usdjpy_then_the_row_has_cis_and_baselines(raw_dir: Path, tmp_path: Path) -> None:
-    from training.real_exports import evaluate_file, real_exports_report
-
-    out = tmp_path / "real.md"
-    text = real_exports_report(raw_dir, out, only=["USDJPY_H1"])
-    assert out.read_text() == text
-    row = next(ln for ln in text.splitlines() if ln.startswith("| USDJPY | H1 |"))
-    assert row.count("[") >= 2  # net return and Sharpe with their CIs
-
-    import yaml
+def test_real_export_report_when_run_on_usdjpy_then_datasets_come_from_feast_and_rows_have_cis_and_baselines(
+    raw_dir: Path, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from feast import FeatureStore
 
     from training.config import CONFIG_DIR
+    from training.real_exports import prepare, render, run_report
 
-    spec = yaml.safe_load((CONFIG_DIR / "real_exports_v1.yaml").read_text())
-    entry = next(e for e in spec["files"] if e["file"].startswith("USDJPY_H1"))
-    r = evaluate_file(entry, raw_dir, spec)
-    assert r.test_range[0] >= "2025-03-26" and r.train_rows > 3000 and r.test_rows > 1000
-    assert r.model["sharpe_ci_low"] <= r.model["sharpe"] <= r.model["sharpe_ci_high"]
-    assert r.baselines["flat"]["net_return"] == 0.0
-    assert set(r.baselines) == {"flat", "buy_and_hold", "momentum"}
+    if not (raw_dir / "USDJPY_H1__Chikwui_Trading-bott.csv").exists():
+        pytest.skip(f"USDJPY_H1__Chikwui_Trading-bott.csv not in {raw_dir}")
+    calls: list[tuple[str, int]] = []
+    original = FeatureStore.get_historical_features
+
+    def spy(self: FeatureStore, entity_df: Any, features: Any, **kw: Any) -> Any:
+        calls.append((features.name, len(entity_df)))
+        return original(self, entity_df=entity_df, features=features, **kw)
+
+    monkeypatch.setattr(FeatureStore, "get_historical_features", spy)
+    s = PlatformSettings(home=tmp_path, redis_url=redis_url.rsplit("/", 1)[0] + "/12")
+    results, spec = run_report(raw_dir, only=["USDJPY_H1"], settings=s)
+
+    (r,) = results
+    assert spec["experiments"] == ["trend_v1", "trend_v2"]
+    # one point-in-time join per experiment, on its feature service, an entity row per bar close
+    assert [c[0] for c in calls] == ["trend_v1", "trend_v2"] and all(n > 6000 for _, n in calls)
+    home = tmp_path / "real_exports" / "USDJPY_H1__Chikwui_Trading-bott"
+    assert list((home / "lake" / "symbol=USDJPY" / "timeframe=H1").glob("date=*/bars.parquet"))
+    assert r.lake["bars"] == 6229 and r.lake["quarantined_days"] == 0 and not r.lake["reused"]
+
+    assert r.test_range[0] >= "2025-03-26" and r.test_rows > 1500
+    assert r.train_rows["trend_v1"] > 4000 and r.train_rows["trend_v2"] > 3800
+    assert set(r.models) == {"trend_v1", "trend_v2"} and set(r.baselines) == {"flat", "buy_and_hold", "momentum"}
+    for m in (*r.models.values(), *r.baselines.values()):
+        assert m["sharpe_ci_low"] <= m["sharpe"] <= m["sharpe_ci_high"]
+        assert m["net_return_ci_low"] <= m["net_return"] <= m["net_return_ci_high"]
+    assert r.baselines["flat"]["net_return"] == 0.0 and r.baselines["flat"]["trades"] == 0
+
+    # the second run reuses the prepared lake while file, rule, range and pipeline code are unchanged
+    entry = next(e for e in yaml.safe_load((CONFIG_DIR / "real_exports_v1.yaml").read_text())["files"] if e["file"].startswith("USDJPY_H1"))
+    assert prepare(entry, raw_dir, s).reused
+
+    text = render(results, spec, raw_dir)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| USDJPY | H1 |")]
+    assert len(rows) == 5 and all(ln.count("[") == 2 for ln in rows)  # 2 models + 3 baselines, each with 2 CIs
+    assert "get_historical_features" in text and "`fixed:+2`" in text

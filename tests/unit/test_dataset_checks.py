@@ -44,3 +44,35 @@ def test_carried_forward_when_a_bar_got_the_next_bars_features_then_it_is_not_ex
     assert not carried_forward(ds, NAMES).any()
     with pytest.raises(LookAheadError):
         assert_point_in_time(ds)
+
+
+def _with_sequences(ds: pd.DataFrame) -> pd.DataFrame:
+    """Each row's sequence ends at its own close: its newest step carries the row's hour_sin."""
+    from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
+
+    seqs = []
+    for i, hs in enumerate(ds["hour_sin"]):
+        a = np.full((SEQ_LEN, len(SEQ_CHANNELS)), i, np.float32)
+        a[-1, SEQ_CHANNELS.index("hour_sin")] = hs
+        seqs.append(a.ravel())
+    return ds.assign(**{SEQ_FIELD: seqs})
+
+
+def test_carried_forward_when_a_bar_got_the_previous_bars_sequence_then_only_that_row_is_flagged() -> None:
+    from feature_repo.pipeline.transforms import SEQ_FIELD
+
+    ds = _with_sequences(_rows())
+    ds.at[3, SEQ_FIELD] = ds.at[2, SEQ_FIELD]  # its tabular row is its own, its sequence is bar 2's
+    flagged = carried_forward(ds, NAMES)
+    assert flagged.tolist() == [False, False, False, True, False, False]
+    assert_point_in_time(ds[~flagged])
+
+
+def test_carried_forward_when_a_bar_got_the_next_bars_sequence_then_it_is_not_excused() -> None:
+    from feature_repo.pipeline.transforms import SEQ_FIELD
+
+    ds = _with_sequences(_rows())
+    ds.at[3, SEQ_FIELD] = ds.at[4, SEQ_FIELD]
+    assert not carried_forward(ds, NAMES).any()
+    with pytest.raises(LookAheadError, match="sequences"):
+        assert_point_in_time(ds)
