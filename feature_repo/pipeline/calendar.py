@@ -83,11 +83,8 @@ class MarketCalendar:
                 out.append((_ny(d, 17), _ny(d + timedelta(days=2), oh, om)))
             elif wd < 4:
                 out.append((_ny(d, bh, bm), _ny(d, eh, em)))
-            if (d.month, d.day) in ((12, 25), (1, 1)):
-                out.append((_ny(d - timedelta(days=1), 12), _ny(d + timedelta(days=1), 4)))
-            if self.good_friday_closed and d == easter_sunday(d.year) - timedelta(days=2):
-                out.append((_ny(d - timedelta(days=1), 17), _ny(d + timedelta(days=2), oh, om)))
             d += timedelta(days=1)
+        out += self._holiday_windows(d0, d1)
         if not out:
             return np.empty((0, 2), dtype=np.int64)
         arr = np.array(sorted(out), dtype=np.int64)
@@ -100,6 +97,26 @@ class MarketCalendar:
             else:
                 merged.append([a, b])
         return np.array(merged, dtype=np.int64)
+
+    def _holiday_windows(self, d0: date, d1: date) -> list[tuple[int, int]]:
+        oh, om = self.weekly_open_ny
+        out = []
+        d = d0
+        while d <= d1:
+            if (d.month, d.day) in ((12, 25), (1, 1)):
+                out.append((_ny(d - timedelta(days=1), 12), _ny(d + timedelta(days=1), 4)))
+            if self.good_friday_closed and d == easter_sunday(d.year) - timedelta(days=2):
+                out.append((_ny(d - timedelta(days=1), 17), _ny(d + timedelta(days=2), oh, om)))
+            d += timedelta(days=1)
+        return out
+
+    def holiday_session(self, start_s: int, end_s: int) -> bool:
+        """Does ``[start_s, end_s)`` touch a holiday closure (24-26 December, 31 December -
+        2 January, Good Friday for metals)? Such days trade a part of their hours only."""
+        tol = int(self.tolerance.total_seconds())
+        d0 = datetime.fromtimestamp(start_s, NEW_YORK).date() - timedelta(days=2)
+        d1 = datetime.fromtimestamp(end_s, NEW_YORK).date() + timedelta(days=2)
+        return any(a - tol < end_s and start_s < b + tol for a, b in self._holiday_windows(d0, d1))
 
     def covers(self, gap_start_s: np.ndarray, gap_end_s: np.ndarray) -> np.ndarray:
         """For each missing span ``[start, end)``: does one closed window contain it whole?"""

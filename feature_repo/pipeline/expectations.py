@@ -371,7 +371,11 @@ def annotate(
     # alone is fooled by holidays (see validation_rules.yaml). Short batches: the weekly open.
     shift, gain = 0, 0.0
     hist_days = len(np.unique(hist_t // 86400))
-    if hist_days >= int(cfg.param("tz_shift", "min_history_days")) and len(t):
+    # a holiday session (early close / late open) trades part of its hours: its hour profile says
+    # nothing about the clock, and on the real exports it looked like a 2-3 h shift
+    holiday = bool(len(t)) and calendar_for(symbol).holiday_session(int(t.min()), int(t.max()) + step)
+    info["tz_shift_skipped_holiday"] = holiday
+    if hist_days >= int(cfg.param("tz_shift", "min_history_days")) and len(t) and not holiday:
         min_hours, min_gain = int(cfg.param("tz_shift", "min_batch_hours")), float(cfg.param("tz_shift", "min_gain"))
         by_activity, gain = estimate_tz_shift(
             hour_profile(t, df["tick_volume"].to_numpy()), hour_profile(hist_t, history["tick_volume"].to_numpy()), min_hours, min_gain

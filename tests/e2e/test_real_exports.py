@@ -146,3 +146,25 @@ def test_real_export_when_run_through_market_data_then_quirks_are_never_hard_fai
     )
     assert len(offline) > 0
     assert redis_newest_event_time(s) == offline["event_timestamp"].max().timestamp()
+
+
+def test_real_export_when_christmas_eve_and_new_years_eve_close_early_then_no_timezone_shift_is_alarmed(
+    raw_dir: Path, tmp_path: Path, redis_url: str
+) -> None:
+    """EURUSD H1, six weeks to 2025-01-06: on 24 and 31 December 2024 the market closes early,
+    and those half days' hour profiles looked like a 2-3 h clock shift (a hard failure that
+    quarantined both days before the check skipped holiday sessions)."""
+    from feature_repo.pipeline.ingest import ingest
+    from feature_repo.pipeline.validate import validate_interval
+
+    name = "EURUSD_H1__magiclovexxx_mt5_bot.csv"
+    if not (raw_dir / name).exists():
+        pytest.skip(f"{name} not in {raw_dir}")
+    s = PlatformSettings(home=tmp_path, redis_url=redis_url, mt5_exports=raw_dir, symbols=["EURUSD"], timeframe="H1", broker_tz="eet")
+    start, end = _utc("2024-11-25"), _utc("2025-01-06")
+    ingest(s, "EURUSD", "H1", start, end)
+    report = validate_interval(s, "EURUSD", "H1", start, end)  # raises BatchQuarantined on a hard failure
+    assert report.quarantined_rows == 0
+    checks = _validations(s, "EURUSD", "H1")
+    assert checks["2024-12-24"]["stats"]["tz_shift_skipped_holiday"] and checks["2024-12-31"]["stats"]["tz_shift_skipped_holiday"]
+    assert not checks["2024-12-17"]["stats"]["tz_shift_skipped_holiday"]  # an ordinary day is still checked
