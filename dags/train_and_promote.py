@@ -4,8 +4,10 @@ gate → promote → reload serving.
 The data interval's end is the "as of" time: the dataset holds only bars whose labels were
 known by then. XCom carries references only: the dataset path, the study name, the training
 work dir, the model version and the gate decision. Each task calls one function of
-:mod:`training`; the tune workers share one Optuna study (``TX_OPTUNA_STORAGE``) and pass
-straight through when the config disables tuning (trend_v1, the demo's fast path).
+:mod:`training`; the tune workers share the Optuna studies (``TX_OPTUNA_STORAGE``; one per
+member: XGBoost, and the transformer for an ensemble config) and pass straight through when
+the config disables tuning (trend_v1, the demo's fast path); ``fit`` trains with both members'
+best parameters.
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ def train_and_promote() -> None:
         from infra.settings import PlatformSettings
         from training.train import fit_step
 
-        return fit_step(PlatformSettings(), _cfg(params), path, data_interval_end, params=best.get("params") or None)
+        return fit_step(
+            PlatformSettings(), _cfg(params), path, data_interval_end,
+            params=best.get("params") or None, transformer_params=best.get("transformer_params") or None,
+        )
 
     @sdk.task
     def backtest(workdir: str) -> str:

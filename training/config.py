@@ -75,12 +75,43 @@ class RegimeConfig(BaseModel):
     trend_feature: str = "sma_ratio_12_48"
 
 
+class TransformerSearchConfig(BaseModel):
+    """The transformer member's Optuna search space (ensemble family only). Every ``d_model``
+    choice must be divisible by every ``n_heads`` choice (attention splits d_model by heads)."""
+
+    n_trials: int | None = Field(None, ge=0, description="trials of the transformer study; None: tune.n_trials, 0: not tuned")
+    d_model: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    n_heads: list[int] = Field(default_factory=lambda: [1, 2, 4])
+    n_layers: tuple[int, int] = (1, 3)
+    dropout: tuple[float, float] = (0.0, 0.3)
+    lr: tuple[float, float] = (3e-4, 1e-2)
+    epochs: tuple[int, int] = (1, 4)
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> TransformerSearchConfig:
+        if not self.d_model or not self.n_heads:
+            raise ValueError("tune.transformer.d_model and n_heads need at least one choice")
+        if min(self.d_model) < 8 or min(self.n_heads) < 1:
+            raise ValueError("tune.transformer: d_model >= 8 and n_heads >= 1")
+        bad = [(d, h) for d in self.d_model for h in self.n_heads if d % h]
+        if bad:
+            raise ValueError(f"tune.transformer: every d_model must be divisible by every n_heads; not {bad}")
+        for name in ("n_layers", "dropout", "lr", "epochs"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"tune.transformer.{name}: low {lo} > high {hi}")
+        if self.n_layers[0] < 1 or self.epochs[0] < 1 or self.lr[0] <= 0 or not 0 <= self.dropout[0] <= self.dropout[1] < 1:
+            raise ValueError("tune.transformer: n_layers, epochs >= 1; lr > 0; 0 <= dropout < 1")
+        return self
+
+
 class TuneConfig(BaseModel):
     enabled: bool = True
     workers: int = Field(2, ge=1, description="parallel workers (DAG mapped tasks / processes)")
-    n_trials: int = Field(12, ge=1)
+    n_trials: int = Field(12, ge=1, description="trials of the XGBoost study (and of the transformer's unless set there)")
     metric: Literal["log_loss"] = "log_loss"
     seed: int = 11
+    transformer: TransformerSearchConfig = TransformerSearchConfig()
 
 
 class GateConfig(BaseModel):

@@ -17,6 +17,7 @@ feature order), optionally the bar sequence ``seq`` float32 ``[N, SEQ_LEN, C]``,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -155,7 +156,16 @@ class TransformerModel:
         self.cfg = cfg
         self.net: Any = None
 
-    def fit(self, train: ModelData, valid: ModelData | None = None) -> TransformerModel:
+    def fit(
+        self,
+        train: ModelData,
+        valid: ModelData | None = None,
+        *,
+        on_epoch: Callable[[int, TransformerModel], None] | None = None,
+    ) -> TransformerModel:
+        """Train for ``cfg.epochs``; ``on_epoch(epoch, self)`` runs after each epoch with the
+        network in eval mode (tuning scores validation rows there; an exception it raises,
+        e.g. Optuna's ``TrialPruned``, stops the fit and propagates)."""
         import torch
 
         if train.seq is None:
@@ -188,6 +198,15 @@ class TransformerModel:
                 opt.step()
                 total += float(loss.detach()) * len(b)
             log.debug("transformer epoch %d loss %.4f", epoch, total / n)
+            if on_epoch is not None:
+                net.eval()
+                self.net = net
+                try:
+                    on_epoch(epoch, self)
+                except BaseException:
+                    self.net = None  # a stopped fit leaves no half-trained model behind
+                    raise
+                net.train()
         net.eval()
         self.net = net
         return self

@@ -40,7 +40,7 @@ from training.backtest import (
     pnl_frame,
     positions_from_proba,
 )
-from training.config import ExperimentConfig
+from training.config import ExperimentConfig, TransformerConfig
 from training.dataset import build_dataset, sequence_tensor, service_inputs
 from training.labels import CLASSES, POSITIONS
 from training.models import EnsembleModel, ModelData, RegimeClassifier, TransformerModel, XGBModel
@@ -125,15 +125,23 @@ def model_data(ds: pd.DataFrame, feature_service: str) -> ModelData:
     return ModelData(ds[names].to_numpy(np.float32), sequence_tensor(ds) if has_seq else None, y)
 
 
-def make_model(cfg: ExperimentConfig, params: dict[str, Any] | None = None) -> Any:
-    """The config's model family, unfitted (``params`` override the XGBoost parameters)."""
+def transformer_config(cfg: ExperimentConfig, transformer_params: dict[str, Any] | None = None) -> TransformerConfig:
+    """The config's transformer parameters with tuned ones (``transformer_params``) over them."""
+    return TransformerConfig.model_validate({**cfg.transformer.model_dump(), **(transformer_params or {})})
+
+
+def make_model(cfg: ExperimentConfig, params: dict[str, Any] | None = None, transformer_params: dict[str, Any] | None = None) -> Any:
+    """The config's model family, unfitted (``params`` override the XGBoost parameters,
+    ``transformer_params`` the transformer's — both typically an Optuna study's best)."""
     xgb = XGBModel({**cfg.model, **(params or {})})
     if cfg.family == "xgboost":
         return xgb
     names, has_seq = service_inputs(cfg.feature_service)
     if not has_seq:
         raise ValueError(f"family ensemble needs a feature service with the sequence; {cfg.feature_service} has none")
-    return EnsembleModel(xgb, TransformerModel(cfg.transformer), RegimeClassifier(names, cfg.regime.vol_feature, cfg.regime.trend_feature))
+    return EnsembleModel(
+        xgb, TransformerModel(transformer_config(cfg, transformer_params)), RegimeClassifier(names, cfg.regime.vol_feature, cfg.regime.trend_feature)
+    )
 
 
 def _embargo(cfg: ExperimentConfig, timeframe: str) -> pd.Timedelta:
@@ -185,14 +193,17 @@ def fit_step(
     as_of: datetime | None,
     timeframe: str | None = None,
     params: dict[str, Any] | None = None,
+    transformer_params: dict[str, Any] | None = None,
 ) -> str:
-    """Split, fit and pickle the model into a new work dir; returns the work dir."""
+    """Split, fit and pickle the model into a new work dir; returns the work dir.
+
+    ``params`` / ``transformer_params``: tuned XGBoost / transformer parameters (over the config's)."""
     tf = timeframe or settings.timeframe
     ds = pd.read_parquet(dataset_path)
     train, test = split_dataset(ds, cfg, as_of, tf)
     if len(train) < 200 or len(test) < 50:
         raise ValueError(f"too little data: {len(train)} train rows, {len(test)} test rows")
-    model = fit_model(make_model(cfg, params), train, cfg, tf)
+    model = fit_model(make_model(cfg, params, transformer_params), train, cfg, tf)
     wd = _workdir(settings, cfg, tf, as_of)
     with open(wd / "model.pkl", "wb") as f:
         pickle.dump(model, f)
@@ -205,6 +216,7 @@ def fit_step(
             "as_of": utc(as_of).isoformat() if as_of else None,
             "timeframe": tf,
             "params": params or {},
+            "transformer_params": transformer_params or {},
             "train_range": [r["train"][0].isoformat(), r["train"][1].isoformat()],
             "test_range": [r["test"][0].isoformat(), r["test"][1].isoformat()],
             "train_rows": len(train),
@@ -296,6 +308,16 @@ def lake_snapshot(settings: PlatformSettings, symbols: list[str], timeframe: str
     return h.hexdigest()
 
 
+def model_params(model: Any) -> dict[str, Any]:
+    """The fitted model's member parameters, as trained (config + tuned): ``xgboost`` and, for
+    the ensemble, ``transformer``."""
+    xgb = model.xgb if isinstance(model, EnsembleModel) else model
+    out: dict[str, Any] = {"xgboost": dict(xgb.params) if isinstance(xgb, XGBModel) else None}
+    if isinstance(model, EnsembleModel):
+        out["transformer"] = model.transformer.cfg.model_dump(mode="json")
+    return out
+
+
 def build_manifest(settings: PlatformSettings, step: dict[str, Any], cfg: ExperimentConfig, model: Any, metrics: dict[str, float], export: dict[str, Any]) -> dict[str, Any]:
     from feature_repo.pipeline.store import SEQ_VIEW, SERVICE_VIEWS
     from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
@@ -327,6 +349,7 @@ def build_manifest(settings: PlatformSettings, step: dict[str, Any], cfg: Experi
         "metrics": metrics,
         "thresholds": {"min_confidence": cfg.decision.min_confidence},
         "ensemble_weights": None,
+        "model_params": model_params(model),
         "lake_snapshot": lake_snapshot(settings, step["symbols"], step["timeframe"]),
         "git_commit": git_commit(),
         "bundle_sha256": export["bundle_sha256"],
@@ -368,6 +391,8 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
     exp_id = ensure_experiment(settings)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-{step['test_range'][1][:10]}") as run:
         mlflow.log_params({f"model.{k}": v for k, v in {**cfg.model, **step["params"]}.items()})
+        if isinstance(model, EnsembleModel):
+            mlflow.log_params({f"transformer.{k}": v for k, v in model.transformer.cfg.model_dump(mode="json").items()})
         mlflow.log_params(
             {
                 "family": cfg.family,
@@ -407,9 +432,10 @@ def train_and_register(
     as_of: datetime | None,
     timeframe: str | None = None,
     params: dict[str, Any] | None = None,
+    transformer_params: dict[str, Any] | None = None,
 ) -> TrainResult:
     """fit → backtest → export (parity-checked) → register."""
-    wd = fit_step(settings, cfg, dataset_path, as_of, timeframe, params)
+    wd = fit_step(settings, cfg, dataset_path, as_of, timeframe, params, transformer_params)
     backtest_step(wd)
     export_step(wd)
     return register_step(settings, wd)

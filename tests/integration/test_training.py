@@ -137,10 +137,13 @@ def test_train_ensemble_when_trend_v2_then_one_onnx_graph_with_sequence_is_regis
         }
     )
     as_of = platform.end - timedelta(days=2)
-    res = train_and_register(s, cfg, build_training_dataset(s, cfg, as_of), as_of)
+    tuned = {"d_model": 8, "n_heads": 1, "lr": 0.004}  # as a transformer study's best would arrive
+    res = train_and_register(s, cfg, build_training_dataset(s, cfg, as_of), as_of, transformer_params=tuned)
     assert res.parity_max_abs_diff <= 1e-5
     local = mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{res.version}", tracking_uri=s.tracking_uri)
     m = mlflow.models.Model.load(local).metadata["tx_manifest"]
+    assert {k: m["model_params"]["transformer"][k] for k in tuned} == tuned and m["model_params"]["transformer"]["n_layers"] == 1
+    assert mlflow.MlflowClient(s.tracking_uri).get_run(res.run_id).data.params["transformer.d_model"] == "8"
     assert m["sequence"] == {"input_name": "sequence", "feature_view": "bar_sequence_fv", "field": "seq", "seq_len": SEQ_LEN, "channels": list(SEQ_CHANNELS)}
     assert m["feature_views"] == ["trend_v2_fv", "bar_sequence_fv"] and len(m["ensemble_weights"]["by_regime_state"]) == 4
     for key in ("bundle_sha256", "lake_snapshot", "git_commit", "onnx_latency_us", "thresholds", "train_range", "test_range"):

@@ -118,3 +118,24 @@ def test_canary_when_labels_are_shuffled_then_the_model_does_not_beat_chance() -
     real = XGBModel(SMALL_XGB).fit(d.take(np.arange(2000)))
     real_acc = float((real.predict_proba(d.take(np.arange(2000, 3000))).argmax(axis=1) == d.labels()[2000:]).mean())
     assert real_acc > majority + 0.05
+
+
+def test_transformer_when_an_epoch_callback_is_given_then_called_per_epoch_in_eval_mode_without_changing_the_fit() -> None:
+    d = data(300)
+    calls: list[tuple[int, bool]] = []
+    with_cb = TransformerModel(TINY_TF).fit(d, on_epoch=lambda e, m: calls.append((e, m.net.training)))
+    plain = TransformerModel(TINY_TF).fit(d)
+    assert calls == [(0, False), (1, False)]
+    np.testing.assert_array_equal(with_cb.predict_proba(d), plain.predict_proba(d))
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int, model: TransformerModel) -> None:
+        raise Stop
+
+    m = TransformerModel(TINY_TF)
+    with pytest.raises(Stop):
+        m.fit(d, on_epoch=stop)
+    with pytest.raises(NotFittedError):
+        m.predict_proba(d)
