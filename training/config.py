@@ -124,6 +124,13 @@ class GateConfig(BaseModel):
     latency_budget_us: float = Field(2000.0, gt=0, description="single-row ONNX p50 budget")
     n_boot: int = Field(500, ge=50)
     seed: int = 5
+    sharpe_test: Literal["bootstrap", "dm"] = Field(
+        "bootstrap",
+        description="which significance rule decides: the bootstrap CI of the Sharpe difference (non-inferiority "
+        "within sharpe_ci_tolerance) or the one-sided Diebold-Mariano test on per-bar P&L (p < dm_alpha)",
+    )
+    dm_alpha: float = Field(0.1, gt=0, lt=1, description="dm: promote only if P(challenger not better) p-value < this")
+    dm_lag: int | None = Field(None, ge=0, description="DM Newey-West lag; None: label horizon - 1")
 
 
 class DecisionConfig(BaseModel):

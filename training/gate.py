@@ -6,10 +6,16 @@ feature service and decision threshold); per-bar portfolio P&L uses the challeng
 model for both. Rules, all required (thresholds in the config's ``gate`` section):
 
 1. ONNX parity of the challenger passed (≤ 1e-5) and its single-row p50 latency is within budget;
-2. with a champion: the paired moving-block bootstrap CI of the annualised net Sharpe difference
-   (challenger − champion) has its lower bound above ``-sharpe_ci_tolerance`` and the point
-   estimate above ``min_sharpe_gain``; the challenger's max drawdown is not worse than the
-   champion's by more than ``max_drawdown_tolerance`` (relative);
+2. with a champion: the point estimate of the annualised net Sharpe difference (challenger −
+   champion) is above ``min_sharpe_gain``; the significance rule ``sharpe_test`` holds —
+   ``bootstrap`` (default): the paired moving-block bootstrap CI of that difference has its
+   lower bound above ``-sharpe_ci_tolerance`` (non-inferiority within a tolerance); ``dm``: the
+   one-sided Diebold-Mariano test (:func:`training.stats.diebold_mariano`, Newey-West variance
+   with lag ``label horizon - 1`` or ``dm_lag``, Harvey-Leybourne-Newbold correction) on the
+   per-bar net P&L difference finds the challenger better, p < ``dm_alpha`` (superiority) —
+   and the challenger's max drawdown is not worse than the champion's by more than
+   ``max_drawdown_tolerance`` (relative). Both statistics are always computed and recorded in
+   the evidence (audit row, ``gate`` tag), whichever rule decides;
 3. without a champion: the challenger beats always-flat after costs (net return > 0).
 
 Passing moves ``champion`` to the challenger (the old champion becomes ``previous``); failing
@@ -51,6 +57,7 @@ from training.registry import (
     current_aliases,
     move_aliases,
 )
+from training.stats import diebold_mariano
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +145,12 @@ def decide(
     cfg: GateConfig,
     parity: float,
     latency_us: float,
+    label_horizon: int = 1,
 ) -> tuple[bool, str, dict[str, Any]]:
-    """The gate's rules on per-bar portfolio P&L (indexed by bar close). Pure function."""
+    """The gate's rules on per-bar portfolio P&L (indexed by bar close). Pure function.
+
+    ``label_horizon``: the challenger's label horizon in bars (the DM test's default lag is
+    ``label_horizon - 1``)."""
     ev: dict[str, Any] = {"parity_max_abs_diff": parity, "latency_p50_us": latency_us, "latency_budget_us": cfg.latency_budget_us}
     if not parity <= PARITY_TOLERANCE:
         return False, f"ONNX parity failed ({parity:.2e} > {PARITY_TOLERANCE:g})", ev
@@ -158,11 +169,19 @@ def decide(
     ann = bars_per_year(timeframe)
     sd = paired_sharpe_diff(a, b, ann, cfg)
     dd_a, dd_b = max_drawdown(a), max_drawdown(b)
+    lag = cfg.dm_lag if cfg.dm_lag is not None else max(int(label_horizon) - 1, 0)
+    dm = diebold_mariano(a, b, lag) if len(common) >= 8 else None
     ev.update(
         {
+            "sharpe_test": cfg.sharpe_test,
             "sharpe_diff": sd["diff"],
             "sharpe_diff_ci": [sd["ci_low"], sd["ci_high"]],
             "ci_level": cfg.ci,
+            "dm_stat": dm.stat if dm else None,
+            "dm_p_value": dm.p_value if dm else None,
+            "dm_lag": lag,
+            "dm_alpha": cfg.dm_alpha,
+            "dm_mean_pnl_diff": dm.mean_diff if dm else None,
             "aligned_bars": len(common),
             "challenger_max_drawdown": dd_a,
             "champion_max_drawdown": dd_b,
@@ -174,11 +193,18 @@ def decide(
         return False, f"only {len(common)} bars scored by both models", ev
     if not sd["diff"] > cfg.min_sharpe_gain:
         return False, f"net Sharpe difference {sd['diff']:+.2f} not above {cfg.min_sharpe_gain:+.2f}", ev
-    if not sd["ci_low"] > -cfg.sharpe_ci_tolerance:
-        return False, f"Sharpe difference CI lower bound {sd['ci_low']:+.2f} below -{cfg.sharpe_ci_tolerance:.2f}", ev
+    if cfg.sharpe_test == "dm":
+        assert dm is not None  # len(common) >= 8 here
+        if not dm.p_value < cfg.dm_alpha:
+            return False, f"Diebold-Mariano: challenger not significantly better (DM* {dm.stat:+.2f}, p {dm.p_value:.3f} >= {cfg.dm_alpha:g}, lag {lag})", ev
+        evidence = f"DM* {dm.stat:+.2f}, p {dm.p_value:.3g}, lag {lag}"
+    else:
+        if not sd["ci_low"] > -cfg.sharpe_ci_tolerance:
+            return False, f"Sharpe difference CI lower bound {sd['ci_low']:+.2f} below -{cfg.sharpe_ci_tolerance:.2f}", ev
+        evidence = f"CI {sd['ci_low']:+.2f}..{sd['ci_high']:+.2f}"
     if not dd_a <= dd_b * (1 + cfg.max_drawdown_tolerance) + 1e-12:
         return False, f"max drawdown {dd_a:.5f} worse than champion's {dd_b:.5f} beyond {cfg.max_drawdown_tolerance:.0%}", ev
-    return True, f"net Sharpe +{sd['diff']:.2f} (CI {sd['ci_low']:+.2f}..{sd['ci_high']:+.2f}), drawdown {dd_a:.5f} vs {dd_b:.5f}", ev
+    return True, f"net Sharpe +{sd['diff']:.2f} ({evidence}), drawdown {dd_a:.5f} vs {dd_b:.5f}", ev
 
 
 def window_dataset(settings: PlatformSettings, manifests: list[dict[str, Any]], start: datetime, end: datetime) -> pd.DataFrame:
@@ -233,7 +259,9 @@ def evaluate_gate(
     champ_pnl = portfolio_pnl(pnl_frame(window, bundle_positions(champ, window), tf, costs)) if champ else None
     parity = float(m.get("parity_max_abs_diff", (m.get("metrics") or {}).get("onnx_parity_max_abs_diff", float("inf"))))
     latency = float(m.get("onnx_latency_us", 0.0))
-    ok, reason, ev = decide(chal_pnl, champ_pnl, timeframe=tf, cfg=cfg, parity=parity, latency_us=latency)
+    ok, reason, ev = decide(
+        chal_pnl, champ_pnl, timeframe=tf, cfg=cfg, parity=parity, latency_us=latency, label_horizon=int(m.get("label_horizon", 1))
+    )
     ev.update({"challenger": str(version), "champion": champ.version if champ else None, "window": [str(window["event_timestamp"].min()), str(window["event_timestamp"].max())]})
     log.info("gate for %s v%s: %s", settings.model_name, version, reason)
     return GateDecision(str(version), ok, reason, current, ev)

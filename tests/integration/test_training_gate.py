@@ -57,6 +57,7 @@ def register(settings: PlatformSettings, model: XGBModel, window: pd.DataFrame, 
         "features": FEATURES,
         "min_confidence": 0.4,
         "timeframe": "M5",
+        "label_horizon": 6,  # the DM test's HAC lag: 5
         "symbols": ["EURUSD"],
         "test_range": [str(window["event_timestamp"].min()), str(window["event_timestamp"].max())],
         "costs": {"commission": 0.0, "slippage_spread_k": 0.0, "slippage_vol_k": 0.0},
@@ -105,6 +106,9 @@ def test_gate_when_challenger_is_worse_then_refused_and_set_as_challenger_with_a
     last = rows[-1]
     assert last["actor"] == "test" and last["version"] == bad and last["after"]["champion"] == good
     assert "sharpe_diff_ci" in last["evidence"] and last["evidence"]["champion"] == good
+    # the DM test is recorded whichever rule decides (default: bootstrap)
+    assert last["evidence"]["sharpe_test"] == "bootstrap" and last["evidence"]["dm_lag"] == 5
+    assert last["evidence"]["dm_stat"] < 0 and last["evidence"]["dm_p_value"] > 0.5
     assert any(k.startswith("audit.") for k in client_for(settings).get_model_version(settings.model_name, bad).tags)
 
 
@@ -159,3 +163,60 @@ def test_decide_when_drawdown_or_latency_is_worse_beyond_tolerance_then_refused(
     assert ok, reason
     ok, reason, _ = decide(champ + 2e-5, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=1e6)
     assert not ok and "latency" in reason
+
+
+def test_gate_when_sharpe_test_is_dm_then_a_better_challenger_is_promoted_a_worse_one_refused_and_dm_is_the_evidence(
+    settings: PlatformSettings, models: dict[str, XGBModel]
+) -> None:
+    import json
+
+    from training.registry import client_for, move_aliases
+
+    window = market(seed=5)
+    bad = register(settings, models["bad"], window)
+    move_aliases(settings, {"champion": bad}, action="manual", version=bad, evidence={"why": "test setup"}, actor="test")
+    good = register(settings, models["good"], window)
+    dm = GateConfig(sharpe_test="dm", dm_alpha=0.05)
+
+    up = promote(settings, good, window=window, cfg=dm, actor="test")
+    down = promote(settings, bad, window=window, cfg=dm, actor="test")
+
+    assert up.promoted, up.reason
+    assert "DM*" in up.reason and up.evidence["dm_p_value"] < 0.05 and up.evidence["dm_stat"] > 0
+    assert not down.promoted and down.evidence["dm_stat"] < 0 and down.evidence["dm_p_value"] > 0.5
+    client = client_for(settings)
+    assert current_aliases(client, settings.model_name) == {"champion": good, "previous": bad, "challenger": bad}
+    rows = history(settings)
+    assert [r["action"] for r in rows] == ["manual", "promote", "refuse→challenger"]
+    assert rows[1]["evidence"]["sharpe_test"] == "dm" and rows[1]["evidence"]["dm_lag"] == 5
+    tag = json.loads(client.get_model_version(settings.model_name, good).tags["gate"])
+    assert tag["evidence"]["dm_p_value"] == pytest.approx(up.evidence["dm_p_value"])
+
+
+def test_decide_when_sharpe_test_is_dm_then_significance_decides_and_bootstrap_stays_the_default() -> None:
+    idx = pd.date_range("2026-01-01", periods=3000, freq="5min", tz="UTC")
+    champ = pd.Series(np.random.default_rng(0).normal(1e-5, 1e-4, 3000), index=idx)
+
+    def shifted(edge: float, noise: float, seed: int) -> pd.Series:  # the champion's P&L, plus an edge, plus noise
+        return champ + edge + np.random.default_rng(seed).normal(0.0, noise, len(champ))
+
+    clearly_better, clearly_worse = shifted(1.2e-5, 5e-5, 1), shifted(-1.2e-5, 5e-5, 2)
+    marginal = shifted(3e-8, 3e-6, 4)  # a hair better: non-inferior for the bootstrap, not significant for DM
+    dm, boot = GateConfig(sharpe_test="dm", max_drawdown_tolerance=1.0), GateConfig(max_drawdown_tolerance=1.0)
+    assert GateConfig().sharpe_test == "bootstrap"
+
+    def run(ch: pd.Series, cfg: GateConfig) -> tuple[bool, str, dict]:
+        return decide(ch, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0, label_horizon=6)
+
+    ok, reason, ev = run(clearly_better, dm)
+    assert ok and "DM*" in reason, reason
+    assert ev["dm_p_value"] < 1e-3 and ev["dm_lag"] == 5 and ev["sharpe_test"] == "dm"
+    ok, reason, ev = run(clearly_worse, dm)
+    assert not ok and ev["dm_p_value"] > 0.99
+    ok, reason, ev = run(marginal, boot)
+    assert ok and "CI" in reason, reason  # the lower CI bound is within the 0.5 tolerance
+    assert ev["sharpe_diff"] > 0 and 0.1 < ev["dm_p_value"] < 0.5  # recorded, not deciding
+    ok, reason, ev = run(marginal, dm)
+    assert not ok and "Diebold-Mariano" in reason
+    _, _, ev = decide(clearly_better, champ, timeframe="M5", cfg=GateConfig(sharpe_test="dm", dm_lag=0), parity=1e-7, latency_us=100.0, label_horizon=6)
+    assert ev["dm_lag"] == 0  # an explicit lag wins over the horizon rule
