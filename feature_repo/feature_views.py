@@ -16,8 +16,14 @@ from feature_repo.pipeline.transforms import (
     TREND_V1_FEATURES,
 )
 
-# rows stay servable over a weekend
-TTL = timedelta(days=4)
+# How far back a point-in-time join may reach for a row: one bar of the longest timeframe the
+# platform trades (H1). Feast's offline join pairs each entity row with every feature row inside
+# the TTL before it keeps the latest, so the TTL sets its cost: 4 days meant 5,760 candidate rows
+# per M1 entity row (21 GiB before it was stopped on 40k XAUUSD M1 bars). Entity rows are bar
+# closes and every bar's features sit at its close, so a bar's own row is always inside the TTL;
+# a bar without one gets nothing (the dataset builder drops it either way). Online reads and
+# the platform's explicit-range materialisation do not use it.
+TTL = timedelta(hours=1)
 
 trend_fv = FeatureView(
     name="trend_fv",

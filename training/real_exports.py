@@ -28,7 +28,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     from engine.mt5.exports import parse_export_name
     from feature_repo.pipeline import lake
     from feature_repo.pipeline.ingest import ingest
-    from feature_repo.pipeline.store import build_features, feast_apply
+    from feature_repo.pipeline.store import VIEWS, build_features, feast_apply, offline_dir
     from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
 
     name = entry["file"]
@@ -130,6 +130,7 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     )
     marker = home / "prepared.json"
     fp = _fingerprint(raw_dir / name, entry)
+    feast_apply(s)  # always: the registry follows the repo's current definitions
     if marker.exists():
         done = json.loads(marker.read_text())
         if done.get("fingerprint") == fp:
@@ -138,7 +139,8 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     for folder in (s.staging_dir, s.lake_dir, s.quarantine_dir, s.home / "offline"):
         if folder.exists():  # a changed file, rule, range or pipeline: rebuild from scratch
             shutil.rmtree(folder)
-    feast_apply(s)
+    for view in VIEWS:
+        offline_dir(s, view).mkdir(parents=True, exist_ok=True)
     ingest(s, symbol, tf, start, end)
     try:
         report = validate_interval(s, symbol, tf, start, end)
@@ -303,7 +305,10 @@ def run_report(
             if not (raw_dir / entry["file"]).is_file():
                 log.warning("%s not in %s: skipped", entry["file"], raw_dir)
             else:
-                results.append(evaluate_file(entry, raw_dir, spec, base))
+                r = evaluate_file(entry, raw_dir, spec, base)
+                out = base.home / "real_exports" / Path(entry["file"]).stem / "result.json"
+                out.write_text(json.dumps(asdict(r), indent=1, default=str))
+                results.append(r)
             bar.advance(task)
     if not results:
         raise FileNotFoundError(f"none of the configured exports is in {raw_dir}")
