@@ -25,6 +25,7 @@ from feature_repo.pipeline.store import (
     VIEW_FIELDS,
     lookback,
     open_store,
+    require_offline,
     symbol_point,
 )
 from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
@@ -114,6 +115,7 @@ def build_dataset(
     clash = set(entity.columns) & (set(names) | ({SEQ_FIELD} if has_seq else set()))
     if clash:
         raise ValueError(f"label columns {sorted(clash)} collide with features of {feature_service}")
+    require_offline(settings, feature_service)
     fs = store or open_store(settings)
     service = fs.get_feature_service(feature_service)
     joined = fs.get_historical_features(

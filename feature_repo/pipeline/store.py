@@ -254,6 +254,18 @@ def materialize(
     store.materialize(start - MATERIALIZE_OVERLAP, end, feature_views=list(views))
 
 
+def require_offline(settings: PlatformSettings, service: str) -> None:
+    """Fail clearly when a view of ``service`` has no offline parquet yet (DuckDB would raise an
+    I/O error on the empty folder)."""
+    for view in SERVICE_VIEWS[service]:
+        folder = offline_dir(settings, view)
+        if not any(folder.glob("*.parquet")):
+            raise ValueError(
+                f"the offline store of {view} ({folder}) is empty: build features first "
+                "(the market_data DAG, `tx backfill` or `tx features build`)"
+            )
+
+
 def bar_closes(settings: PlatformSettings, symbols: list[str], timeframe: str, start: datetime, end: datetime) -> pd.DataFrame:
     """Entity rows ``symbol``, ``event_timestamp`` at the close of every lake bar opening in [start, end)."""
     start, end = utc(start), utc(end)
@@ -282,6 +294,7 @@ def historical_features(
     entity = bar_closes(settings, symbols, tf, start, end)
     if entity.empty:
         raise ValueError(f"no bars in the lake for {symbols} {tf} in [{start}, {end})")
+    require_offline(settings, service)
     store = store or open_store(settings)
     out = store.get_historical_features(entity_df=entity, features=store.get_feature_service(service)).to_df()
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")  # DuckDB returns µs

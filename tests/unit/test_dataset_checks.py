@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,3 +78,18 @@ def test_carried_forward_when_a_bar_got_the_next_bars_sequence_then_it_is_not_ex
     assert not carried_forward(ds, NAMES).any()
     with pytest.raises(LookAheadError, match="sequences"):
         assert_point_in_time(ds)
+
+
+def test_require_offline_when_a_view_has_no_parquet_then_the_error_names_it_and_the_fix(tmp_path: Path) -> None:
+    from feature_repo.pipeline.store import V2_VIEW, offline_dir, require_offline
+    from infra.settings import PlatformSettings
+
+    s = PlatformSettings(home=tmp_path)
+    with pytest.raises(ValueError, match=r"trend_fv .*empty.*tx features build"):
+        require_offline(s, "trend_v1")
+    for view in ("trend_fv", V2_VIEW):
+        offline_dir(s, view).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"x": [1.0]}).to_parquet(offline_dir(s, view) / "a.parquet")
+    require_offline(s, "trend_v1")
+    with pytest.raises(ValueError, match="bar_sequence_fv"):  # trend_v2 also needs the sequence view
+        require_offline(s, "trend_v2")
