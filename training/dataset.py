@@ -10,7 +10,7 @@ identifies the close time) — a feature shifted into the future fails the build
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,7 @@ def build_dataset(
     require_offline(settings, feature_service)
     fs = store or open_store(settings)
     service = fs.get_feature_service(feature_service)
+    check_ttls({p.name: fs.get_feature_view(p.name).ttl for p in service.feature_view_projections})
     joined = fs.get_historical_features(
         entity_df=entity[["symbol", "event_timestamp"]], features=service
     ).to_df()
@@ -135,6 +136,15 @@ def build_dataset(
         ds = ds[~stale].reset_index(drop=True)
     assert_point_in_time(ds)
     return ds
+
+
+def check_ttls(ttls: dict[str, timedelta | None]) -> None:
+    """Every view's TTL must be under a day. The join may hand a bar without a row of its own
+    the latest row inside the TTL; one exactly k days old has the same close-hour encoding, so
+    the builder's checks could not tell it from the bar's own (a stale row, silently used)."""
+    bad = {v: t for v, t in ttls.items() if not t or t >= timedelta(days=1)}
+    if bad:
+        raise ValueError(f"feature view TTL must be under one day for point-in-time datasets: {bad}")
 
 
 def carried_forward(ds: pd.DataFrame, names: list[str]) -> pd.Series:

@@ -93,3 +93,14 @@ def test_require_offline_when_a_view_has_no_parquet_then_the_error_names_it_and_
     require_offline(s, "trend_v1")
     with pytest.raises(ValueError, match="bar_sequence_fv"):  # trend_v2 also needs the sequence view
         require_offline(s, "trend_v2")
+
+
+def test_check_ttls_when_a_view_keeps_rows_a_day_or_more_then_the_builder_refuses() -> None:
+    from datetime import timedelta
+
+    from training.dataset import check_ttls
+
+    check_ttls({"trend_fv": timedelta(hours=1), "bar_sequence_fv": timedelta(hours=23)})
+    for bad in (timedelta(days=1), timedelta(days=4), None):  # None: Feast keeps rows forever
+        with pytest.raises(ValueError, match="under one day"):
+            check_ttls({"trend_fv": timedelta(hours=1), "bar_sequence_fv": bad})
