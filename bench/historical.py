@@ -3,9 +3,9 @@
 on the same registry, parquet and entity rows (bar closes of one symbol of the seeded synthetic
 market, M5). Both stores must return the same values; the script checks it.
 
-The file store's cost grows much faster than linearly with the entity rows (one year of H1 bars,
-6,229 rows, took 52 s and 10.7 GiB there; 58k M5 bars could not finish), so it runs only up to
-``--file-max`` rows.
+The file store's cost grows much faster than linearly with the entity rows (with the former
+4-day TTL, one year of H1 bars, 6,229 rows, took 52 s and 10.7 GiB there; 58k M5 bars could not
+finish), so it runs only up to ``--file-max`` rows.
 
     .venv/bin/python bench/historical.py [--days 10] [--repeat 5] [--file-max 2000]
 """
