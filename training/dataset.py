@@ -59,22 +59,35 @@ class LookAheadError(AssertionError):
     """A dataset row would use information from after its own timestamp."""
 
 
+def _close_hour(ds: pd.DataFrame) -> pd.Series:
+    """Each row's close time as fractional hours of the day (what ``hour_sin``/``hour_cos`` encode)."""
+    return ds["event_timestamp"].dt.hour + ds["event_timestamp"].dt.minute / 60.0
+
+
+def _close_hour_error(ds: pd.DataFrame) -> pd.Series:
+    """How far each row's tabular close-hour encoding is from its own bar close's (NaN if undefined)."""
+    hour = _close_hour(ds)
+    return np.maximum(np.abs(ds["hour_sin"] - np.sin(2 * np.pi * hour / 24.0)), np.abs(ds["hour_cos"] - np.cos(2 * np.pi * hour / 24.0)))
+
+
+def _seq_close_hour_error(ds: pd.DataFrame, seq: np.ndarray) -> np.ndarray:
+    """How far the newest bar of each sequence (``seq``, ``ds``'s rows in order) is from the row's own close."""
+    expect = np.sin(2 * np.pi * _close_hour(ds).to_numpy() / 24.0).astype(np.float32)
+    return np.asarray(np.abs(seq[:, -1, SEQ_CHANNELS.index("hour_sin")] - expect))
+
+
 def assert_point_in_time(ds: pd.DataFrame) -> None:
     """Fail if any label is known no later than its features, or any row's features are not
     those of its own bar close (checked through the close-hour encoding)."""
     if (ds["label_end"] <= ds["event_timestamp"]).any():
         raise LookAheadError("label_end <= event_timestamp: a label does not look forward")
-    hour = ds["event_timestamp"].dt.hour + ds["event_timestamp"].dt.minute / 60.0
-    expect_sin, expect_cos = np.sin(2 * np.pi * hour / 24.0), np.cos(2 * np.pi * hour / 24.0)
-    off = (np.abs(ds["hour_sin"] - expect_sin) > 1e-9) | (np.abs(ds["hour_cos"] - expect_cos) > 1e-9)
+    off = _close_hour_error(ds) > 1e-9
     if off.any():
         bad = ds.loc[off, "event_timestamp"].head(3).tolist()
         raise LookAheadError(f"{int(off.sum())} rows joined a feature row of another bar, e.g. {bad}")
     if SEQ_FIELD in ds and "hour_sin" in SEQ_CHANNELS and len(ds):
         # the newest bar of each sequence must be this row's bar: check its close-hour channel
-        seq = sequence_tensor(ds)
-        last = seq[:, -1, SEQ_CHANNELS.index("hour_sin")]
-        bad_seq = np.abs(last - expect_sin.to_numpy(np.float32)) > 1e-5
+        bad_seq = _seq_close_hour_error(ds, sequence_tensor(ds)) > 1e-5
         if bad_seq.any():
             raise LookAheadError(f"{int(bad_seq.sum())} sequences do not end at their own bar close")
 
@@ -158,10 +171,7 @@ def carried_forward(ds: pd.DataFrame, names: list[str]) -> pd.Series:
     :func:`assert_point_in_time` to fail on."""
     if not len(ds) or "hour_sin" not in ds or "hour_cos" not in ds:
         return pd.Series(False, index=ds.index)
-    hour = ds["event_timestamp"].dt.hour + ds["event_timestamp"].dt.minute / 60.0
-    own = (np.abs(ds["hour_sin"] - np.sin(2 * np.pi * hour / 24.0)) <= 1e-9) & (
-        np.abs(ds["hour_cos"] - np.cos(2 * np.pi * hour / 24.0)) <= 1e-9
-    )
+    own = _close_hour_error(ds) <= 1e-9
     order = ds.sort_values(["symbol", "event_timestamp"]).index
     cols = ds.loc[order, names]
     same = (cols == cols.groupby(ds.loc[order, "symbol"]).shift(1)).all(axis=1)
@@ -170,8 +180,7 @@ def carried_forward(ds: pd.DataFrame, names: list[str]) -> pd.Series:
         # the sequence view is joined on its own: a bar without a sequence row of its own gets the
         # previous bar's sequence, which ends at that bar's close
         seq = sequence_tensor(ds.loc[order])
-        last = seq[:, -1, SEQ_CHANNELS.index("hour_sin")]
-        seq_own = np.abs(last - np.sin(2 * np.pi * hour.loc[order].to_numpy() / 24.0).astype(np.float32)) <= 1e-5
+        seq_own = _seq_close_hour_error(ds.loc[order], seq) <= 1e-5
         sym = ds.loc[order, "symbol"].to_numpy()
         seq_same = np.zeros(len(order), bool)
         seq_same[1:] = (sym[1:] == sym[:-1]) & (seq[1:] == seq[:-1]).all(axis=(1, 2))

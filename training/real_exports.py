@@ -106,7 +106,7 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     from engine.mt5.exports import parse_export_name
     from feature_repo.pipeline import lake
     from feature_repo.pipeline.ingest import ingest
-    from feature_repo.pipeline.store import VIEWS, build_features, feast_apply, offline_dir
+    from feature_repo.pipeline.store import build_features, feast_apply
     from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
 
     name = entry["file"]
@@ -130,17 +130,16 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     )
     marker = home / "prepared.json"
     fp = _fingerprint(raw_dir / name, entry)
-    feast_apply(s)  # always: the registry follows the repo's current definitions
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if done.get("fingerprint") == fp:
-            log.info("%s: lake and offline store reused (%s)", name, marker)
-            return Prepared(s, symbol, tf, start, test_start, end, **_counts(done), reused=True)
-    for folder in (s.staging_dir, s.lake_dir, s.quarantine_dir, s.home / "offline"):
-        if folder.exists():  # a changed file, rule, range or pipeline: rebuild from scratch
-            shutil.rmtree(folder)
-    for view in VIEWS:
-        offline_dir(s, view).mkdir(parents=True, exist_ok=True)
+    done = json.loads(marker.read_text()) if marker.exists() else {}
+    reused = done.get("fingerprint") == fp
+    if not reused:  # a changed file, rule, range or pipeline: rebuild from scratch
+        for folder in (s.staging_dir, s.lake_dir, s.quarantine_dir, s.home / "offline"):
+            if folder.exists():
+                shutil.rmtree(folder)
+    feast_apply(s)  # always (the registry follows the repo's current definitions); makes the offline folders
+    if reused:
+        log.info("%s: lake and offline store reused (%s)", name, marker)
+        return Prepared(s, symbol, tf, start, test_start, end, **_counts(done), reused=True)
     ingest(s, symbol, tf, start, end)
     try:
         report = validate_interval(s, symbol, tf, start, end)

@@ -39,7 +39,7 @@ import multiprocessing as mp
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -121,12 +121,11 @@ def transformer_objective(trial: Any, train: pd.DataFrame, cfg: ExperimentConfig
     """Transformer: mean validation log loss over the same folds, reported after every epoch."""
     import optuna
 
-    from training.config import TransformerConfig
     from training.models import TransformerModel
-    from training.train import model_data
+    from training.train import model_data, transformer_config
 
     sp = cfg.tune.transformer
-    tcfg = TransformerConfig.model_validate({**cfg.transformer.model_dump(), **transformer_space(trial, sp)})
+    tcfg = transformer_config(cfg, transformer_space(trial, sp))
     trial.set_user_attr("pid", os.getpid())
     data = model_data(train, cfg.feature_service)
     if data.seq is None:
@@ -191,8 +190,12 @@ def member_trials(cfg: ExperimentConfig, n_trials: int | None = None) -> dict[st
     return out
 
 
-def _split(total: int, workers: int) -> list[int]:
-    return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
+def open_member_studies(storage: str, name: str, cfg: ExperimentConfig, totals: dict[str, int], workers: int) -> list[dict[str, int]]:
+    """Create each member study of ``totals`` (member → trials) once, before the workers race
+    to; returns each worker's share of every study's trials."""
+    for member in totals:
+        open_study(storage, member_study(name, member), cfg.tune.seed, member)
+    return [{m: n // workers + (1 if i < n % workers else 0) for m, n in totals.items()} for i in range(workers)]
 
 
 def _train_rows(cfg: ExperimentConfig, dataset_path: str, as_of: datetime | None, timeframe: str) -> pd.DataFrame:
@@ -223,24 +226,21 @@ def tune_worker(
     dataset_path: str,
     as_of: datetime | None,
     timeframe: str,
-    trials: dict[str, int] | int,
+    trials: dict[str, int],
     worker: int = 0,
 ) -> int:
-    """Run this worker's share of each member study (``trials``: member → trials; an int means
-    XGBoost only) in this process; ``study_name`` is the base name. Returns trials finished."""
+    """Run this worker's share of each member study (``trials``: member → trials) in this
+    process; ``study_name`` is the base name. Returns trials finished."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    todo = {XGBOOST: trials} if isinstance(trials, int) else {m: n for m, n in trials.items() if n}
+    todo = {m: n for m, n in trials.items() if n}
     train = _train_rows(cfg, dataset_path, as_of, timeframe)
     for member, n in todo.items():
         name = member_study(study_name, member)
         study = open_study(storage, name, seed=cfg.tune.seed + worker, member=member)
         fn = OBJECTIVES[member]
-        if member == TRANSFORMER:
-            with _one_torch_thread():
-                study.optimize(lambda t, fn=fn: fn(t, train, cfg, timeframe), n_trials=n, catch=())
-        else:
+        with _one_torch_thread() if member == TRANSFORMER else nullcontext():
             study.optimize(lambda t, fn=fn: fn(t, train, cfg, timeframe), n_trials=n, catch=())
         log.info("worker %d: %d trials done in study %s", worker, n, name)
     return sum(todo.values())
@@ -301,12 +301,10 @@ def tune(
     storage = settings.optuna_storage_url
     name = study_name or study_name_for(cfg, dataset_path)
     totals = member_trials(cfg, n_trials)
-    for member in totals:  # create once, before the workers race to
-        open_study(storage, member_study(name, member), cfg.tune.seed, member)
-    shares = {m: _split(n, workers) for m, n in totals.items()}
+    shares = open_member_studies(storage, name, cfg, totals, workers)
     cfg_json = cfg.model_dump(mode="json")
     when = utc(as_of).isoformat() if as_of else None
-    args = [(storage, name, cfg_json, dataset_path, when, tf, {m: s[i] for m, s in shares.items()}, i) for i in range(workers)]
+    args = [(storage, name, cfg_json, dataset_path, when, tf, share, i) for i, share in enumerate(shares)]
     args = [a for a in args if any(a[6].values())]
     if len(args) == 1:
         _worker_main(args[0])
@@ -367,16 +365,12 @@ def plan_workers(settings: PlatformSettings, cfg: ExperimentConfig, dataset_path
     workers pass straight through."""
     name = study_name_for(cfg, dataset_path)
     totals = member_trials(cfg) if cfg.tune.enabled else {}
-    for member in totals:
-        open_study(settings.optuna_storage_url, member_study(name, member), cfg.tune.seed, member)
-    w = cfg.tune.workers
-    shares = {m: _split(n, w) for m, n in totals.items()}
-    return [{"study": name, "dataset_path": dataset_path, "worker": i, "trials": {m: s[i] for m, s in shares.items()}} for i in range(w)]
+    shares = open_member_studies(settings.optuna_storage_url, name, cfg, totals, cfg.tune.workers)
+    return [{"study": name, "dataset_path": dataset_path, "worker": i, "trials": share} for i, share in enumerate(shares)]
 
 
 def run_planned_worker(settings: PlatformSettings, cfg: ExperimentConfig, job: dict[str, Any], as_of: datetime | None) -> int:
-    trials = job["trials"]
-    trials = {XGBOOST: int(trials)} if isinstance(trials, int) else {m: int(n) for m, n in trials.items()}
+    trials = {m: int(n) for m, n in job["trials"].items()}
     if not any(trials.values()):
         log.info("tuning disabled for %s: worker %d has nothing to do", cfg.name, job["worker"])
         return 0

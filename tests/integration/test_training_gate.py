@@ -70,6 +70,16 @@ def register(settings: PlatformSettings, model: XGBModel, window: pd.DataFrame, 
         return str(mlflow.register_model(info.model_uri, settings.model_name).version)
 
 
+def weak_champion_then_good(settings: PlatformSettings, models: dict[str, XGBModel], window: pd.DataFrame) -> tuple[str, str]:
+    """Register the weak model, make it champion by hand (an operator decision, audited too),
+    then register the good one as the challenger; returns (bad, good) versions."""
+    from training.registry import move_aliases
+
+    bad = register(settings, models["bad"], window)
+    move_aliases(settings, {"champion": bad}, action="manual", version=bad, evidence={"why": "test setup"}, actor="test")
+    return bad, register(settings, models["good"], window)
+
+
 @pytest.fixture()
 def settings(tmp_path: Path) -> PlatformSettings:
     return PlatformSettings(home=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name="tx_gate_test")
@@ -118,12 +128,7 @@ def test_gate_when_challenger_is_better_then_promoted_old_champion_becomes_previ
     from training.registry import client_for
 
     window = market(seed=3)
-    bad = register(settings, models["bad"], window)
-    # seed the registry with the weak model as champion (an operator decision, audited too)
-    from training.registry import move_aliases
-
-    move_aliases(settings, {"champion": bad}, action="manual", version=bad, evidence={"why": "test setup"}, actor="test")
-    good = register(settings, models["good"], window)
+    bad, good = weak_champion_then_good(settings, models, window)
 
     decision = promote(settings, good, window=window, actor="test")
 
@@ -170,12 +175,10 @@ def test_gate_when_sharpe_test_is_dm_then_a_better_challenger_is_promoted_a_wors
 ) -> None:
     import json
 
-    from training.registry import client_for, move_aliases
+    from training.registry import client_for
 
     window = market(seed=5)
-    bad = register(settings, models["bad"], window)
-    move_aliases(settings, {"champion": bad}, action="manual", version=bad, evidence={"why": "test setup"}, actor="test")
-    good = register(settings, models["good"], window)
+    bad, good = weak_champion_then_good(settings, models, window)
     dm = GateConfig(sharpe_test="dm", dm_alpha=0.05)
 
     up = promote(settings, good, window=window, cfg=dm, actor="test")

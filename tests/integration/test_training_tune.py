@@ -36,18 +36,23 @@ def pg_storage() -> Iterator[str]:
     eng.dispose()
 
 
-def synthetic_dataset(path: Path, n: int = 3000) -> str:
-    rng = np.random.default_rng(0)
-    t = pd.date_range("2026-01-05 00:05", periods=n, freq="5min", tz="UTC")
-    x = rng.normal(size=(n, len(TREND_V1_FEATURES)))
-    score = x[:, 0] + rng.normal(0, 1, n)
-    ds = pd.DataFrame(x, columns=list(TREND_V1_FEATURES))
+def _write_labelled(path: Path, ds: pd.DataFrame, score: np.ndarray, cut: float) -> str:
+    """Give ``ds`` (one row per M5 bar from 2026-01-05) the dataset columns and the class of
+    ``score`` (long above ``cut``, short below ``-cut``); write it to ``path``."""
+    t = pd.date_range("2026-01-05 00:05", periods=len(ds), freq="5min", tz="UTC")
     ds["symbol"] = "EURUSD"
     ds["event_timestamp"] = t
     ds["label_end"] = t + pd.Timedelta(minutes=30)
-    ds["label"] = np.where(score > 0.6, 2, np.where(score < -0.6, 0, 1))
+    ds["label"] = np.where(score > cut, 2, np.where(score < -cut, 0, 1))
     ds.to_parquet(path, index=False)
     return str(path)
+
+
+def synthetic_dataset(path: Path, n: int = 3000) -> str:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, len(TREND_V1_FEATURES)))
+    score = x[:, 0] + rng.normal(0, 1, n)
+    return _write_labelled(path, pd.DataFrame(x, columns=list(TREND_V1_FEATURES)), score, 0.6)
 
 
 def test_tune_when_two_worker_processes_share_a_postgres_study_then_both_add_trials(pg_storage: str, tmp_path: Path) -> None:
@@ -83,18 +88,12 @@ def synthetic_v2_dataset(path: Path, n: int = 900) -> str:
 
     names, _ = service_inputs("trend_v2")
     rng = np.random.default_rng(1)
-    t = pd.date_range("2026-01-05 00:05", periods=n, freq="5min", tz="UTC")
     x = rng.normal(size=(n, len(names)))
     seq = rng.normal(size=(n, SEQ_LEN, len(SEQ_CHANNELS))).astype(np.float32)
     score = x[:, 0] + seq[:, -1, 0] + rng.normal(0, 1, n)
     ds = pd.DataFrame(x, columns=names)
     ds[SEQ_FIELD] = list(seq.reshape(n, -1))
-    ds["symbol"] = "EURUSD"
-    ds["event_timestamp"] = t
-    ds["label_end"] = t + pd.Timedelta(minutes=30)
-    ds["label"] = np.where(score > 0.8, 2, np.where(score < -0.8, 0, 1))
-    ds.to_parquet(path, index=False)
-    return str(path)
+    return _write_labelled(path, ds, score, 0.8)
 
 
 def ensemble_config(xgb_trials: int, transformer_trials: int) -> ExperimentConfig:
