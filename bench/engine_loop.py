@@ -57,9 +57,20 @@ def make_bundle(out: Path, names: list[str]) -> Path:
     for sym in SYMBOLS:
         rates = term.copy_rates_range(sym, TIMEFRAMES["M5"], t0 + 7200 - 300, t1 + 7200)
         assert rates is not None, term.last_error()
-        close_at = dict(zip((rates["time"].astype(np.int64) - 7200 + 300).tolist(), rates["close"].tolist(), strict=True))
+        close_at = dict(
+            zip(
+                (rates["time"].astype(np.int64) - 7200 + 300).tolist(),
+                rates["close"].tolist(),
+                strict=True,
+            )
+        )
         t, x = feats[sym]
-        fwd = np.array([close_at.get(int(ti) + HORIZON * 300, np.nan) / close_at.get(int(ti), np.nan) - 1 for ti in t])
+        fwd = np.array(
+            [
+                close_at.get(int(ti) + HORIZON * 300, np.nan) / close_at.get(int(ti), np.nan) - 1
+                for ti in t
+            ]
+        )
         ok = np.isfinite(fwd)
         dead = 0.5 * np.nanmedian(np.abs(fwd))
         ys.append(np.where(fwd[ok] > dead, 2, np.where(fwd[ok] < -dead, 0, 1)))
@@ -70,12 +81,25 @@ def make_bundle(out: Path, names: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.onnx").write_bytes(data)
     manifest = {
-        "model_name": "tx_bench", "model_version": "bench-1", "feature_service": "trend_v1", "feature_view": "trend_fv",
-        "features": names, "input_name": "input", "prob_output": "probabilities", "classes": ["short", "flat", "long"],
-        "positions": [-1, 0, 1], "min_confidence": 0.4, "timeframe": "M5", "symbols": SYMBOLS, "label_horizon": HORIZON,
-        "bundle_sha256": hashlib.sha256(data).hexdigest(), "train_range": [t0, t1], "test_range": [START, START + 7 * 86_400],
-        "metrics": {}, "feature_views": ["trend_fv"],
-    }  # fmt: skip
+        "model_name": "tx_bench",
+        "model_version": "bench-1",
+        "feature_service": "trend_v1",
+        "feature_view": "trend_fv",
+        "features": names,
+        "input_name": "input",
+        "prob_output": "probabilities",
+        "classes": ["short", "flat", "long"],
+        "positions": [-1, 0, 1],
+        "min_confidence": 0.4,
+        "timeframe": "M5",
+        "symbols": SYMBOLS,
+        "label_horizon": HORIZON,
+        "bundle_sha256": hashlib.sha256(data).hexdigest(),
+        "train_range": [t0, t1],
+        "test_range": [START, START + 7 * 86_400],
+        "metrics": {},
+        "feature_views": ["trend_fv"],
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
 
@@ -101,12 +125,22 @@ def _engine(world: Any, model: Any, journal_target: str) -> Any:
     from engine.journal import Journal
     from engine.loop import Engine
 
-    return Engine(terminal=world.terminal, features=world.features, model=model, journal=Journal(journal_target),
-                  limits=RiskLimits(daily_loss_limit=0.5, max_drawdown=0.9, max_consecutive_losses=0), lots=0.1, magic=4242,
-                  clock=lambda: float(world.now[0]), sleep=lambda s: None)  # fmt: skip
+    return Engine(
+        terminal=world.terminal,
+        features=world.features,
+        model=model,
+        journal=Journal(journal_target),
+        limits=RiskLimits(daily_loss_limit=0.5, max_drawdown=0.9, max_consecutive_losses=0),
+        lots=0.1,
+        magic=4242,
+        clock=lambda: float(world.now[0]),
+        sleep=lambda s: None,
+    )
 
 
-def vectorised(world: Any, sess: Any, min_conf: float) -> tuple[float, int, float, dict[str, dict[int, int]]]:
+def vectorised(
+    world: Any, sess: Any, min_conf: float
+) -> tuple[float, int, float, dict[str, dict[int, int]]]:
     """The same bars as one numpy program: batched ONNX, positions, after-spread P&L (closes
     are bid prices, so a round trip costs one spread: half a spread per unit of position change)."""
     from engine.mt5 import TIMEFRAMES
@@ -117,7 +151,9 @@ def vectorised(world: Any, sess: Any, min_conf: float) -> tuple[float, int, floa
     positions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for sym in SYMBOLS:
         t, x = world.features._tables[sym]
-        rates = world.terminal.copy_rates_range(sym, TIMEFRAMES["M5"], int(t[0]) + 7200 - 300, int(t[-1]) + 7200 - 300)
+        rates = world.terminal.copy_rates_range(
+            sym, TIMEFRAMES["M5"], int(t[0]) + 7200 - 300, int(t[-1]) + 7200 - 300
+        )
         close_time = rates["time"].astype(np.int64) - 7200 + 300
         idx = np.searchsorted(close_time, t)
         if not np.array_equal(close_time[np.minimum(idx, len(close_time) - 1)], t):
@@ -132,14 +168,26 @@ def vectorised(world: Any, sess: Any, min_conf: float) -> tuple[float, int, floa
         n += len(t)
         positions[sym] = (t, pos)
     dt = time.perf_counter() - t0
-    return dt, n, total, {s: dict(zip(t.tolist(), p.tolist(), strict=True)) for s, (t, p) in positions.items()}
+    return (
+        dt,
+        n,
+        total,
+        {s: dict(zip(t.tolist(), p.tolist(), strict=True)) for s, (t, p) in positions.items()},
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--days", type=int, default=5, help="days of M5 bars to backtest (2 symbols)")
     ap.add_argument("--serving-bars", type=int, default=300, help="bars decided through serving")
-    ap.add_argument("--bundle", type=Path, default=None, help="model.onnx + manifest.json (default: fit a small one)")
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="model.onnx + manifest.json (default: fit a small one)",
+    )
     ap.add_argument("--serving-url", default=None)
     ap.add_argument("--serving-token", default=None)
     args = ap.parse_args()
@@ -157,7 +205,9 @@ def main() -> None:
         bundle = args.bundle or make_bundle(tmp / "bundle", names)
         manifest = json.loads((bundle / "manifest.json").read_text())
         names = list(manifest["features"])
-        print(f"bundle: {bundle} ({manifest.get('model_version')}, sha256 {manifest['bundle_sha256'][:12]}…) in {time.perf_counter() - t:.1f} s")
+        print(
+            f"bundle: {bundle} ({manifest.get('model_version')}, sha256 {manifest['bundle_sha256'][:12]}…) in {time.perf_counter() - t:.1f} s"
+        )
         s = PlatformSettings(symbols=SYMBOLS, home=tmp / "home")
         end = START + args.days * 86_400
 
@@ -166,7 +216,9 @@ def main() -> None:
 
         w = world()
         n_bars = len(w.closes) * len(SYMBOLS)
-        print(f"bars: {len(w.closes)} closes x {len(SYMBOLS)} symbols = {n_bars} decisions (M5, synthetic market)")
+        print(
+            f"bars: {len(w.closes)} closes x {len(SYMBOLS)} symbols = {n_bars} decisions (M5, synthetic market)"
+        )
 
         # -- in-process (the ONNX fallback path), journal on disk (SQLite WAL, synchronous=FULL)
         from engine.backtest import run_backtest
@@ -174,7 +226,9 @@ def main() -> None:
         local = OnnxModel.from_dir(bundle)
         e = _engine(w, local, str(tmp / "journal.sqlite"))
         res = run_backtest(e, w.closes, SYMBOLS, w.set_time)
-        _print_stages("tick-to-decision, model in-process (ONNX), journal SQLite on disk", e.stats.stages_ms)
+        _print_stages(
+            "tick-to-decision, model in-process (ONNX), journal SQLite on disk", e.stats.stages_ms
+        )
         print(f"  verdicts {res.counts}  refusals {res.refusals}  equity {res.equity:.2f}")
 
         w2 = world()
@@ -182,23 +236,39 @@ def main() -> None:
         res2 = run_backtest(e2, w2.closes, SYMBOLS, w2.set_time)
 
         w3 = world()
-        dt_vec, n_vec, pnl, vec_pos = vectorised(w3, local.session, float(manifest.get("min_confidence", 0.0)))
+        dt_vec, n_vec, pnl, vec_pos = vectorised(
+            w3, local.session, float(manifest.get("min_confidence", 0.0))
+        )
         side = {"long": 1, "short": -1, "flat": 0}
         rows = [r for r in e.journal.rows() if r["decision"] in side]
-        same = sum(vec_pos[r["symbol"]].get(int(r["bar_close"])) == side[r["decision"]] for r in rows)
+        same = sum(
+            vec_pos[r["symbol"]].get(int(r["bar_close"])) == side[r["decision"]] for r in rows
+        )
         print("\nbacktest throughput (same bars)")
-        print(f"  engine, journal on disk    {res.bars_per_s:>12,.0f} bars/s  ({res.decisions} in {res.seconds:.2f} s)")
-        print(f"  engine, journal in memory  {res2.bars_per_s:>12,.0f} bars/s  ({res2.decisions} in {res2.seconds:.2f} s)")
-        print(f"  vectorised numpy loop      {n_vec / dt_vec:>12,.0f} bars/s  ({n_vec} in {dt_vec * 1e3:.1f} ms)")
-        print(f"  ratio vectorised / engine  {(n_vec / dt_vec) / res2.bars_per_s:>12,.0f}x (in-memory journal)")
-        print(f"  same model decision as the engine on {same}/{len(rows)} bars; P&L at 0.1 lot: vectorised "
-              f"{pnl * 0.1 * 100_000:,.2f} USD, engine {(res.equity or 0) - 10_000:,.2f} USD (fills, refusals, open position)")
+        print(
+            f"  engine, journal on disk    {res.bars_per_s:>12,.0f} bars/s  ({res.decisions} in {res.seconds:.2f} s)"
+        )
+        print(
+            f"  engine, journal in memory  {res2.bars_per_s:>12,.0f} bars/s  ({res2.decisions} in {res2.seconds:.2f} s)"
+        )
+        print(
+            f"  vectorised numpy loop      {n_vec / dt_vec:>12,.0f} bars/s  ({n_vec} in {dt_vec * 1e3:.1f} ms)"
+        )
+        print(
+            f"  ratio vectorised / engine  {(n_vec / dt_vec) / res2.bars_per_s:>12,.0f}x (in-memory journal)"
+        )
+        print(
+            f"  same model decision as the engine on {same}/{len(rows)} bars; P&L at 0.1 lot: vectorised "
+            f"{pnl * 0.1 * 100_000:,.2f} USD, engine {(res.equity or 0) - 10_000:,.2f} USD (fills, refusals, open position)"
+        )
 
         # -- via serving
         serving(args, bundle, manifest, tmp, world, names)
 
 
-def serving(args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world: Any, names: list[str]) -> None:
+def serving(
+    args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world: Any, names: list[str]
+) -> None:
     """Decide ``--serving-bars`` bars with the model behind HTTP serving."""
     from engine.serving_client import ServingClient
 
@@ -207,7 +277,9 @@ def serving(args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world:
         try:
             url, token, proc = _start_serving(bundle, manifest, tmp)
         except Exception as exc:  # the bench reports, never hides, why serving is missing
-            print(f"\nvia serving: not measured — could not start the BentoML service here: {exc!r}")
+            print(
+                f"\nvia serving: not measured — could not start the BentoML service here: {exc!r}"
+            )
             return
     try:
         w = world()
@@ -223,7 +295,9 @@ def serving(args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world:
         e = _engine(w, client, ":memory:")
         w.set_time(closes[0])
         e.replay(closes, SYMBOLS, w.set_time)
-        _print_stages(f"tick-to-decision, model via serving ({url}, POST {client.path})", e.stats.stages_ms)
+        _print_stages(
+            f"tick-to-decision, model via serving ({url}, POST {client.path})", e.stats.stages_ms
+        )
     finally:
         if proc is not None:
             from serving.server import stop_server
@@ -238,11 +312,27 @@ def _start_serving(bundle: Path, manifest: dict[str, Any], tmp: Path) -> tuple[s
 
     home = tmp / "bentoml"
     store = importer._model_store(home)
-    tag = importer._save(store, "tx_bench", "1", "champion", (bundle / "model.onnx").read_bytes(), manifest, source="bench")
+    tag = importer._save(
+        store,
+        "tx_bench",
+        "1",
+        "champion",
+        (bundle / "model.onnx").read_bytes(),
+        manifest,
+        source="bench",
+    )
     token = "bench-token"
     port = free_port()
-    proc = start_server(host="127.0.0.1", port=port, model_tag=str(tag), bentoml_home=home, log_path=tmp / "serving.log",
-                        token=token, tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", model_name="tx_bench")  # fmt: skip
+    proc = start_server(
+        host="127.0.0.1",
+        port=port,
+        model_tag=str(tag),
+        bentoml_home=home,
+        log_path=tmp / "serving.log",
+        token=token,
+        tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        model_name="tx_bench",
+    )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, 180, proc=proc, log_path=tmp / "serving.log", token=token)
     return url, token, proc

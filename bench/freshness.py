@@ -42,7 +42,9 @@ import numpy as np
 SYMBOLS = ["EURUSD", "GBPUSD"]
 
 
-def observe(url: str, project: str, r0: float, t0: float, speed: float, n_events: int, out: str, ready: Any) -> None:
+def observe(
+    url: str, project: str, r0: float, t0: float, speed: float, n_events: int, out: str, ready: Any
+) -> None:
     """Observer process: keyspace events → (symbol, bar close, wall seen, latency ms)."""
     import redis
 
@@ -71,7 +73,13 @@ def observe(url: str, project: str, r0: float, t0: float, speed: float, n_events
         if ts is None:
             continue
         close = decode_timestamp(ts)
-        rec.append({"symbol": sym, "close": close, "latency_ms": (seen - (r0 + (close - t0) / speed)) * 1e3})
+        rec.append(
+            {
+                "symbol": sym,
+                "close": close,
+                "latency_ms": (seen - (r0 + (close - t0) / speed)) * 1e3,
+            }
+        )
     Path(out).write_text(json.dumps(rec))
 
 
@@ -100,14 +108,25 @@ def run_writer(writer: str, settings: Any, bars: int, speed: float, tmp: Path) -
     out = tmp / f"seen-{writer}.json"
     proc = ctx.Process(
         target=observe,
-        args=(settings.redis_url, settings.feast_project, clock_state["r0"], t0, speed, bars * len(SYMBOLS), str(out), ready),
+        args=(
+            settings.redis_url,
+            settings.feast_project,
+            clock_state["r0"],
+            t0,
+            speed,
+            bars * len(SYMBOLS),
+            str(out),
+            ready,
+        ),
     )
     proc.start()
     ready.wait(60)
     pusher.stats.fetch_s.clear()
     pusher.stats.compute_s.clear()
     pusher.stats.write_s.clear()
-    pusher.run(clock=clock, sleep=lambda dt: time.sleep(max(dt, 0.0) / speed), max_bars=bars, poll_s=0.5)
+    pusher.run(
+        clock=clock, sleep=lambda dt: time.sleep(max(dt, 0.0) / speed), max_bars=bars, poll_s=0.5
+    )
     proc.join(60)
     rec = json.loads(out.read_text())
     lat = np.array([x["latency_ms"] for x in rec])
@@ -127,9 +146,16 @@ def run_writer(writer: str, settings: Any, bars: int, speed: float, tmp: Path) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bars", type=int, default=60, help="bar closes per writer")
-    ap.add_argument("--speed", type=float, default=600.0, help="market seconds per wall second (M5: 600 = a bar every 0.5 s)")
+    ap.add_argument(
+        "--speed",
+        type=float,
+        default=600.0,
+        help="market seconds per wall second (M5: 600 = a bar every 0.5 s)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -148,14 +174,18 @@ def main() -> None:
         f"streaming freshness, bar close → visible in Redis (observer process, keyspace events); "
         f"{len(SYMBOLS)} symbols x 3 views per bar, M5 at {args.speed:.0f}x, {args.bars} bars per writer"
     )
-    print(f"{'writer':8s} {'rows':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} | median per bar: {'read':>6s} {'compute':>8s} {'write':>6s} (write p99)")
+    print(
+        f"{'writer':8s} {'rows':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} | median per bar: {'read':>6s} {'compute':>8s} {'write':>6s} (write p99)"
+    )
     for x in results:
         print(
             f"{x['writer']:8s} {x['events']:5d} {x['p50']:8.1f} {x['p99']:8.1f} {x['max']:8.1f} |                 "
             f"{x['fetch']:6.1f} {x['compute']:8.1f} {x['write']:6.1f} ({x['write_p99']:.1f})"
         )
     d, f = results
-    print(f"p99 feast / direct: {f['p99'] / d['p99']:.2f}; budget 100 ms p99: direct {'met' if d['p99'] <= 100 else 'MISSED'}")
+    print(
+        f"p99 feast / direct: {f['p99'] / d['p99']:.2f}; budget 100 ms p99: direct {'met' if d['p99'] <= 100 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

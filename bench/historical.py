@@ -43,17 +43,27 @@ def _timed(fn: Any, repeat: int) -> tuple[list[float], pd.DataFrame]:
 
 def _same(a: pd.DataFrame, b: pd.DataFrame, names: list[str]) -> bool:
     """Same rows with features (the file store leaves out rows without any), same values."""
-    a, b = (d.dropna(subset=names).sort_values("event_timestamp").reset_index(drop=True) for d in (a, b))
+    a, b = (
+        d.dropna(subset=names).sort_values("event_timestamp").reset_index(drop=True) for d in (a, b)
+    )
     if len(a) != len(b):
         return False
-    return bool(np.allclose(a[names].to_numpy(float), b[names].to_numpy(float), rtol=0, atol=0, equal_nan=True))
+    return bool(
+        np.allclose(
+            a[names].to_numpy(float), b[names].to_numpy(float), rtol=0, atol=0, equal_nan=True
+        )
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--days", type=int, default=10, help="days of M5 bars in the offline store")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--file-max", type=int, default=2000, help="largest entity frame sent to the file store")
+    ap.add_argument(
+        "--file-max", type=int, default=2000, help="largest entity frame sent to the file store"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("py.warnings").setLevel(logging.ERROR)  # ibis's deprecation notices
@@ -68,7 +78,9 @@ def main() -> None:
     from infra.settings import FEATURE_REPO, PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
-        s = PlatformSettings(home=Path(tmp) / "home", redis_url=srv.url, symbols=["EURUSD"], timeframe="M5")
+        s = PlatformSettings(
+            home=Path(tmp) / "home", redis_url=srv.url, symbols=["EURUSD"], timeframe="M5"
+        )
         feast_apply(s)
         start = datetime(2026, 1, 5, tzinfo=UTC)
         end = start + timedelta(days=args.days)
@@ -89,23 +101,32 @@ def main() -> None:
             f"get_historical_features, service trend_v1 ({len(names)} features), {args.days} days of M5 bars of one symbol "
             f"({len(entity_all)} bar closes); DuckDB x{args.repeat}, file store x{max(1, args.repeat // 2)} up to {args.file_max} rows"
         )
-        print(f"{'entity rows':>11s} {'duckdb p50 s':>12s} {'duckdb max s':>12s} {'file p50 s':>10s} {'file/duckdb':>11s} {'same values':>11s}")
+        print(
+            f"{'entity rows':>11s} {'duckdb p50 s':>12s} {'duckdb max s':>12s} {'file p50 s':>10s} {'file/duckdb':>11s} {'same values':>11s}"
+        )
         svc, psvc = duck.get_feature_service("trend_v1"), peer.get_feature_service("trend_v1")
         for n in sizes:
             ent = entity_all.tail(n).reset_index(drop=True)
             duck.get_historical_features(entity_df=ent.head(10), features=svc).to_df()  # warm-up
-            d_t, d_out = _timed(lambda e=ent: duck.get_historical_features(entity_df=e, features=svc).to_df(), args.repeat)
+            d_t, d_out = _timed(
+                lambda e=ent: duck.get_historical_features(entity_df=e, features=svc).to_df(),
+                args.repeat,
+            )
             line = f"{n:11d} {np.median(d_t):12.3f} {max(d_t):12.3f}"
             if n <= args.file_max:
                 f_t, f_out = _timed(
-                    lambda e=ent: peer.get_historical_features(entity_df=e, features=psvc).to_df(), max(1, args.repeat // 2)
+                    lambda e=ent: peer.get_historical_features(entity_df=e, features=psvc).to_df(),
+                    max(1, args.repeat // 2),
                 )
                 line += f" {np.median(f_t):10.3f} {np.median(f_t) / np.median(d_t):10.1f}x {'yes' if _same(d_out, f_out, names) else 'NO':>11s}"
             else:
                 line += f" {'(skipped)':>10s} {'':>11s} {'':>11s}"
             print(line)
         v2 = duck.get_feature_service("trend_v2")
-        t, out = _timed(lambda: duck.get_historical_features(entity_df=entity_all, features=v2).to_df(), args.repeat)
+        t, out = _timed(
+            lambda: duck.get_historical_features(entity_df=entity_all, features=v2).to_df(),
+            args.repeat,
+        )
         print(
             f"DuckDB, service trend_v2 (46 features + the 64x9 sequence), {len(entity_all)} rows: "
             f"p50 {np.median(t):.3f} s, max {max(t):.3f} s, {len(out.columns) - 2} columns"

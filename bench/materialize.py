@@ -33,7 +33,9 @@ import pandas as pd
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--days", type=int, default=5)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -58,7 +60,9 @@ def main() -> None:
     from infra.settings import PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
-        s = PlatformSettings(home=Path(tmp), redis_url=srv.url, symbols=["EURUSD", "GBPUSD"], timeframe="M5")
+        s = PlatformSettings(
+            home=Path(tmp), redis_url=srv.url, symbols=["EURUSD", "GBPUSD"], timeframe="M5"
+        )
         feast_apply(s)
         start = datetime(2026, 1, 12, tzinfo=UTC)  # Monday; history from the week before
         end = start + timedelta(days=args.days)
@@ -71,7 +75,9 @@ def main() -> None:
         rows = {v: sum(b.view_rows[v] for b in built) for v in VIEWS}
         store = open_store(s)
         r: Any = redis.Redis.from_url(s.require_redis_url())
-        materialize(s, start, start + timedelta(hours=1), s.timeframe, store=store)  # warm-up: imports, registry
+        materialize(
+            s, start, start + timedelta(hours=1), s.timeframe, store=store
+        )  # warm-up: imports, registry
         res: list[tuple[str, int, float]] = []
         for view in VIEWS:
             r.flushdb()
@@ -88,7 +94,10 @@ def main() -> None:
         daily_s = time.perf_counter() - t0
 
         # peer: every row through the direct writer
-        frames = {v: pd.concat([pd.read_parquet(p) for p in sorted(offline_dir(s, v).glob("*.parquet"))]) for v in VIEWS}
+        frames = {
+            v: pd.concat([pd.read_parquet(p) for p in sorted(offline_dir(s, v).glob("*.parquet"))])
+            for v in VIEWS
+        }
         writer = DirectWriter(r, s.feast_project)
         r.flushdb()
         n_direct = 0
@@ -105,13 +114,19 @@ def main() -> None:
         direct_s = time.perf_counter() - t0
 
     n_rows = sum(rows.values())
-    print(f"batch materialisation, {args.days} days of M5 x {len(s.symbols)} symbols, private Redis, one run")
+    print(
+        f"batch materialisation, {args.days} days of M5 x {len(s.symbols)} symbols, private Redis, one run"
+    )
     print(f"{'step':48s} {'rows':>7s} {'seconds':>8s} {'rows/s':>9s}")
-    print(f"{'build offline features (3 views, compute+parquet)':48s} {n_rows:7d} {build_s:8.2f} {n_rows / build_s:9.0f}")
+    print(
+        f"{'build offline features (3 views, compute+parquet)':48s} {n_rows:7d} {build_s:8.2f} {n_rows / build_s:9.0f}"
+    )
     for name, n, sec in res:
         print(f"{'feast materialize: ' + name:48s} {n:7d} {sec:8.2f} {n / sec:9.0f}")
     print(f"{'feast materialize: one daily interval, 3 views':48s} {'':7s} {daily_s:8.2f}")
-    print(f"{'peer: direct writer, writes EVERY row (500/trip)':48s} {n_direct:7d} {direct_s:8.2f} {n_direct / direct_s:9.0f}")
+    print(
+        f"{'peer: direct writer, writes EVERY row (500/trip)':48s} {n_direct:7d} {direct_s:8.2f} {n_direct / direct_s:9.0f}"
+    )
     allv = res[-1]
     print(
         "note: Feast scans every row of the interval but writes only the latest per symbol and view; "

@@ -70,10 +70,24 @@ def main() -> None:
 
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.mt5.simserver", "--port", str(port), "--seed", "3",
-         "--symbols", "EURUSD,USDJPY", "--end-utc", str(END)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "engine.mt5.simserver",
+            "--port",
+            str(port),
+            "--seed",
+            "3",
+            "--symbols",
+            "EURUSD,USDJPY",
+            "--end-utc",
+            str(END),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().startswith("READY")
         local = SimulatedTerminal(SyntheticFeed(seed=3, symbols=["EURUSD", "USDJPY"], end_utc=END))
@@ -99,7 +113,9 @@ def main() -> None:
                 "mt5linux client": lambda: raw.copy_rates_from_pos("EURUSD", m5, 1, 1000),
             },
         }
-        print(f"MT5 gateway call latency, {args.n} calls each, interleaved; bridge on localhost (us)")
+        print(
+            f"MT5 gateway call latency, {args.n} calls each, interleaved; bridge on localhost (us)"
+        )
         for call, paths in calls.items():
             for fn in paths.values():  # warm up
                 _read_all(fn())
@@ -113,7 +129,9 @@ def main() -> None:
             print(f"\n{call}")
             for name, us in res.items():
                 p50, p99 = np.percentile(us, 50), np.percentile(us, 99)
-                print(f"  {name:<18} p50 {p50:9.1f}  p99 {p99:9.1f}   p50 / BridgeTerminal {p50 / base:6.2f}x")
+                print(
+                    f"  {name:<18} p50 {p50:9.1f}  p99 {p99:9.1f}   p50 / BridgeTerminal {p50 / base:6.2f}x"
+                )
         bridge.shutdown()
     finally:
         proc.kill()

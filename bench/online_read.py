@@ -50,37 +50,55 @@ def main() -> None:
     from infra.settings import PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
-        s = PlatformSettings(home=Path(tmp), redis_url=srv.url, symbols=["EURUSD", "GBPUSD"], timeframe="M5")
+        s = PlatformSettings(
+            home=Path(tmp), redis_url=srv.url, symbols=["EURUSD", "GBPUSD"], timeframe="M5"
+        )
         feast_apply(s)
         start = datetime(2026, 1, 5, tzinfo=UTC)
         backfill(s, start, start + timedelta(days=2))
         store = open_store(s)
-        v2_service, v1_service = store.get_feature_service("trend_v2"), store.get_feature_service("trend_v1")
+        v2_service, v1_service = (
+            store.get_feature_service("trend_v2"),
+            store.get_feature_service("trend_v1"),
+        )
         r: Any = redis.Redis.from_url(s.require_redis_url())
         v2 = OnlineFeatureReader.from_manifest(
             r,
             {
                 "feature_view": V2_VIEW,
                 "features": list(FEATURE_NAMES),
-                "sequence": {"feature_view": SEQ_VIEW, "field": SEQ_FIELD, "seq_len": SEQ_LEN, "channels": list(SEQ_CHANNELS)},
+                "sequence": {
+                    "feature_view": SEQ_VIEW,
+                    "field": SEQ_FIELD,
+                    "seq_len": SEQ_LEN,
+                    "channels": list(SEQ_CHANNELS),
+                },
             },
             project=s.feast_project,
         )
-        v1 = OnlineFeatureReader(r, project=s.feast_project, feature_view=FEATURE_VIEW, features=list(TREND_V1_FEATURES))
+        v1 = OnlineFeatureReader(
+            r, project=s.feast_project, feature_view=FEATURE_VIEW, features=list(TREND_V1_FEATURES)
+        )
         key = entity_key("symbol", "EURUSD", s.feast_project)
         rows = [{"symbol": "EURUSD"}]
         cases: dict[str, Callable[[], Any]] = {
             "engine reader, trend_v2 + seq (one HMGET)": lambda: v2.read("EURUSD"),
-            "Feast SDK get_online_features(trend_v2)": lambda: store.get_online_features(features=v2_service, entity_rows=rows).to_dict(),
+            "Feast SDK get_online_features(trend_v2)": lambda: store.get_online_features(
+                features=v2_service, entity_rows=rows
+            ).to_dict(),
             "raw redis-py HGETALL (no decoding)": lambda: r.hgetall(key),
             "engine reader, trend_v1 (13 features)": lambda: v1.read("EURUSD"),
-            "Feast SDK get_online_features(trend_v1)": lambda: store.get_online_features(features=v1_service, entity_rows=rows).to_dict(),
+            "Feast SDK get_online_features(trend_v1)": lambda: store.get_online_features(
+                features=v1_service, entity_rows=rows
+            ).to_dict(),
         }
         # same values first: the comparison is only fair if both read the same row
         sdk = cases["Feast SDK get_online_features(trend_v2)"]()
         row = v2.read("EURUSD")
         assert all(row.values[f] == sdk[f][0] for f in FEATURE_NAMES)
-        assert row.sequence is not None and np.array_equal(row.sequence.ravel(), np.asarray(sdk[SEQ_FIELD][0], np.float32))
+        assert row.sequence is not None and np.array_equal(
+            row.sequence.ravel(), np.asarray(sdk[SEQ_FIELD][0], np.float32)
+        )
         nbytes = sum(len(k) + len(v) for k, v in r.hgetall(key).items())
         times: dict[str, list[float]] = {k: [] for k in cases}
         for _ in range(50):

@@ -51,7 +51,11 @@ def main() -> None:
     xgb = XGBModel(xgb_params).fit(d1)
     d2 = data(1500, 46, True)
     names = [f"f{i}" for i in range(46)]
-    ens = EnsembleModel(XGBModel(xgb_params), TransformerModel(TransformerConfig(epochs=1)), RegimeClassifier(names, "f1", "f2"))
+    ens = EnsembleModel(
+        XGBModel(xgb_params),
+        TransformerModel(TransformerConfig(epochs=1)),
+        RegimeClassifier(names, "f1", "f2"),
+    )
     ens.fit(d2.take(np.arange(1000)), d2.take(np.arange(1000, 1500)))
 
     cases = {
@@ -76,8 +80,12 @@ def main() -> None:
             t2 = time.perf_counter_ns()
             t_onnx[i], t_nat[i] = t1 - t0, t2 - t1
         for path, t in (("onnx", t_onnx), ("native", t_nat)):
-            print(f"{name:<42} {path:<8} {np.percentile(t, 50) / 1e3:9.1f} {np.percentile(t, 99) / 1e3:9.1f}")
-        print(f"{'':<42} ratio native/onnx p50 = {np.percentile(t_nat, 50) / np.percentile(t_onnx, 50):.1f}x")
+            print(
+                f"{name:<42} {path:<8} {np.percentile(t, 50) / 1e3:9.1f} {np.percentile(t, 99) / 1e3:9.1f}"
+            )
+        print(
+            f"{'':<42} ratio native/onnx p50 = {np.percentile(t_nat, 50) / np.percentile(t_onnx, 50):.1f}x"
+        )
 
 
 if __name__ == "__main__":

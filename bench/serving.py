@@ -107,12 +107,22 @@ def build_bundle(root: Path) -> tuple[str, Path, str]:
     onnx_path = root / "model.onnx"
     onnx_path.write_bytes(onx.SerializeToString())
     manifest = {
-        "model_name": MODEL_NAME, "feature_service": "trend_v1", "feature_view": "trend_fv",
-        "features": FEATURES, "input_name": "input", "prob_output": "probabilities",
-        "classes": ["short", "flat", "long"], "positions": [-1, 0, 1], "min_confidence": 0.4,
-        "timeframe": "M5", "symbols": ["EURUSD"], "train_range": ["2024-01-01", "2024-02-01"],
-        "test_range": ["2024-02-01", "2024-03-01"], "label_horizon": 12, "metrics": {},
-    }  # fmt: skip
+        "model_name": MODEL_NAME,
+        "feature_service": "trend_v1",
+        "feature_view": "trend_fv",
+        "features": FEATURES,
+        "input_name": "input",
+        "prob_output": "probabilities",
+        "classes": ["short", "flat", "long"],
+        "positions": [-1, 0, 1],
+        "min_confidence": 0.4,
+        "timeframe": "M5",
+        "symbols": ["EURUSD"],
+        "train_range": ["2024-01-01", "2024-02-01"],
+        "test_range": ["2024-02-01", "2024-03-01"],
+        "label_horizon": 12,
+        "metrics": {},
+    }
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     with _use_tracking_uri(uri):
@@ -120,9 +130,11 @@ def build_bundle(root: Path) -> tuple[str, Path, str]:
         exp = client.create_experiment("bench", artifact_location=str(root / "mlartifacts"))
         with mlflow.start_run(experiment_id=exp):
             info = mlflow.onnx.log_model(
-                onx, name="model", onnx_execution_providers=["CPUExecutionProvider"],
+                onx,
+                name="model",
+                onnx_execution_providers=["CPUExecutionProvider"],
                 metadata={"tx_manifest": manifest},
-            )  # fmt: skip
+            )
         mv = mlflow.register_model(info.model_uri, MODEL_NAME)
         client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
     imported = import_from_registry(uri, MODEL_NAME, "champion", bentoml_home=root / "bentoml")
@@ -141,11 +153,20 @@ def tx_server(root: Path, uri: str, tag: str) -> Iterator[str]:
 
     port = free_port()
     proc = start_server(
-        host="127.0.0.1", port=port, model_tag=tag, bentoml_home=root / "bentoml",
-        log_path=root / "tx.log", token=TOKEN, tracking_uri=uri, model_name=MODEL_NAME,
-        env={"TX_HOME": str(root / "home"), "TX_SERVING_RELOAD_INTERVAL_S": "0",
-             "TX_SERVING_CHALLENGER_ALIAS": ""},
-    )  # fmt: skip
+        host="127.0.0.1",
+        port=port,
+        model_tag=tag,
+        bentoml_home=root / "bentoml",
+        log_path=root / "tx.log",
+        token=TOKEN,
+        tracking_uri=uri,
+        model_name=MODEL_NAME,
+        env={
+            "TX_HOME": str(root / "home"),
+            "TX_SERVING_RELOAD_INTERVAL_S": "0",
+            "TX_SERVING_CHALLENGER_ALIAS": "",
+        },
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}", 180, proc=proc, token=TOKEN)
         yield f"http://127.0.0.1:{port}"
@@ -171,10 +192,23 @@ def baseline_server(root: Path, onnx_path: Path) -> Iterator[str]:
     }
     with (root / "baseline.log").open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "baseline_svc:Baseline",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=svc_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "baseline_svc:Baseline",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=svc_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_ready(f"http://127.0.0.1:{port}", 180, proc=proc, log_path=root / "baseline.log")
         yield f"http://127.0.0.1:{port}"
@@ -369,24 +403,38 @@ def main() -> None:
         session = open_session(onnx_path)
         default_session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
-        spec = bundle_spec({
-            "features": FEATURES, "classes": ["short", "flat", "long"], "positions": [-1, 0, 1],
-            "min_confidence": 0.4,
-        })  # fmt: skip
+        spec = bundle_spec(
+            {
+                "features": FEATURES,
+                "classes": ["short", "flat", "long"],
+                "positions": [-1, 0, 1],
+                "min_confidence": 0.4,
+            }
+        )
 
         def full_path() -> bytes:
             parsed = parse_body(body, spec)
             (p,) = session.run(["probabilities"], {"input": parsed.matrix})
             return render_predictions(
-                parsed, p, decide(p, spec), spec.classes, model_name="m", model_version="1",
-                bundle_sha256="x", request_id="r",
-            )  # fmt: skip
+                parsed,
+                p,
+                decide(p, spec),
+                spec.classes,
+                model_name="m",
+                model_version="1",
+                bundle_sha256="x",
+                request_id="r",
+            )
 
         inproc = {
-            "onnxruntime_tuned": stats(latency(lambda: session.run(None, {"input": x}), args.calls * 5)),
-            "onnxruntime_default": stats(latency(lambda: default_session.run(None, {"input": x}), args.calls * 5)),
+            "onnxruntime_tuned": stats(
+                latency(lambda: session.run(None, {"input": x}), args.calls * 5)
+            ),
+            "onnxruntime_default": stats(
+                latency(lambda: default_session.run(None, {"input": x}), args.calls * 5)
+            ),
             "tx_request_path_no_http": stats(latency(full_path, args.calls * 5)),
-        }  # fmt: skip
+        }
         results["in_process"] = inproc
 
         # 2. HTTP

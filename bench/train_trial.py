@@ -34,14 +34,23 @@ def synthetic(rows: int, names: list[str]) -> pd.DataFrame:
 def synthetic_v2(rows: int, names: list[str], seq_len: int, channels: int) -> pd.DataFrame:
     """trend_v2's shape: the tabular features and the flat bar sequence column."""
     ds = synthetic(rows, names)
-    ds["seq"] = list(np.random.default_rng(2).normal(size=(rows, seq_len * channels)).astype(np.float32))
+    ds["seq"] = list(
+        np.random.default_rng(2).normal(size=(rows, seq_len * channels)).astype(np.float32)
+    )
     return ds
 
 
-def timed_study(objective: Any, ds: pd.DataFrame, cfg: Any, n_trials: int, storage: str, pruner: Any = None) -> np.ndarray:
+def timed_study(
+    objective: Any, ds: pd.DataFrame, cfg: Any, n_trials: int, storage: str, pruner: Any = None
+) -> np.ndarray:
     import optuna
 
-    study = optuna.create_study(storage=storage, direction="minimize", sampler=optuna.samplers.TPESampler(seed=1), pruner=pruner)
+    study = optuna.create_study(
+        storage=storage,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=1),
+        pruner=pruner,
+    )
     times: list[float] = []
 
     def timed(trial: optuna.Trial) -> float:
@@ -67,7 +76,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=6000)
     ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--tf-rows", type=int, default=3000, help="rows of the transformer trials' dataset")
+    ap.add_argument(
+        "--tf-rows", type=int, default=3000, help="rows of the transformer trials' dataset"
+    )
     ap.add_argument("--tf-trials", type=int, default=4, help="transformer trials (0: skip)")
     args = ap.parse_args()
 
@@ -86,7 +97,9 @@ def main() -> None:
     cfg = ExperimentConfig(name="bench", feature_service="trend_v1", split={"n_folds": 3})  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as tmp:
         t = timed_study(objective, ds, cfg, args.trials, f"sqlite:///{Path(tmp) / 'o.db'}")
-    print(f"Optuna trial (XGBoost, {args.rows} rows x {len(names)} features, 3 purged walk-forward folds, SQLite storage, n_jobs 1):")
+    print(
+        f"Optuna trial (XGBoost, {args.rows} rows x {len(names)} features, 3 purged walk-forward folds, SQLite storage, n_jobs 1):"
+    )
     print(f"  per trial: {pct(t)}")
 
     x = ds[names].to_numpy(np.float32)
@@ -97,7 +110,9 @@ def main() -> None:
     seq = np.random.default_rng(1).normal(size=(args.rows, 64, 9)).astype(np.float32)
     t0 = time.perf_counter()
     TransformerModel(TransformerConfig(epochs=1)).fit(ModelData(x, seq, d.y))
-    print(f"  transformer fit, one epoch over {args.rows} rows (d_model 32, 2 layers, CPU): {time.perf_counter() - t0:.2f} s")
+    print(
+        f"  transformer fit, one epoch over {args.rows} rows (d_model 32, 2 layers, CPU): {time.perf_counter() - t0:.2f} s"
+    )
 
     # the transformer study last, so the fits above are timed as before this was added
     if args.tf_trials:
@@ -109,7 +124,14 @@ def main() -> None:
         torch.set_num_threads(1)  # as in a tuning worker
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                tt = timed_study(transformer_objective, ds2, v2, args.tf_trials, f"sqlite:///{Path(tmp) / 'o.db'}", optuna.pruners.NopPruner())
+                tt = timed_study(
+                    transformer_objective,
+                    ds2,
+                    v2,
+                    args.tf_trials,
+                    f"sqlite:///{Path(tmp) / 'o.db'}",
+                    optuna.pruners.NopPruner(),
+                )
         finally:
             torch.set_num_threads(threads)
         print(

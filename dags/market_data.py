@@ -26,15 +26,24 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 )
 def market_data() -> None:
     @sdk.task
-    def ingest(data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:
+    def ingest(
+        data_interval_start: datetime | None = None, data_interval_end: datetime | None = None
+    ) -> list[dict]:
         from feature_repo.pipeline.ingest import ingest as ingest_interval
         from infra.settings import PlatformSettings
 
         s = PlatformSettings()
-        return [ingest_interval(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict() for sym in s.symbols]  # type: ignore[arg-type]
+        return [
+            ingest_interval(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict()
+            for sym in s.symbols
+        ]  # type: ignore[arg-type]
 
     @sdk.task
-    def validate(staged: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:
+    def validate(
+        staged: list[dict],
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+    ) -> list[dict]:
         """Hard failures quarantine the day and fail this task (downstream does not run);
         soft failures are logged as warnings and the bars proceed (TX_VALIDATION_SEVERITY)."""
         from feature_repo.pipeline.validate import validate_symbols
@@ -44,15 +53,26 @@ def market_data() -> None:
         return validate_symbols(s, s.symbols, s.timeframe, data_interval_start, data_interval_end)  # type: ignore[arg-type]
 
     @sdk.task
-    def features(validated: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> list[dict]:
+    def features(
+        validated: list[dict],
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+    ) -> list[dict]:
         from feature_repo.pipeline.store import build_features
         from infra.settings import PlatformSettings
 
         s = PlatformSettings()
-        return [build_features(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict() for sym in s.symbols]  # type: ignore[arg-type]
+        return [
+            build_features(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict()
+            for sym in s.symbols
+        ]  # type: ignore[arg-type]
 
     @sdk.task
-    def materialize(built: list[dict], data_interval_start: datetime | None = None, data_interval_end: datetime | None = None) -> int:
+    def materialize(
+        built: list[dict],
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+    ) -> int:
         from feature_repo.pipeline.store import materialize as materialize_interval
         from infra.settings import PlatformSettings
 

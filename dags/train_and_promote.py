@@ -50,7 +50,9 @@ def train_and_promote() -> None:
         return plan_workers(PlatformSettings(), _cfg(params), path)
 
     @sdk.task
-    def tune(job: dict, params: dict | None = None, data_interval_end: datetime | None = None) -> int:
+    def tune(
+        job: dict, params: dict | None = None, data_interval_end: datetime | None = None
+    ) -> int:
         from infra.settings import PlatformSettings
         from training.tune import run_planned_worker
 
@@ -64,13 +66,19 @@ def train_and_promote() -> None:
         return summarise(PlatformSettings(), _cfg(params), path, sum(done))
 
     @sdk.task
-    def fit(path: str, best: dict, params: dict | None = None, data_interval_end: datetime | None = None) -> str:
+    def fit(
+        path: str, best: dict, params: dict | None = None, data_interval_end: datetime | None = None
+    ) -> str:
         from infra.settings import PlatformSettings
         from training.train import fit_step
 
         return fit_step(
-            PlatformSettings(), _cfg(params), path, data_interval_end,
-            params=best.get("params") or None, transformer_params=best.get("transformer_params") or None,
+            PlatformSettings(),
+            _cfg(params),
+            path,
+            data_interval_end,
+            params=best.get("params") or None,
+            transformer_params=best.get("transformer_params") or None,
         )
 
     @sdk.task
@@ -106,7 +114,9 @@ def train_and_promote() -> None:
         from infra.settings import PlatformSettings
         from training.gate import GateDecision, apply_decision
 
-        return apply_decision(PlatformSettings(), GateDecision(**decision), actor="airflow:train_and_promote").to_dict()
+        return apply_decision(
+            PlatformSettings(), GateDecision(**decision), actor="airflow:train_and_promote"
+        ).to_dict()
 
     @sdk.task
     def reload_serving(decision: dict) -> str:

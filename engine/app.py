@@ -28,11 +28,15 @@ class ModelHandle:
 
     def _open(self) -> FallbackModel:
         s = self.settings
-        client = ServingClient(s.serving_url, s.serving_timeout_s, token=s.serving_token, api=s.serving_api)
+        client = ServingClient(
+            s.serving_url, s.serving_timeout_s, token=s.serving_token, api=s.serving_api
+        )
         local = None
         if s.serving_fallback == "onnx":
             if s.bundle_dir is None:
-                raise ValueError("TX_ENGINE_SERVING_FALLBACK=onnx needs TX_ENGINE_BUNDLE_DIR (model.onnx + manifest.json)")
+                raise ValueError(
+                    "TX_ENGINE_SERVING_FALLBACK=onnx needs TX_ENGINE_BUNDLE_DIR (model.onnx + manifest.json)"
+                )
             local = OnnxModel.from_dir(s.bundle_dir)
         return FallbackModel(client, local)
 
@@ -65,9 +69,19 @@ def build_engine(
     """An engine with the settings' frozen limits, sizing and execution config."""
     reload = getattr(model, "reload", None)
     return Engine(
-        terminal=terminal, features=features, model=model, journal=journal or Journal(settings.journal_target),
-        limits=settings.risk_limits(), lots=settings.lots, magic=settings.magic, clock=clock,
-        sizing=settings.sizing(), execution=settings.execution(), timeframe=TIMEFRAMES[settings.timeframe],
-        server_utc_offset_hours=settings.broker_utc_offset_hours, metrics=metrics, sleep=sleep,
+        terminal=terminal,
+        features=features,
+        model=model,
+        journal=journal or Journal(settings.journal_target),
+        limits=settings.risk_limits(),
+        lots=settings.lots,
+        magic=settings.magic,
+        clock=clock,
+        sizing=settings.sizing(),
+        execution=settings.execution(),
+        timeframe=TIMEFRAMES[settings.timeframe],
+        server_utc_offset_hours=settings.broker_utc_offset_hours,
+        metrics=metrics,
+        sleep=sleep,
         reload_hook=reload if callable(reload) else None,
-    )  # fmt: skip
+    )

@@ -30,8 +30,14 @@ class ArrayFeatureSource:
         sequences: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.names = list(names)
-        self._tables = {s: (np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float64)) for s, (t, v) in tables.items()}
-        self._seqs = {s: (np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float32)) for s, (t, v) in (sequences or {}).items()}
+        self._tables = {
+            s: (np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float64))
+            for s, (t, v) in tables.items()
+        }
+        self._seqs = {
+            s: (np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float32))
+            for s, (t, v) in (sequences or {}).items()
+        }
         self._clock = clock
 
     @property
@@ -52,15 +58,26 @@ class ArrayFeatureSource:
             raise FeatureUnavailable(f"{symbol}: non-finite feature at {int(times[i])}")
         seq = None
         if self._seqs:  # the sequence of the same bar ([seq_len, channels]), or no row at all
-            st, sv = self._seqs.get(symbol, (np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32)))
+            st, sv = self._seqs.get(
+                symbol, (np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32))
+            )
             j = int(np.searchsorted(st, times[i]))
             if j >= len(st) or st[j] != times[i]:
                 raise FeatureUnavailable(f"{symbol}: no sequence row at {int(times[i])}")
             seq = sv[j]
-        return FeatureRow(symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)), sequence=seq)
+        return FeatureRow(
+            symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)), sequence=seq
+        )
 
 
-def bar_closes(terminal: mt5.Terminal, symbols: list[str], timeframe: int, start_utc: int, end_utc: int, offset_hours: int) -> list[int]:
+def bar_closes(
+    terminal: mt5.Terminal,
+    symbols: list[str],
+    timeframe: int,
+    start_utc: int,
+    end_utc: int,
+    offset_hours: int,
+) -> list[int]:
     """UTC closes of the bars (any of ``symbols``) that close in ``(start_utc, end_utc]``.
 
     The terminal's clock must already stand at or after ``end_utc``."""
@@ -68,7 +85,9 @@ def bar_closes(terminal: mt5.Terminal, symbols: list[str], timeframe: int, start
     step = mt5.timeframe_seconds(timeframe)
     closes: set[int] = set()
     for sym in symbols:
-        rates = terminal.copy_rates_range(sym, timeframe, start_utc + off - step, end_utc + off - step)
+        rates = terminal.copy_rates_range(
+            sym, timeframe, start_utc + off - step, end_utc + off - step
+        )
         if rates is not None:
             closes.update(int(t) - off + step for t in rates["time"])
     return sorted(c for c in closes if start_utc < c <= end_utc)
@@ -92,7 +111,9 @@ class BacktestResult:
         return self.decisions / self.seconds if self.seconds > 0 else float("inf")
 
 
-def run_backtest(engine: Engine, closes: list[int], symbols: list[str], set_time: Callable[[int], None]) -> BacktestResult:
+def run_backtest(
+    engine: Engine, closes: list[int], symbols: list[str], set_time: Callable[[int], None]
+) -> BacktestResult:
     """Replay ``closes`` through ``engine`` as fast as it goes (the clock is ``set_time``'s)."""
     n0 = engine.stats.bars
     t0 = time.perf_counter()
@@ -100,7 +121,11 @@ def run_backtest(engine: Engine, closes: list[int], symbols: list[str], set_time
     dt = time.perf_counter() - t0
     acct = engine.terminal.account_info()
     return BacktestResult(
-        bars=len(closes), decisions=engine.stats.bars - n0, seconds=dt, counts=engine.journal.counts(),
-        refusals=engine.journal.reason_counts(), balance=float(acct.balance) if acct else None,
+        bars=len(closes),
+        decisions=engine.stats.bars - n0,
+        seconds=dt,
+        counts=engine.journal.counts(),
+        refusals=engine.journal.reason_counts(),
+        balance=float(acct.balance) if acct else None,
         equity=float(acct.equity) if acct else None,
-    )  # fmt: skip
+    )

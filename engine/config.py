@@ -36,8 +36,15 @@ class RiskLimits:
     max_tick_age_s: float = 900.0  # no tick this recent (server clock): market closed
 
     def __post_init__(self) -> None:
-        for name in ("max_position_lots", "max_total_lots", "daily_loss_limit", "max_drawdown",
-                     "max_feature_age_s", "max_spread_points", "max_tick_age_s"):  # fmt: skip
+        for name in (
+            "max_position_lots",
+            "max_total_lots",
+            "daily_loss_limit",
+            "max_drawdown",
+            "max_feature_age_s",
+            "max_spread_points",
+            "max_tick_age_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"RiskLimits.{name} must be >= 0")
         if self.max_orders_per_minute < 0 or self.max_consecutive_losses < 0:
@@ -59,7 +66,9 @@ class SizingConfig:
 class ExecutionConfig:
     """Order path: the edge gate, retries and filling preference."""
 
-    min_edge_cost_ratio: float = 0.0  # refuse when expected edge < ratio * (spread + slippage); 0: off
+    min_edge_cost_ratio: float = (
+        0.0  # refuse when expected edge < ratio * (spread + slippage); 0: off
+    )
     edge_atr_mult: float = 1.0  # expected move of a sure call, in ATRs over the label horizon
     slippage_points: float = 0.0  # predicted slippage: base points ...
     slippage_spread_frac: float = 0.25  # ... + this fraction of the current spread
@@ -89,7 +98,9 @@ class EngineSettings(BaseSettings):
     serving_timeout_s: float = 0.5
     serving_token: str | None = None
     serving_api: Literal["v1", "legacy"] = Field(default="v1", alias="TX_ENGINE_SERVING_API")
-    serving_fallback: Literal["fail_closed", "onnx"] = Field(default="fail_closed", alias="TX_ENGINE_SERVING_FALLBACK")
+    serving_fallback: Literal["fail_closed", "onnx"] = Field(
+        default="fail_closed", alias="TX_ENGINE_SERVING_FALLBACK"
+    )
     bundle_dir: Path | None = Field(default=None, alias="TX_ENGINE_BUNDLE_DIR")
     journal_path: Path = Path(".tx/engine/journal.sqlite")
     journal_url: str | None = None
@@ -138,7 +149,11 @@ class EngineSettings(BaseSettings):
 
     def sizing(self) -> SizingConfig:
         """The frozen sizing config these settings describe."""
-        return SizingConfig(risk_per_trade=self.risk_per_trade, fixed_lots=self.lots, stop_atr_mult=self.stop_atr_mult)
+        return SizingConfig(
+            risk_per_trade=self.risk_per_trade,
+            fixed_lots=self.lots,
+            stop_atr_mult=self.stop_atr_mult,
+        )
 
     def execution(self) -> ExecutionConfig:
         """The frozen execution config these settings describe."""

@@ -96,7 +96,12 @@ def _handler(engine: Any, token: str) -> type[BaseHTTPRequestHandler]:
             path = urlparse(self.path).path
             if path == "/api/kill":
                 log.warning("control: kill (flatten=%s)", bool(body.get("flatten")))
-                self._json(200, engine.kill(flatten=bool(body.get("flatten")), detail="operator kill (control API)"))
+                self._json(
+                    200,
+                    engine.kill(
+                        flatten=bool(body.get("flatten")), detail="operator kill (control API)"
+                    ),
+                )
             elif path == "/api/resume":
                 log.warning("control: resume")
                 self._json(200, engine.resume())
@@ -111,12 +116,16 @@ def _handler(engine: Any, token: str) -> type[BaseHTTPRequestHandler]:
 class ControlServer:
     """The control API in a daemon thread; :meth:`stop` shuts it down."""
 
-    def __init__(self, engine: Any, *, token: str | None, host: str = "127.0.0.1", port: int = 8765) -> None:
+    def __init__(
+        self, engine: Any, *, token: str | None, host: str = "127.0.0.1", port: int = 8765
+    ) -> None:
         if not token:
             raise ValueError("the control API needs a token: set TX_ENGINE_TOKEN")
         self.httpd = ThreadingHTTPServer((host, port), _handler(engine, token))
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="tx-engine-control", daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, name="tx-engine-control", daemon=True
+        )
 
     @property
     def url(self) -> str:

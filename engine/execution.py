@@ -66,7 +66,14 @@ TRADE_RETCODE_DONE_PARTIAL = 10010
 TRADE_RETCODE_TIMEOUT = 10012
 
 DONE = frozenset({mt5.TRADE_RETCODE_DONE, TRADE_RETCODE_PLACED, TRADE_RETCODE_DONE_PARTIAL})
-RETRY_FRESH_PRICE = frozenset({mt5.TRADE_RETCODE_REQUOTE, mt5.TRADE_RETCODE_PRICE_CHANGED, mt5.TRADE_RETCODE_PRICE_OFF, mt5.TRADE_RETCODE_REJECT})
+RETRY_FRESH_PRICE = frozenset(
+    {
+        mt5.TRADE_RETCODE_REQUOTE,
+        mt5.TRADE_RETCODE_PRICE_CHANGED,
+        mt5.TRADE_RETCODE_PRICE_OFF,
+        mt5.TRADE_RETCODE_REJECT,
+    }
+)
 AMBIGUOUS = frozenset({mt5.TRADE_RETCODE_CONNECTION, TRADE_RETCODE_TIMEOUT})
 FINAL = {
     mt5.TRADE_RETCODE_MARKET_CLOSED: Reason.MARKET_CLOSED,
@@ -88,7 +95,11 @@ RETCODE_ACTIONS: dict[int, str] = {
     mt5.TRADE_RETCODE_NO_MONEY: "no retry: no_money (engine goes REDUCING)",
     mt5.TRADE_RETCODE_POSITION_CLOSED: "close intents: done; else order_failed",
 }
-_FILLING = {"FOK": mt5.ORDER_FILLING_FOK, "IOC": mt5.ORDER_FILLING_IOC, "RETURN": mt5.ORDER_FILLING_RETURN}
+_FILLING = {
+    "FOK": mt5.ORDER_FILLING_FOK,
+    "IOC": mt5.ORDER_FILLING_IOC,
+    "RETURN": mt5.ORDER_FILLING_RETURN,
+}
 _FLAG = {"FOK": mt5.SYMBOL_FILLING_FOK, "IOC": mt5.SYMBOL_FILLING_IOC}
 
 
@@ -122,7 +133,10 @@ class OrderOutcome:
 def _result_dict(res: Any) -> dict[str, Any]:
     d = res._asdict() if hasattr(res, "_asdict") else dict(res)
     d.pop("request", None)
-    return {k: (v if isinstance(v, int | float | str | bool) or v is None else str(v)) for k, v in d.items()}
+    return {
+        k: (v if isinstance(v, int | float | str | bool) or v is None else str(v))
+        for k, v in d.items()
+    }
 
 
 class OrderExecutor:
@@ -155,7 +169,12 @@ class OrderExecutor:
     def _save_fill(self) -> None:
         self.journal.save_state(
             "filling",
-            json.dumps({"working": self.working_fill, "bad": {k: sorted(v) for k, v in self.bad_fill.items()}}),
+            json.dumps(
+                {
+                    "working": self.working_fill,
+                    "bad": {k: sorted(v) for k, v in self.bad_fill.items()},
+                }
+            ),
         )
 
     def filling_candidates(self, symbol: str) -> list[int]:
@@ -184,16 +203,30 @@ class OrderExecutor:
         """The broker's trace of an order with this client id: a position, deal or order."""
         for p in self.terminal.positions_get(symbol=symbol) or ():
             if p.magic == self.magic and p.comment == client_id:
-                return {"found": "position", "ticket": int(p.ticket), "volume": float(p.volume), "price": float(p.price_open)}
+                return {
+                    "found": "position",
+                    "ticket": int(p.ticket),
+                    "volume": float(p.volume),
+                    "price": float(p.price_open),
+                }
         lo = int(now_utc) - self.config.history_lookback_s
         hi = int(now_utc) + 2 * 86_400  # server time is ahead of UTC by the broker offset
         for d in self.terminal.history_deals_get(lo, hi) or ():
             if d.magic == self.magic and d.comment == client_id and d.symbol == symbol:
-                return {"found": "deal", "deal": int(d.ticket), "order": int(d.order), "volume": float(d.volume), "price": float(d.price)}
+                return {
+                    "found": "deal",
+                    "deal": int(d.ticket),
+                    "order": int(d.order),
+                    "volume": float(d.volume),
+                    "price": float(d.price),
+                }
         orders_get = getattr(self.terminal, "orders_get", None)
         if orders_get is not None:
             for o in orders_get(symbol=symbol) or ():
-                if getattr(o, "magic", None) == self.magic and getattr(o, "comment", None) == client_id:
+                if (
+                    getattr(o, "magic", None) == self.magic
+                    and getattr(o, "comment", None) == client_id
+                ):
                     return {"found": "order", "order": int(o.ticket)}
         return None
 
@@ -221,14 +254,21 @@ class OrderExecutor:
             self._end(out, existing=True)
             return out
         base: dict[str, Any] = {
-            "action": mt5.TRADE_ACTION_DEAL, "symbol": symbol, "volume": float(volume), "type": order_type,
-            "deviation": self.config.deviation_points, "magic": self.magic, "comment": cid,
+            "action": mt5.TRADE_ACTION_DEAL,
+            "symbol": symbol,
+            "volume": float(volume),
+            "type": order_type,
+            "deviation": self.config.deviation_points,
+            "magic": self.magic,
+            "comment": cid,
             "type_time": mt5.ORDER_TIME_GTC,
-        }  # fmt: skip
+        }
         if position is not None:
             base["position"] = int(position)
         if not self.journal.intent_begin(Intent(cid, symbol, int(bar_close), intent, dict(base))):
-            log.info("intent %s exists (restart); its order was not found at the broker: sending", cid)
+            log.info(
+                "intent %s exists (restart); its order was not found at the broker: sending", cid
+            )
         modes = self.filling_candidates(symbol)
         retries = 0
         widened = False
@@ -247,7 +287,11 @@ class OrderExecutor:
             res = self.terminal.order_send(req)
             rc: int | None = int(res.retcode) if res is not None else None
             out.retcode = rc
-            out.results.append(_result_dict(res) if res is not None else {"retcode": None, "last_error": list(self.terminal.last_error())})
+            out.results.append(
+                _result_dict(res)
+                if res is not None
+                else {"retcode": None, "last_error": list(self.terminal.last_error())}
+            )
             if self.on_retcode is not None:
                 self.on_retcode(rc)
             if rc in DONE:
@@ -276,7 +320,11 @@ class OrderExecutor:
                 continue
             if rc is None or rc in AMBIGUOUS or rc in RETRY_FRESH_PRICE:
                 if retries >= self.config.max_retries:
-                    out.reason = Reason.NO_PRICES if rc == mt5.TRADE_RETCODE_PRICE_OFF else Reason.ORDER_FAILED
+                    out.reason = (
+                        Reason.NO_PRICES
+                        if rc == mt5.TRADE_RETCODE_PRICE_OFF
+                        else Reason.ORDER_FAILED
+                    )
                     out.detail = f"retcode {rc} after {retries} retries"
                     break
                 retries += 1
@@ -288,32 +336,52 @@ class OrderExecutor:
                         out.results.append(found)
                         break
                 continue
-            out.reason, out.detail = Reason.ORDER_FAILED, f"retcode {rc}: {out.results[-1].get('comment', '')}"
+            out.reason, out.detail = (
+                Reason.ORDER_FAILED,
+                f"retcode {rc}: {out.results[-1].get('comment', '')}",
+            )
             break
         self._end(out)
         return out
 
-    def _stops(self, req: dict[str, Any], symbol: str, tick: Any, sl_d: float, tp_d: float, *, widen: bool) -> None:
+    def _stops(
+        self, req: dict[str, Any], symbol: str, tick: Any, sl_d: float, tp_d: float, *, widen: bool
+    ) -> None:
         from engine.sizing import stop_prices
 
         info = self.terminal.symbol_info(symbol)
         if info is None or tick is None:
             return
         if widen:  # 10016: step beyond the stops/freeze level by the spread as well
-            extra = min_stop_distance(info.trade_stops_level, info.trade_freeze_level, info.point) + (tick.ask - tick.bid)
+            extra = min_stop_distance(
+                info.trade_stops_level, info.trade_freeze_level, info.point
+            ) + (tick.ask - tick.bid)
             sl_d = sl_d + extra if sl_d > 0 else 0.0
             tp_d = tp_d + extra if tp_d > 0 else 0.0
         sl, tp = stop_prices(
-            req["type"] == mt5.ORDER_TYPE_BUY, bid=tick.bid, ask=tick.ask, sl_distance=sl_d, tp_distance=tp_d,
-            stops_level=info.trade_stops_level, freeze_level=info.trade_freeze_level, point=info.point, digits=info.digits,
-        )  # fmt: skip
+            req["type"] == mt5.ORDER_TYPE_BUY,
+            bid=tick.bid,
+            ask=tick.ask,
+            sl_distance=sl_d,
+            tp_distance=tp_d,
+            stops_level=info.trade_stops_level,
+            freeze_level=info.trade_freeze_level,
+            point=info.point,
+            digits=info.digits,
+        )
         if sl:
             req["sl"] = sl
         if tp:
             req["tp"] = tp
 
     def _end(self, out: OrderOutcome, existing: bool = False) -> None:
-        result = {"results": out.results, "reason": str(out.reason) if out.reason else None, "detail": out.detail}
+        result = {
+            "results": out.results,
+            "reason": str(out.reason) if out.reason else None,
+            "detail": out.detail,
+        }
         if existing and self.journal.intent(out.client_id) is None:
-            self.journal.intent_begin(Intent(out.client_id, out.symbol, out.bar_close, out.intent, {}))
+            self.journal.intent_begin(
+                Intent(out.client_id, out.symbol, out.bar_close, out.intent, {})
+            )
         self.journal.intent_end(out.client_id, out.status, result, out.retcode)

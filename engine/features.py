@@ -78,7 +78,9 @@ class OnlineFeatureReader:
         if len(set(self._features)) != len(self._features):
             raise ValueError("feature names must be unique across views")
         self._sequence = sequence
-        ts_views = list(dict.fromkeys([*self._views, *([sequence.feature_view] if sequence else [])]))
+        ts_views = list(
+            dict.fromkeys([*self._views, *([sequence.feature_view] if sequence else [])])
+        )
         self._ts_views = ts_views
         self._fields = [field_hash(v, f) for v, fs in self._views.items() for f in fs]
         if sequence:
@@ -86,12 +88,19 @@ class OnlineFeatureReader:
         self._fields += [f"_ts:{v}".encode() for v in ts_views]
 
     @classmethod
-    def from_manifest(cls, redis: Any, manifest: Mapping[str, Any], *, project: str) -> OnlineFeatureReader:
+    def from_manifest(
+        cls, redis: Any, manifest: Mapping[str, Any], *, project: str
+    ) -> OnlineFeatureReader:
         """A reader for a model bundle's manifest: ``feature_view`` + ``features`` (tabular,
         or ``feature_views`` with ``features`` as ``view:feature`` refs) and ``sequence``."""
         seq = manifest.get("sequence")
         spec = (
-            SequenceSpec(seq.get("feature_view", "bar_sequence_fv"), seq.get("field", "seq"), int(seq["seq_len"]), len(seq["channels"]))
+            SequenceSpec(
+                seq.get("feature_view", "bar_sequence_fv"),
+                seq.get("field", "seq"),
+                int(seq["seq_len"]),
+                len(seq["channels"]),
+            )
             if seq
             else None
         )
@@ -102,7 +111,13 @@ class OnlineFeatureReader:
                 v, f = ref.split(":", 1)
                 views.setdefault(v, []).append(f)
             return cls(redis, project=project, views=views, sequence=spec)
-        return cls(redis, project=project, feature_view=manifest["feature_view"], features=feats, sequence=spec)
+        return cls(
+            redis,
+            project=project,
+            feature_view=manifest["feature_view"],
+            features=feats,
+            sequence=spec,
+        )
 
     @property
     def features(self) -> list[str]:
@@ -124,7 +139,9 @@ class OnlineFeatureReader:
             times[view] = decode_timestamp(ts)
         values: dict[str, float] = {}
         for name, buf in zip(self._features, raw, strict=False):
-            if buf is not None and len(buf) == 9 and buf[0] == _DOUBLE_TAG:  # double_val: the common case
+            if (
+                buf is not None and len(buf) == 9 and buf[0] == _DOUBLE_TAG
+            ):  # double_val: the common case
                 values[name] = _F64.unpack_from(buf, 1)[0]
                 continue
             v = decode_value(buf) if buf is not None else None
@@ -135,10 +152,14 @@ class OnlineFeatureReader:
         if self._sequence is not None:
             buf = raw[len(self._features)]
             if buf is None:
-                raise FeatureUnavailable(f"{symbol}: sequence {self._sequence.feature_view}:{self._sequence.field} missing")
+                raise FeatureUnavailable(
+                    f"{symbol}: sequence {self._sequence.feature_view}:{self._sequence.field} missing"
+                )
             arr = decode_float32_array(buf)
             s = self._sequence
             if arr.size != s.seq_len * s.channels:
-                raise FeatureUnavailable(f"{symbol}: sequence has {arr.size} values, expected {s.seq_len}x{s.channels}")
+                raise FeatureUnavailable(
+                    f"{symbol}: sequence has {arr.size} values, expected {s.seq_len}x{s.channels}"
+                )
             seq = arr.reshape(s.seq_len, s.channels)
         return FeatureRow(symbol, min(times.values()), values, seq, times if nts > 1 else None)

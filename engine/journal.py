@@ -163,20 +163,30 @@ class Journal:
             d[k] = json.dumps(d[k]) if d[k] is not None else None
         cols = ",".join(d)
         try:
-            self._exec(f"INSERT INTO decisions ({cols}) VALUES ({','.join('?' * len(d))})", list(d.values()))
+            self._exec(
+                f"INSERT INTO decisions ({cols}) VALUES ({','.join('?' * len(d))})",
+                list(d.values()),
+            )
         except self._integrity as exc:
             raise DuplicateDecision(f"{rec.symbol} bar {rec.bar_close} already journaled") from exc
 
     def decided(self, symbol: str, bar_close: int) -> bool:
         """Whether the bar was already decided (restart: skip it)."""
-        return bool(self._query("SELECT 1 FROM decisions WHERE symbol=? AND bar_close=?", (symbol, int(bar_close))))
+        return bool(
+            self._query(
+                "SELECT 1 FROM decisions WHERE symbol=? AND bar_close=?", (symbol, int(bar_close))
+            )
+        )
 
     def rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Decisions, oldest first (or the newest ``limit``, oldest first)."""
         if limit is None:
             out = self._query("SELECT * FROM decisions ORDER BY bar_close, symbol")
         else:
-            out = self._query("SELECT * FROM decisions ORDER BY bar_close DESC, symbol DESC LIMIT ?", (int(limit),))[::-1]
+            out = self._query(
+                "SELECT * FROM decisions ORDER BY bar_close DESC, symbol DESC LIMIT ?",
+                (int(limit),),
+            )[::-1]
         for d in out:
             for k in _JSON_DECISION:
                 d[k] = json.loads(d[k]) if d[k] else None
@@ -184,11 +194,16 @@ class Journal:
 
     def counts(self) -> dict[str, int]:
         """Decisions by verdict."""
-        return {r["verdict"]: int(r["n"]) for r in self._query("SELECT verdict, COUNT(*) AS n FROM decisions GROUP BY verdict")}
+        return {
+            r["verdict"]: int(r["n"])
+            for r in self._query("SELECT verdict, COUNT(*) AS n FROM decisions GROUP BY verdict")
+        }
 
     def reason_counts(self) -> dict[str, int]:
         """Refusals and errors by reason code."""
-        rows = self._query("SELECT reason_code, COUNT(*) AS n FROM decisions WHERE reason_code IS NOT NULL GROUP BY reason_code")
+        rows = self._query(
+            "SELECT reason_code, COUNT(*) AS n FROM decisions WHERE reason_code IS NOT NULL GROUP BY reason_code"
+        )
         return {r["reason_code"]: int(r["n"]) for r in rows}
 
     # --- intents ------------------------------------------------------------------------
@@ -198,18 +213,36 @@ class Journal:
             self._exec(
                 "INSERT INTO intents (client_id, symbol, bar_close, intent, request, status, result, retcode, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (it.client_id, it.symbol, int(it.bar_close), it.intent, json.dumps(it.request), it.status,
-                 json.dumps(it.result) if it.result is not None else None, it.retcode, it.created_at, it.updated_at),
-            )  # fmt: skip
+                (
+                    it.client_id,
+                    it.symbol,
+                    int(it.bar_close),
+                    it.intent,
+                    json.dumps(it.request),
+                    it.status,
+                    json.dumps(it.result) if it.result is not None else None,
+                    it.retcode,
+                    it.created_at,
+                    it.updated_at,
+                ),
+            )
         except self._integrity:
             return False
         return True
 
-    def intent_end(self, client_id: str, status: str, result: dict[str, Any] | None, retcode: int | None) -> None:
+    def intent_end(
+        self, client_id: str, status: str, result: dict[str, Any] | None, retcode: int | None
+    ) -> None:
         """Record the outcome of an intent."""
         self._exec(
             "UPDATE intents SET status=?, result=?, retcode=?, updated_at=? WHERE client_id=?",
-            (status, json.dumps(result) if result is not None else None, retcode, time.time(), client_id),
+            (
+                status,
+                json.dumps(result) if result is not None else None,
+                retcode,
+                time.time(),
+                client_id,
+            ),
         )
 
     def intent(self, client_id: str) -> Intent | None:
@@ -222,7 +255,9 @@ class Journal:
         if status is None:
             rows = self._query("SELECT * FROM intents ORDER BY created_at, client_id")
         else:
-            rows = self._query("SELECT * FROM intents WHERE status=? ORDER BY created_at, client_id", (status,))
+            rows = self._query(
+                "SELECT * FROM intents WHERE status=? ORDER BY created_at, client_id", (status,)
+            )
         return [self._intent(r) for r in rows]
 
     @staticmethod

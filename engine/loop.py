@@ -116,14 +116,21 @@ class Engine:
         self.lock = threading.RLock()
         self.started = False
         saved = journal.load_state("risk")
-        self.risk = RiskManager(limits, RiskState.from_json(saved) if saved else RiskState(), on_change=self._save_risk)
+        self.risk = RiskManager(
+            limits, RiskState.from_json(saved) if saved else RiskState(), on_change=self._save_risk
+        )
         self.metrics.set_state(self.risk.state.trading_state)
         acct = terminal.account_info()
         self.login = int(acct.login) if acct is not None else 0
         self.executor = OrderExecutor(
-            terminal, journal, self.execution, magic=magic, login=self.login, sleep=sleep,
+            terminal,
+            journal,
+            self.execution,
+            magic=magic,
+            login=self.login,
+            sleep=sleep,
             on_retcode=lambda rc: self.metrics.orders.labels(str(rc)).inc(),
-        )  # fmt: skip
+        )
         self.last_reconcile: dict[str, Any] = {}
 
     def _save_risk(self, state: RiskState) -> None:
@@ -144,15 +151,21 @@ class Engine:
             for it in self.journal.intents("pending"):
                 found = self.executor.find_existing(it.symbol, it.client_id, now)
                 if found is not None:
-                    self.journal.intent_end(it.client_id, "recovered", {"results": [found], "reconciled": True}, None)
+                    self.journal.intent_end(
+                        it.client_id, "recovered", {"results": [found], "reconciled": True}, None
+                    )
                     report["recovered"].append(it.client_id)
                 else:
-                    self.journal.intent_end(it.client_id, "not_sent", {"results": [], "reconciled": True}, None)
+                    self.journal.intent_end(
+                        it.client_id, "not_sent", {"results": [], "reconciled": True}, None
+                    )
                     report["not_sent"].append(it.client_id)
             known = {it.client_id for it in self.journal.intents()}
             positions = [p for p in (self.terminal.positions_get() or ()) if p.magic == self.magic]
             report["positions"] = len(positions)
-            report["unknown_positions"] = [int(p.ticket) for p in positions if p.comment not in known]
+            report["unknown_positions"] = [
+                int(p.ticket) for p in positions if p.comment not in known
+            ]
             self._observe_account(now)
             self.last_reconcile = report
             self.started = True
@@ -176,7 +189,9 @@ class Engine:
         t0 = time.perf_counter()
         lat: dict[str, float] = {}
         now = self.clock()
-        rec = DecisionRecord(symbol, bar_close, now, None, None, "none", None, "refused", None, None, None, None, lat)
+        rec = DecisionRecord(
+            symbol, bar_close, now, None, None, "none", None, "refused", None, None, None, None, lat
+        )
         try:
             self._observe_account(now)
             t = time.perf_counter()
@@ -189,7 +204,9 @@ class Engine:
             age = now - row.event_time
             self.metrics.feature_age.labels(symbol).set(age)
             if round(row.event_time) != bar_close:
-                raise _Refuse(Reason.STALE_FEATURES, f"row at {row.event_time:.0f}, bar closed {bar_close}")
+                raise _Refuse(
+                    Reason.STALE_FEATURES, f"row at {row.event_time:.0f}, bar closed {bar_close}"
+                )
             t = time.perf_counter()
             try:
                 pred = self.model.predict(row)
@@ -215,10 +232,16 @@ class Engine:
             self._move_position(symbol, current, target, bar_close, rec, sl_d, tp_d)
             lat["order_ms"] = (time.perf_counter() - t) * 1e3
         except _Refuse as r:
-            rec.verdict, rec.reason_code, rec.reason = "refused", str(r.reason), f"{r.reason}: {r.detail}"
+            rec.verdict, rec.reason_code, rec.reason = (
+                "refused",
+                str(r.reason),
+                f"{r.reason}: {r.detail}",
+            )
         return self._finish(rec, t0)
 
-    def _plan(self, symbol: str, pred: Prediction, feature_age: float) -> tuple[float, float, float, float] | None:
+    def _plan(
+        self, symbol: str, pred: Prediction, feature_age: float
+    ) -> tuple[float, float, float, float] | None:
         """``(current, target, sl distance, tp distance)``, ``None`` to hold; raises _Refuse."""
         current = self._net_lots(symbol)
         side = 0 if current == 0 else (1 if current > 0 else -1)
@@ -228,23 +251,39 @@ class Engine:
         tick = self.terminal.symbol_info_tick(symbol)
         now_server = self.clock() + self.offset_s
         market_open = (
-            info is not None and tick is not None and info.trade_mode != mt5.SYMBOL_TRADE_MODE_DISABLED
-            and (not self.limits.max_tick_age_s or now_server - tick.time <= self.limits.max_tick_age_s)
-        )  # fmt: skip
-        spread = (tick.ask - tick.bid) / info.point if (info is not None and tick is not None and info.point) else 0.0
+            info is not None
+            and tick is not None
+            and info.trade_mode != mt5.SYMBOL_TRADE_MODE_DISABLED
+            and (
+                not self.limits.max_tick_age_s
+                or now_server - tick.time <= self.limits.max_tick_age_s
+            )
+        )
+        spread = (
+            (tick.ask - tick.bid) / info.point
+            if (info is not None and tick is not None and info.point)
+            else 0.0
+        )
         target, sl_d, tp_d = 0.0, 0.0, 0.0
         if pred.position != 0 and info is not None:
-            rates = self.terminal.copy_rates_from_pos(symbol, self.timeframe, 1, self.sizing.atr_period + 1)
+            rates = self.terminal.copy_rates_from_pos(
+                symbol, self.timeframe, 1, self.sizing.atr_period + 1
+            )
             a = atr(rates, self.sizing.atr_period) if rates is not None else 0.0
             sl_d = self.sizing.stop_atr_mult * a
             tp_d = self.sizing.take_profit_atr_mult * a
             ex = self.execution
             if ex.min_edge_cost_ratio > 0:
-                edge = edge_points(pred.probabilities, pred.position, a / info.point, ex.edge_atr_mult)
+                edge = edge_points(
+                    pred.probabilities, pred.position, a / info.point, ex.edge_atr_mult
+                )
                 cost = cost_points(spread, ex.slippage_points, ex.slippage_spread_frac)
                 if edge < ex.min_edge_cost_ratio * cost:
                     if current == 0:
-                        raise _Refuse(Reason.EDGE_BELOW_COST, f"edge {edge:.1f} points < {ex.min_edge_cost_ratio:g} x cost {cost:.1f}")
+                        raise _Refuse(
+                            Reason.EDGE_BELOW_COST,
+                            f"edge {edge:.1f} points < {ex.min_edge_cost_ratio:g} x cost {cost:.1f}",
+                        )
                     pred_position = 0  # the edge does not pay for a new position: only close
                 else:
                     pred_position = pred.position
@@ -254,32 +293,57 @@ class Engine:
                 if self.sizing.risk_per_trade > 0:
                     acct = self.terminal.account_info()
                     lots = lots_for_risk(
-                        acct.equity if acct else 0.0, self.sizing.risk_per_trade, sl_d, tick_size=info.trade_tick_size,
-                        tick_value=info.trade_tick_value, volume_min=info.volume_min, volume_step=info.volume_step,
+                        acct.equity if acct else 0.0,
+                        self.sizing.risk_per_trade,
+                        sl_d,
+                        tick_size=info.trade_tick_size,
+                        tick_value=info.trade_tick_value,
+                        volume_min=info.volume_min,
+                        volume_step=info.volume_step,
                         volume_max=info.volume_max,
-                    )  # fmt: skip
+                    )
                 else:
-                    lots = round_volume(self.sizing.fixed_lots, info.volume_min, info.volume_step, info.volume_max)
+                    lots = round_volume(
+                        self.sizing.fixed_lots, info.volume_min, info.volume_step, info.volume_max
+                    )
                 if lots <= 0:
                     if current == 0:
-                        raise _Refuse(Reason.SIZE_BELOW_MIN, f"risked size below volume_min {info.volume_min}")
+                        raise _Refuse(
+                            Reason.SIZE_BELOW_MIN, f"risked size below volume_min {info.volume_min}"
+                        )
                 else:
                     target = pred_position * lots
         if abs(target - current) < 1e-9:
             return None
         other = sum(abs(v) for s, v in self._all_net_lots().items() if s != symbol)
         closing = current != 0 and (target == 0 or (target > 0) != (current > 0))
-        n_orders = (len(self.positions(symbol)) if closing else 0) + (1 if abs(target) > 1e-12 and (closing or current == 0 or abs(target) > abs(current)) else 0)
+        n_orders = (len(self.positions(symbol)) if closing else 0) + (
+            1
+            if abs(target) > 1e-12 and (closing or current == 0 or abs(target) > abs(current))
+            else 0
+        )
         v = self.risk.check(
-            current_lots=current, target_lots=target, other_lots=other, now=self.clock(),
-            spread_points=spread, market_open=market_open, feature_age_s=feature_age, new_orders=max(n_orders, 1),
-        )  # fmt: skip
+            current_lots=current,
+            target_lots=target,
+            other_lots=other,
+            now=self.clock(),
+            spread_points=spread,
+            market_open=market_open,
+            feature_age_s=feature_age,
+            new_orders=max(n_orders, 1),
+        )
         if not v.allowed and current != 0 and target != 0 and (target > 0) != (current > 0):
             # a flip the rules refuse may still close the position (e.g. REDUCING, exposure)
             v_close = self.risk.check(
-                current_lots=current, target_lots=0.0, other_lots=other, now=self.clock(), spread_points=spread,
-                market_open=market_open, feature_age_s=feature_age, new_orders=len(self.positions(symbol)),
-            )  # fmt: skip
+                current_lots=current,
+                target_lots=0.0,
+                other_lots=other,
+                now=self.clock(),
+                spread_points=spread,
+                market_open=market_open,
+                feature_age_s=feature_age,
+                new_orders=len(self.positions(symbol)),
+            )
             if v_close.allowed:
                 log.info("%s: %s refuses the flip (%s); closing only", symbol, v.reason, v.detail)
                 return current, 0.0, sl_d, tp_d
@@ -316,7 +380,9 @@ class Engine:
         closed = [
             (int(d.ticket), float(d.profit + d.commission + d.swap))
             for d in deals
-            if d.magic == self.magic and d.entry == mt5.DEAL_ENTRY_OUT and d.ticket > self.risk.state.last_deal_ticket
+            if d.magic == self.magic
+            and d.entry == mt5.DEAL_ENTRY_OUT
+            and d.ticket > self.risk.state.last_deal_ticket
         ]
         if closed:
             self.risk.observe_closed_trades(closed)
@@ -324,20 +390,39 @@ class Engine:
     # --- positions and orders -------------------------------------------------------------
     def positions(self, symbol: str | None = None) -> tuple[Any, ...]:
         """This engine's open positions (its magic)."""
-        pos = self.terminal.positions_get(symbol=symbol) if symbol else self.terminal.positions_get()
+        pos = (
+            self.terminal.positions_get(symbol=symbol) if symbol else self.terminal.positions_get()
+        )
         return tuple(p for p in (pos or ()) if p.magic == self.magic)
 
     def _net_lots(self, symbol: str) -> float:
-        return round(sum(p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume for p in self.positions(symbol)), 8)
+        return round(
+            sum(
+                p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume
+                for p in self.positions(symbol)
+            ),
+            8,
+        )
 
     def _all_net_lots(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for p in self.positions():
-            out[p.symbol] = round(out.get(p.symbol, 0.0) + (p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume), 8)
+            out[p.symbol] = round(
+                out.get(p.symbol, 0.0)
+                + (p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume),
+                8,
+            )
         return out
 
     def _move_position(
-        self, symbol: str, current: float, target: float, bar_close: int, rec: DecisionRecord, sl_d: float, tp_d: float
+        self,
+        symbol: str,
+        current: float,
+        target: float,
+        bar_close: int,
+        rec: DecisionRecord,
+        sl_d: float,
+        tp_d: float,
     ) -> None:
         """Close what points the wrong way (or all when going flat), then open the rest (hedging accounts)."""
         outcomes: list[OrderOutcome] = []
@@ -345,9 +430,18 @@ class Engine:
         now = self.clock()
         if current != 0 and (target == 0 or (target > 0) != (current > 0)):
             for p in self.positions(symbol):
-                close_type = mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
-                o = self.executor.execute(symbol, bar_close, f"close:{p.ticket}", order_type=close_type, volume=p.volume,
-                                          now_utc=now, position=int(p.ticket))  # fmt: skip
+                close_type = (
+                    mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
+                )
+                o = self.executor.execute(
+                    symbol,
+                    bar_close,
+                    f"close:{p.ticket}",
+                    order_type=close_type,
+                    volume=p.volume,
+                    now_utc=now,
+                    position=int(p.ticket),
+                )
                 outcomes.append(o)
                 if o.status == "done":
                     self.risk.record_order(now)
@@ -358,13 +452,35 @@ class Engine:
         delta = round(target - remaining, 8)
         if delta != 0 and all(o.ok for o in outcomes):
             side = mt5.ORDER_TYPE_BUY if delta > 0 else mt5.ORDER_TYPE_SELL
-            o = self.executor.execute(symbol, bar_close, f"open:{'buy' if delta > 0 else 'sell'}", order_type=side,
-                                      volume=abs(delta), now_utc=now, sl_distance=sl_d, tp_distance=tp_d)  # fmt: skip
+            o = self.executor.execute(
+                symbol,
+                bar_close,
+                f"open:{'buy' if delta > 0 else 'sell'}",
+                order_type=side,
+                volume=abs(delta),
+                now_utc=now,
+                sl_distance=sl_d,
+                tp_distance=tp_d,
+            )
             outcomes.append(o)
             if o.status == "done":
                 self.risk.record_order(now)
-        rec.order_request = {"orders": [o.requests[-1] if o.requests else {"client_id": o.client_id} for o in outcomes]}
-        rec.order_result = {"results": [{"client_id": o.client_id, "intent": o.intent, "status": o.status, "attempts": o.results} for o in outcomes]}
+        rec.order_request = {
+            "orders": [
+                o.requests[-1] if o.requests else {"client_id": o.client_id} for o in outcomes
+            ]
+        }
+        rec.order_result = {
+            "results": [
+                {
+                    "client_id": o.client_id,
+                    "intent": o.intent,
+                    "status": o.status,
+                    "attempts": o.results,
+                }
+                for o in outcomes
+            ]
+        }
         rec.retcode = outcomes[-1].retcode if outcomes else None
         failed = [o for o in outcomes if not o.ok]
         if failed:
@@ -387,10 +503,23 @@ class Engine:
                 now = self.clock()
                 stamp = int(now)
                 for p in self.positions():
-                    close_type = mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
-                    o = self.executor.execute(p.symbol, stamp, f"flatten:{p.ticket}", order_type=close_type,
-                                              volume=p.volume, now_utc=now, position=int(p.ticket))  # fmt: skip
-                    closed.append({"ticket": int(p.ticket), "status": o.status, "retcode": o.retcode})
+                    close_type = (
+                        mt5.ORDER_TYPE_SELL
+                        if p.type == mt5.POSITION_TYPE_BUY
+                        else mt5.ORDER_TYPE_BUY
+                    )
+                    o = self.executor.execute(
+                        p.symbol,
+                        stamp,
+                        f"flatten:{p.ticket}",
+                        order_type=close_type,
+                        volume=p.volume,
+                        now_utc=now,
+                        position=int(p.ticket),
+                    )
+                    closed.append(
+                        {"ticket": int(p.ticket), "status": o.status, "retcode": o.retcode}
+                    )
             return {"state": str(self.risk.state.trading_state), "flattened": closed}
 
     def resume(self) -> dict[str, Any]:
@@ -402,7 +531,11 @@ class Engine:
     def reload(self) -> dict[str, Any]:
         """Re-open the model (serving client/bundle) through ``reload_hook``; journaled in state."""
         with self.lock:
-            info = self.reload_hook() if self.reload_hook is not None else {"reloaded": False, "detail": "no reload hook"}
+            info = (
+                self.reload_hook()
+                if self.reload_hook is not None
+                else {"reloaded": False, "detail": "no reload hook"}
+            )
             self.journal.save_state("last_reload", str(info))
             return info
 
@@ -412,21 +545,43 @@ class Engine:
             st = self.risk.state
             last = self.journal.rows(limit=1)
             return {
-                "trading_state": str(st.trading_state), "state_reason": st.state_reason, "state_detail": st.state_detail,
-                "equity": st.equity, "peak_equity": st.peak_equity, "day_start_equity": st.day_start_equity,
-                "drawdown": st.drawdown, "daily_loss": st.daily_loss, "consecutive_losses": st.consecutive_losses,
-                "decisions": self.journal.counts(), "refusals": self.journal.reason_counts(),
-                "last_decision": {k: last[0][k] for k in ("symbol", "bar_close", "verdict", "reason", "decision")} if last else None,
-                "last_reconcile": self.last_reconcile, "magic": self.magic, "login": self.login,
-            }  # fmt: skip
+                "trading_state": str(st.trading_state),
+                "state_reason": st.state_reason,
+                "state_detail": st.state_detail,
+                "equity": st.equity,
+                "peak_equity": st.peak_equity,
+                "day_start_equity": st.day_start_equity,
+                "drawdown": st.drawdown,
+                "daily_loss": st.daily_loss,
+                "consecutive_losses": st.consecutive_losses,
+                "decisions": self.journal.counts(),
+                "refusals": self.journal.reason_counts(),
+                "last_decision": {
+                    k: last[0][k] for k in ("symbol", "bar_close", "verdict", "reason", "decision")
+                }
+                if last
+                else None,
+                "last_reconcile": self.last_reconcile,
+                "magic": self.magic,
+                "login": self.login,
+            }
 
     def positions_view(self) -> list[dict[str, Any]]:
         """Open positions as JSON-able dicts."""
         with self.lock:
             return [
-                {"ticket": int(p.ticket), "symbol": p.symbol, "side": "buy" if p.type == mt5.POSITION_TYPE_BUY else "sell",
-                 "volume": float(p.volume), "price_open": float(p.price_open), "price_current": float(p.price_current),
-                 "sl": float(p.sl), "tp": float(p.tp), "profit": float(p.profit), "comment": p.comment}
+                {
+                    "ticket": int(p.ticket),
+                    "symbol": p.symbol,
+                    "side": "buy" if p.type == mt5.POSITION_TYPE_BUY else "sell",
+                    "volume": float(p.volume),
+                    "price_open": float(p.price_open),
+                    "price_current": float(p.price_current),
+                    "sl": float(p.sl),
+                    "tp": float(p.tp),
+                    "profit": float(p.profit),
+                    "comment": p.comment,
+                }
                 for p in self.positions()
             ]
 
@@ -436,13 +591,18 @@ class Engine:
             acct = self.terminal.account_info()
             now = self.clock()
             deals = self.terminal.history_deals_get(0, int(now) + 2 * 86_400) or ()
-            realised = sum(float(d.profit + d.commission + d.swap) for d in deals if d.magic == self.magic)
+            realised = sum(
+                float(d.profit + d.commission + d.swap) for d in deals if d.magic == self.magic
+            )
             floating = sum(float(p.profit) for p in self.positions())
             return {
-                "balance": float(acct.balance) if acct else None, "equity": float(acct.equity) if acct else None,
-                "floating": floating, "realised": realised, "drawdown": self.risk.state.drawdown,
+                "balance": float(acct.balance) if acct else None,
+                "equity": float(acct.equity) if acct else None,
+                "floating": floating,
+                "realised": realised,
+                "drawdown": self.risk.state.drawdown,
                 "daily_loss": self.risk.state.daily_loss,
-            }  # fmt: skip
+            }
 
     # --- drivers ------------------------------------------------------------------------
     def replay(
@@ -480,7 +640,9 @@ class Engine:
         while not stop():
             for sym in symbols:
                 with self.lock:
-                    rates = self.terminal.copy_rates_from_pos(sym, timeframe, 1, 1)  # last closed bar
+                    rates = self.terminal.copy_rates_from_pos(
+                        sym, timeframe, 1, 1
+                    )  # last closed bar
                 if rates is None or not len(rates):
                     continue
                 close_server = int(rates["time"][0]) + step
@@ -491,6 +653,8 @@ class Engine:
                         if before_bar is not None:
                             before_bar(sym, close_utc)
                         self.on_bar(sym, close_utc)
-                    except Exception:  # one bad bar must not stop a live engine; the journal shows the gap
+                    except (
+                        Exception
+                    ):  # one bad bar must not stop a live engine; the journal shows the gap
                         log.exception("%s bar %s: decision failed", sym, close_utc)
             time.sleep(poll_s)

@@ -15,16 +15,42 @@ class EngineMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.stage_latency = Histogram(
-            "tx_engine_stage_latency_seconds", "Tick-to-decision latency by stage", ["stage"], registry=r, buckets=_BUCKETS
+            "tx_engine_stage_latency_seconds",
+            "Tick-to-decision latency by stage",
+            ["stage"],
+            registry=r,
+            buckets=_BUCKETS,
         )
-        self.decisions = Counter("tx_engine_decisions_total", "Decisions by verdict", ["verdict"], registry=r)
-        self.refusals = Counter("tx_engine_refusals_total", "Refusals and order errors by reason code", ["reason"], registry=r)
-        self.orders = Counter("tx_engine_orders_total", "order_send answers by retcode", ["retcode"], registry=r)
+        self.decisions = Counter(
+            "tx_engine_decisions_total", "Decisions by verdict", ["verdict"], registry=r
+        )
+        self.refusals = Counter(
+            "tx_engine_refusals_total",
+            "Refusals and order errors by reason code",
+            ["reason"],
+            registry=r,
+        )
+        self.orders = Counter(
+            "tx_engine_orders_total", "order_send answers by retcode", ["retcode"], registry=r
+        )
         self.equity = Gauge("tx_engine_equity", "Account equity", registry=r)
-        self.drawdown = Gauge("tx_engine_drawdown_ratio", "Trailing drawdown from the equity peak", registry=r)
-        self.feature_age = Gauge("tx_engine_feature_age_seconds", "Age of the last feature row read", ["symbol"], registry=r)
-        self.state = Gauge("tx_engine_trading_state", "Trading state (1 = current)", ["state"], registry=r)
-        self.fallbacks = Counter("tx_engine_model_fallbacks_total", "Predictions answered by the in-process ONNX fallback", registry=r)
+        self.drawdown = Gauge(
+            "tx_engine_drawdown_ratio", "Trailing drawdown from the equity peak", registry=r
+        )
+        self.feature_age = Gauge(
+            "tx_engine_feature_age_seconds",
+            "Age of the last feature row read",
+            ["symbol"],
+            registry=r,
+        )
+        self.state = Gauge(
+            "tx_engine_trading_state", "Trading state (1 = current)", ["state"], registry=r
+        )
+        self.fallbacks = Counter(
+            "tx_engine_model_fallbacks_total",
+            "Predictions answered by the in-process ONNX fallback",
+            registry=r,
+        )
 
     def observe_stages(self, latency_ms: dict[str, float]) -> None:
         """Record one decision's latency breakdown (keys ``<stage>_ms``)."""

@@ -35,7 +35,16 @@ def entity_key(join_key: str, value: str | int, project: str) -> bytes:
     else:
         v, vtype = struct.pack("<q", value), _INT64
     return b"".join(
-        [_U32.pack(1), _U32.pack(_STRING), _U32.pack(len(k)), k, _U32.pack(vtype), _U32.pack(len(v)), v, project.encode()]
+        [
+            _U32.pack(1),
+            _U32.pack(_STRING),
+            _U32.pack(len(k)),
+            k,
+            _U32.pack(vtype),
+            _U32.pack(len(v)),
+            v,
+            project.encode(),
+        ]
     )
 
 

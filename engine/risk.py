@@ -110,7 +110,11 @@ class RiskState:
     @property
     def daily_loss(self) -> float:
         """Loss since the day's first equity, as a fraction of it (negative: a gain)."""
-        return (self.day_start_equity - self.equity) / self.day_start_equity if self.day_start_equity > 0 else 0.0
+        return (
+            (self.day_start_equity - self.equity) / self.day_start_equity
+            if self.day_start_equity > 0
+            else 0.0
+        )
 
 
 def _reduces(current: float, target: float) -> bool:
@@ -145,29 +149,65 @@ def check_order(
     if limits.kill_switch:
         return Verdict(False, Reason.KILL_SWITCH, "kill switch engaged in config")
     if st.trading_state is TradingState.HALTED:
-        reason = Reason(st.state_reason) if st.state_reason in Reason.__members__.values() else Reason.HALTED
+        reason = (
+            Reason(st.state_reason)
+            if st.state_reason in Reason.__members__.values()
+            else Reason.HALTED
+        )
         return Verdict(False, reason, f"trading HALTED: {st.state_detail or reason}")
     if not market_open:
         return Verdict(False, Reason.MARKET_CLOSED, "no quote at the current time")
     if limits.max_feature_age_s and feature_age_s > limits.max_feature_age_s:
-        return Verdict(False, Reason.STALE_FEATURES, f"features {feature_age_s:.0f} s old > {limits.max_feature_age_s:g}")
+        return Verdict(
+            False,
+            Reason.STALE_FEATURES,
+            f"features {feature_age_s:.0f} s old > {limits.max_feature_age_s:g}",
+        )
     if limits.max_spread_points and spread_points > limits.max_spread_points:
-        return Verdict(False, Reason.WIDE_SPREAD, f"spread {spread_points:g} points > {limits.max_spread_points:g}")
+        return Verdict(
+            False,
+            Reason.WIDE_SPREAD,
+            f"spread {spread_points:g} points > {limits.max_spread_points:g}",
+        )
     if st.trading_state is TradingState.REDUCING and not reducing:
-        reason = Reason(st.state_reason) if st.state_reason in Reason.__members__.values() else Reason.REDUCING_ONLY
-        return Verdict(False, reason, f"trading REDUCING ({st.state_detail or reason}): only reductions")
-    if limits.max_consecutive_losses and st.consecutive_losses >= limits.max_consecutive_losses and not reducing:
-        return Verdict(False, Reason.MAX_CONSECUTIVE_LOSSES, f"{st.consecutive_losses} losses in a row")
+        reason = (
+            Reason(st.state_reason)
+            if st.state_reason in Reason.__members__.values()
+            else Reason.REDUCING_ONLY
+        )
+        return Verdict(
+            False, reason, f"trading REDUCING ({st.state_detail or reason}): only reductions"
+        )
+    if (
+        limits.max_consecutive_losses
+        and st.consecutive_losses >= limits.max_consecutive_losses
+        and not reducing
+    ):
+        return Verdict(
+            False, Reason.MAX_CONSECUTIVE_LOSSES, f"{st.consecutive_losses} losses in a row"
+        )
     if not reducing:
         if abs(target_lots) > limits.max_position_lots + 1e-12:
-            return Verdict(False, Reason.MAX_POSITION, f"|target| {abs(target_lots):g} lots > max {limits.max_position_lots:g}")
+            return Verdict(
+                False,
+                Reason.MAX_POSITION,
+                f"|target| {abs(target_lots):g} lots > max {limits.max_position_lots:g}",
+            )
         total = other_lots + abs(target_lots)
         if total > limits.max_total_lots + 1e-12:
-            return Verdict(False, Reason.MAX_TOTAL_EXPOSURE, f"total {total:g} lots > max {limits.max_total_lots:g}")
+            return Verdict(
+                False,
+                Reason.MAX_TOTAL_EXPOSURE,
+                f"total {total:g} lots > max {limits.max_total_lots:g}",
+            )
     if limits.max_orders_per_minute:
         recent = [t for t in st.order_times if now - t < 60.0]
         if len(recent) + new_orders > limits.max_orders_per_minute:
-            return Verdict(False, Reason.MAX_ORDERS_PER_MINUTE, f"{len(recent)} orders in the last minute, {new_orders} more needed")
+            return Verdict(
+                False,
+                Reason.MAX_ORDERS_PER_MINUTE,
+                f"{len(recent)} orders in the last minute, {new_orders} more needed",
+            )
     return Verdict(True)
 
 
@@ -217,9 +257,15 @@ class RiskManager:
         if st.day != day:
             st.day, st.day_start_equity = day, equity
             changed = True
-            if st.trading_state is TradingState.HALTED and st.state_reason == Reason.DAILY_LOSS_LIMIT:
+            if (
+                st.trading_state is TradingState.HALTED
+                and st.state_reason == Reason.DAILY_LOSS_LIMIT
+            ):
                 self.set_state(TradingState.ACTIVE, "", "new trading day")
-            if st.trading_state is TradingState.REDUCING and st.state_reason == Reason.MAX_CONSECUTIVE_LOSSES:
+            if (
+                st.trading_state is TradingState.REDUCING
+                and st.state_reason == Reason.MAX_CONSECUTIVE_LOSSES
+            ):
                 st.consecutive_losses = 0  # a losing streak throttles for the rest of its day
                 self.set_state(TradingState.ACTIVE, "", "new trading day")
         if equity > st.peak_equity:
@@ -229,12 +275,18 @@ class RiskManager:
         lim = self.limits
         if st.trading_state is not TradingState.HALTED:
             if lim.daily_loss_limit and st.daily_loss >= lim.daily_loss_limit:
-                self.set_state(TradingState.HALTED, Reason.DAILY_LOSS_LIMIT,
-                               f"day loss {st.daily_loss:.2%} >= {lim.daily_loss_limit:.2%}")  # fmt: skip
+                self.set_state(
+                    TradingState.HALTED,
+                    Reason.DAILY_LOSS_LIMIT,
+                    f"day loss {st.daily_loss:.2%} >= {lim.daily_loss_limit:.2%}",
+                )
                 return
             if lim.max_drawdown and st.drawdown >= lim.max_drawdown:
-                self.set_state(TradingState.HALTED, Reason.MAX_DRAWDOWN,
-                               f"drawdown {st.drawdown:.2%} >= {lim.max_drawdown:.2%}")  # fmt: skip
+                self.set_state(
+                    TradingState.HALTED,
+                    Reason.MAX_DRAWDOWN,
+                    f"drawdown {st.drawdown:.2%} >= {lim.max_drawdown:.2%}",
+                )
                 return
         if changed:
             self._changed()
@@ -250,7 +302,11 @@ class RiskManager:
             st.last_deal_ticket = ticket
         lim = self.limits.max_consecutive_losses
         if lim and st.consecutive_losses >= lim and st.trading_state is TradingState.ACTIVE:
-            self.set_state(TradingState.REDUCING, Reason.MAX_CONSECUTIVE_LOSSES, f"{st.consecutive_losses} losses in a row")
+            self.set_state(
+                TradingState.REDUCING,
+                Reason.MAX_CONSECUTIVE_LOSSES,
+                f"{st.consecutive_losses} losses in a row",
+            )
         self._changed()
 
     def record_order(self, now: float) -> None:

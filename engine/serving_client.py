@@ -58,7 +58,9 @@ class BundleHashMismatch(ValueError):
 def _row_json(row: FeatureRow) -> dict[str, Any]:
     out: dict[str, Any] = {
         "symbol": row.symbol,
-        "feature_time": datetime.fromtimestamp(row.event_time, UTC).isoformat().replace("+00:00", "Z"),
+        "feature_time": datetime.fromtimestamp(row.event_time, UTC)
+        .isoformat()
+        .replace("+00:00", "Z"),
         "features": row.values,
     }
     seq = getattr(row, "sequence", None)
@@ -96,9 +98,14 @@ class ServingClient:
         self.last_bundle_sha256 = str(data.get("bundle_sha256") or "")
         self.last_model_version = str(data["model_version"])
         return Prediction(
-            self.last_model_version, int(p["position"]), p["decision"], p["probabilities"],
-            self.last_bundle_sha256, "serving", float(p.get("confidence", 0.0)),
-        )  # fmt: skip
+            self.last_model_version,
+            int(p["position"]),
+            p["decision"],
+            p["probabilities"],
+            self.last_bundle_sha256,
+            "serving",
+            float(p.get("confidence", 0.0)),
+        )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -108,7 +115,9 @@ class ServingClient:
 class OnnxModel:
     """The bundle's ONNX graph in-process (hash-checked at load)."""
 
-    def __init__(self, onnx_bytes: bytes, manifest: dict[str, Any], model_version: str = "") -> None:
+    def __init__(
+        self, onnx_bytes: bytes, manifest: dict[str, Any], model_version: str = ""
+    ) -> None:
         import onnxruntime as ort  # allowed in the engine; imported only when a fallback is configured
 
         self.bundle_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
@@ -151,9 +160,14 @@ class OnnxModel:
         k = int(np.argmax(probs))
         label = self.classes[k] if float(probs[k]) >= self.min_confidence else "flat"
         return Prediction(
-            self.model_version, CLASS_POSITIONS[label], label,
-            {c: float(p) for c, p in zip(self.classes, probs, strict=True)}, self.bundle_sha256, "onnx", float(probs[k]),
-        )  # fmt: skip
+            self.model_version,
+            CLASS_POSITIONS[label],
+            label,
+            {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
+            self.bundle_sha256,
+            "onnx",
+            float(probs[k]),
+        )
 
 
 class FallbackModel:
@@ -173,7 +187,9 @@ class FallbackModel:
                 raise
             served = getattr(self.primary, "last_bundle_sha256", "")
             if served and served != self.fallback.bundle_sha256:
-                raise ModelMismatch(f"serving runs bundle {served[:12]}, local bundle is {self.fallback.bundle_sha256[:12]}") from exc
+                raise ModelMismatch(
+                    f"serving runs bundle {served[:12]}, local bundle is {self.fallback.bundle_sha256[:12]}"
+                ) from exc
             self.fallbacks += 1
             log.warning("serving unavailable (%s): in-process ONNX fallback", exc)
             pred = self.fallback.predict(row)

@@ -83,7 +83,9 @@ def stop_prices(
     return sl, tp
 
 
-def edge_points(probabilities: Mapping[str, float], position: int, atr_points: float, atr_mult: float) -> float:
+def edge_points(
+    probabilities: Mapping[str, float], position: int, atr_points: float, atr_mult: float
+) -> float:
     """Expected edge of going ``position`` (+1 long / -1 short), in points: the probability
     margin of the called side over the opposite side times the expected move."""
     if position == 0:

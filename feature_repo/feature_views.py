@@ -40,7 +40,12 @@ trend_v2_fv = FeatureView(
     entities=[symbol],
     ttl=TTL,
     schema=[
-        Field(name=f.name, dtype=Float64, description=f.formula, tags={"family": f.family, "window": str(f.window)})
+        Field(
+            name=f.name,
+            dtype=Float64,
+            description=f.formula,
+            tags={"family": f.family, "window": str(f.window)},
+        )
         for f in FEATURES
     ],
     source=trend_v2_source,

@@ -19,7 +19,9 @@ def airflow_env(settings: PlatformSettings) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get(
+            "AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"
+        ),
     }
 
 
@@ -32,8 +34,12 @@ def ensure_airflow_db(settings: PlatformSettings) -> bool:
     home.mkdir(parents=True, exist_ok=True)
     airflow = Path(sys.executable).with_name("airflow")
     env = {**os.environ, **airflow_env(settings)}
-    proc = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"airflow db migrate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     marker.write_text("ok\n")
     return True

@@ -10,15 +10,21 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="TitanovaX: MT5 bars → validated lake → Feast/Redis → ONNX model → BentoML → engine.", no_args_is_help=True)
+app = typer.Typer(
+    help="TitanovaX: MT5 bars → validated lake → Feast/Redis → ONNX model → BentoML → engine.",
+    no_args_is_help=True,
+)
 features_app = typer.Typer(
-    help="Feast feature repo: apply, build, materialise, stream, get (point-in-time), catalog, env.", no_args_is_help=True
+    help="Feast feature repo: apply, build, materialise, stream, get (point-in-time), catalog, env.",
+    no_args_is_help=True,
 )
 engine_app = typer.Typer(help="The live engine.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(engine_app, name="engine")
 
-Date = Annotated[datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="UTC")]
+Date = Annotated[
+    datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="UTC")
+]
 
 
 def _utc(d: datetime) -> datetime:
@@ -26,7 +32,9 @@ def _utc(d: datetime) -> datetime:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -50,7 +58,11 @@ def _symbols(symbol: str | None) -> list[str]:
 
 
 @app.command()
-def ingest(start: Date, end: Date, symbol: Annotated[str | None, typer.Option(help="Default: TX_SYMBOLS")] = None) -> None:
+def ingest(
+    start: Date,
+    end: Date,
+    symbol: Annotated[str | None, typer.Option(help="Default: TX_SYMBOLS")] = None,
+) -> None:
     """Stage the bars of [start, end) from the MT5 gateway (server time → UTC)."""
     from feature_repo.pipeline.ingest import ingest as run
 
@@ -74,7 +86,9 @@ def validate(start: Date, end: Date, symbol: Annotated[str | None, typer.Option(
 
 
 # --- data: the validation quarantine (validation helper) ---------------------------------------
-data_app = typer.Typer(help="The bar lake's quarantine: list and release validated batches.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="The bar lake's quarantine: list and release validated batches.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -122,12 +136,19 @@ def features_env() -> None:
 
 
 @features_app.command("build")
-def features_build(start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None) -> None:
+def features_build(
+    start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None
+) -> None:
     """Compute offline features of [start, end) from the lake."""
     from feature_repo.pipeline.store import build_features
 
     s = _settings()
-    _echo([build_features(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict() for sym in _symbols(symbol)])
+    _echo(
+        [
+            build_features(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict()
+            for sym in _symbols(symbol)
+        ]
+    )
 
 
 @features_app.command("materialize")
@@ -142,9 +163,18 @@ def features_materialize(start: Date, end: Date) -> None:
 
 @features_app.command("stream")
 def features_stream(
-    writer: Annotated[str, typer.Option(help="direct (Feast's Redis format, one round trip) or feast (write_to_online_store)")] = "direct",
-    max_bars: Annotated[int | None, typer.Option(help="Stop after this many bar closes (default: run until Ctrl-C)")] = None,
-    wait_s: Annotated[float, typer.Option(help="Seconds to wait after a close for every symbol's bar")] = 5.0,
+    writer: Annotated[
+        str,
+        typer.Option(
+            help="direct (Feast's Redis format, one round trip) or feast (write_to_online_store)"
+        ),
+    ] = "direct",
+    max_bars: Annotated[
+        int | None, typer.Option(help="Stop after this many bar closes (default: run until Ctrl-C)")
+    ] = None,
+    wait_s: Annotated[
+        float, typer.Option(help="Seconds to wait after a close for every symbol's bar")
+    ] = 5.0,
 ) -> None:
     """Streaming pusher: on each closed bar of the configured terminal, compute that bar's
     features (every view, every symbol) and write them to Redis."""
@@ -162,17 +192,28 @@ def features_stream(
         lag_ms = (time.time() - close) * 1e3
         logging.getLogger("tx.features.stream").info(
             "bar %s: %d symbols written %.1f ms after the close (compute %.1f ms)",
-            datetime.fromtimestamp(close, UTC).isoformat(), len(rows), lag_ms, pusher.stats.compute_s[-1] * 1e3,
+            datetime.fromtimestamp(close, UTC).isoformat(),
+            len(rows),
+            lag_ms,
+            pusher.stats.compute_s[-1] * 1e3,
         )
 
-    typer.echo(f"streaming {s.symbols} {s.timeframe} features to {s.redis_url} ({writer} writer); Ctrl-C stops")
+    typer.echo(
+        f"streaming {s.symbols} {s.timeframe} features to {s.redis_url} ({writer} writer); Ctrl-C stops"
+    )
     try:
         pusher.run(max_bars=max_bars, wait_s=wait_s, on_push=report, push_last_closed=True)
     except KeyboardInterrupt:
         typer.echo("stopped")
-    total = np.array(pusher.stats.fetch_s) + np.array(pusher.stats.compute_s) + np.array(pusher.stats.write_s)
+    total = (
+        np.array(pusher.stats.fetch_s)
+        + np.array(pusher.stats.compute_s)
+        + np.array(pusher.stats.write_s)
+    )
     if len(total):
-        typer.echo(f"pushed {pusher.pushed} rows; per bar p50 {np.percentile(total, 50) * 1e3:.1f} ms p99 {np.percentile(total, 99) * 1e3:.1f} ms")
+        typer.echo(
+            f"pushed {pusher.pushed} rows; per bar p50 {np.percentile(total, 50) * 1e3:.1f} ms p99 {np.percentile(total, 99) * 1e3:.1f} ms"
+        )
 
 
 @features_app.command("get")
@@ -180,8 +221,12 @@ def features_get(
     start: Date,
     end: Date,
     out: Annotated[str, typer.Option(help="Output parquet file")],
-    service: Annotated[str, typer.Option(help="Feast feature service: trend_v1 or trend_v2")] = "trend_v2",
-    symbols: Annotated[str | None, typer.Option(help="Comma-separated (default: TX_SYMBOLS)")] = None,
+    service: Annotated[
+        str, typer.Option(help="Feast feature service: trend_v1 or trend_v2")
+    ] = "trend_v2",
+    symbols: Annotated[
+        str | None, typer.Option(help="Comma-separated (default: TX_SYMBOLS)")
+    ] = None,
 ) -> None:
     """Point-in-time features of a service (Feast get_historical_features) at every bar close
     of [start, end), written to a parquet file."""
@@ -194,7 +239,15 @@ def features_get(
     df = historical_features(s, service, syms, _utc(start), _utc(end))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out, index=False)
-    _echo({"rows": len(df), "columns": len(df.columns), "symbols": syms, "service": service, "out": out})
+    _echo(
+        {
+            "rows": len(df),
+            "columns": len(df.columns),
+            "symbols": syms,
+            "service": service,
+            "out": out,
+        }
+    )
 
 
 @features_app.command("catalog")
@@ -211,7 +264,9 @@ def features_catalog() -> None:
     for f in FEATURES:
         tag = "v1+v2" if f.name in TREND_V1_FEATURES else "v2"
         typer.echo(f"{f.name:20s} {f.family:13s} {f.window:4d}  {tag:5s}  {f.formula}")
-    typer.echo(f"{'seq':20s} {'sequence':13s} {SEQ_WARMUP_BARS:4d}  v2     {SEQ_LEN} bars x ({', '.join(SEQ_CHANNELS)}), float32")
+    typer.echo(
+        f"{'seq':20s} {'sequence':13s} {SEQ_WARMUP_BARS:4d}  v2     {SEQ_LEN} bars x ({', '.join(SEQ_CHANNELS)}), float32"
+    )
 
 
 @app.command()
@@ -224,18 +279,31 @@ def backfill(start: Date, end: Date) -> None:
 
 
 # --- training: train / tune / promote / models / report (owner: training) ----------------------
-models_app = typer.Typer(help="Registry aliases: champion / previous / challenger, audited.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Registry aliases: champion / previous / challenger, audited.", no_args_is_help=True
+)
 report_app = typer.Typer(help="Reports.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(report_app, name="report")
-AsOf = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="UTC end of the test window (omit for configs with explicit ranges)")]
+AsOf = Annotated[
+    datetime | None,
+    typer.Option(
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"],
+        help="UTC end of the test window (omit for configs with explicit ranges)",
+    ),
+]
 
 
 @app.command()
 def train(
     as_of: AsOf = None,
     experiment: str = "trend_v1",
-    study: Annotated[str | None, typer.Option(help="Use the best parameters of this Optuna study (and of <study>-transformer for an ensemble)")] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            help="Use the best parameters of this Optuna study (and of <study>-transformer for an ensemble)"
+        ),
+    ] = None,
 ) -> None:
     """Build the point-in-time dataset, train, backtest, export ONNX (parity-checked) and register."""
     from training.config import load_config
@@ -249,7 +317,16 @@ def train(
         from training.tune import best_member_params
 
         best = best_member_params(s, cfg, study)
-    _echo(train_and_register(s, cfg, path, when, params=best.get("xgboost"), transformer_params=best.get("transformer")).to_dict())
+    _echo(
+        train_and_register(
+            s,
+            cfg,
+            path,
+            when,
+            params=best.get("xgboost"),
+            transformer_params=best.get("transformer"),
+        ).to_dict()
+    )
 
 
 @app.command()
@@ -257,8 +334,15 @@ def tune(
     as_of: AsOf = None,
     experiment: str = "trend_v1",
     workers: Annotated[int, typer.Option(min=1, help="Worker processes sharing one study")] = 1,
-    trials: Annotated[int | None, typer.Option(help="Trials in all, per member study (default: the config's tune.n_trials / tune.transformer.n_trials)")] = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default: <experiment>-<dataset>)")] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Trials in all, per member study (default: the config's tune.n_trials / tune.transformer.n_trials)"
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default: <experiment>-<dataset>)")
+    ] = None,
 ) -> None:
     """Optuna (TPE + median pruning on purged walk-forward folds) in TX_OPTUNA_STORAGE; logs to MLflow.
 
@@ -274,7 +358,9 @@ def tune(
 
 
 @app.command()
-def promote(version: str, actor: Annotated[str | None, typer.Option(help="Who (default user@host)")] = None) -> None:
+def promote(
+    version: str, actor: Annotated[str | None, typer.Option(help="Who (default user@host)")] = None
+) -> None:
     """Run the promotion gate for a registered version; passing moves `champion` (audited)."""
     from training.gate import promote as gate
     from training.registry import notify_serving
@@ -288,7 +374,10 @@ def promote(version: str, actor: Annotated[str | None, typer.Option(help="Who (d
 
 
 @models_app.command("history")
-def models_history(limit: Annotated[int, typer.Option(help="Last N moves")] = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def models_history(
+    limit: Annotated[int, typer.Option(help="Last N moves")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Audit history of alias moves: when, who, action, version, aliases before → after, reason."""
     from training.registry import history
 
@@ -298,7 +387,9 @@ def models_history(limit: Annotated[int, typer.Option(help="Last N moves")] = 20
         return
     for r in rows:
         reason = r.get("evidence", {}).get("reason", "")
-        typer.echo(f"{r['time'][:19]}  {r['actor']:<24} {r['action']:<18} v{r['version']:<4} {r['before']} → {r['after']}  {reason}")
+        typer.echo(
+            f"{r['time'][:19]}  {r['actor']:<24} {r['action']:<18} v{r['version']:<4} {r['before']} → {r['after']}  {reason}"
+        )
 
 
 @models_app.command("aliases")
@@ -312,7 +403,9 @@ def models_aliases() -> None:
 
 @models_app.command("rollback")
 def models_rollback(
-    reason: Annotated[str, typer.Option(help="Why (recorded in the audit history)")] = "manual rollback",
+    reason: Annotated[
+        str, typer.Option(help="Why (recorded in the audit history)")
+    ] = "manual rollback",
     actor: Annotated[str | None, typer.Option(help="Who (default user@host)")] = None,
 ) -> None:
     """Move `champion` back to `previous` (audited), then ask serving to reload."""
@@ -330,9 +423,15 @@ def models_rollback(
 @report_app.command("real-exports")
 def report_real_exports(
     out: Annotated[str, typer.Option(help="Markdown file to write")] = "reports/real_exports.md",
-    raw: Annotated[str | None, typer.Option(help="Folder of the exports (default ../shared/data/raw)")] = None,
-    only: Annotated[str, typer.Option(help="Comma-separated file-name fragments to restrict to")] = "",
-    config: Annotated[str | None, typer.Option(help="Report spec (default training/configs/real_exports_v1.yaml)")] = None,
+    raw: Annotated[
+        str | None, typer.Option(help="Folder of the exports (default ../shared/data/raw)")
+    ] = None,
+    only: Annotated[
+        str, typer.Option(help="Comma-separated file-name fragments to restrict to")
+    ] = "",
+    config: Annotated[
+        str | None, typer.Option(help="Report spec (default training/configs/real_exports_v1.yaml)")
+    ] = None,
 ) -> None:
     """Out-of-sample after-cost results per real export, with CIs and baselines.
 
@@ -345,7 +444,9 @@ def report_real_exports(
 
     raw_dir = Path(raw) if raw else PROJECT_ROOT.parent / "shared" / "data" / "raw"
     only_list = [o for o in only.split(",") if o] or None
-    text = real_exports_report(raw_dir, Path(out), Path(config) if config else None, only_list, _settings())
+    text = real_exports_report(
+        raw_dir, Path(out), Path(config) if config else None, only_list, _settings()
+    )
     typer.echo(text)
 
 
@@ -373,19 +474,30 @@ def serve(
     challenger = None
     if ss.serving_challenger_alias:
         try:
-            challenger = import_from_registry(s.tracking_uri, s.model_name, ss.serving_challenger_alias)
+            challenger = import_from_registry(
+                s.tracking_uri, s.model_name, ss.serving_challenger_alias
+            )
         except AliasNotSetError:
             challenger = None
     proc = start_server(
-        host=host, port=port, model_tag=imported.bentoml_tag, bentoml_home=os.environ["BENTOML_HOME"],
-        log_path=s.home / "logs" / "serving.log", token=token, allow_no_auth=token is None,
-        challenger_tag=challenger.bentoml_tag if challenger else None, tracking_uri=s.tracking_uri,
-        model_name=s.model_name, env={"TX_HOME": str(s.home)},
-    )  # fmt: skip
+        host=host,
+        port=port,
+        model_tag=imported.bentoml_tag,
+        bentoml_home=os.environ["BENTOML_HOME"],
+        log_path=s.home / "logs" / "serving.log",
+        token=token,
+        allow_no_auth=token is None,
+        challenger_tag=challenger.bentoml_tag if challenger else None,
+        tracking_uri=s.tracking_uri,
+        model_name=s.model_name,
+        env={"TX_HOME": str(s.home)},
+    )
     try:
         wait_ready(f"http://{host}:{port}", 120, proc=proc, token=token)
         shadow = f", challenger v{challenger.mlflow_version} in shadow" if challenger else ""
-        typer.echo(f"serving {imported.bentoml_tag} (MLflow v{imported.mlflow_version}{shadow}) at http://{host}:{port}/v1/predict")
+        typer.echo(
+            f"serving {imported.bentoml_tag} (MLflow v{imported.mlflow_version}{shadow}) at http://{host}:{port}/v1/predict"
+        )
         proc.wait()
     except KeyboardInterrupt:
         typer.echo("stopping the server")
@@ -395,10 +507,28 @@ def serve(
 
 @engine_app.command("run")
 def engine_run(
-    mode: Annotated[str, typer.Option(help="live (native/bridge terminal) | paper (simulated terminal, wall clock) | backtest (simulated terminal and clock); default TX_ENGINE_MODE")] = "",
-    start: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="backtest: first bar close (UTC)")] = None,
-    end: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="backtest: last bar close (UTC)")] = None,
-    features: Annotated[str, typer.Option(help="Comma-separated feature names (the bundle's order); default: the bundle's manifest, else trend_v1")] = "",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="live (native/bridge terminal) | paper (simulated terminal, wall clock) | backtest (simulated terminal and clock); default TX_ENGINE_MODE"
+        ),
+    ] = "",
+    start: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="backtest: first bar close (UTC)"
+        ),
+    ] = None,
+    end: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="backtest: last bar close (UTC)"),
+    ] = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated feature names (the bundle's order); default: the bundle's manifest, else trend_v1"
+        ),
+    ] = "",
 ) -> None:
     """Run the engine: the same code in live, paper and backtest mode (control API when TX_ENGINE_TOKEN is set)."""
     from infra.engine_world import run_engine
@@ -414,7 +544,9 @@ def engine_run(
 
 @app.command()
 def demo(
-    history_days: Annotated[int, typer.Option(help="Days of history for features and training")] = 30,
+    history_days: Annotated[
+        int, typer.Option(help="Days of history for features and training")
+    ] = 30,
     experiment: str = "trend_v1",
 ) -> None:
     """Run everything end to end on embedded defaults and print a summary."""
@@ -423,19 +555,31 @@ def demo(
     typer.echo(run_demo(history_days=history_days, experiment=experiment).render())
 
 
-
 # --- MT5 gateway (owner: MT5 gateway) -------------------------------------------------------------
-mt5_app = typer.Typer(help="MT5 gateway: broker time check, symbol metadata, a simulated bridge.", no_args_is_help=True)
+mt5_app = typer.Typer(
+    help="MT5 gateway: broker time check, symbol metadata, a simulated bridge.",
+    no_args_is_help=True,
+)
 app.add_typer(mt5_app, name="mt5")
 
 
 @mt5_app.command("detect-offset")
 def mt5_detect_offset(
-    path: Annotated[str | None, typer.Option(help="An MT5 export file or a folder of them; default: the configured terminal")] = None,
+    path: Annotated[
+        str | None,
+        typer.Option(
+            help="An MT5 export file or a folder of them; default: the configured terminal"
+        ),
+    ] = None,
     symbol: Annotated[str | None, typer.Option(help="Default: TX_SYMBOLS")] = None,
-    timeframe: Annotated[str | None, typer.Option(help="Default: TX_TIMEFRAME (H1 or finer to be conclusive)")] = None,
+    timeframe: Annotated[
+        str | None, typer.Option(help="Default: TX_TIMEFRAME (H1 or finer to be conclusive)")
+    ] = None,
     days: Annotated[int, typer.Option(help="Terminal: days of bars to read")] = 120,
-    rule: Annotated[str | None, typer.Option(help="Rule to check; default TX_BROKER_TZ / TX_BROKER_UTC_OFFSET_HOURS")] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option(help="Rule to check; default TX_BROKER_TZ / TX_BROKER_UTC_OFFSET_HOURS"),
+    ] = None,
 ) -> None:
     """Infer the broker's UTC offset from weekly opens/closes and check the configured rule."""
     from pathlib import Path
@@ -460,8 +604,14 @@ def mt5_detect_offset(
         e = read_export(f)
         if (symbol and e.symbol != symbol) or (timeframe and e.timeframe != timeframe):
             continue
-        out.append({"file": f.name, "symbol": e.symbol, "bars": len(e),
-                    **check_rule(chosen, e.rates["time"], e.timeframe, symbol=e.symbol).to_dict()})  # fmt: skip
+        out.append(
+            {
+                "file": f.name,
+                "symbol": e.symbol,
+                "bars": len(e),
+                **check_rule(chosen, e.rates["time"], e.timeframe, symbol=e.symbol).to_dict(),
+            }
+        )
     _echo(out)
 
 
@@ -491,7 +641,9 @@ def mt5_symbol_info(
 
 @mt5_app.command("serve-sim")
 def mt5_serve_sim(
-    port: Annotated[int, typer.Option(help="Port of the rpyc classic server (mt5linux's default 18812)")] = 18812,
+    port: Annotated[
+        int, typer.Option(help="Port of the rpyc classic server (mt5linux's default 18812)")
+    ] = 18812,
     host: str = "127.0.0.1",
     seed: Annotated[int, typer.Option(help="Synthetic market seed")] = 7,
 ) -> None:
@@ -499,6 +651,7 @@ def mt5_serve_sim(
     from engine.mt5.simserver import main
 
     main(["--host", host, "--port", str(port), "--seed", str(seed)])
+
 
 if __name__ == "__main__":
     app()

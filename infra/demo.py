@@ -41,7 +41,9 @@ class DemoPlan:
     engine_end: datetime  # the engine replays [as_of, engine_end)
 
 
-def plan_span(settings: PlatformSettings, history_days: int, now: datetime | None = None) -> DemoPlan:
+def plan_span(
+    settings: PlatformSettings, history_days: int, now: datetime | None = None
+) -> DemoPlan:
     """Pick the span: the engine week ends at the latest Saturday with data."""
     if settings.mt5_exports:
         from engine.mt5.exports import read_export, scan_exports
@@ -49,9 +51,13 @@ def plan_span(settings: PlatformSettings, history_days: int, now: datetime | Non
         files = scan_exports(settings.mt5_exports)
         key = (settings.symbols[0], settings.timeframe)
         if key not in files:
-            raise SystemExit(f"no export for {key} in {settings.mt5_exports}; found {sorted(files)}")
+            raise SystemExit(
+                f"no export for {key} in {settings.mt5_exports}; found {sorted(files)}"
+            )
         ex = read_export(files[key])
-        last = datetime.fromtimestamp(int(ex.rates["time"][-1]) - settings.broker_utc_offset_hours * 3600, UTC)
+        last = datetime.fromtimestamp(
+            int(ex.rates["time"][-1]) - settings.broker_utc_offset_hours * 3600, UTC
+        )
         engine_end = last_saturday(last)
     else:
         engine_end = last_saturday(now or datetime.now(UTC))
@@ -68,7 +74,14 @@ class Summary:
 
     def render(self) -> str:
         w = max(len(k) for k, _ in self.lines)
-        return "\n".join(["", "TitanovaX demo summary", "-" * (w + 40), *[f"{k:<{w}}  {v}" for k, v in self.lines]])
+        return "\n".join(
+            [
+                "",
+                "TitanovaX demo summary",
+                "-" * (w + 40),
+                *[f"{k:<{w}}  {v}" for k, v in self.lines],
+            ]
+        )
 
 
 def _count_rows(root: Any, pattern: str) -> int:
@@ -77,7 +90,9 @@ def _count_rows(root: Any, pattern: str) -> int:
     return sum(pq.read_metadata(p).num_rows for p in root.glob(pattern))
 
 
-def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | None = None) -> Summary:
+def run_demo(
+    history_days: int = 30, experiment: str = "trend_v1", port: int | None = None
+) -> Summary:
     import warnings
 
     from infra.airflow_env import airflow_env, ensure_airflow_db
@@ -100,14 +115,23 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
 
         feast_apply(settings)
         plan = plan_span(settings, history_days)
-        log.info("plan: history %s → %s, engine week %s → %s", plan.history_start, plan.as_of, plan.as_of, plan.engine_end)
+        log.info(
+            "plan: history %s → %s, engine week %s → %s",
+            plan.history_start,
+            plan.as_of,
+            plan.as_of,
+            plan.engine_end,
+        )
 
         # --- 2. market_data, one daily interval at a time ----------------------------------
         from rich.progress import Progress
 
         from dags.market_data import dag as market_dag  # a DAG object
 
-        days = [plan.history_start + timedelta(days=i) for i in range((plan.as_of - plan.history_start).days)]
+        days = [
+            plan.history_start + timedelta(days=i)
+            for i in range((plan.as_of - plan.history_start).days)
+        ]
         failed: list[str] = []
         t0 = time.perf_counter()
         with Progress(transient=False) as progress:
@@ -120,11 +144,21 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
                 progress.advance(bar)
         md_s = time.perf_counter() - t0
         lake_rows = _count_rows(settings.lake_dir, "**/bars.parquet")
-        quarantined = _count_rows(settings.quarantine_dir, "**/bars.parquet") if settings.quarantine_dir.exists() else 0
+        quarantined = (
+            _count_rows(settings.quarantine_dir, "**/bars.parquet")
+            if settings.quarantine_dir.exists()
+            else 0
+        )
         feat_rows = _count_rows(settings.offline_features_dir, "*.parquet")
-        summary.add("source", str(settings.mt5_exports or f"synthetic market (seed {settings.synthetic_seed})"))
+        summary.add(
+            "source",
+            str(settings.mt5_exports or f"synthetic market (seed {settings.synthetic_seed})"),
+        )
         summary.add("symbols / timeframe", f"{','.join(settings.symbols)} {settings.timeframe}")
-        summary.add("history span (UTC)", f"{plan.history_start:%Y-%m-%d} → {plan.as_of:%Y-%m-%d} ({len(days)} daily runs, {md_s:.0f} s)")
+        summary.add(
+            "history span (UTC)",
+            f"{plan.history_start:%Y-%m-%d} → {plan.as_of:%Y-%m-%d} ({len(days)} daily runs, {md_s:.0f} s)",
+        )
         summary.add("market_data runs failed", ", ".join(failed) or "none")
         summary.add("bars ingested (lake)", lake_rows)
         summary.add("bars quarantined", quarantined)
@@ -139,11 +173,17 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
         from mlflow import MlflowClient
 
         client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-        latest = max(client.search_model_versions(f"name='{settings.model_name}'"), key=lambda v: int(v.version))
+        latest = max(
+            client.search_model_versions(f"name='{settings.model_name}'"),
+            key=lambda v: int(v.version),
+        )
         run = client.get_run(str(latest.run_id))
         m = run.data.metrics
         summary.add("train_and_promote", f"{dr.state} in {train_s:.0f} s")
-        summary.add("MLflow model version", f"{settings.model_name} v{latest.version} (run {str(latest.run_id)[:8]})")
+        summary.add(
+            "MLflow model version",
+            f"{settings.model_name} v{latest.version} (run {str(latest.run_id)[:8]})",
+        )
         summary.add(
             "test metrics",
             f"acc {m.get('test_accuracy', float('nan')):.3f}  net {m.get('test_net_return', float('nan')):+.5f}"
@@ -167,8 +207,13 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
         if champ is None:
             # Nothing passed the gate: paper trade the refused challenger, and say so loudly.
             alias = "challenger"
-            log.warning("no champion: the demo serves the gate-refused challenger, in paper mode only")
-        summary.add("served alias", alias if champ else "challenger (NOT promoted: refused by the gate; paper mode only)")
+            log.warning(
+                "no champion: the demo serves the gate-refused challenger, in paper mode only"
+            )
+        summary.add(
+            "served alias",
+            alias if champ else "challenger (NOT promoted: refused by the gate; paper mode only)",
+        )
 
         # --- 4. serving -----------------------------------------------------------------
         import secrets
@@ -181,7 +226,9 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
         shadow = None
         if alias == "champion":
             try:
-                shadow = import_from_registry(settings.tracking_uri, settings.model_name, "challenger")
+                shadow = import_from_registry(
+                    settings.tracking_uri, settings.model_name, "challenger"
+                )
             except AliasNotSetError:
                 shadow = None
         # a token of this run unless one is configured: serving refuses to start without one
@@ -210,7 +257,9 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
         )
 
         # --- 5. engine over the unseen week ---------------------------------------------
-        engine_summary = run_engine_week(settings, plan, url, imported.manifest, serving_token=serving_token)
+        engine_summary = run_engine_week(
+            settings, plan, url, imported.manifest, serving_token=serving_token
+        )
         for k, v in engine_summary.items():
             summary.add(k, v)
     summary.add("demo wall time", f"{time.perf_counter() - t_start:.0f} s")
@@ -218,7 +267,12 @@ def run_demo(history_days: int = 30, experiment: str = "trend_v1", port: int | N
 
 
 def run_engine_week(
-    settings: PlatformSettings, plan: DemoPlan, serving_url: str, manifest: dict[str, Any], *, serving_token: str | None = None
+    settings: PlatformSettings,
+    plan: DemoPlan,
+    serving_url: str,
+    manifest: dict[str, Any],
+    *,
+    serving_token: str | None = None,
 ) -> dict[str, str]:
     """Paper-trade the unseen week bar by bar through serving (contract 3, Bearer token from
     ``serving_token`` or TX_SERVING_TOKEN) with the full risk layer and journal."""
@@ -241,18 +295,25 @@ def run_engine_week(
     clock_now[0] = int(plan.engine_end.timestamp())  # look at the whole week once, to list its bars
     for sym in settings.symbols:
         rates = terminal.copy_rates_range(
-            sym, TIMEFRAMES[tf], int(plan.as_of.timestamp()) + off, int(plan.engine_end.timestamp()) + off - 1
+            sym,
+            TIMEFRAMES[tf],
+            int(plan.as_of.timestamp()) + off,
+            int(plan.engine_end.timestamp()) + off - 1,
         )
         if rates is not None:
             closes.update(int(t) - off + timeframe_seconds(tf) for t in rates["time"])
     clock_now[0] = int(plan.as_of.timestamp())
     bar_closes = sorted(c for c in closes if c <= int(plan.engine_end.timestamp()))
 
-    journal_path = settings.home / "engine" / f"journal-demo-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite"
+    journal_path = (
+        settings.home / "engine" / f"journal-demo-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite"
+    )
     journal = Journal(journal_path)
     r = redis.Redis.from_url(settings.require_redis_url())
     reader = OnlineFeatureReader.from_manifest(r, manifest, project=settings.feast_project)
-    client = ServingClient(serving_url, timeout_s=2.0, token=serving_token or os.environ.get("TX_SERVING_TOKEN"))
+    client = ServingClient(
+        serving_url, timeout_s=2.0, token=serving_token or os.environ.get("TX_SERVING_TOKEN")
+    )
     engine = Engine(
         terminal=terminal,
         features=reader,

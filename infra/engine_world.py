@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def precompute_sequences(
-    terminal: Any, symbols: list[str], timeframe: str, start_utc: int, end_utc: int, offset_hours: int
+    terminal: Any,
+    symbols: list[str],
+    timeframe: str,
+    start_utc: int,
+    end_utc: int,
+    offset_hours: int,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each symbol's sequence feature (``[N, SEQ_LEN, C]`` float32, event time = bar close)."""
     from engine.mt5 import TIMEFRAMES, timeframe_seconds
@@ -37,17 +42,32 @@ def precompute_sequences(
     lo = start_utc - max((SEQ_WARMUP_BARS + 60) * step * 3, 10 * 86_400)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for sym in symbols:
-        rates = terminal.copy_rates_range(sym, TIMEFRAMES[timeframe], lo + off, end_utc + off - step)
-        f = compute_sequences(rates_to_frame(rates, sym, timeframe, offset_hours), float(terminal.symbol_info(sym).point))
+        rates = terminal.copy_rates_range(
+            sym, TIMEFRAMES[timeframe], lo + off, end_utc + off - step
+        )
+        f = compute_sequences(
+            rates_to_frame(rates, sym, timeframe, offset_hours),
+            float(terminal.symbol_info(sym).point),
+        )
         t = np.array([int(x.timestamp()) for x in f["event_timestamp"]], dtype=np.int64)
         keep = (t >= start_utc) & (t <= end_utc)
-        seq = np.stack(list(f[SEQ_FIELD])) if len(f) else np.zeros((0, SEQ_LEN * len(SEQ_CHANNELS)), np.float32)
+        seq = (
+            np.stack(list(f[SEQ_FIELD]))
+            if len(f)
+            else np.zeros((0, SEQ_LEN * len(SEQ_CHANNELS)), np.float32)
+        )
         out[sym] = (t[keep], seq[keep].reshape(-1, SEQ_LEN, len(SEQ_CHANNELS)).astype(np.float32))
     return out
 
 
 def precompute_features(
-    terminal: Any, symbols: list[str], timeframe: str, start_utc: int, end_utc: int, offset_hours: int, names: list[str]
+    terminal: Any,
+    symbols: list[str],
+    timeframe: str,
+    start_utc: int,
+    end_utc: int,
+    offset_hours: int,
+    names: list[str],
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each symbol's feature rows (event time = bar close, UTC) for bars closing in
     ``[start_utc, end_utc]``, from the same transforms the pipeline uses. The terminal's clock
@@ -62,7 +82,9 @@ def precompute_features(
     lo = start_utc - max(warm * step * 3, 10 * 86_400)  # weekends and gaps in the warm-up
     frames = {}
     for sym in symbols:
-        rates = terminal.copy_rates_range(sym, TIMEFRAMES[timeframe], lo + off, end_utc + off - step)
+        rates = terminal.copy_rates_range(
+            sym, TIMEFRAMES[timeframe], lo + off, end_utc + off - step
+        )
         frames[sym] = rates_to_frame(rates, sym, timeframe, offset_hours)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for sym in symbols:
@@ -89,7 +111,9 @@ class BacktestWorld:
         self.now[0] = int(t)
 
 
-def backtest_world(settings: Any, start_utc: int, end_utc: int, names: list[str], *, sequence: bool = False) -> BacktestWorld:
+def backtest_world(
+    settings: Any, start_utc: int, end_utc: int, names: list[str], *, sequence: bool = False
+) -> BacktestWorld:
     """The world of a backtest over ``(start_utc, end_utc]`` on the platform's terminal
     (``names`` may be ``view:feature`` refs; ``sequence`` adds the bar sequence feature)."""
     from engine.backtest import ArrayFeatureSource, bar_closes
@@ -99,15 +123,40 @@ def backtest_world(settings: Any, start_utc: int, end_utc: int, names: list[str]
     now = [int(end_utc)]
     terminal = open_platform_terminal(settings, clock=lambda: now[0])
     plain = [n.split(":", 1)[-1] for n in names]
-    tables = precompute_features(terminal, list(settings.symbols), settings.timeframe, start_utc, end_utc,
-                                 settings.broker_utc_offset_hours, plain)  # fmt: skip
+    tables = precompute_features(
+        terminal,
+        list(settings.symbols),
+        settings.timeframe,
+        start_utc,
+        end_utc,
+        settings.broker_utc_offset_hours,
+        plain,
+    )
     seqs = None
     if sequence:
-        seqs = precompute_sequences(terminal, list(settings.symbols), settings.timeframe, start_utc, end_utc,
-                                    settings.broker_utc_offset_hours)  # fmt: skip
-    closes = bar_closes(terminal, list(settings.symbols), TIMEFRAMES[settings.timeframe], start_utc, end_utc, settings.broker_utc_offset_hours)
+        seqs = precompute_sequences(
+            terminal,
+            list(settings.symbols),
+            settings.timeframe,
+            start_utc,
+            end_utc,
+            settings.broker_utc_offset_hours,
+        )
+    closes = bar_closes(
+        terminal,
+        list(settings.symbols),
+        TIMEFRAMES[settings.timeframe],
+        start_utc,
+        end_utc,
+        settings.broker_utc_offset_hours,
+    )
     now[0] = int(start_utc)
-    return BacktestWorld(terminal, now, closes, ArrayFeatureSource(plain, tables, clock=lambda: float(now[0]), sequences=seqs))
+    return BacktestWorld(
+        terminal,
+        now,
+        closes,
+        ArrayFeatureSource(plain, tables, clock=lambda: float(now[0]), sequences=seqs),
+    )
 
 
 def _feature_names(es: Any, given: list[str]) -> list[str]:
@@ -122,8 +171,13 @@ def _feature_names(es: Any, given: list[str]) -> list[str]:
     return list(TREND_V1_FEATURES)  # trend_fv, the engine's default view
 
 
-def run_engine(mode: str | None, *, start_utc: int | None = None, end_utc: int | None = None,
-               feature_names: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_engine(
+    mode: str | None,
+    *,
+    start_utc: int | None = None,
+    end_utc: int | None = None,
+    feature_names: list[str] | None = None,
+) -> dict[str, Any]:
     """Run the engine in ``mode`` (default ``TX_ENGINE_MODE``): ``backtest`` returns its
     summary; ``live`` and ``paper`` run until interrupted (the control API serves meanwhile
     when ``TX_ENGINE_TOKEN`` is set)."""
@@ -146,20 +200,41 @@ def run_engine(mode: str | None, *, start_utc: int | None = None, end_utc: int |
     if mode == "backtest":
         if start_utc is None or end_utc is None:
             raise ValueError("backtest needs --start and --end")
-        model: Any = OnnxModel.from_dir(es.bundle_dir) if es.bundle_dir is not None else ModelHandle(es)
+        model: Any = (
+            OnnxModel.from_dir(es.bundle_dir) if es.bundle_dir is not None else ModelHandle(es)
+        )
         seq = bool(getattr(model, "seq_input", None))
-        world = backtest_world(ps.model_copy(update={"symbols": es.symbols}), start_utc, end_utc, names, sequence=seq)
-        target = es.journal_url or str(ps.home / "engine" / f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite")
-        engine = build_engine(es, terminal=world.terminal, features=world.features, model=model,
-                              clock=lambda: float(world.now[0]), journal=Journal(target), sleep=lambda s: None)  # fmt: skip
+        world = backtest_world(
+            ps.model_copy(update={"symbols": es.symbols}), start_utc, end_utc, names, sequence=seq
+        )
+        target = es.journal_url or str(
+            ps.home / "engine" / f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite"
+        )
+        engine = build_engine(
+            es,
+            terminal=world.terminal,
+            features=world.features,
+            model=model,
+            clock=lambda: float(world.now[0]),
+            journal=Journal(target),
+            sleep=lambda s: None,
+        )
         res = run_backtest(engine, world.closes, es.symbols, world.set_time)
         lat = np.array(engine.stats.latencies_ms or [0.0])
         return {
-            "mode": "backtest", "bars": res.bars, "decisions": res.decisions, "seconds": round(res.seconds, 2),
-            "bars_per_s": round(res.bars_per_s, 1), "verdicts": res.counts, "refusals": res.refusals,
-            "balance": res.balance, "equity": res.equity, "decision_ms_p50": round(float(np.percentile(lat, 50)), 3),
-            "decision_ms_p99": round(float(np.percentile(lat, 99)), 3), "journal": target,
-        }  # fmt: skip
+            "mode": "backtest",
+            "bars": res.bars,
+            "decisions": res.decisions,
+            "seconds": round(res.seconds, 2),
+            "bars_per_s": round(res.bars_per_s, 1),
+            "verdicts": res.counts,
+            "refusals": res.refusals,
+            "balance": res.balance,
+            "equity": res.equity,
+            "decision_ms_p50": round(float(np.percentile(lat, 50)), 3),
+            "decision_ms_p99": round(float(np.percentile(lat, 99)), 3),
+            "journal": target,
+        }
 
     import redis
 
@@ -169,28 +244,56 @@ def run_engine(mode: str | None, *, start_utc: int | None = None, end_utc: int |
     before_bar = None
     if mode == "live":
         if es.mt5_mode == "sim":
-            raise ValueError("live mode trades a real terminal: set TX_MT5_MODE=native or bridge (paper mode uses the simulator)")
-        terminal = open_terminal(es.mt5_mode, host=es.mt5_host, port=es.mt5_port, login=es.mt5_login,
-                                 password=es.mt5_password, server=es.mt5_server)  # fmt: skip
+            raise ValueError(
+                "live mode trades a real terminal: set TX_MT5_MODE=native or bridge (paper mode uses the simulator)"
+            )
+        terminal = open_terminal(
+            es.mt5_mode,
+            host=es.mt5_host,
+            port=es.mt5_port,
+            login=es.mt5_login,
+            password=es.mt5_password,
+            server=es.mt5_server,
+        )
     elif mode == "paper":
         from feature_repo.pipeline.ingest import open_platform_terminal
         from feature_repo.pipeline.stream import FeaturePusher
 
-        sim = ps.model_copy(update={"mt5_mode": "sim", "symbols": es.symbols, "redis_url": ps.redis_url or es.redis_url})
+        sim = ps.model_copy(
+            update={
+                "mt5_mode": "sim",
+                "symbols": es.symbols,
+                "redis_url": ps.redis_url or es.redis_url,
+            }
+        )
         terminal = open_platform_terminal(sim)  # the simulated terminal on the wall clock
         before_bar = FeaturePusher(sim, terminal).push
     else:
         raise ValueError(f"unknown mode {mode!r}: live, paper or backtest")
-    reader = OnlineFeatureReader(redis.Redis.from_url(es.redis_url), project=es.feast_project, feature_view=es.feature_view, features=names)
-    engine = build_engine(es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time)
+    reader = OnlineFeatureReader(
+        redis.Redis.from_url(es.redis_url),
+        project=es.feast_project,
+        feature_view=es.feature_view,
+        features=names,
+    )
+    engine = build_engine(
+        es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time
+    )
     server = None
     if es.engine_token:
-        server = ControlServer(engine, token=es.engine_token, host=es.control_host, port=es.control_port).start()
+        server = ControlServer(
+            engine, token=es.engine_token, host=es.control_host, port=es.control_port
+        ).start()
     else:
         log.warning("TX_ENGINE_TOKEN is not set: the control API and console are off")
     log.info("engine %s on %s %s; journal %s", mode, es.symbols, es.timeframe, es.journal_target)
     try:
-        engine.run_live(es.symbols, TIMEFRAMES[es.timeframe], utc_offset_hours=es.broker_utc_offset_hours, before_bar=before_bar)
+        engine.run_live(
+            es.symbols,
+            TIMEFRAMES[es.timeframe],
+            utc_offset_hours=es.broker_utc_offset_hours,
+            before_bar=before_bar,
+        )
     finally:
         if server is not None:
             server.stop()

@@ -34,7 +34,8 @@ class PlatformSettings(BaseSettings):
     )
     mt5_mode: Literal["sim", "native", "bridge"] = "sim"
     mt5_exports: Path | None = Field(
-        default=None, description="Folder of MT5 CSV exports to replay instead of the synthetic market."
+        default=None,
+        description="Folder of MT5 CSV exports to replay instead of the synthetic market.",
     )
     # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
@@ -58,7 +59,8 @@ class PlatformSettings(BaseSettings):
     )
     feast_project: str = "titanovax"
     mlflow_tracking_uri: str | None = Field(
-        default=None, description="Default: sqlite:///<home>/mlflow.db with artifacts under <home>/mlartifacts."
+        default=None,
+        description="Default: sqlite:///<home>/mlflow.db with artifacts under <home>/mlartifacts.",
     )
     mlflow_experiment: str = "tx_trend"
     model_name: str = "tx_trend"
@@ -68,8 +70,12 @@ class PlatformSettings(BaseSettings):
         description="Optuna study storage; default sqlite:///<home>/optuna.db. PostgreSQL: "
         "postgresql+psycopg://postgres@127.0.0.1:5432/<db> (shared by every tuning worker).",
     )
-    serving_url: str | None = Field(default=None, description="Serving base URL the train DAG asks to reload after a promotion.")
-    serving_token: str | None = Field(default=None, description="Bearer token for serving's admin reload (secret, no default).")
+    serving_url: str | None = Field(
+        default=None, description="Serving base URL the train DAG asks to reload after a promotion."
+    )
+    serving_token: str | None = Field(
+        default=None, description="Bearer token for serving's admin reload (secret, no default)."
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -147,5 +153,12 @@ def utc(dt: datetime) -> datetime:
 
     aware = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     return datetime(
-        aware.year, aware.month, aware.day, aware.hour, aware.minute, aware.second, aware.microsecond, tzinfo=UTC
+        aware.year,
+        aware.month,
+        aware.day,
+        aware.hour,
+        aware.minute,
+        aware.second,
+        aware.microsecond,
+        tzinfo=UTC,
     )

@@ -42,7 +42,9 @@ def redis_newest_event_time(settings: PlatformSettings) -> float:
 def raw_dir() -> Path:
     d = raw_exports_dir()
     if not d.is_dir() or not any(d.glob("*.csv")):
-        pytest.skip(f"real MT5 exports not found at {d} (../shared/data/raw); the synthetic market covers the core suite")
+        pytest.skip(
+            f"real MT5 exports not found at {d} (../shared/data/raw); the synthetic market covers the core suite"
+        )
     return d
 
 

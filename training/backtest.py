@@ -59,8 +59,12 @@ class SpreadVolSlippage:
 
     def __call__(self, ds: pd.DataFrame) -> np.ndarray:
         spread = _spread_rel(ds)
-        past = ds.groupby("symbol", sort=False)["ret_next"].shift(1)  # bar t's own return: known at its close
-        vol = past.groupby(ds["symbol"], sort=False).transform(lambda s: s.rolling(self.window, min_periods=2).std())
+        past = ds.groupby("symbol", sort=False)["ret_next"].shift(
+            1
+        )  # bar t's own return: known at its close
+        vol = past.groupby(ds["symbol"], sort=False).transform(
+            lambda s: s.rolling(self.window, min_periods=2).std()
+        )
         return self.spread_k * spread + self.vol_k * np.nan_to_num(vol.to_numpy(dtype=float))
 
 
@@ -77,7 +81,9 @@ def _spread_rel(ds: pd.DataFrame) -> np.ndarray:
     return ds[col].to_numpy(dtype=float)
 
 
-def pnl_frame(ds: pd.DataFrame, positions: np.ndarray, timeframe: str, costs: Costs | None = None) -> pd.DataFrame:
+def pnl_frame(
+    ds: pd.DataFrame, positions: np.ndarray, timeframe: str, costs: Costs | None = None
+) -> pd.DataFrame:
     """Per-row gross, cost and net P&L plus turnover (rows in ``ds`` order)."""
     costs = costs or Costs()
     d = ds[["symbol", "event_timestamp", "ret_next"]].copy()
@@ -89,7 +95,11 @@ def pnl_frame(ds: pd.DataFrame, positions: np.ndarray, timeframe: str, costs: Co
         per_unit = per_unit + costs.slippage(ds)
     pos = d["_pos"].to_numpy()
     day_frac = timeframe_seconds(timeframe) / 86400
-    swap = np.where(pos > 0, costs.swap_long_per_day, np.where(pos < 0, costs.swap_short_per_day, 0.0)) * np.abs(pos) * day_frac
+    swap = (
+        np.where(pos > 0, costs.swap_long_per_day, np.where(pos < 0, costs.swap_short_per_day, 0.0))
+        * np.abs(pos)
+        * day_frac
+    )
     gross = pos * d["ret_next"].to_numpy(dtype=float)
     cost = turnover * per_unit
     return pd.DataFrame(
@@ -164,7 +174,9 @@ def sharpe_rows(ann: float) -> Callable[[np.ndarray], np.ndarray]:
     return f
 
 
-def metrics_from_pnl(frame: pd.DataFrame, timeframe: str, *, n_boot: int = 300, ci: float = 0.9, seed: int = 3) -> dict[str, float]:
+def metrics_from_pnl(
+    frame: pd.DataFrame, timeframe: str, *, n_boot: int = 300, ci: float = 0.9, seed: int = 3
+) -> dict[str, float]:
     ann = bars_per_year(timeframe)
     p = portfolio_pnl(frame).to_numpy()
     pos = frame["position"].to_numpy()
@@ -184,7 +196,9 @@ def metrics_from_pnl(frame: pd.DataFrame, timeframe: str, *, n_boot: int = 300, 
         "sortino": _sortino(p, ann),
         "max_drawdown": max_drawdown(p),
         "hit_rate": float(np.mean(net[active] > 0)) if active.any() else 0.0,
-        "profit_factor": float(wins / losses) if losses > 0 else (float("inf") if wins > 0 else 0.0),
+        "profit_factor": float(wins / losses)
+        if losses > 0
+        else (float("inf") if wins > 0 else 0.0),
         "turnover": float(frame["turnover"].sum()),
         "trades": float((frame["turnover"] > 0).sum()),
         "exposure": float(np.mean(active)) if len(pos) else 0.0,
@@ -202,17 +216,23 @@ def backtest(
     ci: float = 0.9,
 ) -> dict[str, float]:
     """Net metrics of ``positions`` over ``ds`` (one symbol or several)."""
-    return metrics_from_pnl(pnl_frame(ds, positions, timeframe, costs), timeframe, n_boot=n_boot, ci=ci)
+    return metrics_from_pnl(
+        pnl_frame(ds, positions, timeframe, costs), timeframe, n_boot=n_boot, ci=ci
+    )
 
 
 def momentum_positions(ds: pd.DataFrame, lookback: int = 24) -> np.ndarray:
     """Sign of the last ``lookback`` bars' return (bars up to and including *t*)."""
     past = ds.groupby("symbol", sort=False)["ret_next"].shift(1).fillna(0.0)
-    mom = past.groupby(ds["symbol"], sort=False).transform(lambda s: s.rolling(lookback, min_periods=1).sum())
+    mom = past.groupby(ds["symbol"], sort=False).transform(
+        lambda s: s.rolling(lookback, min_periods=1).sum()
+    )
     return np.sign(mom.to_numpy()).astype(np.int64)
 
 
-def baselines(ds: pd.DataFrame, timeframe: str, costs: Costs | None = None, *, n_boot: int = 300) -> dict[str, dict[str, float]]:
+def baselines(
+    ds: pd.DataFrame, timeframe: str, costs: Costs | None = None, *, n_boot: int = 300
+) -> dict[str, dict[str, float]]:
     n = len(ds)
     return {
         "flat": backtest(ds, np.zeros(n, dtype=np.int64), timeframe, costs, n_boot=n_boot),
@@ -221,7 +241,9 @@ def baselines(ds: pd.DataFrame, timeframe: str, costs: Costs | None = None, *, n
     }
 
 
-def equity_curve(ds: pd.DataFrame, positions: np.ndarray, timeframe: str = "M5", costs: Costs | None = None) -> pd.Series:
+def equity_curve(
+    ds: pd.DataFrame, positions: np.ndarray, timeframe: str = "M5", costs: Costs | None = None
+) -> pd.Series:
     """Cumulative portfolio net log return, indexed by bar close."""
     return portfolio_pnl(pnl_frame(ds, positions, timeframe, costs)).cumsum()
 

@@ -20,7 +20,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 class LabelConfig(BaseModel):
     horizon_bars: int = Field(6, ge=1)
     cost_multiplier: float = Field(1.0, ge=0)
-    commission: float = Field(0.0, ge=0, description="round-trip commission in return units (7e-5 = 7 USD per 100k)")
+    commission: float = Field(
+        0.0, ge=0, description="round-trip commission in return units (7e-5 = 7 USD per 100k)"
+    )
     method: Literal["fixed", "triple_barrier"] = "fixed"
     tp: float = Field(1.5, gt=0, description="take-profit barrier in barrier units")
     sl: float = Field(1.5, gt=0, description="stop-loss barrier in barrier units")
@@ -32,7 +34,11 @@ class SplitConfig(BaseModel):
     train_days: int = Field(24, ge=1)
     test_days: int = Field(6, ge=1)
     embargo_bars: int = Field(6, ge=0)
-    n_folds: int = Field(3, ge=1, description="walk-forward folds inside the training window (tuning, ensemble weights)")
+    n_folds: int = Field(
+        3,
+        ge=1,
+        description="walk-forward folds inside the training window (tuning, ensemble weights)",
+    )
     scheme: Literal["expanding", "rolling"] = "expanding"
     # explicit chronological ranges (UTC); when set they win over as_of-relative days
     start: datetime | None = None
@@ -53,7 +59,9 @@ class CostConfig(BaseModel):
     """Backtest costs beyond the bar's spread (return units)."""
 
     commission: float = Field(0.0, ge=0, description="round-trip commission")
-    slippage_spread_k: float = Field(0.25, ge=0, description="slippage per unit traded = k * spread + ...")
+    slippage_spread_k: float = Field(
+        0.25, ge=0, description="slippage per unit traded = k * spread + ..."
+    )
     slippage_vol_k: float = Field(0.05, ge=0, description="... + k * recent one-bar volatility")
     swap_long_per_day: float = 0.0
     swap_short_per_day: float = 0.0
@@ -79,7 +87,9 @@ class TransformerSearchConfig(BaseModel):
     """The transformer member's Optuna search space (ensemble family only). Every ``d_model``
     choice must be divisible by every ``n_heads`` choice (attention splits d_model by heads)."""
 
-    n_trials: int | None = Field(None, ge=0, description="trials of the transformer study; None: tune.n_trials, 0: not tuned")
+    n_trials: int | None = Field(
+        None, ge=0, description="trials of the transformer study; None: tune.n_trials, 0: not tuned"
+    )
     d_model: list[int] = Field(default_factory=lambda: [16, 32, 64])
     n_heads: list[int] = Field(default_factory=lambda: [1, 2, 4])
     n_layers: tuple[int, int] = (1, 3)
@@ -95,12 +105,19 @@ class TransformerSearchConfig(BaseModel):
             raise ValueError("tune.transformer: d_model >= 8 and n_heads >= 1")
         bad = [(d, h) for d in self.d_model for h in self.n_heads if d % h]
         if bad:
-            raise ValueError(f"tune.transformer: every d_model must be divisible by every n_heads; not {bad}")
+            raise ValueError(
+                f"tune.transformer: every d_model must be divisible by every n_heads; not {bad}"
+            )
         for name in ("n_layers", "dropout", "lr", "epochs"):
             lo, hi = getattr(self, name)
             if not lo <= hi:
                 raise ValueError(f"tune.transformer.{name}: low {lo} > high {hi}")
-        if self.n_layers[0] < 1 or self.epochs[0] < 1 or self.lr[0] <= 0 or not 0 <= self.dropout[0] <= self.dropout[1] < 1:
+        if (
+            self.n_layers[0] < 1
+            or self.epochs[0] < 1
+            or self.lr[0] <= 0
+            or not 0 <= self.dropout[0] <= self.dropout[1] < 1
+        ):
             raise ValueError("tune.transformer: n_layers, epochs >= 1; lr > 0; 0 <= dropout < 1")
         return self
 
@@ -108,19 +125,31 @@ class TransformerSearchConfig(BaseModel):
 class TuneConfig(BaseModel):
     enabled: bool = True
     workers: int = Field(2, ge=1, description="parallel workers (DAG mapped tasks / processes)")
-    n_trials: int = Field(12, ge=1, description="trials of the XGBoost study (and of the transformer's unless set there)")
+    n_trials: int = Field(
+        12,
+        ge=1,
+        description="trials of the XGBoost study (and of the transformer's unless set there)",
+    )
     metric: Literal["log_loss"] = "log_loss"
     seed: int = 11
     transformer: TransformerSearchConfig = TransformerSearchConfig()
 
 
 class GateConfig(BaseModel):
-    ci: float = Field(0.9, gt=0, lt=1, description="two-sided bootstrap CI level of the Sharpe difference")
-    sharpe_ci_tolerance: float = Field(
-        0.5, ge=0, description="promote only if the CI's lower bound of (challenger - champion) Sharpe > -tolerance"
+    ci: float = Field(
+        0.9, gt=0, lt=1, description="two-sided bootstrap CI level of the Sharpe difference"
     )
-    min_sharpe_gain: float = Field(0.0, description="and the point estimate of the difference > this")
-    max_drawdown_tolerance: float = Field(0.25, ge=0, description="challenger maxDD <= champion maxDD * (1 + tol)")
+    sharpe_ci_tolerance: float = Field(
+        0.5,
+        ge=0,
+        description="promote only if the CI's lower bound of (challenger - champion) Sharpe > -tolerance",
+    )
+    min_sharpe_gain: float = Field(
+        0.0, description="and the point estimate of the difference > this"
+    )
+    max_drawdown_tolerance: float = Field(
+        0.25, ge=0, description="challenger maxDD <= champion maxDD * (1 + tol)"
+    )
     latency_budget_us: float = Field(2000.0, gt=0, description="single-row ONNX p50 budget")
     n_boot: int = Field(500, ge=50)
     seed: int = 5
@@ -129,7 +158,9 @@ class GateConfig(BaseModel):
         description="which significance rule decides: the bootstrap CI of the Sharpe difference (non-inferiority "
         "within sharpe_ci_tolerance) or the one-sided Diebold-Mariano test on per-bar P&L (p < dm_alpha)",
     )
-    dm_alpha: float = Field(0.1, gt=0, lt=1, description="dm: promote only if P(challenger not better) p-value < this")
+    dm_alpha: float = Field(
+        0.1, gt=0, lt=1, description="dm: promote only if P(challenger not better) p-value < this"
+    )
     dm_lag: int | None = Field(None, ge=0, description="DM Newey-West lag; None: label horizon - 1")
 
 
@@ -164,7 +195,10 @@ class ExperimentConfig(BaseModel):
         """Chronological train and test windows: the explicit ones, else ending at ``as_of``."""
         sp = self.split
         if sp.start is not None and sp.test_start is not None and sp.end is not None:
-            s, t, e = (d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC) for d in (sp.start, sp.test_start, sp.end))
+            s, t, e = (
+                d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
+                for d in (sp.start, sp.test_start, sp.end)
+            )
             return {"train": (s, t), "test": (t, e)}
         if as_of is None:
             raise ValueError(f"config {self.name} has no explicit split ranges: give as_of")

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 def service_inputs(feature_service: str) -> tuple[list[str], bool]:
     """(tabular feature names in model-input order, whether the bar sequence is an input)."""
     if feature_service not in SERVICE_VIEWS:
-        raise KeyError(f"unknown feature service {feature_service!r}; known: {sorted(SERVICE_VIEWS)}")
+        raise KeyError(
+            f"unknown feature service {feature_service!r}; known: {sorted(SERVICE_VIEWS)}"
+        )
     views = SERVICE_VIEWS[feature_service]
     names: list[str] = []
     for v in views:
@@ -52,7 +54,9 @@ def sequence_tensor(ds: pd.DataFrame) -> np.ndarray:
     c = len(SEQ_CHANNELS)
     if len(ds) == 0:
         return np.zeros((0, SEQ_LEN, c), np.float32)
-    return np.stack([np.asarray(v, dtype=np.float32) for v in ds[SEQ_FIELD]]).reshape(len(ds), SEQ_LEN, c)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in ds[SEQ_FIELD]]).reshape(
+        len(ds), SEQ_LEN, c
+    )
 
 
 class LookAheadError(AssertionError):
@@ -67,7 +71,10 @@ def _close_hour(ds: pd.DataFrame) -> pd.Series:
 def _close_hour_error(ds: pd.DataFrame) -> pd.Series:
     """How far each row's tabular close-hour encoding is from its own bar close's (NaN if undefined)."""
     hour = _close_hour(ds)
-    return np.maximum(np.abs(ds["hour_sin"] - np.sin(2 * np.pi * hour / 24.0)), np.abs(ds["hour_cos"] - np.cos(2 * np.pi * hour / 24.0)))
+    return np.maximum(
+        np.abs(ds["hour_sin"] - np.sin(2 * np.pi * hour / 24.0)),
+        np.abs(ds["hour_cos"] - np.cos(2 * np.pi * hour / 24.0)),
+    )
 
 
 def _seq_close_hour_error(ds: pd.DataFrame, seq: np.ndarray) -> np.ndarray:
@@ -84,12 +91,16 @@ def assert_point_in_time(ds: pd.DataFrame) -> None:
     off = _close_hour_error(ds) > 1e-9
     if off.any():
         bad = ds.loc[off, "event_timestamp"].head(3).tolist()
-        raise LookAheadError(f"{int(off.sum())} rows joined a feature row of another bar, e.g. {bad}")
+        raise LookAheadError(
+            f"{int(off.sum())} rows joined a feature row of another bar, e.g. {bad}"
+        )
     if SEQ_FIELD in ds and "hour_sin" in SEQ_CHANNELS and len(ds):
         # the newest bar of each sequence must be this row's bar: check its close-hour channel
         bad_seq = _seq_close_hour_error(ds, sequence_tensor(ds)) > 1e-5
         if bad_seq.any():
-            raise LookAheadError(f"{int(bad_seq.sum())} sequences do not end at their own bar close")
+            raise LookAheadError(
+                f"{int(bad_seq.sum())} sequences do not end at their own bar close"
+            )
 
 
 def build_dataset(
@@ -114,9 +125,15 @@ def build_dataset(
     step = pd.Timedelta(seconds=timeframe_seconds(timeframe))
     frames = []
     for symbol in symbols:
-        bars = lake.read_bars(settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end)
+        bars = lake.read_bars(
+            settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end
+        )
         labels = make_labels(
-            bars, horizon=horizon, point=symbol_point(settings, symbol), cost_multiplier=cost_multiplier, **(label_kw or {})
+            bars,
+            horizon=horizon,
+            point=symbol_point(settings, symbol),
+            cost_multiplier=cost_multiplier,
+            **(label_kw or {}),
         )
         opened = labels["event_timestamp"] - step
         labels = labels[(opened >= start) & (labels["label_end"] <= end)]
@@ -127,7 +144,9 @@ def build_dataset(
     names, has_seq = service_inputs(feature_service)
     clash = set(entity.columns) & (set(names) | ({SEQ_FIELD} if has_seq else set()))
     if clash:
-        raise ValueError(f"label columns {sorted(clash)} collide with features of {feature_service}")
+        raise ValueError(
+            f"label columns {sorted(clash)} collide with features of {feature_service}"
+        )
     require_offline(settings, feature_service)
     fs = store or open_store(settings)
     service = fs.get_feature_service(feature_service)
@@ -135,17 +154,24 @@ def build_dataset(
     joined = fs.get_historical_features(
         entity_df=entity[["symbol", "event_timestamp"]], features=service
     ).to_df()
-    joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")  # DuckDB returns µs
+    joined["event_timestamp"] = pd.to_datetime(joined["event_timestamp"], utc=True).astype(
+        "datetime64[ns, UTC]"
+    )  # DuckDB returns µs
     ds = entity.merge(joined, on=["symbol", "event_timestamp"], how="left", validate="one_to_one")
     missing = ds[names].isna().any(axis=1)
     if has_seq:
         missing |= ds[SEQ_FIELD].isna()
     if missing.any():
-        log.info("dropping %d rows without features (warm-up or quarantined bars)", int(missing.sum()))
+        log.info(
+            "dropping %d rows without features (warm-up or quarantined bars)", int(missing.sum())
+        )
     ds = ds[~missing].sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
     stale = carried_forward(ds, names)
     if stale.any():
-        log.info("dropping %d rows whose bar has no feature row of its own (Feast carried an earlier one forward)", int(stale.sum()))
+        log.info(
+            "dropping %d rows whose bar has no feature row of its own (Feast carried an earlier one forward)",
+            int(stale.sum()),
+        )
         ds = ds[~stale].reset_index(drop=True)
     assert_point_in_time(ds)
     return ds
@@ -157,7 +183,9 @@ def check_ttls(ttls: dict[str, timedelta | None]) -> None:
     the builder's checks could not tell it from the bar's own (a stale row, silently used)."""
     bad = {v: t for v, t in ttls.items() if not t or t >= timedelta(days=1)}
     if bad:
-        raise ValueError(f"feature view TTL must be under one day for point-in-time datasets: {bad}")
+        raise ValueError(
+            f"feature view TTL must be under one day for point-in-time datasets: {bad}"
+        )
 
 
 def carried_forward(ds: pd.DataFrame, names: list[str]) -> pd.Series:

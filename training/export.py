@@ -33,7 +33,9 @@ def xgb_to_onnx(model: object, n_features: int) -> Any:
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     booster = getattr(model, "booster", model)
-    return convert_xgboost(booster, initial_types=[("input", FloatTensorType([None, n_features]))], target_opset=15)
+    return convert_xgboost(
+        booster, initial_types=[("input", FloatTensorType([None, n_features]))], target_opset=15
+    )
 
 
 def transformer_to_onnx(model: Any, n_features: int, seq_len: int, n_channels: int) -> Any:
@@ -119,7 +121,9 @@ def ensemble_to_onnx(model: Any, n_features: int, seq_len: int, n_channels: int)
         "tx_ensemble",
         inputs=[
             helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features]),
-            helper.make_tensor_value_info("sequence", TensorProto.FLOAT, [None, seq_len, n_channels]),
+            helper.make_tensor_value_info(
+                "sequence", TensorProto.FLOAT, [None, seq_len, n_channels]
+            ),
         ],
         outputs=[helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
         initializer=inits,
@@ -174,16 +178,26 @@ def onnx_feeds(x: np.ndarray, seq: np.ndarray | None) -> dict[str, np.ndarray]:
     return feeds
 
 
-def onnx_predict(sess: Any, x: np.ndarray, seq: np.ndarray | None = None, batch: int = 4096) -> np.ndarray:
+def onnx_predict(
+    sess: Any, x: np.ndarray, seq: np.ndarray | None = None, batch: int = 4096
+) -> np.ndarray:
     names = {i.name for i in sess.get_inputs()}
     outs = []
     for i in range(0, len(x), batch):
-        feeds = onnx_feeds(x[i : i + batch], None if seq is None or "sequence" not in names else seq[i : i + batch])
+        feeds = onnx_feeds(
+            x[i : i + batch], None if seq is None or "sequence" not in names else seq[i : i + batch]
+        )
         outs.append(np.asarray(sess.run(["probabilities"], feeds)[0]))
     return np.concatenate(outs) if outs else np.zeros((0, 3), np.float32)
 
 
-def check_parity(model: Any, onnx_model: Any, x: np.ndarray, tol: float = PARITY_TOLERANCE, seq: np.ndarray | None = None) -> float:
+def check_parity(
+    model: Any,
+    onnx_model: Any,
+    x: np.ndarray,
+    tol: float = PARITY_TOLERANCE,
+    seq: np.ndarray | None = None,
+) -> float:
     """Max |ONNX − native| probability over the rows; raises :class:`ParityError` above ``tol``.
 
     ``model`` is a :mod:`training.models` model or a bare ``XGBClassifier``."""
@@ -201,7 +215,9 @@ def check_parity(model: Any, onnx_model: Any, x: np.ndarray, tol: float = PARITY
     return diff
 
 
-def single_row_latency_us(onnx_model: Any, x_row: np.ndarray, seq_row: np.ndarray | None = None, n: int = 300) -> dict[str, float]:
+def single_row_latency_us(
+    onnx_model: Any, x_row: np.ndarray, seq_row: np.ndarray | None = None, n: int = 300
+) -> dict[str, float]:
     """p50/p99 of one-row ``session.run`` in µs (tight loop after a short warm-up)."""
     sess = onnx_session(onnx_model)
     feeds = onnx_feeds(x_row.reshape(1, -1), None if seq_row is None else seq_row[None])

@@ -89,7 +89,11 @@ def load_bundle(settings: PlatformSettings, version: str) -> Bundle:
     client = client_for(settings)
     uri = client.get_model_version_download_uri(settings.model_name, str(version))
     with tempfile.TemporaryDirectory(prefix="tx_gate_") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=settings.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=settings.tracking_uri
+            )
+        )
         mlmodel = Model.load(str(local / "MLmodel"))
         manifest = dict((mlmodel.metadata or {}).get("tx_manifest") or {})
         onnx_file = (mlmodel.flavors.get("onnx") or {}).get("data", "model.onnx")
@@ -113,13 +117,17 @@ def costs_from_manifest(m: dict[str, Any]) -> Costs:
     c = m.get("costs") or {}
     return Costs(
         commission=float(c.get("commission", 0.0)),
-        slippage=SpreadVolSlippage(float(c.get("slippage_spread_k", 0.25)), float(c.get("slippage_vol_k", 0.05))),
+        slippage=SpreadVolSlippage(
+            float(c.get("slippage_spread_k", 0.25)), float(c.get("slippage_vol_k", 0.05))
+        ),
         swap_long_per_day=float(c.get("swap_long_per_day", 0.0)),
         swap_short_per_day=float(c.get("swap_short_per_day", 0.0)),
     )
 
 
-def paired_sharpe_diff(a: np.ndarray, b: np.ndarray, ann: float, cfg: GateConfig) -> dict[str, float]:
+def paired_sharpe_diff(
+    a: np.ndarray, b: np.ndarray, ann: float, cfg: GateConfig
+) -> dict[str, float]:
     """Sharpe(a) − Sharpe(b) on aligned per-bar P&L with a paired moving-block bootstrap CI."""
 
     def sharpe(m: np.ndarray) -> np.ndarray:
@@ -131,7 +139,9 @@ def paired_sharpe_diff(a: np.ndarray, b: np.ndarray, ann: float, cfg: GateConfig
     point = float(sharpe(a[None])[0] - sharpe(b[None])[0])
     if n < 8:
         return {"diff": point, "ci_low": float("-inf"), "ci_high": float("inf"), "n": float(n)}
-    idx = block_bootstrap_index(n, cfg.n_boot, max(2, round(np.sqrt(n))), np.random.default_rng(cfg.seed))
+    idx = block_bootstrap_index(
+        n, cfg.n_boot, max(2, round(np.sqrt(n))), np.random.default_rng(cfg.seed)
+    )
     diffs = sharpe(a[idx]) - sharpe(b[idx])
     lo, hi = np.quantile(diffs, [(1 - cfg.ci) / 2, 1 - (1 - cfg.ci) / 2])
     return {"diff": point, "ci_low": float(lo), "ci_high": float(hi), "n": float(n)}
@@ -151,17 +161,35 @@ def decide(
 
     ``label_horizon``: the challenger's label horizon in bars (the DM test's default lag is
     ``label_horizon - 1``)."""
-    ev: dict[str, Any] = {"parity_max_abs_diff": parity, "latency_p50_us": latency_us, "latency_budget_us": cfg.latency_budget_us}
+    ev: dict[str, Any] = {
+        "parity_max_abs_diff": parity,
+        "latency_p50_us": latency_us,
+        "latency_budget_us": cfg.latency_budget_us,
+    }
     if not parity <= PARITY_TOLERANCE:
         return False, f"ONNX parity failed ({parity:.2e} > {PARITY_TOLERANCE:g})", ev
     if not latency_us <= cfg.latency_budget_us:
-        return False, f"single-row latency {latency_us:.0f} µs over budget {cfg.latency_budget_us:.0f} µs", ev
+        return (
+            False,
+            f"single-row latency {latency_us:.0f} µs over budget {cfg.latency_budget_us:.0f} µs",
+            ev,
+        )
     ch = challenger_pnl.to_numpy(dtype=float)
-    ev.update({"challenger_net_return": float(ch.sum()), "challenger_max_drawdown": max_drawdown(ch), "window_bars": len(ch)})
+    ev.update(
+        {
+            "challenger_net_return": float(ch.sum()),
+            "challenger_max_drawdown": max_drawdown(ch),
+            "window_bars": len(ch),
+        }
+    )
     if champion_pnl is None:
         net = float(ch.sum())
         if not net > 0.0:
-            return False, f"net return {net:.5f} does not beat always-flat 0.00000 (no champion yet)", ev
+            return (
+                False,
+                f"net return {net:.5f} does not beat always-flat 0.00000 (no champion yet)",
+                ev,
+            )
         return True, f"net return {net:.5f} > always-flat 0.00000 (no champion yet)", ev
     common = challenger_pnl.index.intersection(champion_pnl.index)
     a = challenger_pnl.loc[common].to_numpy(dtype=float)
@@ -192,22 +220,40 @@ def decide(
     if len(common) < 8:
         return False, f"only {len(common)} bars scored by both models", ev
     if not sd["diff"] > cfg.min_sharpe_gain:
-        return False, f"net Sharpe difference {sd['diff']:+.2f} not above {cfg.min_sharpe_gain:+.2f}", ev
+        return (
+            False,
+            f"net Sharpe difference {sd['diff']:+.2f} not above {cfg.min_sharpe_gain:+.2f}",
+            ev,
+        )
     if cfg.sharpe_test == "dm":
         assert dm is not None  # len(common) >= 8 here
         if not dm.p_value < cfg.dm_alpha:
-            return False, f"Diebold-Mariano: challenger not significantly better (DM* {dm.stat:+.2f}, p {dm.p_value:.3f} >= {cfg.dm_alpha:g}, lag {lag})", ev
+            return (
+                False,
+                f"Diebold-Mariano: challenger not significantly better (DM* {dm.stat:+.2f}, p {dm.p_value:.3f} >= {cfg.dm_alpha:g}, lag {lag})",
+                ev,
+            )
         evidence = f"DM* {dm.stat:+.2f}, p {dm.p_value:.3g}, lag {lag}"
     else:
         if not sd["ci_low"] > -cfg.sharpe_ci_tolerance:
-            return False, f"Sharpe difference CI lower bound {sd['ci_low']:+.2f} below -{cfg.sharpe_ci_tolerance:.2f}", ev
+            return (
+                False,
+                f"Sharpe difference CI lower bound {sd['ci_low']:+.2f} below -{cfg.sharpe_ci_tolerance:.2f}",
+                ev,
+            )
         evidence = f"CI {sd['ci_low']:+.2f}..{sd['ci_high']:+.2f}"
     if not dd_a <= dd_b * (1 + cfg.max_drawdown_tolerance) + 1e-12:
-        return False, f"max drawdown {dd_a:.5f} worse than champion's {dd_b:.5f} beyond {cfg.max_drawdown_tolerance:.0%}", ev
+        return (
+            False,
+            f"max drawdown {dd_a:.5f} worse than champion's {dd_b:.5f} beyond {cfg.max_drawdown_tolerance:.0%}",
+            ev,
+        )
     return True, f"net Sharpe +{sd['diff']:.2f} ({evidence}), drawdown {dd_a:.5f} vs {dd_b:.5f}", ev
 
 
-def window_dataset(settings: PlatformSettings, manifests: list[dict[str, Any]], start: datetime, end: datetime) -> pd.DataFrame:
+def window_dataset(
+    settings: PlatformSettings, manifests: list[dict[str, Any]], start: datetime, end: datetime
+) -> pd.DataFrame:
     """Rows of the OOS window with the features of every manifest's feature service (through
     Feast), the challenger's labels' P&L columns first."""
     from training.dataset import build_dataset
@@ -216,8 +262,13 @@ def window_dataset(settings: PlatformSettings, manifests: list[dict[str, Any]], 
     frames = []
     for m in manifests:
         ds = build_dataset(
-            settings, list(first["symbols"]), first["timeframe"], start, end,
-            horizon=int(m.get("label_horizon", 1)), feature_service=m["feature_service"],
+            settings,
+            list(first["symbols"]),
+            first["timeframe"],
+            start,
+            end,
+            horizon=int(m.get("label_horizon", 1)),
+            feature_service=m["feature_service"],
         )
         frames.append(ds)
     out = frames[0]
@@ -256,18 +307,41 @@ def evaluate_gate(
     costs = costs_from_manifest(m)
     tf = m["timeframe"]
     chal_pnl = portfolio_pnl(pnl_frame(window, bundle_positions(chal, window), tf, costs))
-    champ_pnl = portfolio_pnl(pnl_frame(window, bundle_positions(champ, window), tf, costs)) if champ else None
-    parity = float(m.get("parity_max_abs_diff", (m.get("metrics") or {}).get("onnx_parity_max_abs_diff", float("inf"))))
+    champ_pnl = (
+        portfolio_pnl(pnl_frame(window, bundle_positions(champ, window), tf, costs))
+        if champ
+        else None
+    )
+    parity = float(
+        m.get(
+            "parity_max_abs_diff",
+            (m.get("metrics") or {}).get("onnx_parity_max_abs_diff", float("inf")),
+        )
+    )
     latency = float(m.get("onnx_latency_us", 0.0))
     ok, reason, ev = decide(
-        chal_pnl, champ_pnl, timeframe=tf, cfg=cfg, parity=parity, latency_us=latency, label_horizon=int(m.get("label_horizon", 1))
+        chal_pnl,
+        champ_pnl,
+        timeframe=tf,
+        cfg=cfg,
+        parity=parity,
+        latency_us=latency,
+        label_horizon=int(m.get("label_horizon", 1)),
     )
-    ev.update({"challenger": str(version), "champion": champ.version if champ else None, "window": [str(window["event_timestamp"].min()), str(window["event_timestamp"].max())]})
+    ev.update(
+        {
+            "challenger": str(version),
+            "champion": champ.version if champ else None,
+            "window": [str(window["event_timestamp"].min()), str(window["event_timestamp"].max())],
+        }
+    )
     log.info("gate for %s v%s: %s", settings.model_name, version, reason)
     return GateDecision(str(version), ok, reason, current, ev)
 
 
-def apply_decision(settings: PlatformSettings, decision: GateDecision, *, actor: str | None = None) -> GateDecision:
+def apply_decision(
+    settings: PlatformSettings, decision: GateDecision, *, actor: str | None = None
+) -> GateDecision:
     """Move the aliases a gate decision calls for (audited) and tag the version with it.
 
     Refuses to act on a stale decision: the champion must still be the one it was compared with."""
@@ -288,8 +362,17 @@ def apply_decision(settings: PlatformSettings, decision: GateDecision, *, actor:
             moves[CHALLENGER] = None
         move_aliases(settings, moves, action="promote", version=version, evidence=ev, actor=actor)
     elif float(decision.evidence.get("parity_max_abs_diff", float("inf"))) <= PARITY_TOLERANCE:
-        move_aliases(settings, {CHALLENGER: version}, action="refuse→challenger", version=version, evidence=ev, actor=actor)
-    client.set_model_version_tag(settings.model_name, version, "gate", json.dumps(decision.to_dict(), default=str)[:4900])
+        move_aliases(
+            settings,
+            {CHALLENGER: version},
+            action="refuse→challenger",
+            version=version,
+            evidence=ev,
+            actor=actor,
+        )
+    client.set_model_version_tag(
+        settings.model_name, version, "gate", json.dumps(decision.to_dict(), default=str)[:4900]
+    )
     return decision
 
 
@@ -302,4 +385,6 @@ def promote(
     actor: str | None = None,
 ) -> GateDecision:
     """Gate ``version`` (:func:`evaluate_gate`) and move the aliases (:func:`apply_decision`)."""
-    return apply_decision(settings, evaluate_gate(settings, version, window=window, cfg=cfg), actor=actor)
+    return apply_decision(
+        settings, evaluate_gate(settings, version, window=window, cfg=cfg), actor=actor
+    )

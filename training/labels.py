@@ -40,7 +40,8 @@ def _barrier_unit(b: pd.DataFrame, window: int, unit: str) -> np.ndarray:
     if unit == "atr":
         prev = np.concatenate([[np.nan], close[:-1]])
         tr = np.nanmax(
-            np.vstack([b["high"] - b["low"], np.abs(b["high"] - prev), np.abs(b["low"] - prev)]), axis=0
+            np.vstack([b["high"] - b["low"], np.abs(b["high"] - prev), np.abs(b["low"] - prev)]),
+            axis=0,
         )
         return pd.Series(tr).rolling(window, min_periods=window).mean().to_numpy() / close
     if unit == "vol":
@@ -124,7 +125,9 @@ def make_labels(
         fwd[: n - horizon] = logc[horizon:] - logc[: n - horizon]
     if n > 1:
         nxt[: n - 1] = logc[1:] - logc[:-1]
-    spread_rel = b["spread"].to_numpy(dtype="float64") * point / b["close"].to_numpy(dtype="float64")
+    spread_rel = (
+        b["spread"].to_numpy(dtype="float64") * point / b["close"].to_numpy(dtype="float64")
+    )
     cost = spread_rel * cost_multiplier + commission
     if method == "fixed":
         label = np.where(fwd > cost, 2, np.where(fwd < -cost, 0, 1))

@@ -51,7 +51,11 @@ class ModelData:
         return len(self.x)
 
     def take(self, idx: np.ndarray) -> ModelData:
-        return ModelData(self.x[idx], None if self.seq is None else self.seq[idx], None if self.y is None else self.y[idx])
+        return ModelData(
+            self.x[idx],
+            None if self.seq is None else self.seq[idx],
+            None if self.y is None else self.y[idx],
+        )
 
     def labels(self) -> np.ndarray:
         if self.y is None:
@@ -90,7 +94,13 @@ class XGBModel:
             w = np.concatenate([np.ones(len(train)), np.zeros(len(missing))])
         else:
             x, w = train.x, None
-        params = {"objective": "multi:softprob", "num_class": N_CLASSES, "n_jobs": 2, "random_state": 7, **self.params}
+        params = {
+            "objective": "multi:softprob",
+            "num_class": N_CLASSES,
+            "n_jobs": 2,
+            "random_state": 7,
+            **self.params,
+        }
         model = XGBClassifier(**params)
         model.fit(x, y, sample_weight=w)
         self.booster = model
@@ -133,7 +143,11 @@ def _torch_module(n_features: int, n_channels: int, seq_len: int, cfg: Any) -> A
             self.proj = nn.Linear(n_channels, cfg.d_model)
             self.pos = nn.Parameter(torch.zeros(1, seq_len, cfg.d_model))
             layer = nn.TransformerEncoderLayer(
-                cfg.d_model, cfg.n_heads, dim_feedforward=2 * cfg.d_model, dropout=cfg.dropout, batch_first=True
+                cfg.d_model,
+                cfg.n_heads,
+                dim_feedforward=2 * cfg.d_model,
+                dropout=cfg.dropout,
+                batch_first=True,
             )
             self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
             self.tab = nn.Sequential(nn.Linear(n_features, cfg.d_model), nn.GELU())
@@ -182,7 +196,11 @@ class TransformerModel:
         net.s_std.copy_(torch.from_numpy(np.where(ss > 1e-12, ss, 1.0).astype(np.float32)))
         y = torch.from_numpy(train.labels())
         counts = np.bincount(train.labels(), minlength=N_CLASSES).astype(np.float32)
-        weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / N_CLASSES, 0.0).astype(np.float32))
+        weight = torch.from_numpy(
+            np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / N_CLASSES, 0.0).astype(
+                np.float32
+            )
+        )
         opt = torch.optim.AdamW(net.parameters(), lr=self.cfg.lr, weight_decay=1e-4)
         x_t, s_t = torch.from_numpy(train.x), torch.from_numpy(train.seq)
         net.train()
@@ -215,8 +233,14 @@ class TransformerModel:
         # the torch module class is built lazily (no torch import at module import): pickle its weights
         state: dict[str, Any] = {"cfg": self.cfg, "weights": None, "shape": None}
         if self.net is not None:
-            state["weights"] = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
-            state["shape"] = (int(self.net.x_mean.shape[0]), int(self.net.s_mean.shape[0]), int(self.net.pos.shape[1]))
+            state["weights"] = {
+                k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()
+            }
+            state["shape"] = (
+                int(self.net.x_mean.shape[0]),
+                int(self.net.s_mean.shape[0]),
+                int(self.net.pos.shape[1]),
+            )
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -239,8 +263,17 @@ class TransformerModel:
         import torch
 
         with torch.no_grad():
-            out = [self.net(torch.from_numpy(data.x[i : i + 2048]), torch.from_numpy(data.seq[i : i + 2048])) for i in range(0, len(data), 2048)]
-        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, N_CLASSES), np.float32)
+            out = [
+                self.net(
+                    torch.from_numpy(data.x[i : i + 2048]), torch.from_numpy(data.seq[i : i + 2048])
+                )
+                for i in range(0, len(data), 2048)
+            ]
+        return (
+            torch.cat(out).numpy().astype(np.float32)
+            if out
+            else np.zeros((0, N_CLASSES), np.float32)
+        )
 
 
 class RegimeClassifier:
@@ -252,7 +285,9 @@ class RegimeClassifier:
 
     def __init__(self, feature_names: list[str], vol_feature: str, trend_feature: str) -> None:
         if vol_feature not in feature_names or trend_feature not in feature_names:
-            raise ValueError(f"regime features {vol_feature}, {trend_feature} are not among the model's features")
+            raise ValueError(
+                f"regime features {vol_feature}, {trend_feature} are not among the model's features"
+            )
         self.vol_idx = feature_names.index(vol_feature)
         self.trend_idx = feature_names.index(trend_feature)
         self.vol_thr: float | None = None
@@ -297,7 +332,9 @@ class EnsembleModel:
 
     min_rows_per_state = 30
 
-    def __init__(self, xgb: XGBModel, transformer: TransformerModel, regime: RegimeClassifier) -> None:
+    def __init__(
+        self, xgb: XGBModel, transformer: TransformerModel, regime: RegimeClassifier
+    ) -> None:
         self.xgb = xgb
         self.transformer = transformer
         self.regime = regime
@@ -323,7 +360,9 @@ class EnsembleModel:
         self.weights = w.astype(np.float32)
         both = ModelData(
             np.vstack([train.x, valid.x]),
-            None if train.seq is None or valid.seq is None else np.concatenate([train.seq, valid.seq]),
+            None
+            if train.seq is None or valid.seq is None
+            else np.concatenate([train.seq, valid.seq]),
             np.concatenate([train.labels(), yv]),
         )
         self.regime.fit(both)
@@ -335,5 +374,7 @@ class EnsembleModel:
         if self.weights is None:
             raise NotFittedError("EnsembleModel.predict_proba before fit")
         w = self.weights[self.regime.predict(data)]
-        p = w[:, :1] * self.xgb.predict_proba(data) + w[:, 1:2] * self.transformer.predict_proba(data)
+        p = w[:, :1] * self.xgb.predict_proba(data) + w[:, 1:2] * self.transformer.predict_proba(
+            data
+        )
         return p.astype(np.float32)

@@ -88,7 +88,9 @@ def _server_to_utc(s: str, rule: Any) -> datetime:
 
 def _fingerprint(path: Path, entry: dict[str, Any]) -> str:
     h = hashlib.sha256(path.read_bytes())
-    h.update(json.dumps({k: entry[k] for k in ("broker_tz", "start", "end")}, sort_keys=True).encode())
+    h.update(
+        json.dumps({k: entry[k] for k in ("broker_tz", "start", "end")}, sort_keys=True).encode()
+    )
     for root in _PIPELINE_CODE:
         for src in sorted(root.rglob("*.py")) + sorted(root.rglob("*.yaml")):
             h.update(src.read_bytes())
@@ -96,7 +98,9 @@ def _fingerprint(path: Path, entry: dict[str, Any]) -> str:
 
 
 def _counts(done: dict[str, Any]) -> dict[str, int]:
-    return {k: int(done[k]) for k in ("bars", "quarantined_days", "quarantined_rows", "flagged_rows")}
+    return {
+        k: int(done[k]) for k in ("bars", "quarantined_days", "quarantined_rows", "flagged_rows")
+    }
 
 
 def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Prepared:
@@ -116,7 +120,10 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     symbol, tf = parsed
     rule = parse_rule(entry["broker_tz"])
     step = timeframe_seconds(tf)
-    start, test_start = _server_to_utc(entry["start"], rule), _server_to_utc(entry["test_start"], rule)
+    start, test_start = (
+        _server_to_utc(entry["start"], rule),
+        _server_to_utc(entry["test_start"], rule),
+    )
     end = datetime.fromtimestamp(_server_to_utc(entry["end"], rule).timestamp() + step, tz=UTC)
 
     home = base.home / "real_exports" / Path(name).stem
@@ -126,7 +133,13 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     if not link.exists():
         link.symlink_to((raw_dir / name).resolve())
     s = base.model_copy(
-        update={"home": home, "mt5_exports": exports, "symbols": [symbol], "timeframe": tf, "broker_tz": entry["broker_tz"]}
+        update={
+            "home": home,
+            "mt5_exports": exports,
+            "symbols": [symbol],
+            "timeframe": tf,
+            "broker_tz": entry["broker_tz"],
+        }
     )
     marker = home / "prepared.json"
     fp = _fingerprint(raw_dir / name, entry)
@@ -136,7 +149,9 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
         for folder in (s.staging_dir, s.lake_dir, s.quarantine_dir, s.home / "offline"):
             if folder.exists():
                 shutil.rmtree(folder)
-    feast_apply(s)  # always (the registry follows the repo's current definitions); makes the offline folders
+    feast_apply(
+        s
+    )  # always (the registry follows the repo's current definitions); makes the offline folders
     if reused:
         log.info("%s: lake and offline store reused (%s)", name, marker)
         return Prepared(s, symbol, tf, start, test_start, end, **_counts(done), reused=True)
@@ -162,7 +177,9 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     return Prepared(s, symbol, tf, start, test_start, end, **_counts(done), reused=False)
 
 
-def evaluate_file(entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any], base: PlatformSettings) -> FileResult:
+def evaluate_file(
+    entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any], base: PlatformSettings
+) -> FileResult:
     from engine.mt5 import timeframe_seconds
     from training.backtest import (
         Costs,
@@ -196,16 +213,27 @@ def evaluate_file(entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any], ba
         tr, te = purged_train_test(ds, pd.Timestamp(p.test_start), embargo)
         splits[name] = (cfg, ds.iloc[tr].reset_index(drop=True), ds.iloc[te].reset_index(drop=True))
     common = set.intersection(*(set(te["event_timestamp"]) for _, _, te in splits.values()))
-    costs = Costs(commission=commission, slippage=SpreadVolSlippage(float(spec["slippage_spread_k"]), float(spec["slippage_vol_k"])))
+    costs = Costs(
+        commission=commission,
+        slippage=SpreadVolSlippage(float(spec["slippage_spread_k"]), float(spec["slippage_vol_k"])),
+    )
     n_boot = int(spec.get("n_boot", 500))
     models: dict[str, dict[str, float]] = {}
     test = pd.DataFrame()
     for name, (cfg, train, te) in splits.items():
         test = te[te["event_timestamp"].isin(common)].reset_index(drop=True)
-        log.info("%s %s: fitting %s (%s) on %d rows", p.symbol, p.timeframe, name, cfg.family, len(train))
+        log.info(
+            "%s %s: fitting %s (%s) on %d rows", p.symbol, p.timeframe, name, cfg.family, len(train)
+        )
         model = fit_model(make_model(cfg), train, cfg, p.timeframe)
         proba = model.predict_proba(model_data(test, cfg.feature_service))
-        m = backtest(test, positions_from_proba(proba, float(spec["min_confidence"])), p.timeframe, costs, n_boot=n_boot)
+        m = backtest(
+            test,
+            positions_from_proba(proba, float(spec["min_confidence"])),
+            p.timeframe,
+            costs,
+            n_boot=n_boot,
+        )
         m["accuracy"] = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
         models[name] = m
     return FileResult(
@@ -215,7 +243,10 @@ def evaluate_file(entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any], ba
         broker_tz=entry["broker_tz"],
         train_rows={n: len(tr) for n, (_, tr, _) in splits.items()},
         test_rows=len(test),
-        test_range=(f"{test['event_timestamp'].min():%Y-%m-%d}", f"{test['event_timestamp'].max():%Y-%m-%d}"),
+        test_range=(
+            f"{test['event_timestamp'].min():%Y-%m-%d}",
+            f"{test['event_timestamp'].max():%Y-%m-%d}",
+        ),
         models=models,
         baselines=baselines(test, p.timeframe, costs, n_boot=n_boot),
         lake=p.summary(),
@@ -258,7 +289,9 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        head = f"| {r.symbol} | {r.timeframe} | {r.test_range[0]} → {r.test_range[1]} | {r.test_rows} "
+        head = (
+            f"| {r.symbol} | {r.timeframe} | {r.test_range[0]} → {r.test_range[1]} | {r.test_rows} "
+        )
         rows = [(_model_label(n), m, f"{m['accuracy']:.3f}") for n, m in r.models.items()]
         rows += [(_LABELS[b], r.baselines[b], "—") for b in BASELINES]
         for label, m, acc in rows:
@@ -266,11 +299,17 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
                 f"{head}| {label} | {_fmt_ci(m, 'net_return', 100)} | {_fmt_ci(m, 'sharpe')} | {m['max_drawdown'] * 100:.2f} "
                 f"| {m['trades']:.0f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
             )
-    lines += ["", "| file | broker time | bars in lake | quarantined days (rows) | soft-flagged rows | train rows |", "|---|---|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "| file | broker time | bars in lake | quarantined days (rows) | soft-flagged rows | train rows |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for r in results:
         lk = r.lake
         train = ", ".join(f"{n} {k}" for n, k in r.train_rows.items())
-        lines.append(f"| `{r.file}` | `{r.broker_tz}` | {lk['bars']} | {lk['quarantined_days']} ({lk['quarantined_rows']}) | {lk['flagged_rows']} | {train} |")
+        lines.append(
+            f"| `{r.file}` | `{r.broker_tz}` | {lk['bars']} | {lk['quarantined_days']} ({lk['quarantined_rows']}) | {lk['flagged_rows']} | {train} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -289,7 +328,10 @@ def _with_redis(base: PlatformSettings) -> Iterator[PlatformSettings]:
 
 
 def run_report(
-    raw_dir: Path, config: Path | None = None, only: list[str] | None = None, settings: PlatformSettings | None = None
+    raw_dir: Path,
+    config: Path | None = None,
+    only: list[str] | None = None,
+    settings: PlatformSettings | None = None,
 ) -> tuple[list[FileResult], dict[str, Any]]:
     """Evaluate every configured file present in ``raw_dir``."""
     from rich.progress import Progress

@@ -104,7 +104,9 @@ def move_aliases(
         os.fsync(f.fileno())
     try:
         summary = {k: record[k] for k in ("action", "actor", "before", "after")}
-        client.set_model_version_tag(name, str(version), f"audit.{now:%Y%m%dT%H%M%S%f}", json.dumps(summary)[:4900])
+        client.set_model_version_tag(
+            name, str(version), f"audit.{now:%Y%m%dT%H%M%S%f}", json.dumps(summary)[:4900]
+        )
     except Exception as exc:  # the JSONL line is the record of truth; the tag is a convenience
         log.warning("could not tag %s v%s with the audit record: %s", name, version, exc)
     log.info("%s %s v%s: aliases %s → %s", action, name, version, before, after)
@@ -116,17 +118,22 @@ def history(settings: PlatformSettings, limit: int | None = None) -> list[dict[s
     path = audit_path(settings)
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     # one TX_HOME may have seen several registries (TX_MLFLOW_TRACKING_URI): only this one's moves
     rows = [
         r
         for r in rows
-        if r.get("model_name") == settings.model_name and r.get("registry", settings.tracking_uri) == settings.tracking_uri
+        if r.get("model_name") == settings.model_name
+        and r.get("registry", settings.tracking_uri) == settings.tracking_uri
     ]
     return rows[-limit:] if limit else rows
 
 
-def rollback(settings: PlatformSettings, *, actor: str | None = None, reason: str = "manual rollback") -> dict[str, Any]:
+def rollback(
+    settings: PlatformSettings, *, actor: str | None = None, reason: str = "manual rollback"
+) -> dict[str, Any]:
     """``champion`` ← ``previous``; ``previous`` ← the demoted champion (so a second rollback
     undoes the first). Audited."""
     client = client_for(settings)
@@ -135,7 +142,14 @@ def rollback(settings: PlatformSettings, *, actor: str | None = None, reason: st
         raise RollbackError(f"{settings.model_name} has no '{PREVIOUS}' version to roll back to")
     target, demoted = aliases[PREVIOUS], aliases.get(CHAMPION)
     moves: dict[str, str | None] = {CHAMPION: target, PREVIOUS: demoted}
-    return move_aliases(settings, moves, action="rollback", version=target, evidence={"reason": reason, "demoted": demoted}, actor=actor)
+    return move_aliases(
+        settings,
+        moves,
+        action="rollback",
+        version=target,
+        evidence={"reason": reason, "demoted": demoted},
+        actor=actor,
+    )
 
 
 def notify_serving(settings: PlatformSettings) -> str:
@@ -149,7 +163,9 @@ def notify_serving(settings: PlatformSettings) -> str:
         return msg
     import httpx
 
-    headers = {"Authorization": f"Bearer {settings.serving_token}"} if settings.serving_token else {}
+    headers = (
+        {"Authorization": f"Bearer {settings.serving_token}"} if settings.serving_token else {}
+    )
     try:
         r = httpx.post(f"{url.rstrip('/')}/v1/admin/reload", headers=headers, timeout=30.0)
     except httpx.HTTPError as exc:

@@ -74,4 +74,6 @@ def diebold_mariano(challenger: np.ndarray, champion: np.ndarray, lag: int = 0) 
         stat = 0.0 if mean == 0 else float(np.copysign(np.inf, mean))
     else:
         stat = float(mean / np.sqrt(lrv / n) * hln)
-    return DMResult(stat=stat, p_value=float(stats.t.sf(stat, df=n - 1)), mean_diff=mean, lrv=lrv, lag=lag, n=n)
+    return DMResult(
+        stat=stat, p_value=float(stats.t.sf(stat, df=n - 1)), mean_diff=mean, lrv=lrv, lag=lag, n=n
+    )

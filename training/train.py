@@ -96,7 +96,10 @@ def label_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def build_training_dataset(
-    settings: PlatformSettings, cfg: ExperimentConfig, as_of: datetime | None, timeframe: str | None = None
+    settings: PlatformSettings,
+    cfg: ExperimentConfig,
+    as_of: datetime | None,
+    timeframe: str | None = None,
 ) -> str:
     """Build the dataset for the config's train+test span (ending at ``as_of``); returns its path."""
     tf = timeframe or settings.timeframe
@@ -125,12 +128,20 @@ def model_data(ds: pd.DataFrame, feature_service: str) -> ModelData:
     return ModelData(ds[names].to_numpy(np.float32), sequence_tensor(ds) if has_seq else None, y)
 
 
-def transformer_config(cfg: ExperimentConfig, transformer_params: dict[str, Any] | None = None) -> TransformerConfig:
+def transformer_config(
+    cfg: ExperimentConfig, transformer_params: dict[str, Any] | None = None
+) -> TransformerConfig:
     """The config's transformer parameters with tuned ones (``transformer_params``) over them."""
-    return TransformerConfig.model_validate({**cfg.transformer.model_dump(), **(transformer_params or {})})
+    return TransformerConfig.model_validate(
+        {**cfg.transformer.model_dump(), **(transformer_params or {})}
+    )
 
 
-def make_model(cfg: ExperimentConfig, params: dict[str, Any] | None = None, transformer_params: dict[str, Any] | None = None) -> Any:
+def make_model(
+    cfg: ExperimentConfig,
+    params: dict[str, Any] | None = None,
+    transformer_params: dict[str, Any] | None = None,
+) -> Any:
     """The config's model family, unfitted (``params`` override the XGBoost parameters,
     ``transformer_params`` the transformer's — both typically an Optuna study's best)."""
     xgb = XGBModel({**cfg.model, **(params or {})})
@@ -138,9 +149,13 @@ def make_model(cfg: ExperimentConfig, params: dict[str, Any] | None = None, tran
         return xgb
     names, has_seq = service_inputs(cfg.feature_service)
     if not has_seq:
-        raise ValueError(f"family ensemble needs a feature service with the sequence; {cfg.feature_service} has none")
+        raise ValueError(
+            f"family ensemble needs a feature service with the sequence; {cfg.feature_service} has none"
+        )
     return EnsembleModel(
-        xgb, TransformerModel(transformer_config(cfg, transformer_params)), RegimeClassifier(names, cfg.regime.vol_feature, cfg.regime.trend_feature)
+        xgb,
+        TransformerModel(transformer_config(cfg, transformer_params)),
+        RegimeClassifier(names, cfg.regime.vol_feature, cfg.regime.trend_feature),
     )
 
 
@@ -150,7 +165,9 @@ def _embargo(cfg: ExperimentConfig, timeframe: str) -> pd.Timedelta:
     return pd.Timedelta(seconds=cfg.split.embargo_bars * timeframe_seconds(timeframe))
 
 
-def split_dataset(ds: pd.DataFrame, cfg: ExperimentConfig, as_of: datetime | None, timeframe: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_dataset(
+    ds: pd.DataFrame, cfg: ExperimentConfig, as_of: datetime | None, timeframe: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Purged, embargoed hold-out split at the config's test start."""
     r = cfg.ranges(utc(as_of) if as_of else None)
     tr, te = purged_train_test(ds, pd.Timestamp(r["test"][0]), _embargo(cfg, timeframe))
@@ -162,7 +179,12 @@ def fit_model(model: Any, train: pd.DataFrame, cfg: ExperimentConfig, timeframe:
     validation (purged and embargoed from the rows before it)."""
     data = model_data(train, cfg.feature_service)
     if isinstance(model, EnsembleModel):
-        folds = walk_forward_folds(train, n_folds=max(cfg.split.n_folds, 1), embargo=_embargo(cfg, timeframe), min_train_rows=50)
+        folds = walk_forward_folds(
+            train,
+            n_folds=max(cfg.split.n_folds, 1),
+            embargo=_embargo(cfg, timeframe),
+            min_train_rows=50,
+        )
         if not folds:
             raise ValueError("too little training data for a validation fold")
         last = folds[-1]
@@ -171,7 +193,9 @@ def fit_model(model: Any, train: pd.DataFrame, cfg: ExperimentConfig, timeframe:
 
 
 # --- the steps ---------------------------------------------------------------------------------
-def _workdir(settings: PlatformSettings, cfg: ExperimentConfig, tf: str, as_of: datetime | None) -> Path:
+def _workdir(
+    settings: PlatformSettings, cfg: ExperimentConfig, tf: str, as_of: datetime | None
+) -> Path:
     stamp = f"{utc(as_of):%Y%m%dT%H%M}" if as_of else "explicit"
     d = settings.home / "runs" / f"{cfg.name}_{tf}_{stamp}_{uuid.uuid4().hex[:8]}"
     d.mkdir(parents=True, exist_ok=True)
@@ -260,7 +284,12 @@ def backtest_step(workdir: str) -> dict[str, float]:
         "test_accuracy": float((proba.argmax(axis=1) == y).mean()),
         "test_log_loss": float(log_loss(y, np.clip(proba, 1e-7, 1), labels=[0, 1, 2])),
         **{f"test_{k}": v for k, v in bt.items()},
-        **{f"baseline_{b}_{k}": v for b, m in base.items() for k, v in m.items() if k in ("net_return", "sharpe", "max_drawdown", "sharpe_ci_low", "sharpe_ci_high")},
+        **{
+            f"baseline_{b}_{k}": v
+            for b, m in base.items()
+            for k, v in m.items()
+            if k in ("net_return", "sharpe", "max_drawdown", "sharpe_ci_low", "sharpe_ci_high")
+        },
         "train_rows": float(step["train_rows"]),
         "test_rows": float(step["test_rows"]),
     }
@@ -284,7 +313,11 @@ def export_step(workdir: str) -> dict[str, Any]:
     parity = check_parity(model, onnx_model, data.x, seq=data.seq)
     lat = single_row_latency_us(onnx_model, data.x[0], None if data.seq is None else data.seq[0])
     (Path(workdir) / "model.onnx").write_bytes(onnx_model.SerializeToString())
-    info = {"parity_max_abs_diff": parity, "onnx_latency_us": lat, "bundle_sha256": sha256(onnx_model)}
+    info = {
+        "parity_max_abs_diff": parity,
+        "onnx_latency_us": lat,
+        "bundle_sha256": sha256(onnx_model),
+    }
     _write_json(Path(workdir) / "export.json", info)
     log.info("ONNX export: parity %.2e, single-row p50 %.0f µs", parity, lat["p50"])
     return info
@@ -292,7 +325,14 @@ def export_step(workdir: str) -> dict[str, Any]:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -302,7 +342,11 @@ def lake_snapshot(settings: PlatformSettings, symbols: list[str], timeframe: str
     """Hash of the lake partitions (path, size, content hash of small files) the dataset read."""
     h = hashlib.sha256()
     for sym in symbols:
-        for p in sorted((settings.lake_dir / f"symbol={sym}" / f"timeframe={timeframe}").glob("date=*/bars.parquet")):
+        for p in sorted(
+            (settings.lake_dir / f"symbol={sym}" / f"timeframe={timeframe}").glob(
+                "date=*/bars.parquet"
+            )
+        ):
             h.update(str(p.relative_to(settings.lake_dir)).encode())
             h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
@@ -318,7 +362,14 @@ def model_params(model: Any) -> dict[str, Any]:
     return out
 
 
-def build_manifest(settings: PlatformSettings, step: dict[str, Any], cfg: ExperimentConfig, model: Any, metrics: dict[str, float], export: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    settings: PlatformSettings,
+    step: dict[str, Any],
+    cfg: ExperimentConfig,
+    model: Any,
+    metrics: dict[str, float],
+    export: dict[str, Any],
+) -> dict[str, Any]:
     from feature_repo.pipeline.store import SEQ_VIEW, SERVICE_VIEWS
     from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
 
@@ -366,7 +417,10 @@ def build_manifest(settings: PlatformSettings, step: dict[str, Any], cfg: Experi
             "channels": list(SEQ_CHANNELS),
         }
     if isinstance(model, EnsembleModel) and model.weights is not None:
-        manifest["ensemble_weights"] = {"members": ["xgboost", "transformer"], "by_regime_state": model.weights.tolist()}
+        manifest["ensemble_weights"] = {
+            "members": ["xgboost", "transformer"],
+            "by_regime_state": model.weights.tolist(),
+        }
         manifest["thresholds"]["regime"] = {
             "vol_feature": cfg.regime.vol_feature,
             "vol_threshold": model.regime.vol_thr,
@@ -384,15 +438,26 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
     step, cfg, model, _ = _load_step(workdir)
     metrics = _read_json(wd / "metrics.json")
     export = _read_json(wd / "export.json")
-    metrics = {**metrics, "onnx_parity_max_abs_diff": export["parity_max_abs_diff"], "onnx_latency_p50_us": export["onnx_latency_us"]["p50"]}
+    metrics = {
+        **metrics,
+        "onnx_parity_max_abs_diff": export["parity_max_abs_diff"],
+        "onnx_latency_p50_us": export["onnx_latency_us"]["p50"],
+    }
     manifest = build_manifest(settings, step, cfg, model, metrics, export)
     onnx_model = onnx.load(str(wd / "model.onnx"))
     mlflow = _mlflow(settings)
     exp_id = ensure_experiment(settings)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-{step['test_range'][1][:10]}") as run:
+    with mlflow.start_run(
+        experiment_id=exp_id, run_name=f"{cfg.name}-{step['test_range'][1][:10]}"
+    ) as run:
         mlflow.log_params({f"model.{k}": v for k, v in {**cfg.model, **step["params"]}.items()})
         if isinstance(model, EnsembleModel):
-            mlflow.log_params({f"transformer.{k}": v for k, v in model.transformer.cfg.model_dump(mode="json").items()})
+            mlflow.log_params(
+                {
+                    f"transformer.{k}": v
+                    for k, v in model.transformer.cfg.model_dump(mode="json").items()
+                }
+            )
         mlflow.log_params(
             {
                 "family": cfg.family,
@@ -422,7 +487,13 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
         )
         mv = mlflow.register_model(info.model_uri, settings.model_name)
     log.info("registered %s v%s (run %s)", settings.model_name, mv.version, run.info.run_id)
-    return TrainResult(run.info.run_id, settings.model_name, str(mv.version), metrics, float(export["parity_max_abs_diff"]))
+    return TrainResult(
+        run.info.run_id,
+        settings.model_name,
+        str(mv.version),
+        metrics,
+        float(export["parity_max_abs_diff"]),
+    )
 
 
 def train_and_register(

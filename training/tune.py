@@ -90,7 +90,13 @@ def _folds(train: pd.DataFrame, cfg: ExperimentConfig, timeframe: str) -> list[A
     from training.splits import walk_forward_folds
     from training.train import _embargo
 
-    folds = walk_forward_folds(train, n_folds=cfg.split.n_folds, embargo=_embargo(cfg, timeframe), scheme=cfg.split.scheme, min_train_rows=50)
+    folds = walk_forward_folds(
+        train,
+        n_folds=cfg.split.n_folds,
+        embargo=_embargo(cfg, timeframe),
+        scheme=cfg.split.scheme,
+        min_train_rows=50,
+    )
     if not folds:
         raise ValueError("no walk-forward fold has enough training rows")
     return folds
@@ -117,7 +123,9 @@ def objective(trial: Any, train: pd.DataFrame, cfg: ExperimentConfig, timeframe:
     return float(np.mean(losses))
 
 
-def transformer_objective(trial: Any, train: pd.DataFrame, cfg: ExperimentConfig, timeframe: str) -> float:
+def transformer_objective(
+    trial: Any, train: pd.DataFrame, cfg: ExperimentConfig, timeframe: str
+) -> float:
     """Transformer: mean validation log loss over the same folds, reported after every epoch."""
     import optuna
 
@@ -129,7 +137,9 @@ def transformer_objective(trial: Any, train: pd.DataFrame, cfg: ExperimentConfig
     trial.set_user_attr("pid", os.getpid())
     data = model_data(train, cfg.feature_service)
     if data.seq is None:
-        raise ValueError(f"feature service {cfg.feature_service} has no sequence: nothing to tune the transformer on")
+        raise ValueError(
+            f"feature service {cfg.feature_service} has no sequence: nothing to tune the transformer on"
+        )
     per_fold = sp.epochs[1]  # steps reserved per fold, so step numbers mean the same in every trial
     losses: list[float] = []
     for k, f in enumerate(_folds(train, cfg, timeframe)):
@@ -137,7 +147,14 @@ def transformer_objective(trial: Any, train: pd.DataFrame, cfg: ExperimentConfig
         y = va.labels()
         last: list[float] = []
 
-        def report(epoch: int, model: TransformerModel, k: int = k, va: Any = va, y: np.ndarray = y, last: list[float] = last) -> None:
+        def report(
+            epoch: int,
+            model: TransformerModel,
+            k: int = k,
+            va: Any = va,
+            y: np.ndarray = y,
+            last: list[float] = last,
+        ) -> None:
             last.append(_log_loss(model.predict_proba(va), y))
             trial.report(float(np.mean([*losses, last[-1]])), k * per_fold + epoch)
             if trial.should_prune():
@@ -164,7 +181,9 @@ def open_study(storage: str, study_name: str, seed: int = 11, member: str = XGBO
         direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
         # the transformer's first step is its first epoch: too early to judge
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1 if member == TRANSFORMER else 0),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=3, n_warmup_steps=1 if member == TRANSFORMER else 0
+        ),
         load_if_exists=True,
     )
 
@@ -190,15 +209,22 @@ def member_trials(cfg: ExperimentConfig, n_trials: int | None = None) -> dict[st
     return out
 
 
-def open_member_studies(storage: str, name: str, cfg: ExperimentConfig, totals: dict[str, int], workers: int) -> list[dict[str, int]]:
+def open_member_studies(
+    storage: str, name: str, cfg: ExperimentConfig, totals: dict[str, int], workers: int
+) -> list[dict[str, int]]:
     """Create each member study of ``totals`` (member → trials) once, before the workers race
     to; returns each worker's share of every study's trials."""
     for member in totals:
         open_study(storage, member_study(name, member), cfg.tune.seed, member)
-    return [{m: n // workers + (1 if i < n % workers else 0) for m, n in totals.items()} for i in range(workers)]
+    return [
+        {m: n // workers + (1 if i < n % workers else 0) for m, n in totals.items()}
+        for i in range(workers)
+    ]
 
 
-def _train_rows(cfg: ExperimentConfig, dataset_path: str, as_of: datetime | None, timeframe: str) -> pd.DataFrame:
+def _train_rows(
+    cfg: ExperimentConfig, dataset_path: str, as_of: datetime | None, timeframe: str
+) -> pd.DataFrame:
     from training.train import split_dataset
 
     ds = pd.read_parquet(dataset_path)
@@ -249,7 +275,16 @@ def tune_worker(
 def _worker_main(args: tuple[Any, ...]) -> int:
     storage, study_name, cfg_json, dataset_path, as_of, timeframe, trials, worker = args
     cfg = ExperimentConfig.model_validate(cfg_json)
-    return tune_worker(storage, study_name, cfg, dataset_path, datetime.fromisoformat(as_of) if as_of else None, timeframe, trials, worker)
+    return tune_worker(
+        storage,
+        study_name,
+        cfg,
+        dataset_path,
+        datetime.fromisoformat(as_of) if as_of else None,
+        timeframe,
+        trials,
+        worker,
+    )
 
 
 @dataclass
@@ -304,7 +339,10 @@ def tune(
     shares = open_member_studies(storage, name, cfg, totals, workers)
     cfg_json = cfg.model_dump(mode="json")
     when = utc(as_of).isoformat() if as_of else None
-    args = [(storage, name, cfg_json, dataset_path, when, tf, share, i) for i, share in enumerate(shares)]
+    args = [
+        (storage, name, cfg_json, dataset_path, when, tf, share, i)
+        for i, share in enumerate(shares)
+    ]
     args = [a for a in args if any(a[6].values())]
     if len(args) == 1:
         _worker_main(args[0])
@@ -314,11 +352,20 @@ def tune(
             pool.map(_worker_main, args)
     res = log_study(settings, storage, member_study(name, XGBOOST), member=XGBOOST, group=name)
     if TRANSFORMER in totals:
-        res.transformer = log_study(settings, storage, member_study(name, TRANSFORMER), member=TRANSFORMER, group=name)
+        res.transformer = log_study(
+            settings, storage, member_study(name, TRANSFORMER), member=TRANSFORMER, group=name
+        )
     return res
 
 
-def log_study(settings: PlatformSettings, storage: str, study_name: str, *, member: str = XGBOOST, group: str | None = None) -> TuneResult:
+def log_study(
+    settings: PlatformSettings,
+    storage: str,
+    study_name: str,
+    *,
+    member: str = XGBOOST,
+    group: str | None = None,
+) -> TuneResult:
     """Record one study in MLflow: best trial's params and value, importances, all trials."""
     import optuna
 
@@ -336,14 +383,23 @@ def log_study(settings: PlatformSettings, storage: str, study_name: str, *, memb
     mlflow = _mlflow(settings)
     exp_id = ensure_experiment(settings, f"{settings.mlflow_experiment}_tuning")
     with mlflow.start_run(experiment_id=exp_id, run_name=f"study-{study_name}") as run:
-        mlflow.set_tags({"optuna.study": study_name, "optuna.storage": redact(storage), "optuna.member": member, "optuna.group": group or study_name})
+        mlflow.set_tags(
+            {
+                "optuna.study": study_name,
+                "optuna.storage": redact(storage),
+                "optuna.member": member,
+                "optuna.group": group or study_name,
+            }
+        )
         mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
         mlflow.log_metrics(
             {
                 "best_value_log_loss": float(study.best_value),
                 "trials_total": float(len(study.trials)),
                 "trials_complete": float(len(done)),
-                "trials_pruned": float(sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)),
+                "trials_pruned": float(
+                    sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+                ),
                 **{f"importance.{k}": float(v) for k, v in importances.items()},
             }
         )
@@ -351,43 +407,77 @@ def log_study(settings: PlatformSettings, storage: str, study_name: str, *, memb
             df = study.trials_dataframe()
             df.to_csv(Path(tmp) / "trials.csv", index=False)
             (Path(tmp) / "best.json").write_text(
-                json.dumps({"member": member, "params": study.best_params, "value": study.best_value, "importances": importances}, indent=1)
+                json.dumps(
+                    {
+                        "member": member,
+                        "params": study.best_params,
+                        "value": study.best_value,
+                        "importances": importances,
+                    },
+                    indent=1,
+                )
             )
             mlflow.log_artifact(str(Path(tmp) / "trials.csv"), artifact_path="optuna")
             mlflow.log_artifact(str(Path(tmp) / "best.json"), artifact_path="optuna")
-    return TuneResult(study_name, storage, len(study.trials), float(study.best_value), dict(study.best_params), run.info.run_id, member)
+    return TuneResult(
+        study_name,
+        storage,
+        len(study.trials),
+        float(study.best_value),
+        dict(study.best_params),
+        run.info.run_id,
+        member,
+    )
 
 
 # --- the DAG's steps ---------------------------------------------------------------------------
-def plan_workers(settings: PlatformSettings, cfg: ExperimentConfig, dataset_path: str) -> list[dict[str, Any]]:
+def plan_workers(
+    settings: PlatformSettings, cfg: ExperimentConfig, dataset_path: str
+) -> list[dict[str, Any]]:
     """One job per worker (the DAG maps over it), each with its share of every member study's
     trials; creates the studies first. With tuning disabled the jobs carry zero trials and the
     workers pass straight through."""
     name = study_name_for(cfg, dataset_path)
     totals = member_trials(cfg) if cfg.tune.enabled else {}
     shares = open_member_studies(settings.optuna_storage_url, name, cfg, totals, cfg.tune.workers)
-    return [{"study": name, "dataset_path": dataset_path, "worker": i, "trials": share} for i, share in enumerate(shares)]
+    return [
+        {"study": name, "dataset_path": dataset_path, "worker": i, "trials": share}
+        for i, share in enumerate(shares)
+    ]
 
 
-def run_planned_worker(settings: PlatformSettings, cfg: ExperimentConfig, job: dict[str, Any], as_of: datetime | None) -> int:
+def run_planned_worker(
+    settings: PlatformSettings, cfg: ExperimentConfig, job: dict[str, Any], as_of: datetime | None
+) -> int:
     trials = {m: int(n) for m, n in job["trials"].items()}
     if not any(trials.values()):
         log.info("tuning disabled for %s: worker %d has nothing to do", cfg.name, job["worker"])
         return 0
     return tune_worker(
-        settings.optuna_storage_url, job["study"], cfg, job["dataset_path"], utc(as_of) if as_of else None,
-        settings.timeframe, trials, int(job["worker"]),
+        settings.optuna_storage_url,
+        job["study"],
+        cfg,
+        job["dataset_path"],
+        utc(as_of) if as_of else None,
+        settings.timeframe,
+        trials,
+        int(job["worker"]),
     )
 
 
-def summarise(settings: PlatformSettings, cfg: ExperimentConfig, dataset_path: str, trials_done: int) -> dict[str, Any]:
+def summarise(
+    settings: PlatformSettings, cfg: ExperimentConfig, dataset_path: str, trials_done: int
+) -> dict[str, Any]:
     """Log each member study to MLflow and return the best parameters for the final fit:
     ``params`` (XGBoost) and ``transformer_params`` ({} for a member not tuned, or tuning off)."""
     if not trials_done:
         return {"study": None, "params": {}, "transformer_params": {}, "studies": {}}
     name = study_name_for(cfg, dataset_path)
     storage = settings.optuna_storage_url
-    results = {m: log_study(settings, storage, member_study(name, m), member=m, group=name) for m in member_trials(cfg)}
+    results = {
+        m: log_study(settings, storage, member_study(name, m), member=m, group=name)
+        for m in member_trials(cfg)
+    }
     xgb = results[XGBOOST]
     return {
         "study": xgb.study_name,
@@ -395,17 +485,29 @@ def summarise(settings: PlatformSettings, cfg: ExperimentConfig, dataset_path: s
         "best_value": xgb.best_value,
         "mlflow_run_id": xgb.mlflow_run_id,
         "transformer_params": results[TRANSFORMER].best_params if TRANSFORMER in results else {},
-        "studies": {m: {"study": r.study_name, "n_trials": r.n_trials, "best_value": r.best_value, "mlflow_run_id": r.mlflow_run_id} for m, r in results.items()},
+        "studies": {
+            m: {
+                "study": r.study_name,
+                "n_trials": r.n_trials,
+                "best_value": r.best_value,
+                "mlflow_run_id": r.mlflow_run_id,
+            }
+            for m, r in results.items()
+        },
     }
 
 
 def best_params(settings: PlatformSettings, study_name: str) -> dict[str, Any]:
     import optuna
 
-    return dict(optuna.load_study(study_name=study_name, storage=settings.optuna_storage_url).best_params)
+    return dict(
+        optuna.load_study(study_name=study_name, storage=settings.optuna_storage_url).best_params
+    )
 
 
-def best_member_params(settings: PlatformSettings, cfg: ExperimentConfig, study_name: str) -> dict[str, dict[str, Any]]:
+def best_member_params(
+    settings: PlatformSettings, cfg: ExperimentConfig, study_name: str
+) -> dict[str, dict[str, Any]]:
     """Best parameters of each member study under the base name ``study_name`` (the XGBoost
     study must exist; the transformer's is used when the family is ensemble and it exists)."""
     out = {XGBOOST: best_params(settings, study_name)}
@@ -413,5 +515,9 @@ def best_member_params(settings: PlatformSettings, cfg: ExperimentConfig, study_
         try:
             out[TRANSFORMER] = best_params(settings, member_study(study_name, TRANSFORMER))
         except (KeyError, ValueError) as exc:  # no such study / no completed trial
-            log.info("no transformer study for %s (%s): the config's transformer parameters stay", study_name, exc)
+            log.info(
+                "no transformer study for %s (%s): the config's transformer parameters stay",
+                study_name,
+                exc,
+            )
     return out

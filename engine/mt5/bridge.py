@@ -59,7 +59,7 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError)
 """What a broken rpyc link raises: ``EOFError`` (stream closed), ``ConnectionError`` and other
 ``OSError`` (refused, reset), rpyc's ``AsyncResultTimeout`` (a ``TimeoutError``)."""
 
-REMOTE_HELPERS = '''
+REMOTE_HELPERS = """
 def _tx_plain(x):
     if x is None or isinstance(x, (bool, int, float, str, bytes)):
         return x
@@ -78,7 +78,7 @@ def _tx_plain(x):
 
 def _tx_call(name, args, kwargs):
     return _tx_plain(getattr(mt5, name)(*args, **kwargs))
-'''
+"""
 """Installed on the bridge server at connect: plain-value results in one round trip."""
 
 
@@ -115,7 +115,9 @@ class BridgeTerminal:
     module docstring). Connects in the constructor; call :meth:`initialize` next (or use
     :meth:`connect`)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 18812, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 18812, *, timeout_s: float = 30.0
+    ) -> None:
         try:
             from mt5linux import MetaTrader5
         except ImportError as exc:
@@ -148,7 +150,9 @@ class BridgeTerminal:
     ) -> BridgeTerminal:
         """Connect and initialize; :class:`TerminalError` with ``last_error()`` on failure."""
         term = cls(host, port, timeout_s=timeout_s)
-        if not term.initialize(path, login=login, password=password, server=server, timeout=timeout_ms):
+        if not term.initialize(
+            path, login=login, password=password, server=server, timeout=timeout_ms
+        ):
             err = term.last_error()
             term.close()
             raise TerminalError("initialize", err)
@@ -237,22 +241,35 @@ class BridgeTerminal:
         self, symbol: str, timeframe: int, date_from: datetime | int, date_to: datetime | int
     ) -> np.ndarray | None:
         return to_rates(
-            self._call("copy_rates_range", str(symbol), int(timeframe),
-                       server_seconds(date_from), server_seconds(date_to))
-        )  # fmt: skip
+            self._call(
+                "copy_rates_range",
+                str(symbol),
+                int(timeframe),
+                server_seconds(date_from),
+                server_seconds(date_to),
+            )
+        )
 
     def copy_rates_from(
         self, symbol: str, timeframe: int, date_from: datetime | int, count: int
     ) -> np.ndarray | None:
         return to_rates(
-            self._call("copy_rates_from", str(symbol), int(timeframe), server_seconds(date_from), int(count))
+            self._call(
+                "copy_rates_from",
+                str(symbol),
+                int(timeframe),
+                server_seconds(date_from),
+                int(count),
+            )
         )
 
     def copy_rates_from_pos(
         self, symbol: str, timeframe: int, start_pos: int, count: int
     ) -> np.ndarray | None:
         return to_rates(
-            self._call("copy_rates_from_pos", str(symbol), int(timeframe), int(start_pos), int(count))
+            self._call(
+                "copy_rates_from_pos", str(symbol), int(timeframe), int(start_pos), int(count)
+            )
         )
 
     # -- trading ------------------------------------------------------------------------------
@@ -269,7 +286,9 @@ class BridgeTerminal:
     def positions_get(
         self, symbol: str | None = None, ticket: int | None = None, group: str | None = None
     ) -> tuple[TradePosition, ...] | None:
-        return to_records(TradePosition, self._call("positions_get", **_filters(symbol, ticket, group)))
+        return to_records(
+            TradePosition, self._call("positions_get", **_filters(symbol, ticket, group))
+        )
 
     def orders_get(
         self, symbol: str | None = None, ticket: int | None = None, group: str | None = None

@@ -361,10 +361,16 @@ class OffsetDetection:
         ny = ZoneInfo(_NY)
         out = []
         for w in self.weeks:
-            for kind, t, off in (("close", w.close_utc_expected, w.close_offset_h),
-                                 ("open", w.open_utc_expected, w.open_offset_h)):  # fmt: skip
+            for kind, t, off in (
+                ("close", w.close_utc_expected, w.close_offset_h),
+                ("open", w.open_utc_expected, w.open_offset_h),
+            ):
                 day = datetime.fromtimestamp(t, UTC)
-                out.append(Observation(f"{kind} {day.date().isoformat()}", t, off, bool(day.astimezone(ny).dst())))
+                out.append(
+                    Observation(
+                        f"{kind} {day.date().isoformat()}", t, off, bool(day.astimezone(ny).dst())
+                    )
+                )
         return out
 
     def _majority(self, dst: bool) -> float | None:
@@ -389,8 +395,11 @@ class OffsetDetection:
         if not obs:
             return []
         expected = rule.offset_at_utc(np.asarray([o.utc for o in obs], dtype=np.int64)) / 3600.0
-        return [(o.label, o.offset_h, float(e)) for o, e in zip(obs, expected, strict=True)
-                if abs(o.offset_h - float(e)) > 0.25]  # fmt: skip
+        return [
+            (o.label, o.offset_h, float(e))
+            for o, e in zip(obs, expected, strict=True)
+            if abs(o.offset_h - float(e)) > 0.25
+        ]
 
     @property
     def suggested(self) -> str | None:
@@ -417,8 +426,10 @@ class OffsetDetection:
     def describe(self) -> str:
         if not self.conclusive:
             return f"inconclusive ({self.reason})"
-        return (f"{len(self.weeks)} weekend(s); offset winter={self.winter_offset_h} "
-                f"summer(US DST)={self.summer_offset_h}; suggested TX_BROKER_TZ={self.suggested}")  # fmt: skip
+        return (
+            f"{len(self.weeks)} weekend(s); offset winter={self.winter_offset_h} "
+            f"summer(US DST)={self.summer_offset_h}; suggested TX_BROKER_TZ={self.suggested}"
+        )
 
 
 def detect_offset(
@@ -435,7 +446,10 @@ def detect_offset(
     name = timeframe if isinstance(timeframe, str) else str(timeframe)
     det = OffsetDetection(name)
     if tf_s > 3600:
-        det.conclusive, det.reason = False, f"{name} bars end at server midnight whatever the offset; use H1 or finer"
+        det.conclusive, det.reason = (
+            False,
+            f"{name} bars end at server midnight whatever the offset; use H1 or finer",
+        )
         return det
     t = np.unique(np.asarray(rates_time_server, dtype=np.int64))
     if len(t) < 2:
@@ -447,8 +461,14 @@ def detect_offset(
         close_server = int(t[i]) + tf_s
         open_server = int(t[i + 1])
         # the true instants are within -12..+14 h of the server stamps: search around them
-        raw.append((close_server, open_server, fx_week_close_utc(close_server - 2 * 3600),
-                    _fx_week_open_utc(open_server - 2 * 3600)))  # fmt: skip
+        raw.append(
+            (
+                close_server,
+                open_server,
+                fx_week_close_utc(close_server - 2 * 3600),
+                _fx_week_open_utc(open_server - 2 * 3600),
+            )
+        )
     if not raw:
         det.conclusive, det.reason = False, "no weekend gap in the bars"
         return det
@@ -457,7 +477,14 @@ def detect_offset(
     delay = 1.0 if diffs.get(1.0, 0) >= 3 and diffs.get(1.0, 0) > diffs.get(0.0, 0) else 0.0
     det.open_delay_h = delay
     det.weeks = [
-        WeekObservation(c, o, fc, so + round(delay * 3600), _half((c - fc) / 3600), _half((o - so) / 3600) - delay)
+        WeekObservation(
+            c,
+            o,
+            fc,
+            so + round(delay * 3600),
+            _half((c - fc) / 3600),
+            _half((o - so) / 3600) - delay,
+        )
         for c, o, fc, so in raw
     ]
     return det
@@ -469,7 +496,9 @@ class RuleCheck:
 
     rule: str
     detection: OffsetDetection
-    mismatches: list[tuple[str, float, float]] = field(default_factory=list)  # (reading, observed, rule)
+    mismatches: list[tuple[str, float, float]] = field(
+        default_factory=list
+    )  # (reading, observed, rule)
     checked: int = 0
     ok: bool = True
     message: str = ""
@@ -521,8 +550,10 @@ def check_rule(
         res.message = f"{head}: {rule.spec} agrees with {res.checked - bad}/{res.checked} weekly close/open readings"
     else:
         shown = ", ".join(f"{d}: data {o:+g}h vs rule {e:+g}h" for d, o, e in res.mismatches[:4])
-        res.message = (f"{head}: broker time rule {rule.spec} disagrees with the data on {bad}/"
-                       f"{res.checked} weekly close/open readings ({shown}); the data suggest "
-                       f"TX_BROKER_TZ={det.suggested}")  # fmt: skip
+        res.message = (
+            f"{head}: broker time rule {rule.spec} disagrees with the data on {bad}/"
+            f"{res.checked} weekly close/open readings ({shown}); the data suggest "
+            f"TX_BROKER_TZ={det.suggested}"
+        )
         logger.warning("%s", res.message)
     return res

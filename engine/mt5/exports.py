@@ -414,8 +414,12 @@ def _choose_digits(symbol: str, px: np.ndarray, digits: int | None, name: str) -
         if inferred is not None and inferred > known.digits:
             logger.warning(
                 "%s: prices carry %d decimals, more than %s's %d; keeping %d",
-                name, inferred, known.name, known.digits, inferred,
-            )  # fmt: skip
+                name,
+                inferred,
+                known.name,
+                known.digits,
+                inferred,
+            )
             return inferred
         return known.digits
     if inferred is None:

@@ -85,14 +85,25 @@ def open_terminal(
 
         def connect() -> Any:
             return BridgeTerminal.connect(
-                host, port, timeout_s=bridge_timeout_s, path=path, login=login,
-                password=secret, server=server, timeout_ms=timeout_ms,
-            )  # fmt: skip
+                host,
+                port,
+                timeout_s=bridge_timeout_s,
+                path=path,
+                login=login,
+                password=secret,
+                server=server,
+                timeout_ms=timeout_ms,
+            )
 
     else:
         raise ValueError(f"unknown terminal mode {mode!r}; use one of {MODES}")
     term = ResilientTerminal(
-        connect, attempts=reconnect_attempts, backoff=backoff, sleep=sleep, strict=strict, name=f"mt5-{mode}"
+        connect,
+        attempts=reconnect_attempts,
+        backoff=backoff,
+        sleep=sleep,
+        strict=strict,
+        name=f"mt5-{mode}",
     )
     term.ensure_connected()
     return term

@@ -95,7 +95,9 @@ class NativeTerminal:
     ) -> NativeTerminal:
         """An initialized terminal, or :class:`TerminalError` with ``last_error()``."""
         term = cls()
-        if not term.initialize(path, login=login, password=password, server=server, timeout=timeout_ms):
+        if not term.initialize(
+            path, login=login, password=password, server=server, timeout=timeout_ms
+        ):
             raise TerminalError("initialize", term.last_error())
         logger.info("MT5 native terminal initialized (login=%s, server=%s)", login, server)
         return term
@@ -166,7 +168,9 @@ class NativeTerminal:
     def copy_rates_from(
         self, symbol: str, timeframe: int, date_from: datetime | int, count: int
     ) -> np.ndarray | None:
-        return to_rates(_unstubbed("copy_rates_from")(symbol, int(timeframe), date_from, int(count)))
+        return to_rates(
+            _unstubbed("copy_rates_from")(symbol, int(timeframe), date_from, int(count))
+        )
 
     def copy_rates_from_pos(
         self, symbol: str, timeframe: int, start_pos: int, count: int
@@ -183,7 +187,9 @@ class NativeTerminal:
     def order_send(self, request: Mapping[str, Any]) -> OrderSendResult | None:
         import MetaTrader5 as mt5
 
-        typed = cast("StubTradeRequest", plain_request(request))  # keys checked against TradeRequest
+        typed = cast(
+            "StubTradeRequest", plain_request(request)
+        )  # keys checked against TradeRequest
         return to_record(OrderSendResult, mt5.order_send(typed))
 
     def positions_total(self) -> int:

@@ -68,7 +68,12 @@ class Backoff:
     ) -> None:
         if base_delay < 0 or max_delay < base_delay or factor < 1 or not 0 <= jitter < 1:
             raise ValueError("need 0 <= base_delay <= max_delay, factor >= 1, 0 <= jitter < 1")
-        self.base_delay, self.max_delay, self.factor, self.jitter = base_delay, max_delay, factor, jitter
+        self.base_delay, self.max_delay, self.factor, self.jitter = (
+            base_delay,
+            max_delay,
+            factor,
+            jitter,
+        )
         self.rand = rand
 
     def delay(self, k: int) -> float:
@@ -147,8 +152,15 @@ class ResilientTerminal:
         if k + 1 >= self.attempts:
             return
         delay = self.backoff.delay(k)
-        logger.warning("%s: %s failed on the link %s; retry %d/%d in %.2fs",
-                       self.name, call, err, k + 1, self.attempts - 1, delay)  # fmt: skip
+        logger.warning(
+            "%s: %s failed on the link %s; retry %d/%d in %.2fs",
+            self.name,
+            call,
+            err,
+            k + 1,
+            self.attempts - 1,
+            delay,
+        )
         self.sleep(delay)
 
     def _drop(self) -> None:
@@ -241,13 +253,17 @@ class ResilientTerminal:
     def copy_rates_range(
         self, symbol: str, timeframe: int, date_from: datetime | int, date_to: datetime | int
     ) -> np.ndarray | None:
-        out: np.ndarray | None = self._invoke("copy_rates_range", symbol, timeframe, date_from, date_to)
+        out: np.ndarray | None = self._invoke(
+            "copy_rates_range", symbol, timeframe, date_from, date_to
+        )
         return out
 
     def copy_rates_from_pos(
         self, symbol: str, timeframe: int, start_pos: int, count: int
     ) -> np.ndarray | None:
-        out: np.ndarray | None = self._invoke("copy_rates_from_pos", symbol, timeframe, start_pos, count)
+        out: np.ndarray | None = self._invoke(
+            "copy_rates_from_pos", symbol, timeframe, start_pos, count
+        )
         return out
 
     def order_check(self, request: Mapping[str, Any]) -> OrderCheckResult | None:

@@ -21,13 +21,20 @@ class MT5Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TX_MT5_", extra="ignore", populate_by_name=True)
 
     mode: Literal["sim", "native", "bridge"] = Field(
-        default="sim", description="sim: simulated terminal; native: MetaTrader5 module (Windows); bridge: mt5linux."
+        default="sim",
+        description="sim: simulated terminal; native: MetaTrader5 module (Windows); bridge: mt5linux.",
     )
     login: int | None = Field(default=None, description="Trading account number (native, bridge).")
     password: SecretStr | None = Field(default=None, description="Account password; no default.")
-    server: str | None = Field(default=None, description="Trade server name, as the terminal shows it.")
-    path: str | None = Field(default=None, description="Path of terminal64.exe (native; bridge: on the server).")
-    timeout_ms: int | None = Field(default=None, description="initialize() timeout in milliseconds.")
+    server: str | None = Field(
+        default=None, description="Trade server name, as the terminal shows it."
+    )
+    path: str | None = Field(
+        default=None, description="Path of terminal64.exe (native; bridge: on the server)."
+    )
+    timeout_ms: int | None = Field(
+        default=None, description="initialize() timeout in milliseconds."
+    )
     bridge_host: str = Field(
         default="127.0.0.1",
         validation_alias=AliasChoices("TX_MT5_BRIDGE_HOST", "TX_MT5_HOST"),
@@ -38,10 +45,16 @@ class MT5Settings(BaseSettings):
         validation_alias=AliasChoices("TX_MT5_BRIDGE_PORT", "TX_MT5_PORT"),
         description="mt5linux server port.",
     )
-    bridge_timeout_s: float = Field(default=30.0, description="Timeout of one bridge call, seconds.")
+    bridge_timeout_s: float = Field(
+        default=30.0, description="Timeout of one bridge call, seconds."
+    )
     reconnect_attempts: int = Field(default=5, ge=1, description="Tries per call before giving up.")
-    reconnect_base_s: float = Field(default=0.5, ge=0, description="First reconnect delay, seconds.")
-    reconnect_max_s: float = Field(default=30.0, ge=0, description="Largest reconnect delay, seconds.")
+    reconnect_base_s: float = Field(
+        default=0.5, ge=0, description="First reconnect delay, seconds."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, ge=0, description="Largest reconnect delay, seconds."
+    )
     broker_tz: str | None = Field(
         default=None,
         validation_alias=AliasChoices("TX_BROKER_TZ"),

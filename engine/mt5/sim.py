@@ -632,14 +632,30 @@ class SimulatedTerminal:
             return None
         return self._ok(
             TerminalInfo(
-                community_account=False, community_connection=False, connected=True,
-                dlls_allowed=False, trade_allowed=True, tradeapi_disabled=False,
-                email_enabled=False, ftp_enabled=False, notifications_enabled=False, mqid=False,
-                build=0, maxbars=100_000, codepage=0, ping_last=0, community_balance=0.0,
-                retransmission=0.0, company=self.company, name=self.name, language="English",
-                path="", data_path="", commondata_path="",
+                community_account=False,
+                community_connection=False,
+                connected=True,
+                dlls_allowed=False,
+                trade_allowed=True,
+                tradeapi_disabled=False,
+                email_enabled=False,
+                ftp_enabled=False,
+                notifications_enabled=False,
+                mqid=False,
+                build=0,
+                maxbars=100_000,
+                codepage=0,
+                ping_last=0,
+                community_balance=0.0,
+                retransmission=0.0,
+                company=self.company,
+                name=self.name,
+                language="English",
+                path="",
+                data_path="",
+                commondata_path="",
             )
-        )  # fmt: skip
+        )
 
     def history_deals_get(
         self,
@@ -688,19 +704,31 @@ class SimulatedTerminal:
         except _Reject as rej:
             return self._ok(
                 OrderCheckResult(
-                    rej.retcode, round(self._balance, 2), round(equity, 2), round(profit, 2),
-                    round(margin, 2), round(equity - margin, 2),
-                    round(equity / margin * 100.0, 2) if margin > 0 else 0.0, rej.comment, echo,
+                    rej.retcode,
+                    round(self._balance, 2),
+                    round(equity, 2),
+                    round(profit, 2),
+                    round(margin, 2),
+                    round(equity - margin, 2),
+                    round(equity / margin * 100.0, 2) if margin > 0 else 0.0,
+                    rej.comment,
+                    echo,
                 )
-            )  # fmt: skip
+            )
         new_margin = margin + plan.margin
         return self._ok(
             OrderCheckResult(
-                0, round(self._balance, 2), round(equity, 2), round(profit, 2),
-                round(new_margin, 2), round(equity - new_margin, 2),
-                round(equity / new_margin * 100.0, 2) if new_margin > 0 else 0.0, "Done", echo,
+                0,
+                round(self._balance, 2),
+                round(equity, 2),
+                round(profit, 2),
+                round(new_margin, 2),
+                round(equity - new_margin, 2),
+                round(equity / new_margin * 100.0, 2) if new_margin > 0 else 0.0,
+                "Done",
+                echo,
             )
-        )  # fmt: skip
+        )
 
     def order_send(self, request: dict[str, Any]) -> OrderSendResult | None:
         """Execute a market deal (open or close) or an SL/TP change; see the module docstring."""
@@ -718,30 +746,54 @@ class SimulatedTerminal:
             logger.info("order rejected %d: %s (%s)", rej.retcode, rej.comment, echo)
             return self._ok(
                 OrderSendResult(
-                    retcode=rej.retcode, deal=0, order=0, volume=0.0, price=0.0,
-                    bid=q.bid if q else 0.0, ask=q.ask if q else 0.0, comment=rej.comment,
-                    request_id=self._request_id, retcode_external=0, request=echo,
+                    retcode=rej.retcode,
+                    deal=0,
+                    order=0,
+                    volume=0.0,
+                    price=0.0,
+                    bid=q.bid if q else 0.0,
+                    ask=q.ask if q else 0.0,
+                    comment=rej.comment,
+                    request_id=self._request_id,
+                    retcode_external=0,
+                    request=echo,
                 )
-            )  # fmt: skip
+            )
         if plan.action == TRADE_ACTION_SLTP:
             assert plan.position is not None
             plan.position.sl, plan.position.tp = echo.sl, echo.tp
             plan.position.time_update = self._now_server(plan.quote)
             return self._ok(
                 OrderSendResult(
-                    TRADE_RETCODE_DONE, 0, 0, 0.0, 0.0, plan.quote.bid, plan.quote.ask,
-                    "Request executed", self._request_id, 0, echo,
+                    TRADE_RETCODE_DONE,
+                    0,
+                    0,
+                    0.0,
+                    0.0,
+                    plan.quote.bid,
+                    plan.quote.ask,
+                    "Request executed",
+                    self._request_id,
+                    0,
+                    echo,
                 )
-            )  # fmt: skip
+            )
         order, deal = self._execute(plan)
         return self._ok(
             OrderSendResult(
-                retcode=TRADE_RETCODE_DONE, deal=deal, order=order, volume=echo.volume,
-                price=plan.price, bid=plan.quote.bid, ask=plan.quote.ask,
-                comment="Request executed", request_id=self._request_id, retcode_external=0,
+                retcode=TRADE_RETCODE_DONE,
+                deal=deal,
+                order=order,
+                volume=echo.volume,
+                price=plan.price,
+                bid=plan.quote.bid,
+                ask=plan.quote.ask,
+                comment="Request executed",
+                request_id=self._request_id,
+                retcode_external=0,
                 request=echo,
             )
-        )  # fmt: skip
+        )
 
     # -- internals: errors and arguments -------------------------------------------------------
 
@@ -1037,8 +1089,19 @@ class SimulatedTerminal:
                 check_from_utc=q.closed_end_utc,
             )
             self._positions[order] = pos
-            deal = self._deal(order, now, echo.type, DEAL_ENTRY_IN, pos, echo.volume, plan.price,
-                              0.0, DEAL_REASON_EXPERT, echo.magic, echo.comment)  # fmt: skip
+            deal = self._deal(
+                order,
+                now,
+                echo.type,
+                DEAL_ENTRY_IN,
+                pos,
+                echo.volume,
+                plan.price,
+                0.0,
+                DEAL_REASON_EXPERT,
+                echo.magic,
+                echo.comment,
+            )
             logger.info(
                 "opened #%d %s %s %.2f @ %s",
                 order,
@@ -1068,8 +1131,19 @@ class SimulatedTerminal:
         profit = round(self._profit(pos, price, volume), 2)
         self._balance += profit
         deal_type = ORDER_TYPE_SELL if pos.type == ORDER_TYPE_BUY else ORDER_TYPE_BUY
-        deal = self._deal(order, time, deal_type, DEAL_ENTRY_OUT, pos, volume, price, profit,
-                          reason, magic, comment)  # fmt: skip
+        deal = self._deal(
+            order,
+            time,
+            deal_type,
+            DEAL_ENTRY_OUT,
+            pos,
+            volume,
+            price,
+            profit,
+            reason,
+            magic,
+            comment,
+        )
         pos.volume = round(pos.volume - volume, 8)
         pos.time_update = time
         if pos.volume <= 1e-9:
@@ -1095,12 +1169,26 @@ class SimulatedTerminal:
         self._next_deal += 1
         self._deals.append(
             TradeDeal(
-                ticket=ticket, order=order, time=time, time_msc=time * 1000, type=deal_type,
-                entry=entry, magic=magic, position_id=pos.ticket, reason=reason, volume=volume,
-                price=price, commission=0.0, swap=0.0, profit=profit, fee=0.0,
-                symbol=pos.symbol, comment=comment, external_id="",
+                ticket=ticket,
+                order=order,
+                time=time,
+                time_msc=time * 1000,
+                type=deal_type,
+                entry=entry,
+                magic=magic,
+                position_id=pos.ticket,
+                reason=reason,
+                volume=volume,
+                price=price,
+                commission=0.0,
+                swap=0.0,
+                profit=profit,
+                fee=0.0,
+                symbol=pos.symbol,
+                comment=comment,
+                external_id="",
             )
-        )  # fmt: skip
+        )
         return ticket
 
     def _sync(self) -> None:

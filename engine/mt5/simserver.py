@@ -36,18 +36,39 @@ __all__ = ["FUNCTIONS", "serve", "sim_module"]
 logger = logging.getLogger(__name__)
 
 FUNCTIONS = (
-    "initialize", "shutdown", "last_error", "account_info", "symbol_info", "symbol_info_tick",
-    "symbol_select", "symbols_get", "copy_rates_range", "copy_rates_from", "copy_rates_from_pos",
-    "order_check", "order_send", "positions_total", "positions_get", "orders_get",
-    "history_deals_get", "terminal_info",
-)  # fmt: skip
+    "initialize",
+    "shutdown",
+    "last_error",
+    "account_info",
+    "symbol_info",
+    "symbol_info_tick",
+    "symbol_select",
+    "symbols_get",
+    "copy_rates_range",
+    "copy_rates_from",
+    "copy_rates_from_pos",
+    "order_check",
+    "order_send",
+    "positions_total",
+    "positions_get",
+    "orders_get",
+    "history_deals_get",
+    "terminal_info",
+)
 """The official functions the simulated module provides."""
 
 _RECORDS = (
-    protocol.AccountInfo, protocol.SymbolInfo, protocol.Tick, protocol.OrderSendResult,
-    protocol.OrderCheckResult, protocol.TradePosition, protocol.TradeDeal, protocol.TradeRequest,
-    protocol.TradeOrder, protocol.TerminalInfo,
-)  # fmt: skip
+    protocol.AccountInfo,
+    protocol.SymbolInfo,
+    protocol.Tick,
+    protocol.OrderSendResult,
+    protocol.OrderCheckResult,
+    protocol.TradePosition,
+    protocol.TradeDeal,
+    protocol.TradeRequest,
+    protocol.TradeOrder,
+    protocol.TerminalInfo,
+)
 
 
 def sim_module(terminal: SimulatedTerminal, name: str = "MetaTrader5") -> types.ModuleType:
@@ -123,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=18812)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--symbols", default="EURUSD,GBPUSD,USDJPY,XAUUSD")
-    ap.add_argument("--end-utc", type=int, default=None, help="end of history (epoch s); default: the feed's")
+    ap.add_argument(
+        "--end-utc", type=int, default=None, help="end of history (epoch s); default: the feed's"
+    )
     ap.add_argument("--server-utc-offset-hours", type=int, default=2)
     ns = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

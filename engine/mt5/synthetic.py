@@ -115,9 +115,33 @@ _LEVEL_PULL_HALF_LIFE = 120 * _DAY  # weak pull toward the symbol's initial pric
 
 # volatility multiplier by UTC hour (quiet Asia, London open, London/NY overlap, rollover)
 _HOUR_VOL = np.array(
-    [0.55, 0.65, 0.6, 0.5, 0.45, 0.45, 0.6, 1.0, 1.2, 1.1, 1.0, 1.0,
-     1.3, 1.6, 1.7, 1.5, 1.1, 0.9, 0.8, 0.7, 0.6, 0.4, 0.4, 0.5]
-)  # fmt: skip
+    [
+        0.55,
+        0.65,
+        0.6,
+        0.5,
+        0.45,
+        0.45,
+        0.6,
+        1.0,
+        1.2,
+        1.1,
+        1.0,
+        1.0,
+        1.3,
+        1.6,
+        1.7,
+        1.5,
+        1.1,
+        0.9,
+        0.8,
+        0.7,
+        0.6,
+        0.4,
+        0.4,
+        0.5,
+    ]
+)
 _HOUR_VOL = _HOUR_VOL / math.sqrt(float(np.mean(_HOUR_VOL**2)))
 # spread multiplier by UTC hour: rollover 21:00-23:00, Asia 23:00-07:00
 _HOUR_SPREAD = np.array([1.4] * 7 + [1.0] * 14 + [3.0, 3.5] + [1.4])
@@ -156,26 +180,56 @@ class SymbolSpec:
 
 SYMBOLS: dict[str, SymbolSpec] = {
     "EURUSD": SymbolSpec(
-        name="EURUSD", digits=5, currency_base="EUR", currency_margin="EUR",
-        description="Euro vs US Dollar", spread_points=12, stops_level=0,
-        initial_price=1.0800, annual_vol=0.07, ticks_per_minute=55.0,
+        name="EURUSD",
+        digits=5,
+        currency_base="EUR",
+        currency_margin="EUR",
+        description="Euro vs US Dollar",
+        spread_points=12,
+        stops_level=0,
+        initial_price=1.0800,
+        annual_vol=0.07,
+        ticks_per_minute=55.0,
     ),
     "GBPUSD": SymbolSpec(
-        name="GBPUSD", digits=5, currency_base="GBP", currency_margin="GBP",
-        description="Great Britain Pound vs US Dollar", spread_points=16, stops_level=0,
-        initial_price=1.2700, annual_vol=0.08, ticks_per_minute=55.0,
+        name="GBPUSD",
+        digits=5,
+        currency_base="GBP",
+        currency_margin="GBP",
+        description="Great Britain Pound vs US Dollar",
+        spread_points=16,
+        stops_level=0,
+        initial_price=1.2700,
+        annual_vol=0.08,
+        ticks_per_minute=55.0,
     ),
     "USDJPY": SymbolSpec(
-        name="USDJPY", digits=3, currency_base="USD", currency_profit="JPY",
-        currency_margin="USD", description="US Dollar vs Japanese Yen", spread_points=14,
-        stops_level=0, initial_price=150.000, annual_vol=0.09, ticks_per_minute=80.0,
+        name="USDJPY",
+        digits=3,
+        currency_base="USD",
+        currency_profit="JPY",
+        currency_margin="USD",
+        description="US Dollar vs Japanese Yen",
+        spread_points=14,
+        stops_level=0,
+        initial_price=150.000,
+        annual_vol=0.09,
+        ticks_per_minute=80.0,
     ),
     "XAUUSD": SymbolSpec(
-        name="XAUUSD", digits=2, contract_size=100.0, currency_base="XAU",
-        currency_margin="XAU", description="Gold vs US Dollar", spread_points=20,
-        stops_level=0, initial_price=2300.00, annual_vol=0.15, ticks_per_minute=150.0,
+        name="XAUUSD",
+        digits=2,
+        contract_size=100.0,
+        currency_base="XAU",
+        currency_margin="XAU",
+        description="Gold vs US Dollar",
+        spread_points=20,
+        stops_level=0,
+        initial_price=2300.00,
+        annual_vol=0.15,
+        ticks_per_minute=150.0,
     ),
-}  # fmt: skip
+}
 
 
 def symbol_spec(symbol: str, digits: int | None = None) -> SymbolSpec:

@@ -12,7 +12,9 @@ from feature_repo.pipeline.validate import validate_interval
 from infra.settings import PlatformSettings, utc
 
 
-def backfill(settings: PlatformSettings, start: datetime, end: datetime, *, materialise: bool = True) -> None:
+def backfill(
+    settings: PlatformSettings, start: datetime, end: datetime, *, materialise: bool = True
+) -> None:
     """Ingest, validate and build features day by day over [start, end), then materialise once."""
     day, end = utc(start), utc(end)
     first = day

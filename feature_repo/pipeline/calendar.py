@@ -66,7 +66,9 @@ class MarketCalendar:
     tolerance: timedelta = timedelta(hours=1)
 
     def with_tolerance(self, tolerance: timedelta) -> MarketCalendar:
-        return MarketCalendar(self.name, self.weekly_open_ny, self.daily_break_ny, self.good_friday_closed, tolerance)
+        return MarketCalendar(
+            self.name, self.weekly_open_ny, self.daily_break_ny, self.good_friday_closed, tolerance
+        )
 
     def closed_windows(self, start_s: int, end_s: int) -> np.ndarray:
         """Merged closed windows ``[[a, b), ...]`` (epoch seconds, UTC) overlapping the span."""
@@ -133,8 +135,12 @@ class MarketCalendar:
         return ok & (win[ic, 0] <= gs) & (win[ic, 1] >= ge)
 
 
-FX_CALENDAR = MarketCalendar("fx", weekly_open_ny=(17, 0), daily_break_ny=((16, 55), (17, 10)), good_friday_closed=False)
-METALS_CALENDAR = MarketCalendar("metals", weekly_open_ny=(18, 0), daily_break_ny=((17, 0), (18, 0)), good_friday_closed=True)
+FX_CALENDAR = MarketCalendar(
+    "fx", weekly_open_ny=(17, 0), daily_break_ny=((16, 55), (17, 10)), good_friday_closed=False
+)
+METALS_CALENDAR = MarketCalendar(
+    "metals", weekly_open_ny=(18, 0), daily_break_ny=((17, 0), (18, 0)), good_friday_closed=True
+)
 
 
 def calendar_for(symbol: str, tolerance: timedelta | None = None) -> MarketCalendar:

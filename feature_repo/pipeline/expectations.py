@@ -118,25 +118,35 @@ def parse_severity_overrides(text: str | None) -> dict[str, str]:
             raise ValidationConfigError(f"severity override {item!r} is not rule=severity")
         rule, sev = (x.strip().lower() for x in item.split("=", 1))
         if rule != "*" and rule not in RULES:
-            raise ValidationConfigError(f"unknown validation rule {rule!r}; rules: {', '.join(RULES)}")
+            raise ValidationConfigError(
+                f"unknown validation rule {rule!r}; rules: {', '.join(RULES)}"
+            )
         if sev not in SEVERITIES:
-            raise ValidationConfigError(f"unknown severity {sev!r} for {rule}; use one of {SEVERITIES}")
+            raise ValidationConfigError(
+                f"unknown severity {sev!r} for {rule}; use one of {SEVERITIES}"
+            )
         out[rule] = sev
     return out
 
 
-def load_config(path: Path | None = None, severity_overrides: str | dict[str, str] | None = None) -> ValidationConfig:
+def load_config(
+    path: Path | None = None, severity_overrides: str | dict[str, str] | None = None
+) -> ValidationConfig:
     """The default rules, merged with the YAML at ``path`` and then the severity overrides."""
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     if path is not None:
         raw = _merge(raw, yaml.safe_load(Path(path).read_text()) or {})
     overrides = (
-        parse_severity_overrides(severity_overrides) if isinstance(severity_overrides, str | None) else dict(severity_overrides)
+        parse_severity_overrides(severity_overrides)
+        if isinstance(severity_overrides, str | None)
+        else dict(severity_overrides)
     )
     rules: dict[str, dict[str, Any]] = raw["rules"]
     unknown = set(rules) - set(RULES)
     if unknown:
-        raise ValidationConfigError(f"unknown validation rule(s) {sorted(unknown)}; rules: {', '.join(RULES)}")
+        raise ValidationConfigError(
+            f"unknown validation rule(s) {sorted(unknown)}; rules: {', '.join(RULES)}"
+        )
     if "*" in overrides:
         for r in rules:
             if r != "schema":  # a partition with the wrong schema can never enter the lake
@@ -145,16 +155,22 @@ def load_config(path: Path | None = None, severity_overrides: str | dict[str, st
         if r != "*":
             rules[r]["severity"] = sev
     if rules["schema"].get("severity") != "hard":
-        raise ValidationConfigError("rule schema is always hard: a partition with the wrong schema cannot enter the lake")
+        raise ValidationConfigError(
+            "rule schema is always hard: a partition with the wrong schema cannot enter the lake"
+        )
     for r, spec in rules.items():
         if spec.get("severity") not in SEVERITIES:
-            raise ValidationConfigError(f"rule {r}: severity must be one of {SEVERITIES}, got {spec.get('severity')!r}")
+            raise ValidationConfigError(
+                f"rule {r}: severity must be one of {SEVERITIES}, got {spec.get('severity')!r}"
+            )
     return ValidationConfig(history_days=int(raw.get("history_days", 14)), rules=rules)
 
 
 def config_from_settings(settings: Any) -> ValidationConfig:
     """:func:`load_config` with ``TX_VALIDATION_CONFIG`` and ``TX_VALIDATION_SEVERITY``."""
-    return load_config(getattr(settings, "validation_config", None), getattr(settings, "validation_severity", None))
+    return load_config(
+        getattr(settings, "validation_config", None), getattr(settings, "validation_severity", None)
+    )
 
 
 # --- Great Expectations suites -------------------------------------------------------------------
@@ -167,12 +183,20 @@ def build_schema_suite(symbol: str, timeframe: str) -> Any:
 
     m = {"rule": "schema"}
     suite = gx.ExpectationSuite(name=SCHEMA_SUITE)
-    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(lake.BAR_COLUMNS), exact_match=True, meta=m))
+    suite.add_expectation(
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=list(lake.BAR_COLUMNS), exact_match=True, meta=m
+        )
+    )
     for col, typ in SCHEMA_TYPES.items():
         suite.add_expectation(gxe.ExpectColumnValuesToBeOfType(column=col, type_=typ, meta=m))
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=col, meta=m))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="symbol", value_set=[symbol], meta=m))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="timeframe", value_set=[timeframe], meta=m))
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeInSet(column="symbol", value_set=[symbol], meta=m)
+    )
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeInSet(column="timeframe", value_set=[timeframe], meta=m)
+    )
     return suite
 
 
@@ -193,10 +217,19 @@ def build_bars_suite(timeframe: str, cfg: ValidationConfig) -> Any:
 
     add(
         "ohlc_consistency",
-        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True) for c in PRICE_COLUMNS),
+        *(
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True)
+            for c in PRICE_COLUMNS
+        ),
         *(
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=a, column_B=b, or_equal=True)
-            for a, b in (("high", "low"), ("high", "open"), ("high", "close"), ("open", "low"), ("close", "low"))
+            for a, b in (
+                ("high", "low"),
+                ("high", "open"),
+                ("high", "close"),
+                ("open", "low"),
+                ("close", "low"),
+            )
         ),
     )
     add(
@@ -210,17 +243,37 @@ def build_bars_suite(timeframe: str, cfg: ValidationConfig) -> Any:
         gxe.ExpectColumnValuesToBeInSet(column="grid_offset_s", value_set=[0]),
         gxe.ExpectColumnValuesToBeInSet(column="duration_s", value_set=[step]),
     )
-    add("calendar_gap", gxe.ExpectColumnValuesToBeBetween(column="off_calendar_gap_bars", max_value=0))
+    add(
+        "calendar_gap",
+        gxe.ExpectColumnValuesToBeBetween(column="off_calendar_gap_bars", max_value=0),
+    )
     add("spread_non_negative", gxe.ExpectColumnValuesToBeBetween(column="spread", min_value=0))
-    add("spread_spike", gxe.ExpectColumnValuesToBeBetween(column="spread_excess_points", max_value=0))
-    add("price_jump", gxe.ExpectColumnValuesToBeBetween(column="jump_sigmas", max_value=float(cfg.param("price_jump", "k_sigma"))))
+    add(
+        "spread_spike",
+        gxe.ExpectColumnValuesToBeBetween(column="spread_excess_points", max_value=0),
+    )
+    add(
+        "price_jump",
+        gxe.ExpectColumnValuesToBeBetween(
+            column="jump_sigmas", max_value=float(cfg.param("price_jump", "k_sigma"))
+        ),
+    )
     add(
         "frozen_prices",
-        gxe.ExpectColumnValuesToBeBetween(column="frozen_run_bars", max_value=int(cfg.param("frozen_prices", "min_run")) - 1),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="frozen_run_bars", max_value=int(cfg.param("frozen_prices", "min_run")) - 1
+        ),
     )
-    add("forming_bar", gxe.ExpectColumnValuesToBeBetween(column="closes_after_as_of_s", max_value=0))
+    add(
+        "forming_bar", gxe.ExpectColumnValuesToBeBetween(column="closes_after_as_of_s", max_value=0)
+    )
     shift = int(cfg.param("tz_shift", "min_shift_hours")) - 1
-    add("tz_shift", gxe.ExpectColumnValuesToBeBetween(column="tz_shift_hours", min_value=-shift, max_value=shift))
+    add(
+        "tz_shift",
+        gxe.ExpectColumnValuesToBeBetween(
+            column="tz_shift_hours", min_value=-shift, max_value=shift
+        ),
+    )
     return suite
 
 
@@ -260,7 +313,9 @@ def hour_profile(times_s: np.ndarray, values: np.ndarray) -> np.ndarray:
     return prof - np.nanmean(prof) if (counts > 0).any() else prof
 
 
-def estimate_tz_shift(batch: np.ndarray, history: np.ndarray, min_hours: int, min_gain: float) -> tuple[int, float]:
+def estimate_tz_shift(
+    batch: np.ndarray, history: np.ndarray, min_hours: int, min_gain: float
+) -> tuple[int, float]:
     """Hours ``s`` by which the batch's hour profile is shifted against the history's.
 
     ``batch[h] ≈ history[h - s]``; returns ``(s, gain)`` where gain is the correlation of the
@@ -314,7 +369,11 @@ def annotate(
     # gaps: the missing span before each bar, against the market calendar
     order = np.argsort(t, kind="stable")
     ts = t[order]
-    prev = np.concatenate([hist_t[-1:], ts[:-1]]) if len(hist_t) else np.concatenate([[ts[0] if len(ts) else 0], ts[:-1]])
+    prev = (
+        np.concatenate([hist_t[-1:], ts[:-1]])
+        if len(hist_t)
+        else np.concatenate([[ts[0] if len(ts) else 0], ts[:-1]])
+    )
     has_prev = np.ones(len(ts), dtype=bool) if len(hist_t) else np.arange(len(ts)) > 0
     gap = (ts - prev > step) & has_prev
     tol = timedelta(minutes=float(cfg.param("calendar_gap", "tolerance_minutes")))
@@ -331,15 +390,25 @@ def annotate(
     # robust statistics over the recent history and the batch
     window = int(cfg.param("price_jump", "window_bars"))
     hist_tail = history.iloc[-window:] if len(history) else history
-    spreads = np.concatenate([hist_tail["spread"].to_numpy(float) if len(hist_tail) else np.empty(0), df["spread"].to_numpy(float)])
+    spreads = np.concatenate(
+        [
+            hist_tail["spread"].to_numpy(float) if len(hist_tail) else np.empty(0),
+            df["spread"].to_numpy(float),
+        ]
+    )
     med_spread = float(np.median(spreads)) if spreads.size else 0.0
-    limit = max(float(cfg.param("spread_spike", "ratio")) * med_spread, med_spread + float(cfg.param("spread_spike", "min_points")))
+    limit = max(
+        float(cfg.param("spread_spike", "ratio")) * med_spread,
+        med_spread + float(cfg.param("spread_spike", "min_points")),
+    )
     out["spread_excess_points"] = np.clip(df["spread"].to_numpy(float) - limit, 0, None)
     info["spread_median"], info["spread_limit"] = med_spread, limit
 
     closes_sorted = df["close"].to_numpy(float)[order]
     opens_sorted = df["open"].to_numpy(float)[order]
-    prev_close = np.concatenate([history["close"].to_numpy(float)[-1:] if len(history) else [np.nan], closes_sorted[:-1]])
+    prev_close = np.concatenate(
+        [history["close"].to_numpy(float)[-1:] if len(history) else [np.nan], closes_sorted[:-1]]
+    )
     # across a closed-market gap (weekend, holiday, break) the reference is the bar's own open
     ref = np.where(gap & covered, opens_sorted, prev_close)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -359,7 +428,13 @@ def annotate(
     # frozen prices: bars identical to the previous close (O=H=L=C) while ticks arrive
     hs, ls = df["high"].to_numpy(float)[order], df["low"].to_numpy(float)[order]
     tv = df["tick_volume"].to_numpy()[order]
-    same = (opens_sorted == prev_close) & (hs == prev_close) & (ls == prev_close) & (closes_sorted == prev_close) & (tv > 0)
+    same = (
+        (opens_sorted == prev_close)
+        & (hs == prev_close)
+        & (ls == prev_close)
+        & (closes_sorted == prev_close)
+        & (tv > 0)
+    )
     runs = np.zeros(len(t), dtype=np.int64)
     runs[order] = _run_lengths(same)
     out["frozen_run_bars"] = runs
@@ -373,15 +448,26 @@ def annotate(
     hist_days = len(np.unique(hist_t // 86400))
     # a holiday session (early close / late open) trades part of its hours: its hour profile says
     # nothing about the clock, and on the real exports it looked like a 2-3 h shift
-    holiday = bool(len(t)) and calendar_for(symbol).holiday_session(int(t.min()), int(t.max()) + step)
+    holiday = bool(len(t)) and calendar_for(symbol).holiday_session(
+        int(t.min()), int(t.max()) + step
+    )
     info["tz_shift_skipped_holiday"] = holiday
     if hist_days >= int(cfg.param("tz_shift", "min_history_days")) and len(t) and not holiday:
-        min_hours, min_gain = int(cfg.param("tz_shift", "min_batch_hours")), float(cfg.param("tz_shift", "min_gain"))
+        min_hours, min_gain = (
+            int(cfg.param("tz_shift", "min_batch_hours")),
+            float(cfg.param("tz_shift", "min_gain")),
+        )
         by_activity, gain = estimate_tz_shift(
-            hour_profile(t, df["tick_volume"].to_numpy()), hour_profile(hist_t, history["tick_volume"].to_numpy()), min_hours, min_gain
+            hour_profile(t, df["tick_volume"].to_numpy()),
+            hour_profile(hist_t, history["tick_volume"].to_numpy()),
+            min_hours,
+            min_gain,
         )
         by_spread, spread_gain = estimate_tz_shift(
-            hour_profile(t, df["spread"].to_numpy()), hour_profile(hist_t, history["spread"].to_numpy()), min_hours, min_gain
+            hour_profile(t, df["spread"].to_numpy()),
+            hour_profile(hist_t, history["spread"].to_numpy()),
+            min_hours,
+            min_gain,
         )
         info["tz_shift_by_activity"], info["tz_shift_by_spread"] = by_activity, by_spread
         info["tz_spread_gain"] = round(spread_gain, 4)
@@ -403,7 +489,13 @@ def _weekly_opens(times: np.ndarray, step: int) -> np.ndarray:
     cur = times[2:]
     prev_wd = ((prev // 86400) + 3) % 7  # 1970-01-01 was a Thursday: Monday = 0
     gap = cur - prev
-    is_open = (prev_wd >= 4) & (prev_wd <= 5) & (gap >= 36 * 3600) & (gap < 4 * 86400) & (prev - prev2 == step)
+    is_open = (
+        (prev_wd >= 4)
+        & (prev_wd <= 5)
+        & (gap >= 36 * 3600)
+        & (gap < 4 * 86400)
+        & (prev - prev2 == step)
+    )
     sunday0 = 3 * 86400  # 1970-01-04 00:00 UTC was a Sunday
     how = ((cur - sunday0) % (7 * 86400)) / 3600.0
     return np.column_stack([np.flatnonzero(is_open) + 2, how[is_open]])

@@ -57,7 +57,9 @@ def broker_rule(settings: PlatformSettings) -> FixedOffset | BrokerTimeRule:
     return parse_rule(getattr(settings, "broker_tz", None), settings.broker_utc_offset_hours)
 
 
-def open_platform_terminal(settings: PlatformSettings, clock: Callable[[], int] | None = None) -> Terminal:
+def open_platform_terminal(
+    settings: PlatformSettings, clock: Callable[[], int] | None = None
+) -> Terminal:
     """The terminal the platform ingests from: simulated (synthetic market or MT5 exports)
     by default, or the native / bridge terminal when ``TX_MT5_MODE`` says so (connection and
     account from ``TX_MT5_*``, :class:`engine.mt5.settings.MT5Settings`)."""
@@ -68,7 +70,9 @@ def open_platform_terminal(settings: PlatformSettings, clock: Callable[[], int] 
 
         feed: object
         if settings.mt5_exports:
-            feed = ExportFeed(settings.mt5_exports, server_utc_offset_hours=settings.broker_utc_offset_hours)
+            feed = ExportFeed(
+                settings.mt5_exports, server_utc_offset_hours=settings.broker_utc_offset_hours
+            )
         else:
             # the synthetic market runs on: by default the terminal stands at the wall clock
             if clock is None:
@@ -81,7 +85,10 @@ def open_platform_terminal(settings: PlatformSettings, clock: Callable[[], int] 
                 server_utc_offset_hours=settings.broker_utc_offset_hours,
             )
         return open_terminal(
-            "sim", sim_feed=feed, clock=clock, server_utc_offset_hours=settings.broker_utc_offset_hours
+            "sim",
+            sim_feed=feed,
+            clock=clock,
+            server_utc_offset_hours=settings.broker_utc_offset_hours,
         )
     from engine.mt5.settings import MT5Settings
 
@@ -95,7 +102,11 @@ def rates_to_frame(
 
     ``utc_offset_hours`` is a fixed offset or a :class:`~engine.mt5.brokertime.BrokerTimeRule`
     (applied per bar)."""
-    rule = FixedOffset(utc_offset_hours) if isinstance(utc_offset_hours, int | float) else utc_offset_hours
+    rule = (
+        FixedOffset(utc_offset_hours)
+        if isinstance(utc_offset_hours, int | float)
+        else utc_offset_hours
+    )
     step = timeframe_seconds(timeframe)
     server = rates["time"].astype("int64")
     t = pd.to_datetime(rule.to_utc(server), unit="s", utc=True).astype("datetime64[ns, UTC]")
@@ -130,7 +141,9 @@ def store_symbol_meta(settings: PlatformSettings, symbol: str, terminal: Termina
     terminal has none."""
     info = terminal.symbol_info(symbol)
     if info is None:
-        log.warning("symbol_info(%s) failed: %s; metadata not stored", symbol, terminal.last_error())
+        log.warning(
+            "symbol_info(%s) failed: %s; metadata not stored", symbol, terminal.last_error()
+        )
         return None
     return str(lake.write_symbol_meta(settings.lake_dir, symbol, lake.symbol_meta(info)))
 
@@ -157,13 +170,25 @@ def ingest(
         raise TerminalError("copy_rates_range", term.last_error())
     forming = term.copy_rates_from_pos(symbol, tf, 0, 1)
     excluded = False
-    if len(rates) and forming is not None and len(forming) and rates["time"][-1] == forming["time"][0]:
+    if (
+        len(rates)
+        and forming is not None
+        and len(forming)
+        and rates["time"][-1] == forming["time"][0]
+    ):
         rates = rates[:-1]  # still forming: its close is not known yet
         excluded = True
     df = rates_to_frame(rates, symbol, timeframe, rule)
     df = df[(df["time"] >= start) & (df["time"] < end)].sort_values("time")
 
-    result = IngestResult(symbol, timeframe, start.isoformat(), end.isoformat(), len(df), forming_bar_excluded=excluded)
+    result = IngestResult(
+        symbol,
+        timeframe,
+        start.isoformat(),
+        end.isoformat(),
+        len(df),
+        forming_bar_excluded=excluded,
+    )
     result.broker_time_rule = rule.spec
     if len(rates) > 1 and timeframe_seconds(timeframe) <= 3600 and not _synthetic(term):
         check = check_rule(rule, rates["time"], timeframe, symbol=symbol)
@@ -178,7 +203,15 @@ def ingest(
             continue
         path = lake.write_partition(settings.staging_dir, part, symbol, timeframe, day)
         result.partitions.append(str(path))
-    log.info("ingested %d %s %s bars for [%s, %s) into %d partitions", len(df), symbol, timeframe, start, end, len(result.partitions))
+    log.info(
+        "ingested %d %s %s bars for [%s, %s) into %d partitions",
+        len(df),
+        symbol,
+        timeframe,
+        start,
+        end,
+        len(result.partitions),
+    )
     return result
 
 
@@ -193,7 +226,9 @@ def check_broker_time(
     (``tx mt5 detect-offset``): the detector's readings, the mismatches and a suggestion."""
     term = terminal or open_platform_terminal(settings)
     if _synthetic(term):
-        log.warning("the synthetic market's week is Sunday 22:00 UTC all year: its offset check is not meaningful")
+        log.warning(
+            "the synthetic market's week is Sunday 22:00 UTC all year: its offset check is not meaningful"
+        )
     count = max(2, days * 86_400 // timeframe_seconds(timeframe))
     rates = term.copy_rates_from_pos(symbol, TIMEFRAMES[timeframe], 1, int(count))
     if rates is None:

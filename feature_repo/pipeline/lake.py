@@ -114,7 +114,9 @@ def remove_partition(root: Path, symbol: str, timeframe: str, day: date) -> bool
     return True
 
 
-def move_partition(src_root: Path, dst_root: Path, symbol: str, timeframe: str, day: date) -> Path | None:
+def move_partition(
+    src_root: Path, dst_root: Path, symbol: str, timeframe: str, day: date
+) -> Path | None:
     """Move a partition between roots (staging → lake/quarantine), replacing the target."""
     src = partition_dir(src_root, symbol, timeframe, day)
     if not src.exists():
@@ -127,7 +129,9 @@ def move_partition(src_root: Path, dst_root: Path, symbol: str, timeframe: str, 
     return dst
 
 
-def read_bars(root: Path, symbol: str, timeframe: str, start: datetime, end: datetime) -> pd.DataFrame:
+def read_bars(
+    root: Path, symbol: str, timeframe: str, start: datetime, end: datetime
+) -> pd.DataFrame:
     """Bars with open time in [start, end), sorted by time, from the partitions present."""
     frames = [
         df
@@ -135,7 +139,9 @@ def read_bars(root: Path, symbol: str, timeframe: str, start: datetime, end: dat
         if (df := read_partition(root, symbol, timeframe, day)) is not None and len(df)
     ]
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=BAR_SCHEMA.field(c).type.to_pandas_dtype()) for c in BAR_COLUMNS})
+        return pd.DataFrame(
+            {c: pd.Series(dtype=BAR_SCHEMA.field(c).type.to_pandas_dtype()) for c in BAR_COLUMNS}
+        )
     df = pd.concat(frames, ignore_index=True)
     s, e = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
     df = df[(df["time"] >= s) & (df["time"] < e)]
@@ -146,13 +152,37 @@ def read_bars(root: Path, symbol: str, timeframe: str, start: datetime, end: dat
 
 SYMBOL_META_FILE = "_symbol.json"
 SYMBOL_META_FIELDS = (
-    "name", "description", "path", "currency_base", "currency_profit", "currency_margin",
-    "digits", "point", "trade_tick_size", "trade_tick_value", "trade_contract_size",
-    "trade_calc_mode", "trade_mode", "trade_exemode", "filling_mode", "order_mode",
-    "expiration_mode", "trade_stops_level", "trade_freeze_level", "volume_min", "volume_step",
-    "volume_max", "volume_limit", "spread_float", "swap_mode", "swap_long", "swap_short",
-    "margin_initial", "margin_maintenance", "margin_hedged",
-)  # fmt: skip
+    "name",
+    "description",
+    "path",
+    "currency_base",
+    "currency_profit",
+    "currency_margin",
+    "digits",
+    "point",
+    "trade_tick_size",
+    "trade_tick_value",
+    "trade_contract_size",
+    "trade_calc_mode",
+    "trade_mode",
+    "trade_exemode",
+    "filling_mode",
+    "order_mode",
+    "expiration_mode",
+    "trade_stops_level",
+    "trade_freeze_level",
+    "volume_min",
+    "volume_step",
+    "volume_max",
+    "volume_limit",
+    "spread_float",
+    "swap_mode",
+    "swap_long",
+    "swap_short",
+    "margin_initial",
+    "margin_maintenance",
+    "margin_hedged",
+)
 """The ``SymbolInfo`` fields kept with the lake: the contract, not the market (no bid/ask)."""
 
 _TRADE_MODES = {0: "DISABLED", 1: "LONGONLY", 2: "SHORTONLY", 3: "CLOSEONLY", 4: "FULL"}

@@ -55,7 +55,10 @@ VIEW_FIELDS: dict[str, tuple[str, ...]] = {
     V2_VIEW: FEATURE_NAMES,
     SEQ_VIEW: (SEQ_FIELD,),
 }
-SERVICE_VIEWS: dict[str, tuple[str, ...]] = {FEATURE_SERVICE: (FEATURE_VIEW,), V2_SERVICE: (V2_VIEW, SEQ_VIEW)}
+SERVICE_VIEWS: dict[str, tuple[str, ...]] = {
+    FEATURE_SERVICE: (FEATURE_VIEW,),
+    V2_SERVICE: (V2_VIEW, SEQ_VIEW),
+}
 MATERIALIZE_OVERLAP = timedelta(hours=1)
 _SEQ_SCHEMA = pa.schema(
     [
@@ -69,7 +72,11 @@ _SEQ_SCHEMA = pa.schema(
 def offline_dir(settings: PlatformSettings, view: str = FEATURE_VIEW) -> Path:
     """Offline parquet folder of a feature view (``trend_fv`` keeps the historical location)."""
     base = settings.offline_features_dir
-    return {FEATURE_VIEW: base, V2_VIEW: base.parent / "trend_v2", SEQ_VIEW: base.parent / "bar_sequence"}[view]
+    return {
+        FEATURE_VIEW: base,
+        V2_VIEW: base.parent / "trend_v2",
+        SEQ_VIEW: base.parent / "bar_sequence",
+    }[view]
 
 
 def feast_env(settings: PlatformSettings) -> dict[str, str]:
@@ -90,7 +97,12 @@ def feast_apply(settings: PlatformSettings) -> str:
     feast_bin = Path(sys.executable).with_name("feast")
     env = {**os.environ, **feast_env(settings)}
     proc = subprocess.run(
-        [str(feast_bin), "apply"], cwd=FEATURE_REPO, env=env, capture_output=True, text=True, check=False
+        [str(feast_bin), "apply"],
+        cwd=FEATURE_REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"feast apply failed:\n{proc.stdout}\n{proc.stderr}")
@@ -112,7 +124,9 @@ def lookback(timeframe: str) -> timedelta:
     return timedelta(days=math.ceil(2 * bars * timeframe_seconds(timeframe) / 86400) + 3)
 
 
-def offline_path(settings: PlatformSettings, symbol: str, timeframe: str, day: Any, view: str = FEATURE_VIEW) -> Path:
+def offline_path(
+    settings: PlatformSettings, symbol: str, timeframe: str, day: Any, view: str = FEATURE_VIEW
+) -> Path:
     return offline_dir(settings, view) / f"{symbol}_{timeframe}_{day.isoformat()}.parquet"
 
 
@@ -148,16 +162,26 @@ def view_rows(
     out: dict[str, pd.DataFrame] = {}
     tab = [v for v in views if v != SEQ_VIEW]
     if tab:
-        frame = feature_frame(own, point, {k: v for k, v in bars.items() if k != symbol}) if len(own) else None
+        frame = (
+            feature_frame(own, point, {k: v for k, v in bars.items() if k != symbol})
+            if len(own)
+            else None
+        )
         for v in tab:
             names = list(VIEW_FIELDS[v])
-            out[v] = select_rows(frame, names) if frame is not None else pd.DataFrame(columns=["symbol", "event_timestamp", *names])
+            out[v] = (
+                select_rows(frame, names)
+                if frame is not None
+                else pd.DataFrame(columns=["symbol", "event_timestamp", *names])
+            )
     if SEQ_VIEW in views:
         out[SEQ_VIEW] = compute_sequences(own, point)
     return out
 
 
-def last_view_rows(bars: dict[str, pd.DataFrame], symbol: str, point: float) -> dict[str, dict[str, Any]]:
+def last_view_rows(
+    bars: dict[str, pd.DataFrame], symbol: str, point: float
+) -> dict[str, dict[str, Any]]:
     """Each view's row of ``symbol``'s last bar in ``bars`` (the per-bar path: the same
     transforms as :func:`view_rows`, only the last row kept); views whose row is not defined
     are left out."""
@@ -172,7 +196,11 @@ def last_view_rows(bars: dict[str, pd.DataFrame], symbol: str, point: float) -> 
             out[v] = row
     seq = last_sequence(own, point)
     if seq is not None:
-        out[SEQ_VIEW] = {"symbol": str(own["symbol"].iloc[-1]), "event_timestamp": own["close_time"].iloc[-1], SEQ_FIELD: seq}
+        out[SEQ_VIEW] = {
+            "symbol": str(own["symbol"].iloc[-1]),
+            "event_timestamp": own["close_time"].iloc[-1],
+            SEQ_FIELD: seq,
+        }
     return out
 
 
@@ -181,7 +209,8 @@ def read_lake_bars(
 ) -> dict[str, pd.DataFrame]:
     """Lake bars of every configured symbol with open time in [start - lookback, end)."""
     return {
-        sym: lake.read_bars(settings.lake_dir, sym, timeframe, start - lookback(timeframe), end) for sym in settings.symbols
+        sym: lake.read_bars(settings.lake_dir, sym, timeframe, start - lookback(timeframe), end)
+        for sym in settings.symbols
     }
 
 
@@ -198,7 +227,12 @@ def frames_for_range(
     start, end = utc(start), utc(end)
     bars = bars if bars is not None else read_lake_bars(settings, timeframe, start, end)
     if symbol not in bars:
-        bars = {**bars, symbol: lake.read_bars(settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end)}
+        bars = {
+            **bars,
+            symbol: lake.read_bars(
+                settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end
+            ),
+        }
     step = pd.Timedelta(seconds=timeframe_seconds(timeframe))
     out = {}
     for v, rows in view_rows(bars, symbol, symbol_point(settings, symbol), views).items():
@@ -208,7 +242,12 @@ def frames_for_range(
 
 
 def features_for_range(
-    settings: PlatformSettings, symbol: str, timeframe: str, start: datetime, end: datetime, view: str = FEATURE_VIEW
+    settings: PlatformSettings,
+    symbol: str,
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    view: str = FEATURE_VIEW,
 ) -> pd.DataFrame:
     """Feature rows of one view for the bars with open time in [start, end), from the lake only."""
     return frames_for_range(settings, symbol, timeframe, start, end, (view,))[view]
@@ -235,7 +274,9 @@ def build_features(
                 continue
             lake.write_parquet_atomic(part, path, schema=_SEQ_SCHEMA if view == SEQ_VIEW else None)
             res.files.append(str(path))
-    log.info("built %s feature rows for %s %s [%s, %s)", res.view_rows, symbol, timeframe, start, end)
+    log.info(
+        "built %s feature rows for %s %s [%s, %s)", res.view_rows, symbol, timeframe, start, end
+    )
     return res
 
 
@@ -266,11 +307,14 @@ def require_offline(settings: PlatformSettings, service: str) -> None:
             )
 
 
-def bar_closes(settings: PlatformSettings, symbols: list[str], timeframe: str, start: datetime, end: datetime) -> pd.DataFrame:
+def bar_closes(
+    settings: PlatformSettings, symbols: list[str], timeframe: str, start: datetime, end: datetime
+) -> pd.DataFrame:
     """Entity rows ``symbol``, ``event_timestamp`` at the close of every lake bar opening in [start, end)."""
     start, end = utc(start), utc(end)
     frames = [
-        lake.read_bars(settings.lake_dir, sym, timeframe, start, end)[["symbol", "close_time"]] for sym in symbols
+        lake.read_bars(settings.lake_dir, sym, timeframe, start, end)[["symbol", "close_time"]]
+        for sym in symbols
     ]
     rows = pd.concat(frames, ignore_index=True).rename(columns={"close_time": "event_timestamp"})
     rows["symbol"] = rows["symbol"].astype(str)
@@ -296,12 +340,18 @@ def historical_features(
         raise ValueError(f"no bars in the lake for {symbols} {tf} in [{start}, {end})")
     require_offline(settings, service)
     store = store or open_store(settings)
-    out = store.get_historical_features(entity_df=entity, features=store.get_feature_service(service)).to_df()
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")  # DuckDB returns µs
+    out = store.get_historical_features(
+        entity_df=entity, features=store.get_feature_service(service)
+    ).to_df()
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype(
+        "datetime64[ns, UTC]"
+    )  # DuckDB returns µs
     return out.sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
 
 
 def push_rows(settings: PlatformSettings, rows: pd.DataFrame, store: Any | None = None) -> None:
     """Write feature rows straight to the online store through Feast (the per-bar path)."""
     store = store or open_store(settings)
-    store.write_to_online_store(FEATURE_VIEW, rows[["symbol", "event_timestamp", *TREND_V1_FEATURES]])
+    store.write_to_online_store(
+        FEATURE_VIEW, rows[["symbol", "event_timestamp", *TREND_V1_FEATURES]]
+    )

@@ -74,7 +74,9 @@ class DirectWriter:
         mapping: dict[bytes, bytes] = {}
         for view, row in rows.items():
             ts = pd.Timestamp(row["event_timestamp"])
-            mapping[f"_ts:{view}".encode()] = encode_timestamp(int(ts.timestamp()), ts.microsecond * 1000)
+            mapping[f"_ts:{view}".encode()] = encode_timestamp(
+                int(ts.timestamp()), ts.microsecond * 1000
+            )
             for name, fh in self._fields[view]:
                 v = row[name]
                 mapping[fh] = encode_float_list(v) if view == SEQ_VIEW else encode_double(float(v))
@@ -101,9 +103,13 @@ class FeastWriter:
             if frame.empty:
                 continue
             if view == SEQ_VIEW:
-                frame[SEQ_FIELD] = [np.asarray(v, dtype=np.float32).tolist() for v in frame[SEQ_FIELD]]
+                frame[SEQ_FIELD] = [
+                    np.asarray(v, dtype=np.float32).tolist() for v in frame[SEQ_FIELD]
+                ]
             frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-            self.store.write_to_online_store(view, frame[["symbol", "event_timestamp", *VIEW_FIELDS[view]]])
+            self.store.write_to_online_store(
+                view, frame[["symbol", "event_timestamp", *VIEW_FIELDS[view]]]
+            )
 
 
 @dataclass
@@ -156,7 +162,9 @@ class FeaturePusher:
         out = {}
         for sym in self.symbols:
             # pos 0 is the forming bar when the market is open, the last closed bar when it is not
-            rates = self.terminal.copy_rates_from_pos(sym, TIMEFRAMES[tf], 0, STREAM_BARS + XS_TOLERANCE_BARS + 1)
+            rates = self.terminal.copy_rates_from_pos(
+                sym, TIMEFRAMES[tf], 0, STREAM_BARS + XS_TOLERANCE_BARS + 1
+            )
             if rates is None:
                 raise TerminalError("copy_rates_from_pos", self.terminal.last_error())
             bars = rates_to_frame(rates, sym, tf, self.settings.broker_utc_offset_hours)
@@ -172,8 +180,15 @@ class FeaturePusher:
             own = bars[sym]
             if own.empty or own["close_time"].iloc[-1] != cutoff:
                 continue
-            tail = {k: (v.iloc[-STREAM_BARS:].reset_index(drop=True) if k == sym else v) for k, v in bars.items()}
-            got = {v: r for v, r in last_view_rows(tail, sym, self.points[sym]).items() if r["event_timestamp"] == cutoff}
+            tail = {
+                k: (v.iloc[-STREAM_BARS:].reset_index(drop=True) if k == sym else v)
+                for k, v in bars.items()
+            }
+            got = {
+                v: r
+                for v, r in last_view_rows(tail, sym, self.points[sym]).items()
+                if r["event_timestamp"] == cutoff
+            }
             if got:
                 out[sym] = got
         return out
@@ -201,7 +216,9 @@ class FeaturePusher:
         missing = [s for s in self.symbols if s not in rows]
         if missing:
             self.stats.skipped += len(missing)
-            log.warning("bar closing %s: no row for %s (no bar, warm-up or undefined)", bar_close, missing)
+            log.warning(
+                "bar closing %s: no row for %s (no bar, warm-up or undefined)", bar_close, missing
+            )
         self.pushed += len(rows)
         self.last_close = bar_close
         return rows

@@ -51,7 +51,12 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("ret_24", "log(close_t / close_t-24)", 25, "returns"),
     FeatureSpec("vol_24", "stdev of ret_1 over 24 bars", 25, "volatility"),
     FeatureSpec("atr_14_rel", "mean true range over 14 bars / close", 15, "volatility"),
-    FeatureSpec("rsi_14", "Cutler RSI: 100 * mean gain / (mean gain + mean loss), 14 bars, in [0, 1]", 15, "momentum"),
+    FeatureSpec(
+        "rsi_14",
+        "Cutler RSI: 100 * mean gain / (mean gain + mean loss), 14 bars, in [0, 1]",
+        15,
+        "momentum",
+    ),
     FeatureSpec("sma_ratio_12_48", "SMA12 / SMA48 - 1", 48, "momentum"),
     FeatureSpec("bb_pos_20", "(close - SMA20) / (2 * stdev20 of close)", 20, "bollinger"),
     FeatureSpec("range_atr", "(high - low) / ATR14", 15, "volatility"),
@@ -67,7 +72,10 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("vol_48", "stdev of ret_1 over 48 bars (realised volatility)", 49, "volatility"),
     FeatureSpec("park_24", "Parkinson: sqrt(mean24(ln(high/low)^2) / (4 ln 2))", 24, "volatility"),
     FeatureSpec(
-        "gk_24", "Garman-Klass: sqrt(max(0, mean24(0.5 ln(high/low)^2 - (2 ln 2 - 1) ln(close/open)^2)))", 24, "volatility"
+        "gk_24",
+        "Garman-Klass: sqrt(max(0, mean24(0.5 ln(high/low)^2 - (2 ln 2 - 1) ln(close/open)^2)))",
+        24,
+        "volatility",
     ),
     FeatureSpec("vol_ratio_12_48", "stdev12(ret_1) / stdev48(ret_1)", 49, "volatility"),
     # --- MACD (SMA-based, fixed windows) -----------------------------------------------------
@@ -77,37 +85,82 @@ FEATURES: tuple[FeatureSpec, ...] = (
     # --- Bollinger ---------------------------------------------------------------------------
     FeatureSpec("bb_width_20", "4 * stdev20 / SMA20 of close", 20, "bollinger"),
     # --- stochastic --------------------------------------------------------------------------
-    FeatureSpec("stoch_k_14", "(close - min14(low)) / (max14(high) - min14(low)), in [0, 1]", 14, "stochastic"),
+    FeatureSpec(
+        "stoch_k_14",
+        "(close - min14(low)) / (max14(high) - min14(low)), in [0, 1]",
+        14,
+        "stochastic",
+    ),
     FeatureSpec("stoch_d_3", "mean3(stoch_k_14)", 16, "stochastic"),
     # --- ADX (finite windows: sums over 14 bars, ADX = mean14 of DX; in [0, 1]) --------------
     FeatureSpec("di_plus_14", "sum14(+DM) / sum14(TR)", 15, "adx"),
     FeatureSpec("di_minus_14", "sum14(-DM) / sum14(TR)", 15, "adx"),
-    FeatureSpec("adx_14", "mean14(|DI+ - DI-| / (DI+ + DI-)), DX = 0 when DI+ + DI- = 0", 28, "adx"),
+    FeatureSpec(
+        "adx_14", "mean14(|DI+ - DI-| / (DI+ + DI-)), DX = 0 when DI+ + DI- = 0", 28, "adx"
+    ),
     # --- volume (tick volume) ----------------------------------------------------------------
-    FeatureSpec("tickvol_z_12", "(tick_volume - mean12) / stdev12, 0 when stdev12 = 0", 12, "volume"),
+    FeatureSpec(
+        "tickvol_z_12", "(tick_volume - mean12) / stdev12, 0 when stdev12 = 0", 12, "volume"
+    ),
     FeatureSpec("tickvol_ratio_12_48", "mean12(tick_volume) / mean48(tick_volume)", 48, "volume"),
     # --- spread ------------------------------------------------------------------------------
     FeatureSpec("spread_rel", "spread * point / close (level)", 1, "spread"),
     FeatureSpec("spread_z_48", "(spread - mean48) / stdev48, 0 when stdev48 = 0", 48, "spread"),
     # --- session (DST-aware local hours of the bar's open, expressed in UTC) -----------------
-    FeatureSpec("sess_sydney", "1 if the bar opens 07:00-16:00 Australia/Sydney time, else 0", 1, "session"),
-    FeatureSpec("sess_tokyo", "1 if the bar opens 09:00-18:00 Asia/Tokyo time, else 0", 1, "session"),
-    FeatureSpec("sess_london", "1 if the bar opens 08:00-17:00 Europe/London time, else 0", 1, "session"),
-    FeatureSpec("sess_newyork", "1 if the bar opens 08:00-17:00 America/New_York time, else 0", 1, "session"),
-    # --- calendar ----------------------------------------------------------------------------
-    FeatureSpec("dow_sin", "sin(2π · (UTC weekday + hour/24 of the bar's open) / 7)", 1, "calendar"),
-    FeatureSpec("dow_cos", "cos(2π · (UTC weekday + hour/24 of the bar's open) / 7)", 1, "calendar"),
-    # --- cross-symbol (against the other configured symbols, closes aligned as of the close) -
-    FeatureSpec("xs_corr_48", "mean over others of corr48(ret_1, other ret_1); 0 without others", 49, "cross_symbol"),
-    FeatureSpec("xs_rs_6", "ret_6 - mean over others of their ret_6; 0 without others", 7, "cross_symbol"),
-    FeatureSpec("xs_rs_24", "ret_24 - mean over others of their ret_24; 0 without others", 25, "cross_symbol"),
     FeatureSpec(
-        "xs_rank_24", "share of others whose ret_24 is below ours (ties count 1/2); 0.5 without others", 25, "cross_symbol"
+        "sess_sydney", "1 if the bar opens 07:00-16:00 Australia/Sydney time, else 0", 1, "session"
+    ),
+    FeatureSpec(
+        "sess_tokyo", "1 if the bar opens 09:00-18:00 Asia/Tokyo time, else 0", 1, "session"
+    ),
+    FeatureSpec(
+        "sess_london", "1 if the bar opens 08:00-17:00 Europe/London time, else 0", 1, "session"
+    ),
+    FeatureSpec(
+        "sess_newyork", "1 if the bar opens 08:00-17:00 America/New_York time, else 0", 1, "session"
+    ),
+    # --- calendar ----------------------------------------------------------------------------
+    FeatureSpec(
+        "dow_sin", "sin(2π · (UTC weekday + hour/24 of the bar's open) / 7)", 1, "calendar"
+    ),
+    FeatureSpec(
+        "dow_cos", "cos(2π · (UTC weekday + hour/24 of the bar's open) / 7)", 1, "calendar"
+    ),
+    # --- cross-symbol (against the other configured symbols, closes aligned as of the close) -
+    FeatureSpec(
+        "xs_corr_48",
+        "mean over others of corr48(ret_1, other ret_1); 0 without others",
+        49,
+        "cross_symbol",
+    ),
+    FeatureSpec(
+        "xs_rs_6", "ret_6 - mean over others of their ret_6; 0 without others", 7, "cross_symbol"
+    ),
+    FeatureSpec(
+        "xs_rs_24",
+        "ret_24 - mean over others of their ret_24; 0 without others",
+        25,
+        "cross_symbol",
+    ),
+    FeatureSpec(
+        "xs_rank_24",
+        "share of others whose ret_24 is below ours (ties count 1/2); 0.5 without others",
+        25,
+        "cross_symbol",
     ),
     # --- regime inputs -----------------------------------------------------------------------
-    FeatureSpec("er_48", "Kaufman efficiency: |close_t - close_t-48| / sum48(|Δclose|)", 49, "regime"),
-    FeatureSpec("trend_t_48", "ret_48 / (vol_48 * sqrt(48)) (trend strength in sigmas)", 49, "regime"),
-    FeatureSpec("vol_pct_96", "share of the last 96 vol_24 values <= the current one (volatility percentile)", 120, "regime"),
+    FeatureSpec(
+        "er_48", "Kaufman efficiency: |close_t - close_t-48| / sum48(|Δclose|)", 49, "regime"
+    ),
+    FeatureSpec(
+        "trend_t_48", "ret_48 / (vol_48 * sqrt(48)) (trend strength in sigmas)", 49, "regime"
+    ),
+    FeatureSpec(
+        "vol_pct_96",
+        "share of the last 96 vol_24 values <= the current one (volatility percentile)",
+        120,
+        "regime",
+    ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 WARMUP_BARS: int = max(f.window for f in FEATURES)
@@ -209,7 +262,9 @@ def rolling_corr(x: np.ndarray, y: np.ndarray, w: int) -> np.ndarray:
     num = (dx * dy).sum(axis=1)
     den = np.sqrt((dx * dx).sum(axis=1) * (dy * dy).sum(axis=1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        out[w - 1 :] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.isnan(den), _NAN, 0.0))
+        out[w - 1 :] = np.where(
+            den > 0, num / np.where(den > 0, den, 1.0), np.where(np.isnan(den), _NAN, 0.0)
+        )
     return out
 
 
@@ -252,7 +307,10 @@ def _local_hour_flag(open_utc: pd.Series, tz: str, start: int, end: int) -> np.n
     secs = open_utc.to_numpy(dtype="datetime64[s]").astype("int64")
     if len(secs) and secs[-1] - secs[0] < 30 * 86400:
         zi = ZoneInfo(tz)
-        first, last = (datetime.fromtimestamp(int(x), UTC).astimezone(zi).utcoffset() for x in (secs[0], secs[-1]))
+        first, last = (
+            datetime.fromtimestamp(int(x), UTC).astimezone(zi).utcoffset()
+            for x in (secs[0], secs[-1])
+        )
         if first == last and first is not None:
             hour = (secs + int(first.total_seconds())) % 86400 // 3600
             return ((hour >= start) & (hour < end)).astype("float64")
@@ -267,18 +325,29 @@ def _aligned_log_close(own: pd.DataFrame, other: pd.DataFrame, step: pd.Timedelt
     right = o["close_time"].to_numpy(dtype="datetime64[ns]").astype("int64")
     oc = np.log(o["close"].to_numpy("float64"))
     pos = np.searchsorted(right, left, side="right") - 1
-    ok = (pos >= 0) & (left - right[np.clip(pos, 0, None)] <= XS_TOLERANCE_BARS * step.value) if len(right) else pos >= 0
+    ok = (
+        (pos >= 0) & (left - right[np.clip(pos, 0, None)] <= XS_TOLERANCE_BARS * step.value)
+        if len(right)
+        else pos >= 0
+    )
     return np.where(ok, oc[np.clip(pos, 0, None)] if len(right) else _NAN, _NAN)
 
 
 def _sorted(bars: pd.DataFrame) -> pd.DataFrame:
     """``bars`` by open time with a fresh 0..n-1 index (no copy when already so)."""
-    if bars["time"].is_monotonic_increasing and isinstance(bars.index, pd.RangeIndex) and bars.index.start == 0 and bars.index.step == 1:
+    if (
+        bars["time"].is_monotonic_increasing
+        and isinstance(bars.index, pd.RangeIndex)
+        and bars.index.start == 0
+        and bars.index.step == 1
+    ):
         return bars
     return bars.sort_values("time").reset_index(drop=True)
 
 
-def feature_frame(bars: pd.DataFrame, point: float, others: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+def feature_frame(
+    bars: pd.DataFrame, point: float, others: Mapping[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """All :data:`FEATURES` of every bar (sorted by open time), NaN where not yet defined.
 
     ``others``: bars of the other configured symbols (same timeframe), for the cross-symbol
@@ -336,7 +405,13 @@ def feature_frame(bars: pd.DataFrame, point: float, others: Mapping[str, pd.Data
             o24 = olc - _shift(olc, 24)
             rs24.append(o24)
             with np.errstate(invalid="ignore"):
-                below.append(np.where(np.isnan(o24) | np.isnan(ret[24]), _NAN, (o24 < ret[24]) + 0.5 * (o24 == ret[24])))
+                below.append(
+                    np.where(
+                        np.isnan(o24) | np.isnan(ret[24]),
+                        _NAN,
+                        (o24 < ret[24]) + 0.5 * (o24 == ret[24]),
+                    )
+                )
         n = float(len(others))
         xs_corr = np.sum(corrs, axis=0) / n
         xs_rs6 = ret[6] - np.sum(rs6, axis=0) / n
@@ -344,7 +419,12 @@ def feature_frame(bars: pd.DataFrame, point: float, others: Mapping[str, pd.Data
         xs_rank = np.sum(below, axis=0) / n
     else:
         # no other symbol: neutral values, defined from the same first bar as with others
-        xs_corr, xs_rs6, xs_rs24, xs_rank = vol_48 * 0.0, ret[6] * 0.0, ret[24] * 0.0, ret[24] * 0.0 + 0.5
+        xs_corr, xs_rs6, xs_rs24, xs_rank = (
+            vol_48 * 0.0,
+            ret[6] * 0.0,
+            ret[24] * 0.0,
+            ret[24] * 0.0 + 0.5,
+        )
 
     dow = 2 * np.pi * (weekday + np.floor(open_hour) / 24.0) / 7.0
     cols: dict[str, np.ndarray] = {
@@ -395,7 +475,11 @@ def feature_frame(bars: pd.DataFrame, point: float, others: Mapping[str, pd.Data
         "trend_t_48": _div(ret[48], vol_48 * np.sqrt(48.0)),
         "vol_pct_96": rolling_rank(vol_24, 96),
     }
-    m = np.column_stack([cols[n] for n in FEATURE_NAMES]) if len(b) else np.empty((0, len(FEATURE_NAMES)))
+    m = (
+        np.column_stack([cols[n] for n in FEATURE_NAMES])
+        if len(b)
+        else np.empty((0, len(FEATURE_NAMES)))
+    )
     m[~np.isfinite(m)] = _NAN
     out = pd.DataFrame(m, columns=list(FEATURE_NAMES))
     out.insert(0, "event_timestamp", b["close_time"])
@@ -403,7 +487,9 @@ def feature_frame(bars: pd.DataFrame, point: float, others: Mapping[str, pd.Data
     return out
 
 
-def select_rows(frame: pd.DataFrame, names: tuple[str, ...] | list[str] = FEATURE_NAMES) -> pd.DataFrame:
+def select_rows(
+    frame: pd.DataFrame, names: tuple[str, ...] | list[str] = FEATURE_NAMES
+) -> pd.DataFrame:
     """The rows of a :func:`feature_frame` past the warm-up of ``names`` with all of them defined."""
     names = list(names)
     warmup = max(SPECS[n].window for n in names)
@@ -482,7 +568,9 @@ def last_sequence(bars: pd.DataFrame, point: float) -> np.ndarray | None:
     if len(bars) < SEQ_WARMUP_BARS:
         return None
     b = _sorted(bars)
-    m = sequence_channels(b.iloc[len(b) - SEQ_WARMUP_BARS :].reset_index(drop=True), point).astype(np.float32)
+    m = sequence_channels(b.iloc[len(b) - SEQ_WARMUP_BARS :].reset_index(drop=True), point).astype(
+        np.float32
+    )
     last = m[-SEQ_LEN:]
     if np.isnan(last).any():
         return None
@@ -499,4 +587,8 @@ def last_row(frame: pd.DataFrame, names: tuple[str, ...] | list[str]) -> dict[st
     vals = frame[names].iloc[-1].to_numpy(dtype="float64")
     if np.isnan(vals).any():
         return None
-    return {"symbol": frame["symbol"].iloc[-1], "event_timestamp": frame["event_timestamp"].iloc[-1], **dict(zip(names, vals.tolist(), strict=True))}
+    return {
+        "symbol": frame["symbol"].iloc[-1],
+        "event_timestamp": frame["event_timestamp"].iloc[-1],
+        **dict(zip(names, vals.tolist(), strict=True)),
+    }

@@ -60,7 +60,8 @@ class BatchQuarantined(RuntimeError):
         super().__init__(
             f"{len(failed)} partition(s) of {report.symbol} {report.timeframe} quarantined: "
             + "; ".join(
-                f"{p['date']}: " + ", ".join(f"{r} ({', '.join(e)})" for r, e in p["hard_failures"].items())
+                f"{p['date']}: "
+                + ", ".join(f"{r} ({', '.join(e)})" for r, e in p["hard_failures"].items())
                 for p in failed
             )
         )
@@ -155,14 +156,24 @@ def _describe(cfg_type: str, kwargs: dict[str, Any]) -> str:
     return f"{cfg_type}({','.join(cols)})" if cols else cfg_type
 
 
-def _collect(result: Any, index: pd.Index, reasons: dict[Any, list[str]], sev: dict[Any, str], failures: list[dict[str, Any]], default_severity: str) -> None:
+def _collect(
+    result: Any,
+    index: pd.Index,
+    reasons: dict[Any, list[str]],
+    sev: dict[Any, str],
+    failures: list[dict[str, Any]],
+    default_severity: str,
+) -> None:
     """Failing expectations of one suite result → per-row reasons and the failure list."""
     for r in result.results:
         if r.success:
             continue
         cfg = r.expectation_config
         meta = cfg.meta or {}
-        rule, severity = str(meta.get("rule", "schema")), str(meta.get("severity", default_severity))
+        rule, severity = (
+            str(meta.get("rule", "schema")),
+            str(meta.get("severity", default_severity)),
+        )
         kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "result_format")}
         res = r.result or {}
         idx = res.get("unexpected_index_list")
@@ -182,7 +193,9 @@ def _collect(result: Any, index: pd.Index, reasons: dict[Any, list[str]], sev: d
                 "rows": len(rows),
                 "unexpected_count": res.get("unexpected_count"),
                 "observed_value": res.get("observed_value"),
-                "partial_unexpected_list": [str(x) for x in (res.get("partial_unexpected_list") or [])][:20],
+                "partial_unexpected_list": [
+                    str(x) for x in (res.get("partial_unexpected_list") or [])
+                ][:20],
                 **({"exception": err} if err else {}),
             }
         )
@@ -218,13 +231,19 @@ def validate_frame(
     results.append(schema_result)
     _collect(schema_result, frame.index, reasons, sev, failures, schema_sev)
     if schema_result.success:  # the FX-aware suite needs the schema to hold
-        hist = history if history is not None and len(history) else pd.DataFrame(columns=lake.BAR_COLUMNS)
+        hist = (
+            history
+            if history is not None and len(history)
+            else pd.DataFrame(columns=lake.BAR_COLUMNS)
+        )
         checked, info = annotate(frame, hist, symbol, timeframe, as_of_s, cfg)
         stats.update(info)
         bars_result = _run_suite(checked, build_bars_suite(timeframe, cfg))
         results.append(bars_result)
         _collect(bars_result, frame.index, reasons, sev, failures, "hard")
-    reason_s = pd.Series({i: "; ".join(v) for i, v in reasons.items()}, dtype=object).reindex(frame.index, fill_value="")
+    reason_s = pd.Series({i: "; ".join(v) for i, v in reasons.items()}, dtype=object).reindex(
+        frame.index, fill_value=""
+    )
     sev_s = pd.Series(sev, dtype=object).reindex(frame.index, fill_value="")
     success = not any(f["severity"] == "hard" for f in failures)
     return FrameOutcome(success, failures, reason_s, sev_s, stats, results)
@@ -238,9 +257,13 @@ def _read_raw(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def _history(settings: PlatformSettings, symbol: str, timeframe: str, day: date, cfg: ValidationConfig) -> pd.DataFrame:
+def _history(
+    settings: PlatformSettings, symbol: str, timeframe: str, day: date, cfg: ValidationConfig
+) -> pd.DataFrame:
     day0 = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return lake.read_bars(settings.lake_dir, symbol, timeframe, day0 - timedelta(days=cfg.history_days), day0)
+    return lake.read_bars(
+        settings.lake_dir, symbol, timeframe, day0 - timedelta(days=cfg.history_days), day0
+    )
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -284,7 +307,15 @@ def _write_sidecars(part_dir: Path, df: pd.DataFrame, outcome: FrameOutcome) -> 
     _write_json(part_dir / "validation.json", outcome.summary())
 
 
-def _quarantine(settings: PlatformSettings, symbol: str, timeframe: str, day: date, df: pd.DataFrame, outcome: FrameOutcome, src_root: Path) -> Path:
+def _quarantine(
+    settings: PlatformSettings,
+    symbol: str,
+    timeframe: str,
+    day: date,
+    df: pd.DataFrame,
+    outcome: FrameOutcome,
+    src_root: Path,
+) -> Path:
     if src_root != settings.quarantine_dir:
         dst = lake.move_partition(src_root, settings.quarantine_dir, symbol, timeframe, day)
         assert dst is not None
@@ -294,12 +325,22 @@ def _quarantine(settings: PlatformSettings, symbol: str, timeframe: str, day: da
     lake.remove_partition(settings.lake_dir, symbol, timeframe, day)
     lake.write_parquet_atomic(_flagged_rows(df, outcome), dst / "rejected.parquet")
     (dst / "flags.parquet").unlink(missing_ok=True)
-    _write_json(dst / "validation.json", {"symbol": symbol, "timeframe": timeframe, "date": day.isoformat(), **outcome.summary()})
+    _write_json(
+        dst / "validation.json",
+        {"symbol": symbol, "timeframe": timeframe, "date": day.isoformat(), **outcome.summary()},
+    )
     _write_data_docs(dst / "data_docs", outcome)
     return dst
 
 
-def _record_release(settings: PlatformSettings, symbol: str, timeframe: str, day: date, how: str, previous: dict[str, Any]) -> dict[str, Any]:
+def _record_release(
+    settings: PlatformSettings,
+    symbol: str,
+    timeframe: str,
+    day: date,
+    how: str,
+    previous: dict[str, Any],
+) -> dict[str, Any]:
     rec = {
         "symbol": symbol,
         "timeframe": timeframe,
@@ -323,7 +364,9 @@ def _entry(day: date, rows: int, outcome: FrameOutcome) -> dict[str, Any]:
         "success": outcome.success,
         "flagged_rows": flagged,
         "hard_failures": {
-            f["rule"]: sorted({x["expectation"] for x in outcome.failures if x["rule"] == f["rule"]})
+            f["rule"]: sorted(
+                {x["expectation"] for x in outcome.failures if x["rule"] == f["rule"]}
+            )
             for f in outcome.failures
             if f["severity"] == "hard"
         },
@@ -352,18 +395,38 @@ def validate_interval(
         if not path.exists():
             continue
         df = _read_raw(path)
-        outcome = validate_frame(df, symbol, timeframe, _history(settings, symbol, timeframe, day, cfg), as_of=as_of, config=cfg)
+        outcome = validate_frame(
+            df,
+            symbol,
+            timeframe,
+            _history(settings, symbol, timeframe, day, cfg),
+            as_of=as_of,
+            config=cfg,
+        )
         entry = _entry(day, len(df), outcome)
         if outcome.success:
             _write_sidecars(path.parent, df, outcome)
             lake.move_partition(settings.staging_dir, settings.lake_dir, symbol, timeframe, day)
             qdir = lake.partition_dir(settings.quarantine_dir, symbol, timeframe, day)
             if qdir.exists():  # a re-ingested batch that now passes releases the old entry
-                prev = json.loads((qdir / "validation.json").read_text()) if (qdir / "validation.json").exists() else {}
+                prev = (
+                    json.loads((qdir / "validation.json").read_text())
+                    if (qdir / "validation.json").exists()
+                    else {}
+                )
                 shutil.rmtree(qdir)
-                entry["released"] = _record_release(settings, symbol, timeframe, day, "re-ingested batch passed", prev)
+                entry["released"] = _record_release(
+                    settings, symbol, timeframe, day, "re-ingested batch passed", prev
+                )
             if entry["flagged_rows"]:
-                log.warning("%s %s %s: %d row(s) flagged (soft): %s", symbol, timeframe, day, entry["flagged_rows"], entry["soft_failures"])
+                log.warning(
+                    "%s %s %s: %d row(s) flagged (soft): %s",
+                    symbol,
+                    timeframe,
+                    day,
+                    entry["flagged_rows"],
+                    entry["soft_failures"],
+                )
         else:
             dst = _quarantine(settings, symbol, timeframe, day, df, outcome, settings.staging_dir)
             entry["quarantine"] = str(dst)
@@ -391,22 +454,39 @@ def release_partition(
     cfg = config or config_from_settings(settings)
     qdir = lake.partition_dir(settings.quarantine_dir, symbol, timeframe, day)
     if not (qdir / "bars.parquet").exists():
-        raise FileNotFoundError(f"no quarantined partition {symbol} {timeframe} {day} under {settings.quarantine_dir}")
+        raise FileNotFoundError(
+            f"no quarantined partition {symbol} {timeframe} {day} under {settings.quarantine_dir}"
+        )
     day0 = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    report = ValidationReport(symbol, timeframe, day0.isoformat(), (day0 + timedelta(days=1)).isoformat())
+    report = ValidationReport(
+        symbol, timeframe, day0.isoformat(), (day0 + timedelta(days=1)).isoformat()
+    )
     df = _read_raw(qdir / "bars.parquet")
-    outcome = validate_frame(df, symbol, timeframe, _history(settings, symbol, timeframe, day, cfg), as_of=as_of, config=cfg)
+    outcome = validate_frame(
+        df,
+        symbol,
+        timeframe,
+        _history(settings, symbol, timeframe, day, cfg),
+        as_of=as_of,
+        config=cfg,
+    )
     entry = _entry(day, len(df), outcome)
     report.partitions.append(entry)
     if not outcome.success:
         _quarantine(settings, symbol, timeframe, day, df, outcome, settings.quarantine_dir)
         entry["quarantine"] = str(qdir)
         raise BatchQuarantined(report)
-    prev = json.loads((qdir / "validation.json").read_text()) if (qdir / "validation.json").exists() else {}
+    prev = (
+        json.loads((qdir / "validation.json").read_text())
+        if (qdir / "validation.json").exists()
+        else {}
+    )
     dst = lake.write_partition(settings.lake_dir, df, symbol, timeframe, day).parent
     _write_sidecars(dst, df, outcome)
     shutil.rmtree(qdir)
-    entry["released"] = _record_release(settings, symbol, timeframe, day, "re-validated in quarantine", prev)
+    entry["released"] = _record_release(
+        settings, symbol, timeframe, day, "re-validated in quarantine", prev
+    )
     return report
 
 
@@ -414,7 +494,9 @@ def list_quarantine(settings: PlatformSettings) -> list[dict[str, Any]]:
     """The quarantined partitions with their hard failures and folder."""
     out = []
     root = settings.quarantine_dir
-    for vj in sorted(root.glob("symbol=*/timeframe=*/date=*/validation.json")) if root.exists() else []:
+    for vj in (
+        sorted(root.glob("symbol=*/timeframe=*/date=*/validation.json")) if root.exists() else []
+    ):
         info = json.loads(vj.read_text())
         out.append(
             {
@@ -456,8 +538,13 @@ def validate_symbols(
         if r.flagged_rows:
             log.warning(
                 "validation: %s %s [%s, %s) passed with %d soft-flagged row(s): %s",
-                r.symbol, r.timeframe, r.start, r.end, r.flagged_rows, r.soft_failures,
-            )  # fmt: skip
+                r.symbol,
+                r.timeframe,
+                r.start,
+                r.end,
+                r.flagged_rows,
+                r.soft_failures,
+            )
     if failed:
         raise QuarantinedSymbols(reports, failed)
     return [r.to_dict() for r in reports]

@@ -47,16 +47,25 @@ def run_dag(settings, module: str, logical_date: str, conf: dict | None = None) 
         env["TX_MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, module, logical_date, json.dumps(conf or {})],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line and json.loads(line[len("RESULT "):])["state"] != "success":
+    if line and json.loads(line[len("RESULT ") :])["state"] != "success":
         print(proc.stderr[-8000:])  # shown by pytest on failure
-    assert line, f"dag.test gave no result (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(line[len("RESULT "):])
+    assert line, (
+        f"dag.test gave no result (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
+    return json.loads(line[len("RESULT ") :])
 
 
-def test_market_data_dag_when_run_for_a_day_then_every_task_succeeds_and_redis_has_the_bars(tmp_path: Path, redis_url: str) -> None:
+def test_market_data_dag_when_run_for_a_day_then_every_task_succeeds_and_redis_has_the_bars(
+    tmp_path: Path, redis_url: str
+) -> None:
     from feature_repo.pipeline.store import feast_apply
 
     s = make_settings(tmp_path, redis_url, db=5, symbols=["EURUSD"])
@@ -72,22 +81,49 @@ def test_market_data_dag_when_run_for_a_day_then_every_task_succeeds_and_redis_h
     from tests.integration.test_market_data import _reader
 
     row = _reader(s).read("EURUSD")
-    assert row.event_time == pytest.approx(1767830400)  # 2026-01-08 00:00 UTC: close of the day's last bar
+    assert row.event_time == pytest.approx(
+        1767830400
+    )  # 2026-01-08 00:00 UTC: close of the day's last bar
 
 
-def test_train_and_promote_dag_when_run_as_of_a_saturday_then_a_version_is_registered_and_gated(platform: Platform, tmp_path: Path) -> None:
-    s = platform.settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "home": platform.settings.home})
+def test_train_and_promote_dag_when_run_as_of_a_saturday_then_a_version_is_registered_and_gated(
+    platform: Platform, tmp_path: Path
+) -> None:
+    s = platform.settings.model_copy(
+        update={
+            "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "home": platform.settings.home,
+        }
+    )
     cfg = yaml.safe_load((PROJECT_ROOT / "training" / "configs" / "trend_v1.yaml").read_text())
     cfg["split"].update(train_days=9, test_days=3)
     cfg["model"].update(n_estimators=60)
-    cfg["tune"] = {"enabled": True, "workers": 2, "n_trials": 2}  # two mapped tune tasks, one trial each
+    cfg["tune"] = {
+        "enabled": True,
+        "workers": 2,
+        "n_trials": 2,
+    }  # two mapped tune tasks, one trial each
     path = tmp_path / "trend_small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     as_of = platform.end - timedelta(days=2)  # a Saturday: the weekly interval ends there
-    res = run_dag(s, "dags.train_and_promote", as_of.strftime("%Y-%m-%dT%H:%M:%S"), {"experiment": str(path)})
+    res = run_dag(
+        s, "dags.train_and_promote", as_of.strftime("%Y-%m-%dT%H:%M:%S"), {"experiment": str(path)}
+    )
     assert res["end"].startswith(as_of.strftime("%Y-%m-%d")), res
     assert res["state"] == "success", res
-    stages = ("dataset", "tune_plan", "tune", "tuned", "fit", "backtest", "export", "register", "gate", "promote", "reload_serving")
+    stages = (
+        "dataset",
+        "tune_plan",
+        "tune",
+        "tuned",
+        "fit",
+        "backtest",
+        "export",
+        "register",
+        "gate",
+        "promote",
+        "reload_serving",
+    )
     assert res["tasks"] == dict.fromkeys(stages, "success")
     from mlflow import MlflowClient
 

@@ -38,7 +38,10 @@ def test_market_data_dag_when_validation_fails_then_hard_fails_the_task_and_soft
     if severity == "hard":
         assert res["state"] == "failed", res
         assert res["tasks"]["ingest"] == "success" and res["tasks"]["validate"] == "failed"
-        assert res["tasks"]["features"] == "upstream_failed" and res["tasks"]["materialize"] == "upstream_failed"
+        assert (
+            res["tasks"]["features"] == "upstream_failed"
+            and res["tasks"]["materialize"] == "upstream_failed"
+        )
         qdir = lake.partition_dir(s.quarantine_dir, "EURUSD", "M5", date(2026, 1, 6))
         assert (qdir / "rejected.parquet").exists() and not day.exists()
     else:

@@ -25,9 +25,17 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 @pytest.fixture()
 def running(tmp_path: Path) -> Iterator[tuple[Engine, str]]:
     now = [MONDAY_0800]
-    engine = Engine(terminal=sim_terminal(now), features=ClockFeatures(now), model=ScriptedModel(1), journal=Journal(tmp_path / "j.sqlite"),
-                    limits=RiskLimits(), magic=77, clock=lambda: float(now[0]), sleep=lambda s: None,
-                    reload_hook=lambda: {"reloaded": True, "model_version": "7"})  # fmt: skip
+    engine = Engine(
+        terminal=sim_terminal(now),
+        features=ClockFeatures(now),
+        model=ScriptedModel(1),
+        journal=Journal(tmp_path / "j.sqlite"),
+        limits=RiskLimits(),
+        magic=77,
+        clock=lambda: float(now[0]),
+        sleep=lambda s: None,
+        reload_hook=lambda: {"reloaded": True, "model_version": "7"},
+    )
     engine.replay(closes(n=3), ["EURUSD", "GBPUSD"], lambda t: now.__setitem__(0, t))
     server = ControlServer(engine, token=TOKEN, port=0).start()
     try:
@@ -36,26 +44,37 @@ def running(tmp_path: Path) -> Iterator[tuple[Engine, str]]:
         server.stop()
 
 
-def test_control_server_when_no_token_is_configured_then_it_refuses_to_start(tmp_path: Path) -> None:
+def test_control_server_when_no_token_is_configured_then_it_refuses_to_start(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(ValueError, match="TX_ENGINE_TOKEN"):
         ControlServer(object(), token=None, port=0)
 
 
-def test_control_api_when_called_without_or_with_a_wrong_token_then_401(running: tuple[Engine, str]) -> None:
+def test_control_api_when_called_without_or_with_a_wrong_token_then_401(
+    running: tuple[Engine, str],
+) -> None:
     _, url = running
     assert httpx.get(f"{url}/api/status").status_code == 401
-    assert httpx.post(f"{url}/api/kill", headers={"Authorization": "Bearer nope"}, json={}).status_code == 401
+    assert (
+        httpx.post(f"{url}/api/kill", headers={"Authorization": "Bearer nope"}, json={}).status_code
+        == 401
+    )
     assert httpx.get(f"{url}/metrics").status_code == 401
     assert httpx.get(f"{url}/healthz").status_code == 200
 
 
-def test_control_api_when_authenticated_then_status_positions_pnl_kill_flatten_resume_reload(running: tuple[Engine, str]) -> None:
+def test_control_api_when_authenticated_then_status_positions_pnl_kill_flatten_resume_reload(
+    running: tuple[Engine, str],
+) -> None:
     engine, url = running
     h = {"Authorization": f"Bearer {TOKEN}"}
     st = httpx.get(f"{url}/api/status", headers=h).json()
     assert st["trading_state"] == "ACTIVE" and st["decisions"] == {"sent": 2, "hold": 4}
     pos = httpx.get(f"{url}/api/positions", headers=h).json()
-    assert sorted(p["symbol"] for p in pos) == ["EURUSD", "GBPUSD"] and all(p["side"] == "buy" for p in pos)
+    assert sorted(p["symbol"] for p in pos) == ["EURUSD", "GBPUSD"] and all(
+        p["side"] == "buy" for p in pos
+    )
     pnl = httpx.get(f"{url}/api/pnl", headers=h).json()
     assert pnl["equity"] == pytest.approx(pnl["balance"] + pnl["floating"], abs=0.02)
     assert len(httpx.get(f"{url}/api/decisions?limit=4", headers=h).json()) == 4
@@ -63,10 +82,15 @@ def test_control_api_when_authenticated_then_status_positions_pnl_kill_flatten_r
     out = httpx.post(f"{url}/api/kill", headers=h, json={"flatten": True}).json()
     assert out["state"] == "HALTED" and len(out["flattened"]) == 2 and engine.positions() == ()
     assert httpx.post(f"{url}/api/resume", headers=h).json() == {"state": "ACTIVE"}
-    assert httpx.post(f"{url}/api/reload", headers=h).json() == {"reloaded": True, "model_version": "7"}
+    assert httpx.post(f"{url}/api/reload", headers=h).json() == {
+        "reloaded": True,
+        "model_version": "7",
+    }
 
 
-def test_metrics_when_scraped_then_stage_latency_decisions_refusals_orders_equity_and_feature_age_are_there(running: tuple[Engine, str]) -> None:
+def test_metrics_when_scraped_then_stage_latency_decisions_refusals_orders_equity_and_feature_age_are_there(
+    running: tuple[Engine, str],
+) -> None:
     engine, url = running
     engine.kill()
     engine.clock = lambda: float(MONDAY_0800 + 3600)
@@ -74,15 +98,27 @@ def test_metrics_when_scraped_then_stage_latency_decisions_refusals_orders_equit
     engine.model = ScriptedModel(-1)
     assert engine.on_bar("EURUSD", MONDAY_0800 + 3600).reason_code == "kill_switch"  # type: ignore[union-attr]
     text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
-    for needle in ('tx_engine_stage_latency_seconds_count{stage="predict"}', 'tx_engine_stage_latency_seconds_count{stage="order"}',
-                   'tx_engine_decisions_total{verdict="sent"} 2.0', 'tx_engine_refusals_total{reason="kill_switch"} 1.0',
-                   'tx_engine_orders_total{retcode="10009"} 2.0', "tx_engine_equity ", "tx_engine_drawdown_ratio ",
-                   'tx_engine_feature_age_seconds{symbol="EURUSD"}', 'tx_engine_trading_state{state="HALTED"} 1.0'):  # fmt: skip
+    for needle in (
+        'tx_engine_stage_latency_seconds_count{stage="predict"}',
+        'tx_engine_stage_latency_seconds_count{stage="order"}',
+        'tx_engine_decisions_total{verdict="sent"} 2.0',
+        'tx_engine_refusals_total{reason="kill_switch"} 1.0',
+        'tx_engine_orders_total{retcode="10009"} 2.0',
+        "tx_engine_equity ",
+        "tx_engine_drawdown_ratio ",
+        'tx_engine_feature_age_seconds{symbol="EURUSD"}',
+        'tx_engine_trading_state{state="HALTED"} 1.0',
+    ):
         assert needle in text, needle
 
 
-@pytest.mark.skipif(not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)), reason="headless Chromium not installed (make setup)")
-def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill_halts(running: tuple[Engine, str]) -> None:
+@pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)),
+    reason="headless Chromium not installed (make setup)",
+)
+def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill_halts(
+    running: tuple[Engine, str],
+) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -103,7 +139,10 @@ def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill
         wait.until(ec.text_to_be_present_in_element((By.ID, "state"), "ACTIVE"))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#positions tr")) == 2)
         rows = driver.find_elements(By.CSS_SELECTOR, "#positions tr")
-        assert sorted(r.find_elements(By.TAG_NAME, "td")[1].text for r in rows) == ["EURUSD", "GBPUSD"]
+        assert sorted(r.find_elements(By.TAG_NAME, "td")[1].text for r in rows) == [
+            "EURUSD",
+            "GBPUSD",
+        ]
         assert "equity" in driver.find_element(By.ID, "pnl").text
 
         driver.find_element(By.ID, "flatten").click()

@@ -24,7 +24,9 @@ TOKEN = "e2e-serving-token"
 
 
 @pytest.fixture(scope="module")
-def served(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
+def served(
+    platform: Platform, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, dict]]:
     from mlflow import MlflowClient
 
     from serving.importer import import_from_registry
@@ -33,29 +35,53 @@ def served(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from training.train import build_training_dataset, train_and_register
 
     tmp = tmp_path_factory.mktemp("e2e")
-    s = platform.settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"})
+    s = platform.settings.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}
+    )
     as_of = platform.end - timedelta(days=2)
-    res = train_and_register(s, small_config(), build_training_dataset(s, small_config(), as_of), as_of)
-    MlflowClient(s.tracking_uri, s.tracking_uri).set_registered_model_alias(s.model_name, "e2e", res.version)
-    imported = import_from_registry(s.tracking_uri, s.model_name, "e2e", bentoml_home=tmp / "bentoml")
+    res = train_and_register(
+        s, small_config(), build_training_dataset(s, small_config(), as_of), as_of
+    )
+    MlflowClient(s.tracking_uri, s.tracking_uri).set_registered_model_alias(
+        s.model_name, "e2e", res.version
+    )
+    imported = import_from_registry(
+        s.tracking_uri, s.model_name, "e2e", bentoml_home=tmp / "bentoml"
+    )
     port = free_port()
-    proc = start_server(host="127.0.0.1", port=port, model_tag=imported.bentoml_tag, bentoml_home=str(tmp / "bentoml"),
-                        log_path=tmp / "serving.log", token=TOKEN, tracking_uri=s.tracking_uri, model_name=s.model_name)  # fmt: skip
+    proc = start_server(
+        host="127.0.0.1",
+        port=port,
+        model_tag=imported.bentoml_tag,
+        bentoml_home=str(tmp / "bentoml"),
+        log_path=tmp / "serving.log",
+        token=TOKEN,
+        tracking_uri=s.tracking_uri,
+        model_name=s.model_name,
+    )
     try:
-        wait_ready(f"http://127.0.0.1:{port}", 120, proc=proc, log_path=tmp / "serving.log", token=TOKEN)
+        wait_ready(
+            f"http://127.0.0.1:{port}", 120, proc=proc, log_path=tmp / "serving.log", token=TOKEN
+        )
         yield f"http://127.0.0.1:{port}", imported.manifest
     finally:
         stop_server(proc)
 
 
-def _engine(platform: Platform, url: str, manifest: dict, journal: Journal, terminal, now: list[int]) -> Engine:
+def _engine(
+    platform: Platform, url: str, manifest: dict, journal: Journal, terminal, now: list[int]
+) -> Engine:
     s = platform.settings
     return Engine(
         terminal=terminal,
-        features=OnlineFeatureReader.from_manifest(redis.Redis.from_url(s.redis_url), manifest, project=s.feast_project),
+        features=OnlineFeatureReader.from_manifest(
+            redis.Redis.from_url(s.redis_url), manifest, project=s.feast_project
+        ),
         model=ServingClient(url, timeout_s=5.0, token=TOKEN),
         journal=journal,
-        limits=RiskLimits(max_position_lots=1.0, max_consecutive_losses=0, daily_loss_limit=0.0, max_drawdown=0.0),
+        limits=RiskLimits(
+            max_position_lots=1.0, max_consecutive_losses=0, daily_loss_limit=0.0, max_drawdown=0.0
+        ),
         lots=0.1,
         magic=777,
         clock=lambda: float(now[0]),
@@ -87,7 +113,9 @@ def test_engine_when_bars_close_then_every_decision_is_journaled_and_a_restart_r
     engine.replay(closes[:25], ["EURUSD"], set_time, before_bar=pusher.push)
     rows = engine.journal.rows()
     assert len(rows) == 25
-    assert all(r["verdict"] in ("sent", "hold") for r in rows), [r["reason"] for r in rows if r["verdict"] not in ("sent", "hold")]
+    assert all(r["verdict"] in ("sent", "hold") for r in rows), [
+        r["reason"] for r in rows if r["verdict"] not in ("sent", "hold")
+    ]
     assert all(r["feature_time"] == r["bar_close"] for r in rows)
     assert all({"feature_ms", "predict_ms", "total_ms"} <= set(r["latency_ms"]) for r in rows)
     assert not engine.journal.intents("pending")  # every write-ahead intent got its result
@@ -101,14 +129,18 @@ def test_engine_when_bars_close_then_every_decision_is_journaled_and_a_restart_r
     engine2.replay(closes, ["EURUSD"], set_time, before_bar=pusher.push)
     rows2 = engine2.journal.rows()
     assert len(rows2) == 40 and len({r["bar_close"] for r in rows2}) == 40
-    assert [r for r in rows2 if r["bar_close"] in closes[:25] and r["verdict"] == "sent"] == sent_before
+    assert [
+        r for r in rows2 if r["bar_close"] in closes[:25] and r["verdict"] == "sent"
+    ] == sent_before
     new_sent = [r for r in rows2 if r["bar_close"] in closes[25:] and r["verdict"] == "sent"]
     deals_after = len(terminal.history_deals_get(0, 2**31) or ())
     assert deals_after - deals_before == sum(len(r["order_request"]["orders"]) for r in new_sent)
     assert engine2.stats.latencies_ms and len(engine2.stats.latencies_ms) == 15
 
 
-def test_engine_when_features_are_stale_then_it_refuses_with_a_reason(platform: Platform, served: tuple[str, dict], tmp_path: Path) -> None:
+def test_engine_when_features_are_stale_then_it_refuses_with_a_reason(
+    platform: Platform, served: tuple[str, dict], tmp_path: Path
+) -> None:
     from feature_repo.pipeline.ingest import open_platform_terminal
 
     url, manifest = served

@@ -40,7 +40,11 @@ def test_real_eurusd_h1_export_when_ingested_then_validated_materialised_and_onl
         pytest.skip("EURUSD_H1__magiclovexxx_mt5_bot.csv not in ../shared/data/raw")
     base = redis_url.rsplit("/", 1)[0]
     s = PlatformSettings(
-        home=tmp_path, redis_url=f"{base}/7", mt5_exports=raw_dir, symbols=["EURUSD"], timeframe="H1",
+        home=tmp_path,
+        redis_url=f"{base}/7",
+        mt5_exports=raw_dir,
+        symbols=["EURUSD"],
+        timeframe="H1",
         broker_utc_offset_hours=2,  # the export's server runs on EET/EEST; a fixed +2 is good enough here
     )
     feast_apply(s)
@@ -57,20 +61,34 @@ def test_real_eurusd_h1_export_when_ingested_then_validated_materialised_and_onl
 
     r = redis.Redis.from_url(s.redis_url)
     offline = features_for_range(s, "EURUSD", "H1", start, end).iloc[-1]
-    row = OnlineFeatureReader(r, project=s.feast_project, feature_view=FEATURE_VIEW, features=list(TREND_V1_FEATURES)).read("EURUSD")
+    row = OnlineFeatureReader(
+        r, project=s.feast_project, feature_view=FEATURE_VIEW, features=list(TREND_V1_FEATURES)
+    ).read("EURUSD")
     assert row.event_time == offline["event_timestamp"].timestamp()
-    np.testing.assert_allclose([row.values[f] for f in TREND_V1_FEATURES], offline[list(TREND_V1_FEATURES)].to_numpy(float), atol=1e-9)
+    np.testing.assert_allclose(
+        [row.values[f] for f in TREND_V1_FEATURES],
+        offline[list(TREND_V1_FEATURES)].to_numpy(float),
+        atol=1e-9,
+    )
     # trend_v2: all tabular features and the sequence of the same last bar
     v2 = features_for_range(s, "EURUSD", "H1", start, end, view=V2_VIEW).iloc[-1]
     seq = features_for_range(s, "EURUSD", "H1", start, end, view=SEQ_VIEW).iloc[-1]
     manifest = {
         "feature_view": V2_VIEW,
         "features": list(FEATURE_NAMES),
-        "sequence": {"feature_view": SEQ_VIEW, "field": SEQ_FIELD, "seq_len": SEQ_LEN, "channels": list(SEQ_CHANNELS)},
+        "sequence": {
+            "feature_view": SEQ_VIEW,
+            "field": SEQ_FIELD,
+            "seq_len": SEQ_LEN,
+            "channels": list(SEQ_CHANNELS),
+        },
     }
     row2 = OnlineFeatureReader.from_manifest(r, manifest, project=s.feast_project).read("EURUSD")
-    assert row2.event_time == v2["event_timestamp"].timestamp() == seq["event_timestamp"].timestamp()
-    np.testing.assert_allclose([row2.values[f] for f in FEATURE_NAMES], v2[list(FEATURE_NAMES)].to_numpy(float), atol=1e-9)
+    assert (
+        row2.event_time == v2["event_timestamp"].timestamp() == seq["event_timestamp"].timestamp()
+    )
+    np.testing.assert_allclose(
+        [row2.values[f] for f in FEATURE_NAMES], v2[list(FEATURE_NAMES)].to_numpy(float), atol=1e-9
+    )
     assert row2.sequence is not None
     np.testing.assert_array_equal(row2.sequence.ravel(), seq[SEQ_FIELD])
-

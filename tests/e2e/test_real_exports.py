@@ -43,13 +43,27 @@ class Window:
 
 
 WINDOWS = {
-    "EURUSD_H1__magiclovexxx_mt5_bot.csv": Window("eet", "2025-12-15", "2026-01-06", "christmas_new_year"),
-    "EURUSD_M15__magiclovexxx_mt5_bot.csv": Window("eet", "2025-12-22", "2026-01-05", "christmas_new_year"),
-    "EURUSD_M5__gordKeys_trading_system.csv": Window("eet", "2026-06-19", "2026-07-03", "rollover_break_and_forming_bar"),
-    "GBPUSD_H1__QuocHoang2009_TradingData.csv": Window("fixed:+0", "2017-02-20", "2017-03-08", "daily_bars_in_h1"),
-    "USDJPY_H1__Chikwui_Trading-bott.csv": Window("fixed:+2", "2024-12-16", "2025-01-06", "constant_spread_and_holiday_fillers"),
-    "XAUUSD_M1__magiclovexxx_mt5_bot.csv": Window("eet", "2026-03-30", "2026-04-08", "gold_break_and_good_friday"),
-    "XAUUSD_M5__budimanlai_forex-tick.csv": Window("eet", "2025-04-14", "2025-04-25", "gold_break_and_good_friday"),
+    "EURUSD_H1__magiclovexxx_mt5_bot.csv": Window(
+        "eet", "2025-12-15", "2026-01-06", "christmas_new_year"
+    ),
+    "EURUSD_M15__magiclovexxx_mt5_bot.csv": Window(
+        "eet", "2025-12-22", "2026-01-05", "christmas_new_year"
+    ),
+    "EURUSD_M5__gordKeys_trading_system.csv": Window(
+        "eet", "2026-06-19", "2026-07-03", "rollover_break_and_forming_bar"
+    ),
+    "GBPUSD_H1__QuocHoang2009_TradingData.csv": Window(
+        "fixed:+0", "2017-02-20", "2017-03-08", "daily_bars_in_h1"
+    ),
+    "USDJPY_H1__Chikwui_Trading-bott.csv": Window(
+        "fixed:+2", "2024-12-16", "2025-01-06", "constant_spread_and_holiday_fillers"
+    ),
+    "XAUUSD_M1__magiclovexxx_mt5_bot.csv": Window(
+        "eet", "2026-03-30", "2026-04-08", "gold_break_and_good_friday"
+    ),
+    "XAUUSD_M5__budimanlai_forex-tick.csv": Window(
+        "eet", "2025-04-14", "2025-04-25", "gold_break_and_good_friday"
+    ),
 }
 
 
@@ -59,11 +73,16 @@ def _utc(d: str) -> datetime:
 
 def _validations(s: PlatformSettings, symbol: str, timeframe: str) -> dict[str, dict]:
     root = s.lake_dir / f"symbol={symbol}" / f"timeframe={timeframe}"
-    return {p.parent.name.split("=", 1)[1]: json.loads(p.read_text()) for p in sorted(root.glob("date=*/validation.json"))}
+    return {
+        p.parent.name.split("=", 1)[1]: json.loads(p.read_text())
+        for p in sorted(root.glob("date=*/validation.json"))
+    }
 
 
 def test_every_export_has_a_window(raw_dir: Path) -> None:
-    assert {p.name for p in raw_dir.glob("*.csv")} <= set(WINDOWS), "a new export needs a window in WINDOWS"
+    assert {p.name for p in raw_dir.glob("*.csv")} <= set(WINDOWS), (
+        "a new export needs a window in WINDOWS"
+    )
 
 
 @pytest.mark.parametrize("name", list(WINDOWS))
@@ -78,7 +97,12 @@ def test_real_export_when_run_through_market_data_then_quirks_are_never_hard_fai
     symbol, tf = parsed
     base = redis_url.rsplit("/", 1)[0]
     s = PlatformSettings(
-        home=tmp_path, redis_url=f"{base}/{REDIS_DB}", mt5_exports=raw_dir, symbols=[symbol], timeframe=tf, broker_tz=w.broker_tz
+        home=tmp_path,
+        redis_url=f"{base}/{REDIS_DB}",
+        mt5_exports=raw_dir,
+        symbols=[symbol],
+        timeframe=tf,
+        broker_tz=w.broker_tz,
     )
     redis.Redis.from_url(s.require_redis_url()).flushdb()
     feast_apply(s)
@@ -103,19 +127,26 @@ def test_real_export_when_run_through_market_data_then_quirks_are_never_hard_fai
         for rule, n in v["soft_failures"].items():
             soft[rule] = soft.get(rule, 0) + n
     gaps_allowed = sum(v["stats"].get("gaps_on_calendar", 0) for v in checks.values())
-    print(f"\n{name}: window {w.start}..{w.end} bars={len(bars)} calendar-allowed gaps={gaps_allowed} soft={soft} quarantined=0 forming_excluded={forming}")
+    print(
+        f"\n{name}: window {w.start}..{w.end} bars={len(bars)} calendar-allowed gaps={gaps_allowed} soft={soft} quarantined=0 forming_excluded={forming}"
+    )
 
     days = set(checks)
     if w.quirk == "christmas_new_year":
         # the market closes for 25 Dec and 1 Jan: no bars, and the gaps around them are allowed
         assert {"2025-12-25", "2026-01-01"}.isdisjoint(days)
-        assert checks["2025-12-26"]["stats"]["gaps_on_calendar"] >= 1 and checks["2026-01-02"]["stats"]["gaps_on_calendar"] >= 1
+        assert (
+            checks["2025-12-26"]["stats"]["gaps_on_calendar"] >= 1
+            and checks["2026-01-02"]["stats"]["gaps_on_calendar"] >= 1
+        )
         assert "calendar_gap" not in soft
     elif w.quirk == "rollover_break_and_forming_bar":
         # the 23:55 and 00:00 server bars are missing at every rollover: allowed, never flagged
         last = max(days)  # the file ends at 12:35 UTC that day, before its rollover
         weekdays = [d for d in days if datetime.fromisoformat(d).weekday() < 4 and d != last]
-        assert len(weekdays) >= 6 and all(checks[d]["stats"]["gaps_on_calendar"] >= 1 for d in weekdays)
+        assert len(weekdays) >= 6 and all(
+            checks[d]["stats"]["gaps_on_calendar"] >= 1 for d in weekdays
+        )
         assert "calendar_gap" not in soft and forming == 1
     elif w.quirk == "daily_bars_in_h1":
         # the D1 rows before 2017-03-01 08:00 sit a day apart inside the H1 file: each is flagged
@@ -123,10 +154,15 @@ def test_real_export_when_run_through_market_data_then_quirks_are_never_hard_fai
         assert (d1["time"].dt.hour == 0).all() and len(d1) >= 8
         flagged = pd.concat(
             pq.read_table(p).to_pandas()
-            for p in (s.lake_dir / f"symbol={symbol}" / f"timeframe={tf}").glob("date=*/flags.parquet")
+            for p in (s.lake_dir / f"symbol={symbol}" / f"timeframe={tf}").glob(
+                "date=*/flags.parquet"
+            )
         )
         d1_flagged = flagged[flagged["time"] < pd.Timestamp("2017-03-01 08:00", tz="UTC")]
-        assert len(d1_flagged) >= len(d1) - 1 and d1_flagged["reasons"].str.contains("calendar_gap").all()
+        assert (
+            len(d1_flagged) >= len(d1) - 1
+            and d1_flagged["reasons"].str.contains("calendar_gap").all()
+        )
     elif w.quirk == "constant_spread_and_holiday_fillers":
         # spread fixed at 68 points is no spike; the flat filler bars of 25 Dec / 1 Jan are frozen prices
         assert (bars["spread"] == 68).all() and "spread_spike" not in soft
@@ -142,7 +178,8 @@ def test_real_export_when_run_through_market_data_then_quirks_are_never_hard_fai
 
     # materialised: Redis holds the newest offline feature row's event time
     offline = pd.concat(
-        pq.read_table(p, columns=["event_timestamp"]).to_pandas() for p in s.offline_features_dir.rglob("*.parquet")
+        pq.read_table(p, columns=["event_timestamp"]).to_pandas()
+        for p in s.offline_features_dir.rglob("*.parquet")
     )
     assert len(offline) > 0
     assert redis_newest_event_time(s) == offline["event_timestamp"].max().timestamp()
@@ -160,11 +197,25 @@ def test_real_export_when_christmas_eve_and_new_years_eve_close_early_then_no_ti
     name = "EURUSD_H1__magiclovexxx_mt5_bot.csv"
     if not (raw_dir / name).exists():
         pytest.skip(f"{name} not in {raw_dir}")
-    s = PlatformSettings(home=tmp_path, redis_url=redis_url, mt5_exports=raw_dir, symbols=["EURUSD"], timeframe="H1", broker_tz="eet")
+    s = PlatformSettings(
+        home=tmp_path,
+        redis_url=redis_url,
+        mt5_exports=raw_dir,
+        symbols=["EURUSD"],
+        timeframe="H1",
+        broker_tz="eet",
+    )
     start, end = _utc("2024-11-25"), _utc("2025-01-06")
     ingest(s, "EURUSD", "H1", start, end)
-    report = validate_interval(s, "EURUSD", "H1", start, end)  # raises BatchQuarantined on a hard failure
+    report = validate_interval(
+        s, "EURUSD", "H1", start, end
+    )  # raises BatchQuarantined on a hard failure
     assert report.quarantined_rows == 0
     checks = _validations(s, "EURUSD", "H1")
-    assert checks["2024-12-24"]["stats"]["tz_shift_skipped_holiday"] and checks["2024-12-31"]["stats"]["tz_shift_skipped_holiday"]
-    assert not checks["2024-12-17"]["stats"]["tz_shift_skipped_holiday"]  # an ordinary day is still checked
+    assert (
+        checks["2024-12-24"]["stats"]["tz_shift_skipped_holiday"]
+        and checks["2024-12-31"]["stats"]["tz_shift_skipped_holiday"]
+    )
+    assert not checks["2024-12-17"]["stats"][
+        "tz_shift_skipped_holiday"
+    ]  # an ordinary day is still checked

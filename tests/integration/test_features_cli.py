@@ -37,9 +37,21 @@ def test_features_get_when_asked_for_trend_v2_then_writes_point_in_time_rows_at_
     out = tmp_path / "v2.parquet"
     res = CliRunner().invoke(
         app,
-        ["features", "get", "--service", "trend_v2", "--symbols", "EURUSD,GBPUSD",
-         "--start", "2026-01-13", "--end", "2026-01-14", "--out", str(out)],
-    )  # fmt: skip
+        [
+            "features",
+            "get",
+            "--service",
+            "trend_v2",
+            "--symbols",
+            "EURUSD,GBPUSD",
+            "--start",
+            "2026-01-13",
+            "--end",
+            "2026-01-14",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(out)
     assert len(df) == 2 * 288 and set(df["symbol"]) == {"EURUSD", "GBPUSD"}
@@ -47,26 +59,53 @@ def test_features_get_when_asked_for_trend_v2_then_writes_point_in_time_rows_at_
     assert df[SEQ_FIELD].map(len).eq(SEQ_LEN * len(SEQ_CHANNELS)).all()
     s = platform.settings
     for sym in ("EURUSD", "GBPUSD"):
-        got = df[df["symbol"] == sym].set_index(pd.to_datetime(df.loc[df["symbol"] == sym, "event_timestamp"], utc=True))
-        frames = frames_for_range(s, sym, "M5", pd.Timestamp("2026-01-13", tz="UTC"), pd.Timestamp("2026-01-14", tz="UTC"))
+        got = df[df["symbol"] == sym].set_index(
+            pd.to_datetime(df.loc[df["symbol"] == sym, "event_timestamp"], utc=True)
+        )
+        frames = frames_for_range(
+            s, sym, "M5", pd.Timestamp("2026-01-13", tz="UTC"), pd.Timestamp("2026-01-14", tz="UTC")
+        )
         want = frames[V2_VIEW].set_index("event_timestamp")
-        np.testing.assert_array_equal(got[list(FEATURE_NAMES)].to_numpy(float), want.loc[got.index, list(FEATURE_NAMES)].to_numpy(float))
+        np.testing.assert_array_equal(
+            got[list(FEATURE_NAMES)].to_numpy(float),
+            want.loc[got.index, list(FEATURE_NAMES)].to_numpy(float),
+        )
         seq = frames[SEQ_VIEW].set_index("event_timestamp")
         t = got.index[100]
-        np.testing.assert_array_equal(np.asarray(got.loc[t, SEQ_FIELD], np.float32), seq.loc[t, SEQ_FIELD])
+        np.testing.assert_array_equal(
+            np.asarray(got.loc[t, SEQ_FIELD], np.float32), seq.loc[t, SEQ_FIELD]
+        )
 
 
-def test_feast_cli_when_run_with_tx_features_env_then_lists_the_views_and_services(platform: Platform) -> None:
+def test_feast_cli_when_run_with_tx_features_env_then_lists_the_views_and_services(
+    platform: Platform,
+) -> None:
     feast_bin = str(Path(sys.executable).with_name("feast"))
     env = {**os.environ, **feast_env(platform.settings)}
-    views = subprocess.run([feast_bin, "feature-views", "list"], cwd=FEATURE_REPO, env=env, capture_output=True, text=True, check=True)
+    views = subprocess.run(
+        [feast_bin, "feature-views", "list"],
+        cwd=FEATURE_REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for v in ("trend_fv", "trend_v2_fv", "bar_sequence_fv"):
         assert v in views.stdout
-    services = subprocess.run([feast_bin, "feature-services", "list"], cwd=FEATURE_REPO, env=env, capture_output=True, text=True, check=True)
+    services = subprocess.run(
+        [feast_bin, "feature-services", "list"],
+        cwd=FEATURE_REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "trend_v1" in services.stdout and "trend_v2" in services.stdout
 
 
-def test_feast_ui_when_started_on_the_repo_then_serves_the_page_and_the_registry(platform: Platform) -> None:
+def test_feast_ui_when_started_on_the_repo_then_serves_the_page_and_the_registry(
+    platform: Platform,
+) -> None:
     import httpx
 
     from infra.redis_local import free_port
@@ -76,13 +115,18 @@ def test_feast_ui_when_started_on_the_repo_then_serves_the_page_and_the_registry
     port = free_port()
     proc = subprocess.Popen(
         [feast_bin, "ui", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=FEATURE_REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=FEATURE_REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         base, page = f"http://127.0.0.1:{port}", None
         for _ in range(120):
             if proc.poll() is not None:
-                pytest.fail(f"feast ui exited {proc.returncode}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+                pytest.fail(
+                    f"feast ui exited {proc.returncode}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+                )
             try:
                 page = httpx.get(f"{base}/", timeout=2)
                 break

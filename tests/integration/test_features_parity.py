@@ -74,17 +74,23 @@ def expected(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     feast_apply(s)
     backfill(s, START, DAY + timedelta(days=1), materialise=False)
     closes = [pd.Timestamp(DAY + STEP * (i + 1)) for i in range(24)]
-    entity = pd.DataFrame([(sym, t) for t in closes for sym in s.symbols], columns=["symbol", "event_timestamp"])
+    entity = pd.DataFrame(
+        [(sym, t) for t in closes for sym in s.symbols], columns=["symbol", "event_timestamp"]
+    )
     store = open_store(s)
     out = {}
     for svc in ("trend_v1", "trend_v2"):
-        df = store.get_historical_features(entity_df=entity, features=store.get_feature_service(svc)).to_df()
+        df = store.get_historical_features(
+            entity_df=entity, features=store.get_feature_service(svc)
+        ).to_df()
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
         out[svc] = df.set_index(["symbol", "event_timestamp"]).sort_index()
     yield Expected(s, closes, out["trend_v1"], out["trend_v2"])
 
 
-def test_offline_store_has_every_bar_of_the_day_for_every_symbol_and_view(expected: Expected) -> None:
+def test_offline_store_has_every_bar_of_the_day_for_every_symbol_and_view(
+    expected: Expected,
+) -> None:
     s = expected.settings
     assert len(expected.v2) == 24 * len(s.symbols)
     assert not expected.v1[list(TREND_V1_FEATURES)].isna().any().any()
@@ -95,40 +101,67 @@ def test_offline_store_has_every_bar_of_the_day_for_every_symbol_and_view(expect
         frames = frames_for_range(s, sym, TF, DAY, DAY + timedelta(days=1))
         v2 = frames[V2_VIEW].set_index("event_timestamp")
         got = expected.v2.loc[sym]
-        np.testing.assert_array_equal(got[list(FEATURE_NAMES)].to_numpy(float), v2.loc[got.index, list(FEATURE_NAMES)].to_numpy(float))
+        np.testing.assert_array_equal(
+            got[list(FEATURE_NAMES)].to_numpy(float),
+            v2.loc[got.index, list(FEATURE_NAMES)].to_numpy(float),
+        )
         seq = frames[SEQ_VIEW].set_index("event_timestamp")
         for t in got.index:
-            np.testing.assert_array_equal(np.asarray(got.loc[t, SEQ_FIELD], np.float32), seq.loc[t, SEQ_FIELD])
+            np.testing.assert_array_equal(
+                np.asarray(got.loc[t, SEQ_FIELD], np.float32), seq.loc[t, SEQ_FIELD]
+            )
 
 
 def _readers(s: PlatformSettings) -> tuple[OnlineFeatureReader, OnlineFeatureReader]:
     r = redis.Redis.from_url(s.redis_url)  # type: ignore[arg-type]
-    v1 = OnlineFeatureReader(r, project=s.feast_project, feature_view=FEATURE_VIEW, features=list(TREND_V1_FEATURES))
+    v1 = OnlineFeatureReader(
+        r, project=s.feast_project, feature_view=FEATURE_VIEW, features=list(TREND_V1_FEATURES)
+    )
     v2 = OnlineFeatureReader.from_manifest(
         r,
         {
             "feature_view": V2_VIEW,
             "features": list(FEATURE_NAMES),
-            "sequence": {"feature_view": SEQ_VIEW, "field": SEQ_FIELD, "seq_len": SEQ_LEN, "channels": list(SEQ_CHANNELS)},
+            "sequence": {
+                "feature_view": SEQ_VIEW,
+                "field": SEQ_FIELD,
+                "seq_len": SEQ_LEN,
+                "channels": list(SEQ_CHANNELS),
+            },
         },
         project=s.feast_project,
     )
     return v1, v2
 
 
-def _assert_online_equals_offline(s: PlatformSettings, exp: Expected, close: pd.Timestamp, store: Any | None = None) -> None:
+def _assert_online_equals_offline(
+    s: PlatformSettings, exp: Expected, close: pd.Timestamp, store: Any | None = None
+) -> None:
     v1_reader, v2_reader = _readers(s)
     for sym in s.symbols:
         want_v1, want_v2 = exp.v1.loc[(sym, close)], exp.v2.loc[(sym, close)]
         r1, r2 = v1_reader.read(sym), v2_reader.read(sym)
         assert r1.event_time == r2.event_time == close.timestamp(), (sym, close)
-        np.testing.assert_allclose([r1.values[f] for f in TREND_V1_FEATURES], want_v1[list(TREND_V1_FEATURES)].to_numpy(float), rtol=0, atol=1e-9)
-        np.testing.assert_allclose([r2.values[f] for f in FEATURE_NAMES], want_v2[list(FEATURE_NAMES)].to_numpy(float), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            [r1.values[f] for f in TREND_V1_FEATURES],
+            want_v1[list(TREND_V1_FEATURES)].to_numpy(float),
+            rtol=0,
+            atol=1e-9,
+        )
+        np.testing.assert_allclose(
+            [r2.values[f] for f in FEATURE_NAMES],
+            want_v2[list(FEATURE_NAMES)].to_numpy(float),
+            rtol=0,
+            atol=1e-9,
+        )
         assert r2.sequence is not None
-        np.testing.assert_allclose(r2.sequence, sequence_to_array(want_v2[SEQ_FIELD]), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            r2.sequence, sequence_to_array(want_v2[SEQ_FIELD]), rtol=0, atol=1e-9
+        )
     if store is not None:  # the Feast SDK reads the same row from the same keys
         sdk = store.get_online_features(
-            features=store.get_feature_service("trend_v2"), entity_rows=[{"symbol": x} for x in s.symbols]
+            features=store.get_feature_service("trend_v2"),
+            entity_rows=[{"symbol": x} for x in s.symbols],
         ).to_dict()
         for i, sym in enumerate(s.symbols):
             row = v2_reader.read(sym)
@@ -136,7 +169,9 @@ def _assert_online_equals_offline(s: PlatformSettings, exp: Expected, close: pd.
             np.testing.assert_array_equal(row.sequence, sequence_to_array(sdk[SEQ_FIELD][i]))
 
 
-def test_batch_path_when_each_bar_is_materialised_then_redis_equals_the_offline_store(expected: Expected) -> None:
+def test_batch_path_when_each_bar_is_materialised_then_redis_equals_the_offline_store(
+    expected: Expected,
+) -> None:
     s = expected.settings
     store = open_store(s)
     for i, close in enumerate(expected.closes):
@@ -144,7 +179,9 @@ def test_batch_path_when_each_bar_is_materialised_then_redis_equals_the_offline_
         _assert_online_equals_offline(s, expected, close, store if i in (0, 23) else None)
 
 
-def test_stream_path_when_each_bar_closes_then_redis_equals_the_offline_store(expected: Expected) -> None:
+def test_stream_path_when_each_bar_closes_then_redis_equals_the_offline_store(
+    expected: Expected,
+) -> None:
     from feature_repo.pipeline.ingest import open_platform_terminal
     from feature_repo.pipeline.stream import FeaturePusher
 
@@ -164,12 +201,17 @@ def test_stream_direct_writer_writes_the_bytes_the_feast_writer_writes(expected:
     from feature_repo.pipeline.ingest import open_platform_terminal
     from feature_repo.pipeline.stream import FeaturePusher
 
-    direct_s, feast_s = _redis(expected.settings, STREAM_DB), _redis(expected.settings, FEAST_WRITER_DB)
+    direct_s, feast_s = (
+        _redis(expected.settings, STREAM_DB),
+        _redis(expected.settings, FEAST_WRITER_DB),
+    )
     for db_s in (direct_s, feast_s):
         redis.Redis.from_url(db_s.redis_url).flushdb()  # type: ignore[arg-type]
     close = int(expected.closes[5].timestamp())
     direct = FeaturePusher(direct_s, open_platform_terminal(direct_s, clock=lambda: close))
-    via_feast = FeaturePusher(feast_s, open_platform_terminal(feast_s, clock=lambda: close), writer="feast")
+    via_feast = FeaturePusher(
+        feast_s, open_platform_terminal(feast_s, clock=lambda: close), writer="feast"
+    )
     direct.push_bar(close)
     via_feast.push_bar(close)
     a, b = redis.Redis.from_url(direct_s.redis_url), redis.Redis.from_url(feast_s.redis_url)  # type: ignore[arg-type]
@@ -179,7 +221,9 @@ def test_stream_direct_writer_writes_the_bytes_the_feast_writer_writes(expected:
         assert a.hgetall(k) == b.hgetall(k)
 
 
-def test_stream_path_when_a_bar_is_missing_then_nothing_is_written_for_that_close(expected: Expected, tmp_path: Path) -> None:
+def test_stream_path_when_a_bar_is_missing_then_nothing_is_written_for_that_close(
+    expected: Expected, tmp_path: Path
+) -> None:
     from feature_repo.pipeline.ingest import open_platform_terminal
     from feature_repo.pipeline.stream import FeaturePusher
 
@@ -192,7 +236,9 @@ def test_stream_path_when_a_bar_is_missing_then_nothing_is_written_for_that_clos
     assert r.dbsize() == 0 and pusher.stats.skipped == len(s.symbols)
 
 
-def test_stream_loop_when_the_clock_passes_three_closes_then_each_bar_is_pushed_once_in_order(expected: Expected) -> None:
+def test_stream_loop_when_the_clock_passes_three_closes_then_each_bar_is_pushed_once_in_order(
+    expected: Expected,
+) -> None:
     from feature_repo.pipeline.ingest import open_platform_terminal
     from feature_repo.pipeline.stream import FeaturePusher
 
@@ -205,7 +251,13 @@ def test_stream_loop_when_the_clock_passes_three_closes_then_each_bar_is_pushed_
     def sleep(dt: float) -> None:
         now[0] += dt
 
-    n = pusher.run(clock=lambda: now[0], sleep=sleep, max_bars=3, on_push=lambda c, rows: pushed.append(c), push_last_closed=True)
+    n = pusher.run(
+        clock=lambda: now[0],
+        sleep=sleep,
+        max_bars=3,
+        on_push=lambda c, rows: pushed.append(c),
+        push_last_closed=True,
+    )
     # the bar closed before the start first (Redis current at once), then the next three as they close
     assert n == 3 and pushed == [int(t.timestamp()) for t in expected.closes[2:6]]
     _assert_online_equals_offline(s, expected, expected.closes[5])

@@ -44,11 +44,28 @@ def pg_url() -> Iterator[str]:
 
 
 def _rec(bar_close: int, verdict: str = "sent") -> DecisionRecord:
-    return DecisionRecord("EURUSD", bar_close, 1.0, float(bar_close), "3", "long", 0.1, verdict, None, {"orders": []},
-                          {"results": []}, 10009, {"total_ms": 1.2}, None, "ACTIVE")  # fmt: skip
+    return DecisionRecord(
+        "EURUSD",
+        bar_close,
+        1.0,
+        float(bar_close),
+        "3",
+        "long",
+        0.1,
+        verdict,
+        None,
+        {"orders": []},
+        {"results": []},
+        10009,
+        {"total_ms": 1.2},
+        None,
+        "ACTIVE",
+    )
 
 
-def test_postgres_journal_when_reopened_then_decisions_intents_and_state_survive(pg_url: str) -> None:
+def test_postgres_journal_when_reopened_then_decisions_intents_and_state_survive(
+    pg_url: str,
+) -> None:
     j = Journal(pg_url)
     assert j.postgres
     j.record(_rec(100))
@@ -63,19 +80,31 @@ def test_postgres_journal_when_reopened_then_decisions_intents_and_state_survive
 
     j2 = Journal(pg_url)
     assert j2.decided("EURUSD", 100) and j2.decided("EURUSD", 400) and not j2.decided("EURUSD", 700)
-    assert j2.counts() == {"sent": 1, "refused": 1} and j2.rows()[0]["latency_ms"] == {"total_ms": 1.2}
+    assert j2.counts() == {"sent": 1, "refused": 1} and j2.rows()[0]["latency_ms"] == {
+        "total_ms": 1.2
+    }
     assert [i.client_id for i in j2.intents("pending")] == ["tx-A"]
     assert j2.load_state("risk") == '{"a": 2}'
 
 
-def test_engine_on_postgres_when_it_crashes_between_send_and_journal_then_restart_does_not_duplicate(pg_url: str) -> None:
+def test_engine_on_postgres_when_it_crashes_between_send_and_journal_then_restart_does_not_duplicate(
+    pg_url: str,
+) -> None:
     now = [MONDAY_0800]
     term = FaultyTerminal(sim_terminal(now), ["crash"])
 
     def engine() -> Engine:
-        return Engine(terminal=term, features=ClockFeatures(now), model=ScriptedModel(1), journal=Journal(pg_url),  # type: ignore[arg-type]
-                      limits=RiskLimits(), magic=9, clock=lambda: float(now[0]),
-                      execution=ExecutionConfig(retry_backoff_s=0.0), sleep=lambda s: None)  # fmt: skip
+        return Engine(
+            terminal=term,
+            features=ClockFeatures(now),
+            model=ScriptedModel(1),
+            journal=Journal(pg_url),  # type: ignore[arg-type]
+            limits=RiskLimits(),
+            magic=9,
+            clock=lambda: float(now[0]),
+            execution=ExecutionConfig(retry_backoff_s=0.0),
+            sleep=lambda s: None,
+        )
 
     e = engine()
     with pytest.raises(Crash):
@@ -87,15 +116,25 @@ def test_engine_on_postgres_when_it_crashes_between_send_and_journal_then_restar
     assert len(term.sent) == 1 and len(e2.positions()) == 1
 
 
-def test_engine_settings_when_journal_url_is_postgres_then_the_built_engine_journals_there(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_settings_when_journal_url_is_postgres_then_the_built_engine_journals_there(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from engine.app import build_engine
     from engine.config import EngineSettings
 
     monkeypatch.setenv("TX_JOURNAL_URL", pg_url)
     now = [MONDAY_0800]
-    e = build_engine(EngineSettings(), terminal=sim_terminal(now), features=ClockFeatures(now), model=ScriptedModel(1),
-                     clock=lambda: float(now[0]), sleep=lambda s: None)  # fmt: skip
+    e = build_engine(
+        EngineSettings(),
+        terminal=sim_terminal(now),
+        features=ClockFeatures(now),
+        model=ScriptedModel(1),
+        clock=lambda: float(now[0]),
+        sleep=lambda s: None,
+    )
     assert e.journal.postgres
     assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
     e.journal.close()
-    assert Journal(pg_url).counts() == {"sent": 1} and Journal(pg_url).load_state("risk") is not None
+    assert (
+        Journal(pg_url).counts() == {"sent": 1} and Journal(pg_url).load_state("risk") is not None
+    )

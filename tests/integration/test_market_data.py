@@ -25,10 +25,15 @@ pytestmark = pytest.mark.integration
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.parquet"))
+    }
 
 
-def test_ingest_when_the_same_interval_runs_twice_then_the_staged_bytes_are_identical(tmp_path: Path, redis_url: str) -> None:
+def test_ingest_when_the_same_interval_runs_twice_then_the_staged_bytes_are_identical(
+    tmp_path: Path, redis_url: str
+) -> None:
     s = make_settings(tmp_path, redis_url, db=2)
     day = datetime(2026, 1, 6, tzinfo=UTC)
     r1 = ingest(s, "EURUSD", "M5", day, day + timedelta(days=2))
@@ -43,7 +48,9 @@ def test_ingest_when_the_same_interval_runs_twice_then_the_staged_bytes_are_iden
     assert (bars["server_time"] - bars["time"].astype("int64") // 10**9 == 2 * 3600).all()
 
 
-def test_ingest_when_the_last_bar_is_still_forming_then_it_is_left_out(tmp_path: Path, redis_url: str) -> None:
+def test_ingest_when_the_last_bar_is_still_forming_then_it_is_left_out(
+    tmp_path: Path, redis_url: str
+) -> None:
     from feature_repo.pipeline.ingest import open_platform_terminal
 
     s = make_settings(tmp_path, redis_url, db=2)
@@ -65,7 +72,9 @@ def test_validate_when_bars_are_clean_then_they_move_to_the_lake(platform: Platf
     assert len(bars) == 10 * 288  # two weeks of five trading days
 
 
-def test_validate_when_a_batch_is_corrupt_then_it_is_quarantined_and_never_reaches_features_or_redis(tmp_path: Path, redis_url: str) -> None:
+def test_validate_when_a_batch_is_corrupt_then_it_is_quarantined_and_never_reaches_features_or_redis(
+    tmp_path: Path, redis_url: str
+) -> None:
     from feature_repo.pipeline.store import build_features, materialize
 
     s = make_settings(tmp_path, redis_url, db=3, symbols=["EURUSD"])
@@ -98,23 +107,40 @@ def test_validate_when_a_batch_is_corrupt_then_it_is_quarantined_and_never_reach
 
 
 def _reader(s) -> OnlineFeatureReader:
-    return OnlineFeatureReader(redis.Redis.from_url(s.redis_url), project=s.feast_project, feature_view=FEATURE_VIEW, features=list(FEATURE_NAMES))
+    return OnlineFeatureReader(
+        redis.Redis.from_url(s.redis_url),
+        project=s.feast_project,
+        feature_view=FEATURE_VIEW,
+        features=list(FEATURE_NAMES),
+    )
 
 
-def test_online_features_when_materialised_then_equal_the_offline_row_of_the_same_bar(platform: Platform) -> None:
+def test_online_features_when_materialised_then_equal_the_offline_row_of_the_same_bar(
+    platform: Platform,
+) -> None:
     s = platform.settings
     reader = _reader(s)
     for sym in s.symbols:
         row = reader.read(sym)
         offline = features_for_range(s, sym, "M5", platform.start, platform.end).iloc[-1]
         assert row.event_time == offline["event_timestamp"].timestamp()
-        np.testing.assert_allclose([row.values[f] for f in FEATURE_NAMES], offline[list(FEATURE_NAMES)].to_numpy(float), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            [row.values[f] for f in FEATURE_NAMES],
+            offline[list(FEATURE_NAMES)].to_numpy(float),
+            rtol=0,
+            atol=1e-9,
+        )
 
 
-def test_engine_reader_when_reading_the_same_keys_then_equals_the_feast_sdk(platform: Platform) -> None:
+def test_engine_reader_when_reading_the_same_keys_then_equals_the_feast_sdk(
+    platform: Platform,
+) -> None:
     s = platform.settings
     store = open_store(s)
-    sdk = store.get_online_features(features=store.get_feature_service("trend_v1"), entity_rows=[{"symbol": x} for x in s.symbols]).to_dict()
+    sdk = store.get_online_features(
+        features=store.get_feature_service("trend_v1"),
+        entity_rows=[{"symbol": x} for x in s.symbols],
+    ).to_dict()
     reader = _reader(s)
     for i, sym in enumerate(s.symbols):
         row = reader.read(sym)
@@ -122,7 +148,9 @@ def test_engine_reader_when_reading_the_same_keys_then_equals_the_feast_sdk(plat
             assert row.values[f] == sdk[f][i], f
 
 
-def test_pusher_when_a_bar_closes_then_its_online_row_equals_the_offline_row(platform: Platform) -> None:
+def test_pusher_when_a_bar_closes_then_its_online_row_equals_the_offline_row(
+    platform: Platform,
+) -> None:
     from feature_repo.pipeline.ingest import open_platform_terminal
     from feature_repo.pipeline.stream import FeaturePusher
 
@@ -135,4 +163,9 @@ def test_pusher_when_a_bar_closes_then_its_online_row_equals_the_offline_row(pla
         close = int(want["event_timestamp"].timestamp())
         now[0] = close
         got = pusher.features_at("EURUSD", close).iloc[0]
-        np.testing.assert_allclose(got[list(FEATURE_NAMES)].to_numpy(float), want[list(FEATURE_NAMES)].to_numpy(float), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            got[list(FEATURE_NAMES)].to_numpy(float),
+            want[list(FEATURE_NAMES)].to_numpy(float),
+            rtol=0,
+            atol=1e-9,
+        )

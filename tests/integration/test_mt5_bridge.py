@@ -47,9 +47,22 @@ class BridgeServer:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "engine.mt5.simserver", "--port", str(self.port),
-               "--seed", "3", "--symbols", SYMBOLS, "--end-utc", str(END)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine.mt5.simserver",
+            "--port",
+            str(self.port),
+            "--seed",
+            "3",
+            "--symbols",
+            SYMBOLS,
+            "--end-utc",
+            str(END),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # blocks until the server listens
         assert line.startswith("READY"), f"bridge server did not start: {line!r}"
@@ -78,13 +91,22 @@ def _reference() -> SimulatedTerminal:
 
 
 def _deal(**kw: Any) -> dict[str, Any]:
-    req = {"action": P.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.1,
-           "type": P.ORDER_TYPE_BUY, "type_filling": P.ORDER_FILLING_FOK, "magic": 9, "comment": "it's"}  # fmt: skip
+    req = {
+        "action": P.TRADE_ACTION_DEAL,
+        "symbol": "EURUSD",
+        "volume": 0.1,
+        "type": P.ORDER_TYPE_BUY,
+        "type_filling": P.ORDER_FILLING_FOK,
+        "magic": 9,
+        "comment": "it's",
+    }
     req.update(kw)
     return req
 
 
-def test_bridge_when_connected_then_every_call_answers_as_the_terminal_behind_it(server: BridgeServer) -> None:
+def test_bridge_when_connected_then_every_call_answers_as_the_terminal_behind_it(
+    server: BridgeServer,
+) -> None:
     ref = _reference()
     term = BridgeTerminal.connect("127.0.0.1", server.port, login=77, password="pw", server="Sim")
     assert isinstance(term, P.Terminal)
@@ -101,11 +123,16 @@ def test_bridge_when_connected_then_every_call_answers_as_the_terminal_behind_it
     naive = datetime.fromtimestamp(frm, UTC).replace(tzinfo=None)
     np.testing.assert_array_equal(term.copy_rates_range("EURUSD", P.TIMEFRAME_M5, naive, to), got)
     np.testing.assert_array_equal(
-        term.copy_rates_from_pos("USDJPY", P.TIMEFRAME_H1, 0, 50), ref.copy_rates_from_pos("USDJPY", P.TIMEFRAME_H1, 0, 50)
+        term.copy_rates_from_pos("USDJPY", P.TIMEFRAME_H1, 0, 50),
+        ref.copy_rates_from_pos("USDJPY", P.TIMEFRAME_H1, 0, 50),
     )
     res = term.order_send(_deal(volume=np.float64(0.3)))
     assert res == ref.order_send(_deal(volume=0.3))
-    assert res is not None and res.retcode == P.TRADE_RETCODE_DONE and type(res.request) is P.TradeRequest
+    assert (
+        res is not None
+        and res.retcode == P.TRADE_RETCODE_DONE
+        and type(res.request) is P.TradeRequest
+    )
     assert res.request.comment == "it's"  # quotes survive the trip
     assert term.positions_get(symbol="EURUSD") == ref.positions_get(symbol="EURUSD")
     assert term.positions_get(ticket=res.order) == ref.positions_get(ticket=res.order)
@@ -121,7 +148,9 @@ def test_bridge_when_connected_then_every_call_answers_as_the_terminal_behind_it
     term.shutdown()
 
 
-def test_bridge_when_server_restarts_then_resilient_terminal_reconnects_after_backoff(server: BridgeServer) -> None:
+def test_bridge_when_server_restarts_then_resilient_terminal_reconnects_after_backoff(
+    server: BridgeServer,
+) -> None:
     slept: list[float] = []
 
     def sleep(s: float) -> None:
@@ -129,8 +158,14 @@ def test_bridge_when_server_restarts_then_resilient_terminal_reconnects_after_ba
         if len(slept) == 2:
             server.start()  # the bridge comes back during the second wait
 
-    term = open_terminal("bridge", host="127.0.0.1", port=server.port, sleep=sleep,
-                         backoff=Backoff(0.05, 1.0, jitter=0.0), reconnect_attempts=5)  # fmt: skip
+    term = open_terminal(
+        "bridge",
+        host="127.0.0.1",
+        port=server.port,
+        sleep=sleep,
+        backoff=Backoff(0.05, 1.0, jitter=0.0),
+        reconnect_attempts=5,
+    )
     assert isinstance(term, ResilientTerminal)
     before = term.copy_rates_from_pos("EURUSD", P.TIMEFRAME_M5, 1, 10)
     server.stop()
@@ -140,10 +175,18 @@ def test_bridge_when_server_restarts_then_resilient_terminal_reconnects_after_ba
     assert term.reconnects == 1 and term.last_error() == (P.RES_S_OK, "Success")
 
 
-def test_bridge_when_server_stays_down_then_connection_error_names_the_link(server: BridgeServer) -> None:
+def test_bridge_when_server_stays_down_then_connection_error_names_the_link(
+    server: BridgeServer,
+) -> None:
     slept: list[float] = []
-    term = open_terminal("bridge", host="127.0.0.1", port=server.port, sleep=slept.append,
-                         backoff=Backoff(0.5, 1.0, jitter=0.0), reconnect_attempts=3)  # fmt: skip
+    term = open_terminal(
+        "bridge",
+        host="127.0.0.1",
+        port=server.port,
+        sleep=slept.append,
+        backoff=Backoff(0.5, 1.0, jitter=0.0),
+        reconnect_attempts=3,
+    )
     server.stop()
     with pytest.raises(P.TerminalConnectionError) as err:
         term.account_info()
@@ -151,10 +194,14 @@ def test_bridge_when_server_stays_down_then_connection_error_names_the_link(serv
     assert code == P.RES_E_INTERNAL_FAIL_CONNECT and f"127.0.0.1:{server.port}" in message
     assert slept == [0.5, 1.0]
     with pytest.raises(P.TerminalConnectionError):
-        open_terminal("bridge", host="127.0.0.1", port=server.port, sleep=slept.append, reconnect_attempts=2)
+        open_terminal(
+            "bridge", host="127.0.0.1", port=server.port, sleep=slept.append, reconnect_attempts=2
+        )
 
 
-def test_bridge_when_link_dies_before_order_send_then_order_is_not_resent(server: BridgeServer) -> None:
+def test_bridge_when_link_dies_before_order_send_then_order_is_not_resent(
+    server: BridgeServer,
+) -> None:
     term = open_terminal("bridge", host="127.0.0.1", port=server.port, sleep=lambda s: None)
     assert isinstance(term, ResilientTerminal)
     server.stop()

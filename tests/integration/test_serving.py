@@ -513,9 +513,11 @@ def _mutations(rng: random.Random, n: int = 300) -> Iterator[tuple[str, Any, lis
             name = rng.choice(FEATURES)
             value = rng.choice(BAD_VALUES["feature"])
             rows[i]["features"][name] = value
-            yield f"{case}: rows.{i}.features.{name}={value!r:.20}", body, [
-                "rows", i, "features", name
-            ]  # fmt: skip
+            yield (
+                f"{case}: rows.{i}.features.{name}={value!r:.20}",
+                body,
+                ["rows", i, "features", name],
+            )
         else:
             name = rng.choice(FEATURES)
             del rows[i]["features"][name]
@@ -751,10 +753,23 @@ def test_bentoml_serve_when_no_token_then_exits_naming_the_setting(served: Serve
     log = tmp_path / "noauth.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:TrendService",
-             "--host", "127.0.0.1", "--port", str(free_port())],
-            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "serving.service:TrendService",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         code = proc.wait(timeout=90)
     except subprocess.TimeoutExpired:

@@ -75,9 +75,12 @@ def sequence_graph(seed: int) -> Any:
             ),
         ],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(v, "V"),
-         numpy_helper.from_array(b, "B")],
-    )  # fmt: skip
+        [
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(v, "V"),
+            numpy_helper.from_array(b, "B"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

@@ -33,7 +33,9 @@ def dataset(platform: Platform) -> pd.DataFrame:
     return build_dataset(s, s.symbols, "M5", platform.start, platform.end, horizon=6)
 
 
-def test_dataset_when_built_through_feast_then_every_row_is_point_in_time(dataset: pd.DataFrame, platform: Platform) -> None:
+def test_dataset_when_built_through_feast_then_every_row_is_point_in_time(
+    dataset: pd.DataFrame, platform: Platform
+) -> None:
     assert len(dataset) > 2000
     assert (dataset["label_end"] > dataset["event_timestamp"]).all()
     assert dataset["label_end"].max() <= pd.Timestamp(platform.end)
@@ -41,33 +43,49 @@ def test_dataset_when_built_through_feast_then_every_row_is_point_in_time(datase
     assert_point_in_time(dataset)
 
 
-def test_dataset_when_features_are_shifted_one_bar_into_the_future_then_the_check_fails(dataset: pd.DataFrame) -> None:
+def test_dataset_when_features_are_shifted_one_bar_into_the_future_then_the_check_fails(
+    dataset: pd.DataFrame,
+) -> None:
     leaked = dataset.copy()
     for sym, idx in leaked.groupby("symbol").groups.items():
-        leaked.loc[idx, list(TREND_V1_FEATURES)] = leaked.loc[idx, list(TREND_V1_FEATURES)].shift(-1).to_numpy()
+        leaked.loc[idx, list(TREND_V1_FEATURES)] = (
+            leaked.loc[idx, list(TREND_V1_FEATURES)].shift(-1).to_numpy()
+        )
         del sym
     leaked = leaked.dropna()
     with pytest.raises(LookAheadError):
         assert_point_in_time(leaked)
 
 
-def test_dataset_features_equal_the_offline_rows_of_the_same_bar(dataset: pd.DataFrame, platform: Platform) -> None:
+def test_dataset_features_equal_the_offline_rows_of_the_same_bar(
+    dataset: pd.DataFrame, platform: Platform
+) -> None:
     from feature_repo.pipeline.store import features_for_range
 
-    off = features_for_range(platform.settings, "EURUSD", "M5", platform.start, platform.end).set_index("event_timestamp")
+    off = features_for_range(
+        platform.settings, "EURUSD", "M5", platform.start, platform.end
+    ).set_index("event_timestamp")
     ds = dataset[dataset["symbol"] == "EURUSD"].set_index("event_timestamp")
     common = ds.index.intersection(off.index)
     assert len(common) == len(ds)
-    np.testing.assert_allclose(ds.loc[common, list(TREND_V1_FEATURES)].to_numpy(float), off.loc[common, list(TREND_V1_FEATURES)].to_numpy(float), atol=1e-12)
+    np.testing.assert_allclose(
+        ds.loc[common, list(TREND_V1_FEATURES)].to_numpy(float),
+        off.loc[common, list(TREND_V1_FEATURES)].to_numpy(float),
+        atol=1e-12,
+    )
 
 
-def test_train_register_and_gate(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_train_register_and_gate(
+    platform: Platform, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     from training.train import build_training_dataset, promote, train_and_register
 
-    s = platform.settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{tmp_path_factory.mktemp('mlf') / 'm.db'}"})
+    s = platform.settings.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{tmp_path_factory.mktemp('mlf') / 'm.db'}"}
+    )
     as_of = platform.end - timedelta(days=2)  # Saturday after the second week
     cfg = small_config()
     path = build_training_dataset(s, cfg, as_of)
@@ -76,9 +94,14 @@ def test_train_register_and_gate(platform: Platform, tmp_path_factory: pytest.Te
     assert res.parity_max_abs_diff <= 1e-5
     client = MlflowClient(s.tracking_uri, s.tracking_uri)
     mv = client.get_model_version(s.model_name, res.version)
-    local = mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{res.version}", tracking_uri=s.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{s.model_name}/{res.version}", tracking_uri=s.tracking_uri
+    )
     manifest = mlflow.models.Model.load(local).metadata["tx_manifest"]
-    assert manifest["features"] == list(TREND_V1_FEATURES) and manifest["feature_service"] == "trend_v1"
+    assert (
+        manifest["features"] == list(TREND_V1_FEATURES)
+        and manifest["feature_service"] == "trend_v1"
+    )
     arts = {a.path for a in client.list_artifacts(mv.run_id, "plots")}
     assert {"plots/equity_curve.png", "plots/feature_importance.png"} <= arts
 
@@ -91,24 +114,38 @@ def test_train_register_and_gate(platform: Platform, tmp_path_factory: pytest.Te
 
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias(s.model_name, "champion")
-    assert str(client.get_model_version_by_alias(s.model_name, "challenger").version) == flat.version
+    assert (
+        str(client.get_model_version_by_alias(s.model_name, "challenger").version) == flat.version
+    )
 
     # the real model is promoted only if it beats always-flat after costs on its test window
     decision = promote(s, res.version)
     assert decision.promoted == (decision.evidence["challenger_net_return"] > 0)
     if decision.promoted:
-        assert str(client.get_model_version_by_alias(s.model_name, "champion").version) == res.version
+        assert (
+            str(client.get_model_version_by_alias(s.model_name, "champion").version) == res.version
+        )
     assert "gate" in client.get_model_version(s.model_name, res.version).tags
     from training.registry import history
 
     assert [r["version"] for r in history(s)] == [flat.version, res.version]
 
 
-def test_dataset_when_built_for_trend_v2_then_sequences_end_at_their_own_bar(platform: Platform) -> None:
+def test_dataset_when_built_for_trend_v2_then_sequences_end_at_their_own_bar(
+    platform: Platform,
+) -> None:
     from training.dataset import sequence_tensor, service_inputs
 
     s = platform.settings
-    ds = build_dataset(s, s.symbols, "M5", platform.start + timedelta(days=7), platform.end, horizon=6, feature_service="trend_v2")
+    ds = build_dataset(
+        s,
+        s.symbols,
+        "M5",
+        platform.start + timedelta(days=7),
+        platform.end,
+        horizon=6,
+        feature_service="trend_v2",
+    )
     names, has_seq = service_inputs("trend_v2")
     assert has_seq and len(names) > 40 and len(ds) > 1000
     assert sequence_tensor(ds).shape == (len(ds), SEQ_LEN, len(SEQ_CHANNELS))
@@ -120,13 +157,17 @@ def test_dataset_when_built_for_trend_v2_then_sequences_end_at_their_own_bar(pla
         assert_point_in_time(shifted.dropna(subset=["seq"]))
 
 
-def test_train_ensemble_when_trend_v2_then_one_onnx_graph_with_sequence_is_registered(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_train_ensemble_when_trend_v2_then_one_onnx_graph_with_sequence_is_registered(
+    platform: Platform, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     import mlflow
 
     from training.config import TransformerConfig
     from training.train import build_training_dataset, train_and_register
 
-    s = platform.settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{tmp_path_factory.mktemp('mlf2') / 'm.db'}"})
+    s = platform.settings.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{tmp_path_factory.mktemp('mlf2') / 'm.db'}"}
+    )
     cfg = small_config().model_copy(
         update={
             "name": "trend_v2_test",
@@ -138,15 +179,46 @@ def test_train_ensemble_when_trend_v2_then_one_onnx_graph_with_sequence_is_regis
     )
     as_of = platform.end - timedelta(days=2)
     tuned = {"d_model": 8, "n_heads": 1, "lr": 0.004}  # as a transformer study's best would arrive
-    res = train_and_register(s, cfg, build_training_dataset(s, cfg, as_of), as_of, transformer_params=tuned)
+    res = train_and_register(
+        s, cfg, build_training_dataset(s, cfg, as_of), as_of, transformer_params=tuned
+    )
     assert res.parity_max_abs_diff <= 1e-5
-    local = mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{res.version}", tracking_uri=s.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{s.model_name}/{res.version}", tracking_uri=s.tracking_uri
+    )
     m = mlflow.models.Model.load(local).metadata["tx_manifest"]
-    assert {k: m["model_params"]["transformer"][k] for k in tuned} == tuned and m["model_params"]["transformer"]["n_layers"] == 1
-    assert mlflow.MlflowClient(s.tracking_uri).get_run(res.run_id).data.params["transformer.d_model"] == "8"
-    assert m["sequence"] == {"input_name": "sequence", "feature_view": "bar_sequence_fv", "field": "seq", "seq_len": SEQ_LEN, "channels": list(SEQ_CHANNELS)}
-    assert m["feature_views"] == ["trend_v2_fv", "bar_sequence_fv"] and len(m["ensemble_weights"]["by_regime_state"]) == 4
-    for key in ("bundle_sha256", "lake_snapshot", "git_commit", "onnx_latency_us", "thresholds", "train_range", "test_range"):
+    assert {k: m["model_params"]["transformer"][k] for k in tuned} == tuned and m["model_params"][
+        "transformer"
+    ]["n_layers"] == 1
+    assert (
+        mlflow.MlflowClient(s.tracking_uri).get_run(res.run_id).data.params["transformer.d_model"]
+        == "8"
+    )
+    assert m["sequence"] == {
+        "input_name": "sequence",
+        "feature_view": "bar_sequence_fv",
+        "field": "seq",
+        "seq_len": SEQ_LEN,
+        "channels": list(SEQ_CHANNELS),
+    }
+    assert (
+        m["feature_views"] == ["trend_v2_fv", "bar_sequence_fv"]
+        and len(m["ensemble_weights"]["by_regime_state"]) == 4
+    )
+    for key in (
+        "bundle_sha256",
+        "lake_snapshot",
+        "git_commit",
+        "onnx_latency_us",
+        "thresholds",
+        "train_range",
+        "test_range",
+    ):
         assert m[key], key
-    for k in ("test_sharpe_ci_low", "baseline_buy_and_hold_net_return", "baseline_momentum_sharpe", "test_profit_factor"):
+    for k in (
+        "test_sharpe_ci_low",
+        "baseline_buy_and_hold_net_return",
+        "baseline_momentum_sharpe",
+        "test_profit_factor",
+    ):
         assert k in res.metrics

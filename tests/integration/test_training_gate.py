@@ -44,7 +44,13 @@ def labels(ds: pd.DataFrame) -> np.ndarray:
     return np.where(ds["ret_next"] > 1e-4, 2, np.where(ds["ret_next"] < -1e-4, 0, 1))
 
 
-def register(settings: PlatformSettings, model: XGBModel, window: pd.DataFrame, *, parity: float | None = None) -> str:
+def register(
+    settings: PlatformSettings,
+    model: XGBModel,
+    window: pd.DataFrame,
+    *,
+    parity: float | None = None,
+) -> str:
     import mlflow
 
     from training.train import ensure_experiment
@@ -70,19 +76,32 @@ def register(settings: PlatformSettings, model: XGBModel, window: pd.DataFrame, 
         return str(mlflow.register_model(info.model_uri, settings.model_name).version)
 
 
-def weak_champion_then_good(settings: PlatformSettings, models: dict[str, XGBModel], window: pd.DataFrame) -> tuple[str, str]:
+def weak_champion_then_good(
+    settings: PlatformSettings, models: dict[str, XGBModel], window: pd.DataFrame
+) -> tuple[str, str]:
     """Register the weak model, make it champion by hand (an operator decision, audited too),
     then register the good one as the challenger; returns (bad, good) versions."""
     from training.registry import move_aliases
 
     bad = register(settings, models["bad"], window)
-    move_aliases(settings, {"champion": bad}, action="manual", version=bad, evidence={"why": "test setup"}, actor="test")
+    move_aliases(
+        settings,
+        {"champion": bad},
+        action="manual",
+        version=bad,
+        evidence={"why": "test setup"},
+        actor="test",
+    )
     return bad, register(settings, models["good"], window)
 
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> PlatformSettings:
-    return PlatformSettings(home=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name="tx_gate_test")
+    return PlatformSettings(
+        home=tmp_path,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        model_name="tx_gate_test",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +111,15 @@ def models() -> dict[str, XGBModel]:
     params = {"n_estimators": 40, "max_depth": 2, "learning_rate": 0.2}
     return {
         "good": XGBModel(params).fit(ModelData(x, None, y)),
-        "bad": XGBModel(params).fit(ModelData(x, None, 2 - y)),  # learnt the inverse: long when it should short
+        "bad": XGBModel(params).fit(
+            ModelData(x, None, 2 - y)
+        ),  # learnt the inverse: long when it should short
     }
 
 
-def test_gate_when_challenger_is_worse_then_refused_and_set_as_challenger_with_an_audit_row(settings: PlatformSettings, models: dict[str, XGBModel]) -> None:
+def test_gate_when_challenger_is_worse_then_refused_and_set_as_challenger_with_an_audit_row(
+    settings: PlatformSettings, models: dict[str, XGBModel]
+) -> None:
     window = market(seed=2)
     good = register(settings, models["good"], window)
     first = promote(settings, good, window=window, actor="test")
@@ -119,7 +142,10 @@ def test_gate_when_challenger_is_worse_then_refused_and_set_as_challenger_with_a
     # the DM test is recorded whichever rule decides (default: bootstrap)
     assert last["evidence"]["sharpe_test"] == "bootstrap" and last["evidence"]["dm_lag"] == 5
     assert last["evidence"]["dm_stat"] < 0 and last["evidence"]["dm_p_value"] > 0.5
-    assert any(k.startswith("audit.") for k in client_for(settings).get_model_version(settings.model_name, bad).tags)
+    assert any(
+        k.startswith("audit.")
+        for k in client_for(settings).get_model_version(settings.model_name, bad).tags
+    )
 
 
 def test_gate_when_challenger_is_better_then_promoted_old_champion_becomes_previous_and_rollback_restores_it(
@@ -139,12 +165,18 @@ def test_gate_when_challenger_is_better_then_promoted_old_champion_becomes_previ
 
     rec = rollback(settings, actor="ops", reason="drill")
     assert current_aliases(client, settings.model_name) == {"champion": bad, "previous": good}
-    assert rec["action"] == "rollback" and rec["before"]["champion"] == good and rec["after"]["champion"] == bad
+    assert (
+        rec["action"] == "rollback"
+        and rec["before"]["champion"] == good
+        and rec["after"]["champion"] == bad
+    )
     assert [r["action"] for r in history(settings)] == ["manual", "promote", "rollback"]
     assert len(audit_path(settings).read_text().splitlines()) == 3
 
 
-def test_gate_when_parity_failed_then_refused_and_no_alias_moves(settings: PlatformSettings, models: dict[str, XGBModel]) -> None:
+def test_gate_when_parity_failed_then_refused_and_no_alias_moves(
+    settings: PlatformSettings, models: dict[str, XGBModel]
+) -> None:
     window = market(seed=4)
     v = register(settings, models["good"], window, parity=1e-3)
     decision = promote(settings, v, window=window, actor="test")
@@ -164,9 +196,13 @@ def test_decide_when_drawdown_or_latency_is_worse_beyond_tolerance_then_refused(
     cfg = GateConfig(max_drawdown_tolerance=0.1)
     ok, reason, _ = decide(chal, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0)
     assert not ok and "drawdown" in reason
-    ok, reason, _ = decide(champ + 2e-5, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0)
+    ok, reason, _ = decide(
+        champ + 2e-5, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0
+    )
     assert ok, reason
-    ok, reason, _ = decide(champ + 2e-5, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=1e6)
+    ok, reason, _ = decide(
+        champ + 2e-5, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=1e6
+    )
     assert not ok and "latency" in reason
 
 
@@ -188,7 +224,11 @@ def test_gate_when_sharpe_test_is_dm_then_a_better_challenger_is_promoted_a_wors
     assert "DM*" in up.reason and up.evidence["dm_p_value"] < 0.05 and up.evidence["dm_stat"] > 0
     assert not down.promoted and down.evidence["dm_stat"] < 0 and down.evidence["dm_p_value"] > 0.5
     client = client_for(settings)
-    assert current_aliases(client, settings.model_name) == {"champion": good, "previous": bad, "challenger": bad}
+    assert current_aliases(client, settings.model_name) == {
+        "champion": good,
+        "previous": bad,
+        "challenger": bad,
+    }
     rows = history(settings)
     assert [r["action"] for r in rows] == ["manual", "promote", "refuse→challenger"]
     assert rows[1]["evidence"]["sharpe_test"] == "dm" and rows[1]["evidence"]["dm_lag"] == 5
@@ -196,20 +236,31 @@ def test_gate_when_sharpe_test_is_dm_then_a_better_challenger_is_promoted_a_wors
     assert tag["evidence"]["dm_p_value"] == pytest.approx(up.evidence["dm_p_value"])
 
 
-def test_decide_when_sharpe_test_is_dm_then_significance_decides_and_bootstrap_stays_the_default() -> None:
+def test_decide_when_sharpe_test_is_dm_then_significance_decides_and_bootstrap_stays_the_default() -> (
+    None
+):
     idx = pd.date_range("2026-01-01", periods=3000, freq="5min", tz="UTC")
     champ = pd.Series(np.random.default_rng(0).normal(1e-5, 1e-4, 3000), index=idx)
 
-    def shifted(edge: float, noise: float, seed: int) -> pd.Series:  # the champion's P&L, plus an edge, plus noise
+    def shifted(
+        edge: float, noise: float, seed: int
+    ) -> pd.Series:  # the champion's P&L, plus an edge, plus noise
         return champ + edge + np.random.default_rng(seed).normal(0.0, noise, len(champ))
 
     clearly_better, clearly_worse = shifted(1.2e-5, 5e-5, 1), shifted(-1.2e-5, 5e-5, 2)
-    marginal = shifted(3e-8, 3e-6, 4)  # a hair better: non-inferior for the bootstrap, not significant for DM
-    dm, boot = GateConfig(sharpe_test="dm", max_drawdown_tolerance=1.0), GateConfig(max_drawdown_tolerance=1.0)
+    marginal = shifted(
+        3e-8, 3e-6, 4
+    )  # a hair better: non-inferior for the bootstrap, not significant for DM
+    dm, boot = (
+        GateConfig(sharpe_test="dm", max_drawdown_tolerance=1.0),
+        GateConfig(max_drawdown_tolerance=1.0),
+    )
     assert GateConfig().sharpe_test == "bootstrap"
 
     def run(ch: pd.Series, cfg: GateConfig) -> tuple[bool, str, dict]:
-        return decide(ch, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0, label_horizon=6)
+        return decide(
+            ch, champ, timeframe="M5", cfg=cfg, parity=1e-7, latency_us=100.0, label_horizon=6
+        )
 
     ok, reason, ev = run(clearly_better, dm)
     assert ok and "DM*" in reason, reason
@@ -221,5 +272,13 @@ def test_decide_when_sharpe_test_is_dm_then_significance_decides_and_bootstrap_s
     assert ev["sharpe_diff"] > 0 and 0.1 < ev["dm_p_value"] < 0.5  # recorded, not deciding
     ok, reason, ev = run(marginal, dm)
     assert not ok and "Diebold-Mariano" in reason
-    _, _, ev = decide(clearly_better, champ, timeframe="M5", cfg=GateConfig(sharpe_test="dm", dm_lag=0), parity=1e-7, latency_us=100.0, label_horizon=6)
+    _, _, ev = decide(
+        clearly_better,
+        champ,
+        timeframe="M5",
+        cfg=GateConfig(sharpe_test="dm", dm_lag=0),
+        parity=1e-7,
+        latency_us=100.0,
+        label_horizon=6,
+    )
     assert ev["dm_lag"] == 0  # an explicit lag wins over the horizon rule

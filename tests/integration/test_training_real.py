@@ -46,17 +46,27 @@ def test_real_export_report_when_run_on_usdjpy_then_datasets_come_from_feast_and
 
     assert r.test_range[0] >= "2025-03-26" and r.test_rows > 1500
     assert r.train_rows["trend_v1"] > 4000 and r.train_rows["trend_v2"] > 3800
-    assert set(r.models) == {"trend_v1", "trend_v2"} and set(r.baselines) == {"flat", "buy_and_hold", "momentum"}
+    assert set(r.models) == {"trend_v1", "trend_v2"} and set(r.baselines) == {
+        "flat",
+        "buy_and_hold",
+        "momentum",
+    }
     for m in (*r.models.values(), *r.baselines.values()):
         assert m["sharpe_ci_low"] <= m["sharpe"] <= m["sharpe_ci_high"]
         assert m["net_return_ci_low"] <= m["net_return"] <= m["net_return_ci_high"]
     assert r.baselines["flat"]["net_return"] == 0.0 and r.baselines["flat"]["trades"] == 0
 
     # the second run reuses the prepared lake while file, rule, range and pipeline code are unchanged
-    entry = next(e for e in yaml.safe_load((CONFIG_DIR / "real_exports_v1.yaml").read_text())["files"] if e["file"].startswith("USDJPY_H1"))
+    entry = next(
+        e
+        for e in yaml.safe_load((CONFIG_DIR / "real_exports_v1.yaml").read_text())["files"]
+        if e["file"].startswith("USDJPY_H1")
+    )
     assert prepare(entry, raw_dir, s).reused
 
     text = render(results, spec, raw_dir)
     rows = [ln for ln in text.splitlines() if ln.startswith("| USDJPY | H1 |")]
-    assert len(rows) == 5 and all(ln.count("[") == 2 for ln in rows)  # 2 models + 3 baselines, each with 2 CIs
+    assert len(rows) == 5 and all(
+        ln.count("[") == 2 for ln in rows
+    )  # 2 models + 3 baselines, each with 2 CIs
     assert "get_historical_features" in text and "`fixed:+2`" in text

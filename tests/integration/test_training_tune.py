@@ -55,26 +55,49 @@ def synthetic_dataset(path: Path, n: int = 3000) -> str:
     return _write_labelled(path, pd.DataFrame(x, columns=list(TREND_V1_FEATURES)), score, 0.6)
 
 
-def test_tune_when_two_worker_processes_share_a_postgres_study_then_both_add_trials(pg_storage: str, tmp_path: Path) -> None:
+def test_tune_when_two_worker_processes_share_a_postgres_study_then_both_add_trials(
+    pg_storage: str, tmp_path: Path
+) -> None:
     import mlflow
     import optuna
 
     from training.tune import tune
 
-    s = PlatformSettings(home=tmp_path, optuna_storage=pg_storage, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    s = PlatformSettings(
+        home=tmp_path,
+        optuna_storage=pg_storage,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+    )
     cfg = ExperimentConfig(
         name="tune_test",
         feature_service="trend_v1",
-        split={"start": "2026-01-05", "test_start": "2026-01-14", "end": "2026-01-16", "n_folds": 3, "embargo_bars": 6},  # type: ignore[arg-type]
+        split={
+            "start": "2026-01-05",
+            "test_start": "2026-01-14",
+            "end": "2026-01-16",
+            "n_folds": 3,
+            "embargo_bars": 6,
+        },  # type: ignore[arg-type]
         model={"n_estimators": 30},
     )
-    res = tune(s, cfg, synthetic_dataset(tmp_path / "ds.parquet"), None, timeframe="M5", workers=2, n_trials=8)
+    res = tune(
+        s,
+        cfg,
+        synthetic_dataset(tmp_path / "ds.parquet"),
+        None,
+        timeframe="M5",
+        workers=2,
+        n_trials=8,
+    )
 
     study = optuna.load_study(study_name=res.study_name, storage=pg_storage)
     pids = {t.user_attrs["pid"] for t in study.trials}
     assert len(study.trials) == 8
     assert len(pids) == 2 and os.getpid() not in pids  # two processes, neither of them this one
-    assert res.best_value == pytest.approx(study.best_value) and set(res.best_params) >= {"max_depth", "learning_rate"}
+    assert res.best_value == pytest.approx(study.best_value) and set(res.best_params) >= {
+        "max_depth",
+        "learning_rate",
+    }
     run = mlflow.MlflowClient(s.tracking_uri).get_run(str(res.mlflow_run_id))
     assert run.data.metrics["trials_total"] == 8 and "best.max_depth" in run.data.params
     assert any(k.startswith("importance.") for k in run.data.metrics)
@@ -102,19 +125,33 @@ def ensemble_config(xgb_trials: int, transformer_trials: int) -> ExperimentConfi
         name="tune_ens",
         feature_service="trend_v2",
         family="ensemble",
-        split={"start": "2026-01-05", "test_start": "2026-01-07 12:00", "end": "2026-01-08 04:00", "n_folds": 3, "embargo_bars": 6},  # type: ignore[arg-type]
+        split={
+            "start": "2026-01-05",
+            "test_start": "2026-01-07 12:00",
+            "end": "2026-01-08 04:00",
+            "n_folds": 3,
+            "embargo_bars": 6,
+        },  # type: ignore[arg-type]
         model={"n_estimators": 30, "n_jobs": 1},  # one thread: 2 shared cores here
         transformer={"batch_size": 128},  # type: ignore[arg-type]
         regime={"vol_feature": "vol_24", "trend_feature": "trend_t_48"},  # type: ignore[arg-type]
         tune={  # type: ignore[arg-type]
             "workers": 1,
             "n_trials": xgb_trials,
-            "transformer": {"n_trials": transformer_trials, "d_model": [8, 16], "n_heads": [1, 2], "n_layers": [1, 1], "epochs": [1, 2]},
+            "transformer": {
+                "n_trials": transformer_trials,
+                "d_model": [8, 16],
+                "n_heads": [1, 2],
+                "n_layers": [1, 1],
+                "epochs": [1, 2],
+            },
         },
     )
 
 
-def test_tune_when_config_is_an_ensemble_then_the_transformer_has_its_own_study_logged_and_its_best_params_reach_the_final_model(tmp_path: Path) -> None:
+def test_tune_when_config_is_an_ensemble_then_the_transformer_has_its_own_study_logged_and_its_best_params_reach_the_final_model(
+    tmp_path: Path,
+) -> None:
     """The DAG's path, task by task: plan → worker → summarise (MLflow) → fit_step."""
     import pickle
 
@@ -124,7 +161,9 @@ def test_tune_when_config_is_an_ensemble_then_the_transformer_has_its_own_study_
     from training.train import fit_step
     from training.tune import plan_workers, run_planned_worker, summarise
 
-    s = PlatformSettings(home=tmp_path, timeframe="M5", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    s = PlatformSettings(
+        home=tmp_path, timeframe="M5", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"
+    )
     cfg = ensemble_config(xgb_trials=2, transformer_trials=4)
     path = synthetic_v2_dataset(tmp_path / "ds.parquet")
 
@@ -134,23 +173,51 @@ def test_tune_when_config_is_an_ensemble_then_the_transformer_has_its_own_study_
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the final fit: one thread, as the tuning workers (2 shared cores here)
+    torch.set_num_threads(
+        1
+    )  # the final fit: one thread, as the tuning workers (2 shared cores here)
     try:
-        wd = fit_step(s, cfg, path, None, params=best["params"] or None, transformer_params=best["transformer_params"] or None)
+        wd = fit_step(
+            s,
+            cfg,
+            path,
+            None,
+            params=best["params"] or None,
+            transformer_params=best["transformer_params"] or None,
+        )
     finally:
         torch.set_num_threads(threads)
 
-    assert jobs == [{"study": "tune_ens-ds", "dataset_path": path, "worker": 0, "trials": {"xgboost": 2, "transformer": 4}}]
+    assert jobs == [
+        {
+            "study": "tune_ens-ds",
+            "dataset_path": path,
+            "worker": 0,
+            "trials": {"xgboost": 2, "transformer": 4},
+        }
+    ]
     assert sum(done) == 6
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # the default storage
-    assert sorted(st.study_name for st in optuna.get_all_study_summaries(storage)) == ["tune_ens-ds", "tune_ens-ds-transformer"]
+    assert sorted(st.study_name for st in optuna.get_all_study_summaries(storage)) == [
+        "tune_ens-ds",
+        "tune_ens-ds-transformer",
+    ]
     tstudy = optuna.load_study(study_name="tune_ens-ds-transformer", storage=storage)
     assert len(tstudy.trials) == 4
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in tstudy.trials[:3])  # the pruner's startup trials
+    assert all(
+        t.state == optuna.trial.TrialState.COMPLETE for t in tstudy.trials[:3]
+    )  # the pruner's startup trials
     reported = max(len(t.intermediate_values) for t in tstudy.trials)
     assert reported >= 3  # one report per epoch and fold (3 folds)
     tp = best["transformer_params"]
-    assert tp == tstudy.best_params and set(tp) == {"d_model", "n_heads", "n_layers", "dropout", "lr", "epochs"}
+    assert tp == tstudy.best_params and set(tp) == {
+        "d_model",
+        "n_heads",
+        "n_layers",
+        "dropout",
+        "lr",
+        "epochs",
+    }
     assert tp["d_model"] % tp["n_heads"] == 0
     assert set(best["params"]) >= {"max_depth", "learning_rate"}
 
@@ -164,29 +231,50 @@ def test_tune_when_config_is_an_ensemble_then_the_transformer_has_its_own_study_
 
     client = mlflow.MlflowClient(s.tracking_uri)
     trun = client.get_run(best["studies"]["transformer"]["mlflow_run_id"])
-    assert trun.data.tags["optuna.member"] == "transformer" and trun.data.tags["optuna.group"] == "tune_ens-ds"
-    assert trun.data.metrics["trials_total"] == 4 and trun.data.params["best.d_model"] == str(tp["d_model"])
+    assert (
+        trun.data.tags["optuna.member"] == "transformer"
+        and trun.data.tags["optuna.group"] == "tune_ens-ds"
+    )
+    assert trun.data.metrics["trials_total"] == 4 and trun.data.params["best.d_model"] == str(
+        tp["d_model"]
+    )
     assert any(k.startswith("importance.") for k in trun.data.metrics)
-    assert {a.path for a in client.list_artifacts(trun.info.run_id, "optuna")} == {"optuna/trials.csv", "optuna/best.json"}
+    assert {a.path for a in client.list_artifacts(trun.info.run_id, "optuna")} == {
+        "optuna/trials.csv",
+        "optuna/best.json",
+    }
     xrun = client.get_run(best["studies"]["xgboost"]["mlflow_run_id"])
     assert xrun.data.tags["optuna.member"] == "xgboost" and xrun.data.metrics["trials_total"] == 2
 
 
-def test_tune_when_two_worker_processes_share_the_default_sqlite_studies_then_both_add_trials_to_each(tmp_path: Path) -> None:
+def test_tune_when_two_worker_processes_share_the_default_sqlite_studies_then_both_add_trials_to_each(
+    tmp_path: Path,
+) -> None:
     import optuna
 
     from training.tune import tune
 
-    s = PlatformSettings(home=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")  # no optuna_storage: SQLite file
+    s = PlatformSettings(
+        home=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"
+    )  # no optuna_storage: SQLite file
     cfg = ensemble_config(xgb_trials=6, transformer_trials=4)
-    res = tune(s, cfg, synthetic_v2_dataset(tmp_path / "ds.parquet", n=700), None, timeframe="M5", workers=2)
+    res = tune(
+        s,
+        cfg,
+        synthetic_v2_dataset(tmp_path / "ds.parquet", n=700),
+        None,
+        timeframe="M5",
+        workers=2,
+    )
 
     assert s.optuna_storage_url == f"sqlite:///{tmp_path / 'optuna.db'}"
     for name, n in (("tune_ens-ds", 6), ("tune_ens-ds-transformer", 4)):
         study = optuna.load_study(study_name=name, storage=s.optuna_storage_url)
         pids = {t.user_attrs["pid"] for t in study.trials}
         assert len(study.trials) == n, name
-        assert len(pids) == 2 and os.getpid() not in pids, name  # two processes, neither of them this one
+        assert len(pids) == 2 and os.getpid() not in pids, (
+            name
+        )  # two processes, neither of them this one
     assert res.member == "xgboost" and res.n_trials == 6 and res.transformer is not None
     assert res.transformer.study_name == "tune_ens-ds-transformer" and res.transformer.n_trials == 4
     assert res.to_dict()["transformer"]["best_params"] == res.transformer.best_params

@@ -91,7 +91,12 @@ def _redis_event_time(s: PlatformSettings) -> float:
 
 def _offline_event_times(s: PlatformSettings) -> pd.Series:
     files = sorted(s.offline_features_dir.parent.rglob("*.parquet"))  # every view
-    return pd.concat([pq.read_table(f, columns=["event_timestamp"]).to_pandas()["event_timestamp"] for f in files])
+    return pd.concat(
+        [
+            pq.read_table(f, columns=["event_timestamp"]).to_pandas()["event_timestamp"]
+            for f in files
+        ]
+    )
 
 
 def _downstream(s: PlatformSettings) -> None:
@@ -103,7 +108,9 @@ def _downstream(s: PlatformSettings) -> None:
 def _assert_nothing_of_the_day_downstream(s: PlatformSettings) -> None:
     assert lake.read_partition(s.lake_dir, SYM, TF, DAY.date()) is None
     assert lake.read_bars(s.lake_dir, SYM, TF, DAY, NEXT).empty
-    assert _offline_event_times(s).max() <= pd.Timestamp(DAY)  # the history's last bar closes at DAY
+    assert _offline_event_times(s).max() <= pd.Timestamp(
+        DAY
+    )  # the history's last bar closes at DAY
     assert _redis_event_time(s) == DAY.timestamp()
 
 
@@ -156,7 +163,9 @@ def _price_jump(df: pd.DataFrame) -> pd.DataFrame:
 
 def _frozen(df: pd.DataFrame, first: int = 160) -> pd.DataFrame:
     px = df.loc[first - 1, "close"]
-    df.loc[first : first + 9, ["open", "high", "low", "close"]] = px  # ten identical bars, ticks still counted
+    df.loc[first : first + 9, ["open", "high", "low", "close"]] = (
+        px  # ten identical bars, ticks still counted
+    )
     return df
 
 
@@ -201,7 +210,19 @@ def test_validate_when_a_batch_is_corrupted_then_the_rule_catches_it_and_nothing
         from engine.mt5.sim import SyntheticFeed
 
         feed = SyntheticFeed(seed=s.synthetic_seed, symbols=[SYM], server_utc_offset_hours=5)
-        ingest(s, SYM, TF, DAY, NEXT, terminal=open_terminal("sim", sim_feed=feed, clock=lambda: int(NEXT.timestamp()) + 3600, server_utc_offset_hours=5))
+        ingest(
+            s,
+            SYM,
+            TF,
+            DAY,
+            NEXT,
+            terminal=open_terminal(
+                "sim",
+                sim_feed=feed,
+                clock=lambda: int(NEXT.timestamp()) + 3600,
+                server_utc_offset_hours=5,
+            ),
+        )
     else:
         ingest(s, SYM, TF, DAY, NEXT)
     if c.rule == "forming_bar":
@@ -227,7 +248,10 @@ def test_validate_when_a_batch_is_corrupted_then_the_rule_catches_it_and_nothing
         stored = pq.read_table(qdir / "bars.parquet").to_pandas()
         bad_times = set(stored.iloc[list(c.bad_rows)]["server_time"])
         flagged = rejected[rejected["reasons"].str.contains(f"{c.rule}: ")]
-        assert bad_times <= set(flagged["server_time"]), (bad_times, flagged[["server_time", "reasons"]])
+        assert bad_times <= set(flagged["server_time"]), (
+            bad_times,
+            flagged[["server_time", "reasons"]],
+        )
     docs = (qdir / "data_docs" / "index.html").read_text()
     assert "Data documentation compiled by Great Expectations" in docs  # the failing suite's page
     assert ("mt5_bars_schema_v2" if c.rule == "schema" else "mt5_bars_v2") in docs
@@ -237,7 +261,9 @@ def test_validate_when_a_batch_is_corrupted_then_the_rule_catches_it_and_nothing
     _assert_nothing_of_the_day_downstream(s)
 
 
-def test_validate_when_the_batch_is_clean_then_it_passes_with_zero_flags_and_reaches_redis(platform: PlatformSettings) -> None:
+def test_validate_when_the_batch_is_clean_then_it_passes_with_zero_flags_and_reaches_redis(
+    platform: PlatformSettings,
+) -> None:
     s = platform.model_copy(update={"validation_severity": "*=hard"})
     ingest(s, SYM, TF, DAY, NEXT)
     report = validate_interval(s, SYM, TF, DAY, NEXT)
@@ -263,13 +289,18 @@ def test_validate_when_a_soft_rule_fails_then_rows_are_flagged_a_warning_is_logg
     assert report.soft_failures == {"spread_spike": 1, "frozen_prices": 10}
     assert any("flagged (soft)" in r.message for r in caplog.records)
     flags = pd.read_parquet(lake.partition_dir(s.lake_dir, SYM, TF, DAY.date()) / "flags.parquet")
-    assert set(flags["severity"]) == {"soft"} and flags["reasons"].str.startswith(("spread_spike", "frozen_prices")).all()
+    assert (
+        set(flags["severity"]) == {"soft"}
+        and flags["reasons"].str.startswith(("spread_spike", "frozen_prices")).all()
+    )
     _downstream(s)
     assert _redis_event_time(s) == NEXT.timestamp()
     assert not list_quarantine(s)
 
 
-def test_validate_when_a_severity_is_overridden_then_the_same_flag_quarantines(platform: PlatformSettings) -> None:
+def test_validate_when_a_severity_is_overridden_then_the_same_flag_quarantines(
+    platform: PlatformSettings,
+) -> None:
     s = platform.model_copy(update={"validation_severity": "spread_spike=hard"})
     ingest(s, SYM, TF, DAY, NEXT)
     _restage(s, _spread_spike(_staged(s).copy()))
@@ -301,12 +332,17 @@ def test_release_when_the_quarantined_batch_is_fixed_then_it_moves_to_the_lake_a
     bars = lake.read_partition(s.lake_dir, SYM, TF, DAY.date())
     assert bars is not None and bars.equals(clean)
     (rec,) = [json.loads(x) for x in (s.quarantine_dir / "releases.jsonl").read_text().splitlines()]
-    assert rec["date"] == DAY.date().isoformat() and "ohlc_consistency" in rec["previous_hard_failures"]
+    assert (
+        rec["date"] == DAY.date().isoformat()
+        and "ohlc_consistency" in rec["previous_hard_failures"]
+    )
     _downstream(s)
     assert _redis_event_time(s) == NEXT.timestamp()
 
 
-def test_release_when_a_quarantined_day_is_reingested_clean_then_validation_releases_it(platform: PlatformSettings) -> None:
+def test_release_when_a_quarantined_day_is_reingested_clean_then_validation_releases_it(
+    platform: PlatformSettings,
+) -> None:
     s = platform
     ingest(s, SYM, TF, DAY, NEXT)
     _restage(s, _negative_spread(_staged(s).copy()))
@@ -315,14 +351,21 @@ def test_release_when_a_quarantined_day_is_reingested_clean_then_validation_rele
     ingest(s, SYM, TF, DAY, NEXT)  # the broker's data is fine now
     report = validate_interval(s, SYM, TF, DAY, NEXT)
     assert report.partitions[0]["released"]["how"] == "re-ingested batch passed"
-    assert not list_quarantine(s) and lake.read_partition(s.lake_dir, SYM, TF, DAY.date()) is not None
+    assert (
+        not list_quarantine(s) and lake.read_partition(s.lake_dir, SYM, TF, DAY.date()) is not None
+    )
 
 
 # --- configuration and calendar ---------------------------------------------------------------
 
 
 def test_config_when_overrides_name_unknown_rules_or_severities_then_they_are_refused() -> None:
-    assert load_config(severity_overrides="*=soft,ohlc_consistency=hard").severities()["ohlc_consistency"] == "hard"
+    assert (
+        load_config(severity_overrides="*=soft,ohlc_consistency=hard").severities()[
+            "ohlc_consistency"
+        ]
+        == "hard"
+    )
     assert load_config(severity_overrides="*=soft").severities()["tz_shift"] == "soft"
     with pytest.raises(ValidationConfigError):
         load_config(severity_overrides="no_such_rule=hard")
@@ -333,7 +376,9 @@ def test_config_when_overrides_name_unknown_rules_or_severities_then_they_are_re
         load_config(severity_overrides="schema=soft")
 
 
-def test_config_when_a_yaml_overrides_a_threshold_then_it_is_merged_over_the_defaults(tmp_path: Path) -> None:
+def test_config_when_a_yaml_overrides_a_threshold_then_it_is_merged_over_the_defaults(
+    tmp_path: Path,
+) -> None:
     p = tmp_path / "rules.yaml"
     p.write_text("rules:\n  price_jump:\n    k_sigma: 30\n")
     cfg = load_config(p)
@@ -347,22 +392,38 @@ def _utc(s: str) -> int:
 @pytest.mark.parametrize(
     ("symbol", "gap_start", "gap_end", "allowed"),
     [
-        ("EURUSD", "2026-01-09 22:00", "2026-01-11 22:00", True),  # weekend (winter: 17:00 NY = 22:00 UTC)
+        (
+            "EURUSD",
+            "2026-01-09 22:00",
+            "2026-01-11 22:00",
+            True,
+        ),  # weekend (winter: 17:00 NY = 22:00 UTC)
         ("EURUSD", "2025-07-11 21:00", "2025-07-13 21:00", True),  # weekend (summer: 21:00 UTC)
         ("EURUSD", "2025-12-24 18:00", "2025-12-26 06:00", True),  # Christmas
         ("EURUSD", "2025-12-31 18:00", "2026-01-02 07:00", True),  # New Year
         ("EURUSD", "2026-01-07 21:55", "2026-01-07 22:05", True),  # daily rollover break
         ("EURUSD", "2026-01-07 10:00", "2026-01-07 12:00", False),  # a weekday hole
-        ("EURUSD", "2026-01-07 22:00", "2026-01-08 00:00", False),  # two hours are more than the FX break (+1 h tolerance)
+        (
+            "EURUSD",
+            "2026-01-07 22:00",
+            "2026-01-08 00:00",
+            False,
+        ),  # two hours are more than the FX break (+1 h tolerance)
         ("XAUUSD", "2026-01-07 22:00", "2026-01-07 23:00", True),  # gold's daily break
         ("XAUUSD", "2026-04-02 21:00", "2026-04-05 22:00", True),  # Good Friday (metals)
         ("EURUSD", "2026-04-03 12:00", "2026-04-03 14:00", False),  # FX trades on Good Friday
     ],
 )
-def test_calendar_when_bars_are_missing_then_only_closed_windows_are_allowed(symbol: str, gap_start: str, gap_end: str, allowed: bool) -> None:
+def test_calendar_when_bars_are_missing_then_only_closed_windows_are_allowed(
+    symbol: str, gap_start: str, gap_end: str, allowed: bool
+) -> None:
     got = calendar_for(symbol).covers(np.array([_utc(gap_start)]), np.array([_utc(gap_end)]))
     assert bool(got[0]) is allowed
 
 
 def test_calendar_when_computing_easter_then_known_dates_come_out() -> None:
-    assert [easter_sunday(y).isoformat() for y in (2024, 2025, 2026)] == ["2024-03-31", "2025-04-20", "2026-04-05"]
+    assert [easter_sunday(y).isoformat() for y in (2024, 2025, 2026)] == [
+        "2024-03-31",
+        "2025-04-20",
+        "2026-04-05",
+    ]

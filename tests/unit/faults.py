@@ -41,7 +41,13 @@ class Crash(Exception):
 class FaultyTerminal:
     """The real simulator with scripted broker faults (see the module docstring)."""
 
-    def __init__(self, inner: SimulatedTerminal, script: Iterable[Any] = (), refuse_filling: Iterable[int] = (), stops_level: int | None = None) -> None:
+    def __init__(
+        self,
+        inner: SimulatedTerminal,
+        script: Iterable[Any] = (),
+        refuse_filling: Iterable[int] = (),
+        stops_level: int | None = None,
+    ) -> None:
         self.inner = inner
         self.script: deque[Any] = deque(script)
         self.refuse_filling = set(refuse_filling)
@@ -59,7 +65,19 @@ class FaultyTerminal:
 
     def _answer(self, request: dict[str, Any], rc: int, comment: str) -> mt5.OrderSendResult:
         tick = self.inner.symbol_info_tick(request["symbol"])
-        return mt5.OrderSendResult(rc, 0, 0, 0.0, 0.0, tick.bid if tick else 0.0, tick.ask if tick else 0.0, comment, 0, 0, None)
+        return mt5.OrderSendResult(
+            rc,
+            0,
+            0,
+            0.0,
+            0.0,
+            tick.bid if tick else 0.0,
+            tick.ask if tick else 0.0,
+            comment,
+            0,
+            0,
+            None,
+        )
 
     def order_send(self, request: dict[str, Any]) -> mt5.OrderSendResult | None:
         self.sent.append(dict(request))
@@ -86,7 +104,9 @@ class FaultyTerminal:
 class ScriptedModel:
     """A model client answering a fixed position (or raising ServingUnavailable)."""
 
-    def __init__(self, position: int = 1, probabilities: dict[str, float] | None = None, version: str = "7") -> None:
+    def __init__(
+        self, position: int = 1, probabilities: dict[str, float] | None = None, version: str = "7"
+    ) -> None:
         self.position = position
         self.version = version
         self.probabilities = probabilities
@@ -97,7 +117,9 @@ class ScriptedModel:
             raise ServingUnavailable("serving down (scripted)")
         label = {1: "long", -1: "short", 0: "flat"}[self.position]
         probs = self.probabilities or {"short": 0.1, "flat": 0.1, "long": 0.1} | {label: 0.8}
-        return Prediction(self.version, self.position, label, probs, "abc", "serving", max(probs.values()))
+        return Prediction(
+            self.version, self.position, label, probs, "abc", "serving", max(probs.values())
+        )
 
 
 class ClockFeatures:
@@ -111,9 +133,17 @@ class ClockFeatures:
         return FeatureRow(symbol, float(self.now[0] - self.lag_s), {"f0": 0.0, "f1": 1.0})
 
 
-def sim_terminal(now: list[int], *, balance: float = 10_000.0, symbols: tuple[str, ...] = ("EURUSD", "GBPUSD"), **kw: Any) -> SimulatedTerminal:
+def sim_terminal(
+    now: list[int],
+    *,
+    balance: float = 10_000.0,
+    symbols: tuple[str, ...] = ("EURUSD", "GBPUSD"),
+    **kw: Any,
+) -> SimulatedTerminal:
     """A real simulated terminal over the seeded synthetic market, on a test clock."""
-    term = SimulatedTerminal(SyntheticFeed(seed=7, symbols=list(symbols)), clock=lambda: now[0], balance=balance, **kw)
+    term = SimulatedTerminal(
+        SyntheticFeed(seed=7, symbols=list(symbols)), clock=lambda: now[0], balance=balance, **kw
+    )
     assert term.initialize()
     return term
 

@@ -24,12 +24,29 @@ pytestmark = pytest.mark.unit
 def window(n: int = 500, drift: float = 0.0, seed: int = 1, spread: float = 1e-4) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     t = pd.date_range("2026-01-05 00:05", periods=n, freq="5min", tz="UTC")
-    return pd.DataFrame({"symbol": "EURUSD", "event_timestamp": t, "ret_next": rng.normal(drift, 5e-4, n), "spread_ret": spread})
+    return pd.DataFrame(
+        {
+            "symbol": "EURUSD",
+            "event_timestamp": t,
+            "ret_next": rng.normal(drift, 5e-4, n),
+            "spread_ret": spread,
+        }
+    )
 
 
 def test_backtest_when_always_flat_then_nothing_is_earned_or_paid() -> None:
-    m = backtest(window(), np.zeros(500, dtype=np.int64), "M5", Costs(commission=1e-4, slippage=SpreadVolSlippage()))
-    assert m["net_return"] == 0.0 and m["trades"] == 0 and m["exposure"] == 0.0 and m["max_drawdown"] == 0.0
+    m = backtest(
+        window(),
+        np.zeros(500, dtype=np.int64),
+        "M5",
+        Costs(commission=1e-4, slippage=SpreadVolSlippage()),
+    )
+    assert (
+        m["net_return"] == 0.0
+        and m["trades"] == 0
+        and m["exposure"] == 0.0
+        and m["max_drawdown"] == 0.0
+    )
 
 
 def test_backtest_when_one_round_trip_then_it_pays_spread_commission_and_slippage_once() -> None:
@@ -54,7 +71,9 @@ def test_backtest_when_swap_is_charged_then_holding_costs_per_bar() -> None:
     ds = window(288)
     ds["ret_next"] = 0.0
     m = backtest(ds, np.ones(288, dtype=np.int64), "M5", Costs(swap_long_per_day=-1e-4))
-    assert m["net_return"] == pytest.approx(-1e-4 - 1e-4 / 2, rel=1e-6)  # one day of swap + half spread in
+    assert m["net_return"] == pytest.approx(
+        -1e-4 - 1e-4 / 2, rel=1e-6
+    )  # one day of swap + half spread in
 
 
 def test_metrics_when_a_known_series_then_drawdown_sharpe_and_profit_factor_match() -> None:
@@ -75,7 +94,9 @@ def test_bootstrap_ci_when_the_series_is_longer_then_the_interval_is_narrower() 
     assert (long[1] - long[0]) < (short[1] - short[0]) / 3
 
 
-def test_baselines_when_market_trends_up_then_buy_and_hold_beats_flat_and_momentum_goes_long() -> None:
+def test_baselines_when_market_trends_up_then_buy_and_hold_beats_flat_and_momentum_goes_long() -> (
+    None
+):
     ds = window(600, drift=3e-4, seed=2, spread=1e-5)
     b = baselines(ds, "M5", Costs())
     assert set(b) == {"flat", "buy_and_hold", "momentum"}

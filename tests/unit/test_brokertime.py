@@ -78,7 +78,9 @@ def test_fixed_offset_when_converting_then_scalars_stay_ints_and_arrays_stay_arr
         ((2025, 3, 14, 12), 3),  # between the US (Mar 9) and EU (Mar 30) switches
     ],
 )
-def test_ny_close_when_us_dst_switches_then_offset_follows_new_york(utc: tuple[int, ...], offset_h: int) -> None:
+def test_ny_close_when_us_dst_switches_then_offset_follows_new_york(
+    utc: tuple[int, ...], offset_h: int
+) -> None:
     t = ts(*utc)  # type: ignore[arg-type]
     assert NewYorkClose().to_server(t) - t == offset_h * 3600
 
@@ -109,7 +111,12 @@ def test_ny_close_when_vectorised_then_equals_zoneinfo_per_element() -> None:
     rng = np.random.default_rng(5)
     utc = rng.integers(ts(2015, 1, 1), ts(2030, 1, 1), size=2000, dtype=np.int64)
     want = [
-        int((datetime.fromtimestamp(int(u), UTC).astimezone(NY).replace(tzinfo=UTC) + timedelta(hours=7)).timestamp())
+        int(
+            (
+                datetime.fromtimestamp(int(u), UTC).astimezone(NY).replace(tzinfo=UTC)
+                + timedelta(hours=7)
+            ).timestamp()
+        )
         for u in utc
     ]
     np.testing.assert_array_equal(NewYorkClose().to_server(utc), want)
@@ -131,7 +138,9 @@ def test_to_utc_when_server_clock_repeats_or_skips_an_hour_then_documented_choic
 # --- detector -----------------------------------------------------------------------------------
 
 
-def fx_bars(rule: FixedOffset | ZoneRule, start: int, end: int, timeframe: str, open_delay_h: int = 0) -> np.ndarray:
+def fx_bars(
+    rule: FixedOffset | ZoneRule, start: int, end: int, timeframe: str, open_delay_h: int = 0
+) -> np.ndarray:
     """Server-time bar opens of a market open Sunday 17:00 (+delay) to Friday 17:00 New York."""
     step = timeframe_seconds(timeframe)
     utc = np.arange(start - start % step, end, step, dtype=np.int64)
@@ -153,12 +162,16 @@ def test_detect_offset_when_bars_follow_a_rule_then_that_rule_is_suggested(spec:
     assert det.mismatches(rule) == []
 
 
-def test_detect_offset_when_gold_opens_an_hour_later_then_the_delay_is_read_and_weeks_stay_usable() -> None:
+def test_detect_offset_when_gold_opens_an_hour_later_then_the_delay_is_read_and_weeks_stay_usable() -> (
+    None
+):
     bars = fx_bars(NewYorkClose(), ts(2024, 1, 1), ts(2024, 7, 1), "M5", open_delay_h=1)
     det = detect_offset(bars, "M5")
     assert det.open_delay_h == 1.0
     assert det.suggested == "ny-close" and det.mismatches(NewYorkClose()) == []
-    assert sum(not w.consistent for w in det.weeks) == 1  # the DST weekend: +2 at Friday's close, +3 at Sunday's open
+    assert (
+        sum(not w.consistent for w in det.weeks) == 1
+    )  # the DST weekend: +2 at Friday's close, +3 at Sunday's open
 
 
 def test_detect_offset_when_bars_are_daily_then_inconclusive() -> None:
@@ -174,7 +187,9 @@ def test_detect_offset_when_only_winter_weeks_then_fixed_offset_wins_the_tie() -
     assert det.suggested == "fixed:+2"  # ny-close fits too; the data cannot tell them apart
 
 
-def test_check_rule_when_configured_rule_disagrees_then_warns_with_the_weeks(caplog: pytest.LogCaptureFixture) -> None:
+def test_check_rule_when_configured_rule_disagrees_then_warns_with_the_weeks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     bars = fx_bars(NewYorkClose(), ts(2024, 1, 1), ts(2025, 1, 1), "M5")
     with caplog.at_level(logging.WARNING, logger="engine.mt5.brokertime"):
         res = check_rule(FixedOffset(2), bars, "M5", symbol="EURUSD")
@@ -198,7 +213,9 @@ def test_fx_week_close_when_asked_near_a_weekend_then_friday_five_pm_new_york() 
     assert fx_week_close_utc(ts(2024, 7, 6, 3)) == ts(2024, 7, 5, 21)  # summer: 21:00 UTC
 
 
-def test_detect_offset_when_reading_the_real_eurusd_export_then_the_fixed_default_is_flagged(raw_dir: Path) -> None:
+def test_detect_offset_when_reading_the_real_eurusd_export_then_the_fixed_default_is_flagged(
+    raw_dir: Path,
+) -> None:
     from engine.mt5.exports import read_export
 
     path = raw_dir / "EURUSD_H1__magiclovexxx_mt5_bot.csv"

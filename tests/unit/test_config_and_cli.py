@@ -26,7 +26,9 @@ def test_env_example_when_read_then_documents_every_setting_of_every_deployable(
     from infra.settings import PlatformSettings
     from serving.settings import ServingSettings
 
-    documented = set(re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    documented = set(
+        re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
     for cls in (PlatformSettings, ServingSettings, EngineSettings):
         missing = _env_names(cls) - documented
         assert not missing, f"{cls.__name__}: not in .env.example: {sorted(missing)}"
@@ -45,7 +47,16 @@ def test_cli_when_asked_for_help_then_every_command_answers() -> None:
 
     runner = CliRunner()
     cmds = list(_commands(app))
-    assert {("ingest",), ("validate",), ("features", "materialize"), ("train",), ("promote",), ("serve",), ("engine", "run"), ("demo",)} <= set(cmds)
+    assert {
+        ("ingest",),
+        ("validate",),
+        ("features", "materialize"),
+        ("train",),
+        ("promote",),
+        ("serve",),
+        ("engine", "run"),
+        ("demo",),
+    } <= set(cmds)
     for cmd in [(), *cmds]:
         res = runner.invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0, (cmd, res.output)

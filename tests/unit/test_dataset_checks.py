@@ -32,9 +32,13 @@ def _rows(n: int = 6) -> pd.DataFrame:
 NAMES = ["ret_1", "hour_sin", "hour_cos"]
 
 
-def test_carried_forward_when_a_bar_got_the_previous_bars_features_then_only_that_row_is_flagged() -> None:
+def test_carried_forward_when_a_bar_got_the_previous_bars_features_then_only_that_row_is_flagged() -> (
+    None
+):
     ds = _rows()
-    ds.loc[3, NAMES] = ds.loc[2, NAMES].to_numpy()  # bar 3 has no row of its own: Feast joins bar 2's
+    ds.loc[3, NAMES] = ds.loc[
+        2, NAMES
+    ].to_numpy()  # bar 3 has no row of its own: Feast joins bar 2's
     flagged = carried_forward(ds, NAMES)
     assert flagged.tolist() == [False, False, False, True, False, False]
     assert_point_in_time(ds[~flagged])  # what is left is every bar's own row
@@ -60,7 +64,9 @@ def _with_sequences(ds: pd.DataFrame) -> pd.DataFrame:
     return ds.assign(**{SEQ_FIELD: seqs})
 
 
-def test_carried_forward_when_a_bar_got_the_previous_bars_sequence_then_only_that_row_is_flagged() -> None:
+def test_carried_forward_when_a_bar_got_the_previous_bars_sequence_then_only_that_row_is_flagged() -> (
+    None
+):
     from feature_repo.pipeline.transforms import SEQ_FIELD
 
     ds = _with_sequences(_rows())
@@ -80,7 +86,9 @@ def test_carried_forward_when_a_bar_got_the_next_bars_sequence_then_it_is_not_ex
         assert_point_in_time(ds)
 
 
-def test_require_offline_when_a_view_has_no_parquet_then_the_error_names_it_and_the_fix(tmp_path: Path) -> None:
+def test_require_offline_when_a_view_has_no_parquet_then_the_error_names_it_and_the_fix(
+    tmp_path: Path,
+) -> None:
     from feature_repo.pipeline.store import V2_VIEW, offline_dir, require_offline
     from infra.settings import PlatformSettings
 
@@ -91,7 +99,9 @@ def test_require_offline_when_a_view_has_no_parquet_then_the_error_names_it_and_
         offline_dir(s, view).mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"x": [1.0]}).to_parquet(offline_dir(s, view) / "a.parquet")
     require_offline(s, "trend_v1")
-    with pytest.raises(ValueError, match="bar_sequence_fv"):  # trend_v2 also needs the sequence view
+    with pytest.raises(
+        ValueError, match="bar_sequence_fv"
+    ):  # trend_v2 also needs the sequence view
         require_offline(s, "trend_v2")
 
 

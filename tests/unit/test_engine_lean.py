@@ -16,8 +16,21 @@ from packaging.requirements import Requirement
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN = {"feast", "mlflow", "torch", "airflow", "bentoml", "pandas", "great_expectations", "xgboost",
-             "feature_repo", "training", "serving", "infra", "dags"}  # fmt: skip
+FORBIDDEN = {
+    "feast",
+    "mlflow",
+    "torch",
+    "airflow",
+    "bentoml",
+    "pandas",
+    "great_expectations",
+    "xgboost",
+    "feature_repo",
+    "training",
+    "serving",
+    "infra",
+    "dags",
+}
 
 
 def _engine_modules() -> list[str]:
@@ -55,7 +68,9 @@ def _requirement_closure() -> set[str]:
             continue
         for sub in dist.requires or ():
             r = Requirement(sub)
-            env_ok = r.marker is None or any(r.marker.evaluate({"extra": e}) for e in (req.extras or {""}))
+            env_ok = r.marker is None or any(
+                r.marker.evaluate({"extra": e}) for e in (req.extras or {""})
+            )
             if env_ok:
                 todo.append((r, set()))
     return seen
@@ -65,12 +80,18 @@ def _listed_names() -> set[str]:
     """Names listed in engine/requirements.txt whatever their platform markers (MetaTrader5
     installs on Windows only; its import name is its distribution name)."""
     lines = (ROOT / "engine" / "requirements.txt").read_text().splitlines()
-    return {Requirement(x.split("#", 1)[0].strip()).name for x in lines if x.split("#", 1)[0].strip()}
+    return {
+        Requirement(x.split("#", 1)[0].strip()).name for x in lines if x.split("#", 1)[0].strip()
+    }
 
 
 def _allowed_top_level() -> set[str]:
     closure = _requirement_closure()
-    return {mod for mod, dists in md.packages_distributions().items() if any(_norm(d) in closure for d in dists)}
+    return {
+        mod
+        for mod, dists in md.packages_distributions().items()
+        if any(_norm(d) in closure for d in dists)
+    }
 
 
 def test_engine_modules_when_imported_then_no_platform_or_heavy_package_is_loaded() -> None:
@@ -80,12 +101,21 @@ def test_engine_modules_when_imported_then_no_platform_or_heavy_package_is_loade
         f"bad = sorted({{n.split('.')[0] for n in sys.modules}} & {FORBIDDEN!r})\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "", f"engine pulled in: {out.stdout.strip()}"
 
 
-def test_engine_source_when_scanned_then_every_import_is_stdlib_engine_or_a_listed_requirement() -> None:
-    allowed = _allowed_top_level() | _listed_names() | set(sys.stdlib_module_names) | {"engine", "__future__"}
+def test_engine_source_when_scanned_then_every_import_is_stdlib_engine_or_a_listed_requirement() -> (
+    None
+):
+    allowed = (
+        _allowed_top_level()
+        | _listed_names()
+        | set(sys.stdlib_module_names)
+        | {"engine", "__future__"}
+    )
     offenders: list[str] = []
     for path in (ROOT / "engine").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):  # lazy imports inside functions too
@@ -94,11 +124,15 @@ def test_engine_source_when_scanned_then_every_import_is_stdlib_engine_or_a_list
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] not in allowed]
+            offenders += [
+                f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] not in allowed
+            ]
     assert not offenders, f"imports not covered by engine/requirements.txt: {offenders}"
 
 
-def test_engine_when_only_its_requirements_are_importable_then_every_module_and_lazy_dependency_imports() -> None:
+def test_engine_when_only_its_requirements_are_importable_then_every_module_and_lazy_dependency_imports() -> (
+    None
+):
     """A meta-path blocker refuses every top-level package that is neither stdlib nor installed
     by engine/requirements.txt; all engine modules and the optional back ends must import."""
     allowed = sorted(_allowed_top_level() | {"engine"})

@@ -45,7 +45,10 @@ def _onnx_bytes(w: np.ndarray) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        [
+            helper.make_node("MatMul", ["input", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
@@ -60,8 +63,16 @@ LONG_W = np.array([[0.0, 0.0, 0.0], [-2.0, 0.0, 2.0]])  # f1 = 1 → long
 
 
 def _manifest(data: bytes, **extra: Any) -> dict[str, Any]:
-    return {"features": FEATURES, "classes": ["short", "flat", "long"], "min_confidence": 0.4, "input_name": "input",
-            "prob_output": "probabilities", "bundle_sha256": hashlib.sha256(data).hexdigest(), "model_version": "5", **extra}  # fmt: skip
+    return {
+        "features": FEATURES,
+        "classes": ["short", "flat", "long"],
+        "min_confidence": 0.4,
+        "input_name": "input",
+        "prob_output": "probabilities",
+        "bundle_sha256": hashlib.sha256(data).hexdigest(),
+        "model_version": "5",
+        **extra,
+    }
 
 
 class _Serving(BaseHTTPRequestHandler):
@@ -78,9 +89,22 @@ class _Serving(BaseHTTPRequestHandler):
             self.end_headers()
             return
         rows = body["rows"]
-        out = {"model_name": "tx", "model_version": "5", "bundle_sha256": type(self).sha, "predictions": [
-            {"symbol": r["symbol"], "feature_time": r["feature_time"], "probabilities": {"short": 0.1, "flat": 0.2, "long": 0.7},
-             "decision": "long", "position": 1, "confidence": 0.7} for r in rows]}  # fmt: skip
+        out = {
+            "model_name": "tx",
+            "model_version": "5",
+            "bundle_sha256": type(self).sha,
+            "predictions": [
+                {
+                    "symbol": r["symbol"],
+                    "feature_time": r["feature_time"],
+                    "probabilities": {"short": 0.1, "flat": 0.2, "long": 0.7},
+                    "decision": "long",
+                    "position": 1,
+                    "confidence": 0.7,
+                }
+                for r in rows
+            ],
+        }
         data = json.dumps(out).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -107,14 +131,29 @@ def serving() -> Iterator[str]:
 ROW = FeatureRow("EURUSD", float(MONDAY_0800), {"f0": 0.0, "f1": 1.0})
 
 
-def test_serving_client_when_calling_v1_then_it_posts_contract_rows_with_the_bearer_token(serving: str) -> None:
+def test_serving_client_when_calling_v1_then_it_posts_contract_rows_with_the_bearer_token(
+    serving: str,
+) -> None:
     client = ServingClient(serving, timeout_s=2.0, token=TOKEN)
     _Serving.sha = "ab" * 32
     pred = client.predict(ROW)
     path, auth, body = _Serving.seen[-1]
     assert path == "/v1/predict" and auth == f"Bearer {TOKEN}"
-    assert body == {"rows": [{"symbol": "EURUSD", "feature_time": "2026-01-12T08:00:00Z", "features": {"f0": 0.0, "f1": 1.0}}]}
-    assert (pred.position, pred.model_version, pred.bundle_sha256, pred.source) == (1, "5", "ab" * 32, "serving")
+    assert body == {
+        "rows": [
+            {
+                "symbol": "EURUSD",
+                "feature_time": "2026-01-12T08:00:00Z",
+                "features": {"f0": 0.0, "f1": 1.0},
+            }
+        ]
+    }
+    assert (pred.position, pred.model_version, pred.bundle_sha256, pred.source) == (
+        1,
+        "5",
+        "ab" * 32,
+        "serving",
+    )
 
 
 def test_serving_client_when_configured_legacy_then_it_uses_the_old_path(serving: str) -> None:
@@ -127,7 +166,9 @@ def test_serving_client_when_the_token_is_wrong_then_serving_unavailable(serving
         ServingClient(serving, timeout_s=2.0, token="wrong").predict(ROW)
 
 
-def test_serving_client_when_serving_is_slower_than_the_timeout_then_serving_unavailable(serving: str) -> None:
+def test_serving_client_when_serving_is_slower_than_the_timeout_then_serving_unavailable(
+    serving: str,
+) -> None:
     _Serving.delay_s = 0.5
     t = time.perf_counter()
     with pytest.raises(ServingUnavailable):
@@ -141,33 +182,58 @@ def test_onnx_model_when_the_file_hash_differs_from_the_manifest_then_it_refuses
         OnnxModel(data, _manifest(data, bundle_sha256="0" * 64))
 
 
-def test_onnx_model_when_loaded_from_a_bundle_dir_then_it_decides_like_serving(tmp_path: Path) -> None:
+def test_onnx_model_when_loaded_from_a_bundle_dir_then_it_decides_like_serving(
+    tmp_path: Path,
+) -> None:
     data = _onnx_bytes(LONG_W)
     (tmp_path / "model.onnx").write_bytes(data)
     (tmp_path / "manifest.json").write_text(json.dumps(_manifest(data)))
     m = OnnxModel.from_dir(tmp_path)
     p = m.predict(ROW)
     expected = np.exp([-2.0, 0.0, 2.0]) / np.exp([-2.0, 0.0, 2.0]).sum()
-    assert p.decision == "long" and p.position == 1 and p.source == "onnx" and p.model_version == "5"
+    assert (
+        p.decision == "long" and p.position == 1 and p.source == "onnx" and p.model_version == "5"
+    )
     assert np.allclose([p.probabilities[c] for c in ("short", "flat", "long")], expected, atol=1e-6)
-    weak = m.predict(FeatureRow("EURUSD", 0.0, {"f0": 0.0, "f1": 0.05}))  # max prob < min_confidence 0.4 → flat
+    weak = m.predict(
+        FeatureRow("EURUSD", 0.0, {"f0": 0.0, "f1": 0.05})
+    )  # max prob < min_confidence 0.4 → flat
     assert weak.decision == "flat" and weak.position == 0
 
 
 def _engine(tmp_path: Path, now: list[int], model: Any) -> Engine:
-    return Engine(terminal=sim_terminal(now), features=ClockFeatures(now), model=model, journal=Journal(tmp_path / "j.sqlite"),
-                  limits=RiskLimits(), magic=3, clock=lambda: float(now[0]), sleep=lambda s: None)  # fmt: skip
+    return Engine(
+        terminal=sim_terminal(now),
+        features=ClockFeatures(now),
+        model=model,
+        journal=Journal(tmp_path / "j.sqlite"),
+        limits=RiskLimits(),
+        magic=3,
+        clock=lambda: float(now[0]),
+        sleep=lambda s: None,
+    )
 
 
-def test_engine_when_serving_times_out_and_fallback_is_off_then_fails_closed(serving: str, tmp_path: Path) -> None:
+def test_engine_when_serving_times_out_and_fallback_is_off_then_fails_closed(
+    serving: str, tmp_path: Path
+) -> None:
     _Serving.delay_s = 0.5
     now = [MONDAY_0800]
-    e = _engine(tmp_path, now, FallbackModel(ServingClient(serving, timeout_s=0.1, token=TOKEN), None))
+    e = _engine(
+        tmp_path, now, FallbackModel(ServingClient(serving, timeout_s=0.1, token=TOKEN), None)
+    )
     rec = e.on_bar("EURUSD", now[0])
-    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "serving_unavailable" and e.positions() == ()
+    assert (
+        rec is not None
+        and rec.verdict == "refused"
+        and rec.reason_code == "serving_unavailable"
+        and e.positions() == ()
+    )
 
 
-def test_engine_when_serving_times_out_and_fallback_is_onnx_of_the_same_bundle_then_it_trades_on_it(serving: str, tmp_path: Path) -> None:
+def test_engine_when_serving_times_out_and_fallback_is_onnx_of_the_same_bundle_then_it_trades_on_it(
+    serving: str, tmp_path: Path
+) -> None:
     data = _onnx_bytes(LONG_W)
     local = OnnxModel(data, _manifest(data))
     client = ServingClient(serving, timeout_s=0.1, token=TOKEN)
@@ -180,11 +246,15 @@ def test_engine_when_serving_times_out_and_fallback_is_onnx_of_the_same_bundle_t
     _Serving.delay_s = 0.5
     now[0] += 300
     rec = e.on_bar("EURUSD", now[0])
-    assert rec is not None and rec.verdict == "hold" and rec.latency_ms.get("fallback") == 1.0  # still long: hold
+    assert (
+        rec is not None and rec.verdict == "hold" and rec.latency_ms.get("fallback") == 1.0
+    )  # still long: hold
     assert rec.model_version == "5" and e.metrics.fallbacks._value.get() == 1.0
 
 
-def test_fallback_when_serving_last_ran_another_bundle_then_model_mismatch_and_no_trade(serving: str, tmp_path: Path) -> None:
+def test_fallback_when_serving_last_ran_another_bundle_then_model_mismatch_and_no_trade(
+    serving: str, tmp_path: Path
+) -> None:
     data = _onnx_bytes(LONG_W)
     local = OnnxModel(data, _manifest(data))
     client = ServingClient(serving, timeout_s=0.1, token=TOKEN)
@@ -199,7 +269,9 @@ def test_fallback_when_serving_last_ran_another_bundle_then_model_mismatch_and_n
     assert rec is not None and rec.verdict == "refused" and rec.reason_code == "model_mismatch"
 
 
-def test_model_handle_when_reloaded_after_a_new_bundle_lands_then_the_fallback_runs_the_new_hash(tmp_path: Path) -> None:
+def test_model_handle_when_reloaded_after_a_new_bundle_lands_then_the_fallback_runs_the_new_hash(
+    tmp_path: Path,
+) -> None:
     from engine.app import ModelHandle
     from engine.config import EngineSettings
 
@@ -208,11 +280,19 @@ def test_model_handle_when_reloaded_after_a_new_bundle_lands_then_the_fallback_r
     first = _onnx_bytes(LONG_W)
     (d / "model.onnx").write_bytes(first)
     (d / "manifest.json").write_text(json.dumps(_manifest(first)))
-    s = EngineSettings(TX_ENGINE_SERVING_FALLBACK="onnx", TX_ENGINE_BUNDLE_DIR=d, serving_url="http://127.0.0.1:9", serving_timeout_s=0.2)
+    s = EngineSettings(
+        TX_ENGINE_SERVING_FALLBACK="onnx",
+        TX_ENGINE_BUNDLE_DIR=d,
+        serving_url="http://127.0.0.1:9",
+        serving_timeout_s=0.2,
+    )
     handle = ModelHandle(s)
     assert handle.predict(ROW).position == 1  # serving down: the local bundle answers
     second = _onnx_bytes(-LONG_W)  # the promoted model calls the same row short
     (d / "model.onnx").write_bytes(second)
     (d / "manifest.json").write_text(json.dumps(_manifest(second)))
-    assert handle.reload() == {"reloaded": True, "fallback_bundle_sha256": hashlib.sha256(second).hexdigest()}
+    assert handle.reload() == {
+        "reloaded": True,
+        "fallback_bundle_sha256": hashlib.sha256(second).hexdigest(),
+    }
     assert handle.predict(ROW).position == -1

@@ -15,10 +15,26 @@ pytestmark = pytest.mark.unit
 
 
 def _rec(bar_close: int, verdict: str = "sent") -> DecisionRecord:
-    return DecisionRecord("EURUSD", bar_close, 1.0, float(bar_close), "3", "long", 0.1, verdict, None, {"orders": []}, {"results": []}, 10009, {"total_ms": 1.2})
+    return DecisionRecord(
+        "EURUSD",
+        bar_close,
+        1.0,
+        float(bar_close),
+        "3",
+        "long",
+        0.1,
+        verdict,
+        None,
+        {"orders": []},
+        {"results": []},
+        10009,
+        {"total_ms": 1.2},
+    )
 
 
-def test_journal_when_reopened_after_a_restart_then_entries_survive_and_bars_are_known(tmp_path: Path) -> None:
+def test_journal_when_reopened_after_a_restart_then_entries_survive_and_bars_are_known(
+    tmp_path: Path,
+) -> None:
     j = Journal(tmp_path / "j.sqlite")
     j.record(_rec(100))
     j.record(_rec(400, "refused"))
@@ -36,7 +52,9 @@ def test_journal_when_the_same_bar_is_recorded_twice_then_it_is_refused(tmp_path
         j.record(_rec(100))
 
 
-def test_journal_when_an_intent_is_begun_twice_then_the_second_is_refused_and_the_outcome_kept(tmp_path: Path) -> None:
+def test_journal_when_an_intent_is_begun_twice_then_the_second_is_refused_and_the_outcome_kept(
+    tmp_path: Path,
+) -> None:
     j = Journal(tmp_path / "j.sqlite")
     assert j.intent_begin(Intent("tx-A", "EURUSD", 100, "open:buy", {"volume": 0.1}))
     assert not j.intent_begin(Intent("tx-A", "EURUSD", 100, "open:buy", {"volume": 0.1}))
@@ -44,10 +62,17 @@ def test_journal_when_an_intent_is_begun_twice_then_the_second_is_refused_and_th
     j.intent_end("tx-A", "done", {"results": [{"retcode": 10009}]}, 10009)
     j.close()
     it = Journal(tmp_path / "j.sqlite").intent("tx-A")
-    assert it is not None and it.status == "done" and it.retcode == 10009 and it.request == {"volume": 0.1}
+    assert (
+        it is not None
+        and it.status == "done"
+        and it.retcode == 10009
+        and it.request == {"volume": 0.1}
+    )
 
 
-def test_journal_when_state_is_saved_twice_then_the_last_value_survives_a_restart(tmp_path: Path) -> None:
+def test_journal_when_state_is_saved_twice_then_the_last_value_survives_a_restart(
+    tmp_path: Path,
+) -> None:
     j = Journal(tmp_path / "j.sqlite")
     j.save_state("risk", '{"a": 1}')
     j.save_state("risk", '{"a": 2}')
@@ -56,7 +81,9 @@ def test_journal_when_state_is_saved_twice_then_the_last_value_survives_a_restar
     assert Journal(tmp_path / "j.sqlite").load_state("nothing") is None
 
 
-def test_journal_when_opened_on_a_walking_skeleton_file_then_it_adds_the_new_columns(tmp_path: Path) -> None:
+def test_journal_when_opened_on_a_walking_skeleton_file_then_it_adds_the_new_columns(
+    tmp_path: Path,
+) -> None:
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "old.sqlite")
@@ -83,7 +110,9 @@ def test_check_order_when_target_exceeds_max_position_then_refuses() -> None:
 
 
 def test_check_order_within_limits_then_allows() -> None:
-    assert check_order(RiskLimits(max_position_lots=0.5), current_lots=0.2, target_lots=-0.5).allowed
+    assert check_order(
+        RiskLimits(max_position_lots=0.5), current_lots=0.2, target_lots=-0.5
+    ).allowed
 
 
 def test_risk_limits_are_frozen() -> None:
@@ -93,7 +122,9 @@ def test_risk_limits_are_frozen() -> None:
         RiskLimits().kill_switch = True  # type: ignore[misc]
 
 
-def test_settings_when_symbols_are_comma_separated_in_env_then_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_when_symbols_are_comma_separated_in_env_then_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from engine.config import EngineSettings
     from infra.settings import PlatformSettings
 

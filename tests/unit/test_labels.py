@@ -45,10 +45,14 @@ def test_labels_when_commission_is_charged_then_the_dead_zone_widens() -> None:
     # a 9 bp move beats a 0.1 bp spread but not spread + 10 bp commission
     lab = make_labels(bars, horizon=1, point=1e-5, commission=1e-3)
     assert (lab["label"] == 1).all()
-    np.testing.assert_allclose(lab["cost"], bars["spread"].iloc[:9] * 1e-5 / bars["close"].iloc[:9] + 1e-3)
+    np.testing.assert_allclose(
+        lab["cost"], bars["spread"].iloc[:9] * 1e-5 / bars["close"].iloc[:9] + 1e-3
+    )
 
 
-def test_labels_when_a_later_bar_changes_then_only_earlier_labels_within_the_horizon_change() -> None:
+def test_labels_when_a_later_bar_changes_then_only_earlier_labels_within_the_horizon_change() -> (
+    None
+):
     bars = make_bars(200)
     base = make_labels(bars, horizon=6, point=1e-5)
     bumped = bars.copy()
@@ -71,12 +75,16 @@ def test_triple_barrier_when_price_jumps_up_then_long_and_down_then_short() -> N
     assert lab_dn.set_index("event_timestamp").loc[t100, "label"] == 0
 
 
-def test_triple_barrier_when_a_bar_is_changed_then_labels_before_its_horizon_are_unchanged() -> None:
+def test_triple_barrier_when_a_bar_is_changed_then_labels_before_its_horizon_are_unchanged() -> (
+    None
+):
     bars = make_bars(200)
     base = make_labels(bars, horizon=6, point=1e-5, method="triple_barrier")
     bumped = bars.copy()
     bumped.loc[150, ["close", "high", "low", "open"]] *= 1.05
-    after = make_labels(bumped, horizon=6, point=1e-5, method="triple_barrier").set_index("event_timestamp")
+    after = make_labels(bumped, horizon=6, point=1e-5, method="triple_barrier").set_index(
+        "event_timestamp"
+    )
     base = base.set_index("event_timestamp")
     cut = bars["close_time"].iloc[143]  # bars <= 143 never see bar 150 (forward window of 6)
     common = base.index[base.index <= cut]

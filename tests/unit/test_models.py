@@ -45,7 +45,9 @@ def data(n: int = N, seed: int = 0, signal: bool = True) -> ModelData:
     [
         lambda: XGBModel(SMALL_XGB),
         lambda: TransformerModel(TINY_TF),
-        lambda: EnsembleModel(XGBModel(SMALL_XGB), TransformerModel(TINY_TF), RegimeClassifier(NAMES, "f1", "f2")),
+        lambda: EnsembleModel(
+            XGBModel(SMALL_XGB), TransformerModel(TINY_TF), RegimeClassifier(NAMES, "f1", "f2")
+        ),
     ],
     ids=["xgboost", "transformer", "ensemble"],
 )
@@ -65,7 +67,9 @@ def test_xgboost_when_exported_then_onnx_matches_native_within_tolerance() -> No
 
 def test_ensemble_when_exported_then_one_graph_with_input_and_sequence_matches_native() -> None:
     d = data()
-    ens = EnsembleModel(XGBModel(SMALL_XGB), TransformerModel(TINY_TF), RegimeClassifier(NAMES, "f1", "f2"))
+    ens = EnsembleModel(
+        XGBModel(SMALL_XGB), TransformerModel(TINY_TF), RegimeClassifier(NAMES, "f1", "f2")
+    )
     ens.fit(d.take(np.arange(400)), d.take(np.arange(400, 550)))
     assert ens.weights is not None and ens.weights.shape == (4, 2)
     np.testing.assert_allclose(ens.weights.sum(axis=1), 1.0, atol=1e-6)
@@ -116,14 +120,22 @@ def test_canary_when_labels_are_shuffled_then_the_model_does_not_beat_chance() -
     assert acc <= majority + 0.03  # chance = always predicting the most frequent class
     # and the same model on the true labels does beat it: the canary can fail
     real = XGBModel(SMALL_XGB).fit(d.take(np.arange(2000)))
-    real_acc = float((real.predict_proba(d.take(np.arange(2000, 3000))).argmax(axis=1) == d.labels()[2000:]).mean())
+    real_acc = float(
+        (
+            real.predict_proba(d.take(np.arange(2000, 3000))).argmax(axis=1) == d.labels()[2000:]
+        ).mean()
+    )
     assert real_acc > majority + 0.05
 
 
-def test_transformer_when_an_epoch_callback_is_given_then_called_per_epoch_in_eval_mode_without_changing_the_fit() -> None:
+def test_transformer_when_an_epoch_callback_is_given_then_called_per_epoch_in_eval_mode_without_changing_the_fit() -> (
+    None
+):
     d = data(300)
     calls: list[tuple[int, bool]] = []
-    with_cb = TransformerModel(TINY_TF).fit(d, on_epoch=lambda e, m: calls.append((e, m.net.training)))
+    with_cb = TransformerModel(TINY_TF).fit(
+        d, on_epoch=lambda e, m: calls.append((e, m.net.training))
+    )
     plain = TransformerModel(TINY_TF).fit(d)
     assert calls == [(0, False), (1, False)]
     np.testing.assert_array_equal(with_cb.predict_proba(d), plain.predict_proba(d))

@@ -19,21 +19,84 @@ RAW = raw_exports_dir()  # ../shared/data/raw beside the checkout, or TX_TEST_RA
 # file, symbol, tf, rows, first bar, last bar (server time), digits, format, long-float rows
 # (from /work/shared/data/SOURCES.md)
 REAL_FILES = [
-    ("EURUSD_H1__magiclovexxx_mt5_bot.csv", "EURUSD", "H1", 12_000,
-     "2024-05-15 10:00", "2026-04-23 07:00", 5, "copy_rates", 1_996),
-    ("EURUSD_M15__magiclovexxx_mt5_bot.csv", "EURUSD", "M15", 48_000,
-     "2024-05-15 08:00", "2026-04-23 07:15", 5, "copy_rates", 7_650),
-    ("EURUSD_M5__gordKeys_trading_system.csv", "EURUSD", "M5", 20_000,
-     "2026-03-26 17:00", "2026-07-02 15:35", 5, "copy_rates", 4_258),
-    ("GBPUSD_H1__QuocHoang2009_TradingData.csv", "GBPUSD", "H1", 45_492,
-     "2014-01-14 00:00", "2024-05-03 17:00", 5, "copy_rates", 16_398),
-    ("USDJPY_H1__Chikwui_Trading-bott.csv", "USDJPY", "H1", 6_230,
-     "2024-07-15 18:00", "2025-07-15 17:00", 3, "copy_rates", None),
-    ("XAUUSD_M1__magiclovexxx_mt5_bot.csv", "XAUUSD", "M1", 40_000,
-     "2026-03-12 18:16", "2026-04-23 19:32", 2, "copy_rates", None),
-    ("XAUUSD_M5__budimanlai_forex-tick.csv", "XAUUSD", "M5", 58_230,
-     "2025-01-02 01:00", "2025-10-27 22:55", 2, "history_center", None),
-]  # fmt: skip
+    (
+        "EURUSD_H1__magiclovexxx_mt5_bot.csv",
+        "EURUSD",
+        "H1",
+        12_000,
+        "2024-05-15 10:00",
+        "2026-04-23 07:00",
+        5,
+        "copy_rates",
+        1_996,
+    ),
+    (
+        "EURUSD_M15__magiclovexxx_mt5_bot.csv",
+        "EURUSD",
+        "M15",
+        48_000,
+        "2024-05-15 08:00",
+        "2026-04-23 07:15",
+        5,
+        "copy_rates",
+        7_650,
+    ),
+    (
+        "EURUSD_M5__gordKeys_trading_system.csv",
+        "EURUSD",
+        "M5",
+        20_000,
+        "2026-03-26 17:00",
+        "2026-07-02 15:35",
+        5,
+        "copy_rates",
+        4_258,
+    ),
+    (
+        "GBPUSD_H1__QuocHoang2009_TradingData.csv",
+        "GBPUSD",
+        "H1",
+        45_492,
+        "2014-01-14 00:00",
+        "2024-05-03 17:00",
+        5,
+        "copy_rates",
+        16_398,
+    ),
+    (
+        "USDJPY_H1__Chikwui_Trading-bott.csv",
+        "USDJPY",
+        "H1",
+        6_230,
+        "2024-07-15 18:00",
+        "2025-07-15 17:00",
+        3,
+        "copy_rates",
+        None,
+    ),
+    (
+        "XAUUSD_M1__magiclovexxx_mt5_bot.csv",
+        "XAUUSD",
+        "M1",
+        40_000,
+        "2026-03-12 18:16",
+        "2026-04-23 19:32",
+        2,
+        "copy_rates",
+        None,
+    ),
+    (
+        "XAUUSD_M5__budimanlai_forex-tick.csv",
+        "XAUUSD",
+        "M5",
+        58_230,
+        "2025-01-02 01:00",
+        "2025-10-27 22:55",
+        2,
+        "history_center",
+        None,
+    ),
+]
 
 HEADER = "time,open,high,low,close,tick_volume,spread,real_volume"
 
@@ -289,10 +352,14 @@ def test_blank_lines_after_the_data_then_ignored_not_rejected(tmp_path: Path) ->
     inner = HEADER + "\n2024-05-15 10:00:00,1.08294,1.08316,1.08243,1.0825,2597,18,0\n\n"
     inner += "2024-05-15 11:00:00,1.08249,1.08337,1.08237,1.08289,2224,18,0\n"
     e2 = read_export(_write(tmp_path, "EURUSD_H1__inner_blank.csv", inner))
-    assert len(e2.rates) == 2 and e2.rejected == [(3, "", "empty line")]  # inside the data: reported
+    assert len(e2.rates) == 2 and e2.rejected == [
+        (3, "", "empty line")
+    ]  # inside the data: reported
 
 
-def test_history_center_with_float_artefacts_and_an_extra_column_then_parsed(tmp_path: Path) -> None:
+def test_history_center_with_float_artefacts_and_an_extra_column_then_parsed(
+    tmp_path: Path,
+) -> None:
     text = (
         "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>\t<NOTE>\n"
         "2024.01.02\t00:00:00\t1.10400000000001\t1.1045\t1.10381\t1.10412\t311\t5\t7\tx\n"

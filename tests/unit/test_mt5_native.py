@@ -35,8 +35,15 @@ def _sim() -> SimulatedTerminal:
 
 
 def _deal(**kw: Any) -> dict[str, Any]:
-    req = {"action": P.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.1,
-           "type": P.ORDER_TYPE_BUY, "type_filling": P.ORDER_FILLING_FOK, "magic": 9, "comment": "t1"}  # fmt: skip
+    req = {
+        "action": P.TRADE_ACTION_DEAL,
+        "symbol": "EURUSD",
+        "volume": 0.1,
+        "type": P.ORDER_TYPE_BUY,
+        "type_filling": P.ORDER_FILLING_FOK,
+        "magic": 9,
+        "comment": "t1",
+    }
     req.update(kw)
     return req
 
@@ -75,7 +82,9 @@ def link(monkeypatch: pytest.MonkeyPatch) -> Link:
     return lk
 
 
-def test_native_adapter_when_over_the_module_then_answers_as_the_terminal_behind_it(link: Link) -> None:
+def test_native_adapter_when_over_the_module_then_answers_as_the_terminal_behind_it(
+    link: Link,
+) -> None:
     ref = _sim()
     ref.initialize()
     term = NativeTerminal.connect(login=1)
@@ -90,7 +99,9 @@ def test_native_adapter_when_over_the_module_then_answers_as_the_terminal_behind
     np.testing.assert_array_equal(got, want)
     got_pos = term.copy_rates_from_pos("USDJPY", P.TIMEFRAME_H1, 1, 24)
     np.testing.assert_array_equal(got_pos, ref.copy_rates_from_pos("USDJPY", P.TIMEFRAME_H1, 1, 24))
-    res = term.order_send(_deal(volume=np.float64(0.2), magic=np.int64(9)))  # numpy values made plain
+    res = term.order_send(
+        _deal(volume=np.float64(0.2), magic=np.int64(9))
+    )  # numpy values made plain
     assert res is not None and res.retcode == P.TRADE_RETCODE_DONE
     assert type(res) is P.OrderSendResult and type(res.request) is P.TradeRequest
     assert res == ref.order_send(_deal(volume=0.2))
@@ -101,7 +112,9 @@ def test_native_adapter_when_over_the_module_then_answers_as_the_terminal_behind
     assert term.symbol_info("NOPE") is None and term.last_error()[0] == P.RES_E_NOT_FOUND
 
 
-def test_native_adapter_when_request_has_unknown_field_then_type_error_before_sending(link: Link) -> None:
+def test_native_adapter_when_request_has_unknown_field_then_type_error_before_sending(
+    link: Link,
+) -> None:
     term = NativeTerminal.connect()
     with pytest.raises(TypeError, match="stop_loss"):
         term.order_send(_deal(stop_loss=1.0))
@@ -135,9 +148,13 @@ def test_resilient_when_ipc_link_drops_then_reconnects_with_backoff_and_answers(
     assert term.last_error() == (P.RES_S_OK, "Success")
 
 
-def test_resilient_when_link_stays_down_then_connection_error_carries_last_error(link: Link) -> None:
+def test_resilient_when_link_stays_down_then_connection_error_carries_last_error(
+    link: Link,
+) -> None:
     slept: list[float] = []
-    term = open_terminal("native", sleep=slept.append, reconnect_attempts=4, backoff=Backoff(1.0, 2.0, jitter=0.0))
+    term = open_terminal(
+        "native", sleep=slept.append, reconnect_attempts=4, backoff=Backoff(1.0, 2.0, jitter=0.0)
+    )
     link.down = True
     with pytest.raises(P.TerminalConnectionError) as err:
         term.copy_rates_from_pos("EURUSD", P.TIMEFRAME_M5, 0, 10)
@@ -158,7 +175,9 @@ def test_resilient_when_link_fails_during_order_send_then_order_is_not_resent(li
     assert term.reconnects == 1
 
 
-def test_resilient_when_strict_then_every_failed_call_raises_terminal_error_with_last_error(link: Link) -> None:
+def test_resilient_when_strict_then_every_failed_call_raises_terminal_error_with_last_error(
+    link: Link,
+) -> None:
     term = open_terminal("native", strict=True)
     with pytest.raises(P.TerminalError) as err:
         term.symbol_info("NOPE")
@@ -171,13 +190,17 @@ def test_resilient_when_strict_then_every_failed_call_raises_terminal_error_with
     assert lenient.symbol_info("NOPE") is None and lenient.last_error()[0] == P.RES_E_NOT_FOUND
 
 
-def test_native_without_module_then_runtime_error_names_the_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_native_without_module_then_runtime_error_names_the_platform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(sys.modules, "MetaTrader5", None)
     with pytest.raises(RuntimeError, match=sys.platform):
         NativeTerminal()
 
 
-def test_resilient_when_asked_for_other_calls_then_forwards_those_the_terminal_has(link: Link) -> None:
+def test_resilient_when_asked_for_other_calls_then_forwards_those_the_terminal_has(
+    link: Link,
+) -> None:
     term = open_terminal("native")
     assert term.positions_total() == 0  # type: ignore[attr-defined]
     assert term.orders_get() == ()  # type: ignore[attr-defined]  # the stand-in has no pending orders

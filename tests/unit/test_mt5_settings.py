@@ -25,7 +25,9 @@ def _env_names() -> set[str]:
 
 
 def test_env_example_when_read_then_documents_every_gateway_setting() -> None:
-    documented = set(re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    documented = set(
+        re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
     assert _env_names() - documented == set()
 
 
@@ -40,7 +42,13 @@ def test_settings_when_read_from_env_then_password_is_secret_and_old_names_still
     monkeypatch.setenv("TX_MT5_BRIDGE_PORT", "8001")
     monkeypatch.setenv("TX_BROKER_TZ", "ny-close")
     s = MT5Settings()
-    assert (s.mode, s.login, s.server, s.bridge_host, s.bridge_port) == ("bridge", 5012345, "Broker-Demo", "10.1.2.3", 8001)
+    assert (s.mode, s.login, s.server, s.bridge_host, s.bridge_port) == (
+        "bridge",
+        5012345,
+        "Broker-Demo",
+        "10.1.2.3",
+        8001,
+    )
     assert s.password_value() == "hunter2"
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
     assert s.broker_tz == "ny-close"
@@ -48,7 +56,9 @@ def test_settings_when_read_from_env_then_password_is_secret_and_old_names_still
     assert MT5Settings().bridge_host == "10.9.9.9"  # the new name wins
 
 
-def test_settings_when_unset_then_no_credentials_and_sim_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_when_unset_then_no_credentials_and_sim_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for var in ("TX_MT5_MODE", "TX_MT5_LOGIN", "TX_MT5_PASSWORD", "TX_MT5_SERVER", "TX_MT5_PATH"):
         monkeypatch.delenv(var, raising=False)
     s = MT5Settings()
@@ -57,7 +67,9 @@ def test_settings_when_unset_then_no_credentials_and_sim_mode(monkeypatch: pytes
     assert isinstance(term, SimulatedTerminal) and term.account_info() is not None
 
 
-def test_settings_when_bridge_is_down_then_configured_attempts_and_backoff_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_when_bridge_is_down_then_configured_attempts_and_backoff_are_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import socket
 
     from engine.mt5.protocol import TerminalConnectionError
@@ -65,7 +77,13 @@ def test_settings_when_bridge_is_down_then_configured_attempts_and_backoff_are_u
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once closed
-    s = MT5Settings(mode="bridge", bridge_port=port, reconnect_attempts=3, reconnect_base_s=0.25, reconnect_max_s=0.4)
+    s = MT5Settings(
+        mode="bridge",
+        bridge_port=port,
+        reconnect_attempts=3,
+        reconnect_base_s=0.25,
+        reconnect_max_s=0.4,
+    )
     slept: list[float] = []
     with pytest.raises(TerminalConnectionError) as err:
         open_configured_terminal(s, sleep=slept.append)

@@ -68,7 +68,11 @@ def stubs() -> Stubs:
     bases: dict[str, str] = {}
     funcs: dict[str, ast.FunctionDef] = {}
     for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.value is not None
+        ):
             if node.target.id.isupper():
                 consts[node.target.id] = _eval(node.value)
         elif isinstance(node, ast.ClassDef):
@@ -94,8 +98,15 @@ def _documented(block_start: str) -> list[tuple[str, str]]:
             if m is None:
                 break
             name, value = m.groups()
-            kind = ("bool" if value in ("True", "False") else "int" if re.fullmatch(r"-?\d+", value)
-                    else "float" if re.fullmatch(r"-?\d+\.\d*(e-?\d+)?", value) else "str")  # fmt: skip
+            kind = (
+                "bool"
+                if value in ("True", "False")
+                else "int"
+                if re.fullmatch(r"-?\d+", value)
+                else "float"
+                if re.fullmatch(r"-?\d+\.\d*(e-?\d+)?", value)
+                else "str"
+            )
             out.append((name, kind))
         if len(out) >= 3:
             return out
@@ -118,20 +129,40 @@ def _fields(cls: type) -> list[str]:
 
 
 def test_protocol_constants_when_compared_then_equal_the_stubs_values(stubs: Stubs) -> None:
-    ours = {k: v for k, v in vars(P).items() if k.isupper() and isinstance(v, int) and not isinstance(v, bool)}
+    ours = {
+        k: v
+        for k, v in vars(P).items()
+        if k.isupper() and isinstance(v, int) and not isinstance(v, bool)
+    }
     assert len(ours) > 60
-    wrong = {k: (v, stubs.constants[k]) for k, v in ours.items() if k in stubs.constants and stubs.constants[k] != v}
+    wrong = {
+        k: (v, stubs.constants[k])
+        for k, v in ours.items()
+        if k in stubs.constants and stubs.constants[k] != v
+    }
     assert wrong == {}
     assert sorted(set(ours) - set(stubs.constants)) == sorted(NOT_IN_STUBS)
     assert stubs.constants["RES_E_INTERNAL_FAIL_CONNECT"] == P.RES_E_NO_IPC
     for name, tf in P.TIMEFRAMES.items():
         assert stubs.constants[f"TIMEFRAME_{name}"] == tf
-    assert all(P.is_ipc_error(stubs.constants[k]) for k in stubs.constants if k.startswith("RES_E_INTERNAL_FAIL"))
-    assert not any(P.is_ipc_error(v) for k, v in stubs.constants.items() if k.startswith("RES_") and "INTERNAL" not in k)
+    assert all(
+        P.is_ipc_error(stubs.constants[k])
+        for k in stubs.constants
+        if k.startswith("RES_E_INTERNAL_FAIL")
+    )
+    assert not any(
+        P.is_ipc_error(v)
+        for k, v in stubs.constants.items()
+        if k.startswith("RES_") and "INTERNAL" not in k
+    )
 
 
-@pytest.mark.parametrize("name", ["OrderSendResult", "TradePosition", "Tick", "TradeOrder", "TerminalInfo"])
-def test_named_tuples_when_the_stubs_declare_them_then_same_fields_in_same_order(stubs: Stubs, name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["OrderSendResult", "TradePosition", "Tick", "TradeOrder", "TerminalInfo"]
+)
+def test_named_tuples_when_the_stubs_declare_them_then_same_fields_in_same_order(
+    stubs: Stubs, name: str
+) -> None:
     assert stubs.bases[name] == "NamedTuple"
     assert _fields(getattr(P, name)) == [f for f, _ in stubs.classes[name]]
 
@@ -155,7 +186,9 @@ def test_named_tuples_missing_from_the_stubs_when_compared_then_match_the_offici
     assert _fields(getattr(P, name)) == [f for f, _ in _documented(doc)]
 
 
-def test_trade_deal_and_order_check_result_when_compared_then_match_the_official_docs(stubs: Stubs) -> None:
+def test_trade_deal_and_order_check_result_when_compared_then_match_the_official_docs(
+    stubs: Stubs,
+) -> None:
     assert "TradeDeal" not in stubs.classes and "OrderCheckResult" not in stubs.classes
     assert _fields(P.TradeDeal) == _documented_columns("Deals with position id #")
     check = [f for f, _ in _documented("Account сurrency: USD")]  # the order_check example
@@ -189,12 +222,21 @@ def _check_types(record: Any, spec: list[tuple[str, str]]) -> list[str]:
     return bad
 
 
-def test_simulated_terminal_when_answering_then_every_field_has_the_documented_type(stubs: Stubs) -> None:
+def test_simulated_terminal_when_answering_then_every_field_has_the_documented_type(
+    stubs: Stubs,
+) -> None:
     end = 1_741_262_400  # 2025-03-06 12:00 UTC, a Thursday
     term = SimulatedTerminal(SyntheticFeed(seed=2, symbols=["EURUSD", "USDJPY"], end_utc=end))
     assert term.initialize()
-    req = {"action": P.TRADE_ACTION_DEAL, "symbol": "USDJPY", "volume": 0.2, "type": P.ORDER_TYPE_SELL,
-           "type_filling": P.ORDER_FILLING_IOC, "magic": 4, "comment": "stub"}  # fmt: skip
+    req = {
+        "action": P.TRADE_ACTION_DEAL,
+        "symbol": "USDJPY",
+        "volume": 0.2,
+        "type": P.ORDER_TYPE_SELL,
+        "type_filling": P.ORDER_FILLING_IOC,
+        "magic": 4,
+        "comment": "stub",
+    }
     res = term.order_send(req)
     assert res is not None and res.retcode == stubs.constants["TRADE_RETCODE_DONE"]
     answers = {
@@ -218,7 +260,10 @@ def test_simulated_terminal_when_answering_then_every_field_has_the_documented_t
     retcodes = {v for k, v in stubs.constants.items() if k.startswith("TRADE_RETCODE_")}
     rejected = term.order_send({**req, "volume": 0.123})
     assert rejected is not None and rejected.retcode in retcodes
-    assert term.symbol_info("NOPE") is None and term.last_error()[0] == stubs.constants["RES_E_NOT_FOUND"]
+    assert (
+        term.symbol_info("NOPE") is None
+        and term.last_error()[0] == stubs.constants["RES_E_NOT_FOUND"]
+    )
     term.shutdown()
     assert term.account_info() is None
     assert term.last_error()[0] == stubs.constants["RES_E_INTERNAL_FAIL_CONNECT"]
@@ -231,8 +276,11 @@ def _mypy(*paths: str) -> subprocess.CompletedProcess[str]:
     cache = ROOT / ".tx" / "mypy-mt5"
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--cache-dir", str(cache), "--no-error-summary", *paths],
-        cwd=ROOT, capture_output=True, text=True, timeout=540,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
 
 
 def test_mypy_when_run_on_the_gateway_then_clean_against_the_stubs(tmp_path: Path) -> None:
@@ -245,4 +293,6 @@ def test_mypy_when_run_on_the_gateway_then_clean_against_the_stubs(tmp_path: Pat
     out = _mypy("engine/mt5", str(misuse))
     errors = [ln for ln in out.stdout.splitlines() if ": error:" in ln]
     assert [e for e in errors if "misuse.py" not in e] == [], out.stdout
-    assert any("positions_get" in e for e in errors) and any("copy_rates_from_pos" in e for e in errors), out.stdout
+    assert any("positions_get" in e for e in errors) and any(
+        "copy_rates_from_pos" in e for e in errors
+    ), out.stdout

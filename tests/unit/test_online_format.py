@@ -59,7 +59,9 @@ def test_field_hash_equals_feast_mmh3() -> None:
         (Value(), None),
     ],
 )
-def test_decode_value_when_feast_serialises_then_engine_reads_the_same(value: Value, expected: object) -> None:
+def test_decode_value_when_feast_serialises_then_engine_reads_the_same(
+    value: Value, expected: object
+) -> None:
     assert decode_value(value.SerializeToString()) == expected
 
 
@@ -85,9 +87,16 @@ def test_encode_float_list_when_written_by_the_pusher_then_bytes_equal_feast(n: 
 
 
 def test_decode_float32_array_of_an_empty_list() -> None:
-    assert decode_float32_array(Value(float_list_val=FloatList(val=[])).SerializeToString()).size == 0
+    assert (
+        decode_float32_array(Value(float_list_val=FloatList(val=[])).SerializeToString()).size == 0
+    )
 
 
-@pytest.mark.parametrize("seconds,nanos", [(1767225900, 0), (1767225900, 500_000_000), (0, 0), (1, 1)])
+@pytest.mark.parametrize(
+    "seconds,nanos", [(1767225900, 0), (1767225900, 500_000_000), (0, 0), (1, 1)]
+)
 def test_encode_timestamp_equals_protobuf(seconds: int, nanos: int) -> None:
-    assert encode_timestamp(seconds, nanos) == Timestamp(seconds=seconds, nanos=nanos).SerializeToString()
+    assert (
+        encode_timestamp(seconds, nanos)
+        == Timestamp(seconds=seconds, nanos=nanos).SerializeToString()
+    )

@@ -26,8 +26,17 @@ pytestmark = pytest.mark.unit
 DAY = 86_400
 
 
-def _engine(tmp_path: Path, now: list[int], limits: RiskLimits | None = None, model: ScriptedModel | None = None, features: object | None = None, terminal: object | None = None) -> Engine:
-    return make_engine(tmp_path, now, terminal=terminal, features=features, model=model, limits=limits, magic=11)
+def _engine(
+    tmp_path: Path,
+    now: list[int],
+    limits: RiskLimits | None = None,
+    model: ScriptedModel | None = None,
+    features: object | None = None,
+    terminal: object | None = None,
+) -> Engine:
+    return make_engine(
+        tmp_path, now, terminal=terminal, features=features, model=model, limits=limits, magic=11
+    )
 
 
 # --- kill switch and trading state -----------------------------------------------------------
@@ -36,7 +45,9 @@ def test_order_when_kill_switch_engaged_in_config_then_refuses_with_kill_switch(
     assert not v.allowed and v.reason is Reason.KILL_SWITCH
 
 
-def test_engine_when_operator_kills_then_halted_survives_a_restart_and_refuses_until_resumed(tmp_path: Path) -> None:
+def test_engine_when_operator_kills_then_halted_survives_a_restart_and_refuses_until_resumed(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
     e = _engine(tmp_path, now)
     e.kill(detail="test")
@@ -64,7 +75,10 @@ def test_order_when_daily_loss_limit_hit_then_halts_and_refuses() -> None:
     rm = RiskManager(RiskLimits(daily_loss_limit=0.03, max_drawdown=0.5))
     rm.observe_equity(10_000.0, MONDAY_0800)
     rm.observe_equity(9_750.0, MONDAY_0800 + 3600)  # -2.5 %: still ACTIVE
-    assert rm.state.trading_state is TradingState.ACTIVE and rm.check(current_lots=0, target_lots=0.1).allowed
+    assert (
+        rm.state.trading_state is TradingState.ACTIVE
+        and rm.check(current_lots=0, target_lots=0.1).allowed
+    )
     rm.observe_equity(9_690.0, MONDAY_0800 + 7200)  # -3.1 %
     v = rm.check(current_lots=0, target_lots=0.1)
     assert rm.state.trading_state is TradingState.HALTED
@@ -80,10 +94,15 @@ def test_daily_loss_halt_when_the_next_utc_day_starts_then_trading_resumes() -> 
     assert rm.state.trading_state is TradingState.ACTIVE and rm.state.day_start_equity == 9_600.0
 
 
-def test_engine_when_equity_is_below_the_days_start_by_more_than_the_limit_then_halts_and_refuses(tmp_path: Path) -> None:
+def test_engine_when_equity_is_below_the_days_start_by_more_than_the_limit_then_halts_and_refuses(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
     j = Journal(tmp_path / "j.sqlite")  # the engine restarts on a day that began at 20k equity
-    j.save_state("risk", RiskState(day="2026-01-12", day_start_equity=20_000.0, peak_equity=20_000.0).to_json())
+    j.save_state(
+        "risk",
+        RiskState(day="2026-01-12", day_start_equity=20_000.0, peak_equity=20_000.0).to_json(),
+    )
     j.close()
     e = _engine(tmp_path, now, RiskLimits(daily_loss_limit=0.03, max_drawdown=0.9))
     rec = e.on_bar("EURUSD", now[0])
@@ -108,15 +127,24 @@ def test_order_when_trailing_drawdown_exceeds_limit_then_halts_and_refuses() -> 
 def test_order_when_symbol_exposure_exceeds_max_position_then_refuses() -> None:
     v = check_order(RiskLimits(max_position_lots=0.5), current_lots=0, target_lots=-0.6)
     assert not v.allowed and v.reason is Reason.MAX_POSITION
-    assert check_order(RiskLimits(max_position_lots=0.5), current_lots=0.2, target_lots=-0.5).allowed
+    assert check_order(
+        RiskLimits(max_position_lots=0.5), current_lots=0.2, target_lots=-0.5
+    ).allowed
 
 
 def test_order_when_total_exposure_across_symbols_exceeds_limit_then_refuses() -> None:
-    v = check_order(RiskLimits(max_position_lots=1.0, max_total_lots=1.0), current_lots=0, target_lots=0.4, other_lots=0.7)
+    v = check_order(
+        RiskLimits(max_position_lots=1.0, max_total_lots=1.0),
+        current_lots=0,
+        target_lots=0.4,
+        other_lots=0.7,
+    )
     assert not v.allowed and v.reason is Reason.MAX_TOTAL_EXPOSURE
 
 
-def test_engine_when_a_second_symbol_would_exceed_total_exposure_then_refuses_it(tmp_path: Path) -> None:
+def test_engine_when_a_second_symbol_would_exceed_total_exposure_then_refuses_it(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
     e = _engine(tmp_path, now, RiskLimits(max_position_lots=0.1, max_total_lots=0.15))
     assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
@@ -126,20 +154,30 @@ def test_engine_when_a_second_symbol_would_exceed_total_exposure_then_refuses_it
 
 def test_order_when_rate_exceeds_max_orders_per_minute_then_refuses() -> None:
     st = RiskState(order_times=[1000.0, 1010.0, 1020.0])
-    v = check_order(RiskLimits(max_orders_per_minute=3), st, current_lots=0, target_lots=0.1, now=1030.0)
+    v = check_order(
+        RiskLimits(max_orders_per_minute=3), st, current_lots=0, target_lots=0.1, now=1030.0
+    )
     assert not v.allowed and v.reason is Reason.MAX_ORDERS_PER_MINUTE
-    assert check_order(RiskLimits(max_orders_per_minute=3), st, current_lots=0, target_lots=0.1, now=1061.0).allowed
+    assert check_order(
+        RiskLimits(max_orders_per_minute=3), st, current_lots=0, target_lots=0.1, now=1061.0
+    ).allowed
 
 
-def test_engine_when_the_model_flips_faster_than_the_order_rate_then_refuses(tmp_path: Path) -> None:
+def test_engine_when_the_model_flips_faster_than_the_order_rate_then_refuses(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
     model = ScriptedModel(1)
     e = _engine(tmp_path, now, RiskLimits(max_orders_per_minute=1), model=model)
     assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
-    model.position = -1  # flip: close + open (or even the close alone) is over the rate within the same minute
+    model.position = (
+        -1
+    )  # flip: close + open (or even the close alone) is over the rate within the same minute
     now[0] += 10
     rec = e.on_bar("EURUSD", now[0])
-    assert rec is not None and rec.verdict == "refused" and rec.reason_code == "max_orders_per_minute"
+    assert (
+        rec is not None and rec.verdict == "refused" and rec.reason_code == "max_orders_per_minute"
+    )
 
 
 def test_order_when_consecutive_losses_reach_limit_then_reducing_and_only_reductions_pass() -> None:
@@ -153,7 +191,9 @@ def test_order_when_consecutive_losses_reach_limit_then_reducing_and_only_reduct
     assert rm.check(current_lots=0.2, target_lots=0.0).allowed  # closing is still allowed
 
 
-def test_losing_streak_reducing_when_the_next_utc_day_starts_then_trading_resumes_with_a_fresh_count() -> None:
+def test_losing_streak_reducing_when_the_next_utc_day_starts_then_trading_resumes_with_a_fresh_count() -> (
+    None
+):
     rm = RiskManager(RiskLimits(max_consecutive_losses=2))
     rm.observe_equity(10_000.0, MONDAY_0800)
     rm.observe_closed_trades([(1, -1.0), (2, -1.0)])
@@ -167,26 +207,38 @@ def test_losing_streak_reducing_when_the_next_utc_day_starts_then_trading_resume
 
 # --- market context -------------------------------------------------------------------------
 def test_order_when_features_are_older_than_limit_then_refuses_stale() -> None:
-    v = check_order(RiskLimits(max_feature_age_s=60), current_lots=0, target_lots=0.1, feature_age_s=75)
+    v = check_order(
+        RiskLimits(max_feature_age_s=60), current_lots=0, target_lots=0.1, feature_age_s=75
+    )
     assert not v.allowed and v.reason is Reason.STALE_FEATURES
 
 
-def test_engine_when_the_feature_row_is_not_of_the_decided_bar_then_refuses_stale(tmp_path: Path) -> None:
+def test_engine_when_the_feature_row_is_not_of_the_decided_bar_then_refuses_stale(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
     e = _engine(tmp_path, now, features=ClockFeatures(now, lag_s=300))  # the previous bar's row
     rec = e.on_bar("EURUSD", now[0])
     assert rec is not None and rec.verdict == "refused" and rec.reason_code == "stale_features"
-    assert rec.reason is not None and rec.reason.startswith("stale_features") and e.positions() == ()
+    assert (
+        rec.reason is not None and rec.reason.startswith("stale_features") and e.positions() == ()
+    )
 
 
 def test_order_when_spread_is_wider_than_limit_then_refuses() -> None:
-    v = check_order(RiskLimits(max_spread_points=30), current_lots=0, target_lots=0.1, spread_points=42)
+    v = check_order(
+        RiskLimits(max_spread_points=30), current_lots=0, target_lots=0.1, spread_points=42
+    )
     assert not v.allowed and v.reason is Reason.WIDE_SPREAD
 
 
-def test_engine_when_the_live_spread_exceeds_the_limit_then_refuses_wide_spread(tmp_path: Path) -> None:
+def test_engine_when_the_live_spread_exceeds_the_limit_then_refuses_wide_spread(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
-    e = _engine(tmp_path, now, RiskLimits(max_spread_points=1))  # the synthetic EURUSD spread is ~12 points
+    e = _engine(
+        tmp_path, now, RiskLimits(max_spread_points=1)
+    )  # the synthetic EURUSD spread is ~12 points
     rec = e.on_bar("EURUSD", now[0])
     assert rec is not None and rec.verdict == "refused" and rec.reason_code == "wide_spread"
 
@@ -220,21 +272,32 @@ def test_risk_limits_when_assigned_then_frozen_and_negative_limits_are_rejected(
 
 
 def test_risk_state_when_serialised_then_round_trips() -> None:
-    st = RiskState(trading_state=TradingState.REDUCING, state_reason="x", consecutive_losses=4, order_times=[1.0])
+    st = RiskState(
+        trading_state=TradingState.REDUCING,
+        state_reason="x",
+        consecutive_losses=4,
+        order_times=[1.0],
+    )
     assert RiskState.from_json(st.to_json()) == st
 
 
-def test_engine_when_replaying_a_day_then_every_bar_is_journaled_with_stage_latencies(tmp_path: Path) -> None:
+def test_engine_when_replaying_a_day_then_every_bar_is_journaled_with_stage_latencies(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
     e = _engine(tmp_path, now)
     e.replay(closes(n=5), ["EURUSD"], lambda t: now.__setitem__(0, t))
     rows = e.journal.rows()
     assert [r["verdict"] for r in rows] == ["sent", "hold", "hold", "hold", "hold"]
-    assert {"feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms"} <= set(rows[0]["latency_ms"])
+    assert {"feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms"} <= set(
+        rows[0]["latency_ms"]
+    )
     assert all(r["trading_state"] == "ACTIVE" and r["model_version"] == "7" for r in rows)
 
 
-def test_engine_when_reducing_and_the_model_flips_then_it_closes_without_opening_the_other_side(tmp_path: Path) -> None:
+def test_engine_when_reducing_and_the_model_flips_then_it_closes_without_opening_the_other_side(
+    tmp_path: Path,
+) -> None:
     now = [MONDAY_0800]
     model = ScriptedModel(1)
     e = _engine(tmp_path, now, model=model)
@@ -243,4 +306,6 @@ def test_engine_when_reducing_and_the_model_flips_then_it_closes_without_opening
     model.position = -1
     now[0] += 300
     rec = e.on_bar("EURUSD", now[0])
-    assert rec is not None and rec.verdict == "sent" and rec.target_lots == 0.0 and e.positions() == ()
+    assert (
+        rec is not None and rec.verdict == "sent" and rec.target_lots == 0.0 and e.positions() == ()
+    )

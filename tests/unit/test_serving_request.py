@@ -47,7 +47,10 @@ def _valid(rng: random.Random, n_rows: int, sequence: bool = False) -> dict[str,
             # ints and floats, in a random key order
             "features": dict(
                 rng.sample(
-                    [(f, rng.choice([rng.uniform(-1e6, 1e6), rng.randint(-5, 5)])) for f in FEATURES],
+                    [
+                        (f, rng.choice([rng.uniform(-1e6, 1e6), rng.randint(-5, 5)]))
+                        for f in FEATURES
+                    ],
                     len(FEATURES),
                 )
             ),
@@ -92,9 +95,22 @@ BAD: dict[str, list[Any]] = {
     "symbol": [None, True, 1.5, "", [], {}, "X" * 65],
     "feature_time": [None, True, "", "2024-05-01", "nope", "2024-05-01T10:05:00", [], {}, 1e300],
     "features": [None, True, "", [], [1.0], "abc", 1.0],
-    "feature": [None, True, False, "1.0", "", [], {}, [1.0], {"x": 1}, math.nan, math.inf, 1e39,
-                10**400],
-}  # fmt: skip
+    "feature": [
+        None,
+        True,
+        False,
+        "1.0",
+        "",
+        [],
+        {},
+        [1.0],
+        {"x": 1},
+        math.nan,
+        math.inf,
+        1e39,
+        10**400,
+    ],
+}
 
 
 def _break(rng: random.Random, payload: dict[str, Any]) -> tuple[list[Any], bool]:

@@ -16,12 +16,19 @@ H = 6
 
 def rows(n: int = 600, symbols: tuple[str, ...] = ("EURUSD", "GBPUSD")) -> pd.DataFrame:
     t = pd.date_range("2026-01-05 00:05", periods=n, freq="5min", tz="UTC")
-    frames = [pd.DataFrame({"symbol": s, "event_timestamp": t, "label_end": t + pd.Timedelta(minutes=5 * H)}) for s in symbols]
+    frames = [
+        pd.DataFrame(
+            {"symbol": s, "event_timestamp": t, "label_end": t + pd.Timedelta(minutes=5 * H)}
+        )
+        for s in symbols
+    ]
     return pd.concat(frames).sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
 
 
 @pytest.mark.parametrize("scheme", ["expanding", "rolling"])
-def test_walk_forward_when_split_then_train_precedes_test_with_purge_and_embargo(scheme: str) -> None:
+def test_walk_forward_when_split_then_train_precedes_test_with_purge_and_embargo(
+    scheme: str,
+) -> None:
     ds = rows()
     embargo = pd.Timedelta(minutes=5 * H)
     folds = walk_forward_folds(ds, n_folds=4, embargo=embargo, scheme=scheme)  # type: ignore[arg-type]
@@ -29,10 +36,14 @@ def test_walk_forward_when_split_then_train_precedes_test_with_purge_and_embargo
     for f in folds:
         tr, te = ds.iloc[f.train], ds.iloc[f.test]
         assert not set(f.train) & set(f.test)
-        assert tr["label_end"].max() < te["event_timestamp"].min()  # purge: no label overlaps the test block
+        assert (
+            tr["label_end"].max() < te["event_timestamp"].min()
+        )  # purge: no label overlaps the test block
         assert te["event_timestamp"].min() - tr["event_timestamp"].max() >= embargo  # embargo
     tests = [set(f.test) for f in folds]
-    assert all(not (a & b) for i, a in enumerate(tests) for b in tests[i + 1 :])  # test blocks disjoint
+    assert all(
+        not (a & b) for i, a in enumerate(tests) for b in tests[i + 1 :]
+    )  # test blocks disjoint
     starts = [f.test_start for f in folds]
     assert starts == sorted(starts)
 
@@ -42,13 +53,20 @@ def test_walk_forward_when_expanding_then_train_grows_and_when_rolling_then_it_s
     emb = pd.Timedelta(minutes=30)
     exp = walk_forward_folds(ds, n_folds=3, embargo=emb, scheme="expanding")
     rol = walk_forward_folds(ds, n_folds=3, embargo=emb, scheme="rolling")
-    assert [len(f.train) for f in exp] == sorted(len(f.train) for f in exp) and len(exp[-1].train) > len(exp[0].train)
-    assert ds.iloc[rol[-1].train]["event_timestamp"].min() > ds.iloc[exp[-1].train]["event_timestamp"].min()
+    assert [len(f.train) for f in exp] == sorted(len(f.train) for f in exp) and len(
+        exp[-1].train
+    ) > len(exp[0].train)
+    assert (
+        ds.iloc[rol[-1].train]["event_timestamp"].min()
+        > ds.iloc[exp[-1].train]["event_timestamp"].min()
+    )
 
 
 def test_walk_forward_when_labels_reach_far_then_overlapping_rows_are_purged() -> None:
     ds = rows()
-    ds.loc[ds.index[::10], "label_end"] += pd.Timedelta(days=1)  # some labels reach into later blocks
+    ds.loc[ds.index[::10], "label_end"] += pd.Timedelta(
+        days=1
+    )  # some labels reach into later blocks
     folds = walk_forward_folds(ds, n_folds=3, embargo=pd.Timedelta(minutes=30))
     for f in folds:
         assert (ds.iloc[f.train]["label_end"] < f.test_start).all()
@@ -64,7 +82,12 @@ def test_holdout_when_split_then_embargo_and_purge_hold() -> None:
 
 def test_config_when_embargo_is_shorter_than_the_label_horizon_then_rejected() -> None:
     with pytest.raises(ValueError, match="embargo"):
-        ExperimentConfig(name="x", feature_service="trend_v1", label={"horizon_bars": 12}, split={"embargo_bars": 6})  # type: ignore[arg-type]
+        ExperimentConfig(
+            name="x",
+            feature_service="trend_v1",
+            label={"horizon_bars": 12},
+            split={"embargo_bars": 6},
+        )  # type: ignore[arg-type]
 
 
 def test_config_when_explicit_ranges_are_given_then_they_win_and_must_be_chronological() -> None:

@@ -42,7 +42,9 @@ def test_newey_west_when_computed_then_equals_a_direct_double_loop() -> None:
     assert newey_west_variance(d, lag) == pytest.approx(direct, rel=1e-12)
 
 
-def test_dm_when_the_challenger_is_clearly_better_or_worse_then_the_p_value_says_so_and_is_symmetric() -> None:
+def test_dm_when_the_challenger_is_clearly_better_or_worse_then_the_p_value_says_so_and_is_symmetric() -> (
+    None
+):
     rng = np.random.default_rng(2)
     champ = rng.normal(0.0, 1e-4, 2000)
     better = champ + rng.normal(3e-5, 5e-5, 2000)
@@ -55,15 +57,22 @@ def test_dm_when_the_challenger_is_clearly_better_or_worse_then_the_p_value_says
 def test_dm_when_the_differential_is_autocorrelated_then_the_hac_lag_widens_the_variance() -> None:
     rng = np.random.default_rng(3)
     eps = rng.normal(size=3005)
-    d = 0.05 + np.convolve(eps, np.ones(6), mode="valid")  # MA(5): what 6-bar overlapping forecasts give
-    naive, hac = diebold_mariano(d, np.zeros_like(d), lag=0), diebold_mariano(d, np.zeros_like(d), lag=5)
+    d = 0.05 + np.convolve(
+        eps, np.ones(6), mode="valid"
+    )  # MA(5): what 6-bar overlapping forecasts give
+    naive, hac = (
+        diebold_mariano(d, np.zeros_like(d), lag=0),
+        diebold_mariano(d, np.zeros_like(d), lag=5),
+    )
     assert hac.lrv > 3 * naive.lrv  # the true long-run variance is 36 vs γ0 = 6
     assert 0 < hac.stat < naive.stat and hac.p_value > naive.p_value
 
 
 def test_dm_when_inputs_are_degenerate_then_defined_answers_or_clear_errors() -> None:
     same = np.full(10, 1e-4)
-    assert diebold_mariano(same, same).p_value == pytest.approx(0.5)  # identical P&L: no evidence either way
+    assert diebold_mariano(same, same).p_value == pytest.approx(
+        0.5
+    )  # identical P&L: no evidence either way
     assert diebold_mariano(same + 1e-5, same).p_value == 0.0  # better on every bar, by a constant
     with pytest.raises(ValueError, match="aligned"):
         diebold_mariano(np.zeros(5), np.zeros(6))
