@@ -43,7 +43,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy engine infra training serving feature_repo/pipeline
+	$(VENV)/bin/mypy engine titanovax training serving feature_repo/pipeline
 
 # the MT5 gateway against the official API's types (metatrader5-stubs): `import MetaTrader5`
 # resolves to the stubs, so every adapter call is checked against the real signatures

@@ -45,8 +45,8 @@ def make_bundle(out: Path, names: list[str]) -> Path:
 
     from engine.mt5 import TIMEFRAMES
     from feature_repo.pipeline.ingest import open_platform_terminal
-    from infra.engine_world import precompute_features
-    from infra.settings import PlatformSettings
+    from titanovax.engine_world import precompute_features
+    from titanovax.settings import PlatformSettings
     from training.export import xgb_to_onnx
 
     s = PlatformSettings(symbols=SYMBOLS)
@@ -195,8 +195,8 @@ def main() -> None:
 
     from engine.serving_client import OnnxModel
     from feature_repo.pipeline.transforms import TREND_V1_FEATURES
-    from infra.engine_world import backtest_world
-    from infra.settings import PlatformSettings
+    from titanovax.engine_world import backtest_world
+    from titanovax.settings import PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -306,9 +306,9 @@ def serving(
 
 
 def _start_serving(bundle: Path, manifest: dict[str, Any], tmp: Path) -> tuple[str, str, Any]:
-    from infra.redis_local import free_port
     from serving import importer
     from serving.server import start_server, wait_ready
+    from titanovax.redis_local import free_port
 
     home = tmp / "bentoml"
     store = importer._model_store(home)

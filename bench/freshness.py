@@ -160,8 +160,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from feature_repo.pipeline.store import feast_apply
-    from infra.redis_local import LocalRedis
-    from infra.settings import PlatformSettings
+    from titanovax.redis_local import LocalRedis
+    from titanovax.settings import PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
         import redis

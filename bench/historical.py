@@ -74,8 +74,8 @@ def main() -> None:
     from feature_repo.pipeline.backfill import backfill
     from feature_repo.pipeline.store import bar_closes, feast_apply, open_store
     from feature_repo.pipeline.transforms import TREND_V1_FEATURES
-    from infra.redis_local import LocalRedis
-    from infra.settings import FEATURE_REPO, PlatformSettings
+    from titanovax.redis_local import LocalRedis
+    from titanovax.settings import FEATURE_REPO, PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
         s = PlatformSettings(

@@ -56,8 +56,8 @@ def main() -> None:
     )
     from feature_repo.pipeline.stream import DirectWriter
     from feature_repo.pipeline.validate import validate_interval
-    from infra.redis_local import LocalRedis
-    from infra.settings import PlatformSettings
+    from titanovax.redis_local import LocalRedis
+    from titanovax.settings import PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
         s = PlatformSettings(

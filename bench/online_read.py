@@ -46,8 +46,8 @@ def main() -> None:
         SEQ_LEN,
         TREND_V1_FEATURES,
     )
-    from infra.redis_local import LocalRedis
-    from infra.settings import PlatformSettings
+    from titanovax.redis_local import LocalRedis
+    from titanovax.settings import PlatformSettings
 
     with tempfile.TemporaryDirectory() as tmp, LocalRedis() as srv:
         s = PlatformSettings(

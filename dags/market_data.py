@@ -30,7 +30,7 @@ def market_data() -> None:
         data_interval_start: datetime | None = None, data_interval_end: datetime | None = None
     ) -> list[dict]:
         from feature_repo.pipeline.ingest import ingest as ingest_interval
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
 
         s = PlatformSettings()
         return [
@@ -47,7 +47,7 @@ def market_data() -> None:
         """Hard failures quarantine the day and fail this task (downstream does not run);
         soft failures are logged as warnings and the bars proceed (TX_VALIDATION_SEVERITY)."""
         from feature_repo.pipeline.validate import validate_symbols
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
 
         s = PlatformSettings()
         return validate_symbols(s, s.symbols, s.timeframe, data_interval_start, data_interval_end)  # type: ignore[arg-type]
@@ -59,7 +59,7 @@ def market_data() -> None:
         data_interval_end: datetime | None = None,
     ) -> list[dict]:
         from feature_repo.pipeline.store import build_features
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
 
         s = PlatformSettings()
         return [
@@ -74,7 +74,7 @@ def market_data() -> None:
         data_interval_end: datetime | None = None,
     ) -> int:
         from feature_repo.pipeline.store import materialize as materialize_interval
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
 
         s = PlatformSettings()
         materialize_interval(s, data_interval_start, data_interval_end, s.timeframe)  # type: ignore[arg-type]

@@ -37,14 +37,14 @@ def _cfg(params: dict | None):  # type: ignore[no-untyped-def]
 def train_and_promote() -> None:
     @sdk.task
     def dataset(params: dict | None = None, data_interval_end: datetime | None = None) -> str:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.train import build_training_dataset
 
         return build_training_dataset(PlatformSettings(), _cfg(params), data_interval_end)
 
     @sdk.task
     def tune_plan(path: str, params: dict | None = None) -> list[dict]:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.tune import plan_workers
 
         return plan_workers(PlatformSettings(), _cfg(params), path)
@@ -53,14 +53,14 @@ def train_and_promote() -> None:
     def tune(
         job: dict, params: dict | None = None, data_interval_end: datetime | None = None
     ) -> int:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.tune import run_planned_worker
 
         return run_planned_worker(PlatformSettings(), _cfg(params), job, data_interval_end)
 
     @sdk.task
     def tuned(path: str, done: list[int], params: dict | None = None) -> dict:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.tune import summarise
 
         return summarise(PlatformSettings(), _cfg(params), path, sum(done))
@@ -69,7 +69,7 @@ def train_and_promote() -> None:
     def fit(
         path: str, best: dict, params: dict | None = None, data_interval_end: datetime | None = None
     ) -> str:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.train import fit_step
 
         return fit_step(
@@ -97,21 +97,21 @@ def train_and_promote() -> None:
 
     @sdk.task
     def register(workdir: str) -> dict:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.train import register_step
 
         return register_step(PlatformSettings(), workdir).to_dict()
 
     @sdk.task
     def gate(trained: dict) -> dict:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.gate import evaluate_gate
 
         return evaluate_gate(PlatformSettings(), trained["version"]).to_dict()
 
     @sdk.task
     def promote(decision: dict) -> dict:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.gate import GateDecision, apply_decision
 
         return apply_decision(
@@ -120,7 +120,7 @@ def train_and_promote() -> None:
 
     @sdk.task
     def reload_serving(decision: dict) -> str:
-        from infra.settings import PlatformSettings
+        from titanovax.settings import PlatformSettings
         from training.registry import notify_serving
 
         # champion or challenger may have moved: serving re-resolves both aliases

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raw"
 
@@ -50,7 +50,7 @@ def raw_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    from infra.redis_local import LocalRedis
+    from titanovax.redis_local import LocalRedis
 
     with LocalRedis() as srv:
         yield srv.url

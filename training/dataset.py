@@ -29,7 +29,7 @@ from feature_repo.pipeline.store import (
     symbol_point,
 )
 from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
-from infra.settings import PlatformSettings, utc
+from titanovax.settings import PlatformSettings, utc
 from training.labels import make_labels
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 from training.backtest import (
     Costs,
     SpreadVolSlippage,

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from infra.settings import PROJECT_ROOT, PlatformSettings
+from titanovax.settings import PROJECT_ROOT, PlatformSettings
 from training.config import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ def _with_redis(base: PlatformSettings) -> Iterator[PlatformSettings]:
     if base.redis_url:
         yield base
         return
-    from infra.redis_local import LocalRedis
+    from titanovax.redis_local import LocalRedis
 
     with LocalRedis() as r:
         yield base.model_copy(update={"redis_url": r.url})

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infra.settings import PROJECT_ROOT, PlatformSettings, utc
+from titanovax.settings import PROJECT_ROOT, PlatformSettings, utc
 from training.backtest import (
     backtest,
     baselines,

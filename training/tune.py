@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infra.settings import PlatformSettings, utc
+from titanovax.settings import PlatformSettings, utc
 from training.config import ExperimentConfig, TransformerSearchConfig
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from feature_repo.pipeline.ingest import ingest
 from feature_repo.pipeline.store import build_features, materialize
 from feature_repo.pipeline.validate import validate_interval
-from infra.settings import PlatformSettings, utc
+from titanovax.settings import PlatformSettings, utc
 
 
 def backfill(

@@ -28,7 +28,7 @@ import pandas as pd
 from engine.mt5 import TIMEFRAMES, Terminal, TerminalError, timeframe_seconds
 from engine.mt5.brokertime import BrokerTimeRule, FixedOffset, check_rule, parse_rule
 from feature_repo.pipeline import lake
-from infra.settings import PlatformSettings, utc
+from titanovax.settings import PlatformSettings, utc
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from feature_repo.pipeline.transforms import (
     last_sequence,
     select_rows,
 )
-from infra.settings import FEATURE_REPO, PlatformSettings, feast_redis_connection_string, utc
+from titanovax.settings import FEATURE_REPO, PlatformSettings, feast_redis_connection_string, utc
 
 log = logging.getLogger(__name__)
 

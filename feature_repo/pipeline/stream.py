@@ -47,7 +47,7 @@ from feature_repo.pipeline.store import (
     symbol_point,
 )
 from feature_repo.pipeline.transforms import SEQ_FIELD, STREAM_BARS, XS_TOLERANCE_BARS
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 

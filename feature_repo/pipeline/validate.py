@@ -43,7 +43,7 @@ from feature_repo.pipeline.expectations import (
     build_schema_suite,
     config_from_settings,
 )
-from infra.settings import PlatformSettings, utc
+from titanovax.settings import PlatformSettings, utc
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.airflow_env import airflow_env, ensure_airflow_db
-from infra.settings import PROJECT_ROOT
 from tests.conftest import Platform, make_settings
+from titanovax.airflow_env import airflow_env, ensure_airflow_db
+from titanovax.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.dags, pytest.mark.slow]
 

@@ -15,8 +15,8 @@ from engine.features import OnlineFeatureReader
 from engine.journal import Journal
 from engine.loop import Engine
 from engine.serving_client import ServingClient
-from infra.redis_local import free_port
 from tests.conftest import Platform
+from titanovax.redis_local import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -23,8 +23,8 @@ from feature_repo.pipeline.transforms import (
     SEQ_LEN,
     TREND_V1_FEATURES,
 )
-from infra.settings import PlatformSettings
 from tests.conftest import run_market_data
+from titanovax.settings import PlatformSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

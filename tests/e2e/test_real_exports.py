@@ -26,8 +26,8 @@ from engine.mt5.brokertime import parse_rule
 from engine.mt5.exports import parse_export_name, read_export
 from feature_repo.pipeline import lake
 from feature_repo.pipeline.store import feast_apply
-from infra.settings import PlatformSettings
 from tests.conftest import redis_newest_event_time, run_market_data
+from titanovax.settings import PlatformSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

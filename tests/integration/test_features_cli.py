@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from feature_repo.pipeline.store import SEQ_VIEW, V2_VIEW, feast_env, frames_for_range
 from feature_repo.pipeline.transforms import FEATURE_NAMES, SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
-from infra.settings import FEATURE_REPO
 from tests.conftest import Platform
+from titanovax.settings import FEATURE_REPO
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def _env(p: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_features_get_when_asked_for_trend_v2_then_writes_point_in_time_rows_at_every_bar_close(
     platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from infra.cli import app
+    from titanovax.cli import app
 
     _env(platform, monkeypatch)
     out = tmp_path / "v2.parquet"
@@ -108,7 +108,7 @@ def test_feast_ui_when_started_on_the_repo_then_serves_the_page_and_the_registry
 ) -> None:
     import httpx
 
-    from infra.redis_local import free_port
+    from titanovax.redis_local import free_port
 
     feast_bin = str(Path(sys.executable).with_name("feast"))
     env = {**os.environ, **feast_env(platform.settings)}

@@ -42,8 +42,8 @@ from feature_repo.pipeline.transforms import (
     TREND_V1_FEATURES,
     sequence_to_array,
 )
-from infra.settings import PlatformSettings
 from tests.conftest import make_settings
+from titanovax.settings import PlatformSettings
 
 pytestmark = pytest.mark.integration
 

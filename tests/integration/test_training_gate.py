@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 from training.config import GateConfig
 from training.export import check_parity, single_row_latency_us, xgb_to_onnx
 from training.gate import decide, promote

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from feature_repo.pipeline.transforms import TREND_V1_FEATURES
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 from training.config import ExperimentConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

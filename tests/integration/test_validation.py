@@ -34,8 +34,8 @@ from feature_repo.pipeline.validate import (
     release_partition,
     validate_interval,
 )
-from infra.settings import PlatformSettings
 from tests.conftest import make_settings, redis_newest_event_time, run_market_data
+from titanovax.settings import PlatformSettings
 
 pytestmark = pytest.mark.integration
 

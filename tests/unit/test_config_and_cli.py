@@ -23,8 +23,8 @@ def _env_names(cls: type) -> set[str]:
 
 def test_env_example_when_read_then_documents_every_setting_of_every_deployable() -> None:
     from engine.config import EngineSettings
-    from infra.settings import PlatformSettings
     from serving.settings import ServingSettings
+    from titanovax.settings import PlatformSettings
 
     documented = set(
         re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
@@ -43,7 +43,7 @@ def _commands(app, prefix: tuple[str, ...] = ()):
 
 
 def test_cli_when_asked_for_help_then_every_command_answers() -> None:
-    from infra.cli import app
+    from titanovax.cli import app
 
     runner = CliRunner()
     cmds = list(_commands(app))

@@ -90,7 +90,7 @@ def test_require_offline_when_a_view_has_no_parquet_then_the_error_names_it_and_
     tmp_path: Path,
 ) -> None:
     from feature_repo.pipeline.store import V2_VIEW, offline_dir, require_offline
-    from infra.settings import PlatformSettings
+    from titanovax.settings import PlatformSettings
 
     s = PlatformSettings(home=tmp_path)
     with pytest.raises(ValueError, match=r"trend_fv .*empty.*tx features build"):

@@ -29,6 +29,7 @@ FORBIDDEN = {
     "training",
     "serving",
     "infra",
+    "titanovax",
     "dags",
 }
 

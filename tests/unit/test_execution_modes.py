@@ -79,7 +79,7 @@ def test_backtest_mode_when_run_from_settings_then_every_bar_of_every_symbol_is_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from feature_repo.pipeline.transforms import TREND_V1_FEATURES
-    from infra.engine_world import run_engine
+    from titanovax.engine_world import run_engine
 
     monkeypatch.setenv("TX_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TX_SYMBOLS", "EURUSD,GBPUSD")
@@ -102,7 +102,7 @@ def test_backtest_mode_when_the_bundle_reads_the_sequence_then_rows_carry_the_ba
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from feature_repo.pipeline.transforms import FEATURE_NAMES, SEQ_CHANNELS
-    from infra.engine_world import run_engine
+    from titanovax.engine_world import run_engine
 
     monkeypatch.setenv("TX_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TX_SYMBOLS", "EURUSD,GBPUSD")
@@ -118,7 +118,7 @@ def test_backtest_mode_when_the_bundle_reads_the_sequence_then_rows_carry_the_ba
 def test_live_mode_when_the_terminal_is_the_simulator_then_it_refuses_to_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from infra.engine_world import run_engine
+    from titanovax.engine_world import run_engine
 
     monkeypatch.setenv("TX_MT5_MODE", "sim")
     with pytest.raises(ValueError, match="native or bridge"):

@@ -126,7 +126,7 @@ def test_settings_when_symbols_are_comma_separated_in_env_then_parsed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from engine.config import EngineSettings
-    from infra.settings import PlatformSettings
+    from titanovax.settings import PlatformSettings
 
     monkeypatch.setenv("TX_SYMBOLS", "eurusd, XAUUSD")
     assert PlatformSettings().symbols == ["EURUSD", "XAUUSD"]

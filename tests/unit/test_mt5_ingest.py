@@ -15,7 +15,7 @@ from engine.mt5.brokertime import NewYorkClose
 from engine.mt5.gateway import open_terminal
 from feature_repo.pipeline import lake, store
 from feature_repo.pipeline.ingest import broker_rule, ingest
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 
 pytestmark = pytest.mark.unit
 

@@ -191,7 +191,7 @@ def run_engine(
     from engine.journal import Journal
     from engine.mt5 import TIMEFRAMES
     from engine.serving_client import OnnxModel
-    from infra.settings import PlatformSettings
+    from titanovax.settings import PlatformSettings
 
     es = EngineSettings()
     ps = PlatformSettings()

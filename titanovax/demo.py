@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from infra.settings import PlatformSettings
+from titanovax.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def run_demo(
 ) -> Summary:
     import warnings
 
-    from infra.airflow_env import airflow_env, ensure_airflow_db
-    from infra.redis_local import LocalRedis, free_port
+    from titanovax.airflow_env import airflow_env, ensure_airflow_db
+    from titanovax.redis_local import LocalRedis, free_port
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"dask\..*")
     base = PlatformSettings()

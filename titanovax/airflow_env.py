@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.settings import PROJECT_ROOT, PlatformSettings
+from titanovax.settings import PROJECT_ROOT, PlatformSettings
 
 
 def airflow_env(settings: PlatformSettings) -> dict[str, str]:

@@ -44,7 +44,7 @@ def _main(
 
 
 def _settings():
-    from infra.settings import PlatformSettings
+    from titanovax.settings import PlatformSettings
 
     return PlatformSettings()
 
@@ -439,7 +439,7 @@ def report_real_exports(
     reused while unchanged. Datasets come from Feast get_historical_features."""
     from pathlib import Path
 
-    from infra.settings import PROJECT_ROOT
+    from titanovax.settings import PROJECT_ROOT
     from training.real_exports import real_exports_report
 
     raw_dir = Path(raw) if raw else PROJECT_ROOT.parent / "shared" / "data" / "raw"
@@ -531,7 +531,7 @@ def engine_run(
     ] = "",
 ) -> None:
     """Run the engine: the same code in live, paper and backtest mode (control API when TX_ENGINE_TOKEN is set)."""
-    from infra.engine_world import run_engine
+    from titanovax.engine_world import run_engine
 
     out = run_engine(
         mode or None,
@@ -550,7 +550,7 @@ def demo(
     experiment: str = "trend_v1",
 ) -> None:
     """Run everything end to end on embedded defaults and print a summary."""
-    from infra.demo import run_demo
+    from titanovax.demo import run_demo
 
     typer.echo(run_demo(history_days=history_days, experiment=experiment).render())
 

@@ -1,1 +1,0 @@
-"""Platform wiring shared by the offline rooms: settings, local services, the `tx` CLI."""
