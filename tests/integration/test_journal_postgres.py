@@ -24,7 +24,8 @@ from tests.unit.faults import (
 pytestmark = pytest.mark.integration
 
 ADMIN = os.environ.get("TX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB = "tx_test_journal"
+# per process, so two test runs on one server never drop each other's database
+DB = f"tx_test_journal_{os.getpid()}"
 
 
 @pytest.fixture()

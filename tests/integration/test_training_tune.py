@@ -16,7 +16,8 @@ from training.config import ExperimentConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DB = "tx_test_optuna"
+# per process, so two test runs on one server never drop each other's database
+DB = f"tx_test_optuna_{os.getpid()}"
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
