@@ -7,12 +7,12 @@ UV_VERSION := 0.13.9
 # the stamp changes whenever the pins or the project metadata change
 STAMP := $(VENV)/.setup-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: setup demo test test-fast lint typecheck typecheck-mt5 bench lock clean-state help
+.PHONY: setup demo test test-fast lint docs docs-serve typecheck typecheck-mt5 bench lock clean-state help
 
 help:
 	@echo "make demo   - set up, then run the whole path end to end and print a summary"
 	@echo "make test   - set up, then run the test suite (unit, integration, dags, e2e)"
-	@echo "make lint / typecheck / bench / lock"
+	@echo "make lint / docs / typecheck / bench / lock"
 
 setup: $(STAMP)
 
@@ -41,6 +41,13 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# the docs site (mkdocs-material); the CLI and settings reference pages are generated from the code
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 typecheck: setup
 	$(VENV)/bin/mypy engine titanovax training serving feature_repo/pipeline
