@@ -175,6 +175,11 @@ def features_stream(
     wait_s: Annotated[
         float, typer.Option(help="Seconds to wait after a close for every symbol's bar")
     ] = 5.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(envvar="TX_PUSHER_METRICS_PORT", help="Serve Prometheus /metrics here"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(envvar="TX_PUSHER_METRICS_HOST")] = "127.0.0.1",
 ) -> None:
     """Streaming pusher: on each closed bar of the configured terminal, compute that bar's
     features (every view, every symbol) and write them to Redis."""
@@ -187,6 +192,10 @@ def features_stream(
 
     s = _settings()
     pusher = FeaturePusher(s, open_platform_terminal(s), writer=writer)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, metrics_host, registry=pusher.metrics.registry)
 
     def report(close: int, rows: dict) -> None:
         lag_ms = (time.time() - close) * 1e3
