@@ -10,6 +10,9 @@ from typing import Annotated
 
 import typer
 
+from titanovax.notify import notify_app as _notify_app
+from titanovax.observe import observe_app as _observe_app
+
 app = typer.Typer(
     help="TitanovaX: MT5 bars → validated lake → Feast/Redis → ONNX model → BentoML → engine.",
     no_args_is_help=True,
@@ -21,6 +24,8 @@ features_app = typer.Typer(
 engine_app = typer.Typer(help="The live engine.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(engine_app, name="engine")
+app.add_typer(_notify_app, name="notify")
+app.add_typer(_observe_app, name="observe")
 
 Date = Annotated[
     datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="UTC")
