@@ -140,21 +140,21 @@ def served(tmp: Path) -> Iterator[tuple[str, str]]:
 
 
 def _drive_serving(url: str, token: str, stop: threading.Event) -> None:
-    from tests.integration.test_serving import FEATURES
+    from tests.integration.test_serving import _row
 
-    row = {
-        "symbol": "EURUSD",
-        "features": dict(zip(FEATURES, [0.1, 0.2, 0.3, 40.0, 0.0002], strict=True)),
-    }
     h = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url, headers=h, timeout=10) as c:
         while not stop.is_set():
-            c.post("/v1/predict", json={"rows": [row]})
+            c.post("/v1/predict", json={"rows": [_row([0.1, 0.2, 0.3, 40.0, 0.0002])]})
             c.post("/v1/predict", json={"rows": []})  # bad_request
             stop.wait(0.1)
 
 
-def _drive_engine(engine: Engine, now: list[int], stop: threading.Event) -> None:
+def _drive_engine(
+    engine: Engine, now: list[int], features: ClockFeatures, stop: threading.Event
+) -> None:
+    """A bar every 0.2 s; after 20 bars the feature rows lag three bars (stale_features
+    refusals) and the operator halts the engine."""
     n = 0
     while not stop.is_set():
         t = now[0] + 300
@@ -162,7 +162,8 @@ def _drive_engine(engine: Engine, now: list[int], stop: threading.Event) -> None
         engine.on_bar("EURUSD", t)
         n += 1
         if n == 20:
-            engine.kill(detail="dashboard test: refusals from here")
+            features.lag_s = 900
+            engine.kill(detail="dashboard test: halted")
         stop.wait(0.2)
 
 
@@ -182,9 +183,10 @@ def prom(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[s
     exporter = serve_airflow_exporter(af_url, "127.0.0.1", af_port)
 
     now = [MONDAY_0800]
+    features = ClockFeatures(now)
     engine = Engine(
         terminal=sim_terminal(now),
-        features=ClockFeatures(now),
+        features=features,
         model=ScriptedModel(1),
         journal=Journal(tmp / "journal.sqlite"),
         limits=RiskLimits(),
@@ -217,7 +219,7 @@ def prom(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[s
         "TX_PUSHER_METRICS_PORT": str(pusher_port),
     }
     threads = [
-        threading.Thread(target=_drive_engine, args=(engine, now, stop), daemon=True),
+        threading.Thread(target=_drive_engine, args=(engine, now, features, stop), daemon=True),
         threading.Thread(
             target=_drive_serving, args=(serving_url, serving_token, stop), daemon=True
         ),
@@ -276,7 +278,7 @@ def test_every_dashboard_panel_when_queried_on_the_real_prometheus_then_returns_
     }
     assert states == {"HALTED"}
     refusals = {r["metric"]["reason"] for r in _query(prom, "tx_engine_refusals_total")}
-    assert refusals, "the halted engine refused bars"
+    assert refusals == {"stale_features"}
     last_runs = {
         (r["metric"]["dag_id"], r["metric"]["state"])
         for r in _query(prom, "tx_airflow_dag_last_run_state == 1")
@@ -284,3 +286,5 @@ def test_every_dashboard_panel_when_queried_on_the_real_prometheus_then_returns_
     assert last_runs == {("tx_probe_ok", "success"), ("tx_probe_fail", "failed")}
     outcomes = {r["metric"]["outcome"] for r in _query(prom, "tx_serving_requests_total")}
     assert {"ok", "bad_request"} <= outcomes
+    roles = {r["metric"]["role"] for r in _query(prom, "tx_serving_model_info == 1")}
+    assert roles == {"champion", "challenger"}
