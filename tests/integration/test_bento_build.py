@@ -1,5 +1,5 @@
 """`bentoml build` of serving/bentofile.yaml: the bento the serving image is made from builds,
-with the imported champion packed in and the bentofile's packages as its requirements."""
+with the imported champion as its model and the bentofile's packages as its requirements."""
 
 from __future__ import annotations
 
@@ -62,5 +62,7 @@ def test_bentoml_build_when_champion_is_imported_then_the_bento_builds_with_mode
     assert (bento_dir / "src" / "serving" / "service.py").is_file()
     reqs = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "bentoml==1.4.40" in reqs and "onnxruntime==1.32.0" in reqs
-    model_name = champ.bentoml_tag.split(":")[0]
-    assert (bento_dir / "models" / model_name).is_dir()
+    import yaml
+
+    bento = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    assert [m["tag"] for m in bento["services"][0]["models"]] == [champ.bentoml_tag]
