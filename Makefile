@@ -26,6 +26,8 @@ $(STAMP): requirements.txt pyproject.toml
 	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || (apt-get update -qq && apt-get install -y -qq redis-server)
 	@# headless Chromium + driver for the operator console's browser test
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+	@# Prometheus + promtool, Alertmanager + amtool (alert rules, e2e alerts), docker-compose (compose file validation)
+	@test -x /usr/bin/promtool -a -x /usr/bin/prometheus-alertmanager -a -x /usr/bin/docker-compose || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager docker-compose >/dev/null)
 	@rm -f $(VENV)/.setup-* && touch $@
 	@echo "setup done: $(VENV)"
 

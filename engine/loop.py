@@ -120,6 +120,8 @@ class Engine:
             limits, RiskState.from_json(saved) if saved else RiskState(), on_change=self._save_risk
         )
         self.metrics.set_state(self.risk.state.trading_state)
+        self.metrics.bar_seconds.set(mt5.timeframe_seconds(timeframe))
+        self.metrics.last_decision.set(time.time())  # "no decision since start" counts from here
         acct = terminal.account_info()
         self.login = int(acct.login) if acct is not None else 0
         self.executor = OrderExecutor(
@@ -361,6 +363,7 @@ class Engine:
         self.stats.stages_ms.append(dict(rec.latency_ms))
         self.stats.bars += 1
         self.metrics.decisions.labels(rec.verdict).inc()
+        self.metrics.last_decision.set(time.time())
         if rec.reason_code:
             self.metrics.refusals.labels(rec.reason_code).inc()
         self.metrics.observe_stages({k: v for k, v in rec.latency_ms.items() if k.endswith("_ms")})

@@ -51,6 +51,15 @@ class EngineMetrics:
             "Predictions answered by the in-process ONNX fallback",
             registry=r,
         )
+        # for the alert rules: "no decision for two bars" and "feature age above two bars"
+        self.last_decision = Gauge(
+            "tx_engine_last_decision_timestamp_seconds",
+            "Wall-clock time (UTC epoch seconds) of the last decision, taken or refused",
+            registry=r,
+        )
+        self.bar_seconds = Gauge(
+            "tx_engine_bar_seconds", "Length of one bar of the engine's timeframe", registry=r
+        )
 
     def observe_stages(self, latency_ms: dict[str, float]) -> None:
         """Record one decision's latency breakdown (keys ``<stage>_ms``)."""

@@ -10,6 +10,9 @@ from typing import Annotated
 
 import typer
 
+from titanovax.notify import notify_app as _notify_app
+from titanovax.observe import observe_app as _observe_app
+
 app = typer.Typer(
     help="TitanovaX: MT5 bars → validated lake → Feast/Redis → ONNX model → BentoML → engine.",
     no_args_is_help=True,
@@ -21,6 +24,8 @@ features_app = typer.Typer(
 engine_app = typer.Typer(help="The live engine.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(engine_app, name="engine")
+app.add_typer(_notify_app, name="notify")
+app.add_typer(_observe_app, name="observe")
 
 Date = Annotated[
     datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="UTC")
@@ -175,6 +180,11 @@ def features_stream(
     wait_s: Annotated[
         float, typer.Option(help="Seconds to wait after a close for every symbol's bar")
     ] = 5.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(envvar="TX_PUSHER_METRICS_PORT", help="Serve Prometheus /metrics here"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(envvar="TX_PUSHER_METRICS_HOST")] = "127.0.0.1",
 ) -> None:
     """Streaming pusher: on each closed bar of the configured terminal, compute that bar's
     features (every view, every symbol) and write them to Redis."""
@@ -187,6 +197,10 @@ def features_stream(
 
     s = _settings()
     pusher = FeaturePusher(s, open_platform_terminal(s), writer=writer)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, metrics_host, registry=pusher.metrics.registry)
 
     def report(close: int, rows: dict) -> None:
         lag_ms = (time.time() - close) * 1e3

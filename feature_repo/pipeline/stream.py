@@ -112,6 +112,61 @@ class FeastWriter:
             )
 
 
+class PusherMetrics:
+    """The pusher's Prometheus series (own registry; ``tx features stream --metrics-port``
+    serves them): a heartbeat on every bar close handled, even one with nothing to write (a
+    closed market), so "pusher silent" means the loop stopped, and the last write time."""
+
+    def __init__(self, bar_seconds: int) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.heartbeat = Gauge(
+            "tx_pusher_heartbeat_timestamp_seconds",
+            "Wall-clock time (UTC epoch seconds) the pusher last handled a bar close",
+            registry=r,
+        )
+        self.last_write = Gauge(
+            "tx_pusher_last_write_timestamp_seconds",
+            "Wall-clock time (UTC epoch seconds) the pusher last wrote rows to Redis",
+            registry=r,
+        )
+        self.last_bar = Gauge(
+            "tx_pusher_last_bar_close_timestamp_seconds",
+            "Close time (UTC epoch seconds) of the last bar whose rows were written",
+            registry=r,
+        )
+        self.bar_seconds = Gauge(
+            "tx_pusher_bar_seconds", "Length of one bar of the pusher's timeframe", registry=r
+        )
+        self.bar_seconds.set(bar_seconds)
+        self.heartbeat.set(time.time())  # "silent for two bars" counts from the start
+        self.rows = Counter(
+            "tx_pusher_rows", "Symbol rows written (all views of one symbol = one row)", registry=r
+        )
+        self.skipped = Counter(
+            "tx_pusher_skipped", "Symbols with no row at a bar close (no bar, warm-up)", registry=r
+        )
+        self.push_seconds = Histogram(
+            "tx_pusher_push_seconds",
+            "Time to read, compute and write one bar close",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+    def observe(self, bar_close: int, rows: int, skipped: int, seconds: float) -> None:
+        """Record one handled bar close."""
+        now = time.time()
+        self.heartbeat.set(now)
+        self.push_seconds.observe(seconds)
+        self.skipped.inc(skipped)
+        if rows:
+            self.rows.inc(rows)
+            self.last_write.set(now)
+            self.last_bar.set(bar_close)
+
+
 @dataclass
 class PushStats:
     """Per pushed bar: seconds spent reading bars, computing features and writing."""
@@ -153,6 +208,7 @@ class FeaturePusher:
         self.pushed = 0
         self.last_close: int | None = None
         self.stats = PushStats()
+        self.metrics = PusherMetrics(self.step)
 
     # --- one bar ---------------------------------------------------------------------------
     def bars_at(self, bar_close: int) -> dict[str, pd.DataFrame]:
@@ -221,6 +277,7 @@ class FeaturePusher:
             )
         self.pushed += len(rows)
         self.last_close = bar_close
+        self.metrics.observe(bar_close, len(rows), len(missing), t3 - t0)
         return rows
 
     def push(self, symbol: str, bar_close: int) -> None:
