@@ -157,7 +157,7 @@ class RequestCodec:
         _BUDGET.left = MAX_ROWS
         try:
             request = self._decoder.decode(body)
-        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        except (msgspec.DecodeError, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
             raise self.refusal(body, exc) from None
         except RecursionError:
             raise FeatureValidationError([_too_deep()]) from None
@@ -181,7 +181,7 @@ class RequestCodec:
             return FeatureValidationError([_from_msgspec(first)])
         try:
             payload = _UNTYPED.decode(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, ValueError):
             try:
                 payload = json.loads(body)  # reads NaN / Infinity, reported at their field
             except (ValueError, RecursionError) as exc:

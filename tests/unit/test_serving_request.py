@@ -292,3 +292,21 @@ def test_parse_when_rows_past_the_cap_then_decoder_stops_at_the_first_extra_row(
         parse_body(body, SPEC)
 
     assert [(i.loc, i.kind) for i in err.value.issues] == [(("rows",), "too_long")]
+
+
+def test_parse_when_random_bytes_changed_then_only_validation_errors():
+    """Property-style: 5,000 random byte edits of a valid body (invalid UTF-8 in keys and
+    values included) parse or raise ``FeatureValidationError``, never anything else."""
+    rng = random.Random(7)
+    valid = json.dumps(_valid(rng, 2)).encode()
+    refused = 0
+    for _ in range(5_000):
+        cut = bytearray(valid)
+        for _ in range(rng.randrange(1, 4)):
+            cut[rng.randrange(len(cut))] = rng.randrange(256)
+        try:
+            parse_body(bytes(cut), SPEC)
+        except FeatureValidationError as exc:
+            refused += 1
+            assert exc.issues and len(render_validation_error(exc)) < 8_000
+    assert refused > 4_000
