@@ -365,6 +365,7 @@ class Summary:
     rss_after_mib: float
     statuses: dict[str, list[int]]
     slowest_s: float
+    probe_ms: dict[str, float]  # one-row requests sent while large bodies were refused
 
     def table(self) -> str:
         lines = [
@@ -374,6 +375,9 @@ class Summary:
             f"largest 4xx answer             {self.max_error_response_bytes} bytes",
             f"largest answer (docs included) {self.max_response_bytes} bytes",
             f"slowest answer                 {self.slowest_s:.2f} s",
+            f"one-row requests during 8 large bodies: {self.probe_ms['n']:.0f} sent, p50 "
+            f"{self.probe_ms['p50']:.1f} ms, p99 {self.probe_ms['p99']:.1f} ms, max "
+            f"{self.probe_ms['max']:.1f} ms",
             f"worker RSS idle / peak / after {self.rss_idle_mib:.0f} / {self.rss_peak_mib:.0f} / "
             f"{self.rss_after_mib:.0f} MiB (after / idle = "
             f"{self.rss_after_mib / self.rss_idle_mib:.2f})",
@@ -405,9 +409,14 @@ def run_abuse(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     outcomes: list[Outcome] = []
+    probe: dict[str, float] = {}
     try:
         for attack in attacks(features):
-            outcomes += run_attack(base_url, token, attack)
+            if attack.parallel > 1:
+                out, probe = probe_during(base_url, token, features, attack)
+                outcomes += out
+            else:
+                outcomes += run_attack(base_url, token, attack)
         if n_fuzz:
             outcomes += fuzz_openapi(base_url, token, n_fuzz)
     finally:
@@ -431,7 +440,51 @@ def run_abuse(
         rss_after_mib=after,
         statuses=statuses,
         slowest_s=max(o.seconds for o in outcomes),
+        probe_ms=probe,
     )
+
+
+def probe_during(
+    base_url: str, token: str, features: list[str], attack: Attack
+) -> tuple[list[Outcome], dict[str, float]]:
+    """Run ``attack`` while one client sends valid one-row requests back to back: large
+    parses run off the event loop, so these keep answering. Returns the attack's outcomes
+    (the probes included) and the probes' latency figures in ms."""
+    import httpx
+    import numpy as np
+
+    out: list[Outcome] = []
+    done = threading.Event()
+
+    def attack_then_stop() -> None:
+        try:
+            out.extend(run_attack(base_url, token, attack))
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=attack_then_stop, daemon=True)
+    latencies: list[float] = []
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as client:
+        body = {"rows": [_row(features)]}
+        client.post("/v1/predict", json=body)
+        worker.start()
+        while not done.is_set():
+            t0 = time.perf_counter()
+            response = client.post("/v1/predict", json=body)
+            latencies.append(time.perf_counter() - t0)
+            out.append(
+                Outcome("probe_one_row", response.status_code, len(response.content), latencies[-1])
+            )
+    worker.join()
+    ms = np.array(latencies) * 1e3
+    return out, {
+        "n": float(len(ms)),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "max": float(ms.max()),
+    }
 
 
 # --- a served bundle ----------------------------------------------------------------------

@@ -270,7 +270,7 @@ class ApiMiddleware:
 
     @staticmethod
     def _parse_and_score(
-        runtime: ServingRuntime, state: ServingState, body: bytes, trim: bool = False
+        runtime: ServingRuntime, state: ServingState, body: bytes | bytearray, trim: bool = False
     ) -> tuple[ParsedRequest, Scored]:
         """Decode, check and score ``body``; inline for small bodies, on a worker thread
         for large ones, which then give their freed heap back to the OS."""
@@ -287,7 +287,7 @@ class ApiMiddleware:
         limit: int,
         declared: int | None,
         stack: contextlib.AsyncExitStack,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """The request body, read up to ``limit`` bytes (``_BodyTooLarge`` past it). A body
         over ``INLINE_BYTES`` (declared or read so far) first takes one of the
         ``LARGE_SLOTS`` (``_Busy`` after ``LARGE_WAIT_S``), so at most that many large
@@ -319,9 +319,9 @@ class ApiMiddleware:
                 large = True
             if not message.get("more_body", False):
                 if not buf:
-                    return bytes(chunk)
+                    return chunk  # type: ignore[no-any-return]
                 buf += chunk
-                return bytes(buf)
+                return buf  # decoded as it is: no copy of a large body
             buf += chunk
 
     # --- /v1/admin/reload ----------------------------------------------------------------
