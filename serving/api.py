@@ -6,19 +6,25 @@ BentoML's routes (``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, docs):
 
 - every path but ``/healthz`` needs ``Authorization: Bearer <TX_SERVING_TOKEN>`` (401
   otherwise), unless the service was started with ``TX_SERVING_ALLOW_NO_AUTH=true``;
-- ``POST /v1/predict`` (and its alias ``POST /predict``) is answered here, without
-  BentoML's per-API machinery or pydantic: msgspec decoding, the checks of
-  ``serving.request`` and a direct onnxruntime call, inline on the event loop for small
-  single-input requests (tens of µs), on a worker thread otherwise;
+- ``POST /v1/predict`` (and its alias ``POST /predict``) is answered here, in front of the
+  BentoML API of the same route that documents it (``TrendService.predict``), without
+  BentoML's per-API machinery or pydantic: the body is decoded straight into the API's
+  msgspec Structs (``serving.request``) and scored by onnxruntime, inline on the event loop
+  for small tabular bodies (tens of µs), on a worker thread otherwise;
 - ``POST /v1/admin/reload`` resolves the registry aliases now and swaps what moved;
 - ``GET /v1/models`` describes what is served; ``GET /v1/schema`` gives the JSON Schemas;
 - everything else goes on to BentoML.
 
-Bad input is always a 4xx naming the field; only a fault of the service itself is a 5xx.
+Bad input is always a 4xx naming the field, and bounded: a body over the bundle's size
+limit is refused from its ``Content-Length`` (413) or as soon as the bytes read pass it;
+at most ``LARGE_SLOTS`` bodies over ``INLINE_BYTES`` are held and parsed at once (429 when
+none frees up in ``LARGE_WAIT_S``); error bodies list at most 20 issues with names cut
+short. Only a fault of the service itself is a 5xx.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -30,11 +36,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from serving.preprocess import FeatureValidationError
-from serving.request import parse_body, render_json, render_predictions, render_validation_error
+from serving.request import (
+    HARD_MAX_BODY_BYTES,
+    ParsedRequest,
+    render_json,
+    render_predictions,
+    render_validation_error,
+)
+from serving.schemas import ErrorResponse
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
-    from serving.runtime import ServingRuntime
+    from serving.runtime import Scored, ServingRuntime, ServingState
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +64,14 @@ RELOAD_PATH = "/v1/admin/reload"
 MODELS_PATH = "/v1/models"
 SCHEMA_PATH = "/v1/schema"
 OWN_PATHS = PREDICT_PATHS | {RELOAD_PATH, MODELS_PATH, SCHEMA_PATH}
-#: Requests with at most this many rows (and no sequence input) are scored on the event loop.
-INLINE_ROWS = 64
-MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Bodies up to this size (of tabular bundles) are parsed and scored on the event loop (tens
+#: of µs); larger ones on a worker thread, at most ``LARGE_SLOTS`` at once.
+INLINE_BYTES = 64 * 1024
+LARGE_SLOTS = 2
+#: A large body waits at most this long for a slot, then gets a 429.
+LARGE_WAIT_S = 10.0
+#: Bodies are also capped per bundle (``serving.request.max_body_bytes``).
+MAX_BODY_BYTES = HARD_MAX_BODY_BYTES
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _JSON = b"application/json"
 
@@ -82,6 +100,10 @@ class _Disconnected(Exception):
     """The client went away before its request body was complete."""
 
 
+class _Busy(Exception):
+    """No slot for a large body freed up in time (answered 429)."""
+
+
 class ApiMiddleware:
     """See the module docstring."""
 
@@ -90,6 +112,7 @@ class ApiMiddleware:
         self.ref = ref
         self.max_body_bytes = max_body_bytes
         self._schema: bytes | None = None
+        self._large: asyncio.Semaphore | None = None  # made on the server's event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
@@ -169,38 +192,56 @@ class ApiMiddleware:
     ) -> None:
         state = runtime.state  # one read: the whole request uses these models
         champ = state.champion
+        codec = champ.codec
         request_id = _request_id(scope)
         id_header = (b"x-request-id", request_id.encode())
-        if not _is_json(scope):
-            await _respond(
-                send,
-                415,
-                {"error": "Content-Type must be application/json"},
-                extra_headers=[id_header],
+
+        async def refuse(status: int, message: str) -> None:
+            await _respond_raw(
+                send, status, render_json(ErrorResponse(error=message)), extra_headers=[id_header]
             )
             self._observe(endpoint, champ.model_version, "bad_request", t0)
-            return
-        try:
-            body = await _read_body(receive, self.max_body_bytes)
-        except _BodyTooLarge:
-            await _respond(send, 413, {"error": f"body over {self.max_body_bytes} bytes"})
-            self._observe(endpoint, champ.model_version, "bad_request", t0)
-            return
-        except _Disconnected:
-            return
-        try:
-            parsed = parse_body(body, champ.spec)
-        except FeatureValidationError as exc:
-            await _respond_raw(send, 400, render_validation_error(exc), extra_headers=[id_header])
-            self._observe(endpoint, champ.model_version, "bad_request", t0)
-            return
-        try:
-            if parsed.n_rows <= INLINE_ROWS and champ.spec.sequence is None:
-                scored = runtime.score(state, parsed)
-            else:
-                import anyio.to_thread
 
-                scored = await anyio.to_thread.run_sync(runtime.score, state, parsed)
+        if not _is_json(scope):
+            await refuse(415, "Content-Type must be application/json")
+            return
+        limit = min(self.max_body_bytes, codec.max_body_bytes)
+        declared = _content_length(scope)
+        if declared == -1:
+            await refuse(400, "Content-Length must be one non-negative integer")
+            return
+        if declared is not None and declared > limit:
+            await refuse(413, f"body of {declared} bytes is over this model's {limit} bytes")
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                body = await self._read_body(receive, limit, declared, stack)
+            except _BodyTooLarge:
+                await refuse(413, f"body over this model's {limit} bytes")
+                return
+            except _Busy:
+                await refuse(429, "too many large requests at once, retry shortly")
+                return
+            except _Disconnected:
+                return
+            large = len(body) > INLINE_BYTES
+            try:
+                if not large and champ.spec.sequence is None:
+                    parsed, scored = self._parse_and_score(runtime, state, body)
+                else:
+                    import anyio.to_thread
+
+                    parsed, scored = await anyio.to_thread.run_sync(
+                        self._parse_and_score, runtime, state, body, large
+                    )
+            except FeatureValidationError as exc:
+                await _respond_raw(
+                    send, 400, render_validation_error(exc), extra_headers=[id_header]
+                )
+                self._observe(endpoint, champ.model_version, "bad_request", t0)
+                return
+            del body
+        try:
             out = render_predictions(
                 parsed,
                 scored.probabilities,
@@ -216,7 +257,7 @@ class ApiMiddleware:
             await _respond(
                 send,
                 500,
-                {"error": "internal error, see the server log", "request_id": request_id},
+                ErrorResponse(error=f"internal error, see the server log (request {request_id})"),
                 extra_headers=[id_header],
             )
             self._observe(endpoint, champ.model_version, "error", t0)
@@ -226,6 +267,62 @@ class ApiMiddleware:
         if self.ref.metrics is not None:
             self.ref.metrics.rows.labels(champ.model_version).inc(parsed.n_rows)
         runtime.shadow_submit(scored, parsed, request_id)
+
+    @staticmethod
+    def _parse_and_score(
+        runtime: ServingRuntime, state: ServingState, body: bytes | bytearray, trim: bool = False
+    ) -> tuple[ParsedRequest, Scored]:
+        """Decode, check and score ``body``; inline for small bodies, on a worker thread
+        for large ones, which then give their freed heap back to the OS."""
+        try:
+            parsed = state.champion.codec.parse(body)
+            return parsed, runtime.score(state, parsed)
+        finally:
+            if trim:
+                _trim_heap()
+
+    async def _read_body(
+        self,
+        receive: Receive,
+        limit: int,
+        declared: int | None,
+        stack: contextlib.AsyncExitStack,
+    ) -> bytes | bytearray:
+        """The request body, read up to ``limit`` bytes (``_BodyTooLarge`` past it). A body
+        over ``INLINE_BYTES`` (declared or read so far) first takes one of the
+        ``LARGE_SLOTS`` (``_Busy`` after ``LARGE_WAIT_S``), so at most that many large
+        bodies are held and parsed at once: the worker's memory stays bounded."""
+        large = False
+
+        async def take_slot() -> None:
+            if self._large is None:
+                self._large = asyncio.Semaphore(LARGE_SLOTS)
+            try:
+                await asyncio.wait_for(self._large.acquire(), LARGE_WAIT_S)
+            except TimeoutError:
+                raise _Busy from None
+            stack.callback(self._large.release)
+
+        if declared is not None and declared > INLINE_BYTES:
+            await take_slot()
+            large = True
+        buf = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if len(buf) + len(chunk) > limit:
+                raise _BodyTooLarge
+            if not large and len(buf) + len(chunk) > INLINE_BYTES:
+                await take_slot()
+                large = True
+            if not message.get("more_body", False):
+                if not buf:
+                    return chunk  # type: ignore[no-any-return]
+                buf += chunk
+                return buf  # decoded as it is: no copy of a large body
+            buf += chunk
 
     # --- /v1/admin/reload ----------------------------------------------------------------
     async def _reload(self, send: Send, runtime: ServingRuntime, endpoint: str, t0: float) -> None:
@@ -250,14 +347,9 @@ class ApiMiddleware:
 
     def _schema_bytes(self) -> bytes:
         if self._schema is None:
-            from serving.schemas import PredictRequest, PredictResponse
+            from serving.schemas import json_schemas
 
-            self._schema = render_json(
-                {
-                    "request": PredictRequest.model_json_schema(),
-                    "response": PredictResponse.model_json_schema(),
-                }
-            )
+            self._schema = render_json(json_schemas())
         return self._schema
 
     def _observe(self, endpoint: str, version: str, outcome: str, t0: float) -> None:
@@ -298,20 +390,32 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _content_length(scope: Scope) -> int | None:
+    """The declared body size: None when absent, -1 when not one non-negative integer."""
+    values = [v for k, v in scope["headers"] if k == b"content-length"]
+    if not values:
+        return None
+    if len(set(values)) != 1 or not values[0].isdigit() or len(values[0]) > 18:
+        return -1
+    return int(values[0])
+
+
+def _trim_heap() -> None:
+    """Give the heap freed by a large request back to the OS (glibc ``malloc_trim``): the
+    decoder's objects live in per-thread malloc arenas that would otherwise keep it."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 async def _respond(

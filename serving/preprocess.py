@@ -1,4 +1,4 @@
-"""Bundle manifest, row → matrix preprocessing and decisions, as plain functions.
+"""Bundle manifest, the validation error of a request and decisions, as plain functions.
 
 Nothing here imports BentoML or onnxruntime, so a client, a benchmark or a batch job can
 reuse exactly what the service does with a request. Errors name the offending field with a
@@ -7,7 +7,6 @@ reuse exactly what the service does with a request. Errors name the offending fi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
@@ -144,7 +143,7 @@ class FeatureIssue:
     """One reason a request cannot be scored, located like the request's JSON."""
 
     loc: Loc
-    kind: str  # empty_rows | missing_feature | unexpected_feature | not_a_number | non_finite
+    kind: str  # missing | missing_feature | unexpected_feature | not_a_number | non_finite | …
     message: str
 
     @property
@@ -156,100 +155,10 @@ class FeatureIssue:
 class FeatureValidationError(ValueError):
     """The rows cannot be turned into a model input; ``issues`` says where and why."""
 
-    def __init__(self, issues: Sequence[FeatureIssue]) -> None:
+    def __init__(self, issues: Sequence[FeatureIssue], *, truncated: bool = False) -> None:
         self.issues = list(issues)
+        self.truncated = truncated  # more issues were found than ``issues`` lists
         super().__init__("; ".join(f"{i.field}: {i.message}" for i in self.issues))
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
-
-
-def feature_name_issues(
-    i: int, features: Mapping[Any, Any], order: Sequence[str], expected: frozenset[str]
-) -> list[FeatureIssue]:
-    """The missing features of row ``i`` (in the bundle's order), then its unknown ones."""
-    missing = [
-        FeatureIssue(
-            ("rows", i, "features", name),
-            "missing_feature",
-            f"feature {name!r} is required by the model and missing",
-        )
-        for name in order
-        if name not in features
-    ]
-    unexpected = [
-        FeatureIssue(
-            ("rows", i, "features", name),
-            "unexpected_feature",
-            f"feature {name!r} is not a feature of the model",
-        )
-        for name in sorted((k for k in features if k not in expected), key=str)
-    ]
-    return missing + unexpected
-
-
-def rows_to_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:
-    """Order each row's ``{feature: value}`` by ``features`` into a float32 ``[N, F]`` matrix.
-
-    Every row must name exactly the bundle's features with finite real numbers that fit in
-    float32. All problems are collected (up to ``MAX_REPORTED_ISSUES``) before raising.
-
-    Raises:
-        FeatureValidationError: empty ``rows``, a missing or unknown feature, a value that is
-            not a real number (strings and booleans included), or a non-finite value.
-    """
-    if not rows:
-        raise FeatureValidationError(
-            [FeatureIssue(("rows",), "empty_rows", "at least one row is required")]
-        )
-    order = tuple(features)
-    expected = frozenset(order)
-    issues: list[FeatureIssue] = []
-    matrix = np.zeros((len(rows), len(order)), dtype=np.float64)
-
-    for i, row in enumerate(rows):
-        if len(issues) >= MAX_REPORTED_ISSUES:
-            break
-        if row.keys() != expected:
-            issues.extend(feature_name_issues(i, row, order, expected))
-            continue
-        for j, name in enumerate(order):
-            value = row[name]
-            if not _is_number(value):
-                issues.append(
-                    FeatureIssue(
-                        ("rows", i, "features", name),
-                        "not_a_number",
-                        f"feature {name!r} must be a real number, got {type(value).__name__}",
-                    )
-                )
-            elif not math.isfinite(value):
-                issues.append(
-                    FeatureIssue(
-                        ("rows", i, "features", name),
-                        "non_finite",
-                        f"feature {name!r} must be finite, got {value!r}",
-                    )
-                )
-            else:
-                matrix[i, j] = value
-
-    with np.errstate(over="ignore"):
-        matrix32 = matrix.astype(np.float32)
-    if not issues:
-        for i, j in zip(*np.nonzero(~np.isfinite(matrix32)), strict=True):
-            name = order[j]
-            issues.append(
-                FeatureIssue(
-                    ("rows", int(i), "features", name),
-                    "non_finite",
-                    f"feature {name!r} = {matrix[i, j]!r} overflows float32",
-                )
-            )
-    if issues:
-        raise FeatureValidationError(issues[:MAX_REPORTED_ISSUES])
-    return matrix32
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,20 @@
-"""The ``POST /v1/predict`` body, parsed and validated without pydantic on the hot path.
+"""The ``POST /v1/predict`` body: decoded into the API's Structs, checked while it is decoded.
 
-``parse_body`` turns raw request bytes into the model's inputs (a float32 ``[N, F]`` matrix
-and, for bundles with a ``sequence`` input, a float32 ``[N, SEQ_LEN, C]`` tensor) or raises
-``FeatureValidationError`` whose issues name each offending field with a ``loc`` in the
-shape of the JSON (``("rows", 0, "features", "rsi_14")``). It accepts exactly what
-``serving.schemas.PredictRequest`` describes, plus the bundle's feature set, which only
-the loaded bundle knows. ``render_*`` build the response bodies.
+``codec_for(spec)`` builds, once per bundle, a decoder of ``serving.schemas.PredictRequest``
+in which ``features`` is a Struct of exactly the bundle's feature names (and ``sequence``
+the bundle's shape, or null). So one msgspec pass over the bytes checks every type, name,
+range and length, and stops at the first wrong field: a row of unknown names, a nested
+array where a number belongs or the 10,001st row ends the decode without building the rest
+of the body. ``RequestCodec.parse`` returns the model's inputs (a float32 ``[N, F]`` matrix
+and, for sequence bundles, a float32 ``[N, SEQ_LEN, C]`` tensor).
 
-JSON is decoded with msgspec; a body msgspec refuses is decoded again with the standard
-library, which also reads the non-standard ``NaN``/``Infinity`` literals, so that such a
-value is reported against its field instead of as unreadable JSON.
+A body the decoder refuses is explained in full: when it is at most ``COLLECT_MAX_BYTES``
+it is decoded without a type and walked against the same Structs (``_walk``), so that every
+wrong field is reported at once (a type error *and* the missing fields), up to
+``MAX_REPORTED_ISSUES``; a larger body gets the decoder's first error only. Names echoed
+back are cut to ``MAX_NAME_CHARS``, messages to ``MAX_MESSAGE_CHARS``: an error body stays
+a few KiB whatever the request. The walker also reads the non-standard ``NaN`` /
+``Infinity`` literals, so such a value is reported against its field.
 
 Nothing here imports BentoML or onnxruntime.
 """
@@ -17,11 +22,13 @@ Nothing here imports BentoML or onnxruntime.
 from __future__ import annotations
 
 import json
-import math
+import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
 import numpy as np
@@ -33,21 +40,32 @@ from serving.preprocess import (
     FeatureIssue,
     FeatureValidationError,
     Loc,
-    feature_name_issues,
+)
+from serving.schemas import (
+    MAX_ROWS,
+    ApiStruct,
+    ClassProbabilities,
+    ErrorDetail,
+    ErrorResponse,
+    FeatureRow,
+    FeatureValue,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
 )
 
-#: Most rows accepted in one request (as ``serving.schemas.MAX_ROWS``).
-MAX_ROWS = 10_000
-#: Symbol length bounds (as ``serving.schemas.FeatureRow.symbol``).
-SYMBOL_MAX_LEN = 64
+#: A refused body up to this size is decoded again to report every issue; above, the first.
+COLLECT_MAX_BYTES = 1024 * 1024
+#: Longest name (a JSON key) echoed back in an error, in characters.
+MAX_NAME_CHARS = 64
+#: Longest error message, in characters.
+MAX_MESSAGE_CHARS = 240
+#: No body is ever read past this size, whatever the bundle.
+HARD_MAX_BODY_BYTES = 64 * 1024 * 1024
 
-_DECODER = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
-_NUMBER_TYPES = (float, int)  # exact types: bool is excluded because type(True) is bool
-_TOP_KEYS = frozenset({"rows"})
-_ROW_KEYS = frozenset({"symbol", "feature_time", "features"})
-_ROW_KEYS_SEQ = _ROW_KEYS | {"sequence"}
-_MISSING = object()
+_UNTYPED = msgspec.json.Decoder()
+_PATH = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,7 @@ class ParsedRequest:
     """A valid request: one entry per row, in request order."""
 
     symbols: list[str]
-    feature_times: list[str]  # normalised to UTC, ISO-8601 with a ``Z``
+    feature_times: list[datetime]  # UTC
     matrix: np.ndarray  # float32 [N, F] in the bundle's feature order
     sequence: np.ndarray | None  # float32 [N, SEQ_LEN, C] when the bundle has a sequence
 
@@ -64,131 +82,141 @@ class ParsedRequest:
         return len(self.symbols)
 
 
-def decode_json(body: bytes) -> Any:
-    """Decode a JSON body; raise ``FeatureValidationError`` (loc ``()``) when unreadable."""
-    try:
-        return _DECODER.decode(body)
-    except (msgspec.DecodeError, ValueError):  # ValueError: e.g. invalid UTF-8
-        pass
-    try:
-        return json.loads(body)  # also reads NaN / Infinity, reported against their field
-    except (ValueError, RecursionError) as exc:
-        raise FeatureValidationError(
-            [FeatureIssue((), "json_invalid", f"body is not valid JSON: {exc}")]
-        ) from None
+class BundleFeatures(ApiStruct):
+    """Base of the Struct ``codec_for`` makes of a bundle's feature names."""
 
 
-def parse_body(body: bytes, spec: BundleSpec) -> ParsedRequest:
-    """Decode and validate a ``/v1/predict`` body against ``spec``."""
-    return parse_payload(decode_json(body), spec)
+class _RowBudget(threading.local):
+    left: int = MAX_ROWS
 
 
-def parse_payload(payload: Any, spec: BundleSpec) -> ParsedRequest:
-    """Validate a decoded ``/v1/predict`` payload against ``spec``.
-
-    Raises:
-        FeatureValidationError: every problem found (up to ``MAX_REPORTED_ISSUES``), each
-            with the ``loc`` of its field.
-    """
-    issues: list[FeatureIssue] = []
-    if type(payload) is not dict:
-        _fail((), "dict_type", "request body must be a JSON object with 'rows'")
-    for key in payload:
-        if key not in _TOP_KEYS:
-            issues.append(FeatureIssue((key,), "extra_forbidden", f"unknown field {key!r}"))
-    rows = payload.get("rows", _MISSING)
-    if rows is _MISSING:
-        issues.append(FeatureIssue(("rows",), "missing", "field 'rows' is required"))
-    elif type(rows) is not list:
-        issues.append(FeatureIssue(("rows",), "list_type", "'rows' must be a list of rows"))
-    elif not rows:
-        issues.append(FeatureIssue(("rows",), "too_short", "at least one row is required"))
-    elif len(rows) > MAX_ROWS:
-        issues.append(FeatureIssue(("rows",), "too_long", f"at most {MAX_ROWS} rows per request"))
-    if issues:
-        raise FeatureValidationError(issues)
-
-    n = len(rows)
-    order = spec.features
-    expected = frozenset(order)
-    seq_spec = spec.sequence
-    allowed = _ROW_KEYS_SEQ if seq_spec is not None else _ROW_KEYS
-    matrix = np.zeros((n, len(order)), dtype=np.float64)
-    sequence = (
-        np.zeros((n, seq_spec.seq_len, seq_spec.n_channels), dtype=np.float64)
-        if seq_spec is not None
-        else None
-    )
-    symbols: list[str] = []
-    times: list[str] = []
-
-    for i, row in enumerate(rows):
-        if len(issues) >= MAX_REPORTED_ISSUES:
-            break
-        if type(row) is not dict:
-            issues.append(FeatureIssue(("rows", i), "dict_type", "a row must be a JSON object"))
-            continue
-        if row.keys() - allowed:
-            for key in sorted(row.keys() - allowed, key=str):
-                if key == "sequence" and row[key] is None:
-                    continue  # an explicit null is an absent sequence
-                hint = " (this bundle takes no sequence)" if key == "sequence" else ""
-                issues.append(
-                    FeatureIssue(
-                        ("rows", i, key), "extra_forbidden", f"unknown field {key!r}{hint}"
-                    )
-                )
-        symbols.append(_symbol(row.get("symbol", _MISSING), i, issues))
-        times.append(_feature_time(row.get("feature_time", _MISSING), i, issues))
-        features = row.get("features", _MISSING)
-        if features is _MISSING:
-            issues.append(
-                FeatureIssue(("rows", i, "features"), "missing", "field 'features' is required")
-            )
-        elif type(features) is not dict:
-            issues.append(
-                FeatureIssue(("rows", i, "features"), "dict_type", "'features' must be an object")
-            )
-        else:
-            _features(features, i, order, expected, matrix, issues)
-        if seq_spec is not None and sequence is not None:
-            _sequence(
-                row.get("sequence", _MISSING),
-                i,
-                seq_spec.seq_len,
-                seq_spec.n_channels,
-                sequence,
-                issues,
-            )
-
-    if issues:
-        raise FeatureValidationError(issues[:MAX_REPORTED_ISSUES])
-    matrix32 = _to_float32(matrix, lambda idx: ("rows", idx[0], "features", order[idx[1]]))
-    seq32 = (
-        _to_float32(sequence, lambda idx: ("rows", idx[0], "sequence", idx[1], idx[2]))
-        if sequence is not None
-        else None
-    )
-    return ParsedRequest(symbols, times, matrix32, seq32)
+_BUDGET = _RowBudget()
 
 
-def _fail(loc: Loc, kind: str, message: str) -> Any:
-    raise FeatureValidationError([FeatureIssue(loc, kind, message)])
+def _count_row(self: Any) -> None:
+    """``__post_init__`` of the bundle's row Struct: msgspec calls it as each row is
+    decoded, so the row cap ends the decode instead of waiting for the whole list."""
+    budget = _BUDGET
+    budget.left -= 1
+    if budget.left < 0:
+        raise ValueError(f"at most {MAX_ROWS} rows per request")
 
 
-def _symbol(value: Any, i: int, issues: list[FeatureIssue]) -> str:
-    loc = ("rows", i, "symbol")
-    if value is _MISSING:
-        issues.append(FeatureIssue(loc, "missing", "field 'symbol' is required"))
-    elif type(value) is not str:
-        issues.append(FeatureIssue(loc, "string_type", "'symbol' must be a string"))
-    elif not 1 <= len(value) <= SYMBOL_MAX_LEN:
-        issues.append(
-            FeatureIssue(loc, "string_length", f"'symbol' must have 1 to {SYMBOL_MAX_LEN} chars")
+class RequestCodec:
+    """The ``/v1/predict`` decoder of one bundle; build it with ``codec_for``."""
+
+    def __init__(self, spec: BundleSpec) -> None:
+        self.spec = spec
+        names = [f"f{j}" for j in range(spec.n_features)]
+        self.features_type = msgspec.defstruct(
+            "BundleFeatures",
+            [(n, FeatureValue) for n in names],
+            bases=(BundleFeatures,),
+            rename=dict(zip(names, spec.features, strict=True)),
         )
-    else:
-        return value
-    return ""
+        seq = spec.sequence
+        if seq is None:
+            seq_field: tuple[Any, ...] = ("sequence", None, None)
+        else:
+            step = Annotated[
+                list[FeatureValue],
+                msgspec.Meta(min_length=seq.n_channels, max_length=seq.n_channels),
+            ]
+            seq_field = (
+                "sequence",
+                Annotated[list[step], msgspec.Meta(min_length=seq.seq_len, max_length=seq.seq_len)],  # type: ignore[valid-type]
+            )
+        self.row_type = msgspec.defstruct(
+            "BundleFeatureRow",
+            [("features", self.features_type), seq_field],
+            bases=(FeatureRow,),
+            namespace={"__post_init__": _count_row},
+        )
+        self.request_type = msgspec.defstruct(
+            "BundlePredictRequest",
+            [
+                (
+                    "rows",
+                    Annotated[
+                        list[self.row_type],  # type: ignore[name-defined]
+                        msgspec.Meta(min_length=1, max_length=MAX_ROWS),
+                    ],
+                )
+            ],
+            bases=(PredictRequest,),
+        )
+        self._decoder = msgspec.json.Decoder(self.request_type)
+        self.max_body_bytes = max_body_bytes(spec)
+
+    def parse(self, body: bytes | bytearray | memoryview) -> ParsedRequest:
+        """Decode and check ``body``.
+
+        Raises:
+            FeatureValidationError: every problem found (see the module docstring).
+        """
+        _BUDGET.left = MAX_ROWS
+        try:
+            request = self._decoder.decode(body)
+        except (msgspec.DecodeError, ValueError) as exc:  # ValueError: e.g. invalid UTF-8
+            raise self.refusal(body, exc) from None
+        except RecursionError:
+            raise FeatureValidationError([_too_deep()]) from None
+        rows: list[Any] = request.rows  # type: ignore[attr-defined]
+        astuple = msgspec.structs.astuple
+        matrix = np.array([astuple(r.features) for r in rows], dtype=np.float32)
+        sequence = (
+            np.array([r.sequence for r in rows], dtype=np.float32)
+            if self.spec.sequence is not None
+            else None
+        )
+        times = [
+            t.astimezone(UTC) if type(t) is datetime else datetime.fromtimestamp(t, UTC)
+            for t in (r.feature_time for r in rows)
+        ]
+        return ParsedRequest([r.symbol for r in rows], times, matrix, sequence)
+
+    def refusal(self, body: Any, first: Exception) -> FeatureValidationError:
+        """The error for a body the decoder refused with ``first``."""
+        if len(body) > COLLECT_MAX_BYTES:
+            return FeatureValidationError([_from_msgspec(first)])
+        try:
+            payload = _UNTYPED.decode(body)
+        except (msgspec.DecodeError, ValueError):
+            try:
+                payload = json.loads(body)  # reads NaN / Infinity, reported at their field
+            except (ValueError, RecursionError) as exc:
+                return FeatureValidationError(
+                    [FeatureIssue((), "json_invalid", _clip(f"body is not valid JSON: {exc}"))]
+                )
+        except RecursionError:
+            return FeatureValidationError([_too_deep()])
+        issues: list[FeatureIssue] = []
+        _BUDGET.left = 1 << 62  # the walker converts rows one by one: no cap there
+        try:
+            _walk(payload, self.request_type, (), issues)
+        finally:
+            _BUDGET.left = MAX_ROWS
+        if not issues:  # the walker and the decoder always agree; never answer 400 empty
+            issues.append(_from_msgspec(first))
+        return FeatureValidationError(
+            issues[:MAX_REPORTED_ISSUES], truncated=len(issues) > MAX_REPORTED_ISSUES
+        )
+
+
+@lru_cache(maxsize=16)
+def codec_for(spec: BundleSpec) -> RequestCodec:
+    """The decoder of ``spec``'s requests (built once per bundle)."""
+    return RequestCodec(spec)
+
+
+def max_body_bytes(spec: BundleSpec) -> int:
+    """The largest ``/v1/predict`` body ``spec`` can need: ``MAX_ROWS`` rows of its
+    features (and sequence) written out with 40 bytes a number, capped at
+    ``HARD_MAX_BODY_BYTES``. A larger body is refused (413) before it is read."""
+    per_row = 512 + sum(len(name.encode()) + 40 for name in spec.features)
+    if spec.sequence is not None:
+        per_row += spec.sequence.seq_len * (spec.sequence.n_channels * 40 + 4)
+    return min(HARD_MAX_BODY_BYTES, 4096 + MAX_ROWS * per_row)
 
 
 def format_utc(dt: datetime) -> str:
@@ -200,75 +228,176 @@ def format_utc(dt: datetime) -> str:
     return text + "Z"
 
 
-def _feature_time(value: Any, i: int, issues: list[FeatureIssue]) -> str:
-    loc = ("rows", i, "feature_time")
-    kind = type(value)
-    if value is _MISSING:
-        issues.append(FeatureIssue(loc, "missing", "field 'feature_time' is required"))
-        return ""
-    if kind is str:
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            issues.append(FeatureIssue(loc, "datetime_parsing", "'feature_time' must be ISO-8601"))
-            return ""
-        if dt.tzinfo is None or dt.utcoffset() is None:
-            issues.append(
-                FeatureIssue(loc, "timezone_aware", "'feature_time' needs a UTC offset (e.g. 'Z')")
-            )
-            return ""
-        return format_utc(dt)
-    if kind is int or kind is float:
-        try:
-            return format_utc(datetime.fromtimestamp(value, UTC))
-        except (OverflowError, OSError, ValueError):
-            issues.append(
-                FeatureIssue(loc, "datetime_range", "'feature_time' epoch seconds out of range")
-            )
-            return ""
-    issues.append(
-        FeatureIssue(loc, "datetime_type", "'feature_time' must be an ISO-8601 string or epoch")
-    )
-    return ""
+def parse_body(body: bytes | bytearray | memoryview, spec: BundleSpec) -> ParsedRequest:
+    """Decode and validate a ``/v1/predict`` body against ``spec``."""
+    return codec_for(spec).parse(body)
 
 
-def _features(
-    features: dict[Any, Any],
-    i: int,
-    order: Sequence[str],
-    expected: frozenset[str],
-    matrix: np.ndarray,
-    issues: list[FeatureIssue],
-) -> None:
-    if features.keys() != expected:
-        issues.extend(feature_name_issues(i, features, order, expected))
+# --- the walker: every issue of a refused body ---------------------------------------------
+
+
+def _walk(value: Any, tp: Any, loc: Loc, issues: list[FeatureIssue]) -> None:
+    """Append the issues of ``value`` against type ``tp`` (one of the API's annotations).
+
+    A value that converts is fine as a whole; otherwise Structs, lists and dicts are
+    opened to locate each wrong member, and anything else is one issue at ``loc``. The
+    recursion follows the schema's depth, never the data's."""
+    if len(issues) > MAX_REPORTED_ISSUES:
         return
-    values = [features[name] for name in order]
-    if all(type(v) in _NUMBER_TYPES for v in values):
-        try:
-            row = np.array(values, dtype=np.float64)
-        except OverflowError:  # an int beyond float64: located below
-            pass
-        else:
-            if np.isfinite(row).all():
-                matrix[i] = row
-                return
-    for name, value in zip(order, values, strict=True):
-        issue = _number_issue(value, f"feature {name!r}")
-        if issue is not None:
-            issues.append(FeatureIssue(("rows", i, "features", name), *issue))
-
-
-def _number_issue(value: Any, what: str) -> tuple[str, str] | None:
-    if type(value) not in _NUMBER_TYPES:
-        return ("not_a_number", f"{what} must be a JSON number, got {_json_type(value)}")
     try:
-        ok = math.isfinite(value)
-    except OverflowError:
-        ok = False
-    if not ok:
-        return ("non_finite", f"{what} must be finite, got {value!r}"[:200])
-    return None
+        msgspec.convert(value, tp)
+        return
+    except msgspec.ValidationError as exc:
+        error = exc
+    base, metas = _unwrap(tp)
+    if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        if type(value) is dict:
+            _walk_struct(value, base, loc, issues)
+        else:
+            issues.append(
+                FeatureIssue(loc, "object_type", f"expected an object, got {_json_type(value)}")
+            )
+        return
+    origin = get_origin(base)
+    if origin is list and type(value) is list:
+        lo = max((m.min_length for m in metas if m.min_length is not None), default=0)
+        hi = min((m.max_length for m in metas if m.max_length is not None), default=None)
+        if hi is not None and len(value) > hi:
+            issues.append(FeatureIssue(loc, "too_long", f"at most {hi} items, got {len(value)}"))
+            return
+        if len(value) < lo:
+            issues.append(FeatureIssue(loc, "too_short", f"at least {lo} items, got {len(value)}"))
+            return
+        (item_type,) = get_args(base)
+        for i, item in enumerate(value):
+            if len(issues) > MAX_REPORTED_ISSUES:
+                return
+            _walk(item, item_type, (*loc, i), issues)
+        return
+    if origin is dict and type(value) is dict:
+        value_type = get_args(base)[1]
+        for key, item in value.items():
+            if len(issues) > MAX_REPORTED_ISSUES:
+                return
+            _walk(item, value_type, (*loc, _clip_name(key)), issues)
+        return
+    issues.append(_leaf_issue(loc, tp, value, error))
+
+
+def _walk_struct(
+    value: dict[str, Any], st: type[msgspec.Struct], loc: Loc, issues: list[FeatureIssue]
+) -> None:
+    features = issubclass(st, BundleFeatures)
+    fields = msgspec.structs.fields(st)
+    for f in fields:
+        if len(issues) > MAX_REPORTED_ISSUES:
+            return
+        name = f.encode_name
+        if name in value:
+            _walk(value[name], f.type, (*loc, name), issues)
+        elif f.required:
+            shown = _clip_name(name)
+            issues.append(
+                FeatureIssue(
+                    (*loc, shown),
+                    "missing_feature",
+                    f"feature {shown!r} is required by the model and missing",
+                )
+                if features
+                else FeatureIssue((*loc, shown), "missing", f"field {shown!r} is required")
+            )
+    known = {f.encode_name for f in fields}
+    for key in value:
+        if len(issues) > MAX_REPORTED_ISSUES:
+            return
+        if key not in known:
+            shown = _clip_name(key)
+            issues.append(
+                FeatureIssue(
+                    (*loc, shown),
+                    "unexpected_feature",
+                    f"feature {shown!r} is not a feature of the model",
+                )
+                if features
+                else FeatureIssue((*loc, shown), "extra_forbidden", f"unknown field {shown!r}")
+            )
+
+
+def _unwrap(tp: Any) -> tuple[Any, list[msgspec.Meta]]:
+    metas: list[msgspec.Meta] = []
+    while get_origin(tp) is Annotated:
+        tp, *extra = get_args(tp)
+        metas.extend(m for m in extra if isinstance(m, msgspec.Meta))
+    if get_origin(tp) is Union:  # an optional container: open its non-null member
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return tp, metas
+
+
+def _leaf_issue(loc: Loc, tp: Any, value: Any, error: Exception) -> FeatureIssue:
+    what = f"feature {loc[-1]!r}" if len(loc) == 4 and loc[2] == "features" else _field(loc)
+    if tp is FeatureValue:
+        if type(value) not in (int, float):
+            return FeatureIssue(
+                loc, "not_a_number", f"{what} must be a JSON number, got {_json_type(value)}"
+            )
+        return FeatureIssue(
+            loc, "non_finite", _clip(f"{what} must be finite and fit float32, got {value!r}")
+        )
+    message = _strip_path(str(error))
+    kind = "wrong_type" if message.startswith("Expected `") and "got `" in message else "invalid"
+    return FeatureIssue(loc, kind, _clip(f"{what}: {message}"))
+
+
+def _field(loc: Loc) -> str:
+    return repr(loc[-1]) if loc and isinstance(loc[-1], str) else ".".join(map(str, loc)) or "body"
+
+
+def _from_msgspec(exc: Exception) -> FeatureIssue:
+    """The decoder's first error as an issue, its ``$.rows[0].symbol`` path as the loc."""
+    text = str(exc)
+    message, _, path = text.rpartition(" - at `")
+    if not message:
+        message, path = text, ""
+    loc: list[str | int] = []
+    for m in _PATH.finditer(path.rstrip("`").removeprefix("$")):
+        name, index = m.group(1), m.group(2)
+        loc.append(_clip_name(name) if name is not None else int(index) if index else "…")
+    if "rows per request" in message:
+        return FeatureIssue(("rows",), "too_long", message)
+    if message.startswith(("JSON is malformed", "Input data was truncated")):
+        return FeatureIssue((), "json_invalid", _clip(f"body is not valid JSON: {message}"))
+    in_features = bool(loc) and loc[-1] == "features"
+    for prefix, kind, feature_kind in (
+        ("Object contains unknown field `", "extra_forbidden", "unexpected_feature"),
+        ("Object missing required field `", "missing", "missing_feature"),
+    ):
+        if message.startswith(prefix):
+            name = _clip_name(message[len(prefix) :].rstrip("`"))
+            return FeatureIssue(
+                (*loc, name),
+                feature_kind if in_features else kind,
+                f"{'feature' if in_features else 'field'} {name!r}: {message[: len(prefix) - 2]}",
+            )
+    kind = "wrong_type" if message.startswith("Expected `") else "invalid"
+    return FeatureIssue(tuple(loc), kind, _clip(message))
+
+
+def _too_deep() -> FeatureIssue:
+    return FeatureIssue((), "json_too_deep", "body is nested too deeply for this API")
+
+
+def _strip_path(message: str) -> str:
+    return message.rpartition(" - at `")[0] or message
+
+
+def _clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip_name(name: Any) -> str:
+    return _clip(str(name), MAX_NAME_CHARS)
 
 
 def _json_type(value: Any) -> str:
@@ -282,86 +411,7 @@ def _json_type(value: Any) -> str:
         return "array"
     if isinstance(value, dict):
         return "object"
-    return type(value).__name__
-
-
-def _sequence(
-    value: Any,
-    i: int,
-    seq_len: int,
-    n_channels: int,
-    out: np.ndarray,
-    issues: list[FeatureIssue],
-) -> None:
-    loc: Loc = ("rows", i, "sequence")
-    if value is _MISSING:
-        issues.append(FeatureIssue(loc, "missing", "field 'sequence' is required by this bundle"))
-        return
-    if type(value) is not list or len(value) != seq_len:
-        got = f"{len(value)} steps" if type(value) is list else _json_type(value)
-        issues.append(
-            FeatureIssue(
-                loc,
-                "sequence_shape",
-                f"'sequence' must be a list of {seq_len} steps of {n_channels} numbers, got {got}",
-            )
-        )
-        return
-    fast = True
-    for step in value:
-        if type(step) is not list or len(step) != n_channels:
-            fast = False
-            break
-        for v in step:
-            if type(v) not in _NUMBER_TYPES:
-                fast = False
-                break
-        if not fast:
-            break
-    if fast:
-        try:
-            arr = np.array(value, dtype=np.float64)
-        except OverflowError:
-            fast = False
-        else:
-            if np.isfinite(arr).all():
-                out[i] = arr
-                return
-    start = len(issues)
-    for t, step in enumerate(value):
-        if len(issues) - start >= MAX_REPORTED_ISSUES:
-            return
-        if type(step) is not list or len(step) != n_channels:
-            got = f"{len(step)} values" if type(step) is list else _json_type(step)
-            issues.append(
-                FeatureIssue(
-                    (*loc, t),
-                    "sequence_shape",
-                    f"sequence step {t} must be a list of {n_channels} numbers, got {got}",
-                )
-            )
-            continue
-        for c, v in enumerate(step):
-            issue = _number_issue(v, f"sequence[{t}][{c}]")
-            if issue is not None:
-                issues.append(FeatureIssue((*loc, t, c), *issue))
-
-
-def _to_float32(values: np.ndarray, loc_of: Any) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        out = values.astype(np.float32)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        issues = [
-            FeatureIssue(
-                loc_of(tuple(int(k) for k in idx)),
-                "non_finite",
-                f"value {values[tuple(idx)]!r} overflows float32",
-            )
-            for idx in np.argwhere(bad)[:MAX_REPORTED_ISSUES]
-        ]
-        raise FeatureValidationError(issues)
-    return out
+    return "number" if isinstance(value, int | float) else type(value).__name__
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -378,44 +428,72 @@ def render_predictions(
     bundle_sha256: str,
     request_id: str,
 ) -> bytes:
-    """The ``/v1/predict`` response body (contract 3), JSON bytes."""
+    """The ``/v1/predict`` response body (``PredictResponse``), JSON bytes."""
+    return _ENCODER.encode(
+        predict_response(
+            parsed,
+            probabilities,
+            decisions,
+            classes,
+            model_name=model_name,
+            model_version=model_version,
+            bundle_sha256=bundle_sha256,
+            request_id=request_id,
+        )
+    )
+
+
+def predict_response(
+    parsed: ParsedRequest,
+    probabilities: np.ndarray,
+    decisions: Sequence[Decision],
+    classes: Sequence[str],
+    *,
+    model_name: str,
+    model_version: str,
+    bundle_sha256: str,
+    request_id: str,
+) -> PredictResponse:
+    """The ``PredictResponse`` of scored rows."""
     names = tuple(classes)
     predictions = [
-        {
-            "symbol": symbol,
-            "feature_time": ft,
-            "probabilities": dict(zip(names, probs, strict=True)),
-            "decision": d.label,
-            "position": d.position,
-            "confidence": d.confidence,
-        }
+        Prediction(
+            symbol=symbol,
+            feature_time=ft,
+            probabilities=ClassProbabilities(**dict(zip(names, probs, strict=True))),
+            decision=d.label,  # type: ignore[arg-type]
+            position=d.position,  # type: ignore[arg-type]
+            confidence=d.confidence,
+        )
         for symbol, ft, probs, d in zip(
             parsed.symbols, parsed.feature_times, probabilities.tolist(), decisions, strict=True
         )
     ]
-    return _ENCODER.encode(
-        {
-            "model_name": model_name,
-            "model_version": model_version,
-            "bundle_sha256": bundle_sha256,
-            "request_id": request_id,
-            "predictions": predictions,
-        }
+    return PredictResponse(
+        model_name=model_name,
+        model_version=model_version,
+        bundle_sha256=bundle_sha256,
+        request_id=request_id,
+        predictions=predictions,
+    )
+
+
+def validation_error(exc: FeatureValidationError) -> ErrorResponse:
+    """The 400 ``ErrorResponse`` of ``exc`` (BentoML's shape for validation errors)."""
+    n = len(exc.issues)
+    count = f"more than {n}" if exc.truncated else str(n)
+    return ErrorResponse(
+        error=f"{count} validation error{'s' if n != 1 else ''} for PredictRequest"
+        + (f" (the first {n} listed)" if exc.truncated else ""),
+        detail=[ErrorDetail(type=i.kind, loc=list(i.loc), msg=i.message) for i in exc.issues],
     )
 
 
 def render_validation_error(exc: FeatureValidationError) -> bytes:
-    """400 body, the shape BentoML uses for pydantic errors:
-    ``{"error": ..., "detail": [{"type", "loc", "msg"}]}``."""
-    n = len(exc.issues)
-    return _ENCODER.encode(
-        {
-            "error": f"{n} validation error{'s' if n != 1 else ''} for PredictRequest",
-            "detail": [{"type": i.kind, "loc": list(i.loc), "msg": i.message} for i in exc.issues],
-        }
-    )
+    """The 400 body of ``exc``, JSON bytes."""
+    return _ENCODER.encode(validation_error(exc))
 
 
 def render_json(payload: Any) -> bytes:
-    """Any JSON-able payload as bytes (msgspec)."""
+    """Any JSON-able payload (Structs included) as bytes (msgspec)."""
     return _ENCODER.encode(payload)

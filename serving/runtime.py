@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +35,14 @@ import numpy as np
 from serving.inference import BundleMismatchError, check_session, open_session, predict_proba
 from serving.inference import warm_up as warm_up_session
 from serving.preprocess import BundleSpec, Decision, bundle_spec, decide
+from serving.request import format_utc
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
     from serving.importer import ImportedModel
     from serving.metrics import ServingMetrics
-    from serving.request import ParsedRequest
+    from serving.request import ParsedRequest, RequestCodec
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,13 @@ class LoadedModel:
 
     def predict(self, matrix: np.ndarray, sequence: np.ndarray | None) -> np.ndarray:
         return predict_proba(self.session, self.spec, matrix, sequence)
+
+    @cached_property
+    def codec(self) -> RequestCodec:
+        """The ``/v1/predict`` decoder of this bundle's requests."""
+        from serving.request import codec_for
+
+        return codec_for(self.spec)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -105,7 +114,7 @@ def load_stored(stored: Any) -> LoadedModel:
     session = open_session(onnx_bytes)
     check_session(session, spec)
     warm_up_session(session, spec)
-    return LoadedModel(
+    model = LoadedModel(
         spec=spec,
         session=session,
         model_name=str(stored.info.metadata.get("mlflow_model_name", stored.tag.name)),
@@ -114,6 +123,8 @@ def load_stored(stored: Any) -> LoadedModel:
         bentoml_tag=str(stored.tag),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    _ = model.codec  # built now, not on the first request
+    return model
 
 
 @dataclass(frozen=True)
@@ -290,7 +301,7 @@ class ShadowScorer:
                 "outcome": "scored",
                 "row": i,
                 "symbol": symbol,
-                "feature_time": ft,
+                "feature_time": format_utc(ft),
                 "champion": _result(champ, job.champion_probs[i], cd),
                 "challenger": _result(chall, probs[i], hd),
                 "agree": cd.label == hd.label,

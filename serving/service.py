@@ -5,9 +5,12 @@ with ``TX_SERVING_MODEL_TAG`` naming the BentoML model written by ``serving.impo
 ``BENTOML_HOME`` pointing at its store and ``TX_SERVING_TOKEN`` set (see ``serving.api``
 for the endpoints and ``serving.runtime`` for shadow scoring and hot reload).
 
-BentoML's own per-request work is kept off the prediction path: tracing is off for the
-``/v1`` paths and the access log skips them (``tx_serving_*`` metrics and the shadow log
-record them instead); ``serving.api.ApiMiddleware`` answers them directly.
+The API is declared to BentoML (``predict``, route ``/v1/predict``, typed with the
+msgspec Structs of ``serving.schemas``), so BentoML's OpenAPI (``/docs.json``) and
+``/schema.json`` list it and ``bentoml.SyncHTTPClient(url, token=...).predict({"rows":
+[...]})`` calls it. BentoML's own per-request work is kept off the prediction path: tracing
+is off for the ``/v1`` paths and the access log skips them (``tx_serving_*`` metrics and
+the shadow log record them instead); ``serving.api.ApiMiddleware`` answers them directly.
 """
 
 from __future__ import annotations
@@ -15,12 +18,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
 import bentoml
+import msgspec
+from bentoml.exceptions import InvalidArgument
 
 from serving.api import PREDICT_PATHS, ApiMiddleware, RuntimeRef
+from serving.preprocess import FeatureValidationError
+from serving.request import predict_response, render_validation_error
+from serving.schemas import PredictRequest, PredictResponse
 from serving.settings import AuthConfigError, ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -109,6 +118,32 @@ class TrendService:
         """``/readyz``: 200 only once the champion is loaded and warmed up (``load_model``
         warms every session before it can be published)."""
         return RUNTIME.runtime is self.runtime
+
+    @bentoml.api(route="/v1/predict")
+    def predict(self, request: PredictRequest, /) -> PredictResponse:
+        """Score feature rows with the champion: class probabilities and a decision per row.
+
+        The body is ``{"rows": [...]}`` (``PredictRequest``); every field error is listed in
+        one 400. Over HTTP, ``serving.api.ApiMiddleware`` answers this route before
+        BentoML's request handling, with the same Structs and checks; this method is the
+        same scoring for in-process callers."""
+        state = self.runtime.state
+        champ = state.champion
+        try:
+            parsed = champ.codec.parse(msgspec.json.encode(request))
+        except FeatureValidationError as exc:
+            raise InvalidArgument(render_validation_error(exc).decode()) from None
+        scored = self.runtime.score(state, parsed)
+        return predict_response(
+            parsed,
+            scored.probabilities,
+            scored.decisions,
+            champ.spec.classes,
+            model_name=champ.model_name,
+            model_version=champ.model_version,
+            bundle_sha256=champ.bundle_sha256,
+            request_id=uuid.uuid4().hex,
+        )
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:

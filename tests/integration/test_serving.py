@@ -640,6 +640,95 @@ def test_schema_when_asked_then_json_schemas_of_request_and_response(served: Ser
     assert "bundle_sha256" in body["response"]["properties"]
 
 
+# --- BentoML: OpenAPI, client, build ------------------------------------------------------
+
+
+def test_openapi_when_fetched_then_bentoml_lists_v1_predict_with_the_schema(served: Served):
+    spec = served.client.get("/docs.json").json()
+
+    operation = spec["paths"]["/v1/predict"]["post"]
+    body = json.dumps(operation["requestBody"])
+    components = json.dumps(spec.get("components", {}))
+    assert "rows" in body or "rows" in components
+    assert "feature_time" in body or "feature_time" in components
+    routes = {r["route"]: r for r in served.client.get("/schema.json").json()["routes"]}
+    assert routes["/v1/predict"]["name"] == "predict"
+
+
+def test_sync_http_client_when_predict_called_then_same_answer_as_the_engine_path(
+    served: Served,
+):
+    import bentoml
+
+    x = np.array([[0.5, -0.1, 0.2, 55.0, 0.0001]], dtype=np.float32)
+    body = {"rows": [_row(x[0])]}
+
+    with bentoml.SyncHTTPClient(served.server.base_url, token=TOKEN) as client:
+        answer = client.predict(body)
+        with pytest.raises(bentoml.exceptions.BentoMLException) as refused:
+            client.predict({"rows": [_row(x[0], symbol=7, feature_time=True)]})
+
+    assert answer["model_version"] == "1"
+    assert answer["predictions"][0]["feature_time"] == "2024-05-01T10:05:00Z"
+    np.testing.assert_allclose(
+        _probs(answer["predictions"][0]), direct_onnx(served.onnx_bytes, {"input": x})[0], atol=1e-6
+    )
+    assert refused.value.error_code == 400
+    assert "symbol" in str(refused.value) and "feature_time" in str(refused.value)
+
+
+@pytest.mark.slow
+def test_bentoml_build_when_bentofile_built_then_bento_lists_service_api_model_and_files(
+    served: Served, tmp_path: Path
+):
+    """`bentoml build -f serving/bentofile.yaml .` into a fresh BENTOML_HOME."""
+    import os
+    import subprocess
+    import sys
+
+    from serving.importer import import_from_registry
+    from serving.server import REPO_ROOT
+
+    home = tmp_path / "bentoml"
+    imported = import_from_registry(served.tracking_uri, MODEL_NAME, "champion", bentoml_home=home)
+    env = os.environ | {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "TX_SERVING_MODEL_TAG": imported.bentoml_tag,
+    }
+    bentoml_cli = [sys.executable, "-m", "bentoml"]
+
+    built = subprocess.run(
+        [*bentoml_cli, "build", "-f", "serving/bentofile.yaml", ".", "--output", "tag"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert built.returncode == 0, built.stderr[-3000:]
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    assert tag.startswith("tx_trend_service:")
+    listed = subprocess.run(
+        [*bentoml_cli, "get", tag, "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    info = json.loads(listed.stdout)
+    assert info["service"] == "serving.service:TrendService"
+    (service,) = info["services"]
+    assert [m["tag"] for m in service["models"]] == [imported.bentoml_tag]
+    assert [r["route"] for r in info["schema"]["routes"]] == ["/v1/predict"]
+    bento_dir = home / "bentos" / tag.replace(":", "/")
+    src = {p.name for p in (bento_dir / "src" / "serving").glob("*.py")}
+    assert {"service.py", "api.py", "request.py", "schemas.py", "runtime.py"} <= src
+    assert "/v1/predict:" in (bento_dir / "apis" / "openapi.yaml").read_text()
+
+
 # --- shadow ---------------------------------------------------------------------------------
 
 
