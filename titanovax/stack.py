@@ -633,7 +633,22 @@ def airflow_connections(ctx: StackContext) -> dict[str, dict[str, Any]]:
     }
 
 
+def check_celery_provider() -> None:
+    """The Celery provider 3.26 imports ``celery.backends.database.retry``, which celery 5.7
+    removed: the scheduler and the worker would crash-loop. Say so before starting them."""
+    import celery
+    import celery.backends.database as celery_db
+
+    if not hasattr(celery_db, "retry"):
+        raise StackError(
+            f"celery {celery.__version__} does not work with apache-airflow-providers-celery "
+            "(it imports celery.backends.database.retry, removed in celery 5.7): install "
+            "celery<5.7, e.g. `uv pip install 'celery==5.6.3'`"
+        )
+
+
 def _prepare(ctx: StackContext, say: Callable[[str], None]) -> None:
+    check_celery_provider()
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
     (ctx.home / "mlartifacts").mkdir(parents=True, exist_ok=True)
     _ensure_databases(ctx)
@@ -654,7 +669,8 @@ def _prepare(ctx: StackContext, say: Callable[[str], None]) -> None:
         say("feast: repo applied (online store on " + ctx.online_redis_url + ")")
 
 
-def _start_supervisor(ctx: StackContext, table: list[Service]) -> int:
+def check_ports(ctx: StackContext, table: list[Service]) -> None:
+    """Refuse to start when a port of the stack is taken, naming it."""
     busy = [
         (svc.name, port)
         for svc, port in ((svc, urlparse(svc.url).port if svc.url else None) for svc in table)
@@ -671,6 +687,9 @@ def _start_supervisor(ctx: StackContext, table: list[Service]) -> int:
         raise StackError(
             f"ports in use: {names}; pick another range with TX_STACK_PORT_BASE (now {ctx.stack.port_base})"
         )
+
+
+def _start_supervisor(ctx: StackContext, table: list[Service]) -> int:
     spec = {
         "controller": _endpoint(ctx, "circus.ctl"),
         "pubsub": _endpoint(ctx, "circus.pub"),
@@ -765,6 +784,7 @@ def up(ctx: StackContext, say: Callable[[str], None] = print) -> dict[str, Any]:
     table = services(ctx)
     pid = supervisor_pid(ctx)
     if pid is None:
+        check_ports(ctx, table)
         _prepare(ctx, say)
         pid = _start_supervisor(ctx, table)
         say(f"supervisor (circus) pid {pid}; waiting for health checks")

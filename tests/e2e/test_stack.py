@@ -100,9 +100,7 @@ def _api(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{int(env['TX_STACK_PORT_BASE']) + PORTS['api']}/api/v2"
 
 
-def _wait_run(
-    env: dict[str, str], dag_id: str, run_type: str, timeout_s: float
-) -> dict[str, Any]:
+def _wait_run(env: dict[str, str], dag_id: str, run_type: str, timeout_s: float) -> dict[str, Any]:
     """Poll Airflow's REST API until ``dag_id`` has a finished run of ``run_type``."""
     deadline = time.monotonic() + timeout_s
     last: list[dict[str, Any]] = []

@@ -190,3 +190,50 @@ def test_failure_notifier_when_the_webhook_is_down_then_logs_and_does_not_raise(
     ti = SimpleNamespace(dag_id="d", task_id="t", run_id="r", try_number=1)
 
     assert notify_task_failure({"ti": ti}).startswith("webhook not reachable")
+
+
+def _port_base_free() -> int:
+    from titanovax.stack import _port_free
+
+    for base in range(30000, 60000, 100):
+        if all(_port_free(base + off) for off in PORTS.values()):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def test_stack_up_when_a_port_is_taken_then_refuses_naming_it_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from titanovax.cli import app
+
+    base = _port_base_free()
+    monkeypatch.setenv("TX_HOME", str(tmp_path))
+    monkeypatch.setenv("TX_STACK_PORT_BASE", str(base))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + PORTS["api"]))
+        taken.listen()
+
+        res = CliRunner().invoke(app, ["stack", "up"])
+
+    assert res.exit_code == 1
+    assert f"airflow-api-server :{base + PORTS['api']}" in res.output
+    assert "TX_STACK_PORT_BASE" in res.output
+    assert not (tmp_path / "stack" / "circusd.pid").exists()
+
+
+def test_stack_down_and_status_when_nothing_runs_then_say_so_and_touch_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from titanovax.cli import app
+
+    monkeypatch.setenv("TX_HOME", str(tmp_path))
+    runner = CliRunner()
+
+    down = runner.invoke(app, ["stack", "down"])
+    status = runner.invoke(app, ["stack", "status", "--json"])
+
+    assert down.exit_code == 0 and "no stack running" in down.output
+    rows = json.loads(status.output)
+    assert {r["state"] for r in rows} == {"down"} and len(rows) == 9
