@@ -11,8 +11,8 @@ State lives under ``$TX_HOME/stack/``: ``spec.json`` (the table as started), ``c
 ``secrets.json`` (generated tokens, mode 600), ``logs/<service>.log``.
 
 Restarts: circus respawns a service that exits; its flapping plugin holds a service that
-crashes 3 times within 60 s back for 10 s before it tries again, up to 5 rounds, then stops
-it (``tx stack status`` shows it stopped, its log says why).
+crashes 3 times within 60 s back for 10 s before each new round, and never gives up (circus
+0.18 stops its whole arbiter when one watcher is left with no process).
 """
 
 from __future__ import annotations
@@ -508,12 +508,18 @@ def _call(ctx: StackContext, command: str, **props: Any) -> dict[str, Any]:
 # --- the supervisor process -------------------------------------------------------------------
 
 
-def watcher_config(ctx: StackContext, svc: Service) -> dict[str, Any]:
+def watcher_config(ctx: StackContext, svc: Service, table: list[Service]) -> dict[str, Any]:
+    """circus's watcher for ``svc``. A service with ``after`` starts as a small waiter that
+    execs the service's command (same pid) once those services answer their health URL."""
     logfile = str(ctx.log_dir / f"{svc.name}.log")
     stream = {"class": "FileStream", "filename": logfile}
+    argv = svc.argv
+    if svc.after:
+        urls = [s.health.url for s in table if s.name in svc.after and s.health.url]
+        argv = [sys.executable, "-m", "titanovax.stack", "--after", *urls, "--", *svc.argv]
     return {
         "name": svc.name,
-        "cmd": shlex.join(svc.argv),
+        "cmd": shlex.join(argv),
         "env": svc.env,
         "copy_env": False,
         "working_dir": str(PROJECT_ROOT),
@@ -521,9 +527,8 @@ def watcher_config(ctx: StackContext, svc: Service) -> dict[str, Any]:
         "stderr_stream": dict(stream),
         "stop_children": True,
         "graceful_timeout": svc.graceful_timeout_s,
-        "max_retry": 5,
+        "max_retry": -1,  # circus 0.18 stops the whole arbiter when a watcher gives up
         "respawn": True,
-        "autostart": not svc.after,  # `up` starts it once what it needs is healthy
     }
 
 
@@ -544,7 +549,7 @@ def supervise(spec_path: Path) -> None:
                 "attempts": 3,
                 "window": 60,
                 "retry_in": 10,
-                "max_retry": 5,
+                "max_retry": -1,  # keep trying: a watcher that gives up stops circus 0.18
             }
         ],
     )
@@ -693,7 +698,7 @@ def _start_supervisor(ctx: StackContext, table: list[Service]) -> int:
     spec = {
         "controller": _endpoint(ctx, "circus.ctl"),
         "pubsub": _endpoint(ctx, "circus.pub"),
-        "watchers": [watcher_config(ctx, svc) for svc in table],
+        "watchers": [watcher_config(ctx, svc, table) for svc in table],
         "services": [asdict(svc) for svc in table],
     }
     spec_path = ctx.state_dir / "spec.json"
@@ -739,17 +744,12 @@ def wait_healthy(
     pending = {svc.name: svc for svc in table}
     result: dict[str, str | None] = {}
     seen_active: set[str] = set()
-    started = {svc.name for svc in table if not svc.after}
     while pending:
-        for svc in table:
-            if svc.name not in started and all(d in result for d in svc.after):
-                _call(ctx, "start", name=svc.name)
-                started.add(svc.name)
+        if supervisor_pid(ctx) is None:
+            raise StackError("the supervisor exited:\n" + _log_tail(ctx, "circusd"))
         statuses = watcher_status(ctx)
         seen_active |= {n for n, st in statuses.items() if st == "active"}
         for name, svc in list(pending.items()):
-            if name not in started:
-                continue
             # a watcher is "stopped" until the arbiter starts it; after that, stopped means
             # the flapping plugin gave up on it
             if statuses.get(name) == "stopped" and name in seen_active:
@@ -949,5 +949,23 @@ def down_cmd() -> None:
     )
 
 
+def wait_then_exec(args: list[str]) -> None:
+    """``--after URL… -- ARGV…``: poll each URL until it answers 200, then exec ARGV."""
+    import httpx
+
+    split = args.index("--")
+    urls, argv = args[1:split], args[split + 1 :]
+    for url in urls:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=3.0).status_code == 200:
+                    break
+            time.sleep(1.0)
+    os.execv(argv[0], argv)
+
+
 if __name__ == "__main__":
-    supervise(Path(sys.argv[1]))
+    if sys.argv[1] == "--after":
+        wait_then_exec(sys.argv[1:])
+    else:
+        supervise(Path(sys.argv[1]))
