@@ -653,25 +653,54 @@ def check_celery_provider() -> None:
 
 
 def _prepare(ctx: StackContext, say: Callable[[str], None]) -> None:
+    """Databases, Airflow's migration, its Connections and Variable, and the Feast repo,
+    once each. Feast and Airflow do not depend on each other: they run side by side (each
+    step is a process that spends seconds importing on a small machine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     check_celery_provider()
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
     (ctx.home / "mlartifacts").mkdir(parents=True, exist_ok=True)
     _ensure_databases(ctx)
     af = {**os.environ, **platform_env(ctx), **airflow_stack_env(ctx)}
     airflow = str(VENV_BIN / "airflow")
-    if _run_once(ctx, "airflow-migrated", [airflow, "db", "migrate"], af):
-        say("airflow: metadata database migrated")
     conns = ctx.state_dir / "airflow-connections.json"
     conns.write_text(json.dumps(airflow_connections(ctx), indent=2))
+    conns.chmod(0o600)
     variables = ctx.state_dir / "airflow-variables.json"
     variables.write_text(json.dumps({"tx_serving_url": ctx.url("serving")}, indent=2))
-    if _run_once(ctx, "airflow-connections", [airflow, "connections", "import", str(conns)], af):
-        say("airflow: connections tx_redis, tx_postgres, tx_mlflow")
-    if _run_once(ctx, "airflow-variables", [airflow, "variables", "import", str(variables)], af):
-        say("airflow: variable tx_serving_url")
     env = {**os.environ, **platform_env(ctx)}
-    if _run_once(ctx, "feast-applied", [str(VENV_BIN / "tx"), "features", "apply"], env):
-        say("feast: repo applied (online store on " + ctx.online_redis_url + ")")
+
+    def feast() -> None:
+        if _run_once(ctx, "feast-applied", [str(VENV_BIN / "tx"), "features", "apply"], env):
+            say("feast: repo applied (online store on " + ctx.online_redis_url + ")")
+
+    def airflow_db() -> None:
+        if _run_once(ctx, "airflow-migrated", [airflow, "db", "migrate"], af):
+            say("airflow: metadata database migrated")
+        with ThreadPoolExecutor(2) as pool:
+            c = pool.submit(
+                _run_once,
+                ctx,
+                "airflow-connections",
+                [airflow, "connections", "import", str(conns)],
+                af,
+            )
+            v = pool.submit(
+                _run_once,
+                ctx,
+                "airflow-variables",
+                [airflow, "variables", "import", str(variables)],
+                af,
+            )
+            if c.result():
+                say("airflow: connections tx_redis, tx_postgres, tx_mlflow")
+            if v.result():
+                say("airflow: variable tx_serving_url")
+
+    with ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(feast), pool.submit(airflow_db)]:
+            f.result()
 
 
 def check_ports(ctx: StackContext, table: list[Service]) -> None:
