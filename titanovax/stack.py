@@ -162,8 +162,14 @@ DATABASES = ("airflow", "mlflow", "celery", "journal", "optuna")
 
 
 def platform_env(ctx: StackContext) -> dict[str, str]:
-    """TX_* settings every service of the stack shares."""
-    return {
+    """The environment every service of the stack shares: the caller's ``TX_*`` settings
+    (symbols, timeframe, risk limits, …) under the stack's own locations and tokens."""
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("TX_") or k in ("HOME", "LANG", "LC_ALL", "TZ", "USER")
+    }
+    return inherited | {
         "TX_HOME": str(ctx.home),
         "TX_REDIS_URL": ctx.online_redis_url,
         "TX_MLFLOW_TRACKING_URI": ctx.url("mlflow"),

@@ -3,9 +3,11 @@ scheduled by Airflow's scheduler and run by the Celery worker, the feature asset
 market_data to train_and_promote, serving asked to reload, and nothing left after `down`.
 
 What the test arranges: a private redis-server, PostgreSQL databases named after this
-process, a free port range, and two weeks of synthetic M5 history in the lake (what a data
+process, a free port range, and ten days or more of synthetic M5 history in the lake (what a data
 engineer's TX_HOME holds before starting the stack; no stack state: no Airflow or MLflow
-database, no Feast registry). A small experiment config keeps each training run short.
+database, no Feast registry). A small experiment config keeps each training run short. Two trainings run: the weekly
+interval, which the scheduler starts at once, gives serving its first champion; then the
+asset-triggered run registers another version and serving, now up, answers its reload.
 
 Run it with `make test-stack` (about 8-12 minutes on the 2-core machine): `make test`
 excludes the `stack` marker.
@@ -73,7 +75,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     redis = LocalRedis().start()
     prefix = f"tx_stack_t{os.getpid()}"
     cfg = yaml.safe_load((PROJECT_ROOT / "training" / "configs" / "trend_v1.yaml").read_text())
-    cfg["split"].update(train_days=9, test_days=3)
+    cfg["split"].update(train_days=7, test_days=2)
     cfg["model"].update(n_estimators=60)
     experiment = tmp_path / "trend_small.yaml"
     experiment.write_text(yaml.safe_dump(cfg))
@@ -139,14 +141,17 @@ def test_stack_when_up_then_scheduler_runs_market_data_on_celery_and_its_asset_t
     env = stack_env
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     yesterday = today - timedelta(days=1)
+    # the weekly interval the scheduler also runs at once ends on the last Saturday 00:00
+    last_saturday = today - timedelta(days=(today.weekday() - 5) % 7)
     history = {**env, "TX_REDIS_URL": env["TX_STACK_REDIS_URL"] + "/10"}
-    # Arrange: two weeks of history before the interval the scheduler will run (yesterday)
+    # Arrange: the history both training windows need (9 days each), up to the interval the
+    # scheduler will run (yesterday)
     assert _tx(history, "features", "apply").returncode == 0
     res = _tx(
         history,
         "backfill",
         "--start",
-        (yesterday - timedelta(days=14)).strftime("%Y-%m-%d"),
+        (min(last_saturday, yesterday) - timedelta(days=10)).strftime("%Y-%m-%d"),
         "--end",
         yesterday.strftime("%Y-%m-%d"),
     )
