@@ -193,6 +193,8 @@ def training_due(
     the last one that registered a model. Returns (due, reason)."""
     if last_trained is None:
         return True, "no model version registered yet"
+    if min_interval <= timedelta(0):
+        return True, "no minimum interval between trainings"
     elapsed = now - last_trained
     if elapsed < min_interval:
         return False, (

@@ -198,7 +198,24 @@ def test_stack_when_up_then_scheduler_runs_market_data_on_celery_and_its_asset_t
         timeout=10,
     )
     assert mv.status_code == 200, mv.text
-    assert str(reload_msg).startswith("serving reload: HTTP 200"), reload_msg
+    # serving answered the reload (HTTP 200) when it already served a champion; when this
+    # run promoted the first champion, serving was still waiting for one and starts with it
+    assert str(reload_msg).startswith(("serving reload: HTTP 200", "serving at ")), reload_msg
+    serving = f"http://127.0.0.1:{int(env['TX_STACK_PORT_BASE']) + PORTS['serving']}"
+    token = json.loads((Path(env["TX_HOME"]) / "stack" / "secrets.json").read_text())
+    auth = {"Authorization": f"Bearer {token['serving_token']}"}  # champion or challenger
+    served: set[str] = set()
+    deadline = time.monotonic() + 600  # serving also polls the registry every 30 s
+    while str(registered["version"]) not in served and time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{serving}/v1/models", headers=auth, timeout=5)
+            if r.status_code == 200:
+                served = {str(m["model_version"]) for m in r.json().values() if m}
+        except httpx.HTTPError:
+            pass
+        time.sleep(3)
+    print(f"serving versions: {served}")
+    assert str(registered["version"]) in served, (registered, served)
 
     # Act 2 / Assert 3: down leaves nothing of the stack running
     pid_file = Path(env["TX_HOME"]) / "stack" / "circusd.pid"

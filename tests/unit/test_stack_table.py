@@ -237,3 +237,11 @@ def test_stack_down_and_status_when_nothing_runs_then_say_so_and_touch_nothing(
     assert down.exit_code == 0 and "no stack running" in down.output
     rows = json.loads(status.output)
     assert {r["state"] for r in rows} == {"down"} and len(rows) == 9
+
+
+def test_training_due_when_no_minimum_interval_then_always_due_even_for_a_newer_version() -> None:
+    from titanovax.airflow_tasks import training_due
+
+    now = datetime(2026, 12, 5, tzinfo=UTC)  # a version registered after the run was queued
+
+    assert training_due(now + timedelta(minutes=3), now, timedelta(0))[0] is True
