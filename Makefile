@@ -7,11 +7,12 @@ UV_VERSION := 0.13.9
 # the stamp changes whenever the pins or the project metadata change
 STAMP := $(VENV)/.setup-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: setup demo test test-fast lint docs docs-serve typecheck typecheck-mt5 bench lock clean-state help
+.PHONY: setup demo test test-stack test-fast lint docs docs-serve typecheck typecheck-mt5 bench lock clean-state help
 
 help:
 	@echo "make demo   - set up, then run the whole path end to end and print a summary"
 	@echo "make test   - set up, then run the test suite (unit, integration, dags, e2e)"
+	@echo "make test-stack - the whole tx stack: scheduler + Celery run market_data, its asset trains (8-12 min)"
 	@echo "make lint / docs / typecheck / bench / lock"
 
 setup: $(STAMP)
@@ -35,7 +36,11 @@ demo: setup
 	$(VENV)/bin/tx demo
 
 test: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15 -m "not stack"
+
+# the whole `tx stack` (Airflow scheduler + Celery worker, MLflow, serving, ...): 8-12 min
+test-stack: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m stack -s
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "unit"

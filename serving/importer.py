@@ -201,3 +201,33 @@ def _save(
         )
         saved = str(model.tag)
     return saved
+
+
+def wait_for_alias(
+    tracking_uri: str,
+    model_name: str,
+    alias: str = "champion",
+    *,
+    poll_s: float = 3.0,
+    bentoml_home: str | Path | None = None,
+) -> ImportedModel:
+    """:func:`import_from_registry`, retried every ``poll_s`` seconds while the model or its
+    alias does not exist yet or the registry does not answer (a stack starting from
+    nothing: serving comes up before training has promoted anything). A bundle that fails
+    to import still raises."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    said = ""
+    while True:
+        try:
+            return import_from_registry(tracking_uri, model_name, alias, bentoml_home=bentoml_home)
+        except BundleImportError:
+            raise
+        except (AliasNotSetError, MlflowException, OSError) as exc:
+            why = f"waiting for {model_name}@{alias} in {tracking_uri}: {type(exc).__name__}"
+            if why != said:
+                logger.info(why)
+                said = why
+        time.sleep(poll_s)

@@ -468,10 +468,24 @@ def report_real_exports(
 def serve(
     port: Annotated[int, typer.Option(envvar="TX_SERVING_PORT")] = 3000,
     host: Annotated[str, typer.Option(envvar="TX_SERVING_HOST")] = "127.0.0.1",
+    wait_for_champion: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-champion",
+            help="No champion yet: poll the registry every few seconds until one is promoted "
+            "(as `tx stack` runs it), instead of failing.",
+        ),
+    ] = False,
 ) -> None:
     """Import `champion` (and `challenger`, scored in shadow) from MLflow into BentoML and serve
     POST /v1/predict over HTTP with TX_SERVING_TOKEN; aliases are polled for hot reload
-    (Ctrl-C stops)."""
+    (Ctrl-C or SIGTERM stops)."""
+    import signal
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM from a supervisor stops the server too
+
+    signal.signal(signal.SIGTERM, _interrupt)
     from serving.importer import AliasNotSetError, import_from_registry
     from serving.server import start_server, stop_server, wait_ready
     from serving.settings import AuthConfigError, ServingSettings
@@ -484,7 +498,15 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     os.environ.setdefault("BENTOML_HOME", str(s.home / "bentoml"))
-    imported = import_from_registry(s.tracking_uri, s.model_name, ss.model_alias)
+    if wait_for_champion:
+        from serving.importer import wait_for_alias
+
+        try:
+            imported = wait_for_alias(s.tracking_uri, s.model_name, ss.model_alias)
+        except KeyboardInterrupt:
+            return
+    else:
+        imported = import_from_registry(s.tracking_uri, s.model_name, ss.model_alias)
     challenger = None
     if ss.serving_challenger_alias:
         try:
@@ -575,6 +597,7 @@ mt5_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(mt5_app, name="mt5")
+app.add_typer(__import__("titanovax.stack", fromlist=["stack_app"]).stack_app, name="stack")
 
 
 @mt5_app.command("detect-offset")

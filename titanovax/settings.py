@@ -76,6 +76,21 @@ class PlatformSettings(BaseSettings):
     serving_token: str | None = Field(
         default=None, description="Bearer token for serving's admin reload (secret, no default)."
     )
+    # --- Airflow (titanovax/airflow_tasks.py) ---
+    dag_failure_webhook_url: str | None = Field(
+        default=None,
+        description="Failed DAG tasks are POSTed here as Alertmanager webhook JSON; unset: logged only.",
+    )
+    train_min_interval_hours: float = Field(
+        default=6.0,
+        ge=0,
+        description="train_and_promote runs on a feature update only when the newest model "
+        "version is older than this (Variable tx_train_min_interval_hours overrides).",
+    )
+    train_experiment: str = Field(
+        default="trend_v1",
+        description="Default of train_and_promote's `experiment` Param (config name or YAML path).",
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod
