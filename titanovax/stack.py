@@ -54,7 +54,8 @@ class StackSettings(BaseSettings):
         ge=1024,
         le=65000,
         description="Ports are this plus a fixed offset: api-server +80, MLflow +50, serving "
-        "+30, engine control +65, scheduler health +74, worker logs +93, triggerer logs +94.",
+        "+30, engine control +65, scheduler health +74, worker logs +93, triggerer logs +94, "
+        "Prometheus +90, Alertmanager +91, notifier +95, pusher metrics +8, Airflow exporter +12.",
     )
     postgres_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432",
@@ -87,6 +88,8 @@ class StackSettings(BaseSettings):
 # --- the service table ------------------------------------------------------------------------
 
 PORTS = {
+    "pusher_metrics": 8,
+    "airflow_exporter": 12,
     "serving": 30,
     "mlflow": 50,
     "engine": 65,
@@ -94,6 +97,9 @@ PORTS = {
     "api": 80,
     "worker_log": 93,
     "triggerer_log": 94,
+    "prometheus": 90,
+    "alertmanager": 91,
+    "notifier": 95,
 }
 
 
@@ -169,21 +175,30 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
         for k, v in os.environ.items()
         if k.startswith("TX_") or k in ("HOME", "LANG", "LC_ALL", "TZ", "USER")
     }
-    return inherited | {
-        "TX_HOME": str(ctx.home),
-        "TX_REDIS_URL": ctx.online_redis_url,
-        "TX_MLFLOW_TRACKING_URI": ctx.url("mlflow"),
-        "TX_OPTUNA_STORAGE": ctx.db_url("optuna"),
-        "TX_SERVING_URL": ctx.url("serving"),
-        "TX_SERVING_TOKEN": ctx.secrets["serving_token"],
-        "TX_ENGINE_TOKEN": ctx.secrets["engine_token"],
-        "TX_JOURNAL_URL": ctx.db_url("journal", "postgresql"),
-        "BENTOML_HOME": str(ctx.home / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "True",
-        "DO_NOT_TRACK": "1",
-        "PYTHONUNBUFFERED": "1",
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-    }
+    return (
+        inherited
+        | {
+            "TX_HOME": str(ctx.home),
+            "TX_REDIS_URL": ctx.online_redis_url,
+            "TX_MLFLOW_TRACKING_URI": ctx.url("mlflow"),
+            "TX_OPTUNA_STORAGE": ctx.db_url("optuna"),
+            "TX_SERVING_URL": ctx.url("serving"),
+            "TX_SERVING_TOKEN": ctx.secrets["serving_token"],
+            "TX_ENGINE_TOKEN": ctx.secrets["engine_token"],
+            "TX_JOURNAL_URL": ctx.db_url("journal", "postgresql"),
+            "BENTOML_HOME": str(ctx.home / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "DO_NOT_TRACK": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        }
+        | (
+            # failed DAG tasks reach a person through the same notifier as the alerts
+            {"TX_DAG_FAILURE_WEBHOOK_URL": f"{ctx.url('notifier')}/alertmanager"}
+            if os.environ.get("TX_NOTIFY_URLS") and not os.environ.get("TX_DAG_FAILURE_WEBHOOK_URL")
+            else {}
+        )
+    )
 
 
 def airflow_stack_env(ctx: StackContext) -> dict[str, str]:
@@ -296,7 +311,13 @@ def services(ctx: StackContext) -> list[Service]:
         ),
         Service(
             "pusher",
-            [tx, "features", "stream"],
+            [
+                tx,
+                "features",
+                "stream",
+                "--metrics-port",
+                str(s.port(PORTS["pusher_metrics"])),
+            ],
             base,
             Health(probe="online_features"),
         ),
@@ -314,7 +335,116 @@ def services(ctx: StackContext) -> list[Service]:
             ),
             url=f"{ctx.url('engine')}/",
         ),
+        *observe_services(ctx, base, af),
     ]
+
+
+def observe_services(ctx: StackContext, base: dict[str, str], af: dict[str, str]) -> list[Service]:
+    """Prometheus (config rendered by :func:`render_observe_configs`), Alertmanager, the
+    Airflow DAG-run exporter and, when ``TX_NOTIFY_URLS`` names where alerts go, the apprise
+    notifier that Alertmanager's webhook reaches."""
+    s = ctx.stack
+    obs = ctx.state_dir / "observe"
+    rows = [
+        Service(
+            "airflow-exporter",
+            [
+                str(VENV_BIN / "tx"),
+                "observe",
+                "airflow-exporter",
+                "--port",
+                str(s.port(PORTS["airflow_exporter"])),
+            ],
+            af,
+            Health(url=f"{ctx.url('airflow_exporter')}/metrics"),
+        ),
+        Service(
+            "prometheus",
+            [
+                PROMETHEUS,
+                f"--config.file={obs / 'prometheus' / 'prometheus.yml'}",
+                f"--storage.tsdb.path={obs / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{s.port(PORTS['prometheus'])}",
+            ],
+            base,
+            Health(url=f"{ctx.url('prometheus')}/-/ready"),
+            url=ctx.url("prometheus"),
+        ),
+        Service(
+            "alertmanager",
+            [
+                ALERTMANAGER,
+                f"--config.file={obs / 'alertmanager' / 'alertmanager.yml'}",
+                f"--storage.path={obs / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{s.port(PORTS['alertmanager'])}",
+                "--cluster.listen-address=",  # one instance: no gossip port
+            ],
+            base,
+            Health(url=f"{ctx.url('alertmanager')}/-/ready"),
+            url=ctx.url("alertmanager"),
+        ),
+    ]
+    if os.environ.get("TX_NOTIFY_URLS"):
+        rows.append(
+            Service(
+                "notifier",
+                [
+                    str(VENV_BIN / "tx"),
+                    "notify",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(s.port(PORTS["notifier"])),
+                ],
+                base,
+                Health(url=f"{ctx.url('notifier')}/healthz"),
+            )
+        )
+    return rows
+
+
+PROMETHEUS = "/usr/bin/prometheus"
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+
+
+def render_observe_configs(ctx: StackContext) -> None:
+    """Write the stack's Prometheus configuration (engine, serving, pusher, Airflow exporter,
+    itself and Alertmanager; the rules of ``infra/prometheus/rules``) and Alertmanager's
+    (every alert to the notifier's webhook), with the tokens in files of mode 600."""
+    from titanovax.observe import (
+        ScrapeTarget,
+        render_alertmanager_config,
+        render_prometheus_config,
+    )
+
+    obs = ctx.state_dir / "observe"
+    obs.mkdir(parents=True, exist_ok=True)
+    tokens = {}
+    for name in ("engine_token", "serving_token"):
+        f = obs / name
+        f.write_text(ctx.secrets[name])
+        f.chmod(0o600)
+        tokens[name] = f
+
+    def addr(key: str) -> str:
+        return f"127.0.0.1:{ctx.stack.port(PORTS[key])}"
+
+    targets = [
+        ScrapeTarget("engine", [addr("engine")], bearer_token_file=tokens["engine_token"]),
+        ScrapeTarget("serving", [addr("serving")], bearer_token_file=tokens["serving_token"]),
+        ScrapeTarget("pusher", [addr("pusher_metrics")]),
+        ScrapeTarget("airflow", [addr("airflow_exporter")]),
+        ScrapeTarget("prometheus", [addr("prometheus")]),
+        ScrapeTarget("alertmanager", [addr("alertmanager")]),
+    ]
+    render_prometheus_config(
+        targets,
+        PROJECT_ROOT / "infra" / "prometheus" / "rules",
+        obs / "prometheus",
+        alertmanagers=[addr("alertmanager")],
+    )
+    render_alertmanager_config(f"{ctx.url('notifier')}/alertmanager", obs / "alertmanager")
 
 
 # --- health checks ----------------------------------------------------------------------------
@@ -666,6 +796,7 @@ def _prepare(ctx: StackContext, say: Callable[[str], None]) -> None:
 
     check_celery_provider()
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
+    render_observe_configs(ctx)
     (ctx.home / "mlartifacts").mkdir(parents=True, exist_ok=True)
     _ensure_databases(ctx)
     af = {**os.environ, **platform_env(ctx), **airflow_stack_env(ctx)}

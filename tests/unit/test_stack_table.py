@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -54,6 +55,9 @@ def test_stack_table_when_built_then_every_service_has_a_command_that_exists_and
         "serving",
         "pusher",
         "engine",
+        "airflow-exporter",
+        "prometheus",
+        "alertmanager",
     } <= set(names)
     runner = CliRunner()
     parser = get_parser()
@@ -70,6 +74,12 @@ def test_stack_table_when_built_then_every_service_has_a_command_that_exists_and
         elif exe.name == "mlflow":
             ctx = mlflow_cli.make_context("mlflow", list(svc.argv[1:]), resilient_parsing=True)
             assert ctx.protected_args == ["server"] or ctx.invoked_subcommand == "server", svc
+        elif exe.name in ("prometheus", "prometheus-alertmanager"):  # every flag is one it has
+            helptext = subprocess.run(
+                [str(exe), "--help"], capture_output=True, text=True, timeout=30
+            )
+            for arg in svc.argv[1:]:
+                assert arg.split("=")[0] in helptext.stdout + helptext.stderr, (svc.name, arg)
         else:
             pytest.fail(f"{svc.name}: unknown program {exe}")
 
@@ -236,7 +246,7 @@ def test_stack_down_and_status_when_nothing_runs_then_say_so_and_touch_nothing(
 
     assert down.exit_code == 0 and "no stack running" in down.output
     rows = json.loads(status.output)
-    assert {r["state"] for r in rows} == {"down"} and len(rows) == 9
+    assert {r["state"] for r in rows} == {"down"} and len(rows) == len(services(_ctx(tmp_path)))
 
 
 def test_training_due_when_no_minimum_interval_then_always_due_even_for_a_newer_version() -> None:
