@@ -33,12 +33,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 START = 1_768_204_800  # 2026-01-12 00:00 UTC, a Monday
-SYMBOLS = ["EURUSD", "GBPUSD"]
+SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"]
 HORIZON = 6
 STAGES = ("feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms")
 
 
-def make_bundle(out: Path, names: list[str]) -> Path:
+def make_bundle(out: Path, names: list[str], symbols: list[str]) -> Path:
     """Fit a small XGBoost on 10 days of synthetic bars before START, export ONNX, write
     model.onnx + manifest.json (with bundle_sha256)."""
     import xgboost as xgb
@@ -49,12 +49,12 @@ def make_bundle(out: Path, names: list[str]) -> Path:
     from titanovax.settings import PlatformSettings
     from training.export import xgb_to_onnx
 
-    s = PlatformSettings(symbols=SYMBOLS)
+    s = PlatformSettings(symbols=symbols)
     t0, t1 = START - 14 * 86_400, START - 86_400
     term = open_platform_terminal(s, clock=lambda: t1)
-    feats = precompute_features(term, SYMBOLS, "M5", t0, t1, 2, names)
+    feats = precompute_features(term, symbols, "M5", t0, t1, 2, names)
     xs, ys = [], []
-    for sym in SYMBOLS:
+    for sym in symbols:
         rates = term.copy_rates_range(sym, TIMEFRAMES["M5"], t0 + 7200 - 300, t1 + 7200)
         assert rates is not None, term.last_error()
         close_at = dict(
@@ -92,7 +92,7 @@ def make_bundle(out: Path, names: list[str]) -> Path:
         "positions": [-1, 0, 1],
         "min_confidence": 0.4,
         "timeframe": "M5",
-        "symbols": SYMBOLS,
+        "symbols": symbols,
         "label_horizon": HORIZON,
         "bundle_sha256": hashlib.sha256(data).hexdigest(),
         "train_range": [t0, t1],
@@ -139,27 +139,28 @@ def _engine(world: Any, model: Any, journal_target: str) -> Any:
 
 
 def vectorised(
-    world: Any, sess: Any, min_conf: float
+    world: Any, sess: Any, min_conf: float, symbols: list[str]
 ) -> tuple[float, int, float, dict[str, dict[int, int]]]:
     """The same bars as one numpy program: batched ONNX, positions, after-spread P&L (closes
     are bid prices, so a round trip costs one spread: half a spread per unit of position change)."""
     from engine.mt5 import TIMEFRAMES
 
-    world.set_time(max(int(world.features._tables[s][0][-1]) for s in SYMBOLS))  # every bar visible
+    off = 7200
+    world.set_time(max(int(world.features._tables[s][0][-1]) for s in symbols))  # all visible
     t0 = time.perf_counter()
     total, n = 0.0, 0
     positions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for sym in SYMBOLS:
+    for sym in symbols:
         t, x = world.features._tables[sym]
         rates = world.terminal.copy_rates_range(
-            sym, TIMEFRAMES["M5"], int(t[0]) + 7200 - 300, int(t[-1]) + 7200 - 300
+            sym, TIMEFRAMES["M5"], int(t[0]) + off - 300, int(t[-1]) + off - 300
         )
-        close_time = rates["time"].astype(np.int64) - 7200 + 300
+        close_time = rates["time"].astype(np.int64) - off + 300
         idx = np.searchsorted(close_time, t)
         if not np.array_equal(close_time[np.minimum(idx, len(close_time) - 1)], t):
             raise AssertionError(f"{sym}: bars and feature rows are not aligned")
         close = rates["close"][idx]
-        spread = rates["spread"][idx] * 1e-5
+        spread = rates["spread"][idx] * world.terminal.symbol_info(sym).point
         p = sess.run(["probabilities"], {"input": x.astype(np.float32)})[0]
         k = p.argmax(1)
         pos = np.where(p[np.arange(len(k)), k] >= min_conf, k - 1, 0)
@@ -176,12 +177,95 @@ def vectorised(
     )
 
 
+# -- per-stage share: the engine's stages timed by wrapping its own methods on the instance --
+STAGE_HOOKS = (  # (stage, object path on the engine, method)
+    ("account (terminal -> risk)", "", "_observe_account"),
+    ("features", "features", "read"),
+    ("model", "model", "predict"),
+    ("plan (quotes, sizing, risk)", "", "_plan"),
+    ("orders (executor, terminal, intents)", "", "_move_position"),
+    ("journal: decided()", "journal", "decided"),
+    ("journal: record()", "journal", "record"),
+    ("metrics + stats", "", "_finish"),
+)
+
+
+def _timed(fn: Any, acc: dict[str, float], key: str) -> Any:
+    def wrapper(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+
+    return wrapper
+
+
+def instrument(engine: Any) -> dict[str, float]:
+    """Wrap the engine's stage methods (present ones only) with timers; returns the totals
+    (seconds). ``metrics + stats`` is ``_finish`` minus the journal's ``record``."""
+    acc: dict[str, float] = {}
+    for stage, path, name in STAGE_HOOKS:
+        obj = getattr(engine, path) if path else engine
+        fn = getattr(obj, name, None)
+        if fn is not None:
+            setattr(obj, name, _timed(fn, acc, stage))
+    return acc
+
+
+def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None:
+    acc = dict(acc)
+    if "metrics + stats" in acc:
+        acc["metrics + stats"] -= acc.get("journal: record()", 0.0)
+    acc["other (loop, lock, records)"] = wall - sum(acc.values())
+    print(f"\n{title}: {n} decisions in {wall:.2f} s = {wall / n * 1e6:.1f} us/decision")
+    print(f"  {'stage':<40}{'share':>8}{'us/decision':>14}")
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<40}{v / wall:>8.1%}{v / n * 1e6:>14.1f}")
+
+
+def journal_fingerprint(journal: Any) -> tuple[list[Any], list[Any], Any]:
+    """Everything the journal holds except wall-clock stamps and measured latencies."""
+    rows = [{k: v for k, v in r.items() if k != "latency_ms"} for r in journal.rows()]
+    intents = [
+        {k: v for k, v in vars(it).items() if k not in ("created_at", "updated_at")}
+        for it in journal.intents()
+    ]
+    return rows, intents, journal.load_state("risk")
+
+
+def run_engine(
+    world: Any,
+    bundle: Path,
+    journal_target: str,
+    symbols: list[str],
+    *,
+    precomputed: bool,
+    stages: bool = False,
+) -> tuple[Any, Any, float, dict[str, float] | None]:
+    """One engine backtest; the up-front batched scoring (if any) counts in the wall time."""
+    import engine.backtest as bt
+    from engine.serving_client import OnnxModel
+
+    model: Any = OnnxModel.from_dir(bundle)
+    t0 = time.perf_counter()
+    if precomputed:
+        model = bt.PrecomputedModel.score(model, world.features, symbols)
+    t_pre = time.perf_counter() - t0
+    e = _engine(world, model, journal_target)
+    acc = instrument(e) if stages else None
+    res = bt.run_backtest(e, world.closes, symbols, world.set_time)
+    return e, res, t_pre + res.seconds, acc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--days", type=int, default=5, help="days of M5 bars to backtest (2 symbols)")
+    ap.add_argument("--spans", default="3,60", help="backtest spans in days, comma-separated")
+    ap.add_argument("--symbols", default=",".join(SYMBOLS), help="comma-separated symbols")
     ap.add_argument("--serving-bars", type=int, default=300, help="bars decided through serving")
+    ap.add_argument("--no-serving", action="store_true", help="skip the serving measurement")
     ap.add_argument(
         "--bundle",
         type=Path,
@@ -192,82 +276,153 @@ def main() -> None:
     ap.add_argument("--serving-token", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
+    spans = [int(d) for d in args.spans.split(",")]
 
-    from engine.serving_client import OnnxModel
+    import engine.backtest as bt
     from feature_repo.pipeline.transforms import TREND_V1_FEATURES
     from titanovax.engine_world import backtest_world
     from titanovax.settings import PlatformSettings
 
+    has_pre = hasattr(bt, "PrecomputedModel")
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         names = list(TREND_V1_FEATURES)
         t = time.perf_counter()
-        bundle = args.bundle or make_bundle(tmp / "bundle", names)
+        bundle = args.bundle or make_bundle(tmp / "bundle", names, symbols)
         manifest = json.loads((bundle / "manifest.json").read_text())
         names = list(manifest["features"])
+        min_conf = float(manifest.get("min_confidence", 0.0))
         print(
             f"bundle: {bundle} ({manifest.get('model_version')}, sha256 {manifest['bundle_sha256'][:12]}…) in {time.perf_counter() - t:.1f} s"
         )
-        s = PlatformSettings(symbols=SYMBOLS, home=tmp / "home")
-        end = START + args.days * 86_400
+        s = PlatformSettings(symbols=symbols, home=tmp / "home")
+        summary = []
+        for days in spans:
+            end = START + days * 86_400
 
-        def world() -> Any:
-            return backtest_world(s, START, end, names)
+            def world(end: int = end) -> Any:
+                return backtest_world(s, START, end, names)
 
-        w = world()
-        n_bars = len(w.closes) * len(SYMBOLS)
-        print(
-            f"bars: {len(w.closes)} closes x {len(SYMBOLS)} symbols = {n_bars} decisions (M5, synthetic market)"
+            w = world()
+            n_bars = len(w.closes) * len(symbols)
+            print(
+                f"\n=== span {days} days: {len(w.closes)} closes x {len(symbols)} symbols "
+                f"= {n_bars} decisions (M5, synthetic market, journal in memory) ==="
+            )
+            e_bar, r_bar, dt_bar, _ = run_engine(w, bundle, ":memory:", symbols, precomputed=False)
+            rate_bar = r_bar.decisions / dt_bar
+            rate_pre, same_journal = None, None
+            if has_pre:
+                w2 = world()
+                e_pre, r_pre, dt_pre, _ = run_engine(
+                    w2, bundle, ":memory:", symbols, precomputed=True
+                )
+                rate_pre = r_pre.decisions / dt_pre
+                same_journal = journal_fingerprint(e_pre.journal) == journal_fingerprint(
+                    e_bar.journal
+                )
+            w3 = world()
+            local = _onnx_session(bundle)
+            dt_vec, n_vec, pnl, vec_pos = vectorised(w3, local, min_conf, symbols)
+            rate_vec = n_vec / dt_vec
+            side = {"long": 1, "short": -1, "flat": 0}
+            rows = [r for r in e_bar.journal.rows() if r["decision"] in side]
+            same = sum(
+                vec_pos[r["symbol"]].get(int(r["bar_close"])) == side[r["decision"]] for r in rows
+            )
+            best = max(rate_bar, rate_pre or 0.0)
+            print(f"  {'engine, model per bar (ONNX)':<40}{rate_bar:>12,.0f} decisions/s")
+            if rate_pre is not None:
+                print(
+                    f"  {'engine, predictions precomputed':<40}{rate_pre:>12,.0f} decisions/s"
+                    f"  (journal identical to per-bar scoring: {same_journal})"
+                )
+            else:
+                print(f"  {'engine, predictions precomputed':<40}{'n/a':>12} (no PrecomputedModel)")
+            print(
+                f"  {'vectorised numpy loop':<40}{rate_vec:>12,.0f} decisions/s  ({n_vec} in {dt_vec * 1e3:.1f} ms)"
+            )
+            print(
+                f"  {'ratio engine / vectorised':<40}{best / rate_vec:>12.3f}  (1/{rate_vec / best:,.1f})"
+            )
+            print(
+                f"  model decision equal to the vectorised loop's on {same}/{len(rows)} bars "
+                f"({n_bars - len(rows)} refused before the model); verdicts {r_bar.counts}"
+            )
+            print(
+                f"  P&L at 0.1 lot: vectorised {pnl * 0.1 * 100_000:,.2f} (quote ccy, no fills), "
+                f"engine equity {r_bar.equity:,.2f} USD"
+            )
+            w4 = world()
+            _, r4, dt4, acc = run_engine(
+                w4, bundle, ":memory:", symbols, precomputed=has_pre, stages=True
+            )
+            assert acc is not None
+            print_shares(
+                f"  per-stage share, {days} days, journal in memory"
+                + (", predictions precomputed" if has_pre else ""),
+                acc,
+                dt4,
+                r4.decisions,
+            )
+            summary.append(
+                (days, n_bars, rate_bar, rate_pre, rate_vec, same, len(rows), same_journal)
+            )
+
+        # -- the short span with the journal on disk (SQLite WAL, synchronous=FULL)
+        days = spans[0]
+        end = START + days * 86_400
+        wd = backtest_world(s, START, end, names)
+        e_d, r_d, dt_d, acc_d = run_engine(
+            wd, bundle, str(tmp / "journal.sqlite"), symbols, precomputed=has_pre, stages=True
         )
-
-        # -- in-process (the ONNX fallback path), journal on disk (SQLite WAL, synchronous=FULL)
-        from engine.backtest import run_backtest
-
-        local = OnnxModel.from_dir(bundle)
-        e = _engine(w, local, str(tmp / "journal.sqlite"))
-        res = run_backtest(e, w.closes, SYMBOLS, w.set_time)
+        assert acc_d is not None
         _print_stages(
-            "tick-to-decision, model in-process (ONNX), journal SQLite on disk", e.stats.stages_ms
+            f"tick-to-decision, {days} days, journal SQLite on disk (stage timers on)",
+            e_d.stats.stages_ms,
         )
-        print(f"  verdicts {res.counts}  refusals {res.refusals}  equity {res.equity:.2f}")
+        print(f"  {r_d.decisions / dt_d:,.0f} decisions/s")
+        print_shares(f"  per-stage share, {days} days, journal on disk", acc_d, dt_d, r_d.decisions)
 
-        w2 = world()
-        e2 = _engine(w2, OnnxModel.from_dir(bundle), ":memory:")
-        res2 = run_backtest(e2, w2.closes, SYMBOLS, w2.set_time)
+        print("\nsummary (decisions/s)")
+        print(
+            f"  {'days':>5}{'decisions':>10}{'per-bar':>10}{'precomp':>10}{'vector':>12}"
+            f"{'ratio':>8}{'us/dec':>8}{'same':>14}{'journal=':>9}"
+        )
+        for days, n, rb, rp, rv, same, nrows, sj in summary:
+            best = max(rb, rp or 0.0)
+            print(
+                f"  {days:>5}{n:>10}{rb:>10,.0f}{(rp or 0):>10,.0f}{rv:>12,.0f}"
+                f"{best / rv:>8.3f}{1e6 / best:>8.1f}{f'{same}/{nrows}':>14}{sj!s:>9}"
+            )
+        if len(summary) >= 2:
+            a, b = summary[0], summary[-1]
+            ra, rb_ = max(a[2], a[3] or 0), max(b[2], b[3] or 0)
+            print(
+                f"  {b[0]}-day vs {a[0]}-day engine decisions/s: {rb_ / ra:.2f}x "
+                f"(>= 1 means the long span is no slower per decision)"
+            )
 
-        w3 = world()
-        dt_vec, n_vec, pnl, vec_pos = vectorised(
-            w3, local.session, float(manifest.get("min_confidence", 0.0))
-        )
-        side = {"long": 1, "short": -1, "flat": 0}
-        rows = [r for r in e.journal.rows() if r["decision"] in side]
-        same = sum(
-            vec_pos[r["symbol"]].get(int(r["bar_close"])) == side[r["decision"]] for r in rows
-        )
-        print("\nbacktest throughput (same bars)")
-        print(
-            f"  engine, journal on disk    {res.bars_per_s:>12,.0f} bars/s  ({res.decisions} in {res.seconds:.2f} s)"
-        )
-        print(
-            f"  engine, journal in memory  {res2.bars_per_s:>12,.0f} bars/s  ({res2.decisions} in {res2.seconds:.2f} s)"
-        )
-        print(
-            f"  vectorised numpy loop      {n_vec / dt_vec:>12,.0f} bars/s  ({n_vec} in {dt_vec * 1e3:.1f} ms)"
-        )
-        print(
-            f"  ratio vectorised / engine  {(n_vec / dt_vec) / res2.bars_per_s:>12,.0f}x (in-memory journal)"
-        )
-        print(
-            f"  same model decision as the engine on {same}/{len(rows)} bars; P&L at 0.1 lot: vectorised "
-            f"{pnl * 0.1 * 100_000:,.2f} USD, engine {(res.equity or 0) - 10_000:,.2f} USD (fills, refusals, open position)"
-        )
+        if not args.no_serving:
+            serving(
+                args,
+                bundle,
+                manifest,
+                tmp,
+                lambda: backtest_world(s, START, START + spans[0] * 86_400, names),
+                symbols,
+            )
 
-        # -- via serving
-        serving(args, bundle, manifest, tmp, world, names)
+
+def _onnx_session(bundle: Path) -> Any:
+    from engine.serving_client import OnnxModel
+
+    return OnnxModel.from_dir(bundle).session
 
 
 def serving(
-    args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world: Any, names: list[str]
+    args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world: Any, symbols: list[str]
 ) -> None:
     """Decide ``--serving-bars`` bars with the model behind HTTP serving."""
     from engine.serving_client import ServingClient
@@ -284,17 +439,17 @@ def serving(
     try:
         w = world()
         client = ServingClient(url, timeout_s=2.0, token=token)
-        closes = w.closes[: max(1, args.serving_bars // len(SYMBOLS))]
+        closes = w.closes[: max(1, args.serving_bars // len(symbols))]
         for c in closes[:5]:  # warm the connection
             w.set_time(c)
             try:
-                client.predict(w.features.read(SYMBOLS[0]))
+                client.predict(w.features.read(symbols[0]))
             except Exception as exc:
                 print(f"\nvia serving: not measured — {url} answered: {exc!r}")
                 return
         e = _engine(w, client, ":memory:")
         w.set_time(closes[0])
-        e.replay(closes, SYMBOLS, w.set_time)
+        e.replay(closes, symbols, w.set_time)
         _print_stages(
             f"tick-to-decision, model via serving ({url}, POST {client.path})", e.stats.stages_ms
         )
