@@ -52,7 +52,8 @@ class ArrayFeatureSource:
         self._clock = clock
         self._times = {s: t.tolist() for s, (t, _) in self._tables.items()}
         self._finite: dict[str, list[bool]] = {
-            s: [bool(ok) for ok in np.isfinite(v).all(axis=1)] for s, (_, v) in self._tables.items()
+            s: [bool(ok) for ok in np.asarray(np.isfinite(v).all(axis=1))]
+            for s, (_, v) in self._tables.items()
         }
 
     def table(self, symbol: str) -> tuple[np.ndarray, np.ndarray]:
