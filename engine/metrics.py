@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -14,6 +16,7 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._stage_children: dict[str, Any] = {}
         self.stage_latency = Histogram(
             "tx_engine_stage_latency_seconds",
             "Tick-to-decision latency by stage",
@@ -53,9 +56,14 @@ class EngineMetrics:
         )
 
     def observe_stages(self, latency_ms: dict[str, float]) -> None:
-        """Record one decision's latency breakdown (keys ``<stage>_ms``)."""
+        """Record one decision's latency breakdown (keys ``<stage>_ms``); the labelled
+        children are looked up once per stage (``labels()`` validates and locks each time)."""
+        children = self._stage_children
         for k, v in latency_ms.items():
-            self.stage_latency.labels(k.removesuffix("_ms")).observe(v / 1e3)
+            child = children.get(k)
+            if child is None:
+                child = children[k] = self.stage_latency.labels(k.removesuffix("_ms"))
+            child.observe(v / 1e3)
 
     def set_state(self, state: str) -> None:
         """Mark the current trading state."""

@@ -123,3 +123,42 @@ def test_precomputed_model_when_the_row_was_not_scored_then_the_wrapped_model_an
     # Assert: not the stored answer of that bar, the model's answer of this row
     assert got == model.predict(other) and pre.misses == 1 and pre.hits == 0
     assert pre.predict(row) == model.predict(row) and pre.hits == 1
+
+
+def test_tx_engine_run_backtest_when_the_bundle_is_in_process_then_every_bar_is_answered_from_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the CLI door, an in-process bundle over trend_v1
+    import json
+
+    from typer.testing import CliRunner
+
+    from feature_repo.pipeline.transforms import TREND_V1_FEATURES
+    from titanovax.cli import app
+
+    monkeypatch.setenv("TX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TX_SYMBOLS", "EURUSD,GBPUSD")
+    monkeypatch.setenv(
+        "TX_ENGINE_BUNDLE_DIR", str(linear_bundle(tmp_path / "b", list(TREND_V1_FEATURES)))
+    )
+    monkeypatch.delenv("TX_JOURNAL_URL", raising=False)
+    # Act
+    res = CliRunner().invoke(
+        app,
+        [
+            "engine",
+            "run",
+            "--mode",
+            "backtest",
+            "--start",
+            "2026-01-12T08:00",
+            "--end",
+            "2026-01-12T11:00",
+        ],
+    )
+    # Assert: 3 h of M5 closes x 2 symbols, all answered from the up-front scores
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["decisions"] == 72
+    assert out["predictions"] == {"precomputed": 72, "scored_per_bar": 0}
+    assert len(Journal(out["journal"]).rows()) == 72
