@@ -191,6 +191,17 @@ STAGE_HOOKS = (  # (stage, object path on the engine, method)
     ("journal: record()", "journal", "record"),
     ("metrics + stats", "", "_finish"),
 )
+TERMINAL = "  of which in the simulated terminal"  # nested in the stages above
+TERMINAL_CALLS = (
+    "account_info",
+    "positions_get",
+    "history_deals_get",
+    "symbol_info",
+    "symbol_info_tick",
+    "copy_rates_from_pos",
+    "order_send",
+    "order_check",
+)
 
 
 def _timed(fn: Any, acc: dict[str, float], key: str) -> Any:
@@ -213,11 +224,14 @@ def instrument(engine: Any) -> dict[str, float]:
         fn = getattr(obj, name, None)
         if fn is not None:
             setattr(obj, name, _timed(fn, acc, stage))
+    for name in TERMINAL_CALLS:
+        setattr(engine.terminal, name, _timed(getattr(engine.terminal, name), acc, TERMINAL))
     return acc
 
 
 def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None:
     acc = dict(acc)
+    nested = acc.pop(TERMINAL, 0.0)
     if "metrics + stats" in acc:
         acc["metrics + stats"] -= acc.get("journal: record()", 0.0)
     acc["other (loop, lock, records)"] = wall - sum(acc.values())
@@ -225,6 +239,7 @@ def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None
     print(f"  {'stage':<40}{'share':>8}{'us/decision':>14}")
     for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<40}{v / wall:>8.1%}{v / n * 1e6:>14.1f}")
+    print(f"  {TERMINAL:<40}{nested / wall:>8.1%}{nested / n * 1e6:>14.1f}")
 
 
 def journal_fingerprint(journal: Any) -> tuple[list[Any], list[Any], Any]:
