@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from engine.mt5 import protocol as P
-from engine.mt5.sim import SimulatedTerminal, SyntheticFeed
-from engine.mt5.synthetic import ORIGIN_UTC
+from engine.mt5.exports import Export
+from engine.mt5.sim import BarFeed, ExportFeed, SimulatedTerminal, SyntheticFeed
+from engine.mt5.synthetic import ORIGIN_UTC, synthetic_rates
+from engine.mt5.synthetic import SYMBOLS as SPECS
 
 pytestmark = pytest.mark.unit
 
@@ -34,6 +36,25 @@ class Clock:
         return self.now
 
 
+def _feed(kind: str) -> BarFeed:
+    """The synthetic market, or MT5 exports (M5 only: other timeframes are aggregated) of
+    the same bars over the script's months."""
+    if kind == "synthetic":
+        return SyntheticFeed(seed=7, symbols=SYMBOLS)
+    return ExportFeed(
+        [
+            Export(
+                s,
+                "M5",
+                synthetic_rates(s, "M5", START - 30 * DAY, START + 90 * DAY),
+                Path(f"{s}_M5.csv"),
+                digits=SPECS[s].digits,
+            )
+            for s in SYMBOLS
+        ]
+    )
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return (
@@ -49,14 +70,10 @@ class Pair:
     """The reference and the indexed terminal, driven by one clock reading each, compared on
     every answer and every ``last_error()``."""
 
-    def __init__(self, now: int, **kw: Any) -> None:
+    def __init__(self, now: int, feed: str = "synthetic", **kw: Any) -> None:
         self.ref_clock, self.new_clock = Clock(now), Clock(now)
-        self.ref = SimulatedTerminal(
-            SyntheticFeed(seed=7, symbols=SYMBOLS), clock=self.ref_clock, indexed=False, **kw
-        )
-        self.new = SimulatedTerminal(
-            SyntheticFeed(seed=7, symbols=SYMBOLS), clock=self.new_clock, **kw
-        )
+        self.ref = SimulatedTerminal(_feed(feed), clock=self.ref_clock, indexed=False, **kw)
+        self.new = SimulatedTerminal(_feed(feed), clock=self.new_clock, **kw)
         assert self.ref.initialize() and self.new.initialize()
         self.calls = 0
 
@@ -150,12 +167,13 @@ def _order(rng: random.Random, pair: Pair) -> dict[str, Any]:
     return {**base, "type": side, "volume": 0.015}  # not a multiple of the volume step
 
 
-def test_scripted_session_when_indexed_then_every_answer_equals_the_reference() -> None:
+@pytest.mark.parametrize("feed", ["synthetic", "exports"])
+def test_scripted_session_when_indexed_then_every_answer_equals_the_reference(feed: str) -> None:
     # Arrange: two terminals on the same market and clock, a seeded script of clock moves
     # (bar steps, hours, a weekend, a step back) and orders (opens with stops that get hit,
     # closes, partial closes, stop changes, invalid requests)
     rng = random.Random(20260106)
-    pair = Pair(START, balance=100_000.0)
+    pair = Pair(START, feed, balance=100_000.0)
     now = START
     steps = [300] * 12 + [60, 7 * 60, 3600, 6 * 3600, 2 * DAY, -600]
     # Act / Assert: after every move and every order, every answer is identical
