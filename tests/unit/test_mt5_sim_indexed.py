@@ -35,6 +35,12 @@ class Clock:
     def __call__(self) -> int:
         return self.now
 
+    def utc(self) -> float:
+        return float(self.now)
+
+    def set(self, t: int) -> None:
+        self.now = int(t)
+
 
 def _feed(kind: str) -> BarFeed:
     """The synthetic market, or MT5 exports (M5 only: other timeframes are aggregated) of
@@ -266,27 +272,27 @@ def test_engine_backtest_when_terminal_indexed_then_journal_equals_the_reference
     model = OnnxModel.from_dir(linear_bundle(tmp_path / "bundle", names))
     journals = []
     for indexed in (False, True):
-        now = [end]
+        clock = Clock(end)
         term = SimulatedTerminal(
-            SyntheticFeed(seed=7, symbols=SYMBOLS), clock=lambda n=now: n[0], indexed=indexed
+            SyntheticFeed(seed=7, symbols=SYMBOLS), clock=clock, indexed=indexed
         )
         assert term.initialize()
         closes = bar_closes(term, ["EURUSD", "USDJPY"], P.TIMEFRAME_M5, start, end, 2)
         engine = Engine(
             terminal=term,
-            features=ArrayFeatureSource(names, tables, clock=lambda n=now: float(n[0])),
+            features=ArrayFeatureSource(names, tables, clock=clock.utc),
             model=model,
             journal=Journal(":memory:"),
             limits=RiskLimits(max_consecutive_losses=0, daily_loss_limit=0.5, max_drawdown=0.9),
             sizing=SizingConfig(fixed_lots=0.1, stop_atr_mult=1.0, take_profit_atr_mult=1.5),
             magic=11,
-            clock=lambda n=now: float(n[0]),
+            clock=clock.utc,
             sleep=lambda s: None,
         )
         # Act
-        run_backtest(engine, closes, ["EURUSD", "USDJPY"], lambda t, n=now: n.__setitem__(0, t))
+        run_backtest(engine, closes, ["EURUSD", "USDJPY"], clock.set)
         rows = [{k: v for k, v in r.items() if k != "latency_ms"} for r in engine.journal.rows()]
-        deals = term.history_deals_get(0, end + OFF + DAY)
+        deals = term.history_deals_get(0, end + OFF + DAY) or ()
         journals.append((rows, deals, term.account_info()))
     # Assert
     (ref_rows, ref_deals, ref_acct), (new_rows, new_deals, new_acct) = journals
