@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 START = 1_768_204_800  # 2026-01-12 00:00 UTC, a Monday
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"]
 HORIZON = 6
+SEGMENT_S = 5 * 86_400
 STAGES = ("feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms")
 
 
@@ -260,6 +262,7 @@ def run_engine(
     *,
     precomputed: bool,
     stages: bool = False,
+    segments: list[tuple[int, float, int]] | None = None,
 ) -> tuple[Any, Any, float, float, dict[str, float] | None]:
     """One engine backtest: ``(engine, result, wall s, cpu s, stage totals)``; the up-front
     batched scoring (if any) counts in both times."""
@@ -274,7 +277,18 @@ def run_engine(
         e.model = bt.PrecomputedModel.score(model, world.features, symbols)
         if acc is not None:
             e.model.predict = _timed(e.model.predict, acc, "model")
-    res = bt.run_backtest(e, world.closes, symbols, world.set_time)
+    set_time = world.set_time
+    if segments is not None:  # (segment, CPU s, decisions) at each 5-day boundary
+
+        def set_time(t: int) -> None:
+            k = (t - START - 1) // SEGMENT_S
+            if not segments or segments[-1][0] != k:
+                segments.append((k, time.process_time(), e.stats.bars))
+            world.set_time(t)
+
+    res = bt.run_backtest(e, world.closes, symbols, set_time)
+    if segments is not None:
+        segments.append((-1, time.process_time(), e.stats.bars))
     return e, res, time.perf_counter() - t0, time.process_time() - c0, acc
 
 
@@ -335,10 +349,11 @@ def main() -> None:
             )
             engine_runs = [("engine, model per bar (ONNX)", wall_bar, cpu_bar)]
             same_journal = None
+            segs: list[tuple[int, float, int]] = []
             if has_pre:
                 w2 = world()
                 e_pre, _, wall_pre, cpu_pre, _ = run_engine(
-                    w2, bundle, ":memory:", symbols, precomputed=True
+                    w2, bundle, ":memory:", symbols, precomputed=True, segments=segs
                 )
                 engine_runs.append(("engine, predictions precomputed", wall_pre, cpu_pre))
                 same_journal = journal_fingerprint(e_pre.journal) == journal_fingerprint(
@@ -368,6 +383,15 @@ def main() -> None:
             if same_journal is not None:
                 print(
                     f"  journal with precomputed predictions identical to per-bar: {same_journal}"
+                )
+            if len(segs) > 2:
+                print(
+                    "  along the run (precomputed), decisions per CPU s by 5-day segment: "
+                    + ", ".join(
+                        f"{(b[2] - a[2]) / (b[1] - a[1]):,.0f}"
+                        for a, b in itertools.pairwise(segs)
+                        if b[1] > a[1]
+                    )
                 )
             side = {"long": 1, "short": -1, "flat": 0}
             rows = [r for r in e_bar.journal.rows() if r["decision"] in side]
