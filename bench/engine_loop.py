@@ -244,6 +244,58 @@ def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None
     print(f"  {TERMINAL:<40}{nested / wall:>8.1%}{nested / n * 1e6:>14.1f}")
 
 
+def _component(path: str, name: str) -> str:
+    if "engine/loop.py" in path:
+        return "loop.py" + (": deal scan in _observe_account" if "listcomp" in name else "")
+    if "engine/execution.py" in path:
+        return "execution.py" + (": find_existing deal scan" if name == "find_existing" else "")
+    if "engine/journal.py" in path or "sqlite3" in name:
+        return "journal (journal.py + sqlite3)"
+    if "json" in path:
+        return "json (journal columns, risk state)"
+    if "engine/mt5/" in path:
+        return "simulated terminal (engine/mt5)"
+    if "prometheus_client" in path or "engine/metrics.py" in path:
+        return "metrics (prometheus_client)"
+    if "engine/risk.py" in path or "engine/sizing.py" in path:
+        return "risk + sizing"
+    if "engine/backtest.py" in path:
+        return "features + precomputed answers (backtest.py)"
+    if "numpy" in path or "numpy" in name:
+        return "numpy"
+    if "hashlib" in name or "base64" in path or "sha256" in name:
+        return "client order ids (sha256, base32)"
+    return "other (builtins, dataclasses, enum, logging)"
+
+
+def profile_components(world: Any, bundle: Path, symbols: list[str]) -> None:
+    """cProfile of one in-memory backtest (predictions precomputed when available), its
+    ``tottime`` summed by component (the profiler inflates call-heavy Python: read shares)."""
+    import cProfile
+    import pstats
+
+    import engine.backtest as bt
+    from engine.serving_client import OnnxModel
+
+    model: Any = OnnxModel.from_dir(bundle)
+    if hasattr(bt, "PrecomputedModel"):
+        model = bt.PrecomputedModel.score(model, world.features, symbols)
+    e = _engine(world, model, ":memory:")
+    prof = cProfile.Profile()
+    prof.enable()
+    res = bt.run_backtest(e, world.closes, symbols, world.set_time)
+    prof.disable()
+    agg: dict[str, float] = {}
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    for (path, _, name), (_, _, tt, _, _) in stats.items():
+        k = _component(path, name)
+        agg[k] = agg.get(k, 0.0) + tt
+    total = sum(agg.values())
+    print(f"\ncProfile by component ({res.decisions} decisions, tottime shares)")
+    for k, v in sorted(agg.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<52}{v / total:>7.1%}")
+
+
 def journal_fingerprint(journal: Any) -> tuple[list[Any], list[Any], Any]:
     """Everything the journal holds except wall-clock stamps and measured latencies."""
     rows = [{k: v for k, v in r.items() if k != "latency_ms"} for r in journal.rows()]
@@ -305,6 +357,12 @@ def main() -> None:
         type=Path,
         default=None,
         help="model.onnx + manifest.json (default: fit a small one)",
+    )
+    ap.add_argument(
+        "--cprofile",
+        type=int,
+        default=0,
+        help="also print a cProfile of an N-day run by component (0: off)",
     )
     ap.add_argument("--serving-url", default=None)
     ap.add_argument("--serving-token", default=None)
@@ -462,6 +520,11 @@ def main() -> None:
             print(
                 f"  {b[0]}-day vs {a[0]}-day engine decisions per CPU s: {b[3] / a[3]:.2f}x, per wall s: "
                 f"{b[2] / a[2]:.2f}x (>= 1: the long span is no slower per decision)"
+            )
+
+        if args.cprofile:
+            profile_components(
+                backtest_world(s, START, START + args.cprofile * 86_400, names), bundle, symbols
             )
 
         if not args.no_serving:
