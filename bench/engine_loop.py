@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -33,12 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 START = 1_768_204_800  # 2026-01-12 00:00 UTC, a Monday
-SYMBOLS = ["EURUSD", "GBPUSD"]
+SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"]
 HORIZON = 6
+SEGMENT_S = 5 * 86_400
 STAGES = ("feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms")
 
 
-def make_bundle(out: Path, names: list[str]) -> Path:
+def make_bundle(out: Path, names: list[str], symbols: list[str]) -> Path:
     """Fit a small XGBoost on 10 days of synthetic bars before START, export ONNX, write
     model.onnx + manifest.json (with bundle_sha256)."""
     import xgboost as xgb
@@ -49,12 +51,12 @@ def make_bundle(out: Path, names: list[str]) -> Path:
     from titanovax.settings import PlatformSettings
     from training.export import xgb_to_onnx
 
-    s = PlatformSettings(symbols=SYMBOLS)
+    s = PlatformSettings(symbols=symbols)
     t0, t1 = START - 14 * 86_400, START - 86_400
     term = open_platform_terminal(s, clock=lambda: t1)
-    feats = precompute_features(term, SYMBOLS, "M5", t0, t1, 2, names)
+    feats = precompute_features(term, symbols, "M5", t0, t1, 2, names)
     xs, ys = [], []
-    for sym in SYMBOLS:
+    for sym in symbols:
         rates = term.copy_rates_range(sym, TIMEFRAMES["M5"], t0 + 7200 - 300, t1 + 7200)
         assert rates is not None, term.last_error()
         close_at = dict(
@@ -92,7 +94,7 @@ def make_bundle(out: Path, names: list[str]) -> Path:
         "positions": [-1, 0, 1],
         "min_confidence": 0.4,
         "timeframe": "M5",
-        "symbols": SYMBOLS,
+        "symbols": symbols,
         "label_horizon": HORIZON,
         "bundle_sha256": hashlib.sha256(data).hexdigest(),
         "train_range": [t0, t1],
@@ -139,27 +141,30 @@ def _engine(world: Any, model: Any, journal_target: str) -> Any:
 
 
 def vectorised(
-    world: Any, sess: Any, min_conf: float
-) -> tuple[float, int, float, dict[str, dict[int, int]]]:
+    world: Any, sess: Any, min_conf: float, symbols: list[str]
+) -> tuple[float, float, int, float, dict[str, dict[int, int]]]:
     """The same bars as one numpy program: batched ONNX, positions, after-spread P&L (closes
     are bid prices, so a round trip costs one spread: half a spread per unit of position change)."""
     from engine.mt5 import TIMEFRAMES
 
-    world.set_time(max(int(world.features._tables[s][0][-1]) for s in SYMBOLS))  # every bar visible
-    t0 = time.perf_counter()
+    off = 7200
+    world.set_time(max(int(world.features._tables[s][0][-1]) for s in symbols))  # all visible
+    t0, c0 = time.perf_counter(), time.process_time()
     total, n = 0.0, 0
     positions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for sym in SYMBOLS:
+    for sym in symbols:
         t, x = world.features._tables[sym]
+        keep = t > START  # the engine decides closes in (START, end]
+        t, x = t[keep], x[keep]
         rates = world.terminal.copy_rates_range(
-            sym, TIMEFRAMES["M5"], int(t[0]) + 7200 - 300, int(t[-1]) + 7200 - 300
+            sym, TIMEFRAMES["M5"], int(t[0]) + off - 300, int(t[-1]) + off - 300
         )
-        close_time = rates["time"].astype(np.int64) - 7200 + 300
+        close_time = rates["time"].astype(np.int64) - off + 300
         idx = np.searchsorted(close_time, t)
         if not np.array_equal(close_time[np.minimum(idx, len(close_time) - 1)], t):
             raise AssertionError(f"{sym}: bars and feature rows are not aligned")
         close = rates["close"][idx]
-        spread = rates["spread"][idx] * 1e-5
+        spread = rates["spread"][idx] * world.terminal.symbol_info(sym).point
         p = sess.run(["probabilities"], {"input": x.astype(np.float32)})[0]
         k = p.argmax(1)
         pos = np.where(p[np.arange(len(k)), k] >= min_conf, k - 1, 0)
@@ -167,107 +172,380 @@ def vectorised(
         total += float(pnl.sum())
         n += len(t)
         positions[sym] = (t, pos)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return (
         dt,
+        cpu,
         n,
         total,
         {s: dict(zip(t.tolist(), p.tolist(), strict=True)) for s, (t, p) in positions.items()},
     )
 
 
+# -- per-stage share: the engine's stages timed by wrapping its own methods on the instance --
+STAGE_HOOKS = (  # (stage, object path on the engine, method)
+    ("account (terminal -> risk)", "", "_observe_account"),
+    ("features", "features", "read"),
+    ("model", "model", "predict"),
+    ("plan (quotes, sizing, risk)", "", "_plan"),
+    ("orders (executor, terminal, intents)", "", "_move_position"),
+    ("journal: decided()", "journal", "decided"),
+    ("journal: record()", "journal", "record"),
+    ("metrics + stats", "", "_finish"),
+)
+TERMINAL = "  of which in the simulated terminal"  # nested in the stages above
+TERMINAL_CALLS = (
+    "account_info",
+    "positions_get",
+    "history_deals_get",
+    "symbol_info",
+    "symbol_info_tick",
+    "copy_rates_from_pos",
+    "order_send",
+    "order_check",
+)
+
+
+def _timed(fn: Any, acc: dict[str, float], key: str) -> Any:
+    def wrapper(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+
+    return wrapper
+
+
+def instrument(engine: Any) -> dict[str, float]:
+    """Wrap the engine's stage methods (present ones only) with timers; returns the totals
+    (seconds). ``metrics + stats`` is ``_finish`` minus the journal's ``record``."""
+    acc: dict[str, float] = {}
+    for stage, path, name in STAGE_HOOKS:
+        obj = getattr(engine, path) if path else engine
+        fn = getattr(obj, name, None)
+        if fn is not None:
+            setattr(obj, name, _timed(fn, acc, stage))
+    for name in TERMINAL_CALLS:
+        setattr(engine.terminal, name, _timed(getattr(engine.terminal, name), acc, TERMINAL))
+    return acc
+
+
+def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None:
+    acc = dict(acc)
+    nested = acc.pop(TERMINAL, 0.0)
+    if "metrics + stats" in acc:
+        acc["metrics + stats"] -= acc.get("journal: record()", 0.0)
+    acc["other (loop, lock, records)"] = wall - sum(acc.values())
+    print(f"\n{title}: {n} decisions in {wall:.2f} s = {wall / n * 1e6:.1f} us/decision")
+    print(f"  {'stage':<40}{'share':>8}{'us/decision':>14}")
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<40}{v / wall:>8.1%}{v / n * 1e6:>14.1f}")
+    print(f"  {TERMINAL:<40}{nested / wall:>8.1%}{nested / n * 1e6:>14.1f}")
+
+
+def _component(path: str, name: str) -> str:
+    if "engine/loop.py" in path:
+        return "loop.py" + (": deal scan in _observe_account" if "listcomp" in name else "")
+    if "engine/execution.py" in path:
+        return "execution.py" + (": find_existing deal scan" if name == "find_existing" else "")
+    if "engine/journal.py" in path or "sqlite3" in name:
+        return "journal (journal.py + sqlite3)"
+    if "json" in path:
+        return "json (journal columns, risk state)"
+    if "engine/mt5/" in path:
+        return "simulated terminal (engine/mt5)"
+    if "prometheus_client" in path or "engine/metrics.py" in path:
+        return "metrics (prometheus_client)"
+    if "engine/risk.py" in path or "engine/sizing.py" in path:
+        return "risk + sizing"
+    if "engine/backtest.py" in path:
+        return "features + precomputed answers (backtest.py)"
+    if "numpy" in path or "numpy" in name:
+        return "numpy"
+    if "hashlib" in name or "base64" in path or "sha256" in name:
+        return "client order ids (sha256, base32)"
+    return "other (builtins, dataclasses, enum, logging)"
+
+
+def profile_components(world: Any, bundle: Path, symbols: list[str]) -> None:
+    """cProfile of one in-memory backtest (predictions precomputed when available), its
+    ``tottime`` summed by component (the profiler inflates call-heavy Python: read shares)."""
+    import cProfile
+    import pstats
+
+    import engine.backtest as bt
+    from engine.serving_client import OnnxModel
+
+    model: Any = OnnxModel.from_dir(bundle)
+    if hasattr(bt, "PrecomputedModel"):
+        model = bt.PrecomputedModel.score(model, world.features, symbols)
+    e = _engine(world, model, ":memory:")
+    prof = cProfile.Profile()
+    prof.enable()
+    res = bt.run_backtest(e, world.closes, symbols, world.set_time)
+    prof.disable()
+    agg: dict[str, float] = {}
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    for (path, _, name), (_, _, tt, _, _) in stats.items():
+        k = _component(path, name)
+        agg[k] = agg.get(k, 0.0) + tt
+    total = sum(agg.values())
+    print(f"\ncProfile by component ({res.decisions} decisions, tottime shares)")
+    for k, v in sorted(agg.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<52}{v / total:>7.1%}")
+
+
+def journal_fingerprint(journal: Any) -> tuple[list[Any], list[Any], Any]:
+    """Everything the journal holds except wall-clock stamps and measured latencies."""
+    rows = [{k: v for k, v in r.items() if k != "latency_ms"} for r in journal.rows()]
+    intents = [
+        {k: v for k, v in vars(it).items() if k not in ("created_at", "updated_at")}
+        for it in journal.intents()
+    ]
+    return rows, intents, journal.load_state("risk")
+
+
+def run_engine(
+    world: Any,
+    bundle: Path,
+    journal_target: str,
+    symbols: list[str],
+    *,
+    precomputed: bool,
+    stages: bool = False,
+    segments: list[tuple[int, float, int]] | None = None,
+) -> tuple[Any, Any, float, float, dict[str, float] | None]:
+    """One engine backtest: ``(engine, result, wall s, cpu s, stage totals)``; the up-front
+    batched scoring (if any) counts in both times."""
+    import engine.backtest as bt
+    from engine.serving_client import OnnxModel
+
+    model: Any = OnnxModel.from_dir(bundle)
+    e = _engine(world, model, journal_target)
+    acc = instrument(e) if stages else None
+    t0, c0 = time.perf_counter(), time.process_time()
+    if precomputed:
+        e.model = bt.PrecomputedModel.score(model, world.features, symbols)
+        if acc is not None:
+            e.model.predict = _timed(e.model.predict, acc, "model")
+    set_time = world.set_time
+    if segments is not None:  # (segment, CPU s, decisions) at each 5-day boundary
+
+        def set_time(t: int) -> None:
+            k = (t - START - 1) // SEGMENT_S
+            if not segments or segments[-1][0] != k:
+                segments.append((k, time.process_time(), e.stats.bars))
+            world.set_time(t)
+
+    res = bt.run_backtest(e, world.closes, symbols, set_time)
+    if segments is not None:
+        segments.append((-1, time.process_time(), e.stats.bars))
+    return e, res, time.perf_counter() - t0, time.process_time() - c0, acc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--days", type=int, default=5, help="days of M5 bars to backtest (2 symbols)")
+    ap.add_argument("--spans", default="3,60", help="backtest spans in days, comma-separated")
+    ap.add_argument("--symbols", default=",".join(SYMBOLS), help="comma-separated symbols")
     ap.add_argument("--serving-bars", type=int, default=300, help="bars decided through serving")
+    ap.add_argument("--no-serving", action="store_true", help="skip the serving measurement")
     ap.add_argument(
         "--bundle",
         type=Path,
         default=None,
         help="model.onnx + manifest.json (default: fit a small one)",
     )
+    ap.add_argument(
+        "--cprofile",
+        type=int,
+        default=0,
+        help="also print a cProfile of an N-day run by component (0: off)",
+    )
     ap.add_argument("--serving-url", default=None)
     ap.add_argument("--serving-token", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
+    spans = [int(d) for d in args.spans.split(",")]
 
-    from engine.serving_client import OnnxModel
+    import engine.backtest as bt
     from feature_repo.pipeline.transforms import TREND_V1_FEATURES
     from titanovax.engine_world import backtest_world
     from titanovax.settings import PlatformSettings
 
+    has_pre = hasattr(bt, "PrecomputedModel")
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         names = list(TREND_V1_FEATURES)
         t = time.perf_counter()
-        bundle = args.bundle or make_bundle(tmp / "bundle", names)
+        bundle = args.bundle or make_bundle(tmp / "bundle", names, symbols)
         manifest = json.loads((bundle / "manifest.json").read_text())
         names = list(manifest["features"])
+        min_conf = float(manifest.get("min_confidence", 0.0))
         print(
             f"bundle: {bundle} ({manifest.get('model_version')}, sha256 {manifest['bundle_sha256'][:12]}…) in {time.perf_counter() - t:.1f} s"
         )
-        s = PlatformSettings(symbols=SYMBOLS, home=tmp / "home")
-        end = START + args.days * 86_400
+        s = PlatformSettings(symbols=symbols, home=tmp / "home")
+        summary = []
+        for days in spans:
+            end = START + days * 86_400
 
-        def world() -> Any:
-            return backtest_world(s, START, end, names)
+            def world(end: int = end) -> Any:
+                return backtest_world(s, START, end, names)
 
-        w = world()
-        n_bars = len(w.closes) * len(SYMBOLS)
-        print(
-            f"bars: {len(w.closes)} closes x {len(SYMBOLS)} symbols = {n_bars} decisions (M5, synthetic market)"
+            w = world()
+            n_bars = len(w.closes) * len(symbols)
+            print(
+                f"\n=== span {days} days: {len(w.closes)} closes x {len(symbols)} symbols "
+                f"= {n_bars} decisions (M5, synthetic market, journal in memory) ==="
+            )
+            e_bar, r_bar, wall_bar, cpu_bar, _ = run_engine(
+                w, bundle, ":memory:", symbols, precomputed=False
+            )
+            engine_runs = [("engine, model per bar (ONNX)", wall_bar, cpu_bar)]
+            same_journal = None
+            segs: list[tuple[int, float, int]] = []
+            if has_pre:
+                w2 = world()
+                e_pre, _, wall_pre, cpu_pre, _ = run_engine(
+                    w2, bundle, ":memory:", symbols, precomputed=True, segments=segs
+                )
+                engine_runs.append(("engine, predictions precomputed", wall_pre, cpu_pre))
+                same_journal = journal_fingerprint(e_pre.journal) == journal_fingerprint(
+                    e_bar.journal
+                )
+            sess = _onnx_session(bundle)
+            vec = [vectorised(world(), sess, min_conf, symbols) for _ in range(3)]
+            wall_vec = float(np.median([v[0] for v in vec]))
+            cpu_vec = float(np.median([v[1] for v in vec]))
+            _, _, n_vec, pnl, vec_pos = vec[0]
+            n = r_bar.decisions
+            print(f"  {'':<36}{'decisions/s':>14}{'per CPU s':>12}{'us/decision':>13}")
+            for name, wall, cpu in engine_runs:
+                print(f"  {name:<36}{n / wall:>14,.0f}{n / cpu:>12,.0f}{wall / n * 1e6:>13.1f}")
+            print(
+                f"  {'vectorised numpy loop (median of 3)':<36}{n_vec / wall_vec:>14,.0f}"
+                f"{n_vec / cpu_vec:>12,.0f}{wall_vec / n_vec * 1e6:>13.2f}"
+            )
+            best_wall = min(r[1] for r in engine_runs)
+            best_cpu = min(r[2] for r in engine_runs)
+            ratio_wall = (n / best_wall) / (n_vec / wall_vec)
+            ratio_cpu = (n / best_cpu) / (n_vec / cpu_vec)
+            print(
+                f"  ratio engine / vectorised: {ratio_wall:.4f} wall (1/{1 / ratio_wall:,.0f}), "
+                f"{ratio_cpu:.4f} CPU (1/{1 / ratio_cpu:,.0f}); target >= 0.1"
+            )
+            if same_journal is not None:
+                print(
+                    f"  journal with precomputed predictions identical to per-bar: {same_journal}"
+                )
+            if len(segs) > 2:
+                print(
+                    "  along the run (precomputed), decisions per CPU s by 5-day segment: "
+                    + ", ".join(
+                        f"{(b[2] - a[2]) / (b[1] - a[1]):,.0f}"
+                        for a, b in itertools.pairwise(segs)
+                        if b[1] > a[1]
+                    )
+                )
+            side = {"long": 1, "short": -1, "flat": 0}
+            rows = [r for r in e_bar.journal.rows() if r["decision"] in side]
+            same = sum(
+                vec_pos[r["symbol"]].get(int(r["bar_close"])) == side[r["decision"]] for r in rows
+            )
+            print(
+                f"  model decision equal to the vectorised loop's on {same}/{len(rows)} bars "
+                f"({n_bars - len(rows)} refused before the model); verdicts {r_bar.counts}"
+            )
+            print(
+                f"  P&L at 0.1 lot: vectorised {pnl * 0.1 * 100_000:,.2f} (quote ccy, no fills), "
+                f"engine equity {r_bar.equity:,.2f} USD"
+            )
+            _, r4, wall4, _, acc = run_engine(
+                world(), bundle, ":memory:", symbols, precomputed=has_pre, stages=True
+            )
+            assert acc is not None
+            print_shares(
+                f"  per-stage share, {days} days, journal in memory"
+                + (", predictions precomputed" if has_pre else ""),
+                acc,
+                wall4,
+                r4.decisions,
+            )
+            summary.append(
+                (
+                    days,
+                    n,
+                    n / best_wall,
+                    n / best_cpu,
+                    ratio_wall,
+                    ratio_cpu,
+                    same,
+                    len(rows),
+                    same_journal,
+                )
+            )
+
+        # -- the short span with the journal on disk (SQLite WAL, synchronous=FULL)
+        days = spans[0]
+        wd = backtest_world(s, START, START + days * 86_400, names)
+        e_d, r_d, wall_d, _, acc_d = run_engine(
+            wd, bundle, str(tmp / "journal.sqlite"), symbols, precomputed=has_pre, stages=True
         )
-
-        # -- in-process (the ONNX fallback path), journal on disk (SQLite WAL, synchronous=FULL)
-        from engine.backtest import run_backtest
-
-        local = OnnxModel.from_dir(bundle)
-        e = _engine(w, local, str(tmp / "journal.sqlite"))
-        res = run_backtest(e, w.closes, SYMBOLS, w.set_time)
+        assert acc_d is not None
         _print_stages(
-            "tick-to-decision, model in-process (ONNX), journal SQLite on disk", e.stats.stages_ms
+            f"tick-to-decision, {days} days, journal SQLite on disk (stage timers on)",
+            e_d.stats.stages_ms,
         )
-        print(f"  verdicts {res.counts}  refusals {res.refusals}  equity {res.equity:.2f}")
-
-        w2 = world()
-        e2 = _engine(w2, OnnxModel.from_dir(bundle), ":memory:")
-        res2 = run_backtest(e2, w2.closes, SYMBOLS, w2.set_time)
-
-        w3 = world()
-        dt_vec, n_vec, pnl, vec_pos = vectorised(
-            w3, local.session, float(manifest.get("min_confidence", 0.0))
-        )
-        side = {"long": 1, "short": -1, "flat": 0}
-        rows = [r for r in e.journal.rows() if r["decision"] in side]
-        same = sum(
-            vec_pos[r["symbol"]].get(int(r["bar_close"])) == side[r["decision"]] for r in rows
-        )
-        print("\nbacktest throughput (same bars)")
-        print(
-            f"  engine, journal on disk    {res.bars_per_s:>12,.0f} bars/s  ({res.decisions} in {res.seconds:.2f} s)"
-        )
-        print(
-            f"  engine, journal in memory  {res2.bars_per_s:>12,.0f} bars/s  ({res2.decisions} in {res2.seconds:.2f} s)"
-        )
-        print(
-            f"  vectorised numpy loop      {n_vec / dt_vec:>12,.0f} bars/s  ({n_vec} in {dt_vec * 1e3:.1f} ms)"
-        )
-        print(
-            f"  ratio vectorised / engine  {(n_vec / dt_vec) / res2.bars_per_s:>12,.0f}x (in-memory journal)"
-        )
-        print(
-            f"  same model decision as the engine on {same}/{len(rows)} bars; P&L at 0.1 lot: vectorised "
-            f"{pnl * 0.1 * 100_000:,.2f} USD, engine {(res.equity or 0) - 10_000:,.2f} USD (fills, refusals, open position)"
+        print(f"  {r_d.decisions / wall_d:,.0f} decisions/s")
+        print_shares(
+            f"  per-stage share, {days} days, journal on disk", acc_d, wall_d, r_d.decisions
         )
 
-        # -- via serving
-        serving(args, bundle, manifest, tmp, world, names)
+        print("\nsummary (best engine run per span; ratio = engine / vectorised decisions/s)")
+        print(
+            f"  {'days':>5}{'decisions':>10}{'dec/s':>9}{'dec/CPU s':>11}{'ratio wall':>12}"
+            f"{'ratio CPU':>11}{'same as vectorised':>20}{'journal =':>11}"
+        )
+        for days, n, rw, rc, qw, qc, same, nrows, sj in summary:
+            print(
+                f"  {days:>5}{n:>10}{rw:>9,.0f}{rc:>11,.0f}{qw:>12.4f}{qc:>11.4f}"
+                f"{f'{same}/{nrows}':>20}{sj!s:>11}"
+            )
+        if len(summary) >= 2:
+            a, b = summary[0], summary[-1]
+            print(
+                f"  {b[0]}-day vs {a[0]}-day engine decisions per CPU s: {b[3] / a[3]:.2f}x, per wall s: "
+                f"{b[2] / a[2]:.2f}x (>= 1: the long span is no slower per decision)"
+            )
+
+        if args.cprofile:
+            profile_components(
+                backtest_world(s, START, START + args.cprofile * 86_400, names), bundle, symbols
+            )
+
+        if not args.no_serving:
+            serving(
+                args,
+                bundle,
+                manifest,
+                tmp,
+                lambda: backtest_world(s, START, START + spans[0] * 86_400, names),
+                symbols,
+            )
+
+
+def _onnx_session(bundle: Path) -> Any:
+    from engine.serving_client import OnnxModel
+
+    return OnnxModel.from_dir(bundle).session
 
 
 def serving(
-    args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world: Any, names: list[str]
+    args: Any, bundle: Path, manifest: dict[str, Any], tmp: Path, world: Any, symbols: list[str]
 ) -> None:
     """Decide ``--serving-bars`` bars with the model behind HTTP serving."""
     from engine.serving_client import ServingClient
@@ -284,17 +562,17 @@ def serving(
     try:
         w = world()
         client = ServingClient(url, timeout_s=2.0, token=token)
-        closes = w.closes[: max(1, args.serving_bars // len(SYMBOLS))]
+        closes = w.closes[: max(1, args.serving_bars // len(symbols))]
         for c in closes[:5]:  # warm the connection
             w.set_time(c)
             try:
-                client.predict(w.features.read(SYMBOLS[0]))
+                client.predict(w.features.read(symbols[0]))
             except Exception as exc:
                 print(f"\nvia serving: not measured — {url} answered: {exc!r}")
                 return
         e = _engine(w, client, ":memory:")
         w.set_time(closes[0])
-        e.replay(closes, SYMBOLS, w.set_time)
+        e.replay(closes, symbols, w.set_time)
         _print_stages(
             f"tick-to-decision, model via serving ({url}, POST {client.path})", e.stats.stages_ms
         )

@@ -1,13 +1,18 @@
-"""Backtest/paper helpers: an in-memory feature source and the list of bar closes to replay.
+"""Backtest/paper helpers: an in-memory feature source, a model client that answers from
+predictions scored up front, and the list of bar closes to replay.
 
 The engine itself is the same in every mode; a backtest only swaps the world it is given:
-a simulated terminal on a simulated clock, and (optionally) features precomputed in memory
-instead of read from Redis, so it runs as fast as the engine's own code allows.
+a simulated terminal on a simulated clock, features precomputed in memory instead of read
+from Redis, and (optionally) the model's answers for every bar computed in one batched ONNX
+call before the replay (:class:`PrecomputedModel`), so it runs as fast as the engine's own
+code allows.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -16,11 +21,17 @@ import numpy as np
 from engine.features import FeatureRow, FeatureUnavailable
 from engine.loop import Engine
 from engine.mt5 import protocol as mt5
+from engine.serving_client import CLASS_POSITIONS, OnnxModel, Prediction
+
+log = logging.getLogger(__name__)
 
 
 class ArrayFeatureSource:
     """Feature rows from arrays: ``read(symbol)`` returns the latest row whose event time is
-    at or before ``clock()``, exactly as the online store would hold it at that instant."""
+    at or before ``clock()``, exactly as the online store would hold it at that instant.
+
+    A read is a binary search on the row times (kept as a Python list) and one row turned into
+    the name → value dict; which rows are all finite is computed once up front."""
 
     def __init__(
         self,
@@ -39,6 +50,19 @@ class ArrayFeatureSource:
             for s, (t, v) in (sequences or {}).items()
         }
         self._clock = clock
+        self._times = {s: t.tolist() for s, (t, _) in self._tables.items()}
+        self._finite: dict[str, list[bool]] = {
+            s: [bool(ok) for ok in np.asarray(np.isfinite(v).all(axis=1))]
+            for s, (_, v) in self._tables.items()
+        }
+
+    def table(self, symbol: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(event times, rows)`` of ``symbol``."""
+        return self._tables[symbol]
+
+    def sequence_table(self, symbol: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(event times, sequences)`` of ``symbol``, if the source has sequences."""
+        return self._seqs.get(symbol)
 
     @property
     def features(self) -> list[str]:
@@ -50,11 +74,11 @@ class ArrayFeatureSource:
         if symbol not in self._tables:
             raise FeatureUnavailable(f"no features for {symbol}")
         times, values = self._tables[symbol]
-        i = int(np.searchsorted(times, int(self._clock()), "right")) - 1
+        i = bisect_right(self._times[symbol], int(self._clock())) - 1
         if i < 0:
             raise FeatureUnavailable(f"no feature row for {symbol} before {self._clock():.0f}")
         row = values[i]
-        if not np.all(np.isfinite(row)):
+        if not self._finite[symbol][i]:
             raise FeatureUnavailable(f"{symbol}: non-finite feature at {int(times[i])}")
         seq = None
         if self._seqs:  # the sequence of the same bar ([seq_len, channels]), or no row at all
@@ -68,6 +92,129 @@ class ArrayFeatureSource:
         return FeatureRow(
             symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)), sequence=seq
         )
+
+
+class PrecomputedModel:
+    """A model client for backtests that answers from predictions scored up front.
+
+    The model is stateless (a row's answer depends on that row only), so a backtest may score
+    every feature row of the run in one batched ONNX call (:meth:`score`) and let the engine,
+    bar by bar, look its row's answer up instead of calling the model. The answer is the
+    :class:`~engine.serving_client.Prediction` :meth:`OnnxModel.predict` would give: same
+    argmax, ``min_confidence`` rule, probabilities, version and hash.
+
+    A row is answered from the table only when it is the very row that was scored (same
+    symbol, event time and values; with a sequence model, the same sequence); any other row is
+    scored by the wrapped model, so a cached answer can never be the wrong one. :meth:`score`
+    checks that batching does not change the graph's outputs: a few rows are scored one by one
+    and compared bit for bit with the batch; if they differ (a graph whose kernels depend on
+    the batch size), it scores row by row instead.
+    """
+
+    def __init__(
+        self,
+        model: OnnxModel,
+        answers: Mapping[str, tuple[list[int], list[list[float]], np.ndarray]],
+        sequences: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        self.model = model
+        self.model_version = model.model_version
+        self.bundle_sha256 = model.bundle_sha256
+        self._times = {s: {t: i for i, t in enumerate(ts)} for s, (ts, _, _) in answers.items()}
+        self._values = {s: v for s, (_, v, _) in answers.items()}
+        self._probs = {s: p for s, (_, _, p) in answers.items()}
+        self._seqs = dict(sequences or {})
+        self._answers: dict[tuple[str, int], Prediction] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def score(
+        cls,
+        model: OnnxModel,
+        source: ArrayFeatureSource,
+        symbols: list[str],
+        *,
+        check_rows: int = 8,
+    ) -> PrecomputedModel:
+        """Score every row of ``source`` for ``symbols`` in one ONNX call per symbol."""
+        index = [source.names.index(f) for f in model.features]
+        answers: dict[str, tuple[list[int], list[list[float]], np.ndarray]] = {}
+        seqs: dict[str, np.ndarray] = {}
+        for sym in symbols:
+            times, values = source.table(sym)
+            feeds: dict[str, np.ndarray] = {model.input_name: values[:, index].astype(np.float32)}
+            if model.seq_input is not None:
+                seq = source.sequence_table(sym)
+                if seq is None or not np.array_equal(seq[0], times):
+                    continue  # rows without their sequence: the model scores them bar by bar
+                feeds[model.seq_input] = seq[1]
+                seqs[sym] = seq[1]
+            probs = _batched(model, feeds, check_rows)
+            answers[sym] = (times.tolist(), values.tolist(), probs)
+        return cls(model, answers, seqs)
+
+    def predict(self, row: FeatureRow) -> Prediction:
+        """The precomputed answer of ``row``, or the wrapped model's for a row not scored."""
+        key = (row.symbol, int(row.event_time))
+        i = self._times.get(row.symbol, {}).get(key[1]) if row.event_time == key[1] else None
+        if (
+            i is None
+            or list(row.values.values()) != self._values[row.symbol][i]
+            or (
+                row.symbol in self._seqs
+                and (
+                    row.sequence is None
+                    or not np.array_equal(row.sequence, self._seqs[row.symbol][i])
+                )
+            )
+        ):
+            self.misses += 1
+            return self.model.predict(row)
+        self.hits += 1
+        pred = self._answers.get(key)
+        if pred is None:
+            pred = self._answers[key] = self._prediction(self._probs[row.symbol][i])
+        return pred
+
+    def _prediction(self, probs: np.ndarray) -> Prediction:
+        m = self.model
+        k = int(np.argmax(probs))
+        label = m.classes[k] if float(probs[k]) >= m.min_confidence else "flat"
+        return Prediction(
+            m.model_version,
+            CLASS_POSITIONS[label],
+            label,
+            {c: float(p) for c, p in zip(m.classes, probs, strict=True)},
+            m.bundle_sha256,
+            "onnx",
+            float(probs[k]),
+        )
+
+
+def _batched(model: OnnxModel, feeds: dict[str, np.ndarray], check_rows: int) -> np.ndarray:
+    """The probabilities of every row: one batched call when a few rows scored alone give the
+    same bits, else row by row."""
+    n = len(next(iter(feeds.values())))
+    if n == 0:
+        return np.zeros((0, len(model.classes)), np.float32)
+    probs = np.asarray(model.session.run([model.prob_output], feeds)[0])
+    step = max(1, n // max(1, check_rows))
+    for i in range(0, n, step):
+        one = model.session.run([model.prob_output], {k: v[i : i + 1] for k, v in feeds.items()})
+        if not np.array_equal(np.asarray(one[0])[0], probs[i]):
+            log.warning("batched scores differ from single-row scores: scoring row by row")
+            return np.concatenate(
+                [
+                    np.asarray(
+                        model.session.run(
+                            [model.prob_output], {k: v[j : j + 1] for k, v in feeds.items()}
+                        )[0]
+                    )
+                    for j in range(n)
+                ]
+            )
+    return probs
 
 
 def bar_closes(

@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _MemoLabels:
+    """``labels(*values)`` answered from a per-metric dict after the first call of a label
+    set: the engine labels several metrics on every bar, and ``prometheus_client`` validates
+    the values and takes a lock on each call. The children are the library's own (exposition
+    unchanged); the engine never removes a label set, which would leave the memo stale."""
+
+    def labels(self, *values: Any, **kw: Any) -> Any:
+        if kw or not values:
+            return super().labels(*values, **kw)  # type: ignore[misc]
+        memo: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_tx_children", {})
+        child = memo.get(values)
+        if child is None:
+            child = memo[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+
+class _Counter(_MemoLabels, Counter):
+    pass
+
+
+class _Gauge(_MemoLabels, Gauge):
+    pass
+
+
+class _Histogram(_MemoLabels, Histogram):
+    pass
 
 
 class EngineMetrics:
@@ -14,39 +44,39 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.stage_latency = Histogram(
+        self.stage_latency = _Histogram(
             "tx_engine_stage_latency_seconds",
             "Tick-to-decision latency by stage",
             ["stage"],
             registry=r,
             buckets=_BUCKETS,
         )
-        self.decisions = Counter(
+        self.decisions = _Counter(
             "tx_engine_decisions_total", "Decisions by verdict", ["verdict"], registry=r
         )
-        self.refusals = Counter(
+        self.refusals = _Counter(
             "tx_engine_refusals_total",
             "Refusals and order errors by reason code",
             ["reason"],
             registry=r,
         )
-        self.orders = Counter(
+        self.orders = _Counter(
             "tx_engine_orders_total", "order_send answers by retcode", ["retcode"], registry=r
         )
-        self.equity = Gauge("tx_engine_equity", "Account equity", registry=r)
-        self.drawdown = Gauge(
+        self.equity = _Gauge("tx_engine_equity", "Account equity", registry=r)
+        self.drawdown = _Gauge(
             "tx_engine_drawdown_ratio", "Trailing drawdown from the equity peak", registry=r
         )
-        self.feature_age = Gauge(
+        self.feature_age = _Gauge(
             "tx_engine_feature_age_seconds",
             "Age of the last feature row read",
             ["symbol"],
             registry=r,
         )
-        self.state = Gauge(
+        self.state = _Gauge(
             "tx_engine_trading_state", "Trading state (1 = current)", ["state"], registry=r
         )
-        self.fallbacks = Counter(
+        self.fallbacks = _Counter(
             "tx_engine_model_fallbacks_total",
             "Predictions answered by the in-process ONNX fallback",
             registry=r,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -91,8 +91,11 @@ class RiskState:
     order_times: list[float] = field(default_factory=list)
 
     def to_json(self) -> str:
-        """Serialise for the journal."""
-        return json.dumps(asdict(self))
+        """Serialise for the journal (the fields in order; what ``asdict`` gives, without its
+        deep copy: this runs on every state change, up to several times a bar)."""
+        d = {f: getattr(self, f) for f in _STATE_FIELDS}
+        d["order_times"] = list(self.order_times)
+        return json.dumps(d)
 
     @classmethod
     def from_json(cls, text: str) -> RiskState:
@@ -115,6 +118,21 @@ class RiskState:
             if self.day_start_equity > 0
             else 0.0
         )
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(RiskState))
+
+
+def _utc_day(now: float) -> str:
+    """``YYYY-MM-DD`` of the UTC day of ``now`` (epoch seconds); the last answer is kept, as
+    the engine asks it on every bar."""
+    day = int(now // 86_400)
+    if _LAST_DAY[0] != day:
+        _LAST_DAY[:] = [day, datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")]
+    return str(_LAST_DAY[1])
+
+
+_LAST_DAY: list[int | str] = [-(10**9), ""]
 
 
 def _reduces(current: float, target: float) -> bool:
@@ -252,7 +270,7 @@ class RiskManager:
     def observe_equity(self, equity: float, now: float) -> None:
         """Track the day's first equity and the peak; halt on daily loss or drawdown."""
         st = self.state
-        day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        day = _utc_day(now)
         changed = False
         if st.day != day:
             st.day, st.day_start_equity = day, equity

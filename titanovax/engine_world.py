@@ -185,7 +185,7 @@ def run_engine(
     from datetime import UTC, datetime
 
     from engine.app import ModelHandle, build_engine
-    from engine.backtest import run_backtest
+    from engine.backtest import PrecomputedModel, run_backtest
     from engine.config import EngineSettings
     from engine.control import ControlServer
     from engine.journal import Journal
@@ -207,6 +207,8 @@ def run_engine(
         world = backtest_world(
             ps.model_copy(update={"symbols": es.symbols}), start_utc, end_utc, names, sequence=seq
         )
+        if isinstance(model, OnnxModel):  # stateless: score every bar in one batched call
+            model = PrecomputedModel.score(model, world.features, es.symbols)
         target = es.journal_url or str(
             ps.home / "engine" / f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite"
         )
@@ -233,6 +235,11 @@ def run_engine(
             "equity": res.equity,
             "decision_ms_p50": round(float(np.percentile(lat, 50)), 3),
             "decision_ms_p99": round(float(np.percentile(lat, 99)), 3),
+            "predictions": (
+                {"precomputed": model.hits, "scored_per_bar": model.misses}
+                if isinstance(model, PrecomputedModel)
+                else {"scored_per_bar": res.decisions}
+            ),
             "journal": target,
         }
 

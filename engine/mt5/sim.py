@@ -38,6 +38,17 @@ official module's semantics where they matter to TitanovaX:
 
 Everything is deterministic and single-threaded: the same feed, clock readings and calls
 give the same tickets, prices and balances.
+
+**Cost per call.** A backtest asks for quotes, the account, positions and deals on every bar,
+so these answer from state kept incrementally rather than from the whole history: per symbol
+a window of base bars around the clock (refetched when the clock leaves it; a quote is two
+binary searches in it), the open positions, and the deals indexed by time, order and position
+(a time range is a binary search plus the deals in it). Answers derived from the clock and the
+account (the account, positions, symbol infos, ticks) are memoised for the current clock
+reading until the account changes. The cost of a call therefore does not grow with the length
+of the run. ``SimulatedTerminal(..., indexed=False)`` answers every call from the feed and the
+deal list directly, as the reference the indexed answers are tested against
+(``tests/unit/test_mt5_sim_indexed.py``); both give identical results.
 """
 
 from __future__ import annotations
@@ -45,9 +56,11 @@ from __future__ import annotations
 import calendar
 import logging
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -123,6 +136,7 @@ DEFAULT_SYNTHETIC_END_UTC = 1_767_225_600
 
 _TF_NAMES: dict[int, str] = {v: k for k, v in TIMEFRAMES.items()}
 _LOOKBACK = 14 * 86_400  # how far back to look for the last closed bar before widening
+_AHEAD = 7 * 86_400  # how far past the clock a base-bar window reaches (refetched beyond)
 _COMMENT_MAX = 31
 _REQUEST_FIELDS = frozenset(TradeRequest._fields)
 
@@ -138,7 +152,9 @@ class BarFeed(Protocol):
     ``[start_utc, end_utc)``, with ``time`` in server time; it raises ``KeyError`` for an
     unknown symbol or a timeframe it cannot provide. ``base_timeframe`` is the finest
     timeframe, which drives ticks, fills and SL/TP; ``span_utc`` is ``[first bar open, end)``
-    of the history (the end is where a clock-less terminal stands).
+    of the history (the end is where a clock-less terminal stands). A feed's history is
+    immutable: the same range always gives the same bars, whenever it is asked (the terminal
+    keeps windows of base bars).
     """
 
     def symbols(self) -> list[str]: ...
@@ -222,6 +238,7 @@ class ExportFeed:
         self._off = int(server_utc_offset_hours) * 3600
         self._paths: dict[tuple[str, str], Path] = {}
         self._data: dict[tuple[str, str], np.ndarray] = {}
+        self._times: dict[tuple[str, str], np.ndarray] = {}
         self._digits: dict[str, int] = {}
         if isinstance(exports, str | Path):
             self._paths = scan_exports(exports)
@@ -273,7 +290,9 @@ class ExportFeed:
 
     def rates(self, symbol: str, timeframe: str, start_utc: int, end_utc: int) -> np.ndarray:
         arr = self._load(symbol, timeframe)
-        t = arr["time"]
+        t = self._times.get((symbol, timeframe))
+        if t is None or len(t) != len(arr):  # a contiguous key: O(log n) search, no column copy
+            t = self._times[(symbol, timeframe)] = np.ascontiguousarray(arr["time"], np.int64)
         i0 = np.searchsorted(t, start_utc + self._off, "left")
         i1 = np.searchsorted(t, end_utc + self._off, "left")
         return arr[i0:i1].copy()
@@ -361,6 +380,7 @@ class SimulatedTerminal:
         server: str = "TitanovaX-Sim",
         name: str = "TitanovaX Simulator",
         company: str = "TitanovaX",
+        indexed: bool = True,
     ) -> None:
         if leverage < 1:
             raise ValueError("leverage must be >= 1")
@@ -389,6 +409,22 @@ class SimulatedTerminal:
         self._quotes: dict[str, _Quote | None] = {}
         self._quotes_at: int | None = None
         self._warned_ccy: set[str] = set()
+        # incremental state (see "Cost per call" in the module docstring)
+        self.indexed = bool(indexed)
+        self._symset: frozenset[str] | None = None
+        self._specs: dict[str, SymbolSpec] = {}
+        self._bases: dict[str, tuple[str, int]] = {}
+        # symbol -> (lo, hi, bars with server time, their UTC open times): every base bar
+        # with UTC open time in [lo, hi)
+        self._windows: dict[str, tuple[int, int, np.ndarray, np.ndarray]] = {}
+        self._deal_times: list[int] = []  # deal times (server), sorted
+        self._deals_by_time: list[TradeDeal] = []  # the deals in that order
+        self._deals_in_time_order = True  # every deal so far was later than those before it
+        self._with_stops: set[int] = set()  # tickets of open positions with an SL or TP
+        self._by_order: dict[int, list[int]] = {}
+        self._by_position: dict[int, list[int]] = {}
+        self._memo: dict[Any, Any] = {}  # answers for the clock reading _memo_at
+        self._memo_at: int | None = None
 
     # -- session -------------------------------------------------------------------------------
 
@@ -424,12 +460,16 @@ class SimulatedTerminal:
         if not self._known(symbol):
             return False
         (self._selected.add if enable else self._selected.discard)(symbol)
+        self._changed()
         return self._ok(True)
 
     def symbol_info(self, symbol: str) -> SymbolInfo | None:
         if not self._ready() or not self._known(symbol):
             return None
-        spec = self.feed.spec(symbol)
+        hit = self._memo_get(("info", symbol))
+        if hit is not None:
+            return self._ok(hit)
+        spec = self._spec(symbol)
         q = self._quote(symbol)
         tick_value = self._to_usd(spec.contract_size * spec.point, spec.currency_profit)
         return self._ok(
@@ -465,12 +505,16 @@ class SimulatedTerminal:
                 time=q.time if q else 0,
                 visible=symbol in self._selected,
                 select=symbol in self._selected,
-            )
+            ),
+            memo=("info", symbol),
         )
 
     def symbol_info_tick(self, symbol: str) -> Tick | None:
         if not self._ready() or not self._known(symbol):
             return None
+        hit = self._memo_get(("tick", symbol))
+        if hit is not None:
+            return self._ok(hit)
         q = self._quote(symbol)
         if q is None:
             return self._fail(RES_E_FAIL, f"no tick for {symbol!r} at the current time")
@@ -484,7 +528,8 @@ class SimulatedTerminal:
                 time_msc=q.time * 1000,
                 flags=TICK_FLAG_BID | TICK_FLAG_ASK,
                 volume_real=0.0,
-            )
+            ),
+            memo=("tick", symbol),
         )
 
     # -- bars ----------------------------------------------------------------------------------
@@ -539,6 +584,9 @@ class SimulatedTerminal:
         if not self._ready():
             return None
         self._sync()
+        hit = self._memo_get(("account",))
+        if hit is not None:
+            return self._ok(hit)
         profit, margin = self._floating()
         equity = self._balance + profit
         return self._ok(
@@ -571,7 +619,8 @@ class SimulatedTerminal:
                 server=self.server,
                 currency="USD",
                 company=self.company,
-            )
+            ),
+            memo=("account",),
         )
 
     def positions_total(self) -> int | None:
@@ -586,6 +635,25 @@ class SimulatedTerminal:
         if not self._ready():
             return None
         self._sync()
+        if self.indexed and (symbol is not None or ticket is not None):
+            key = ("positions", symbol, ticket)
+            hit = self._memo_get(key)
+            if hit is not None:
+                return self._ok(hit)
+            every = self.positions_get()
+            assert every is not None
+            return self._ok(
+                tuple(
+                    p
+                    for p in every
+                    if (symbol is None or p.symbol == symbol)
+                    and (ticket is None or p.ticket == ticket)
+                ),
+                memo=key,
+            )
+        hit = self._memo_get(("positions",))
+        if hit is not None:
+            return self._ok(hit)
         out = []
         for p in self._positions.values():
             if symbol is not None and p.symbol != symbol:
@@ -616,7 +684,9 @@ class SimulatedTerminal:
                     external_id="",
                 )
             )
-        return self._ok(tuple(out))
+        return self._ok(
+            tuple(out), memo=("positions",) if symbol is None and ticket is None else None
+        )
 
     def orders_get(
         self, symbol: str | None = None, ticket: int | None = None, group: str | None = None
@@ -671,6 +741,14 @@ class SimulatedTerminal:
             return None
         self._sync()
         deals = self._deals
+        if self.indexed and (ticket is not None or position is not None):
+            if ticket is not None:
+                idx = self._by_order.get(ticket, [])
+            else:
+                idx = self._by_position.get(position, []) if position is not None else []
+            return self._ok(
+                tuple(deals[i] for i in idx if position is None or deals[i].position_id == position)
+            )
         if ticket is not None or position is not None:
             deals = [
                 d
@@ -687,6 +765,12 @@ class SimulatedTerminal:
             lo, hi = self._server_seconds(date_from), self._server_seconds(date_to)
         except TypeError as exc:
             return self._fail(RES_E_INVALID_PARAMS, str(exc))
+        if self.indexed:  # binary search on the time index, then ticket order as the scan gives
+            times = self._deal_times
+            found = self._deals_by_time[bisect_left(times, lo) : bisect_right(times, hi)]
+            if not self._deals_in_time_order:
+                found.sort(key=_TICKET)
+            return self._ok(tuple(found))
         return self._ok(tuple(d for d in deals if lo <= d.time <= hi))
 
     def order_check(self, request: dict[str, Any]) -> OrderCheckResult | None:
@@ -742,7 +826,8 @@ class SimulatedTerminal:
         try:
             plan = self._plan(request, echo)
         except _Reject as rej:
-            q = self._quote(echo.symbol) if echo.symbol in self._symbols() else None
+            known = isinstance(echo.symbol, str) and echo.symbol in self._symbols()
+            q = self._quote(echo.symbol) if known else None
             logger.info("order rejected %d: %s (%s)", rej.retcode, rej.comment, echo)
             return self._ok(
                 OrderSendResult(
@@ -763,6 +848,11 @@ class SimulatedTerminal:
             assert plan.position is not None
             plan.position.sl, plan.position.tp = echo.sl, echo.tp
             plan.position.time_update = self._now_server(plan.quote)
+            if echo.sl > 0 or echo.tp > 0:
+                self._with_stops.add(plan.position.ticket)
+            else:
+                self._with_stops.discard(plan.position.ticket)
+            self._changed()
             return self._ok(
                 OrderSendResult(
                     TRADE_RETCODE_DONE,
@@ -797,9 +887,25 @@ class SimulatedTerminal:
 
     # -- internals: errors and arguments -------------------------------------------------------
 
-    def _ok(self, value: Any) -> Any:
+    def _ok(self, value: Any, memo: tuple[Any, ...] | None = None) -> Any:
         self._error = (RES_S_OK, "Success")
+        if memo is not None and self.indexed and self._now_utc() == self._memo_at:
+            self._memo[memo] = value
         return value
+
+    def _memo_get(self, key: tuple[Any, ...]) -> Any:
+        """The answer memoised under ``key`` at the current clock reading, else ``None``."""
+        if not self.indexed:
+            return None
+        now = self._now_utc()
+        if now != self._memo_at:
+            self._memo.clear()
+            self._memo_at = now
+        return self._memo.get(key)
+
+    def _changed(self) -> None:
+        """The account or the symbol selection changed: forget memoised answers."""
+        self._memo.clear()
 
     def _fail(self, code: int, message: str) -> Any:
         """Record ``(code, message)`` for ``last_error()``; returns ``None``."""
@@ -812,8 +918,47 @@ class SimulatedTerminal:
             return False
         return True
 
-    def _symbols(self) -> list[str]:
-        return self.feed.symbols()
+    def _symbols(self) -> frozenset[str]:
+        if self._symset is None or not self.indexed:
+            self._symset = frozenset(self.feed.symbols())
+        return self._symset
+
+    def _spec(self, symbol: str) -> SymbolSpec:
+        spec = self._specs.get(symbol)
+        if spec is None or not self.indexed:
+            spec = self._specs[symbol] = self.feed.spec(symbol)
+        return spec
+
+    def _base(self, symbol: str) -> tuple[str, int]:
+        """The symbol's base timeframe and its length in seconds."""
+        b = self._bases.get(symbol)
+        if b is None or not self.indexed:
+            name = self.feed.base_timeframe(symbol)
+            b = self._bases[symbol] = (name, timeframe_seconds(name))
+        return b
+
+    def _window(self, symbol: str, now: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """A window of base bars holding every bar opened in ``[now - s - _LOOKBACK, now]``."""
+        s = self._base(symbol)[1]
+        w = self._windows.get(symbol)
+        if w is None or not (w[0] <= now - s - _LOOKBACK // 2 and now < w[1]):
+            lo, hi = now + 1 - s - _LOOKBACK, now + 1 + _AHEAD
+            bars = self.feed.rates(symbol, self._base(symbol)[0], lo, hi)
+            w = (lo, hi, bars, bars["time"].astype(np.int64) - self._off)
+            self._windows[symbol] = w
+        return w
+
+    def _base_bars(self, symbol: str, start_utc: int, end_utc: int) -> np.ndarray:
+        """Base bars with UTC open time in ``[start_utc, end_utc)``, from the window when it
+        holds them (a slice), else from the feed."""
+        if self.indexed:
+            now = self._now_utc()
+            w = self._windows.get(symbol) if now is None else self._window(symbol, now)
+            if w is not None and w[0] <= start_utc and end_utc <= w[1]:
+                t = w[3]
+                i0, i1 = np.searchsorted(t, start_utc, "left"), np.searchsorted(t, end_utc, "left")
+                return w[2][i0:i1].copy()
+        return self.feed.rates(symbol, self._base(symbol)[0], start_utc, end_utc)
 
     def _known(self, symbol: Any) -> bool:
         if isinstance(symbol, str) and symbol in self._symbols():
@@ -862,8 +1007,14 @@ class SimulatedTerminal:
     def _last_bars(
         self, symbol: str, tf: str, end_utc: int, pos: int, count: int
     ) -> np.ndarray | None:
-        first = self.feed.span_utc(symbol)[0] - 7 * 86_400
         need = pos + count
+        now = self._now_utc()
+        if self.indexed and now is not None and tf == self._base(symbol)[0]:
+            _, hi, held, t = self._window(symbol, now)
+            i1 = int(np.searchsorted(t, end_utc, "left"))
+            if end_utc <= hi and i1 >= need:  # the window holds the last `need` bars
+                return self._ok(held[i1 - need : i1 - pos].copy())
+        first = self.feed.span_utc(symbol)[0] - 7 * 86_400
         window = need * timeframe_seconds(tf) * 3 // 2 + 4 * 86_400
         while True:
             lo = max(end_utc - window, first)
@@ -882,12 +1033,34 @@ class SimulatedTerminal:
             self._quotes.clear()
             self._quotes_at = now
         if symbol not in self._quotes:
-            self._quotes[symbol] = self._make_quote(symbol, now)
+            q = self._window_quote(symbol, now) if self.indexed and now is not None else None
+            self._quotes[symbol] = q if q is not None else self._make_quote(symbol, now)
         return self._quotes[symbol]
 
+    def _window_quote(self, symbol: str, now: int) -> _Quote | None:
+        """The quote from the symbol's window (two binary searches), or ``None`` when the
+        window holds no closed bar (the feed is then searched as :meth:`_make_quote` does)."""
+        s = self._base(symbol)[1]
+        _, _, bars, t = self._window(symbol, now)
+        i_closed = int(np.searchsorted(t, now - s, "right")) - 1  # open + s <= now
+        if i_closed < 0:
+            return None
+        forming = int(np.searchsorted(t, now, "right")) - 1 > i_closed
+        spec = self._spec(symbol)
+        bid = float(bars["close"][i_closed])
+        spread = int(bars["spread"][i_closed])
+        t_close = int(bars["time"][i_closed]) + s
+        return _Quote(
+            bid=bid,
+            ask=round(bid + spread * spec.point, spec.digits),
+            spread=spread,
+            time=t_close,
+            open=forming,
+            closed_end_utc=t_close - self._off,
+        )
+
     def _make_quote(self, symbol: str, now: int | None) -> _Quote | None:
-        base = self.feed.base_timeframe(symbol)
-        s = timeframe_seconds(base)
+        base, s = self._base(symbol)
         first, end = self.feed.span_utc(symbol)
         horizon = end if now is None else now + 1
         bars = self.feed.rates(symbol, base, horizon - _LOOKBACK, horizon)
@@ -900,7 +1073,7 @@ class SimulatedTerminal:
         if len(closed) == 0:
             return None
         last = closed[-1]
-        spec = self.feed.spec(symbol)
+        spec = self._spec(symbol)
         bid = float(last["close"])
         spread = int(last["spread"])
         t_close = int(last["time"]) + s
@@ -936,7 +1109,7 @@ class SimulatedTerminal:
         return price, self._profit(p, price)
 
     def _profit(self, p: _Position, price: float, volume: float | None = None) -> float:
-        spec = self.feed.spec(p.symbol)
+        spec = self._spec(p.symbol)
         sign = 1.0 if p.type == ORDER_TYPE_BUY else -1.0
         vol = p.volume if volume is None else volume
         return self._to_usd(
@@ -953,7 +1126,7 @@ class SimulatedTerminal:
         for p in self._positions.values():
             price, pr = self._mark(p)
             profit += pr
-            margin += self._margin(self.feed.spec(p.symbol), p.volume, price)
+            margin += self._margin(self._spec(p.symbol), p.volume, price)
         return profit, margin
 
     # -- internals: orders ---------------------------------------------------------------------
@@ -982,7 +1155,7 @@ class SimulatedTerminal:
         symbol = request.get("symbol")
         if not isinstance(symbol, str) or symbol not in self._symbols():
             raise _Reject(TRADE_RETCODE_INVALID, f"unknown symbol {symbol!r}")
-        spec = self.feed.spec(symbol)
+        spec = self._spec(symbol)
         quote = self._quote(symbol)
         if action == TRADE_ACTION_SLTP:
             target = self._position_for(echo)
@@ -1089,6 +1262,9 @@ class SimulatedTerminal:
                 check_from_utc=q.closed_end_utc,
             )
             self._positions[order] = pos
+            if pos.sl > 0 or pos.tp > 0:
+                self._with_stops.add(order)
+            self._changed()
             deal = self._deal(
                 order,
                 now,
@@ -1148,6 +1324,8 @@ class SimulatedTerminal:
         pos.time_update = time
         if pos.volume <= 1e-9:
             del self._positions[pos.ticket]
+            self._with_stops.discard(pos.ticket)
+        self._changed()
         logger.info("closed #%d %.2f @ %s profit %.2f", pos.ticket, volume, price, profit)
         return deal
 
@@ -1167,6 +1345,9 @@ class SimulatedTerminal:
     ) -> int:
         ticket = self._next_deal
         self._next_deal += 1
+        i = len(self._deals)
+        self._by_order.setdefault(order, []).append(i)
+        self._by_position.setdefault(pos.ticket, []).append(i)
         self._deals.append(
             TradeDeal(
                 ticket=ticket,
@@ -1189,10 +1370,17 @@ class SimulatedTerminal:
                 external_id="",
             )
         )
+        k = bisect_right(self._deal_times, time)  # after equal times: ticket order kept
+        if k < len(self._deal_times):
+            self._deals_in_time_order = False  # stamped before a deal made earlier
+        self._deal_times.insert(k, time)
+        self._deals_by_time.insert(k, self._deals[-1])
         return ticket
 
     def _sync(self) -> None:
         """Close positions whose SL/TP was touched by base bars closed since the last look."""
+        if self.indexed and not self._with_stops:
+            return  # no open position has a stop: nothing to check
         now = self._now_utc()
         if now is None:
             return
@@ -1200,15 +1388,14 @@ class SimulatedTerminal:
         for p in self._positions.values():
             if p.sl <= 0 and p.tp <= 0:
                 continue
-            base = self.feed.base_timeframe(p.symbol)
-            s = timeframe_seconds(base)
+            s = self._base(p.symbol)[1]
             end = now - s + 1  # bars that have closed by now
             if end <= p.check_from_utc:
                 continue
-            bars = self.feed.rates(p.symbol, base, p.check_from_utc, end)
+            bars = self._base_bars(p.symbol, p.check_from_utc, end)
             if len(bars):
                 p.check_from_utc = int(bars["time"][-1]) - self._off + s
-            hit = _first_stop_hit(p, bars, self.feed.spec(p.symbol))
+            hit = _first_stop_hit(p, bars, self._spec(p.symbol))
             if hit is not None:  # stamped no earlier than the entry (same-bar hits)
                 hits.append((max(hit[0], p.time), p.ticket, hit[1], hit[2]))
         for t, ticket, price, reason in sorted(hits):
@@ -1217,6 +1404,9 @@ class SimulatedTerminal:
             self._next_order += 1
             tag = "sl" if reason == DEAL_REASON_SL else "tp"
             self._close(pos, pos.volume, price, t, order, reason, pos.magic, f"[{tag} {price}]")
+
+
+_TICKET = attrgetter("ticket")
 
 
 def _first_stop_hit(

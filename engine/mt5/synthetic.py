@@ -304,6 +304,7 @@ class _BasePath:
     """The M5 path of one symbol, generated from the origin through ``n_weeks`` weeks."""
 
     rates: np.ndarray  # RATES_DTYPE, ``time`` in UTC
+    times: np.ndarray  # ``rates["time"]`` as a contiguous int64 copy (the search key)
     regime: np.ndarray  # int8 per bar
     week_start: np.ndarray  # index into ``rates`` of each week's first bar (len n_weeks + 1)
     n_weeks: int = 0
@@ -329,7 +330,10 @@ class SyntheticMarket:
     """A seeded synthetic market: one deterministic price path per symbol.
 
     Paths are generated lazily and cached on the instance, so repeated and growing requests
-    (a clock-driven simulator) cost a slice, not a regeneration.
+    (a clock-driven simulator) cost a slice, not a regeneration. Each path and aggregate keeps
+    its bar times as a contiguous int64 array: a range is found by binary search on it in
+    O(log n) (a search on the strided ``time`` field of the structured array would copy the
+    whole column first, O(n) per call).
     """
 
     _AGG_CACHE_SIZE = 16
@@ -338,7 +342,9 @@ class SyntheticMarket:
     def __init__(self, seed: int = 7) -> None:
         self.seed = int(seed)
         self._paths: dict[str, _BasePath] = {}
-        self._agg: OrderedDict[tuple[str, int, int], tuple[int, np.ndarray]] = OrderedDict()
+        self._agg: OrderedDict[tuple[str, int, int], tuple[int, np.ndarray, np.ndarray]] = (
+            OrderedDict()
+        )
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -369,12 +375,12 @@ class SyntheticMarket:
             )
         path = self._ensure(spec, _week_of(end_utc + tfs - 1))
         if tfs == _BASE_SECONDS:
-            src = path.rates
+            src, t = path.rates, path.times
         elif tfs < _BASE_SECONDS:
             src = self._refine_m1(spec, path, start_utc, end_utc)
+            t = src["time"]
         else:
-            src = self._aggregated(spec.name, path, tfs, off)
-        t = src["time"]
+            src, t = self._aggregated(spec.name, path, tfs, off)
         i0, i1 = np.searchsorted(t, start_utc, "left"), np.searchsorted(t, end_utc, "left")
         out = src[i0:i1].copy()
         out["time"] += off
@@ -387,7 +393,7 @@ class SyntheticMarket:
         """
         spec = self._spec(symbol)
         path = self._ensure(spec, _week_of(int(end_utc) - 1))
-        t = path.rates["time"]
+        t = path.times
         i0, i1 = np.searchsorted(t, start_utc, "left"), np.searchsorted(t, end_utc, "left")
         return t[i0:i1].copy(), path.regime[i0:i1].copy()
 
@@ -408,6 +414,7 @@ class SyntheticMarket:
             logp0 = 0.0
             path = _BasePath(
                 rates=np.empty(0, dtype=RATES_DTYPE),
+                times=np.empty(0, dtype=np.int64),
                 regime=np.empty(0, dtype=np.int8),
                 week_start=np.zeros(1, dtype=np.int64),
                 state_logp=logp0,
@@ -540,24 +547,29 @@ class SyntheticMarket:
         base = len(path.rates)
         path.week_start = np.concatenate([path.week_start, base + np.cumsum(lens)])
         path.rates = np.concatenate([path.rates, new])
+        path.times = np.concatenate([path.times, t.astype(np.int64)])
         path.regime = np.concatenate([path.regime, reg_arr])
         path.n_weeks = n_weeks
         logger.debug(
             "synthetic %s: generated weeks %d..%d (%d M5 bars)", spec.name, w0, n_weeks - 1, n
         )
 
-    def _aggregated(self, symbol: str, path: _BasePath, tfs: int, off: int) -> np.ndarray:
+    def _aggregated(
+        self, symbol: str, path: _BasePath, tfs: int, off: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``tfs`` bars of the whole path and their contiguous times (cached)."""
         key = (symbol, tfs, off)
         hit = self._agg.get(key)
         if hit is not None and hit[0] == len(path.rates):
             self._agg.move_to_end(key)
-            return hit[1]
+            return hit[1], hit[2]
         agg = _aggregate(path.rates, tfs, off)
-        self._agg[key] = (len(path.rates), agg)
+        times = np.ascontiguousarray(agg["time"], dtype=np.int64)
+        self._agg[key] = (len(path.rates), agg, times)
         self._agg.move_to_end(key)
         while len(self._agg) > self._AGG_CACHE_SIZE:
             self._agg.popitem(last=False)
-        return agg
+        return agg, times
 
     def _refine_m1(
         self, spec: SymbolSpec, path: _BasePath, start_utc: int, end_utc: int
