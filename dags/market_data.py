@@ -6,11 +6,14 @@ interval and passes references (counts, paths) on. Intraday timeframes run daily
 
 from __future__ import annotations
 
-import os
-from datetime import datetime
+from datetime import UTC, datetime, time
 
 from airflow import sdk
 from airflow.timetables.interval import CronDataIntervalTimetable
+
+from titanovax.settings import DagSettings
+
+_dag_settings = DagSettings()  # validated: TX_DAG_CATCHUP=maybe is an import error, not false
 
 
 @sdk.dag(
@@ -18,8 +21,8 @@ from airflow.timetables.interval import CronDataIntervalTimetable
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     # history to backfill: with TX_DAG_CATCHUP=true the scheduler runs every missed daily
     # interval since TX_DAG_START_DATE (or use `airflow backfill create --dag-id market_data`)
-    start_date=datetime.fromisoformat(os.environ.get("TX_DAG_START_DATE", "2024-01-01")),
-    catchup=os.environ.get("TX_DAG_CATCHUP", "false").lower() in ("1", "true", "yes"),
+    start_date=datetime.combine(_dag_settings.dag_start_date, time(), UTC),
+    catchup=_dag_settings.dag_catchup,
     max_active_runs=1,
     tags=["data"],
     default_args={"retries": 0},
