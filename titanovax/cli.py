@@ -611,6 +611,28 @@ def models_rollback(
     typer.echo(notify_serving(s), err=True)
 
 
+@models_app.command("pull")
+def models_pull(
+    ref: Annotated[str, typer.Argument(help="Alias (champion, challenger, previous) or version")],
+    out: Annotated[
+        str | None, typer.Option(help="Folder to write (default $TX_HOME/bundles/<ALIAS>)")
+    ] = None,
+) -> None:
+    """Fetch a registered bundle (model.onnx + manifest.json, sha256-checked) into a folder:
+    the one `tx engine run --mode backtest` uses, or TX_ENGINE_BUNDLE_DIR for the engine."""
+    from pathlib import Path
+
+    from titanovax.engine_world import default_bundle_dir
+    from training.registry import pull_bundle
+
+    s = _settings()
+    info = pull_bundle(s, ref, Path(out) if out else default_bundle_dir(s, ref))
+    typer.echo(
+        f"pulled {info['model_name']} v{info['version']} ({ref}, {info['features']} features, "
+        f"sha256 {info['bundle_sha256'][:12]}) into {info['dir']}"
+    )
+
+
 @report_app.command("real-exports")
 def report_real_exports(
     out: Annotated[str, typer.Option(help="Markdown file to write")] = "reports/real_exports.md",
