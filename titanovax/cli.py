@@ -670,7 +670,7 @@ def serve(
 ) -> None:
     """Import `champion` (and `challenger`, scored in shadow) from MLflow into BentoML and serve
     POST /v1/predict over HTTP with TX_SERVING_TOKEN; aliases are polled for hot reload
-    (Ctrl-C stops)."""
+    (Ctrl-C or SIGTERM stops the server and its workers)."""
     from serving.importer import AliasNotSetError, import_from_registry
     from serving.server import start_server, stop_server, wait_ready
     from serving.settings import AuthConfigError, ServingSettings
@@ -705,6 +705,12 @@ def serve(
         model_name=s.model_name,
         env={"TX_HOME": str(s.home)},
     )
+    def _terminate(signum: int, frame: Any) -> None:  # SIGTERM stops like Ctrl-C: cleanly
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         wait_ready(f"http://{host}:{port}", 120, proc=proc, token=token)
         shadow = f", challenger v{challenger.mlflow_version} in shadow" if challenger else ""
@@ -715,6 +721,7 @@ def serve(
     except KeyboardInterrupt:
         typer.echo("stopping the server")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop
         stop_server(proc)
 
 

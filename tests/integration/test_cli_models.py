@@ -35,7 +35,7 @@ def cli_env(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             monkeypatch.delenv(name)
     s = platform.settings
     monkeypatch.setenv("TX_HOME", str(s.home))
-    monkeypatch.setenv("TX_REDIS_URL", str(s.redis_url))
+    # no TX_REDIS_URL: training, the registry, pulls and backtests touch only offline data
     monkeypatch.setenv("TX_SYMBOLS", ",".join(s.symbols))
     monkeypatch.setenv("TX_TIMEFRAME", s.timeframe)
     monkeypatch.setenv("TX_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -46,7 +46,7 @@ def cli_env(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return cfg
 
 
-def test_models_train_promote_pull_and_backtest_when_run_through_tx_then_each_step_is_recorded_and_used(
+def test_models_train_promote_pull_and_backtest_when_run_through_tx_without_redis_then_each_step_is_recorded_and_used(
     cli_env: Path, platform: Platform
 ) -> None:
     from mlflow import MlflowClient
@@ -58,6 +58,25 @@ def test_models_train_promote_pull_and_backtest_when_run_through_tx_then_each_st
 
     runner = CliRunner()
     s = PlatformSettings()
+    assert s.redis_url is None
+
+    # offline feature work: apply and point-in-time reads need no online store
+    assert runner.invoke(app, ["features", "apply"]).exit_code == 0
+    res = runner.invoke(
+        app,
+        [
+            "features",
+            "get",
+            "--start",
+            "2026-01-13",
+            "--end",
+            "2026-01-14",
+            "--out",
+            str(cli_env.with_suffix(".parquet")),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["rows"] == 2 * 288
 
     # train: a registered version with signature, input example, dataset, commit, description
     res = runner.invoke(app, ["models", "train", "--config", str(cli_env), "--as-of", "2026-01-17"])
