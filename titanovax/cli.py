@@ -530,7 +530,64 @@ def tune(
     s, cfg = _experiment(config, experiment, as_of)
     when = _utc(as_of) if as_of else None
     path = build_training_dataset(s, cfg, when)
-    _echo(run(s, cfg, path, when, workers=workers, n_trials=trials, study_name=study).to_dict())
+    from training.tune import member_trials, study_name_for
+
+    name = study or study_name_for(cfg, path)
+    total = sum(member_trials(cfg, trials).values())
+    res = _with_trial_progress(
+        s.optuna_storage_url,
+        name,
+        total,
+        lambda: run(s, cfg, path, when, workers=workers, n_trials=trials, study_name=name),
+    )
+    _echo(res.to_dict())
+    typer.echo(
+        f"tuned {res.n_trials} trials in study {res.study_name} (best log loss "
+        f"{res.best_value:.4f})"
+        + (f"; transformer {res.transformer.n_trials} trials" if res.transformer else ""),
+        err=True,
+    )
+
+
+def _with_trial_progress(storage: str, study: str, total: int, work: Callable[[], Any]) -> Any:
+    """Run ``work`` (the tuning) while a progress bar counts the finished trials of the
+    study's members in the Optuna storage (a TTY only; workers may be other processes)."""
+    import threading
+
+    from titanovax.progress import interactive, progress
+
+    if not interactive():
+        return work()
+    import optuna
+
+    def finished() -> int:
+        n = 0
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            if summary.study_name == study or summary.study_name.startswith(f"{study}-"):
+                n += summary.n_trials
+        return n
+
+    before = finished()
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, name="tx-tune", daemon=True)
+    with progress(f"tune {study}", total) as advance:
+        thread.start()
+        seen = 0
+        while thread.is_alive():
+            thread.join(1.0)
+            now = finished() - before
+            advance(now - seen)
+            seen = now
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 @models_app.command("promote")
@@ -705,6 +762,7 @@ def serve(
         model_name=s.model_name,
         env={"TX_HOME": str(s.home)},
     )
+
     def _terminate(signum: int, frame: Any) -> None:  # SIGTERM stops like Ctrl-C: cleanly
         raise KeyboardInterrupt
 

@@ -134,6 +134,9 @@ MISTAKES: dict[str, Mistake] = {
         "tx features apply",
         1,
     ),
+    "features_build_on_an_empty_lake": Mistake(
+        ["features", "build", *DAY], {}, "no feature row built", "tx data backfill", 3
+    ),
     "engine_backtest_without_bundle_or_serving": Mistake(
         ["engine", "run", "--mode", "backtest", "--start", "2026-01-06", "--end", "2026-01-07"],
         {"TX_SERVING_URL": CLOSED.replace("redis", "http")},
@@ -264,3 +267,4 @@ def test_mistake_when_made_through_the_installed_tx_then_stderr_is_one_line(
     assert len(lines) == 1 and lines[0].startswith("error: ") and m.error in lines[0], proc.stderr
     assert m.hint in lines[0]
     assert proc.stdout == ""
+    assert "\x1b[" not in proc.stderr  # no ANSI colours when stderr is not a terminal
