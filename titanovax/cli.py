@@ -141,9 +141,12 @@ def _main(
         "alembic",
         "matplotlib",
         "mlflow",
-        "py.warnings",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # warnings a library re-enables for itself (ibis/duckdb deprecations) go to the logging
+    # system, shown with -v only
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
     from titanovax.settings import unknown_env_names
 
     for name, close in unknown_env_names():
@@ -818,6 +821,14 @@ def engine_run(
         feature_names=[f for f in features.split(",") if f],
     )
     typer.echo(json.dumps(out, indent=2, default=str))
+    unserved = (out.get("refusals") or {}).get("serving_unavailable", 0)
+    if out.get("mode") == "backtest" and unserved and unserved >= out.get("decisions", 0):
+        from titanovax.errors import NothingDone
+
+        raise NothingDone(
+            f"the backtest refused all {unserved} decisions: serving_unavailable",
+            "run `tx models pull champion` so the backtest scores in-process, or fix serving",
+        )
 
 
 @app.command()

@@ -233,7 +233,9 @@ def run_engine(
     names = _feature_names(es, feature_names or [])
     if mode == "backtest":
         if start_utc is None or end_utc is None:
-            raise ValueError("backtest needs --start and --end")
+            from titanovax.errors import TxError
+
+            raise TxError("a backtest needs its span", "give --start and --end", exit_code=2)
         model: Any = backtest_model(es, ps)
         seq = bool(getattr(model, "seq_input", None))
         world = backtest_world(

@@ -465,10 +465,10 @@ def signature_and_example(model: Any, test: pd.DataFrame, feature_service: str) 
 
     data = model_data(test.head(5), feature_service)
     proba = np.asarray(model.predict_proba(data), dtype=np.float32)
-    example: Any = data.x.astype(np.float32)
+    example: dict[str, np.ndarray] = {"input": data.x.astype(np.float32)}
     if data.seq is not None:
-        example = {"input": example, "sequence": data.seq.astype(np.float32)}
-    return example, infer_signature(example, proba)
+        example["sequence"] = data.seq.astype(np.float32)
+    return example, infer_signature(example, {"probabilities": proba})
 
 
 def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:

@@ -13,9 +13,12 @@ in this process just before it builds the ``FeatureStore``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -306,7 +309,12 @@ def materialize(
     start, end = utc(start), utc(end)
     settings.require_redis_url()
     store = store or open_store(settings)
-    store.materialize(start - MATERIALIZE_OVERLAP, end, feature_views=list(views))
+    # Feast prints its progress to stdout in ANSI colours: keep stdout for results, log it plain
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        store.materialize(start - MATERIALIZE_OVERLAP, end, feature_views=list(views))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", said.getvalue()).strip()
+    if text:
+        log.debug("feast materialize: %s", " | ".join(text.splitlines()))
 
 
 def offline_rows(

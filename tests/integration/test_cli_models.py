@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,8 @@ def test_models_train_promote_pull_and_backtest_when_run_through_tx_without_redi
 
     info = mlflow.models.get_model_info(mv.source)
     assert info.signature is not None and info.saved_input_example_info is not None
+    assert info.signature.inputs.input_names() == ["input"]  # the ONNX graph's input
+    assert info.signature.outputs.input_names() == ["probabilities"]
     assert "trained on 2026-01-05" in mv.description and "Not run yet" in mv.description
 
     # promote --json: stdout is one JSON document; the gate verdict lands in the description
@@ -128,3 +131,24 @@ def test_models_train_promote_pull_and_backtest_when_run_through_tx_without_redi
     out = json.loads(res.stdout)
     assert out["bars"] > 0 and out["decisions"] > 0
     assert "serving_unavailable" not in out["refusals"], out["refusals"]
+
+
+def test_data_backfill_when_run_through_tx_then_stdout_is_one_summary_line_of_counts(
+    cli_env: Path, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from titanovax.cli import app
+
+    monkeypatch.setenv("TX_REDIS_URL", str(platform.settings.redis_url))
+
+    # re-running a day of the platform's span is idempotent (same bytes, no duplicates)
+    res = CliRunner().invoke(
+        app, ["data", "backfill", "--start", "2026-01-12", "--end", "2026-01-13"]
+    )
+
+    assert res.exit_code == 0, res.output
+    assert "\x1b[" not in res.output  # Feast's coloured materialise output stays out
+    assert re.fullmatch(
+        r"backfilled 1 days of EURUSD,GBPUSD M5: 576 bars ingested, 576 passed, "
+        r"0 quarantined, [1-9]\d* feature rows, materialised\n",
+        res.stdout,
+    ), res.stdout

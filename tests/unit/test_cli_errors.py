@@ -134,6 +134,13 @@ MISTAKES: dict[str, Mistake] = {
         "tx features apply",
         1,
     ),
+    "engine_backtest_without_its_span": Mistake(
+        ["engine", "run", "--mode", "backtest"],
+        {},
+        "a backtest needs its span",
+        "--start and --end",
+        2,
+    ),
     "features_build_on_an_empty_lake": Mistake(
         ["features", "build", *DAY], {}, "no feature row built", "tx data backfill", 3
     ),
