@@ -621,7 +621,7 @@ def promote(
         )
     if not decision.promoted:
         raise typer.Exit(1)
-    typer.echo(notify_serving(s), err=True)
+    notify_serving(s)  # logs its outcome (stderr)
 
 
 @models_app.command("history")
@@ -668,7 +668,7 @@ def models_rollback(
     except RollbackError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(notify_serving(s), err=True)
+    notify_serving(s)  # logs its outcome (stderr)
 
 
 @models_app.command("pull")
