@@ -255,6 +255,7 @@ def test_old_spelling_when_used_then_it_still_runs_and_names_the_new_command(
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow  # a fresh `tx` process per case (about 20 s of imports each)
 @pytest.mark.parametrize(
     "case", ["unknown_timeframe", "promote_with_nothing_registered", "unknown_feature_service"]
 )
