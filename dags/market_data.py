@@ -7,8 +7,7 @@ interval and passes references (counts, paths) on. Intraday timeframes run daily
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from airflow import sdk
 from airflow.timetables.interval import CronDataIntervalTimetable
@@ -19,6 +18,7 @@ from titanovax.airflow_tasks import (
     apply_airflow_config,
     notify_task_failure,
 )
+from titanovax.settings import DagSettings
 
 FEATURES = sdk.Asset(name=FEATURES_ASSET_NAME, uri=FEATURES_ASSET_URI)
 
@@ -39,14 +39,16 @@ override `TX_REDIS_URL`, `TX_OPTUNA_STORAGE`, `TX_MLFLOW_TRACKING_URI`, `TX_SERV
 A failed task is logged and posted to `TX_DAG_FAILURE_WEBHOOK_URL` (docs/stack.md).
 """
 
+_dag_settings = DagSettings()  # validated: TX_DAG_CATCHUP=maybe is an import error, not false
+
 
 @sdk.dag(
     dag_id="market_data",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     # history to backfill: with TX_DAG_CATCHUP=true the scheduler runs every missed daily
     # interval since TX_DAG_START_DATE (or use `airflow backfill create --dag-id market_data`)
-    start_date=datetime.fromisoformat(os.environ.get("TX_DAG_START_DATE", "2024-01-01")),
-    catchup=os.environ.get("TX_DAG_CATCHUP", "false").lower() in ("1", "true", "yes"),
+    start_date=datetime.combine(_dag_settings.dag_start_date, time(), UTC),
+    catchup=_dag_settings.dag_catchup,
     max_active_runs=1,
     tags=["data"],
     default_args={

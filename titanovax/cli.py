@@ -1,51 +1,174 @@
-"""``tx``: one command per stage. Each calls the same function the DAG task calls."""
+"""``tx``: one command per stage. Each calls the same function the DAG task calls.
+
+The tree: ``tx data ingest|validate|backfill|quarantine|release``, ``tx features ...``,
+``tx models train|tune|promote|history|aliases|rollback|pull``, ``tx serve``, ``tx engine ...``,
+``tx report ...``. Known errors print one line, ``error: what happened (what to do)``, and
+exit non-zero (``tx --debug`` shows the trace); the older top-level spellings (``tx ingest``,
+``tx promote``, ...) still work and name their new place on stderr.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
+from typer._click.core import Context as _ClickContext
+from typer._click.exceptions import UsageError  # typer vendors click: its own exception classes
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+
+class _TxGroup(TyperGroup):
+    """The root group: every error that escapes a command becomes one line on stderr."""
+
+    def invoke(self, ctx: _ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:  # a typo'd choice or option: one line, the choices in it
+            msg = " ".join(exc.format_message().replace("Value error, ", "").split())
+            where = exc.ctx.command_path if exc.ctx is not None else "tx"
+            typer.echo(f"error: {msg} (see `{where} --help`)", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except (TyperException, typer.Exit, typer.Abort):
+            raise  # usage errors, --help, exits: Typer prints them
+        except Exception as exc:
+            if ctx.meta.get("tx_debug"):
+                raise
+            from titanovax.errors import explain, unexpected
+
+            err = explain(exc) or unexpected(exc)
+            typer.echo(f"error: {err.line()}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
 
 from titanovax.notify import notify_app as _notify_app
 from titanovax.observe import observe_app as _observe_app
 
 app = typer.Typer(
+    cls=_TxGroup,
     help="TitanovaX: MT5 bars → validated lake → Feast/Redis → ONNX model → BentoML → engine.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals hold tokens and passwords
+)
+data_app = typer.Typer(
+    help="The bar lake: ingest, validate, backfill; the validation quarantine.",
     no_args_is_help=True,
 )
 features_app = typer.Typer(
     help="Feast feature repo: apply, build, materialise, stream, get (point-in-time), catalog, env.",
     no_args_is_help=True,
 )
+models_app = typer.Typer(
+    help="Models: train, tune, promote (gate), registry aliases and their audit, pull a bundle.",
+    no_args_is_help=True,
+)
 engine_app = typer.Typer(help="The live engine.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
 app.add_typer(engine_app, name="engine")
 app.add_typer(_notify_app, name="notify")
 app.add_typer(_observe_app, name="observe")
+app.add_typer(report_app, name="report")
 
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
 Date = Annotated[
-    datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="UTC")
+    datetime,
+    typer.Option(formats=DATE_FORMATS, metavar="YYYY-MM-DD[THH:MM]", help="UTC"),
 ]
+
+
+class EngineMode(StrEnum):
+    live = "live"
+    paper = "paper"
+    backtest = "backtest"
+
+
+class Writer(StrEnum):
+    direct = "direct"
+    feast = "feast"
+
+
+class FeatureService(StrEnum):
+    trend_v1 = "trend_v1"
+    trend_v2 = "trend_v2"
 
 
 def _utc(d: datetime) -> datetime:
     return d.replace(tzinfo=UTC) if d.tzinfo is None else d
 
 
+def _quiet_third_party() -> None:
+    """No third-party warnings, progress bars or colours in logs and pipes (entry point only)."""
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its logger at import
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("NO_COLOR", "1")  # Feast's CLI/materialise colours (click/colorama)
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    try:
+        from sqlalchemy.exc import SAWarning
+
+        warnings.filterwarnings("ignore", category=SAWarning)
+    except ImportError:  # pragma: no cover - sqlalchemy comes with mlflow and airflow
+        pass
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full trace of an error instead of one line.")
+    ] = False,
 ) -> None:
+    ctx.meta["tx_debug"] = debug
+    _quiet_third_party()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("feast", "great_expectations", "urllib3", "httpx", "alembic", "matplotlib"):
+    for noisy in (
+        "feast",
+        "great_expectations",
+        "urllib3",
+        "httpx",
+        "alembic",
+        "matplotlib",
+        "mlflow",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # warnings a library re-enables for itself (ibis/duckdb deprecations) go to the logging
+    # system, shown with -v only
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    from titanovax.settings import unknown_env_names
+
+    for name, close in unknown_env_names():
+        guess = f"did you mean {close}?" if close else "see .env.example for the settings"
+        typer.echo(f"warning: {name} is not a TitanovaX setting and is ignored ({guess})", err=True)
+
+
+def _renamed(old: str, new: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` under its old name: same options, plus a one-line notice naming the new one."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        typer.echo(f"warning: `tx {old}` is deprecated; use `tx {new}`", err=True)
+        return fn(*args, **kwargs)
+
+    run.__doc__ = f"Deprecated: use `tx {new}`."
+    return run
 
 
 def _settings():
@@ -62,7 +185,7 @@ def _symbols(symbol: str | None) -> list[str]:
     return [symbol] if symbol else _settings().symbols
 
 
-@app.command()
+@data_app.command("ingest")
 def ingest(
     start: Date,
     end: Date,
@@ -75,7 +198,7 @@ def ingest(
     _echo([run(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict() for sym in _symbols(symbol)])
 
 
-@app.command()
+@data_app.command("validate")
 def validate(start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None) -> None:
     """Validate staged bars with Great Expectations: pass → lake (soft flags beside it), hard
     failure → quarantine (exit 1). Severities: TX_VALIDATION_SEVERITY / TX_VALIDATION_CONFIG."""
@@ -91,10 +214,6 @@ def validate(start: Date, end: Date, symbol: Annotated[str | None, typer.Option(
 
 
 # --- data: the validation quarantine (validation helper) ---------------------------------------
-data_app = typer.Typer(
-    help="The bar lake's quarantine: list and release validated batches.", no_args_is_help=True
-)
-app.add_typer(data_app, name="data")
 
 
 @data_app.command("quarantine")
@@ -144,36 +263,57 @@ def features_env() -> None:
 def features_build(
     start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None
 ) -> None:
-    """Compute offline features of [start, end) from the lake."""
+    """Compute offline features of [start, end) from the lake (exit 3 when no row is built)."""
     from feature_repo.pipeline.store import build_features
+    from titanovax.errors import NothingDone
 
     s = _settings()
-    _echo(
-        [
-            build_features(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict()
-            for sym in _symbols(symbol)
-        ]
-    )
+    out = [
+        build_features(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict()
+        for sym in _symbols(symbol)
+    ]
+    _echo(out)
+    if not sum(r["rows"] for r in out):
+        raise NothingDone(
+            f"no feature row built for [{start:%Y-%m-%d}, {end:%Y-%m-%d})",
+            "the lake holds no bars there: run `tx data backfill` or `tx data ingest` first",
+        )
 
 
 @features_app.command("materialize")
 def features_materialize(start: Date, end: Date) -> None:
-    """Materialise offline features of bars closing in the interval into Redis."""
-    from feature_repo.pipeline.store import materialize
+    """Materialise offline features of bars closing in the interval into Redis (exit 3 when
+    the offline store holds no row there)."""
+    from feature_repo.pipeline.store import VIEWS, materialize, offline_rows
+    from titanovax import preflight
+    from titanovax.errors import NothingDone
+    from titanovax.progress import progress
 
     s = _settings()
-    materialize(s, _utc(start), _utc(end), s.timeframe)
-    typer.echo("materialised")
+    preflight.redis_reachable(s)
+    preflight.feast_applied(s)
+    rows = offline_rows(s, _utc(start), _utc(end))
+    if not sum(rows.values()):
+        raise NothingDone(
+            f"the offline store holds no feature row for [{start:%Y-%m-%d}, {end:%Y-%m-%d})",
+            "build them first with `tx data backfill` or `tx features build`",
+        )
+    with progress("materialise", len(VIEWS)) as advance:
+        for view in VIEWS:
+            materialize(s, _utc(start), _utc(end), s.timeframe, views=(view,))
+            advance(description=f"materialised {view}")
+    counts = ", ".join(f"{v} {n}" for v, n in rows.items())
+    typer.echo(f"materialised {sum(rows.values())} offline rows into {s.redis_url}: {counts}")
 
 
 @features_app.command("stream")
 def features_stream(
     writer: Annotated[
-        str,
+        Writer,
         typer.Option(
             help="direct (Feast's Redis format, one round trip) or feast (write_to_online_store)"
         ),
-    ] = "direct",
+    ] = Writer.direct,
     max_bars: Annotated[
         int | None, typer.Option(help="Stop after this many bar closes (default: run until Ctrl-C)")
     ] = None,
@@ -196,7 +336,7 @@ def features_stream(
     from feature_repo.pipeline.stream import FeaturePusher
 
     s = _settings()
-    pusher = FeaturePusher(s, open_platform_terminal(s), writer=writer)
+    pusher = FeaturePusher(s, open_platform_terminal(s), writer=writer.value)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -213,7 +353,7 @@ def features_stream(
         )
 
     typer.echo(
-        f"streaming {s.symbols} {s.timeframe} features to {s.redis_url} ({writer} writer); Ctrl-C stops"
+        f"streaming {s.symbols} {s.timeframe} features to {s.redis_url} ({writer.value} writer); Ctrl-C stops"
     )
     try:
         pusher.run(max_bars=max_bars, wait_s=wait_s, on_push=report, push_last_closed=True)
@@ -235,9 +375,9 @@ def features_get(
     start: Date,
     end: Date,
     out: Annotated[str, typer.Option(help="Output parquet file")],
-    service: Annotated[
-        str, typer.Option(help="Feast feature service: trend_v1 or trend_v2")
-    ] = "trend_v2",
+    service: Annotated[FeatureService, typer.Option(help="Feast feature service")] = (
+        FeatureService.trend_v2
+    ),
     symbols: Annotated[
         str | None, typer.Option(help="Comma-separated (default: TX_SYMBOLS)")
     ] = None,
@@ -250,7 +390,7 @@ def features_get(
 
     s = _settings()
     syms = [x.strip().upper() for x in symbols.split(",")] if symbols else s.symbols
-    df = historical_features(s, service, syms, _utc(start), _utc(end))
+    df = historical_features(s, service.value, syms, _utc(start), _utc(end))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out, index=False)
     _echo(
@@ -258,7 +398,7 @@ def features_get(
             "rows": len(df),
             "columns": len(df.columns),
             "symbols": syms,
-            "service": service,
+            "service": service.value,
             "out": out,
         }
     )
@@ -283,35 +423,75 @@ def features_catalog() -> None:
     )
 
 
-@app.command()
+@data_app.command("backfill")
 def backfill(start: Date, end: Date) -> None:
-    """Run ingest → validate → features for every day of [start, end), then materialise."""
+    """Run ingest → validate → features for every day of [start, end), then materialise
+    (exit 3 when no bar was ingested)."""
     from feature_repo.pipeline.backfill import backfill as run
+    from titanovax import preflight
+    from titanovax.errors import NothingDone
+    from titanovax.progress import progress
 
-    run(_settings(), _utc(start), _utc(end))
-    typer.echo("backfilled")
+    s = _settings()
+    preflight.redis_reachable(s)
+    preflight.feast_applied(s)
+    days = max((_utc(end) - _utc(start)).days, 1)
+    with progress("backfill", days) as advance:
+        counts = run(
+            s,
+            _utc(start),
+            _utc(end),
+            on_day=lambda d: advance(description=f"backfill {d:%Y-%m-%d}"),
+        )
+    typer.echo(
+        f"backfilled {counts.days} days of {','.join(s.symbols)} {s.timeframe}: "
+        f"{counts.bars_ingested} bars ingested, {counts.bars_passed} passed, "
+        f"{counts.bars_quarantined} quarantined, {counts.feature_rows} feature rows, "
+        f"{'materialised' if counts.materialised else 'not materialised'}"
+    )
+    if not counts.bars_ingested:
+        raise NothingDone(
+            f"no bar ingested for [{start:%Y-%m-%d}, {end:%Y-%m-%d})",
+            "the terminal or export holds no bars there (weekend? TX_MT5_EXPORTS?)",
+        )
 
 
 # --- training: train / tune / promote / models / report (owner: training) ----------------------
-models_app = typer.Typer(
-    help="Registry aliases: champion / previous / challenger, audited.", no_args_is_help=True
-)
-report_app = typer.Typer(help="Reports.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-app.add_typer(report_app, name="report")
 AsOf = Annotated[
     datetime | None,
     typer.Option(
         formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"],
+        metavar="YYYY-MM-DD[THH:MM]",
         help="UTC end of the test window (omit for configs with explicit ranges)",
     ),
 ]
+Config = Annotated[
+    str,
+    typer.Option(
+        "--config", help="Experiment YAML: a name in training/configs (trend_v1, ...) or a path"
+    ),
+]
+# the older name of --config, still accepted
+ExperimentAlias = Annotated[str | None, typer.Option("--experiment", hidden=True)]
 
 
-@app.command()
+def _experiment(config: str, experiment: str | None, as_of: datetime | None) -> tuple[Any, Any]:
+    """Settings and the experiment config, after the checks that need no work: the config
+    exists, the Feast repo is applied, the lake holds the experiment's window."""
+    from titanovax import preflight
+
+    s = _settings()
+    cfg = preflight.experiment_config(experiment or config)
+    preflight.feast_applied(s)
+    preflight.history_covers(s, cfg, _utc(as_of) if as_of else None)
+    return s, cfg
+
+
+@models_app.command("train")
 def train(
     as_of: AsOf = None,
-    experiment: str = "trend_v1",
+    config: Config = "trend_v1",
+    experiment: ExperimentAlias = None,
     study: Annotated[
         str | None,
         typer.Option(
@@ -320,10 +500,9 @@ def train(
     ] = None,
 ) -> None:
     """Build the point-in-time dataset, train, backtest, export ONNX (parity-checked) and register."""
-    from training.config import load_config
     from training.train import build_training_dataset, train_and_register
 
-    s, cfg = _settings(), load_config(experiment)
+    s, cfg = _experiment(config, experiment, as_of)
     when = _utc(as_of) if as_of else None
     path = build_training_dataset(s, cfg, when)
     best: dict[str, dict] = {}
@@ -343,10 +522,11 @@ def train(
     )
 
 
-@app.command()
+@models_app.command("tune")
 def tune(
     as_of: AsOf = None,
-    experiment: str = "trend_v1",
+    config: Config = "trend_v1",
+    experiment: ExperimentAlias = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes sharing one study")] = 1,
     trials: Annotated[
         int | None,
@@ -361,30 +541,101 @@ def tune(
     """Optuna (TPE + median pruning on purged walk-forward folds) in TX_OPTUNA_STORAGE; logs to MLflow.
 
     An ensemble config tunes both members: XGBoost in <study>, the transformer in <study>-transformer."""
-    from training.config import load_config
     from training.train import build_training_dataset
     from training.tune import tune as run
 
-    s, cfg = _settings(), load_config(experiment)
+    s, cfg = _experiment(config, experiment, as_of)
     when = _utc(as_of) if as_of else None
     path = build_training_dataset(s, cfg, when)
-    _echo(run(s, cfg, path, when, workers=workers, n_trials=trials, study_name=study).to_dict())
+    from training.tune import member_trials, study_name_for
+
+    name = study or study_name_for(cfg, path)
+    total = sum(member_trials(cfg, trials).values())
+    res = _with_trial_progress(
+        s.optuna_storage_url,
+        name,
+        total,
+        lambda: run(s, cfg, path, when, workers=workers, n_trials=trials, study_name=name),
+    )
+    _echo(res.to_dict())
+    typer.echo(
+        f"tuned {res.n_trials} trials in study {res.study_name} (best log loss "
+        f"{res.best_value:.4f})"
+        + (f"; transformer {res.transformer.n_trials} trials" if res.transformer else ""),
+        err=True,
+    )
 
 
-@app.command()
+def _with_trial_progress(storage: str, study: str, total: int, work: Callable[[], Any]) -> Any:
+    """Run ``work`` (the tuning) while a progress bar counts the finished trials of the
+    study's members in the Optuna storage (a TTY only; workers may be other processes)."""
+    import threading
+
+    from titanovax.progress import interactive, progress
+
+    if not interactive():
+        return work()
+    import optuna
+
+    def finished() -> int:
+        n = 0
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            if summary.study_name == study or summary.study_name.startswith(f"{study}-"):
+                n += summary.n_trials
+        return n
+
+    before = finished()
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, name="tx-tune", daemon=True)
+    with progress(f"tune {study}", total) as advance:
+        thread.start()
+        seen = 0
+        while thread.is_alive():
+            thread.join(1.0)
+            now = finished() - before
+            advance(now - seen)
+            seen = now
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+@models_app.command("promote")
 def promote(
-    version: str, actor: Annotated[str | None, typer.Option(help="Who (default user@host)")] = None
+    version: str,
+    actor: Annotated[str | None, typer.Option(help="Who (default user@host)")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The gate decision as JSON on stdout (only)")
+    ] = False,
 ) -> None:
-    """Run the promotion gate for a registered version; passing moves `champion` (audited)."""
+    """Run the promotion gate for a registered version; passing moves `champion` (audited).
+    Exit 1 when the gate refuses."""
+    from titanovax.preflight import model_version_exists
     from training.gate import promote as gate
     from training.registry import notify_serving
 
     s = _settings()
+    model_version_exists(s, version)
     decision = gate(s, version, actor=actor)
-    _echo(decision.to_dict())
+    if as_json:
+        _echo(decision.to_dict())
+    else:
+        verdict = "promoted to champion" if decision.promoted else "refused"
+        was = decision.previous_champion
+        typer.echo(
+            f"{s.model_name} v{decision.version}: {verdict} ({decision.reason}); "
+            f"champion before: {'v' + was if was else 'none'}"
+        )
     if not decision.promoted:
         raise typer.Exit(1)
-    typer.echo(notify_serving(s))
+    notify_serving(s)  # logs its outcome (stderr)
 
 
 @models_app.command("history")
@@ -431,7 +682,29 @@ def models_rollback(
     except RollbackError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(notify_serving(s))
+    notify_serving(s)  # logs its outcome (stderr)
+
+
+@models_app.command("pull")
+def models_pull(
+    ref: Annotated[str, typer.Argument(help="Alias (champion, challenger, previous) or version")],
+    out: Annotated[
+        str | None, typer.Option(help="Folder to write (default $TX_HOME/bundles/<ALIAS>)")
+    ] = None,
+) -> None:
+    """Fetch a registered bundle (model.onnx + manifest.json, sha256-checked) into a folder:
+    the one `tx engine run --mode backtest` uses, or TX_ENGINE_BUNDLE_DIR for the engine."""
+    from pathlib import Path
+
+    from titanovax.engine_world import default_bundle_dir
+    from training.registry import pull_bundle
+
+    s = _settings()
+    info = pull_bundle(s, ref, Path(out) if out else default_bundle_dir(s, ref))
+    typer.echo(
+        f"pulled {info['model_name']} v{info['version']} ({ref}, {info['features']} features, "
+        f"sha256 {info['bundle_sha256'][:12]}) into {info['dir']}"
+    )
 
 
 @report_app.command("real-exports")
@@ -479,13 +752,7 @@ def serve(
 ) -> None:
     """Import `champion` (and `challenger`, scored in shadow) from MLflow into BentoML and serve
     POST /v1/predict over HTTP with TX_SERVING_TOKEN; aliases are polled for hot reload
-    (Ctrl-C or SIGTERM stops)."""
-    import signal
-
-    def _interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM from a supervisor stops the server too
-
-    signal.signal(signal.SIGTERM, _interrupt)
+    (Ctrl-C or SIGTERM stops the server and its workers)."""
     from serving.importer import AliasNotSetError, import_from_registry
     from serving.server import start_server, stop_server, wait_ready
     from serving.settings import AuthConfigError, ServingSettings
@@ -528,6 +795,13 @@ def serve(
         model_name=s.model_name,
         env={"TX_HOME": str(s.home)},
     )
+
+    def _terminate(signum: int, frame: Any) -> None:  # SIGTERM stops like Ctrl-C: cleanly
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         wait_ready(f"http://{host}:{port}", 120, proc=proc, token=token)
         shadow = f", challenger v{challenger.mlflow_version} in shadow" if challenger else ""
@@ -538,17 +812,18 @@ def serve(
     except KeyboardInterrupt:
         typer.echo("stopping the server")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop
         stop_server(proc)
 
 
 @engine_app.command("run")
 def engine_run(
     mode: Annotated[
-        str,
+        EngineMode | None,
         typer.Option(
             help="live (native/bridge terminal) | paper (simulated terminal, wall clock) | backtest (simulated terminal and clock); default TX_ENGINE_MODE"
         ),
-    ] = "",
+    ] = None,
     start: Annotated[
         datetime | None,
         typer.Option(
@@ -570,12 +845,20 @@ def engine_run(
     from titanovax.engine_world import run_engine
 
     out = run_engine(
-        mode or None,
+        mode.value if mode else None,
         start_utc=int(_utc(start).timestamp()) if start else None,
         end_utc=int(_utc(end).timestamp()) if end else None,
         feature_names=[f for f in features.split(",") if f],
     )
     typer.echo(json.dumps(out, indent=2, default=str))
+    unserved = (out.get("refusals") or {}).get("serving_unavailable", 0)
+    if out.get("mode") == "backtest" and unserved and unserved >= out.get("decisions", 0):
+        from titanovax.errors import NothingDone
+
+        raise NothingDone(
+            f"the backtest refused all {unserved} decisions: serving_unavailable",
+            "run `tx models pull champion` so the backtest scores in-process, or fix serving",
+        )
 
 
 @app.command()
@@ -583,12 +866,13 @@ def demo(
     history_days: Annotated[
         int, typer.Option(help="Days of history for features and training")
     ] = 30,
-    experiment: str = "trend_v1",
+    config: Config = "trend_v1",
+    experiment: ExperimentAlias = None,
 ) -> None:
     """Run everything end to end on embedded defaults and print a summary."""
     from titanovax.demo import run_demo
 
-    typer.echo(run_demo(history_days=history_days, experiment=experiment).render())
+    typer.echo(run_demo(history_days=history_days, experiment=experiment or config).render())
 
 
 # --- MT5 gateway (owner: MT5 gateway) -------------------------------------------------------------
@@ -688,6 +972,18 @@ def mt5_serve_sim(
     from engine.mt5.simserver import main
 
     main(["--host", host, "--port", str(port), "--seed", str(seed)])
+
+
+# --- the older spellings: same commands, a one-line notice naming the new place ----------------
+for _old, _new, _fn in (
+    ("ingest", "data ingest", ingest),
+    ("validate", "data validate", validate),
+    ("backfill", "data backfill", backfill),
+    ("train", "models train", train),
+    ("tune", "models tune", tune),
+    ("promote", "models promote", promote),
+):
+    app.command(_old, hidden=True)(_renamed(_old, _new, _fn))
 
 
 if __name__ == "__main__":

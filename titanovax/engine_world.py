@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,40 @@ def _feature_names(es: Any, given: list[str]) -> list[str]:
     return list(TREND_V1_FEATURES)  # trend_fv, the engine's default view
 
 
+def default_bundle_dir(settings: Any, ref: str = "champion") -> Path:
+    """Where ``tx models pull REF`` writes by default: ``$TX_HOME/bundles/<REF>``."""
+    return Path(settings.home) / "bundles" / ref
+
+
+def backtest_model(es: Any, ps: Any) -> Any:
+    """The model a backtest scores with, in this order: ``TX_ENGINE_BUNDLE_DIR``; the bundle
+    ``tx models pull champion`` wrote under ``TX_HOME`` (in-process ONNX, hash-checked); the
+    serving API when it answers. None of them: a :class:`TxError` before any bar is replayed
+    (a backtest that refuses every bar for want of a model is not a result)."""
+    from engine.app import ModelHandle
+    from engine.serving_client import OnnxModel
+    from titanovax.errors import TxError
+
+    if es.bundle_dir is not None:
+        return OnnxModel.from_dir(es.bundle_dir)
+    pulled = default_bundle_dir(ps)
+    if (pulled / "model.onnx").is_file():
+        log.info("backtest scores with the pulled bundle %s", pulled)
+        return OnnxModel.from_dir(pulled)
+    import httpx
+
+    url = es.serving_url.rstrip("/")
+    try:
+        httpx.get(f"{url}/healthz", timeout=2.0)
+    except httpx.HTTPError as exc:
+        raise TxError(
+            f"no model to backtest: no bundle in TX_ENGINE_BUNDLE_DIR or {pulled}, and serving "
+            f"at {url} does not answer",
+            "run `tx models pull champion` (or start `tx serve`) and run again",
+        ) from exc
+    return ModelHandle(es)
+
+
 def run_engine(
     mode: str | None,
     *,
@@ -190,7 +225,6 @@ def run_engine(
     from engine.control import ControlServer
     from engine.journal import Journal
     from engine.mt5 import TIMEFRAMES
-    from engine.serving_client import OnnxModel
     from titanovax.settings import PlatformSettings
 
     es = EngineSettings()
@@ -199,10 +233,10 @@ def run_engine(
     names = _feature_names(es, feature_names or [])
     if mode == "backtest":
         if start_utc is None or end_utc is None:
-            raise ValueError("backtest needs --start and --end")
-        model: Any = (
-            OnnxModel.from_dir(es.bundle_dir) if es.bundle_dir is not None else ModelHandle(es)
-        )
+            from titanovax.errors import TxError
+
+            raise TxError("a backtest needs its span", "give --start and --end", exit_code=2)
+        model: Any = backtest_model(es, ps)
         seq = bool(getattr(model, "seq_input", None))
         world = backtest_world(
             ps.model_copy(update={"symbols": es.symbols}), start_utc, end_utc, names, sequence=seq

@@ -6,7 +6,10 @@ folder is created and no connection opened until a function that needs one asks.
 
 from __future__ import annotations
 
-from datetime import datetime
+import difflib
+import os
+import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
@@ -18,7 +21,22 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 
 
-class PlatformSettings(BaseSettings):
+class DagSettings(BaseSettings):
+    """What the market_data DAG file reads when it is parsed (kept apart: no heavy import)."""
+
+    model_config = SettingsConfigDict(env_prefix="TX_", env_file=None, extra="ignore")
+
+    dag_start_date: date = Field(
+        default=date(2024, 1, 1), description="First daily interval of the market_data DAG."
+    )
+    dag_catchup: bool = Field(
+        default=False,
+        description="Whether the scheduler runs every missed interval since TX_DAG_START_DATE "
+        "(true/false; anything else, e.g. 'maybe', is an error).",
+    )
+
+
+class PlatformSettings(DagSettings):
     """Infrastructure settings of the platform. Experiments live in versioned YAML instead."""
 
     model_config = SettingsConfigDict(env_prefix="TX_", env_file=None, extra="ignore")
@@ -99,6 +117,36 @@ class PlatformSettings(BaseSettings):
             return [s.strip().upper() for s in v.split(",") if s.strip()]
         return v
 
+    @field_validator("symbols")
+    @classmethod
+    def _some_symbols(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("no symbol given (set e.g. TX_SYMBOLS=EURUSD,GBPUSD)")
+        return v
+
+    @field_validator("timeframe")
+    @classmethod
+    def _known_timeframe(cls, v: str) -> str:
+        from engine.mt5 import TIMEFRAMES
+
+        tf = v.strip().upper()
+        if tf not in TIMEFRAMES:
+            raise ValueError(f"{v!r} is not an MT5 timeframe (use one of {', '.join(TIMEFRAMES)})")
+        return tf
+
+    @field_validator("broker_tz")
+    @classmethod
+    def _known_broker_rule(cls, v: str | None) -> str | None:
+        """Parsed at load, so a bad rule fails before any terminal opens."""
+        from engine.mt5.brokertime import parse_rule
+
+        if v is not None and v.strip():
+            try:
+                parse_rule(v)
+            except ValueError:
+                raise ValueError(f"unknown broker time rule {v!r} (use {BROKER_RULES})") from None
+        return v
+
     # --- derived locations ---------------------------------------------------------------
     @property
     def staging_dir(self) -> Path:
@@ -138,11 +186,64 @@ class PlatformSettings(BaseSettings):
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
-            raise RuntimeError(
-                "TX_REDIS_URL is not set: start one with `tx services redis` or run through "
-                "`tx demo`, which starts a private redis-server."
+            raise RedisUrlUnset(
+                "TX_REDIS_URL is not set (start a server with `redis-server --port 6379 "
+                "--daemonize yes` and set TX_REDIS_URL=redis://127.0.0.1:6379/0, or run "
+                "`tx demo`, which starts a private one)"
             )
         return self.redis_url
+
+
+#: The broker time rules TX_BROKER_TZ accepts (engine/mt5/brokertime.py:parse_rule).
+BROKER_RULES = "fixed:+2 | ny-close | eet | tz:<IANA zone>[+-hours], e.g. tz:Europe/Athens"
+
+
+class RedisUrlUnset(RuntimeError):
+    """A command that needs the online store ran without ``TX_REDIS_URL``."""
+
+
+#: ``TX_*`` names read outside the settings classes (the test harness, the feast CLI env).
+EXTRA_ENV_NAMES = frozenset(
+    {
+        "TX_TEST_RAW_EXPORTS",
+        "TX_FEAST_REGISTRY",
+        "TX_FEAST_REDIS",
+        "TX_OFFLINE_FEATURES",
+        "TX_OFFLINE_FEATURES_V2",
+        "TX_OFFLINE_SEQUENCES",
+    }
+)
+
+
+def known_env_names() -> set[str]:
+    """Every ``TX_*`` name a TitanovaX deployable reads: the settings classes' fields, the
+    names ``.env.example`` documents (when the checkout has it) and :data:`EXTRA_ENV_NAMES`."""
+    from engine.config import EngineSettings
+    from serving.settings import ServingSettings
+
+    names = set(EXTRA_ENV_NAMES)
+    for cls in (PlatformSettings, ServingSettings, EngineSettings):
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for name, fld in cls.model_fields.items():
+            names.add((fld.alias or f"{prefix}{name}").upper())
+    example = PROJECT_ROOT / ".env.example"
+    if example.is_file():
+        names |= set(re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", example.read_text(), re.M))
+    return names
+
+
+def unknown_env_names(environ: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``(name, closest known name or None)`` for each ``TX_*`` variable no deployable reads:
+    most often a typo (``TX_SYMBOL`` for ``TX_SYMBOLS``) that would otherwise be ignored."""
+    env = os.environ if environ is None else environ
+    known = known_env_names()
+    out = []
+    for name in sorted(n for n in env if n.upper().startswith("TX_")):
+        if name.upper() in known:
+            continue
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+        out.append((name, close[0] if close else None))
+    return out
 
 
 def feast_redis_connection_string(redis_url: str) -> str:

@@ -373,6 +373,9 @@ def apply_decision(
     client.set_model_version_tag(
         settings.model_name, version, "gate", json.dumps(decision.to_dict(), default=str)[:4900]
     )
+    from training.registry import record_gate_in_description
+
+    record_gate_in_description(settings, version, decision.to_dict())  # readable in the UI
     return decision
 
 

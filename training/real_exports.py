@@ -334,12 +334,18 @@ def run_report(
     settings: PlatformSettings | None = None,
 ) -> tuple[list[FileResult], dict[str, Any]]:
     """Evaluate every configured file present in ``raw_dir``."""
+    from rich.console import Console
     from rich.progress import Progress
+
+    from titanovax.progress import interactive
 
     spec = yaml.safe_load((config or CONFIG_DIR / "real_exports_v1.yaml").read_text())
     entries = [e for e in spec["files"] if not only or any(o in e["file"] for o in only)]
     results = []
-    with _with_redis(settings or PlatformSettings()) as base, Progress(transient=True) as bar:
+    with (
+        _with_redis(settings or PlatformSettings()) as base,
+        Progress(transient=True, console=Console(stderr=True), disable=not interactive()) as bar,
+    ):
         task = bar.add_task("real exports", total=len(entries))
         for entry in entries:
             bar.update(task, description=entry["file"])

@@ -175,3 +175,166 @@ def notify_serving(settings: PlatformSettings) -> str:
     msg = f"serving reload: HTTP {r.status_code} {r.text[:200]}"
     (log.info if r.is_success else log.warning)(msg)
     return msg
+
+
+GATE_HEADING = "### Promotion gate"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def describe_version(manifest: dict[str, Any], version: str) -> str:
+    """The model version's description (Markdown, shown in the MLflow UI): what was trained
+    on which data, its test metrics, and the gate's verdict once it has run."""
+    m = manifest.get("metrics") or {}
+    keys = (
+        "test_net_return",
+        "test_sharpe",
+        "test_sharpe_ci_low",
+        "test_sharpe_ci_high",
+        "test_max_drawdown",
+        "test_accuracy",
+        "baseline_flat_net_return",
+    )
+    shown = ", ".join(f"{k.removeprefix('test_')} {_fmt(m[k])}" for k in keys if k in m)
+    return "\n".join(
+        [
+            f"**{manifest.get('model_name', '')} v{version}**: {manifest.get('experiment')} "
+            f"({manifest.get('family')}) on feature service `{manifest.get('feature_service')}`, "
+            f"{manifest.get('timeframe')} {', '.join(manifest.get('symbols', []))}.",
+            "",
+            f"- trained on {manifest['train_range'][0][:16]} → {manifest['train_range'][1][:16]}, "
+            f"tested on {manifest['test_range'][0][:16]} → {manifest['test_range'][1][:16]} (UTC)",
+            f"- lake snapshot `{str(manifest.get('lake_snapshot', ''))[:16]}`, "
+            f"code `{str(manifest.get('git_commit', ''))[:12]}`",
+            f"- test, after costs: {shown}",
+            f"- ONNX parity {_fmt(manifest.get('parity_max_abs_diff'))}, single-row p50 "
+            f"{_fmt(manifest.get('onnx_latency_us'))} µs, sha256 "
+            f"`{str(manifest.get('bundle_sha256', ''))[:16]}`",
+            "",
+            GATE_HEADING,
+            f"Not run yet: `tx models promote {version}`.",
+        ]
+    )
+
+
+def describe_gate(decision: dict[str, Any], when: datetime | None = None) -> str:
+    """The gate section of a version description: the verdict, its reason, the evidence."""
+    ev = decision.get("evidence") or {}
+    verdict = "**promoted to champion**" if decision.get("promoted") else "**refused**"
+    champ = decision.get("previous_champion")
+    lines = [
+        GATE_HEADING,
+        f"{(when or datetime.now(UTC)):%Y-%m-%d %H:%M} UTC: {verdict}: {decision.get('reason')}",
+        "",
+        f"- compared with: {'champion v' + str(champ) if champ else 'no champion (always-flat baseline)'}",
+    ]
+    for key in (
+        "challenger_net_return",
+        "champion_net_return",
+        "challenger_max_drawdown",
+        "champion_max_drawdown",
+        "sharpe_diff",
+        "sharpe_diff_ci",
+        "dm_p_value",
+        "window_bars",
+        "aligned_bars",
+        "parity_max_abs_diff",
+        "window",
+    ):
+        if ev.get(key) is not None:
+            lines.append(f"- {key.replace('_', ' ')}: {_fmt(ev[key])}")
+    return "\n".join(lines)
+
+
+def record_gate_in_description(
+    settings: PlatformSettings, version: str, decision: dict[str, Any]
+) -> None:
+    """Replace the gate section of the version's description with the decision."""
+    client = client_for(settings)
+    mv = client.get_model_version(settings.model_name, str(version))
+    head = (mv.description or "").split(GATE_HEADING)[0].rstrip()
+    text = f"{head}\n\n{describe_gate(decision)}" if head else describe_gate(decision)
+    client.update_model_version(settings.model_name, str(version), description=text)
+
+
+class BundleError(RuntimeError):
+    """The registry entry cannot be pulled as a deployable bundle."""
+
+
+def resolve_version(settings: PlatformSettings, ref: str) -> str:
+    """``ref`` is an alias (``champion``) or a version number; returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(settings)
+    name = settings.model_name
+    if ref.isdigit():
+        client.get_model_version(name, ref)  # raises RESOURCE_DOES_NOT_EXIST when absent
+        return ref
+    try:
+        return str(client.get_model_version_by_alias(name, ref).version)
+    except MlflowException as exc:
+        set_ = current_aliases(client, name)
+        known = ", ".join(f"{a}=v{v}" for a, v in set_.items()) or "none set"
+        raise BundleError(f"{name} has no version with alias {ref!r} (aliases: {known})") from exc
+
+
+def pull_bundle(settings: PlatformSettings, ref: str, out_dir: Path) -> dict[str, Any]:
+    """Fetch the bundle of alias or version ``ref`` into ``out_dir``: ``model.onnx`` and
+    ``manifest.json`` (the ``tx_manifest`` plus ``model_version``), the folder the engine
+    reads (``TX_ENGINE_BUNDLE_DIR``). The ONNX bytes must match the manifest's sha256;
+    the files are written to a temp folder and moved in place, so a half pull never shows."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    import mlflow
+    from mlflow.models import Model
+
+    client = client_for(settings)
+    name = settings.model_name
+    version = resolve_version(settings, ref)
+    uri = client.get_model_version_download_uri(name, version)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tx_pull_", dir=out_dir.parent) as tmp:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(Path(tmp) / "dl"), tracking_uri=settings.tracking_uri
+            )
+        )
+        mlmodel = Model.load(str(local / "MLmodel"))
+        manifest = (mlmodel.metadata or {}).get("tx_manifest")
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{name} v{version} has no tx_manifest in its MLmodel metadata")
+        onnx_file = (mlmodel.flavors.get("onnx") or {}).get("data", "model.onnx")
+        onnx_bytes = (local / onnx_file).read_bytes()
+        digest = hashlib.sha256(onnx_bytes).hexdigest()
+        if manifest.get("bundle_sha256") and manifest["bundle_sha256"] != digest:
+            raise BundleError(
+                f"{name} v{version}: model.onnx sha256 {digest} != manifest {manifest['bundle_sha256']}"
+            )
+        stage = Path(tmp) / "bundle"
+        stage.mkdir()
+        (stage / "model.onnx").write_bytes(onnx_bytes)
+        (stage / "manifest.json").write_text(
+            json.dumps({**manifest, "model_version": version}, indent=2, sort_keys=True)
+        )
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        stage.rename(out_dir)
+    log.info("pulled %s v%s (%s) into %s", name, version, ref, out_dir)
+    return {
+        "model_name": name,
+        "ref": ref,
+        "version": version,
+        "dir": str(out_dir),
+        "bundle_sha256": digest,
+        "features": len(manifest.get("features", [])),
+        "feature_service": manifest.get("feature_service"),
+    }

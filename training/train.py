@@ -430,12 +430,53 @@ def build_manifest(
     return manifest
 
 
+def training_dataset(step: dict[str, Any], cfg: ExperimentConfig, manifest: dict[str, Any]) -> Any:
+    """The training dataset as an MLflow dataset: the point-in-time parquet, named after the
+    feature service, its digest the lake snapshot it was built from."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    ds = pd.read_parquet(step["dataset_path"])
+    return from_pandas(
+        ds,
+        source=step["dataset_path"],
+        name=f"{cfg.feature_service}:{step['timeframe']}:{','.join(step['symbols'])}",
+        targets="label" if "label" in ds else None,
+        digest=manifest["lake_snapshot"][:16],
+    )
+
+
+def dataset_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    """What the logged dataset is: feature service, lake snapshot hash and date range."""
+    return {
+        "feature_service": str(manifest["feature_service"]),
+        "lake_snapshot": str(manifest["lake_snapshot"]),
+        "range": f"{manifest['train_range'][0]} / {manifest['test_range'][1]}",
+        "train_range": "/".join(manifest["train_range"]),
+        "test_range": "/".join(manifest["test_range"]),
+        "symbols": ",".join(manifest["symbols"]),
+        "timeframe": str(manifest["timeframe"]),
+    }
+
+
+def signature_and_example(model: Any, test: pd.DataFrame, feature_service: str) -> tuple[Any, Any]:
+    """The model version's input example (five test rows, in the ONNX graph's input names)
+    and the signature inferred from it and the model's class probabilities."""
+    from mlflow.models import infer_signature
+
+    data = model_data(test.head(5), feature_service)
+    proba = np.asarray(model.predict_proba(data), dtype=np.float32)
+    example: dict[str, np.ndarray] = {"input": data.x.astype(np.float32)}
+    if data.seq is not None:
+        example["sequence"] = data.seq.astype(np.float32)
+    return example, infer_signature(example, {"probabilities": proba})
+
+
 def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
     """MLflow run (params, metrics, plots, per-bar test P&L) and a registered ONNX version."""
     import onnx
 
     wd = Path(workdir)
-    step, cfg, model, _ = _load_step(workdir)
+    step, cfg, model, test = _load_step(workdir)
     metrics = _read_json(wd / "metrics.json")
     export = _read_json(wd / "export.json")
     metrics = {
@@ -479,13 +520,27 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
         mlflow.log_artifact(str(wd / "test_pnl.parquet"), artifact_path="evaluation")
         _write_json(wd / "features.json", manifest["features"])
         mlflow.log_artifact(str(wd / "features.json"))
+        mlflow.set_tag("mlflow.source.git.commit", manifest["git_commit"])
+        mlflow.log_input(
+            training_dataset(step, cfg, manifest), context="training", tags=dataset_tags(manifest)
+        )
+        example, signature = signature_and_example(model, test, cfg.feature_service)
         info = mlflow.onnx.log_model(
             onnx_model,
             name="model",
             onnx_execution_providers=["CPUExecutionProvider"],
             metadata={"tx_manifest": manifest},
+            signature=signature,
+            input_example=example,
         )
         mv = mlflow.register_model(info.model_uri, settings.model_name)
+    from training.registry import client_for, describe_version
+
+    client_for(settings).update_model_version(
+        settings.model_name,
+        str(mv.version),
+        description=describe_version(manifest, str(mv.version)),
+    )
     log.info("registered %s v%s (run %s)", settings.model_name, mv.version, run.info.run_id)
     return TrainResult(
         run.info.run_id,

@@ -1,7 +1,7 @@
 """Optuna tuning of the model members on purged walk-forward folds of the training window.
 
 **One study per member, sharing one storage.** The XGBoost member is tuned in the study
-``<study>`` (the name it always had, so ``tx train --study <study>`` and existing studies keep
+``<study>`` (the name it always had, so ``tx models train --study <study>`` and existing studies keep
 working); for the ``ensemble`` family the transformer member is tuned in its own study
 ``<study>-transformer``. Each member's objective is its own mean validation log loss over the
 same purged folds, so its importances are about its own parameters, a cheap XGBoost trial never
@@ -20,13 +20,13 @@ tuned: they are fitted on the last fold when the final model is trained (:mod:`t
   ``d_model`` is divisible by every ``n_heads``). ``tune.transformer.n_trials`` sets the
   transformer study's trials (default: ``tune.n_trials``; 0 turns it off).
 * Storage: ``TX_OPTUNA_STORAGE`` (default SQLite under ``TX_HOME``; PostgreSQL when set). Several
-  workers — ``tx tune --workers N`` processes or the DAG's mapped tasks — share the studies by
+  workers — ``tx models tune --workers N`` processes or the DAG's mapped tasks — share the studies by
   name: each worker runs its share of every member's trials (XGBoost first, then the
   transformer). Workers use one thread each (XGBoost ``n_jobs=1``, ``torch.set_num_threads(1)``).
 * :func:`log_study` records each study — best trial, importances, ``trials.csv`` — in its own
   MLflow run of ``<experiment>_tuning`` (tags ``optuna.member`` and ``optuna.group``).
 * The best parameters flow into the final fit: :func:`summarise` (DAG) returns ``params``
-  (XGBoost) and ``transformer_params``; :func:`best_member_params` does it for ``tx train --study``.
+  (XGBoost) and ``transformer_params``; :func:`best_member_params` does it for ``tx models train --study``.
 
 Only the training window is used: the test window stays unseen.
 """

@@ -270,7 +270,9 @@ def parse_rule(spec: str | None, fallback_hours: float = 2) -> FixedOffset | Zon
     m = _FIXED_RE.match(s)
     if m is not None:
         return FixedOffset(float(m.group(1)))
-    raise ValueError(f"unknown broker time rule {spec!r}: use fixed:+2, ny-close or tz:<zone>[+h]")
+    raise ValueError(
+        f"unknown broker time rule {spec!r}: use fixed:+2, ny-close, eet or tz:<zone>[+h]"
+    )
 
 
 # --- the detector -------------------------------------------------------------------------------

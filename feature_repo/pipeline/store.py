@@ -13,9 +13,12 @@ in this process just before it builds the ``FeatureStore``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -79,10 +82,23 @@ def offline_dir(settings: PlatformSettings, view: str = FEATURE_VIEW) -> Path:
     }[view]
 
 
+#: Feast's online-store connection string when ``TX_REDIS_URL`` is unset. Offline work (apply,
+#: point-in-time joins, training) never opens the online store; the host name says why a
+#: connection attempt would fail, and the online paths check ``require_redis_url`` first.
+OFFLINE_ONLY_REDIS = "tx-redis-url-unset:6379,db=0"
+
+
 def feast_env(settings: PlatformSettings) -> dict[str, str]:
+    """The variables ``feature_store.yaml`` reads (the registry, the offline folders and the
+    online store, which offline work does not need: see :data:`OFFLINE_ONLY_REDIS`)."""
+    online = (
+        feast_redis_connection_string(settings.redis_url)
+        if settings.redis_url
+        else OFFLINE_ONLY_REDIS
+    )
     return {
         "TX_FEAST_REGISTRY": str(settings.feast_registry),
-        "TX_FEAST_REDIS": feast_redis_connection_string(settings.require_redis_url()),
+        "TX_FEAST_REDIS": online,
         "TX_OFFLINE_FEATURES": str(offline_dir(settings, FEATURE_VIEW)),
         "TX_OFFLINE_FEATURES_V2": str(offline_dir(settings, V2_VIEW)),
         "TX_OFFLINE_SEQUENCES": str(offline_dir(settings, SEQ_VIEW)),
@@ -291,8 +307,31 @@ def materialize(
     """Materialise the bars opening in [start, end), i.e. closing by ``end`` (Feast's range is
     inclusive), plus a small overlap before ``start`` for late or re-validated bars."""
     start, end = utc(start), utc(end)
+    settings.require_redis_url()
     store = store or open_store(settings)
-    store.materialize(start - MATERIALIZE_OVERLAP, end, feature_views=list(views))
+    # Feast prints its progress to stdout in ANSI colours: keep stdout for results, log it plain
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        store.materialize(start - MATERIALIZE_OVERLAP, end, feature_views=list(views))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", said.getvalue()).strip()
+    if text:
+        log.debug("feast materialize: %s", " | ".join(text.splitlines()))
+
+
+def offline_rows(
+    settings: PlatformSettings, start: datetime, end: datetime, timeframe: str | None = None
+) -> dict[str, int]:
+    """Per view, the offline rows of the UTC days of [start, end) (parquet metadata only)."""
+    import pyarrow.parquet as pq
+
+    tf = timeframe or settings.timeframe
+    out = dict.fromkeys(VIEWS, 0)
+    for view in VIEWS:
+        for sym in settings.symbols:
+            for day in lake.days_in(utc(start), utc(end)):
+                path = offline_path(settings, sym, tf, day, view)
+                if path.is_file():
+                    out[view] += pq.read_metadata(path).num_rows
+    return out
 
 
 def require_offline(settings: PlatformSettings, service: str) -> None:
@@ -303,7 +342,7 @@ def require_offline(settings: PlatformSettings, service: str) -> None:
         if not any(folder.glob("*.parquet")):
             raise ValueError(
                 f"the offline store of {view} ({folder}) is empty: build features first "
-                "(the market_data DAG, `tx backfill` or `tx features build`)"
+                "(the market_data DAG, `tx data backfill` or `tx features build`)"
             )
 
 
@@ -351,6 +390,7 @@ def historical_features(
 
 def push_rows(settings: PlatformSettings, rows: pd.DataFrame, store: Any | None = None) -> None:
     """Write feature rows straight to the online store through Feast (the per-bar path)."""
+    settings.require_redis_url()
     store = store or open_store(settings)
     store.write_to_online_store(
         FEATURE_VIEW, rows[["symbol", "event_timestamp", *TREND_V1_FEATURES]]

@@ -25,7 +25,7 @@ def test_member_trials_when_xgboost_family_then_one_study_as_before_and_ensemble
     assert member_trials(v2, n_trials=3) == {
         "xgboost": 3,
         "transformer": 3,
-    }  # `tx tune --trials` sets both
+    }  # `tx models tune --trials` sets both
     off = v2.model_copy(
         update={
             "tune": v2.tune.model_copy(update={"transformer": TransformerSearchConfig(n_trials=0)})
