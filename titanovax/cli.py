@@ -24,6 +24,9 @@ from typer._click.exceptions import UsageError  # typer vendors click: its own e
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from titanovax.notify import notify_app as _notify_app
+from titanovax.observe import observe_app as _observe_app
+
 
 class _TxGroup(TyperGroup):
     """The root group: every error that escapes a command becomes one line on stderr."""
@@ -47,9 +50,6 @@ class _TxGroup(TyperGroup):
             typer.echo(f"error: {err.line()}", err=True)
             raise typer.Exit(err.exit_code) from None
 
-
-from titanovax.notify import notify_app as _notify_app
-from titanovax.observe import observe_app as _observe_app
 
 app = typer.Typer(
     cls=_TxGroup,

@@ -225,6 +225,7 @@ def run_engine(
     from engine.control import ControlServer
     from engine.journal import Journal
     from engine.mt5 import TIMEFRAMES
+    from engine.serving_client import OnnxModel
     from titanovax.settings import PlatformSettings
 
     es = EngineSettings()
