@@ -49,7 +49,12 @@ RULES = (
     "frozen_prices",
     "forming_bar",
     "tz_shift",
+    "rejected_line",
+    "duplicate_conflict",
+    "import_repaired",
 )
+IMPORT_RULES = ("rejected_line", "duplicate_conflict", "import_repaired")
+"""Rules that judge only the lines ingest rejected or repaired (no Great Expectations suite)."""
 PRICE_COLUMNS = ("open", "high", "low", "close")
 # stored dtype of each lake column as Great Expectations' pandas engine names it
 # ("Timestamp": a time zone-aware datetime column; the lake stores UTC)
