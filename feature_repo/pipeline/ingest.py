@@ -394,3 +394,81 @@ def check_broker_time(
     out: dict[str, object] = {"symbol": symbol, "bars": len(rates)}
     out.update(check_rule(broker_rule(settings), rates["time"], timeframe, symbol=symbol).to_dict())
     return out
+
+
+def export_of(settings: PlatformSettings, symbol: str, timeframe: str) -> Any:
+    """The parsed export of ``symbol``/``timeframe`` in ``TX_MT5_EXPORTS``, with the configured
+    column sources (raises ``KeyError`` when there is none, ``MissingColumnError`` when it lacks
+    a column with no source)."""
+    from engine.mt5.sim import ExportFeed
+
+    assert settings.mt5_exports is not None
+    feed = ExportFeed(
+        settings.mt5_exports,
+        server_utc_offset_hours=settings.broker_utc_offset_hours,
+        column_sources=column_sources(settings),
+    )
+    export = feed.export(symbol, timeframe)
+    if export is None:
+        raise KeyError(f"no {symbol} {timeframe} export in {settings.mt5_exports}")
+    return export
+
+
+def autodetect_exports(settings: PlatformSettings) -> tuple[PlatformSettings, str | None]:
+    """Use what ``TX_MT5_EXPORTS`` holds when the settings do not say what to ingest.
+
+    With the simulated terminal over an export folder: when the configured symbols and timeframe
+    all have a file, nothing changes (``None``). Otherwise, when the folder holds exactly one
+    symbol/timeframe, or ``TX_SYMBOLS`` is unset (every symbol with a file at the timeframe:
+    ``TX_TIMEFRAME``, or the timeframe of the folder's first file), the settings are narrowed to
+    it and the returned line says what was chosen and the broker time rule the detector suggests
+    for it. Symbols or a timeframe set explicitly that the folder does not hold are an error
+    (``ValueError``), never silently replaced."""
+    from engine.mt5.brokertime import detect_offset
+    from engine.mt5.exports import MissingColumnError, scan_exports
+
+    if settings.mt5_mode != "sim" or not settings.mt5_exports:
+        return settings, None
+    folder = settings.mt5_exports
+    files = scan_exports(folder)
+    if not files:
+        raise ValueError(f"no MT5 export named <SYMBOL>_<TF>….csv in {folder}")
+    explicit_sym = "symbols" in settings.model_fields_set
+    explicit_tf = "timeframe" in settings.model_fields_set
+    wanted = {(s, settings.timeframe) for s in settings.symbols}
+    if explicit_sym and wanted <= set(files):
+        return settings, None
+    tfs = {tf for _, tf in files}
+    if len(files) == 1:
+        ((sym, tf),) = files
+        if (explicit_sym and sym not in settings.symbols) or (
+            explicit_tf and tf != settings.timeframe
+        ):
+            raise ValueError(
+                f"TX_SYMBOLS/TX_TIMEFRAME ask for {', '.join(f'{s} {t}' for s, t in sorted(wanted))}"
+                f" but {folder} holds only {sym} {tf}"
+            )
+        symbols = [sym]
+    elif not explicit_sym:
+        tf = settings.timeframe if (explicit_tf or settings.timeframe in tfs) else min(files)[1]
+        symbols = sorted(s for s, t in files if t == tf)
+        if not symbols:
+            raise ValueError(f"no {tf} export in {folder}; found {sorted(files)}")
+    else:
+        missing = sorted(wanted - set(files))
+        raise ValueError(f"no export for {missing} in {folder}; found {sorted(files)}")
+    chosen = settings.model_copy(update={"symbols": symbols, "timeframe": tf})
+    rules = []
+    for sym in symbols:
+        try:
+            det = detect_offset(export_of(chosen, sym, tf).rates["time"], tf)
+            rules.append(f"{sym} {det.suggested or 'inconclusive (' + det.reason + ')'}")
+        except MissingColumnError as exc:
+            rules.append(f"{sym} unreadable: {exc}")
+    message = (
+        f"auto-detected from {folder}: {','.join(symbols)} {tf}; broker time rule the detector "
+        f"suggests: {'; '.join(rules)} (configured: {broker_rule(settings).spec}, "
+        "set TX_BROKER_TZ to change it)"
+    )
+    log.info("%s", message)
+    return chosen, message

@@ -598,7 +598,10 @@ def validate_symbols(
 ) -> list[dict[str, Any]]:
     """The DAG's validate task: every symbol is validated (one symbol's quarantine does not stop
     the others); soft flags are logged as warnings; any hard failure raises
-    :class:`QuarantinedSymbols` at the end, so the task fails loudly."""
+    :class:`QuarantinedSymbols` at the end, so the task fails loudly. An interval with nothing
+    staged for any symbol raises :class:`~feature_repo.pipeline.ingest.NoBarsError`."""
+    from feature_repo.pipeline.ingest import NoBarsError, explain_empty
+
     reports: list[ValidationReport] = []
     failed: list[BatchQuarantined] = []
     for sym in symbols:
@@ -607,6 +610,14 @@ def validate_symbols(
         except BatchQuarantined as exc:
             failed.append(exc)
             reports.append(exc.report)
+    if reports and not any(r.partitions for r in reports):
+        why = [explain_empty(sym, timeframe, start, end) for sym in symbols]
+        raise NoBarsError(
+            "nothing staged to validate: "
+            + "; ".join(w for w, _ in why)
+            + ("" if all(e for _, e in why) else " (run tx ingest for the interval first)"),
+            expected=all(e for _, e in why),
+        )
     for r in reports:
         if r.flagged_rows:
             log.warning(
