@@ -35,6 +35,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from engine.mt5.exports import read_export
 from feature_repo.pipeline import lake
 from feature_repo.pipeline.expectations import RULES
 from feature_repo.pipeline.store import feast_apply, materialize
@@ -453,3 +454,40 @@ def test_tx_ingest_when_the_export_has_no_spread_column_then_it_is_refused_unles
     assert bars is not None and (bars["spread"] == 15).all()
     rec = json.loads(lake.column_sources_path(platform.lake_dir, SYM, TF).read_text())
     assert rec["filled"] == {"spread": {"source": "constant:15", "value": 15}}
+
+
+def test_ingest_when_a_terminal_answers_bad_bars_then_the_same_row_checks_quarantine_the_day(
+    platform: PlatformSettings, tmp_path: Path
+) -> None:
+    """The native/bridge path: bars come from a terminal's ``copy_rates_range``, not a file.
+    A simulated terminal (the same MT5 API) serves an in-memory array with a NaN close and a
+    negative spread on the day; ingest's row checks keep them out and validation quarantines."""
+    from engine.mt5.exports import Export
+    from engine.mt5.gateway import open_terminal
+    from engine.mt5.sim import ExportFeed
+    from feature_repo.pipeline.ingest import ingest
+    from feature_repo.pipeline.validate import BatchQuarantined, validate_interval
+
+    clean = read_export(_write_export(tmp_path / "exports", list(CLEAN)))
+    rates = clean.rates.copy()
+    i_nan, i_spread = _at(10), _at(11)
+    rates["close"][i_nan] = np.nan
+    rates["spread"][i_spread] = -7
+    feed = ExportFeed([Export(SYM, TF, rates, clean.source)], server_utc_offset_hours=0)
+    term = open_terminal(
+        "sim", sim_feed=feed, clock=lambda: int(NEXT.timestamp()) + 7200, server_utc_offset_hours=0
+    )
+
+    result = ingest(platform, SYM, TF, DAY, NEXT, terminal=term)
+    with pytest.raises(BatchQuarantined) as exc:
+        validate_interval(platform, SYM, TF, DAY, NEXT)
+
+    assert result.rejected_lines == 2 and result.rows == BARS_PER_DAY - 2
+    (part,) = exc.value.report.partitions
+    assert {"rejected_line", "spread_non_negative"} <= set(part["hard_failures"])
+    qdir = lake.partition_dir(platform.quarantine_dir, SYM, TF, DAY.date())
+    rejected = pd.read_parquet(qdir / "rejected.parquet")
+    terminal_rows = rejected[rejected["source"] == "terminal"]
+    # line_no: the row's position in the terminal's answer for the day
+    assert sorted(terminal_rows["line_no"].astype(int)) == [i_nan - D0 + 1, i_spread - D0 + 1]
+    assert lake.read_partition(platform.lake_dir, SYM, TF, DAY.date()) is None
