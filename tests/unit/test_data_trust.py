@@ -3,6 +3,8 @@ missing-column rule, the "nothing done" verdicts and the export auto-detection."
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -170,8 +172,9 @@ def _export_rows() -> str:
 def test_autodetect_when_the_folder_holds_one_pair_and_nothing_is_configured_then_it_is_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for var in ("TX_SYMBOLS", "TX_TIMEFRAME"):
-        monkeypatch.delenv(var, raising=False)
+    for var in ("TX_SYMBOLS", "TX_TIMEFRAME"):  # unset now, and restored (unset) afterwards
+        monkeypatch.setenv(var, "x")
+        monkeypatch.delenv(var)
     _write(tmp_path, "GBPUSD_M5__only.csv", _export_rows())
 
     s, note = autodetect_exports(PlatformSettings(home=tmp_path / "h", mt5_exports=tmp_path))
@@ -202,3 +205,82 @@ def test_autodetect_when_configured_pairs_are_there_then_nothing_changes_and_abs
     assert autodetect_exports(s) == (s, None)
     with pytest.raises(ValueError, match="no export for"):
         autodetect_exports(s.model_copy(update={"symbols": ["USDJPY"]}))
+
+
+def _gbpusd_m5_folder(folder: Path) -> Path:
+    rows = [HEADER]
+    t = datetime(2026, 1, 7, tzinfo=UTC)
+    for i in range(2 * 288):
+        ts = datetime.fromtimestamp(t.timestamp() + 300 * i, UTC)
+        rows.append(f"{ts:%Y-%m-%d %H:%M:%S},1.27,1.2705,1.2695,1.2702,{40 + i % 7},9,0")
+    _write(folder, "GBPUSD_M5__only.csv", "\n".join(rows) + "\n")
+    return folder
+
+
+def _cli_env(tmp_path: Path, exports: Path) -> dict[str, str | None]:
+    return {
+        "TX_HOME": str(tmp_path / "home"),
+        "TX_MT5_MODE": "sim",
+        "TX_MT5_EXPORTS": str(exports),
+        "TX_SYMBOLS": None,  # unset
+        "TX_TIMEFRAME": None,
+        "TX_BROKER_TZ": "fixed:+0",
+    }
+
+
+def test_tx_ingest_when_the_folder_holds_only_gbpusd_m5_then_it_is_used_and_the_choice_printed(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from titanovax.cli import app
+
+    env = _cli_env(tmp_path, _gbpusd_m5_folder(tmp_path / "exports"))
+    res = CliRunner().invoke(
+        app, ["ingest", "--start", "2026-01-07", "--end", "2026-01-08"], env=env
+    )
+
+    assert res.exit_code == 0, res.stderr
+    assert "auto-detected" in res.stderr and "GBPUSD M5" in res.stderr
+    assert "broker time rule the detector suggests" in res.stderr
+    (out,) = json.loads(res.stdout)
+    assert (out["symbol"], out["timeframe"], out["rows"]) == ("GBPUSD", "M5", 288)
+
+
+def test_tx_ingest_when_the_interval_is_a_saturday_then_exit_1_with_one_line(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from titanovax.cli import app
+
+    env = _cli_env(tmp_path, _gbpusd_m5_folder(tmp_path / "exports"))
+    res = CliRunner().invoke(
+        app, ["ingest", "--start", "2026-01-10", "--end", "2026-01-11"], env=env
+    )
+
+    assert res.exit_code == 1
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith(("warning:", "error:"))]
+    assert line.startswith("warning: no bars for GBPUSD M5") and "(weekend)" in line
+
+
+def test_demo_plan_when_the_folder_holds_only_gbpusd_m5_then_the_demo_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from titanovax.demo import _autodetect, plan_span
+
+    for var in ("TX_SYMBOLS", "TX_TIMEFRAME"):  # unset now, and restored (unset) afterwards
+        monkeypatch.setenv(var, "x")
+        monkeypatch.delenv(var)
+    exports = _gbpusd_m5_folder(tmp_path / "exports")
+    s = PlatformSettings(home=tmp_path / "h", mt5_exports=exports, broker_tz="fixed:+0")
+
+    detected = _autodetect(s)
+
+    assert detected is not None and (detected[0].symbols, detected[0].timeframe) == (
+        ["GBPUSD"],
+        "M5",
+    )
+    assert os.environ["TX_SYMBOLS"] == "GBPUSD"  # the DAG runs read the choice too
+    plan = plan_span(detected[0], history_days=1)
+    assert plan.engine_end.weekday() == 5
