@@ -257,3 +257,30 @@ def test_real_export_when_the_broker_moved_its_weekly_open_then_sundays_on_the_c
     print(
         f"\nGBPUSD H1 {start:%Y-%m-%d}..{end:%Y-%m-%d}: {len(sundays)} Sundays in the lake, 0 quarantined"
     )
+
+
+def test_real_export_when_reading_every_gbpusd_weekly_open_then_each_sunday_open_is_on_the_calendar(
+    raw_dir: Path,
+) -> None:
+    """Over the whole H1 part of the GBPUSD file (2017-03 to 2024-05, fixed:+0), every weekly
+    open on a Sunday lies on the calendar's open (17:00 New York ±60 min), so no Sunday batch is
+    read as a clock shift any more (170 were quarantined before). The other opens are Monday
+    00:00 (2017) and two after holidays (Tuesday 26 December)."""
+    from collections import Counter
+
+    from feature_repo.pipeline.calendar import calendar_for
+    from feature_repo.pipeline.expectations import _weekly_opens
+
+    name = "GBPUSD_H1__QuocHoang2009_TradingData.csv"
+    if not (raw_dir / name).exists():
+        pytest.skip(f"{name} not in {raw_dir}")
+    t = read_export(raw_dir / name).rates["time"].astype(np.int64)
+    t = t[t >= _utc("2017-03-01").timestamp() + 8 * 3600]  # the H1 part (fixed:+0: UTC)
+    cal = calendar_for("GBPUSD")
+
+    opens = [int(t[int(pos)]) for pos, _ in _weekly_opens(t, 3600)]
+    kinds = Counter(
+        (datetime.fromtimestamp(o, UTC).strftime("%a"), cal.on_weekly_open(o)) for o in opens
+    )
+
+    assert kinds[("Sun", False)] == 0 and kinds[("Sun", True)] >= 300, kinds
