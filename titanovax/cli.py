@@ -65,6 +65,7 @@ def ingest(
 ) -> None:
     """Stage the bars of [start, end) from the MT5 gateway (server time → UTC). Exit 1 when the
     interval has no bars or an export cannot be read (one line on stderr)."""
+    from engine.mt5 import TerminalError
     from feature_repo.pipeline.ingest import NoBarsError, autodetect_exports, check_ingested
     from feature_repo.pipeline.ingest import ingest as run
 
@@ -75,7 +76,7 @@ def ingest(
         results = [
             run(s, sym, s.timeframe, _utc(start), _utc(end)) for sym in _symbols_of(s, symbol)
         ]
-    except (ValueError, KeyError) as exc:  # an export without a column, a missing pair
+    except (ValueError, KeyError, TerminalError) as exc:  # no such column, pair or symbol
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     _echo([r.to_dict() for r in results])

@@ -284,3 +284,22 @@ def test_demo_plan_when_the_folder_holds_only_gbpusd_m5_then_the_demo_uses_it(
     assert os.environ["TX_SYMBOLS"] == "GBPUSD"  # the DAG runs read the choice too
     plan = plan_span(detected[0], history_days=1)
     assert plan.engine_end.weekday() == 5
+
+
+def test_tx_ingest_when_the_symbol_has_no_export_then_exit_1_with_one_error_line(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from titanovax.cli import app
+
+    env = {**_cli_env(tmp_path, _gbpusd_m5_folder(tmp_path / "exports")), "TX_TIMEFRAME": "M5"}
+    res = CliRunner().invoke(
+        app,
+        ["ingest", "--start", "2026-01-07", "--end", "2026-01-08", "--symbol", "USDJPY"],
+        env=env,
+    )
+
+    assert res.exit_code == 1 and not isinstance(res.exception, RuntimeError)
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert "USDJPY" in line and "not found" in line
