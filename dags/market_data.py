@@ -74,14 +74,26 @@ def market_data() -> None:
     def ingest(
         data_interval_start: datetime | None = None, data_interval_end: datetime | None = None
     ) -> list[dict]:
+        """No bars at all: a skip when the market was closed (weekend, holiday), else an
+        error (an unknown symbol, an export that ends before the interval)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from feature_repo.pipeline.ingest import NoBarsError, check_ingested
         from feature_repo.pipeline.ingest import ingest as ingest_interval
         from titanovax.settings import PlatformSettings
 
         s = PlatformSettings()
-        return [
-            ingest_interval(s, sym, s.timeframe, data_interval_start, data_interval_end).to_dict()
+        results = [
+            ingest_interval(s, sym, s.timeframe, data_interval_start, data_interval_end)  # type: ignore[arg-type]
             for sym in s.symbols
-        ]  # type: ignore[arg-type]
+        ]
+        try:
+            check_ingested(results)
+        except NoBarsError as exc:
+            if exc.expected:
+                raise AirflowSkipException(str(exc)) from exc
+            raise
+        return [r.to_dict() for r in results]
 
     @sdk.task(retries=0)
     def validate(

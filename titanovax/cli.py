@@ -191,26 +191,58 @@ def ingest(
     end: Date,
     symbol: Annotated[str | None, typer.Option(help="Default: TX_SYMBOLS")] = None,
 ) -> None:
-    """Stage the bars of [start, end) from the MT5 gateway (server time → UTC)."""
+    """Stage the bars of [start, end) from the MT5 gateway (server time → UTC). Exit 1 when the
+    interval has no bars or an export cannot be read (one line on stderr)."""
+    from engine.mt5 import TerminalError
+    from feature_repo.pipeline.ingest import NoBarsError, autodetect_exports, check_ingested
     from feature_repo.pipeline.ingest import ingest as run
 
-    s = _settings()
-    _echo([run(s, sym, s.timeframe, _utc(start), _utc(end)).to_dict() for sym in _symbols(symbol)])
+    try:
+        s, note = autodetect_exports(_settings())
+        if note:
+            typer.echo(note, err=True)
+        results = [
+            run(s, sym, s.timeframe, _utc(start), _utc(end)) for sym in _symbols_of(s, symbol)
+        ]
+    except (ValueError, KeyError, TerminalError) as exc:  # no such column, pair or symbol
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _echo([r.to_dict() for r in results])
+    try:
+        check_ingested(results)
+    except NoBarsError as exc:
+        typer.echo(f"{'warning' if exc.expected else 'error'}: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @data_app.command("validate")
 def validate(start: Date, end: Date, symbol: Annotated[str | None, typer.Option()] = None) -> None:
     """Validate staged bars with Great Expectations: pass → lake (soft flags beside it), hard
-    failure → quarantine (exit 1). Severities: TX_VALIDATION_SEVERITY / TX_VALIDATION_CONFIG."""
+    failure → quarantine (exit 1), nothing staged → exit 1. Severities:
+    TX_VALIDATION_SEVERITY / TX_VALIDATION_CONFIG."""
+    from feature_repo.pipeline.ingest import NoBarsError, autodetect_exports
     from feature_repo.pipeline.validate import QuarantinedSymbols, validate_symbols
 
-    s = _settings()
     try:
-        _echo(validate_symbols(s, _symbols(symbol), s.timeframe, _utc(start), _utc(end)))
+        s, note = autodetect_exports(_settings())
+    except (ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if note:
+        typer.echo(note, err=True)
+    try:
+        _echo(validate_symbols(s, _symbols_of(s, symbol), s.timeframe, _utc(start), _utc(end)))
     except QuarantinedSymbols as exc:
         _echo([r.to_dict() for r in exc.reports])
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except NoBarsError as exc:
+        typer.echo(f"{'warning' if exc.expected else 'error'}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _symbols_of(s: object, symbol: str | None) -> list[str]:
+    return [symbol] if symbol else list(s.symbols)  # type: ignore[attr-defined]
 
 
 # --- data: the validation quarantine (validation helper) ---------------------------------------

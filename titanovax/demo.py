@@ -46,7 +46,8 @@ def plan_span(
 ) -> DemoPlan:
     """Pick the span: the engine week ends at the latest Saturday with data."""
     if settings.mt5_exports:
-        from engine.mt5.exports import read_export, scan_exports
+        from engine.mt5.exports import scan_exports
+        from feature_repo.pipeline.ingest import export_of
 
         files = scan_exports(settings.mt5_exports)
         key = (settings.symbols[0], settings.timeframe)
@@ -54,7 +55,10 @@ def plan_span(
             raise SystemExit(
                 f"no export for {key} in {settings.mt5_exports}; found {sorted(files)}"
             )
-        ex = read_export(files[key])
+        try:
+            ex = export_of(settings, *key)
+        except ValueError as exc:  # a file without a spread/tick_volume column and no source
+            raise SystemExit(f"error: {exc}") from exc
         last = datetime.fromtimestamp(
             int(ex.rates["time"][-1]) - settings.broker_utc_offset_hours * 3600, UTC
         )
@@ -84,6 +88,37 @@ class Summary:
         )
 
 
+def _autodetect(settings: PlatformSettings) -> tuple[PlatformSettings, str] | None:
+    """What ``TX_MT5_EXPORTS`` holds, when the settings do not name it
+    (:func:`feature_repo.pipeline.ingest.autodetect_exports`); the choice is exported as
+    ``TX_SYMBOLS``/``TX_TIMEFRAME`` so the DAG runs read it too, and printed."""
+    from feature_repo.pipeline.ingest import autodetect_exports
+
+    try:
+        chosen, note = autodetect_exports(settings)
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    if note is None:
+        return None
+    os.environ["TX_SYMBOLS"] = ",".join(chosen.symbols)
+    os.environ["TX_TIMEFRAME"] = chosen.timeframe
+    print(note, flush=True)
+    return chosen, note
+
+
+def _column_sources(settings: PlatformSettings) -> str:
+    """The columns the exports lacked and where their values came from (the lake's record)."""
+    from feature_repo.pipeline import lake
+
+    rec = lake.read_column_sources(settings.lake_dir)
+    if not rec:
+        return "every column from the data"
+    return "; ".join(
+        f"{key}: " + ", ".join(f"{c}={v['source']}" for c, v in r["filled"].items())
+        for key, r in rec.items()
+    )
+
+
 def _count_rows(root: Any, pattern: str) -> int:
     import pyarrow.parquet as pq
 
@@ -108,6 +143,9 @@ def run_demo(
             os.environ["TX_REDIS_URL"] = redis_srv.url
         os.environ.setdefault("TX_HOME", str(base.home))
         settings = PlatformSettings()
+        detected = _autodetect(settings)
+        if detected is not None:
+            settings = detected[0]
         settings.home.mkdir(parents=True, exist_ok=True)
         os.environ.update(airflow_env(settings))
         ensure_airflow_db(settings)
@@ -155,6 +193,9 @@ def run_demo(
             str(settings.mt5_exports or f"synthetic market (seed {settings.synthetic_seed})"),
         )
         summary.add("symbols / timeframe", f"{','.join(settings.symbols)} {settings.timeframe}")
+        if detected is not None:
+            summary.add("auto-detected", detected[1])
+        summary.add("column sources", _column_sources(settings))
         summary.add(
             "history span (UTC)",
             f"{plan.history_start:%Y-%m-%d} → {plan.as_of:%Y-%m-%d} ({len(days)} daily runs, {md_s:.0f} s)",

@@ -55,6 +55,16 @@ class PlatformSettings(DagSettings):
         default=None,
         description="Folder of MT5 CSV exports to replay instead of the synthetic market.",
     )
+    mt5_spread_source: str | None = Field(
+        default=None,
+        description="Where the spread of an export without a spread column comes from: "
+        "constant:N (points) | symbol_info. Unset: such a file is refused.",
+    )
+    mt5_tick_volume_source: str | None = Field(
+        default=None,
+        description="Where the tick volume of an export without a tick_volume column comes "
+        "from: constant:N. Unset: such a file is refused.",
+    )
     # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     timeframe: str = "M5"

@@ -18,19 +18,29 @@ semicolon-separated file may use decimal commas (``1,08500``). All times are kep
 times are server wall-clock seconds). Prices are rounded to the symbol's digits, which removes the
 binary float artefacts pandas writes (``1.0883099999999999`` -> ``1.08831``).
 
-Nothing is dropped silently: every line that cannot become a valid bar (wrong field count,
-unparsable time or number, non-positive price, ``high``/``low`` inconsistent with
-``open``/``close``, negative volume or spread, a time off the timeframe's grid, a duplicate
-time, an empty line) is kept out of the array and listed in :attr:`Export.rejected` as
-``(line_no, raw_line, reason)`` with 1-based line numbers (the header is line 1). Rows out of
-time order are kept and sorted, with a warning in the log.
+Nothing is dropped, defaulted or reordered silently. Every line that cannot become a valid bar
+(wrong field count, unparsable time or number, NaN, non-positive price, ``high``/``low``
+inconsistent with ``open``/``close``, negative volume or spread, a time off the timeframe's
+grid, a second line at a time already taken with *different* values, an empty line) is kept out
+of the array and listed in :attr:`Export.rejected` as ``(line_no, raw_line, reason)`` with
+1-based line numbers (the header is line 1). Repairs (an identical duplicate line dropped, rows
+out of time order sorted) are listed in :attr:`Export.repairs`. Both are also in
+:attr:`Export.issues` as :class:`ImportIssue` records that name the validation rule judging them
+and the line's server time, so ingest can hand them to the validation of their UTC day.
+
+A file without a ``spread`` or ``tick_volume`` column is refused (:class:`MissingColumnError`)
+unless the caller passes a value for it in ``fill`` (``read_export(..., fill={"spread": 12})``):
+the importer never invents a trading cost. :func:`check_rates` runs the same row checks on bars
+that come from a terminal (native or bridge) instead of a file.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,7 +50,16 @@ import numpy as np
 from engine.mt5.protocol import RATES_DTYPE, TIMEFRAMES, timeframe_seconds
 from engine.mt5.synthetic import SYMBOLS
 
-__all__ = ["Export", "parse_export_name", "read_export", "scan_exports"]
+__all__ = [
+    "Export",
+    "ImportIssue",
+    "MissingColumnError",
+    "check_rates",
+    "parse_column_source",
+    "parse_export_name",
+    "read_export",
+    "scan_exports",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +88,67 @@ _COLUMN_ALIASES: dict[str, str] = {
     "volume": "real_volume",
 }
 _DEFAULT_ORDER = ("time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
+FILLABLE_COLUMNS = ("spread", "tick_volume")
+"""Columns a file may lack only when the caller says where their values come from."""
+
+# reason prefix -> the validation rule that judges a rejected line (feature_repo validation_rules)
+_REASON_RULES: tuple[tuple[str, str], ...] = (
+    ("non-positive price", "ohlc_consistency"),
+    ("high < ", "ohlc_consistency"),
+    ("low > ", "ohlc_consistency"),
+    ("negative spread", "spread_non_negative"),
+    ("time is not on the", "timeframe_alignment"),
+    ("duplicate time with different values", "duplicate_conflict"),
+    ("identical duplicate", "import_repaired"),
+    ("out of time order", "import_repaired"),
+)
+
+
+def rule_of(reason: str) -> str:
+    """The validation rule that judges an importer reason (``rejected_line`` by default:
+    the line could not be read as a bar at all)."""
+    for prefix, rule in _REASON_RULES:
+        if reason.startswith(prefix):
+            return rule
+    return "rejected_line"
+
+
+class MissingColumnError(ValueError):
+    """The file lacks a column (``spread``, ``tick_volume``) and no source was given for it."""
+
+
+@dataclass(frozen=True)
+class ImportIssue:
+    """One line the importer rejected or repaired.
+
+    ``rule`` is the validation rule that judges it (:func:`rule_of`); ``server_time`` the
+    line's bar time in server time, or, when the line's own time cannot be read, the time of
+    the nearest readable line before it (after it, for the first lines), so the issue lands on
+    a day; ``None`` only when no line of the file has a readable time."""
+
+    line_no: int
+    raw: str
+    reason: str
+    rule: str
+    server_time: int | None
+    repaired: bool = False
+
+
+def parse_column_source(spec: str) -> tuple[str, int | None]:
+    """``"constant:12"`` → ``("constant", 12)``; ``"symbol_info"`` → ``("symbol_info", None)``.
+
+    Raises ``ValueError`` on anything else (the documented sources of a missing column)."""
+    text = spec.strip().lower()
+    if text == "symbol_info":
+        return "symbol_info", None
+    if text.startswith("constant:"):
+        try:
+            value = int(text.split(":", 1)[1])
+        except ValueError:
+            value = -1
+        if value >= 0:
+            return "constant", value
+    raise ValueError(f"column source {spec!r}: use constant:N (N >= 0, an integer) or symbol_info")
 
 
 @dataclass
@@ -88,6 +168,12 @@ class Export:
     format: str = "copy_rates"
     digits: int = 5
     rounded_rows: int = 0
+    issues: list[ImportIssue] = field(default_factory=list)
+    filled: dict[str, int] = field(default_factory=dict)  # column -> value given for it
+
+    @property
+    def repairs(self) -> list[ImportIssue]:
+        return [i for i in self.issues if i.repaired]
 
     def __len__(self) -> int:
         return len(self.rates)
@@ -137,14 +223,17 @@ def read_export(
     timeframe: str | None = None,
     *,
     digits: int | None = None,
+    fill: Mapping[str, int] | None = None,
 ) -> Export:
     """Read one MT5 export (copy_rates CSV or History Center TSV) into an :class:`Export`.
 
-    ``symbol``/``timeframe`` default to the file name's ``<SYMBOL>_<TF>`` prefix. ``digits``
+    ``symbol``/``timeframe`` default to the file name's ``<SYMBOL>_<TF>…`` prefix. ``digits``
     defaults to the symbol's digits in :data:`~engine.mt5.synthetic.SYMBOLS` (unless the data
-    carries more decimals, which wins) and is otherwise inferred from the prices.
+    carries more decimals, which wins) and is otherwise inferred from the prices. ``fill``
+    gives the value of a column the file lacks (``spread``, ``tick_volume``).
     Raises ``ValueError`` when the header cannot be understood or symbol/timeframe are
-    unknown; bad *rows* never raise, they are returned in ``Export.rejected``.
+    unknown, :class:`MissingColumnError` when ``spread``/``tick_volume`` are absent and not in
+    ``fill``; bad *rows* never raise, they are returned in ``Export.rejected``/``issues``.
     """
     src = Path(path)
     from_name = parse_export_name(src.name)
@@ -163,8 +252,19 @@ def read_export(
         return Export(sym, tf, np.empty(0, dtype=RATES_DTYPE), src)
 
     delim, columns, first_data, fmt = _read_header(lines[0], src.name)
-    rejected: list[tuple[int, str, str]] = []
-    parsed = _parse_rows(lines, first_data, delim, columns, rejected)
+    filled: dict[str, int] = {}
+    for col in FILLABLE_COLUMNS:
+        if col in columns:
+            continue
+        if fill is None or col not in fill:
+            raise MissingColumnError(
+                f"{src.name}: the file has no {col} column and no source is configured for it; "
+                f"the importer does not invent {col} values (set the {col} source to "
+                "constant:N or symbol_info)"
+            )
+        filled[col] = int(fill[col])
+    early: list[tuple[int, str, str, int | None]] = []
+    parsed = _parse_rows(lines, first_data, delim, columns, early)
     line_no, raw, times, prices, ints = parsed
 
     n = len(times)
@@ -174,8 +274,62 @@ def read_export(
     d = _choose_digits(sym, px, digits, src.name)
     rounded = np.round(px, d)
     rounded_rows = int(np.count_nonzero(np.any(rounded != px, axis=1)))
-    o, h, lo, c = rounded.T
+    idx, found = _screen(t, rounded, iv, tf, line_no, raw)
+    out = np.empty(len(idx), dtype=RATES_DTYPE)
+    out["time"] = t[idx]
+    o, h, lo, c = rounded[idx].T
+    out["open"], out["high"], out["low"], out["close"] = o, h, lo, c
+    out["tick_volume"] = iv[idx, 0].astype(np.uint64)
+    out["spread"] = iv[idx, 1].astype(np.int32)
+    out["real_volume"] = iv[idx, 2].astype(np.uint64)
+    if "spread" in filled:
+        out["spread"] = filled["spread"]
+    if "tick_volume" in filled:
+        out["tick_volume"] = filled["tick_volume"]
 
+    issues = found + _place_early(early, line_no, times)
+    issues.sort(key=lambda i: i.line_no)
+    rejected = [(i.line_no, i.raw, i.reason) for i in issues if not i.repaired]
+    if rejected:
+        logger.warning(
+            "%s: %d line(s) rejected, e.g. line %d: %s", src.name, len(rejected), *rejected[0][::2]
+        )
+    repaired = len(issues) - len(rejected)
+    if repaired:
+        logger.warning("%s: %d line(s) repaired (see Export.repairs)", src.name, repaired)
+    return Export(sym, tf, out, src, rejected, fmt, d, rounded_rows, issues, filled)
+
+
+def check_rates(rates: np.ndarray, timeframe: str) -> tuple[np.ndarray, list[ImportIssue]]:
+    """The importer's row checks on bars from a terminal (``copy_rates_*``), before staging.
+
+    Returns the bars that pass, sorted by time and unique, and an :class:`ImportIssue` per row
+    rejected or repaired; ``line_no`` is the row's 1-based position in ``rates`` and ``raw``
+    the row as a ``copy_rates`` CSV line."""
+    tf = timeframe.upper()
+    n = len(rates)
+    t = rates["time"].astype(np.int64)
+    px = np.column_stack([rates[k].astype(np.float64) for k in ("open", "high", "low", "close")])
+    iv = np.column_stack(
+        [rates[k].astype(np.int64) for k in ("tick_volume", "spread", "real_volume")]
+    ).reshape(n, 3)
+    raw = [",".join(str(v) for v in row) for row in rates[list(_DEFAULT_ORDER)].tolist()]
+    idx, issues = _screen(t, px.reshape(n, 4), iv, tf, list(range(1, n + 1)), raw)
+    return rates[idx].copy(), issues
+
+
+def _screen(
+    t: np.ndarray,
+    px: np.ndarray,
+    iv: np.ndarray,
+    tf: str,
+    line_no: list[int],
+    raw: list[str],
+) -> tuple[np.ndarray, list[ImportIssue]]:
+    """Row checks shared by files and terminals: the indices of the rows to keep (sorted by
+    time, unique) and the issues (rejections and repairs) of the others."""
+    n = len(t)
+    o, h, lo, c = px.T if n else (np.empty(0),) * 4
     bad = np.zeros(n, dtype=bool)
     reasons: dict[int, str] = {}
 
@@ -184,40 +338,64 @@ def read_export(
             reasons[int(i)] = reason
         bad[:] |= mask
 
-    flag(lo <= 0, "non-positive price")
-    flag(h < lo, "high < low")
-    flag(h < np.maximum(o, c), "high < max(open, close)")
-    flag(lo > np.minimum(o, c), "low > min(open, close)")
+    with np.errstate(invalid="ignore"):
+        flag(~np.isfinite(px).all(axis=1) if n else bad.copy(), "bad price (not a finite number)")
+        flag(np.minimum.reduce([o, h, lo, c]) <= 0 if n else bad.copy(), "non-positive price")
+        flag(h < lo, "high < low")
+        flag(h < np.maximum(o, c), "high < max(open, close)")
+        flag(lo > np.minimum(o, c), "low > min(open, close)")
+    if n:
+        flag(iv[:, 1] < 0, "negative spread")
+        flag((iv[:, 0] < 0) | (iv[:, 2] < 0), "negative volume")
     tfs = timeframe_seconds(tf)
     flag(t % tfs != 0, f"time is not on the {tf} grid")
     # duplicates among the rows kept so far: keep the first occurrence in file order
     order = np.argsort(t, kind="stable")
     keep_idx = order[~bad[order]]
-    tk = t[keep_idx]
-    dup = np.zeros(n, dtype=bool)
+    repaired: dict[int, str] = {}
     if len(keep_idx) > 1:
-        dup[keep_idx[1:][tk[1:] == tk[:-1]]] = True
-    flag(dup, "duplicate time")
-    for i, reason in reasons.items():
-        rejected.append((line_no[i], raw[i], reason))
-    rejected.sort(key=lambda r: r[0])
+        tk = t[keep_idx]
+        new_time = np.concatenate([[True], tk[1:] != tk[:-1]])
+        run_first = keep_idx[np.maximum.accumulate(np.where(new_time, np.arange(tk.size), 0))]
+        for j in np.flatnonzero(~new_time):
+            i, first = int(keep_idx[j]), int(run_first[j])
+            if np.array_equal(px[i], px[first]) and np.array_equal(iv[i], iv[first]):
+                repaired[i] = f"identical duplicate of line {line_no[first]} dropped"
+            else:
+                reasons[i] = f"duplicate time with different values than line {line_no[first]}"
+            bad[i] = True
+    good = np.flatnonzero(~bad)
+    # rows out of time order (among the rows kept): each one that comes after a later time
+    if good.size > 1:
+        tg = t[good]
+        running = np.maximum.accumulate(tg)
+        late = np.flatnonzero(tg[1:] < running[:-1]) + 1
+        for j in late:
+            i = int(good[j])
+            repaired[i] = "out of time order; sorted into place"
+    issues = [
+        ImportIssue(line_no[i], raw[i], r, rule_of(r), int(t[i])) for i, r in reasons.items()
+    ] + [
+        ImportIssue(line_no[i], raw[i], r, rule_of(r), int(t[i]), repaired=True)
+        for i, r in repaired.items()
+    ]
+    if good.size and np.any(np.diff(t[good]) < 0):
+        logger.warning("rows are not in time order; sorted")
+    return good[np.argsort(t[good], kind="stable")], issues
 
-    good = ~bad
-    if np.any(np.diff(t[good]) < 0):
-        logger.warning("%s: rows are not in time order; sorted", src.name)
-    idx = np.flatnonzero(good)
-    idx = idx[np.argsort(t[idx], kind="stable")]
-    out = np.empty(len(idx), dtype=RATES_DTYPE)
-    out["time"] = t[idx]
-    out["open"], out["high"], out["low"], out["close"] = o[idx], h[idx], lo[idx], c[idx]
-    out["tick_volume"] = iv[idx, 0].astype(np.uint64)
-    out["spread"] = iv[idx, 1].astype(np.int32)
-    out["real_volume"] = iv[idx, 2].astype(np.uint64)
-    if rejected:
-        logger.warning(
-            "%s: %d line(s) rejected, e.g. line %d: %s", src.name, len(rejected), *rejected[0][::2]
-        )
-    return Export(sym, tf, out, src, rejected, fmt, d, rounded_rows)
+
+def _place_early(
+    early: list[tuple[int, str, str, int | None]], line_no: list[int], times: list[int]
+) -> list[ImportIssue]:
+    """Issues of the lines that failed to parse, each with its own time or the time of the
+    nearest parsed line before it (after it for the first lines)."""
+    out = []
+    for ln, raw, reason, ts in early:
+        if ts is None and line_no:
+            k = bisect.bisect_left(line_no, ln)
+            ts = times[k - 1] if k > 0 else times[min(k, len(times) - 1)]
+        out.append(ImportIssue(ln, raw, reason, rule_of(reason), ts))
+    return out
 
 
 # --- internals --------------------------------------------------------------------------------
@@ -268,9 +446,10 @@ def _parse_rows(
     first: int,
     delim: str,
     columns: dict[str, int],
-    rejected: list[tuple[int, str, str]],
+    rejected: list[tuple[int, str, str, int | None]],
 ) -> tuple[list[int], list[str], list[int], list[float], list[int]]:
-    """Parse data lines into flat lists; lines that fail go to ``rejected``."""
+    """Parse data lines into flat lists; lines that fail go to ``rejected`` with their reason
+    and their time when it can be read."""
     ci_date = columns.get("date", -1)
     ci_time = columns.get("time", -1)
     td, tt = (ci_date, ci_time) if ci_date >= 0 else (ci_time, -1)
@@ -308,7 +487,7 @@ def _parse_rows(
                 continue
         parsed = _parse_row_slow(line, cells, needed, layout)
         if isinstance(parsed, str):
-            rejected.append((k + 1, line, parsed))
+            rejected.append((k + 1, line, parsed, _try_time(cells, td, tt)))
             continue
         line_no.append(k + 1)
         raw.append(line)
@@ -364,6 +543,13 @@ def _parse_row_slow(
             return f"negative {name} {cell!r}"
         ivs.append(iv)
     return ts, px, ivs
+
+
+def _try_time(cells: list[str], td: int, tt: int) -> int | None:
+    try:
+        return _parse_time(_clean(cells[td]), _clean(cells[tt]) if tt >= 0 else None)
+    except (ValueError, IndexError):
+        return None
 
 
 def _parse_int(cell: str) -> int:

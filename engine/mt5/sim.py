@@ -66,7 +66,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.mt5.exports import Export, read_export, scan_exports
+from engine.mt5.exports import Export, parse_column_source, read_export, scan_exports
 from engine.mt5.protocol import (
     ACCOUNT_MARGIN_MODE_RETAIL_HEDGING,
     ACCOUNT_STOPOUT_MODE_PERCENT,
@@ -229,13 +229,25 @@ class ExportFeed:
     server time; ``server_utc_offset_hours`` is the fixed offset used to turn them into UTC
     (real servers often follow DST: pick the offset of the period you replay). A timeframe
     missing for a symbol is aggregated from the finest one that divides it.
+
+    ``column_sources`` says where the values of a column a file lacks come from (``{"spread":
+    "constant:12"}`` or ``{"spread": "symbol_info"}``: the symbol's typical spread in the
+    simulator's symbol table, what its ``symbol_info().spread`` reports); without one such a
+    file is refused (:class:`~engine.mt5.exports.MissingColumnError`).
     """
 
     def __init__(
-        self, exports: Iterable[Export] | str | Path, server_utc_offset_hours: int = 2
+        self,
+        exports: Iterable[Export] | str | Path,
+        server_utc_offset_hours: int = 2,
+        column_sources: Mapping[str, str] | None = None,
     ) -> None:
         self.server_utc_offset_hours = server_utc_offset_hours
         self._off = int(server_utc_offset_hours) * 3600
+        self.column_sources = dict(column_sources or {})
+        for spec in self.column_sources.values():
+            parse_column_source(spec)  # refuse a bad spec now, not at the first read
+        self._exports: dict[tuple[str, str], Export] = {}
         self._paths: dict[tuple[str, str], Path] = {}
         self._data: dict[tuple[str, str], np.ndarray] = {}
         self._times: dict[tuple[str, str], np.ndarray] = {}
@@ -250,7 +262,28 @@ class ExportFeed:
 
     def _add(self, e: Export) -> None:
         self._data[(e.symbol, e.timeframe)] = e.rates
+        self._exports[(e.symbol, e.timeframe)] = e
         self._digits.setdefault(e.symbol, e.digits)
+
+    def _fill(self, symbol: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for col, spec in self.column_sources.items():
+            kind, value = parse_column_source(spec)
+            if kind == "constant" and value is not None:
+                out[col] = value
+            elif col == "spread":
+                out[col] = symbol_spec(symbol).spread_points
+            else:
+                raise ValueError(f"{col} source {spec!r}: symbol_info has no {col}; use constant:N")
+        return out
+
+    def export(self, symbol: str, timeframe: str) -> Export | None:
+        """The parsed export file of ``symbol``/``timeframe`` (with its rejected and repaired
+        lines), or ``None`` when that pair has no file of its own (aggregated or unknown)."""
+        key = (symbol, timeframe)
+        if key not in self._exports and key in self._paths:
+            self._load(symbol, timeframe)
+        return self._exports.get(key)
 
     def _available(self, symbol: str) -> list[str]:
         tfs = {tf for (s, tf) in (*self._paths, *self._data) if s == symbol}
@@ -263,7 +296,7 @@ class ExportFeed:
             return arr
         path = self._paths.get(key)
         if path is not None:
-            e = read_export(path, symbol, timeframe)
+            e = read_export(path, symbol, timeframe, fill=self._fill(symbol))
             self._add(e)
             return e.rates
         if timeframe not in TIMEFRAMES:

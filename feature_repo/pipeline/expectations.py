@@ -46,10 +46,17 @@ RULES = (
     "spread_non_negative",
     "spread_spike",
     "price_jump",
+    "price_jump_absurd",
     "frozen_prices",
+    "frozen_prices_long",
     "forming_bar",
     "tz_shift",
+    "rejected_line",
+    "duplicate_conflict",
+    "import_repaired",
 )
+IMPORT_RULES = ("rejected_line", "duplicate_conflict", "import_repaired")
+"""Rules that judge only the lines ingest rejected or repaired (no Great Expectations suite)."""
 PRICE_COLUMNS = ("open", "high", "low", "close")
 # stored dtype of each lake column as Great Expectations' pandas engine names it
 # ("Timestamp": a time zone-aware datetime column; the lake stores UTC)
@@ -74,6 +81,7 @@ CHECK_COLUMNS = (
     "off_calendar_gap_bars",
     "spread_excess_points",
     "jump_sigmas",
+    "absurd_jump_sigmas",
     "frozen_run_bars",
     "closes_after_as_of_s",
     "tz_shift_hours",
@@ -259,9 +267,23 @@ def build_bars_suite(timeframe: str, cfg: ValidationConfig) -> Any:
         ),
     )
     add(
+        "price_jump_absurd",
+        gxe.ExpectColumnValuesToBeBetween(
+            column="absurd_jump_sigmas",
+            max_value=float(cfg.param("price_jump_absurd", "k_sigma")),
+        ),
+    )
+    add(
         "frozen_prices",
         gxe.ExpectColumnValuesToBeBetween(
             column="frozen_run_bars", max_value=int(cfg.param("frozen_prices", "min_run")) - 1
+        ),
+    )
+    add(
+        "frozen_prices_long",
+        gxe.ExpectColumnValuesToBeBetween(
+            column="frozen_run_bars",
+            max_value=int(cfg.param("frozen_prices_long", "min_run")) - 1,
         ),
     )
     add(
@@ -423,6 +445,12 @@ def annotate(
     jump = np.zeros(len(t))
     jump[order] = np.nan_to_num(z, nan=0.0, posinf=0.0)
     out["jump_sigmas"] = jump
+    # absurd: far beyond the robust sigma AND a relative move no FX/metal bar makes
+    min_move = float(cfg.param("price_jump_absurd", "min_log_move"))
+    big = np.zeros(len(t), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        big[order] = np.nan_to_num(np.abs(r - med_r), nan=0.0, posinf=0.0) > min_move
+    out["absurd_jump_sigmas"] = np.where(big, jump, 0.0)
     info["return_sigma"] = sigma
 
     # frozen prices: bars identical to the previous close (O=H=L=C) while ticks arrive
@@ -473,7 +501,7 @@ def annotate(
         info["tz_spread_gain"] = round(spread_gain, 4)
         shift = by_activity if by_activity == by_spread else 0
         if len(np.unique((t // 3600) % 24)) < min_hours:
-            shift = _weekly_open_shift(hist_t, ts, step)
+            shift = _weekly_open_shift(hist_t, ts, step, symbol, tol)
     out["tz_shift_hours"] = shift
     info["tz_shift_hours"], info["tz_profile_gain"] = shift, round(gain, 4)
     return out, info
@@ -501,13 +529,28 @@ def _weekly_opens(times: np.ndarray, step: int) -> np.ndarray:
     return np.column_stack([np.flatnonzero(is_open) + 2, how[is_open]])
 
 
-def _weekly_open_shift(hist_t: np.ndarray, batch_t: np.ndarray, step: int) -> int:
-    """Hours between the batch's weekly open and the history's median weekly open (0: none)."""
-    opens = _weekly_opens(np.concatenate([hist_t, batch_t]), step)
+def _weekly_open_shift(
+    hist_t: np.ndarray,
+    batch_t: np.ndarray,
+    step: int,
+    symbol: str = "EURUSD",
+    tolerance: timedelta = timedelta(hours=1),
+) -> int:
+    """Hours between the batch's weekly open and the history's median weekly open (0: none).
+
+    A weekly open that lies on the market calendar's open (Sunday 17:00 New York, metals
+    18:00) within ``tolerance`` is right whatever the history says (0): a broker that moved its
+    weekly open for good would otherwise have every later Sunday quarantined, and the history
+    would never learn the new open."""
+    both = np.concatenate([hist_t, batch_t])
+    opens = _weekly_opens(both, step)
     if opens.size == 0:
         return 0
     in_batch = opens[:, 0] >= hist_t.size
     if not in_batch.any() or in_batch.all():
+        return 0
+    first_open = int(both[int(opens[in_batch, 0][0])])
+    if calendar_for(symbol, tolerance).on_weekly_open(first_open):
         return 0
     d = float(opens[in_batch, 1][0] - np.median(opens[~in_batch, 1]))
     return round((d + 84) % 168 - 84)

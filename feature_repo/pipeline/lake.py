@@ -245,3 +245,49 @@ def symbol_point(root: Path, symbol: str) -> float | None:
     if meta is None or "point" not in meta:
         return None
     return float(meta["point"])
+
+
+# --- column sources -----------------------------------------------------------------------------
+
+COLUMN_SOURCES_FILE = "_sources.json"
+
+
+def column_sources_path(root: Path, symbol: str, timeframe: str) -> Path:
+    return root / f"symbol={symbol}" / f"timeframe={timeframe}" / COLUMN_SOURCES_FILE
+
+
+def write_column_sources(
+    root: Path, symbol: str, timeframe: str, filled: dict[str, Any], file: str
+) -> Path | None:
+    """Record which columns of ``symbol``/``timeframe`` were not in the export ``file`` and
+    where their values came from (``{"spread": {"source": "constant:12", "value": 12}}``) as
+    ``<root>/symbol=S/timeframe=TF/_sources.json``; an empty ``filled`` removes the record
+    (every column came from the file). Returns the path written, or ``None``."""
+    path = column_sources_path(root, symbol, timeframe)
+    if not filled:
+        path.unlink(missing_ok=True)
+        return None
+    data = json.dumps({"file": file, "filled": filled}, sort_keys=True, indent=1) + "\n"
+    if path.exists() and path.read_text() == data:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_column_sources(root: Path) -> dict[str, dict[str, Any]]:
+    """Every ``_sources.json`` under ``root``: ``"SYMBOL TF"`` → its record."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in (
+        sorted(root.glob(f"symbol=*/timeframe=*/{COLUMN_SOURCES_FILE}")) if root.exists() else []
+    ):
+        key = f"{p.parts[-3].split('=', 1)[1]} {p.parts[-2].split('=', 1)[1]}"
+        out[key] = json.loads(p.read_text())
+    return out

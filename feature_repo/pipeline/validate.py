@@ -11,6 +11,14 @@ against the symbol's lake history. Every failing expectation belongs to a rule w
 * **soft** - the partition proceeds into the lake; the flagged rows are written beside it in
   ``flags.parquet`` (with their reasons) and a warning is logged.
 
+The lines ingest rejected or repaired on the way in (``import_issues.parquet`` beside the staged
+bars: an export's lines, or rows of a terminal's answer) are judged with their day by the rules
+that name them (:func:`engine.mt5.exports.rule_of`: ``rejected_line``, ``ohlc_consistency``,
+``spread_non_negative``, ``timeframe_alignment``, ``duplicate_conflict``, ``import_repaired``),
+with the same per-rule severities: a hard one quarantines the day with the lines (line number,
+raw text, reason) in ``rejected.parquet``; a soft one (by default ``import_repaired``: an
+identical duplicate dropped, rows sorted) lists them in the day's ``flags.parquet``.
+
 Every partition that reaches the lake carries its ``validation.json``. Nothing of a quarantined
 batch reaches the features or Redis, because features are only computed from the lake.
 Re-validating a fixed batch releases it: :func:`release_partition` (``tx data release``) for a
@@ -120,14 +128,21 @@ class FrameOutcome:
     severity: pd.Series  # row index -> "hard" | "soft" | ""
     stats: dict[str, Any]
     results: list[Any]  # Great Expectations ExpectationSuiteValidationResult objects
+    # the import issues judged with the day: line_no, raw_line, time, reasons, severity, source
+    import_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def rule_rows(self, severity: str) -> dict[str, int]:
-        return {f["rule"]: f["rows"] for f in self.failures if f["severity"] == severity}
+        out: dict[str, int] = {}
+        for f in self.failures:
+            if f["severity"] == severity:
+                out[f["rule"]] = out.get(f["rule"], 0) + int(f["rows"])
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {
             "success": self.success,
             "suites": [SCHEMA_SUITE, BARS_SUITE][: len(self.results)],
+            "import_issues": len(self.import_rows),
             "hard_failures": self.rule_rows("hard"),
             "soft_failures": self.rule_rows("soft"),
             "failures": self.failures,
@@ -209,11 +224,14 @@ def validate_frame(
     *,
     as_of: datetime | None = None,
     config: ValidationConfig | None = None,
+    import_issues: pd.DataFrame | None = None,
 ) -> FrameOutcome:
-    """Run the schema suite, then (if the schema holds) the FX-aware suite on one partition.
+    """Run the schema suite, then (if the schema holds) the FX-aware suite on one partition,
+    and judge the day's ``import_issues`` (lines ingest rejected or repaired).
 
     ``history`` is the symbol's lake bars before ``df`` (default: none); ``as_of`` the time
-    before which every bar must have closed (default: now)."""
+    before which every bar must have closed (default: now). A day whose every line was
+    rejected has no bars: only its import issues are judged."""
     from feature_repo.pipeline.expectations import load_config
 
     cfg = config or load_config()
@@ -227,10 +245,16 @@ def validate_frame(
     results = []
     stats: dict[str, Any] = {"rows": len(frame)}
 
-    schema_result = _run_suite(frame, build_schema_suite(symbol, timeframe))
-    results.append(schema_result)
-    _collect(schema_result, frame.index, reasons, sev, failures, schema_sev)
-    if schema_result.success:  # the FX-aware suite needs the schema to hold
+    import_rows = _judge_import_issues(import_issues, cfg, failures)
+    stats["import_issues"] = len(import_rows)
+    if frame.empty and len(import_rows):
+        schema_ok = False  # nothing to run the suites on: every line of the day was rejected
+    else:
+        schema_result = _run_suite(frame, build_schema_suite(symbol, timeframe))
+        results.append(schema_result)
+        _collect(schema_result, frame.index, reasons, sev, failures, schema_sev)
+        schema_ok = schema_result.success
+    if schema_ok:  # the FX-aware suite needs the schema to hold
         hist = (
             history
             if history is not None and len(history)
@@ -246,7 +270,37 @@ def validate_frame(
     )
     sev_s = pd.Series(sev, dtype=object).reindex(frame.index, fill_value="")
     success = not any(f["severity"] == "hard" for f in failures)
-    return FrameOutcome(success, failures, reason_s, sev_s, stats, results)
+    return FrameOutcome(success, failures, reason_s, sev_s, stats, results, import_rows)
+
+
+def _judge_import_issues(
+    issues: pd.DataFrame | None, cfg: ValidationConfig, failures: list[dict[str, Any]]
+) -> pd.DataFrame:
+    """Import issues → one failure per rule (severity from the config; ``off`` drops them) and
+    the rows to keep with the day (``reasons``, ``severity``)."""
+    if issues is None or issues.empty:
+        return pd.DataFrame()
+    rows = issues.copy()
+    rows["severity"] = [cfg.severity(r) for r in rows["rule"]]
+    rows = rows[rows["severity"] != "off"].reset_index(drop=True)
+    rows["reasons"] = rows["rule"] + ": " + rows["reason"]
+    for (rule, severity), grp in rows.groupby(["rule", "severity"], sort=True):
+        failures.append(
+            {
+                "rule": str(rule),
+                "severity": str(severity),
+                "expectation": "mt5_import_row_checks",
+                "kwargs": {"source": sorted(set(grp["source"]))},
+                "rows": len(grp),
+                "unexpected_count": len(grp),
+                "observed_value": None,
+                "partial_unexpected_list": [
+                    f"line {ln}: {reason}"
+                    for ln, reason in zip(grp["line_no"], grp["reason"], strict=True)
+                ][:20],
+            }
+        )
+    return rows.drop(columns=["reason"])
 
 
 # --- partitions --------------------------------------------------------------------------------
@@ -271,11 +325,25 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _flagged_rows(df: pd.DataFrame, outcome: FrameOutcome) -> pd.DataFrame:
+    """The day's flagged bars, then its import issues (``line_no``, ``raw_line``, ``source``
+    set; bar columns null)."""
     mask = outcome.reasons != ""
     rows = df.reset_index(drop=True)[mask.to_numpy()].copy()
     rows["reasons"] = outcome.reasons[mask].to_numpy()
     rows["severity"] = outcome.severity[mask].to_numpy()
-    return rows
+    if outcome.import_rows.empty:
+        return rows
+    imp = outcome.import_rows.drop(columns=["rule", "repaired"], errors="ignore")
+    if rows.empty:
+        return imp.reset_index(drop=True)
+    return pd.concat([rows, imp], ignore_index=True)
+
+
+def _read_issues(part_dir: Path) -> pd.DataFrame | None:
+    from feature_repo.pipeline.ingest import ISSUES_FILE
+
+    path = part_dir / ISSUES_FILE
+    return pq.read_table(path).to_pandas() if path.exists() else None
 
 
 def _write_data_docs(folder: Path, outcome: FrameOutcome) -> Path:
@@ -357,7 +425,10 @@ def _record_release(
 
 
 def _entry(day: date, rows: int, outcome: FrameOutcome) -> dict[str, Any]:
-    flagged = int((outcome.severity == "soft").sum()) if outcome.success else 0
+    soft_imports = (
+        int((outcome.import_rows["severity"] == "soft").sum()) if len(outcome.import_rows) else 0
+    )
+    flagged = int((outcome.severity == "soft").sum()) + soft_imports if outcome.success else 0
     return {
         "date": day.isoformat(),
         "rows": rows,
@@ -402,6 +473,7 @@ def validate_interval(
             _history(settings, symbol, timeframe, day, cfg),
             as_of=as_of,
             config=cfg,
+            import_issues=_read_issues(path.parent),
         )
         entry = _entry(day, len(df), outcome)
         if outcome.success:
@@ -469,6 +541,7 @@ def release_partition(
         _history(settings, symbol, timeframe, day, cfg),
         as_of=as_of,
         config=cfg,
+        import_issues=_read_issues(qdir),
     )
     entry = _entry(day, len(df), outcome)
     report.partitions.append(entry)
@@ -525,7 +598,10 @@ def validate_symbols(
 ) -> list[dict[str, Any]]:
     """The DAG's validate task: every symbol is validated (one symbol's quarantine does not stop
     the others); soft flags are logged as warnings; any hard failure raises
-    :class:`QuarantinedSymbols` at the end, so the task fails loudly."""
+    :class:`QuarantinedSymbols` at the end, so the task fails loudly. An interval with nothing
+    staged for any symbol raises :class:`~feature_repo.pipeline.ingest.NoBarsError`."""
+    from feature_repo.pipeline.ingest import NoBarsError, explain_empty
+
     reports: list[ValidationReport] = []
     failed: list[BatchQuarantined] = []
     for sym in symbols:
@@ -534,6 +610,14 @@ def validate_symbols(
         except BatchQuarantined as exc:
             failed.append(exc)
             reports.append(exc.report)
+    if reports and not any(r.partitions for r in reports):
+        why = [explain_empty(sym, timeframe, start, end) for sym in symbols]
+        raise NoBarsError(
+            "nothing staged to validate: "
+            + "; ".join(w for w, _ in why)
+            + ("" if all(e for _, e in why) else " (run tx ingest for the interval first)"),
+            expected=all(e for _, e in why),
+        )
     for r in reports:
         if r.flagged_rows:
             log.warning(

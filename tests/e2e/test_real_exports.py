@@ -219,3 +219,68 @@ def test_real_export_when_christmas_eve_and_new_years_eve_close_early_then_no_ti
     assert not checks["2024-12-17"]["stats"][
         "tz_shift_skipped_holiday"
     ]  # an ordinary day is still checked
+
+
+def test_real_export_when_the_broker_moved_its_weekly_open_then_sundays_on_the_calendar_open_pass(
+    raw_dir: Path, tmp_path: Path, redis_url: str
+) -> None:
+    """GBPUSD H1 (fixed:+0): the broker opened the week at Monday 00:00 UTC until January 2018,
+    then at Sunday 21:00/22:00 UTC (17:00 New York, the calendar's open). Each short Sunday batch
+    used to be compared with the lake's history of Monday opens only, read as a 2-3 h clock
+    shift and quarantined (170 Sundays over the file); a weekly open on the calendar's open now
+    passes whatever the history says."""
+    from feature_repo.pipeline.ingest import ingest
+    from feature_repo.pipeline.validate import validate_interval
+
+    name = "GBPUSD_H1__QuocHoang2009_TradingData.csv"
+    if not (raw_dir / name).exists():
+        pytest.skip(f"{name} not in {raw_dir}")
+    s = PlatformSettings(
+        home=tmp_path,
+        redis_url=redis_url,
+        mt5_exports=raw_dir,
+        symbols=["GBPUSD"],
+        timeframe="H1",
+        broker_tz="fixed:+0",
+    )
+    start, end = _utc("2017-12-04"), _utc("2018-03-05")
+
+    ingest(s, "GBPUSD", "H1", start, end)
+    report = validate_interval(s, "GBPUSD", "H1", start, end)  # raises on a hard failure
+
+    assert report.quarantined_rows == 0
+    checks = _validations(s, "GBPUSD", "H1")
+    sundays = sorted(d for d in checks if datetime.fromisoformat(d).weekday() == 6)
+    after_move = [d for d in sundays if d >= "2018-01-21"]
+    assert len(after_move) >= 6, sundays
+    assert all(checks[d]["success"] and checks[d]["stats"]["tz_shift_hours"] == 0 for d in sundays)
+    print(
+        f"\nGBPUSD H1 {start:%Y-%m-%d}..{end:%Y-%m-%d}: {len(sundays)} Sundays in the lake, 0 quarantined"
+    )
+
+
+def test_real_export_when_reading_every_gbpusd_weekly_open_then_each_sunday_open_is_on_the_calendar(
+    raw_dir: Path,
+) -> None:
+    """Over the whole H1 part of the GBPUSD file (2017-03 to 2024-05, fixed:+0), every weekly
+    open on a Sunday lies on the calendar's open (17:00 New York ±60 min), so no Sunday batch is
+    read as a clock shift any more (170 were quarantined before). The other opens are Monday
+    00:00 (2017) and two after holidays (Tuesday 26 December)."""
+    from collections import Counter
+
+    from feature_repo.pipeline.calendar import calendar_for
+    from feature_repo.pipeline.expectations import _weekly_opens
+
+    name = "GBPUSD_H1__QuocHoang2009_TradingData.csv"
+    if not (raw_dir / name).exists():
+        pytest.skip(f"{name} not in {raw_dir}")
+    t = read_export(raw_dir / name).rates["time"].astype(np.int64)
+    t = t[t >= _utc("2017-03-01").timestamp() + 8 * 3600]  # the H1 part (fixed:+0: UTC)
+    cal = calendar_for("GBPUSD")
+
+    opens = [int(t[int(pos)]) for pos, _ in _weekly_opens(t, 3600)]
+    kinds = Counter(
+        (datetime.fromtimestamp(o, UTC).strftime("%a"), cal.on_weekly_open(o)) for o in opens
+    )
+
+    assert kinds[("Sun", False)] == 0 and kinds[("Sun", True)] >= 300, kinds

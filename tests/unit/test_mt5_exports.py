@@ -184,7 +184,7 @@ def test_malformed_rows_then_kept_out_and_reported(tmp_path: Path) -> None:
             "2025-01-02 12:00:00,1.03500,1.03600",  # 4 too few fields
             "2025-13-02 13:00:00,1.03500,1.03600,1.03400,1.03550,100,12,0",  # 5 bad time
             "2025-01-02 14:00:00,1.03500,1.03400,1.03600,1.03550,100,12,0",  # 6 high < low
-            "2025-01-02 10:00:00,1.03500,1.03600,1.03400,1.03550,100,12,0",  # 7 duplicate
+            "2025-01-02 10:00:00,1.03500,1.03600,1.03400,1.03550,100,12,0",  # 7 identical dup
             "",  # 8 empty
             "2025-01-02 15:30:00,1.03500,1.03600,1.03400,1.03550,100,12,0",  # 9 off the H1 grid
             "2025-01-02 16:00:00,1.03500,1.03600,1.03400,1.03550,-5,12,0",  # 10 negative volume
@@ -198,12 +198,14 @@ def test_malformed_rows_then_kept_out_and_reported(tmp_path: Path) -> None:
         e.rates["time"], [_ts("2025-01-02 10:00"), _ts("2025-01-02 17:00")]
     )
     by_line = {ln: (raw, reason) for ln, raw, reason in e.rejected}
-    assert sorted(by_line) == [3, 4, 5, 6, 7, 8, 9, 10, 12]
+    assert sorted(by_line) == [3, 4, 5, 6, 8, 9, 10, 12]
     assert "bad high 'abc'" in by_line[3][1]
     assert "fields" in by_line[4][1]
     assert "bad time" in by_line[5][1]
     assert "high < low" in by_line[6][1]
-    assert "duplicate time" in by_line[7][1]
+    assert [(r.line_no, r.reason, r.rule) for r in e.repairs] == [
+        (7, "identical duplicate of line 2 dropped", "import_repaired")
+    ]
     assert "empty line" in by_line[8][1]
     assert "H1 grid" in by_line[9][1]
     assert "negative tick_volume" in by_line[10][1]
