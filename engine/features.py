@@ -36,7 +36,7 @@ from engine.online_format import (
 
 DEFAULT_MAX_ABS = 1e9
 """Largest feature magnitude the reader accepts (returns, z-scores, prices, volumes fit)."""
-_MIN_EPOCH, _MAX_EPOCH = 946_684_800, 4_102_444_800  # 2000-01-01 .. 2100-01-01 UTC
+_MIN_EPOCH, _MAX_EPOCH = 0, 4_102_444_800  # up to 2100-01-01 UTC
 
 
 def redis_client(url: str, timeout_s: float = 0.25) -> Any:
