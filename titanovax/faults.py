@@ -808,7 +808,7 @@ class OutageResult:
     fault: str
     reason: str  # the reason code the outage's bars were refused with
     outage_rows: int  # bars refused with ``reason`` during the outage
-    metric: float  # tx_engine_refusals_total{reason=...} (or journal_up for the disk)
+    metric: float  # tx_engine_refusals_total{reason=...} (journal_errors_total for the disk)
     recovery_s: float | None  # dependency back → first bar decided normally
     kill_latency_s: float  # POST /api/kill round trip under the fault
     kill_answer: dict[str, Any]
@@ -1038,16 +1038,19 @@ def outage_scenario(
             got = sum(1 for b in eng.bars if b[1] > t_out and b[3] == reason)
             time.sleep(0.05)
         if fault == "disk_full":
-            metric = _metric(url, "tx_engine_journal_up")
+            metric = _metric(url, "tx_engine_journal_errors_total")
         else:
             metric = _metric(url, "tx_engine_refusals_total", f'reason="{reason}"')
         other = sorted(
             {(b[2], b[3]) for b in eng.bars if b[1] > t_out and b[2] not in normal}
             - {("refused", reason)}
         )
-        sends_in_outage = [s for s in eng.sends if s[0] > t_out]
+        refused_at = [b[1] for b in eng.bars if b[1] > t_out and b[3] == reason]
+        t_first = min(refused_at) if refused_at else t_out
         end()
         t_back = time.time()
+        # fail closed: no order_send between the first refused bar and the dependency's return
+        sends_in_outage = [s for s in eng.sends if t_first < s[0] < t_back]
         first_ok = eng.wait_for(lambda b: b[1] > t_back and b[2] in normal, 120)
         recovery = (first_ok[1] - t_back) if first_ok else None
 
@@ -1072,6 +1075,14 @@ def outage_scenario(
         time.sleep(deadline_s * 2 + 1.0)
         after = _broker_orders(broker, magic)
         sends_after = [s for s in eng.sends if s[0] > acked]
+        # the peer: the same kill on the healthy engine, measured in the same run
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        httpx.post(url + "/api/resume", headers=auth, timeout=10)
+        t_res = time.time()
+        eng.wait_for(lambda b: b[1] > t_res and b[2] in normal, 60)
+        t0 = time.perf_counter()
+        httpx.post(url + "/api/kill", json={"flatten": False}, headers=auth, timeout=10)
+        healthy_kill = time.perf_counter() - t0
         eng.stop()
         printed = {b[0] for b in eng.bars}
         j = Journal(target, eng.scope)
@@ -1094,6 +1105,7 @@ def outage_scenario(
             detail={
                 "other_refusals_in_outage": other,
                 "sends_in_outage": len(sends_in_outage),
+                "healthy_kill_latency_s": healthy_kill,
             },
         )
 
