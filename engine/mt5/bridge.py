@@ -98,6 +98,22 @@ def _tx_call_data(payload):
 """Installed on the bridge server at connect: plain-value results in one round trip."""
 
 
+def _client(cls: Any, host: str, port: int, timeout_s: float) -> Any:
+    """An ``mt5linux.MetaTrader5`` client whose every round trip, the handshake included, has
+    the deadline ``timeout_s``: mt5linux 1.0.11 connects with rpyc's default 30 s timeout and
+    sets its own only afterwards, so a stopped server would hold a reconnect for 30 s."""
+    from rpyc.core.service import ClassicService  # what rpyc.classic.connect exposes
+    from rpyc.utils.factory import connect
+
+    conn = connect(host, port, ClassicService, config={"sync_request_timeout": timeout_s})
+    client = cls.__new__(cls)
+    client._MetaTrader5__conn = conn  # the attribute the client's execute/eval use
+    conn.execute("import sys; sys.path.append('C:\\\\mt5libs')")
+    conn.execute("import MetaTrader5 as mt5")
+    conn.execute("import datetime")
+    return client
+
+
 class _Record(tuple):  # type: ignore[type-arg]
     """A named tuple of the server, decoded: its values, with ``_fields``."""
 
@@ -144,7 +160,7 @@ class BridgeTerminal:
         self.host, self.port = host, int(port)
         self._link_error: tuple[int, str] | None = None
         try:
-            self._client = MetaTrader5(host=host, port=int(port), timeout=timeout_s)
+            self._client = _client(MetaTrader5, host, int(port), timeout_s)
             self._client.execute(REMOTE_HELPERS)
             self._remote_call = self._client.eval("_tx_call_data")
         except LINK_ERRORS as exc:

@@ -56,5 +56,7 @@ def test_outage_when_a_dependency_hangs_dies_or_fills_up_then_fail_closed_and_ki
         assert r.metric >= 3  # tx_engine_refusals_total{reason=...}
     assert r.recovery_s is not None  # it trades again once the dependency is back
     assert r.kill_answer["killed"] and r.kill_latency_s <= 1.0
-    assert r.sends_after_kill == 0 and r.orders_on_broker_after_kill <= 0
+    # no order_send after the ack; only an order already in flight at the ack may still land
+    in_flight = int(bool(r.kill_answer["order_in_flight"]))
+    assert r.sends_after_kill == 0 and r.orders_on_broker_after_kill <= in_flight
     assert r.rows_missing == 0
