@@ -40,6 +40,8 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from engine.loop import EngineBusy
+
 log = logging.getLogger(__name__)
 
 CONSOLE = Path(__file__).with_name("console.html")
@@ -154,7 +156,28 @@ def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestH
             self._json(401, {"error": "missing or wrong bearer token"})
             return False
 
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            except TimeoutError:  # the client stopped sending: drop it
+                self.close_connection = True
+
+        def _busy(self, exc: Exception) -> None:
+            self._json(503, {"error": str(exc)})
+
         def do_GET(self) -> None:
+            try:
+                self._get()
+            except EngineBusy as exc:
+                self._busy(exc)
+
+        def do_POST(self) -> None:
+            try:
+                self._post()
+            except EngineBusy as exc:
+                self._busy(exc)
+
+        def _get(self) -> None:
             url = urlparse(self.path)
             if url.path in ("/", "/console"):
                 self._send(200, page, "text/html; charset=utf-8")
@@ -182,7 +205,7 @@ def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestH
             else:
                 self._json(404, {"error": f"no such endpoint {url.path}"})
 
-        def do_POST(self) -> None:
+        def _post(self) -> None:
             if not self._authorized():
                 return
             path = urlparse(self.path).path
@@ -204,12 +227,6 @@ def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestH
                 self._json(200, engine.resume())
             else:
                 self._json(200, engine.reload())
-
-        def handle_one_request(self) -> None:
-            try:
-                super().handle_one_request()
-            except TimeoutError:  # the client stopped sending: drop it
-                self.close_connection = True
 
     return Handler
 

@@ -42,10 +42,11 @@ thread as soon as its bar ends. :meth:`Engine.status` does not wait either.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -94,6 +95,10 @@ class EngineStats:
     latencies_ms: list[float] = field(default_factory=list)  # tick-to-decision per bar
     stages_ms: list[dict[str, float]] = field(default_factory=list)
     bars: int = 0
+
+
+class EngineBusy(RuntimeError):
+    """A decision holds the engine longer than an operator read may wait (try again)."""
 
 
 class _Refuse(Exception):
@@ -755,10 +760,21 @@ class Engine:
             closed.append({"error": f"{failure_reason(exc)}: {type(exc).__name__}: {exc}"})
         return closed
 
+    @contextlib.contextmanager
+    def _operator_lock(self, wait_s: float = 2.0) -> Iterator[None]:
+        """The decision lock for an operator call, or :class:`EngineBusy` after ``wait_s``
+        (a control API thread never waits on a hung dependency)."""
+        if not self.lock.acquire(timeout=wait_s):
+            raise EngineBusy("a decision is in flight (a dependency is slow): try again")
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     def resume(self) -> dict[str, Any]:
         """Back to ACTIVE (peak restarts at current equity, loss streak resets); also lifts
         ``journal_missing`` once the operator has checked the account."""
-        with self.lock:
+        with self._operator_lock():
             self._apply_pending_kill()
             self.killed.clear()
             self.risk.resume()
@@ -766,7 +782,7 @@ class Engine:
 
     def reload(self) -> dict[str, Any]:
         """Re-open the model (serving client/bundle) through ``reload_hook``; journaled in state."""
-        with self.lock:
+        with self._operator_lock():
             info = (
                 self.reload_hook()
                 if self.reload_hook is not None
@@ -822,7 +838,7 @@ class Engine:
 
     def positions_view(self) -> list[dict[str, Any]]:
         """Open positions as JSON-able dicts."""
-        with self.lock:
+        with self._operator_lock():
             return [
                 {
                     "ticket": int(p.ticket),
@@ -841,7 +857,7 @@ class Engine:
 
     def pnl(self) -> dict[str, Any]:
         """Balance, equity, floating and realised P&L of this engine's deals."""
-        with self.lock:
+        with self._operator_lock():
             acct = self.terminal.account_info()
             now = self.clock()
             deals = self.terminal.history_deals_get(0, int(now) + 2 * 86_400) or ()

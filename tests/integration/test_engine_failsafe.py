@@ -28,7 +28,7 @@ from engine.config import EngineSettings, RiskLimits
 from engine.control import ControlServer
 from engine.features import FeatureRow, InvalidFeatures, OnlineFeatureReader, redis_client
 from engine.journal import Journal, JournalUnavailable, journal_scope, redact_dsn
-from engine.loop import Engine
+from engine.loop import Engine, EngineBusy
 from engine.online_format import encode_double, encode_timestamp, entity_key, field_hash
 from engine.risk import TradingState
 from engine.serving_client import (
@@ -258,6 +258,8 @@ def test_kill_when_a_decision_is_stuck_then_it_answers_at_once_and_nothing_is_se
     answer = e.kill(detail="test")
     latency = time.perf_counter() - t0
     status = e.status()
+    with pytest.raises(EngineBusy):  # operator reads give up instead of piling up
+        e.positions_view()
     feats.release.set()
     worker.join(30)
     assert answer["killed"] and answer["state"] == "HALTED" and latency < 1.0
