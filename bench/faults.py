@@ -84,6 +84,7 @@ def run_trials(n_sqlite: int, n_pg: int, root: Path) -> dict[str, Any]:
             "lost_rows": sum(r.check.lost_rows for r in res),
             "inconsistent_intents": sum(r.check.inconsistent_intents for r in res),
             "position_mismatch": sum(r.check.position_mismatch for r in res),
+            "restart_failed": sum(r.check.restart_failed for r in res),
             "orders": sum(r.check.orders for r in res),
             "rows": sum(r.check.rows for r in res),
             "failures": [(r.trial, r.how, r.check.detail) for r in res if not r.check.ok],
@@ -195,7 +196,8 @@ def main() -> None:
             f"{b}: {t['trials']} trials ({t['killed']} died by SIGKILL; points {t['by_point']}): "
             f"duplicates {t['duplicates']}, lost rows {t['lost_rows']}, inconsistent intents "
             f"{t['inconsistent_intents']}, positions vs journal mismatches "
-            f"{t['position_mismatch']}, in {t['seconds']} s"
+            f"{t['position_mismatch']}, restarts that failed {t['restart_failed']}, "
+            f"in {t['seconds']} s"
         )
     print(f"total {time.perf_counter() - t0:.0f} s")
     if ns.out:

@@ -578,8 +578,13 @@ class EngineProc:
                 self.proc.wait(10)
 
     def log_tail(self) -> str:
+        """The last traceback of the engine log if there is one, else its tail."""
         p = self.workdir / "engine.log"
-        return p.read_text()[-2000:] if p.exists() else ""
+        if not p.exists():
+            return ""
+        text = p.read_text()
+        i = text.rfind("Traceback")
+        return text[i : i + 3000] if i >= 0 else text[-2000:]
 
     def wait_for(self, pred: Any, timeout_s: float) -> Any:
         """The first bar line (after now) for which ``pred`` holds, or ``None``."""
@@ -633,6 +638,7 @@ class TrialCheck:
     lost_rows: int = 0  # bars without a decision row
     inconsistent_intents: int = 0  # intent status that contradicts the broker
     position_mismatch: int = 0  # broker net position != the last row's target
+    restart_failed: int = 0  # the clean restart did not finish (its traceback in detail)
     orders: int = 0
     rows: int = 0
     detail: list[str] = field(default_factory=list)
@@ -640,7 +646,11 @@ class TrialCheck:
     @property
     def ok(self) -> bool:
         return not (
-            self.duplicates or self.lost_rows or self.inconsistent_intents or self.position_mismatch
+            self.duplicates
+            or self.lost_rows
+            or self.inconsistent_intents
+            or self.position_mismatch
+            or self.restart_failed
         )
 
 
@@ -692,6 +702,32 @@ def check_trial(broker: Any, journal: Any, magic: int, closes: list[int]) -> Tri
         out.position_mismatch += 1
         out.detail.append(f"broker net {net} != last row target {last['target_lots']}")
     return out
+
+
+def flatten(broker: Any, magic: int) -> None:
+    """Close every position of ``magic`` at the broker (after a trial has been checked)."""
+    from engine.mt5 import protocol as mt5
+
+    for p in broker.positions_get() or ():
+        if p.magic != magic:
+            continue
+        for filling in (mt5.ORDER_FILLING_FOK, mt5.ORDER_FILLING_IOC, mt5.ORDER_FILLING_RETURN):
+            res = broker.order_send(
+                {
+                    "action": mt5.TRADE_ACTION_DEAL,
+                    "symbol": p.symbol,
+                    "volume": float(p.volume),
+                    "type": mt5.ORDER_TYPE_SELL
+                    if p.type == mt5.POSITION_TYPE_BUY
+                    else mt5.ORDER_TYPE_BUY,
+                    "position": int(p.ticket),
+                    "magic": magic,
+                    "comment": "trial-cleanup",
+                    "type_filling": filling,
+                }
+            )
+            if res is not None and res.retcode == mt5.TRADE_RETCODE_DONE:
+                break
 
 
 # --- SIGKILL trials --------------------------------------------------------------------------
@@ -784,8 +820,7 @@ def sigkill_trials(
             second = EngineProc(
                 engine_args(sim, target, magic, redis.url, bundle, **common), workdir, fork=True
             ).start()
-            if second.wait(180) != 0:
-                raise RuntimeError(f"trial {t}: the restart failed: {second.log_tail()}")
+            rc2 = second.wait(180)
             from engine.journal import journal_scope
 
             j = Journal(target, journal_scope(int(broker.account_info().login), magic, "paper"))
@@ -793,6 +828,10 @@ def sigkill_trials(
                 check = check_trial(broker, j, magic, closes)
             finally:
                 j.close()
+            if rc2 != 0:
+                check.restart_failed = 1
+                check.detail.append(f"restart exited {rc2}: {second.log_tail()}")
+            flatten(broker, magic)  # the next trial starts with the account's full margin
             res = TrialResult(backend, t, how, killed, check)
             results.append(res)
             if on_trial is not None:
