@@ -491,6 +491,7 @@ class EngineProc:
     )  # close, wall, verdict, reason
     sends: list[tuple[float, str]] = field(default_factory=list)
     scope: str = ""
+    done: bool = False  # the process printed DONE: every bar decided, journal flushed
     _ready: threading.Event = field(default_factory=threading.Event)
     _out: Path | None = None
 
@@ -552,6 +553,8 @@ class EngineProc:
             self._ready.set()
         elif parts[0] == "BAR" and len(parts) >= 5:
             self.bars.append((int(parts[1]), float(parts[2]), parts[3], parts[4]))
+        elif parts[0] == "DONE":
+            self.done = True
         elif parts[0] == "SEND":
             self.sends.append((float(parts[1]), parts[2] if len(parts) > 2 else ""))
 
@@ -828,7 +831,13 @@ def sigkill_trials(
                 check = check_trial(broker, j, magic, closes)
             finally:
                 j.close()
-            if rc2 != 0:
+            for _ in range(100):  # let the reader take the last lines
+                if second.done:
+                    break
+                time.sleep(0.05)
+            # the restart must have run to its end (DONE); the forkserver reports an exit
+            # status of 255 when it loses a child's status, so the status alone is not it
+            if not second.done or rc2 not in (0, 255):
                 check.restart_failed = 1
                 check.detail.append(f"restart exited {rc2}: {second.log_tail()}")
             flatten(broker, magic)  # the next trial starts with the account's full margin
