@@ -29,7 +29,7 @@ class ModelHandle:
     def _open(self) -> FallbackModel:
         s = self.settings
         client = ServingClient(
-            s.serving_url, s.serving_timeout_s, token=s.serving_token, api=s.serving_api
+            s.serving_url, s.serving_timeout_s, token=s.secret("serving_token"), api=s.serving_api
         )
         local = None
         if s.serving_fallback == "onnx":
@@ -38,7 +38,7 @@ class ModelHandle:
                     "TX_ENGINE_SERVING_FALLBACK=onnx needs TX_ENGINE_BUNDLE_DIR (model.onnx + manifest.json)"
                 )
             local = OnnxModel.from_dir(s.bundle_dir)
-        return FallbackModel(client, local)
+        return FallbackModel(client, local, expected_sha256=s.bundle_sha256)
 
     def predict(self, row: Any) -> Any:
         """Delegate to the current model."""
@@ -65,8 +65,10 @@ def build_engine(
     journal: Journal | None = None,
     metrics: EngineMetrics | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    mode: str | None = None,
 ) -> Engine:
-    """An engine with the settings' frozen limits, sizing and execution config."""
+    """An engine with the settings' frozen limits, sizing and execution config (``mode``
+    scopes its journal rows; default ``TX_ENGINE_MODE``)."""
     reload = getattr(model, "reload", None)
     return Engine(
         terminal=terminal,
@@ -84,4 +86,5 @@ def build_engine(
         metrics=metrics,
         sleep=sleep,
         reload_hook=reload if callable(reload) else None,
+        mode=mode or settings.mode,
     )

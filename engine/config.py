@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -89,27 +89,40 @@ class EngineSettings(BaseSettings):
     mt5_host: str = "127.0.0.1"
     mt5_port: int = 18812
     mt5_login: int | None = None
-    mt5_password: str | None = None
+    mt5_password: SecretStr | None = None  # secret: no default, never printed
     mt5_server: str | None = None
+    # deadline of one terminal call on the decision path (bridge), and tries per call
+    terminal_timeout_s: float = Field(default=5.0, gt=0, alias="TX_ENGINE_TERMINAL_TIMEOUT_S")
+    terminal_attempts: int = Field(default=2, ge=1, alias="TX_ENGINE_TERMINAL_ATTEMPTS")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # connect and read deadline of the feature read (a hung Redis costs one deadline per bar)
+    redis_timeout_s: float = Field(default=0.25, gt=0, alias="TX_ENGINE_REDIS_TIMEOUT_S")
+    # largest feature magnitude the reader accepts; beyond: invalid_features
+    feature_max_abs: float = Field(default=1e9, gt=0, alias="TX_ENGINE_FEATURE_MAX_ABS")
     feast_project: str = "titanovax"
     feature_view: str = "trend_fv"
     serving_url: str = "http://127.0.0.1:3000"
-    serving_timeout_s: float = 0.5
-    serving_token: str | None = None
+    serving_timeout_s: float = Field(default=0.5, gt=0)
+    serving_token: SecretStr | None = None  # secret: no default
     serving_api: Literal["v1", "legacy"] = Field(default="v1", alias="TX_ENGINE_SERVING_API")
     serving_fallback: Literal["fail_closed", "onnx"] = Field(
         default="fail_closed", alias="TX_ENGINE_SERVING_FALLBACK"
     )
     bundle_dir: Path | None = Field(default=None, alias="TX_ENGINE_BUNDLE_DIR")
-    journal_path: Path = Path(".tx/engine/journal.sqlite")
-    journal_url: str | None = None
+    # sha256 of the bundle the fallback may use before serving has answered once
+    bundle_sha256: str | None = Field(default=None, alias="TX_ENGINE_BUNDLE_SHA256")
+    home: Path = Field(default=Path(__file__).resolve().parents[1] / ".tx", alias="TX_HOME")
+    journal_path: Path | None = None  # default: $TX_HOME/engine/journal.sqlite
+    journal_url: SecretStr | None = None  # a DSN may hold a password: secret
+    # backtests journal here only when set (never into TX_JOURNAL_URL/PATH)
+    backtest_journal: str | None = Field(default=None, alias="TX_ENGINE_BACKTEST_JOURNAL")
     # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     timeframe: str = "M5"
     lots: float = Field(default=0.1, alias="TX_ENGINE_LOTS")
     magic: int = Field(default=20260101, alias="TX_ENGINE_MAGIC")
-    engine_token: str | None = None
+    engine_token: SecretStr | None = None  # secret: no default
+    control_timeout_s: float = Field(default=5.0, gt=0, alias="TX_ENGINE_CONTROL_TIMEOUT_S")
     control_host: str = Field(default="127.0.0.1", alias="TX_ENGINE_CONTROL_HOST")
     control_port: int = Field(default=8765, alias="TX_ENGINE_CONTROL_PORT")
     kill_switch: bool = Field(default=False, alias="TX_RISK_KILL_SWITCH")
@@ -161,5 +174,14 @@ class EngineSettings(BaseSettings):
 
     @property
     def journal_target(self) -> str:
-        """Where the journal lives: ``TX_JOURNAL_URL`` (postgresql://…) or the SQLite path."""
-        return self.journal_url or str(self.journal_path)
+        """Where the journal lives: ``TX_JOURNAL_URL`` (postgresql://…) or the SQLite path
+        (default ``$TX_HOME/engine/journal.sqlite``, never relative to the working directory)."""
+        if self.journal_url is not None and self.journal_url.get_secret_value():
+            return self.journal_url.get_secret_value()
+        return str(self.journal_path or self.home / "engine" / "journal.sqlite")
+
+    def secret(self, name: str) -> str | None:
+        """The clear value of a secret setting (``serving_token``, ``engine_token``,
+        ``mt5_password``, ``journal_url``), for the one place that needs it."""
+        v = getattr(self, name)
+        return v.get_secret_value() if isinstance(v, SecretStr) else v

@@ -15,6 +15,16 @@ POST     ``/api/resume``     back to ACTIVE
 POST     ``/api/reload``     re-open the model (serving client / ONNX bundle)
 GET      ``/metrics``        Prometheus text format
 =======  ==================  ====================================================
+
+**Input is typed.** A POST body is empty or a JSON object of at most 4 KiB with only the
+endpoint's keys: ``/api/kill`` takes ``{"flatten": true|false}`` (a JSON boolean; ``"no"``,
+``0`` or ``null`` are a 400, never truthiness); ``?limit`` is an integer 1-500. A missing,
+negative, non-numeric or oversized ``Content-Length``, a body that is not JSON or not an
+object, or an unknown key is a 400 with a one-line reason. Each connection has a socket
+timeout (``TX_ENGINE_CONTROL_TIMEOUT_S``), so a client that announces more bytes than it sends
+cannot hold a thread. ``/api/kill`` never waits on the decision lock (see
+:meth:`engine.loop.Engine.kill`). The console page is sent with a strict
+Content-Security-Policy, ``X-Frame-Options: DENY`` and ``X-Content-Type-Options: nosniff``.
 """
 
 from __future__ import annotations
@@ -30,14 +40,97 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from engine.loop import EngineBusy
+
 log = logging.getLogger(__name__)
 
 CONSOLE = Path(__file__).with_name("console.html")
+MAX_BODY = 4096
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
-def _handler(engine: Any, token: str) -> type[BaseHTTPRequestHandler]:
+def console_csp(html: str) -> str:
+    """A Content-Security-Policy that allows exactly the console's own inline script and
+    style (by sha256) and fetches to this origin; nothing else."""
+    import base64
+    import hashlib
+    import re
+
+    def hashes(tag: str) -> str:
+        return " ".join(
+            "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+            for m in re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+        )
+
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+POST_KEYS: dict[str, dict[str, type]] = {
+    "/api/kill": {"flatten": bool},
+    "/api/resume": {},
+    "/api/reload": {},
+}
+
+
+class BadRequest(ValueError):
+    """A request the control API refuses with 400 (the message says why)."""
+
+
+def parse_body(headers: Any, rfile: Any, allowed: dict[str, type]) -> dict[str, Any]:
+    """The POST body as a validated object (see the module docstring); :class:`BadRequest`."""
+    raw_len = headers.get("Content-Length")
+    if headers.get("Transfer-Encoding"):
+        raise BadRequest("Transfer-Encoding is not accepted; send a Content-Length")
+    if raw_len is None or raw_len.strip() == "":
+        return {}
+    if not raw_len.strip().isdigit():
+        raise BadRequest(f"Content-Length must be a non-negative integer, got {raw_len[:40]!r}")
+    n = int(raw_len)
+    if n > MAX_BODY:
+        raise BadRequest(f"body of {n} bytes exceeds {MAX_BODY}")
+    if n == 0:
+        return {}
+    data = rfile.read(n)
+    if len(data) != n:
+        raise BadRequest(f"body ended after {len(data)} of {n} bytes")
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest(f"body must be a JSON object, got {type(body).__name__}")
+    for k, v in body.items():
+        if k not in allowed:
+            raise BadRequest(f"unknown field {k[:60]!r}; allowed: {sorted(allowed)}")
+        if type(v) is not allowed[k]:
+            raise BadRequest(f"{k} must be a JSON {allowed[k].__name__}, got {v!r:.60}")
+    return body
+
+
+def parse_limit(query: str) -> int:
+    """``?limit=N`` → 1..500 (default 20); :class:`BadRequest` when not an integer."""
+    vals = parse_qs(query).get("limit", ["20"])
+    v = vals[-1].strip()
+    if not (v.isdigit() and 1 <= int(v) <= 500):
+        raise BadRequest(f"limit must be an integer 1-500, got {v[:40]!r}")
+    return int(v)
+
+
+def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestHandler]:
+    page = CONSOLE.read_bytes()
+    csp = console_csp(page.decode())
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "tx-engine-control"
+        timeout = timeout_s  # socket timeout per connection (StreamRequestHandler)
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("control %s - %s", self.address_string(), fmt % args)
@@ -47,6 +140,9 @@ def _handler(engine: Any, token: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            for k, v in SECURITY_HEADERS.items():
+                self.send_header(k, v)
+            self.send_header("Content-Security-Policy", csp)
             self.end_headers()
             self.wfile.write(body)
 
@@ -60,10 +156,31 @@ def _handler(engine: Any, token: str) -> type[BaseHTTPRequestHandler]:
             self._json(401, {"error": "missing or wrong bearer token"})
             return False
 
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            except TimeoutError:  # the client stopped sending: drop it
+                self.close_connection = True
+
+        def _busy(self, exc: Exception) -> None:
+            self._json(503, {"error": str(exc)})
+
         def do_GET(self) -> None:
+            try:
+                self._get()
+            except EngineBusy as exc:
+                self._busy(exc)
+
+        def do_POST(self) -> None:
+            try:
+                self._post()
+            except EngineBusy as exc:
+                self._busy(exc)
+
+        def _get(self) -> None:
             url = urlparse(self.path)
             if url.path in ("/", "/console"):
-                self._send(200, CONSOLE.read_bytes(), "text/html; charset=utf-8")
+                self._send(200, page, "text/html; charset=utf-8")
                 return
             if url.path == "/healthz":
                 self._json(200, {"ok": True})
@@ -77,38 +194,39 @@ def _handler(engine: Any, token: str) -> type[BaseHTTPRequestHandler]:
             elif url.path == "/api/pnl":
                 self._json(200, engine.pnl())
             elif url.path == "/api/decisions":
-                limit = int(parse_qs(url.query).get("limit", ["20"])[0])
-                self._json(200, engine.journal.rows(limit=max(1, min(limit, 500)))[::-1])
+                try:
+                    limit = parse_limit(url.query)
+                except BadRequest as exc:
+                    self._json(400, {"error": str(exc)})
+                    return
+                self._json(200, engine.journal.rows(limit=limit)[::-1])
             elif url.path == "/metrics":
                 self._send(200, engine.metrics.render(), CONTENT_TYPE_LATEST)
             else:
                 self._json(404, {"error": f"no such endpoint {url.path}"})
 
-        def do_POST(self) -> None:
+        def _post(self) -> None:
             if not self._authorized():
                 return
-            n = int(self.headers.get("Content-Length") or 0)
-            try:
-                body = json.loads(self.rfile.read(n) or b"{}") if n else {}
-            except json.JSONDecodeError:
-                self._json(400, {"error": "body is not JSON"})
-                return
             path = urlparse(self.path).path
+            if path not in POST_KEYS:
+                self._json(404, {"error": f"no such endpoint {path}"})
+                return
+            try:
+                body = parse_body(self.headers, self.rfile, POST_KEYS[path])
+            except BadRequest as exc:
+                self.close_connection = True
+                self._json(400, {"error": str(exc)})
+                return
             if path == "/api/kill":
-                log.warning("control: kill (flatten=%s)", bool(body.get("flatten")))
-                self._json(
-                    200,
-                    engine.kill(
-                        flatten=bool(body.get("flatten")), detail="operator kill (control API)"
-                    ),
-                )
+                flatten = bool(body.get("flatten", False))
+                log.warning("control: kill (flatten=%s)", flatten)
+                self._json(200, engine.kill(flatten=flatten, detail="operator kill (control API)"))
             elif path == "/api/resume":
                 log.warning("control: resume")
                 self._json(200, engine.resume())
-            elif path == "/api/reload":
-                self._json(200, engine.reload())
             else:
-                self._json(404, {"error": f"no such endpoint {path}"})
+                self._json(200, engine.reload())
 
     return Handler
 
@@ -117,11 +235,17 @@ class ControlServer:
     """The control API in a daemon thread; :meth:`stop` shuts it down."""
 
     def __init__(
-        self, engine: Any, *, token: str | None, host: str = "127.0.0.1", port: int = 8765
+        self,
+        engine: Any,
+        *,
+        token: str | None,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        timeout_s: float = 5.0,
     ) -> None:
         if not token:
             raise ValueError("the control API needs a token: set TX_ENGINE_TOKEN")
-        self.httpd = ThreadingHTTPServer((host, port), _handler(engine, token))
+        self.httpd = ThreadingHTTPServer((host, port), _handler(engine, token, timeout_s))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, name="tx-engine-control", daemon=True

@@ -11,7 +11,13 @@ already reached the broker, and it is *not* sent again.
 
 **Write-ahead.** The intent is journaled (status ``pending``) before ``order_send`` and its
 outcome after; a crash in between leaves a pending intent that
-:meth:`engine.loop.Engine.reconcile` resolves on the next start.
+:meth:`engine.loop.Engine.reconcile` resolves on the next start. An intent sent again (its
+order was not found at the broker) is reset to ``pending`` first, so any number of crashes
+leaves it reconcilable.
+
+**Kill.** Immediately before every ``order_send``, under the engine's send gate, the executor
+asks ``may_send()`` (no kill acknowledged, journal writable); when it says no the order is not
+sent (``killed``). Only the kill's own flatten orders pass.
 
 **Filling mode.** Candidates come from ``symbol_info().filling_mode`` flags
 (``SYMBOL_FILLING_FOK`` → ``ORDER_FILLING_FOK``, ``SYMBOL_FILLING_IOC`` → ``IOC``), in the
@@ -48,6 +54,7 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,8 +159,12 @@ class OrderExecutor:
         login: int = 0,
         sleep: Callable[[float], None] = time.sleep,
         on_retcode: Callable[[int | None], None] | None = None,
+        may_send: Callable[[], bool] = lambda: True,
+        send_gate: threading.Lock | None = None,
     ) -> None:
         self.terminal = terminal
+        self.may_send = may_send
+        self.send_gate = send_gate or threading.Lock()
         self.journal = journal
         self.config = config
         self.magic = magic
@@ -243,8 +254,10 @@ class OrderExecutor:
         position: int | None = None,
         sl_distance: float = 0.0,
         tp_distance: float = 0.0,
+        flatten: bool = False,
     ) -> OrderOutcome:
-        """Get one intent's order to the broker exactly once, or fail with a reason."""
+        """Get one intent's order to the broker exactly once, or fail with a reason
+        (``flatten``: the kill's own closing order, sent although the kill is set)."""
         cid = client_order_id(self.login, self.magic, symbol, bar_close, intent)
         out = OrderOutcome(cid, symbol, int(bar_close), intent, "failed")
         found = self.find_existing(symbol, cid, now_utc)
@@ -269,6 +282,7 @@ class OrderExecutor:
             log.info(
                 "intent %s exists (restart); its order was not found at the broker: sending", cid
             )
+            self.journal.intent_reset(cid, dict(base))
         modes = self.filling_candidates(symbol)
         retries = 0
         widened = False
@@ -284,7 +298,13 @@ class OrderExecutor:
             if position is None and (sl_distance > 0 or tp_distance > 0):
                 self._stops(req, symbol, tick, sl_distance, tp_distance, widen=widened)
             out.requests.append(req)
-            res = self.terminal.order_send(req)
+            with self.send_gate:
+                allowed = flatten or self.may_send()
+                res = self.terminal.order_send(req) if allowed else None
+            if not allowed:
+                out.reason, out.detail = Reason.KILLED, "kill acknowledged before order_send"
+                out.requests.pop()
+                break
             rc: int | None = int(res.retcode) if res is not None else None
             out.retcode = rc
             out.results.append(
@@ -320,6 +340,12 @@ class OrderExecutor:
                 continue
             if rc is None or rc in AMBIGUOUS or rc in RETRY_FRESH_PRICE:
                 if retries >= self.config.max_retries:
+                    if rc is None or rc in AMBIGUOUS:  # the last answer was lost: look again
+                        found = self.find_existing(symbol, cid, now_utc)
+                        if found is not None:
+                            out.status = "recovered"
+                            out.results.append(found)
+                            break
                     out.reason = (
                         Reason.NO_PRICES
                         if rc == mt5.TRADE_RETCODE_PRICE_OFF

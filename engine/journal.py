@@ -14,6 +14,16 @@ Tables (same SQL on both back ends):
   A crash between the two leaves a ``pending`` row that reconciliation resolves against the
   terminal's positions and deals on the next start.
 * ``engine_state`` — key/value JSON (risk state, filling-mode cache) that survives restarts.
+
+**Scope.** Every row of the three tables carries a ``scope``: ``<account login>:<magic>:<mode>``
+(set by the engine once it knows its account, :meth:`Journal.set_scope`). Two engines, or a
+backtest and a paper engine, that share one database never see each other's decisions,
+intents or state. A journal of an older layout (no ``scope`` column) is kept aside under
+``<table>_unscoped`` and the scoped tables are created next to it.
+
+**Failures.** A database error other than a duplicate key (disk full, I/O error, connection
+lost, a PostgreSQL statement over its ``statement_timeout``) raises
+:class:`JournalUnavailable`: the engine stops trading until the journal writes again.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ log = logging.getLogger(__name__)
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS decisions (
+    scope TEXT NOT NULL,
     symbol TEXT NOT NULL,
     bar_close BIGINT NOT NULL,
     decided_at DOUBLE PRECISION NOT NULL,
@@ -47,11 +58,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     latency_ms TEXT NOT NULL,
     reason_code TEXT,
     trading_state TEXT,
-    PRIMARY KEY (symbol, bar_close)
+    PRIMARY KEY (scope, symbol, bar_close)
 )""",
     """
 CREATE TABLE IF NOT EXISTS intents (
-    client_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    client_id TEXT NOT NULL,
     symbol TEXT NOT NULL,
     bar_close BIGINT NOT NULL,
     intent TEXT NOT NULL,
@@ -60,21 +72,45 @@ CREATE TABLE IF NOT EXISTS intents (
     result TEXT,
     retcode INTEGER,
     created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (scope, client_id)
 )""",
     """
 CREATE TABLE IF NOT EXISTS engine_state (
-    key TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
     value TEXT NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (scope, key)
 )""",
 )
+_TABLES = ("decisions", "intents", "engine_state")
+FINAL_INTENT = frozenset({"done", "failed", "recovered"})
+"""Intent statuses that need no reconciliation (``pending`` and ``not_sent`` do)."""
 _JSON_DECISION = ("order_request", "order_result", "latency_ms")
 _JSON_INTENT = ("request", "result")
 
 
 class DuplicateDecision(ValueError):
     """The (symbol, bar close) was already journaled."""
+
+
+class JournalUnavailable(RuntimeError):
+    """The journal cannot be read or written (disk full, I/O error, connection lost)."""
+
+
+def journal_scope(login: int, magic: int, mode: str) -> str:
+    """The scope of one engine's rows: ``<account login>:<magic>:<mode>``."""
+    return f"{int(login)}:{int(magic)}:{mode}"
+
+
+def redact_dsn(target: str) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db`` (also a
+    ``password=`` keyword); a path is returned as it is."""
+    import re
+
+    out = re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1:***@", target)
+    return re.sub(r"(password=)[^&\s]+", r"\1***", out, flags=re.I)
 
 
 @dataclass
@@ -117,48 +153,98 @@ class Intent:
 class Journal:
     """Decisions, intents and state in SQLite or PostgreSQL (see the module docstring)."""
 
-    def __init__(self, target: Path | str) -> None:
+    def __init__(self, target: Path | str, scope: str = "") -> None:
         self.target = str(target)
+        self.scope = scope
         self._lock = threading.RLock()
         self.postgres = self.target.startswith(("postgresql://", "postgres://"))
-        if self.postgres:
-            import psycopg  # optional dependency: only a Postgres journal needs it
+        try:
+            if self.postgres:
+                import psycopg  # optional dependency: only a Postgres journal needs it
 
-            self._db: Any = psycopg.connect(self.target, autocommit=True)
-            self._integrity: tuple[type[BaseException], ...] = (psycopg.errors.UniqueViolation,)
+                self._db: Any = psycopg.connect(
+                    self.target,
+                    autocommit=True,
+                    connect_timeout=5,
+                    options="-c statement_timeout=5000",
+                )
+                self._integrity: tuple[type[BaseException], ...] = (psycopg.errors.UniqueViolation,)
+                self._errors: tuple[type[BaseException], ...] = (psycopg.Error, OSError)
+            else:
+                p = Path(self.target)
+                if self.target != ":memory:":
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    self.target, isolation_level=None, check_same_thread=False, timeout=5.0
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._integrity = (sqlite3.IntegrityError,)
+                self._errors = (sqlite3.Error, OSError)
+            self._migrate()
+            for ddl in _SCHEMA:
+                self._exec(ddl)
+        except JournalUnavailable:
+            raise
+        except Exception as exc:
+            raise JournalUnavailable(
+                f"journal {redact_dsn(self.target)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def set_scope(self, scope: str) -> None:
+        """Key every later read and write by ``scope`` (``login:magic:mode``)."""
+        self.scope = scope
+
+    def _columns(self, table: str) -> set[str] | None:
+        """The table's columns, ``None`` when it does not exist."""
+        if self.postgres:
+            rows = self._db.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = %s",
+                (table,),
+            ).fetchall()
         else:
-            p = Path(self.target)
-            if self.target != ":memory:":
-                p.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.target, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._integrity = (sqlite3.IntegrityError,)
-        for ddl in _SCHEMA:
-            self._exec(ddl)
-        if not self.postgres:
-            have = {r[1] for r in self._db.execute("PRAGMA table_info(decisions)").fetchall()}
-            for col in ("reason_code", "trading_state"):  # journals of the walking skeleton
-                if col not in have:
-                    self._exec(f"ALTER TABLE decisions ADD COLUMN {col} TEXT")
+            rows = [(r[1],) for r in self._db.execute(f"PRAGMA table_info({table})").fetchall()]
+        return {r[0] for r in rows} or None
+
+    def _migrate(self) -> None:
+        """Keep tables of the unscoped layout aside (``<table>_unscoped``)."""
+        for table in _TABLES:
+            cols = self._columns(table)
+            if cols is not None and "scope" not in cols:
+                aside = f"{table}_unscoped"
+                if self._columns(aside) is not None:
+                    aside = f"{table}_unscoped_{int(time.time())}"
+                log.warning("journal: table %s has no scope column; kept as %s", table, aside)
+                self._db.execute(f"ALTER TABLE {table} RENAME TO {aside}")
+                if self.postgres:  # the primary key's index keeps the old name otherwise
+                    self._db.execute(f"ALTER INDEX IF EXISTS {table}_pkey RENAME TO {aside}_pkey")
 
     # --- plumbing -----------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         if self.postgres:
             sql = sql.replace("?", "%s")
         with self._lock:
-            return self._db.execute(sql, params)
+            try:
+                return self._db.execute(sql, params)
+            except self._integrity:
+                raise
+            except self._errors as exc:
+                raise JournalUnavailable(f"journal: {type(exc).__name__}: {exc}") from exc
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
             cur = self._exec(sql, params)
-            names = [c[0] for c in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            try:
+                names = [c[0] for c in cur.description]
+                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            except self._errors as exc:
+                raise JournalUnavailable(f"journal: {type(exc).__name__}: {exc}") from exc
 
     # --- decisions ----------------------------------------------------------------------
     def record(self, rec: DecisionRecord) -> None:
         """Journal one decision; :class:`DuplicateDecision` if the bar was already journaled."""
-        d = dict(vars(rec))  # shallow: the JSON columns are serialised below (asdict deep-copies)
+        d = {"scope": self.scope, **vars(rec)}  # shallow: JSON columns serialised below
         for k in _JSON_DECISION:
             d[k] = json.dumps(d[k]) if d[k] is not None else None
         cols = ",".join(d)
@@ -174,20 +260,24 @@ class Journal:
         """Whether the bar was already decided (restart: skip it)."""
         return bool(
             self._query(
-                "SELECT 1 FROM decisions WHERE symbol=? AND bar_close=?", (symbol, int(bar_close))
+                "SELECT 1 FROM decisions WHERE scope=? AND symbol=? AND bar_close=?",
+                (self.scope, symbol, int(bar_close)),
             )
         )
 
     def rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Decisions, oldest first (or the newest ``limit``, oldest first)."""
         if limit is None:
-            out = self._query("SELECT * FROM decisions ORDER BY bar_close, symbol")
+            out = self._query(
+                "SELECT * FROM decisions WHERE scope=? ORDER BY bar_close, symbol", (self.scope,)
+            )
         else:
             out = self._query(
-                "SELECT * FROM decisions ORDER BY bar_close DESC, symbol DESC LIMIT ?",
-                (int(limit),),
+                "SELECT * FROM decisions WHERE scope=? ORDER BY bar_close DESC, symbol DESC LIMIT ?",
+                (self.scope, int(limit)),
             )[::-1]
         for d in out:
+            d.pop("scope", None)
             for k in _JSON_DECISION:
                 d[k] = json.loads(d[k]) if d[k] else None
         return out
@@ -196,13 +286,18 @@ class Journal:
         """Decisions by verdict."""
         return {
             r["verdict"]: int(r["n"])
-            for r in self._query("SELECT verdict, COUNT(*) AS n FROM decisions GROUP BY verdict")
+            for r in self._query(
+                "SELECT verdict, COUNT(*) AS n FROM decisions WHERE scope=? GROUP BY verdict",
+                (self.scope,),
+            )
         }
 
     def reason_counts(self) -> dict[str, int]:
         """Refusals and errors by reason code."""
         rows = self._query(
-            "SELECT reason_code, COUNT(*) AS n FROM decisions WHERE reason_code IS NOT NULL GROUP BY reason_code"
+            "SELECT reason_code, COUNT(*) AS n FROM decisions"
+            " WHERE scope=? AND reason_code IS NOT NULL GROUP BY reason_code",
+            (self.scope,),
         )
         return {r["reason_code"]: int(r["n"]) for r in rows}
 
@@ -211,9 +306,10 @@ class Journal:
         """Write the intent before the order is sent; ``False`` if this client id exists."""
         try:
             self._exec(
-                "INSERT INTO intents (client_id, symbol, bar_close, intent, request, status, result, retcode, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO intents (scope, client_id, symbol, bar_close, intent, request, status,"
+                " result, retcode, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
+                    self.scope,
                     it.client_id,
                     it.symbol,
                     int(it.bar_close),
@@ -235,33 +331,77 @@ class Journal:
     ) -> None:
         """Record the outcome of an intent."""
         self._exec(
-            "UPDATE intents SET status=?, result=?, retcode=?, updated_at=? WHERE client_id=?",
+            "UPDATE intents SET status=?, result=?, retcode=?, updated_at=?"
+            " WHERE scope=? AND client_id=?",
             (
                 status,
                 json.dumps(result) if result is not None else None,
                 retcode,
                 time.time(),
+                self.scope,
                 client_id,
             ),
         )
 
+    def intent_reset(self, client_id: str, request: dict[str, Any]) -> None:
+        """An intent about to be (re-)sent is ``pending`` again, whatever it said before, so a
+        crash after this send is reconciled like the first one."""
+        self._exec(
+            "UPDATE intents SET status='pending', request=?, result=NULL, retcode=NULL,"
+            " updated_at=? WHERE scope=? AND client_id=?",
+            (json.dumps(request), time.time(), self.scope, client_id),
+        )
+
     def intent(self, client_id: str) -> Intent | None:
         """The intent with this client id, if any."""
-        rows = self._query("SELECT * FROM intents WHERE client_id=?", (client_id,))
+        rows = self._query(
+            "SELECT * FROM intents WHERE scope=? AND client_id=?", (self.scope, client_id)
+        )
         return self._intent(rows[0]) if rows else None
 
     def intents(self, status: str | None = None) -> list[Intent]:
         """Intents (optionally of one status), oldest first."""
         if status is None:
-            rows = self._query("SELECT * FROM intents ORDER BY created_at, client_id")
+            rows = self._query(
+                "SELECT * FROM intents WHERE scope=? ORDER BY created_at, client_id", (self.scope,)
+            )
         else:
             rows = self._query(
-                "SELECT * FROM intents WHERE status=? ORDER BY created_at, client_id", (status,)
+                "SELECT * FROM intents WHERE scope=? AND status=? ORDER BY created_at, client_id",
+                (self.scope, status),
             )
         return [self._intent(r) for r in rows]
 
+    def open_intents(self) -> list[Intent]:
+        """Every intent whose status is not final (``pending``, ``not_sent``, anything but
+        done/failed/recovered): what reconciliation must check against the broker."""
+        final = ",".join(f"'{x}'" for x in sorted(FINAL_INTENT))
+        rows = self._query(
+            f"SELECT * FROM intents WHERE scope=? AND status NOT IN ({final})"
+            " ORDER BY created_at, client_id",
+            (self.scope,),
+        )
+        return [self._intent(r) for r in rows]
+
+    def bar_intents(self, symbol: str, bar_close: int) -> list[Intent]:
+        """The intents of one bar, oldest first."""
+        rows = self._query(
+            "SELECT * FROM intents WHERE scope=? AND symbol=? AND bar_close=?"
+            " ORDER BY created_at, client_id",
+            (self.scope, symbol, int(bar_close)),
+        )
+        return [self._intent(r) for r in rows]
+
+    def is_empty(self) -> bool:
+        """No decision and no intent in this scope (a new, or a lost, journal)."""
+        return not self._query(
+            "SELECT 1 FROM decisions WHERE scope=? UNION ALL SELECT 1 FROM intents WHERE scope=?",
+            (self.scope, self.scope),
+        )
+
     @staticmethod
     def _intent(r: dict[str, Any]) -> Intent:
+        r.pop("scope", None)
         for k in _JSON_INTENT:
             r[k] = json.loads(r[k]) if r[k] else None
         r["bar_close"] = int(r["bar_close"])
@@ -271,14 +411,17 @@ class Journal:
     def save_state(self, key: str, value: str) -> None:
         """Upsert a piece of engine state (JSON text)."""
         self._exec(
-            "INSERT INTO engine_state (key, value, updated_at) VALUES (?,?,?)"
-            " ON CONFLICT (key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
-            (key, value, time.time()),
+            "INSERT INTO engine_state (scope, key, value, updated_at) VALUES (?,?,?,?)"
+            " ON CONFLICT (scope, key) DO UPDATE SET value=excluded.value,"
+            " updated_at=excluded.updated_at",
+            (self.scope, key, value, time.time()),
         )
 
     def load_state(self, key: str) -> str | None:
         """The saved state under ``key``, or ``None``."""
-        rows = self._query("SELECT value FROM engine_state WHERE key=?", (key,))
+        rows = self._query(
+            "SELECT value FROM engine_state WHERE scope=? AND key=?", (self.scope, key)
+        )
         return str(rows[0]["value"]) if rows else None
 
     def close(self) -> None:
@@ -287,6 +430,6 @@ class Journal:
             self._db.close()
 
 
-def open_journal(target: Path | str) -> Journal:
+def open_journal(target: Path | str, scope: str = "") -> Journal:
     """A journal at a SQLite path or a ``postgresql://`` URL."""
-    return Journal(target)
+    return Journal(target, scope)

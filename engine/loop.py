@@ -20,29 +20,57 @@ Per bar (:meth:`Engine.on_bar`):
    :class:`engine.execution.OrderExecutor` (write-ahead intents, client order ids);
 7. journal: one row per bar with the latency breakdown, verdict, reason, requests and results.
 
-On start (:meth:`Engine.reconcile`) pending intents are resolved against the terminal's
-positions and deals, so a crash between ``order_send`` and the journal write neither loses the
-order nor sends it twice.
+On start (:meth:`Engine.reconcile`) every non-final intent (``pending``, ``not_sent``) is
+resolved against the terminal's positions and deals, so a crash between ``order_send`` and the
+journal write neither loses the order nor sends it twice, however many times it happens; a
+re-decided bar shows the orders the broker executed for it in its row.
+
+**Failures** (see ``docs/failure-behaviour.md``): every failure on the decision path becomes the
+bar's journaled refusal with a reason code and a metric (``features_unavailable``,
+``invalid_features``, ``serving_unavailable``, ``serving_rejected``, ``serving_bad_answer``,
+``model_mismatch``, ``terminal_unavailable``, ``journal_unavailable``, ``decision_error``). When
+the journal itself cannot be written the engine fails closed: no order is sent, the bars' rows
+wait in memory (``tx_engine_journal_up`` is 0) and are written, and the terminal reconciled,
+before it trades again.
+
+**Kill pre-empts.** :meth:`Engine.kill` never waits for an in-flight decision: it sets the kill
+flag, which the order path checks under the send gate immediately before every
+``order_send``, waits a bounded moment for an ``order_send`` already in flight, and answers.
+The HALTED state is persisted at once when the decision lock is free, else by the decision
+thread as soon as its bar ends. :meth:`Engine.status` does not wait either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.config import ExecutionConfig, RiskLimits, SizingConfig
 from engine.execution import OrderExecutor, OrderOutcome
-from engine.features import FeatureRow, FeatureUnavailable
-from engine.journal import DecisionRecord, Journal
+from engine.features import FeatureRow, FeatureUnavailable, InvalidFeatures
+from engine.journal import (
+    DecisionRecord,
+    DuplicateDecision,
+    Journal,
+    JournalUnavailable,
+    journal_scope,
+)
 from engine.metrics import EngineMetrics
 from engine.mt5 import Terminal
 from engine.mt5 import protocol as mt5
 from engine.risk import Reason, RiskManager, RiskState, TradingState
-from engine.serving_client import ModelMismatch, Prediction, ServingUnavailable
+from engine.serving_client import (
+    ModelMismatch,
+    Prediction,
+    ServingBadAnswer,
+    ServingRejected,
+    ServingUnavailable,
+)
 from engine.sizing import atr, cost_points, edge_points, lots_for_risk, round_volume
 
 log = logging.getLogger(__name__)
@@ -69,11 +97,38 @@ class EngineStats:
     bars: int = 0
 
 
+class EngineBusy(RuntimeError):
+    """A decision holds the engine longer than an operator read may wait (try again)."""
+
+
 class _Refuse(Exception):
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+# exception type → reason code; the first match wins (subclasses before their bases)
+_FAILURES: tuple[tuple[type[BaseException], Reason], ...] = (
+    (JournalUnavailable, Reason.JOURNAL_UNAVAILABLE),
+    (InvalidFeatures, Reason.INVALID_FEATURES),
+    (FeatureUnavailable, Reason.FEATURES_UNAVAILABLE),
+    (ModelMismatch, Reason.MODEL_MISMATCH),
+    (ServingUnavailable, Reason.SERVING_UNAVAILABLE),
+    (ServingRejected, Reason.SERVING_REJECTED),
+    (ServingBadAnswer, Reason.SERVING_BAD_ANSWER),
+    (mt5.TerminalError, Reason.TERMINAL_UNAVAILABLE),
+    (EOFError, Reason.TERMINAL_UNAVAILABLE),
+    (OSError, Reason.TERMINAL_UNAVAILABLE),  # sockets, timeouts of the terminal link
+)
+
+
+def failure_reason(exc: BaseException) -> Reason:
+    """The reason code a failure on the decision path is journaled under."""
+    for kind, reason in _FAILURES:
+        if isinstance(exc, kind):
+            return reason
+    return Reason.DECISION_ERROR
 
 
 class Engine:
@@ -97,6 +152,8 @@ class Engine:
         metrics: EngineMetrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
         reload_hook: Callable[[], dict[str, Any]] | None = None,
+        mode: str = "paper",
+        kill_wait_s: float = 0.3,
     ) -> None:
         self.terminal = terminal
         self.features = features
@@ -113,17 +170,32 @@ class Engine:
         self.metrics = metrics or EngineMetrics()
         self.reload_hook = reload_hook
         self.stats = EngineStats()
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # the decision lock (one bar at a time)
+        self.send_gate = threading.Lock()  # held around "kill flag check + order_send"
+        self.killed = threading.Event()  # set by kill(), checked before every order_send
+        self.kill_wait_s = kill_wait_s
+        self._pending_kill: str | None = None  # a kill not yet persisted (lock was busy)
+        self._pending_flatten = False
+        self.journal_up = True
+        self._unwritten: list[DecisionRecord] = []  # rows waiting for the journal to return
+        self.mode = mode
         self.started = False
+        acct = terminal.account_info()
+        self.login = int(acct.login) if acct is not None else 0
+        journal.set_scope(journal_scope(self.login, magic, mode))
         saved = journal.load_state("risk")
         self.risk = RiskManager(
             limits, RiskState.from_json(saved) if saved else RiskState(), on_change=self._save_risk
         )
+        if (
+            self.risk.state.trading_state is TradingState.HALTED
+            and self.risk.state.state_reason == str(Reason.KILL_SWITCH)
+        ):
+            self.killed.set()  # a kill survives restarts until an operator resumes
         self.metrics.set_state(self.risk.state.trading_state)
+        self.metrics.journal_up.set(1.0)
         self.metrics.bar_seconds.set(mt5.timeframe_seconds(timeframe))
         self.metrics.last_decision.set(time.time())  # "no decision since start" counts from here
-        acct = terminal.account_info()
-        self.login = int(acct.login) if acct is not None else 0
         self.executor = OrderExecutor(
             terminal,
             journal,
@@ -132,32 +204,64 @@ class Engine:
             login=self.login,
             sleep=sleep,
             on_retcode=lambda rc: self.metrics.orders.labels(str(rc)).inc(),
+            may_send=lambda: not self.killed.is_set() and self.journal_up,
+            send_gate=self.send_gate,
         )
         self.last_reconcile: dict[str, Any] = {}
 
     def _save_risk(self, state: RiskState) -> None:
-        self.journal.save_state("risk", state.to_json())
         self.metrics.set_state(state.trading_state)
+        try:
+            self.journal.save_state("risk", state.to_json())
+        except JournalUnavailable as exc:  # written again once the journal is back
+            self._journal_down(exc)
+
+    def _journal_down(self, exc: BaseException) -> None:
+        if self.journal_up:
+            log.error("journal unavailable, trading stops until it writes again: %s", exc)
+        self.journal_up = False
+        self.started = False  # intents may be unresolved: reconcile before trading again
+        self.metrics.journal_up.set(0.0)
+        self.metrics.journal_errors.inc()
+
+    def _flush_unwritten(self) -> None:
+        """Write the rows kept while the journal was down (raises JournalUnavailable)."""
+        while self._unwritten:
+            rec = self._unwritten[0]
+            try:
+                self.journal.record(rec)
+            except DuplicateDecision:
+                log.warning("%s bar %s was journaled meanwhile", rec.symbol, rec.bar_close)
+            self._unwritten.pop(0)
+        if not self.journal_up:
+            self.journal.save_state("risk", self.risk.state.to_json())
+            self.journal_up = True
+            self.metrics.journal_up.set(1.0)
+            log.warning("journal writes again: rows flushed, reconciling before trading")
 
     # --- start: reconcile ---------------------------------------------------------------
     def reconcile(self) -> dict[str, Any]:
-        """Resolve pending intents against the terminal; report what the terminal holds.
+        """Resolve every non-final intent against the terminal; report what it holds.
 
-        A pending intent whose client id is found at the broker (position or deal) becomes
-        ``recovered``; one that is not becomes ``not_sent`` (its bar, if decided again, sends
-        it under the same id). Positions of this magic with an unknown comment are reported
-        (adopted as they are: the engine trades the net position)."""
+        An intent that is not final (``pending``, or ``not_sent`` from an earlier start) whose
+        client id is found at the broker (position, deal or order) becomes ``recovered``; a
+        ``pending`` one that is not found becomes ``not_sent`` (its bar, if decided again,
+        sends it under the same id and the intent is ``pending`` again). Positions of this
+        magic with an unknown comment are reported (adopted: the engine trades the net
+        position). An empty journal while the terminal holds positions of this magic means
+        the journal was lost or is the wrong one: the engine starts HALTED
+        (``journal_missing``) until an operator resumes."""
         with self.lock:
             now = self.clock()
             report: dict[str, Any] = {"recovered": [], "not_sent": [], "unknown_positions": []}
-            for it in self.journal.intents("pending"):
+            for it in self.journal.open_intents():
                 found = self.executor.find_existing(it.symbol, it.client_id, now)
                 if found is not None:
                     self.journal.intent_end(
                         it.client_id, "recovered", {"results": [found], "reconciled": True}, None
                     )
                     report["recovered"].append(it.client_id)
-                else:
+                elif it.status != "not_sent":
                     self.journal.intent_end(
                         it.client_id, "not_sent", {"results": [], "reconciled": True}, None
                     )
@@ -168,6 +272,14 @@ class Engine:
             report["unknown_positions"] = [
                 int(p.ticket) for p in positions if p.comment not in known
             ]
+            if positions and self.journal.is_empty():
+                report["journal_missing"] = True
+                self.risk.set_state(
+                    TradingState.HALTED,
+                    Reason.JOURNAL_MISSING,
+                    f"the journal holds nothing for {self.journal.scope} but the terminal holds "
+                    f"{len(positions)} position(s) of magic {self.magic}: resume once checked",
+                )
             self._observe_account(now)
             self.last_reconcile = report
             self.started = True
@@ -179,13 +291,58 @@ class Engine:
     def on_bar(self, symbol: str, bar_close: int) -> DecisionRecord | None:
         """Decide on the bar of ``symbol`` that closed at ``bar_close`` (UTC epoch seconds).
 
-        Returns the journaled record, or ``None`` if this bar was already decided (restart)."""
+        Returns the journaled record (kept in memory while the journal is down), or ``None``
+        if this bar was already decided (restart). Never raises for a failing dependency."""
+        bar_close = int(bar_close)
         with self.lock:
-            if not self.started:
-                self.reconcile()
-            if self.journal.decided(symbol, bar_close):
-                return None
-            return self._decide(symbol, int(bar_close))
+            try:
+                self._apply_pending_kill()
+                if any(r.symbol == symbol and r.bar_close == bar_close for r in self._unwritten):
+                    return None
+                try:
+                    if self._unwritten or not self.journal_up:
+                        self._flush_unwritten()
+                    if self.journal.decided(symbol, bar_close):
+                        return None
+                    if not self.started:
+                        self.reconcile()
+                except Exception as exc:  # journal or terminal unusable: refuse the bar
+                    return self._refuse_early(symbol, bar_close, exc)
+                return self._decide(symbol, bar_close)
+            finally:
+                self._apply_pending_kill()
+
+    def flush_journal(self) -> bool:
+        """Write the rows kept while the journal was down (e.g. before a clean stop); True
+        when none is left."""
+        with self.lock:
+            try:
+                self._flush_unwritten()
+            except JournalUnavailable as exc:
+                self._journal_down(exc)
+            return not self._unwritten
+
+    def _refuse_early(self, symbol: str, bar_close: int, exc: BaseException) -> DecisionRecord:
+        reason = failure_reason(exc)
+        if reason is Reason.JOURNAL_UNAVAILABLE:
+            self._journal_down(exc)
+        rec = DecisionRecord(
+            symbol,
+            bar_close,
+            self.clock(),
+            None,
+            None,
+            "none",
+            None,
+            "refused",
+            f"{reason}: {type(exc).__name__}: {exc}",
+            None,
+            None,
+            None,
+            {},
+            str(reason),
+        )
+        return self._finish(rec, time.perf_counter())
 
     def _decide(self, symbol: str, bar_close: int) -> DecisionRecord:
         t0 = time.perf_counter()
@@ -197,10 +354,7 @@ class Engine:
         try:
             self._observe_account(now)
             t = time.perf_counter()
-            try:
-                row = self.features.read(symbol)
-            except FeatureUnavailable as exc:
-                raise _Refuse(Reason.NO_FEATURES, str(exc)) from exc
+            row = self.features.read(symbol)
             lat["feature_ms"] = (time.perf_counter() - t) * 1e3
             rec.feature_time = row.event_time
             age = now - row.event_time
@@ -210,36 +364,74 @@ class Engine:
                     Reason.STALE_FEATURES, f"row at {row.event_time:.0f}, bar closed {bar_close}"
                 )
             t = time.perf_counter()
-            try:
-                pred = self.model.predict(row)
-            except ModelMismatch as exc:
-                raise _Refuse(Reason.MODEL_MISMATCH, str(exc)) from exc
-            except ServingUnavailable as exc:
-                raise _Refuse(Reason.SERVING_UNAVAILABLE, str(exc)) from exc
+            pred = self.model.predict(row)
             lat["predict_ms"] = (time.perf_counter() - t) * 1e3
             if pred.source != "serving":
                 self.metrics.fallbacks.inc()
                 lat["fallback"] = 1.0
             rec.model_version, rec.decision = pred.model_version, pred.decision
+            if self.killed.is_set():
+                raise _Refuse(Reason.KILL_SWITCH, "kill acknowledged: no new orders")
             t = time.perf_counter()
             plan = self._plan(symbol, pred, age)
             lat["risk_ms"] = (time.perf_counter() - t) * 1e3
             if plan is None:
                 rec.verdict = "hold"
                 rec.target_lots = self._net_lots(symbol)
-                return self._finish(rec, t0)
-            current, target, sl_d, tp_d = plan
-            rec.target_lots = target
-            t = time.perf_counter()
-            self._move_position(symbol, current, target, bar_close, rec, sl_d, tp_d)
-            lat["order_ms"] = (time.perf_counter() - t) * 1e3
+            else:
+                current, target, sl_d, tp_d = plan
+                rec.target_lots = target
+                t = time.perf_counter()
+                self._move_position(symbol, current, target, bar_close, rec, sl_d, tp_d)
+                lat["order_ms"] = (time.perf_counter() - t) * 1e3
         except _Refuse as r:
             rec.verdict, rec.reason_code, rec.reason = (
                 "refused",
                 str(r.reason),
                 f"{r.reason}: {r.detail}",
             )
+        except Exception as exc:  # any other failure: the bar's row says which
+            reason = failure_reason(exc)
+            if reason is Reason.JOURNAL_UNAVAILABLE:
+                self._journal_down(exc)
+            elif reason is Reason.DECISION_ERROR:
+                log.exception("%s bar %s: decision failed", symbol, bar_close)
+            rec.verdict = "error" if rec.order_request else "refused"
+            rec.reason_code = str(reason)
+            rec.reason = f"{reason}: {type(exc).__name__}: {exc}"[:2000]
+        self._show_executed(rec)
         return self._finish(rec, t0)
+
+    def _show_executed(self, rec: DecisionRecord) -> None:
+        """Put the orders the broker executed for this bar in earlier attempts (a crash
+        before the row was written) into its row: the row shows what the broker did."""
+        try:
+            prior = [
+                it
+                for it in self.journal.bar_intents(rec.symbol, rec.bar_close)
+                if it.status in ("done", "recovered")
+            ]
+        except JournalUnavailable:
+            return
+        sent_now = {r.get("client_id") for r in (rec.order_result or {}).get("results", []) if r}
+        earlier = [it for it in prior if it.client_id not in sent_now]
+        if not earlier:
+            return
+        result = dict(rec.order_result or {"results": []})
+        result["executed_before_restart"] = [
+            {
+                "client_id": it.client_id,
+                "intent": it.intent,
+                "status": it.status,
+                "result": it.result,
+            }
+            for it in earlier
+        ]
+        rec.order_result = result
+        if rec.verdict in ("hold", "refused"):
+            rec.verdict = "sent"
+            note = f"orders executed before a restart: {[it.intent for it in earlier]}"
+            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
 
     def _plan(
         self, symbol: str, pred: Prediction, feature_age: float
@@ -358,7 +550,14 @@ class Engine:
         total = (time.perf_counter() - t0) * 1e3
         rec.latency_ms["total_ms"] = total
         rec.trading_state = str(self.risk.state.trading_state)
-        self.journal.record(rec)
+        if self.journal_up:
+            try:
+                self.journal.record(rec)
+            except JournalUnavailable as exc:
+                self._journal_down(exc)
+                self._unwritten.append(rec)
+        else:
+            self._unwritten.append(rec)
         self.stats.latencies_ms.append(total)
         self.stats.stages_ms.append(dict(rec.latency_ms))
         self.stats.bars += 1
@@ -498,42 +697,95 @@ class Engine:
 
     # --- operator actions (control API) ---------------------------------------------------
     def kill(self, flatten: bool = False, detail: str = "operator kill") -> dict[str, Any]:
-        """HALT trading; with ``flatten`` close every position of this engine."""
-        with self.lock:
-            self.risk.kill(detail)
-            closed: list[dict[str, Any]] = []
-            if flatten:
-                now = self.clock()
-                stamp = int(now)
-                for p in self.positions():
-                    close_type = (
-                        mt5.ORDER_TYPE_SELL
-                        if p.type == mt5.POSITION_TYPE_BUY
-                        else mt5.ORDER_TYPE_BUY
-                    )
-                    o = self.executor.execute(
-                        p.symbol,
-                        stamp,
-                        f"flatten:{p.ticket}",
-                        order_type=close_type,
-                        volume=p.volume,
-                        now_utc=now,
-                        position=int(p.ticket),
-                    )
-                    closed.append(
-                        {"ticket": int(p.ticket), "status": o.status, "retcode": o.retcode}
-                    )
-            return {"state": str(self.risk.state.trading_state), "flattened": closed}
+        """HALT trading now, without waiting for an in-flight decision (see the module
+        docstring); with ``flatten`` also close every position of this engine (at once when
+        the decision lock is free, else as soon as the in-flight bar ends).
+
+        The answer says whether an ``order_send`` was still in flight (it started before the
+        kill) and whether the HALTED state is already persisted."""
+        t0 = time.perf_counter()
+        self.killed.set()
+        in_flight = not self.send_gate.acquire(timeout=self.kill_wait_s)
+        if not in_flight:
+            self.send_gate.release()
+        self._pending_flatten = self._pending_flatten or flatten
+        self._pending_kill = detail
+        self.risk.state.trading_state = TradingState.HALTED  # shown at once; persisted below
+        self.metrics.set_state(TradingState.HALTED)
+        done: list[list[dict[str, Any]]] = []
+
+        def persist() -> None:  # under the decision lock, which a hung bar may hold
+            with self.lock:
+                done.append(self._apply_pending_kill())
+
+        worker = threading.Thread(target=persist, name="tx-engine-kill", daemon=True)
+        worker.start()
+        worker.join(self.kill_wait_s)
+        self.metrics.kill_latency.observe(time.perf_counter() - t0)
+        return {
+            "state": str(TradingState.HALTED),
+            "killed": True,
+            "order_in_flight": in_flight,
+            "persisted": bool(done) and self.journal_up,
+            "flattened": (done[0] if done else "queued") if flatten else [],
+        }
+
+    def _apply_pending_kill(self) -> list[dict[str, Any]]:
+        """Persist a kill acknowledged meanwhile and run its flatten (decision lock held)."""
+        detail, self._pending_kill = self._pending_kill, None
+        if detail is None:
+            return []
+        self.risk.kill(detail)
+        if not self._pending_flatten:
+            return []
+        self._pending_flatten = False
+        closed: list[dict[str, Any]] = []
+        now = self.clock()
+        stamp = int(now)
+        try:
+            for p in self.positions():
+                close_type = (
+                    mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
+                )
+                o = self.executor.execute(
+                    p.symbol,
+                    stamp,
+                    f"flatten:{p.ticket}",
+                    order_type=close_type,
+                    volume=p.volume,
+                    now_utc=now,
+                    position=int(p.ticket),
+                    flatten=True,
+                )
+                closed.append({"ticket": int(p.ticket), "status": o.status, "retcode": o.retcode})
+        except Exception as exc:  # terminal or journal down: the operator sees it
+            log.error("flatten failed: %s", exc)
+            closed.append({"error": f"{failure_reason(exc)}: {type(exc).__name__}: {exc}"})
+        return closed
+
+    @contextlib.contextmanager
+    def _operator_lock(self, wait_s: float = 2.0) -> Iterator[None]:
+        """The decision lock for an operator call, or :class:`EngineBusy` after ``wait_s``
+        (a control API thread never waits on a hung dependency)."""
+        if not self.lock.acquire(timeout=wait_s):
+            raise EngineBusy("a decision is in flight (a dependency is slow): try again")
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def resume(self) -> dict[str, Any]:
-        """Back to ACTIVE (peak restarts at current equity, loss streak resets)."""
-        with self.lock:
+        """Back to ACTIVE (peak restarts at current equity, loss streak resets); also lifts
+        ``journal_missing`` once the operator has checked the account."""
+        with self._operator_lock():
+            self._apply_pending_kill()
+            self.killed.clear()
             self.risk.resume()
             return {"state": str(self.risk.state.trading_state)}
 
     def reload(self) -> dict[str, Any]:
         """Re-open the model (serving client/bundle) through ``reload_hook``; journaled in state."""
-        with self.lock:
+        with self._operator_lock():
             info = (
                 self.reload_hook()
                 if self.reload_hook is not None
@@ -543,35 +795,53 @@ class Engine:
             return info
 
     def status(self) -> dict[str, Any]:
-        """Trading state, risk figures, decision counts, last decision."""
-        with self.lock:
-            st = self.risk.state
+        """Trading state, risk figures, decision counts, last decision. Never waits longer
+        than ``kill_wait_s`` for an in-flight decision: then the journal figures are left
+        out and ``decision_in_flight`` is true."""
+        st = self.risk.state
+        out: dict[str, Any] = {
+            "trading_state": str(st.trading_state),
+            "state_reason": st.state_reason,
+            "state_detail": st.state_detail,
+            "killed": self.killed.is_set(),
+            "journal_up": self.journal_up,
+            "unwritten_rows": len(self._unwritten),
+            "equity": st.equity,
+            "peak_equity": st.peak_equity,
+            "day_start_equity": st.day_start_equity,
+            "drawdown": st.drawdown,
+            "daily_loss": st.daily_loss,
+            "consecutive_losses": st.consecutive_losses,
+            "last_reconcile": self.last_reconcile,
+            "magic": self.magic,
+            "login": self.login,
+            "mode": self.mode,
+            "decision_in_flight": False,
+            "decisions": {},
+            "refusals": {},
+            "last_decision": None,
+        }
+        if not self.lock.acquire(timeout=self.kill_wait_s):
+            out["decision_in_flight"] = True
+            return out
+        try:
             last = self.journal.rows(limit=1)
-            return {
-                "trading_state": str(st.trading_state),
-                "state_reason": st.state_reason,
-                "state_detail": st.state_detail,
-                "equity": st.equity,
-                "peak_equity": st.peak_equity,
-                "day_start_equity": st.day_start_equity,
-                "drawdown": st.drawdown,
-                "daily_loss": st.daily_loss,
-                "consecutive_losses": st.consecutive_losses,
-                "decisions": self.journal.counts(),
-                "refusals": self.journal.reason_counts(),
-                "last_decision": {
-                    k: last[0][k] for k in ("symbol", "bar_close", "verdict", "reason", "decision")
-                }
+            out["decisions"] = self.journal.counts()
+            out["refusals"] = self.journal.reason_counts()
+            out["last_decision"] = (
+                {k: last[0][k] for k in ("symbol", "bar_close", "verdict", "reason", "decision")}
                 if last
-                else None,
-                "last_reconcile": self.last_reconcile,
-                "magic": self.magic,
-                "login": self.login,
-            }
+                else None
+            )
+        except JournalUnavailable as exc:
+            out["journal_error"] = str(exc)
+        finally:
+            self.lock.release()
+        return out
 
     def positions_view(self) -> list[dict[str, Any]]:
         """Open positions as JSON-able dicts."""
-        with self.lock:
+        with self._operator_lock():
             return [
                 {
                     "ticket": int(p.ticket),
@@ -590,7 +860,7 @@ class Engine:
 
     def pnl(self) -> dict[str, Any]:
         """Balance, equity, floating and realised P&L of this engine's deals."""
-        with self.lock:
+        with self._operator_lock():
             acct = self.terminal.account_info()
             now = self.clock()
             deals = self.terminal.history_deals_get(0, int(now) + 2 * 86_400) or ()
@@ -642,10 +912,14 @@ class Engine:
         self.reconcile()
         while not stop():
             for sym in symbols:
-                with self.lock:
-                    rates = self.terminal.copy_rates_from_pos(
-                        sym, timeframe, 1, 1
-                    )  # last closed bar
+                try:
+                    with self.lock:
+                        rates = self.terminal.copy_rates_from_pos(
+                            sym, timeframe, 1, 1
+                        )  # last closed bar
+                except Exception as exc:  # terminal down: no bar known, nothing to decide
+                    log.warning("%s: cannot read the last bar: %s", sym, exc)
+                    rates = None
                 if rates is None or not len(rates):
                     continue
                 close_server = int(rates["time"][0]) + step

@@ -91,6 +91,21 @@ class EngineMetrics:
             "tx_engine_bar_seconds", "Length of one bar of the engine's timeframe", registry=r
         )
 
+        self.journal_up = Gauge(
+            "tx_engine_journal_up",
+            "1 while the journal writes; 0: the engine does not trade (fail closed)",
+            registry=r,
+        )
+        self.journal_errors = Counter(
+            "tx_engine_journal_errors_total", "Journal reads/writes that failed", registry=r
+        )
+        self.kill_latency = Histogram(
+            "tx_engine_kill_seconds",
+            "Time from a kill request to its acknowledgement",
+            registry=r,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+
     def observe_stages(self, latency_ms: dict[str, float]) -> None:
         """Record one decision's latency breakdown (keys ``<stage>_ms``)."""
         for k, v in latency_ms.items():

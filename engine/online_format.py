@@ -84,12 +84,50 @@ _SCALARS = {3: "i32", 4: "i64", 5: "d", 6: "f", 7: "bool", 8: "i64", 2: "str", 1
 _LISTS = {13: "i", 14: "i", 15: "d", 16: "f", 18: "i"}
 
 
+# the wire type each scalar field of ``feast.types.Value`` is written with
+_WIRE = {1: 2, 2: 2, 3: 0, 4: 0, 5: 1, 6: 5, 7: 0, 8: 0, 19: 2}
+
+
+def decode_scalar(buf: bytes) -> float | None:
+    """A numeric ``feast.types.Value`` (double, float, int32, int64) → ``float``, strictly.
+
+    ``None`` for an empty (unset) message. Raises ``ValueError`` when the bytes are not
+    exactly one numeric scalar field written with its own wire type and length: a bytes,
+    string, bool or list value, a wrong wire type (``b"\x08\x05"`` is field 1 as a varint,
+    not a number), a truncated payload or trailing bytes."""
+    if not buf:
+        return None
+    try:
+        key, i = _varint(buf, 0)
+        field, wire = key >> 3, key & 7
+        if field == 5 and wire == 1 and len(buf) == i + 8:
+            return float(_F64.unpack_from(buf, i)[0])
+        if field == 6 and wire == 5 and len(buf) == i + 4:
+            return float(_F32.unpack_from(buf, i)[0])
+        if field in (3, 4) and wire == 0:
+            v, j = _varint(buf, i)
+            if j == len(buf):
+                if field == 3:
+                    v &= 0xFFFFFFFF
+                    return float(v - (1 << 32) if v >= 1 << 31 else v)
+                return float(_signed64(v))
+    except IndexError as exc:
+        raise ValueError(f"truncated feast Value ({len(buf)} bytes)") from exc
+    raise ValueError(
+        f"not a numeric feast Value: field {field}, wire type {wire}, {len(buf)} bytes"
+    )
+
+
 def decode_value(buf: bytes) -> object:
-    """Decode a serialised ``feast.types.Value``; an empty message (unset) → ``None``."""
+    """Decode a serialised ``feast.types.Value``; an empty message (unset) → ``None``.
+
+    A field written with a wire type other than its own raises ``ValueError``."""
     if not buf:
         return None
     key, i = _varint(buf, 0)
     field, wire = key >> 3, key & 7
+    if field in _WIRE and _WIRE[field] != wire:
+        raise ValueError(f"feast Value field {field} with wire type {wire}")
     if wire == 1 and field == 5:
         return _F64.unpack_from(buf, i)[0]
     if wire == 5 and field == 6:

@@ -5,9 +5,21 @@ same bundle, and the policy that picks between them when serving is slow or down
   (contract 3); ``api="legacy"`` keeps the walking skeleton's ``POST /predict``.
 * :class:`OnnxModel` — the bundle's ONNX graph in onnxruntime (one intra-op thread); refuses
   to load when the file's sha256 differs from the manifest's ``bundle_sha256``.
-* :class:`FallbackModel` — serving first; on timeout/outage either fail closed
+* :class:`FallbackModel` — serving first; on an *outage* either fail closed
   (:class:`ServingUnavailable`) or answer from the in-process session, but only when its hash
-  equals the ``bundle_sha256`` serving last reported (:class:`ModelMismatch` otherwise).
+  equals the bundle the engine expects (:class:`ModelMismatch` otherwise).
+
+**Outage versus refusal.** Only a connect error, a timeout (the client's deadline) or a 5xx
+is an outage (:class:`ServingUnavailable`) and may fall back. A 4xx (400 bad features, 401/403
+wrong token, 404/422 ...) is serving *refusing* the request: :class:`ServingRejected` with
+serving's detail, never a fallback: the same row would score locally what serving refused. A
+200 whose body is not a valid answer (not JSON, wrong shape, non-finite probabilities, a
+position outside -1/0/1) is :class:`ServingBadAnswer`: fail closed, no fallback.
+
+**Expected bundle.** The fallback checks its ONNX file's sha256 against the bundle serving last
+reported; when serving never answered, against ``expected_sha256`` (``TX_ENGINE_BUNDLE_SHA256``);
+when neither is known it refuses (:class:`ModelMismatch`): a local file the engine cannot tie
+to a served version is never traded.
 """
 
 from __future__ import annotations
@@ -51,6 +63,19 @@ class ModelMismatch(ServingUnavailable):
     """The in-process bundle is not the version serving runs: no fallback."""
 
 
+class ServingRejected(RuntimeError):
+    """Serving answered 4xx: it refused the request (bad input, wrong token). No fallback."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"serving answered {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class ServingBadAnswer(RuntimeError):
+    """Serving answered 200 with a body that is not a valid prediction. No fallback."""
+
+
 class BundleHashMismatch(ValueError):
     """The ONNX file's sha256 is not the manifest's ``bundle_sha256``."""
 
@@ -86,26 +111,31 @@ class ServingClient:
         self.last_model_version = ""
 
     def predict(self, row: FeatureRow) -> Prediction:
-        """Ask serving for one row; :class:`ServingUnavailable` on timeout, outage or error."""
+        """Ask serving for one row (see the module docstring for the errors)."""
         try:
             r = self._http.post(self.path, json={"rows": [_row_json(row)]})
-        except httpx.HTTPError as exc:
+        except httpx.HTTPError as exc:  # connect error, timeout, protocol error: an outage
             raise ServingUnavailable(f"serving call failed: {exc!r}") from exc
-        if r.status_code != 200:
+        if r.status_code >= 500:
             raise ServingUnavailable(f"serving answered {r.status_code}: {r.text[:300]}")
-        data = r.json()
-        p = data["predictions"][0]
-        self.last_bundle_sha256 = str(data.get("bundle_sha256") or "")
-        self.last_model_version = str(data["model_version"])
-        return Prediction(
-            self.last_model_version,
-            int(p["position"]),
-            p["decision"],
-            p["probabilities"],
-            self.last_bundle_sha256,
-            "serving",
-            float(p.get("confidence", 0.0)),
-        )
+        if r.status_code != 200:
+            raise ServingRejected(r.status_code, r.text[:500])
+        try:
+            data = r.json()
+            p = data["predictions"][0]
+            position = int(p["position"])
+            probs = {str(k): float(v) for k, v in dict(p["probabilities"]).items()}
+            version = str(data["model_version"])
+            decision = str(p["decision"])
+            confidence = float(p.get("confidence", 0.0))
+            sha = str(data.get("bundle_sha256") or "")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ServingBadAnswer(f"unreadable serving answer: {exc!r}: {r.text[:200]}") from exc
+        if position not in (-1, 0, 1) or not all(np.isfinite(v) for v in probs.values()):
+            raise ServingBadAnswer(f"invalid serving answer: position {position}, {probs}")
+        self.last_bundle_sha256 = sha
+        self.last_model_version = version
+        return Prediction(version, position, decision, probs, sha, "serving", confidence)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -173,22 +203,32 @@ class OnnxModel:
 class FallbackModel:
     """Serving first; on outage fail closed or fall back to the same bundle in-process."""
 
-    def __init__(self, primary: Any, fallback: OnnxModel | None = None) -> None:
+    def __init__(
+        self, primary: Any, fallback: OnnxModel | None = None, expected_sha256: str | None = None
+    ) -> None:
         self.primary = primary
         self.fallback = fallback
+        self.expected_sha256 = expected_sha256 or ""
         self.fallbacks = 0
 
     def predict(self, row: FeatureRow) -> Prediction:
-        """See the class docstring."""
+        """See the class docstring; :class:`ServingRejected` and :class:`ServingBadAnswer`
+        pass through (never a fallback)."""
         try:
             return self.primary.predict(row)  # type: ignore[no-any-return]
         except ServingUnavailable as exc:
             if self.fallback is None:
                 raise
-            served = getattr(self.primary, "last_bundle_sha256", "")
-            if served and served != self.fallback.bundle_sha256:
+            served = getattr(self.primary, "last_bundle_sha256", "") or ""
+            expected = served or self.expected_sha256
+            if not expected:
                 raise ModelMismatch(
-                    f"serving runs bundle {served[:12]}, local bundle is {self.fallback.bundle_sha256[:12]}"
+                    "serving never answered and TX_ENGINE_BUNDLE_SHA256 is unset: the local "
+                    "bundle cannot be tied to the served version"
+                ) from exc
+            if expected != self.fallback.bundle_sha256:
+                raise ModelMismatch(
+                    f"expected bundle {expected[:12]}, local bundle is {self.fallback.bundle_sha256[:12]}"
                 ) from exc
             self.fallbacks += 1
             log.warning("serving unavailable (%s): in-process ONNX fallback", exc)

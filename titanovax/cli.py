@@ -999,11 +999,15 @@ def mt5_serve_sim(
     ] = 18812,
     host: str = "127.0.0.1",
     seed: Annotated[int, typer.Option(help="Synthetic market seed")] = 7,
+    clock_file: Annotated[
+        str | None, typer.Option(help="Read the terminal's UTC clock (epoch s) from this file")
+    ] = None,
 ) -> None:
     """Serve the simulated terminal as an mt5linux bridge (for TX_MT5_MODE=bridge without MT5)."""
     from engine.mt5.simserver import main
 
-    main(["--host", host, "--port", str(port), "--seed", str(seed)])
+    args = ["--host", host, "--port", str(port), "--seed", str(seed)]
+    main(args + (["--clock-file", clock_file] if clock_file else []))
 
 
 # --- the older spellings: same commands, a one-line notice naming the new place ----------------

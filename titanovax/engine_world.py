@@ -223,7 +223,7 @@ def run_engine(
     from engine.backtest import PrecomputedModel, run_backtest
     from engine.config import EngineSettings
     from engine.control import ControlServer
-    from engine.journal import Journal
+    from engine.journal import Journal, redact_dsn
     from engine.mt5 import TIMEFRAMES
     from engine.serving_client import OnnxModel
     from titanovax.settings import PlatformSettings
@@ -244,8 +244,10 @@ def run_engine(
         )
         if isinstance(model, OnnxModel):  # stateless: score every bar in one batched call
             model = PrecomputedModel.score(model, world.features, es.symbols)
-        target = es.journal_url or str(
-            ps.home / "engine" / f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S}.sqlite"
+        # a backtest never writes into the paper/live journal (TX_JOURNAL_URL/PATH) unless
+        # TX_ENGINE_BACKTEST_JOURNAL names it explicitly; its rows are scoped "backtest" anyway
+        target = es.backtest_journal or str(
+            ps.home / "engine" / f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.sqlite"
         )
         engine = build_engine(
             es,
@@ -255,6 +257,7 @@ def run_engine(
             clock=lambda: float(world.now[0]),
             journal=Journal(target),
             sleep=lambda s: None,
+            mode="backtest",
         )
         res = run_backtest(engine, world.closes, es.symbols, world.set_time)
         lat = np.array(engine.stats.latencies_ms or [0.0])
@@ -275,12 +278,11 @@ def run_engine(
                 if isinstance(model, PrecomputedModel)
                 else {"scored_per_bar": res.decisions}
             ),
-            "journal": target,
+            "journal": redact_dsn(target),
+            "journal_scope": engine.journal.scope,
         }
 
-    import redis
-
-    from engine.features import OnlineFeatureReader
+    from engine.features import OnlineFeatureReader, redis_client
     from engine.mt5.gateway import open_terminal
 
     before_bar = None
@@ -296,6 +298,8 @@ def run_engine(
             login=es.mt5_login,
             password=es.mt5_password,
             server=es.mt5_server,
+            bridge_timeout_s=es.terminal_timeout_s,
+            reconnect_attempts=es.terminal_attempts,
         )
     elif mode == "paper":
         from feature_repo.pipeline.ingest import open_platform_terminal
@@ -313,22 +317,34 @@ def run_engine(
     else:
         raise ValueError(f"unknown mode {mode!r}: live, paper or backtest")
     reader = OnlineFeatureReader(
-        redis.Redis.from_url(es.redis_url),
+        redis_client(es.redis_url, es.redis_timeout_s),
         project=es.feast_project,
         feature_view=es.feature_view,
         features=names,
+        max_abs=es.feature_max_abs,
     )
     engine = build_engine(
-        es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time
+        es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time, mode=mode
     )
     server = None
-    if es.engine_token:
+    token = es.secret("engine_token")
+    if token:
         server = ControlServer(
-            engine, token=es.engine_token, host=es.control_host, port=es.control_port
+            engine,
+            token=token,
+            host=es.control_host,
+            port=es.control_port,
+            timeout_s=es.control_timeout_s,
         ).start()
     else:
         log.warning("TX_ENGINE_TOKEN is not set: the control API and console are off")
-    log.info("engine %s on %s %s; journal %s", mode, es.symbols, es.timeframe, es.journal_target)
+    log.info(
+        "engine %s on %s %s; journal %s",
+        mode,
+        es.symbols,
+        es.timeframe,
+        redact_dsn(es.journal_target),
+    )
     try:
         engine.run_live(
             es.symbols,

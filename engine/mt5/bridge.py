@@ -11,9 +11,20 @@ round trip per field read, and dead once the link drops) and format ``datetime``
 through the client's local time zone. Instead it installs a small helper on the server
 (:data:`REMOTE_HELPERS`) and evaluates ``_tx_call(name, args, kwargs)``, which calls
 ``mt5.<name>`` and returns plain values only (named tuples as ``(fields, values)``, bar arrays as
-bytes plus dtype). Each call is one round trip, arguments travel as Python literals (times as
-epoch seconds of server time, requests as plain dicts) and results become this package's named
-tuples and ``RATES_DTYPE`` arrays.
+bytes plus dtype). Each call is one round trip, arguments travel as *data*: one string of
+Python literals (times as epoch seconds of server time, requests as plain dicts) that the
+server reads with ``ast.literal_eval`` and never evaluates as code, so a value (the account
+password of ``initialize``, a comment) cannot become code on the server and never appears in
+a code string. Results become this package's named tuples and ``RATES_DTYPE`` arrays.
+
+**Security.** The mt5linux server is an rpyc *classic* server: whoever can open a TCP
+connection to its port can run any code on the machine that holds the terminal (and its
+logged-in account). Bind it to 127.0.0.1 and reach it over an SSH tunnel
+(``ssh -N -L 18812:127.0.0.1:18812 user@mt5-host``) or a VPN / private network; never expose
+it on a public or shared interface (see ``docs/failure-behaviour.md``).
+
+**Deadline.** ``timeout_s`` bounds every call (rpyc's sync request timeout); the engine sets it
+from ``TX_ENGINE_TERMINAL_TIMEOUT_S``.
 
 Failures: a call that fails on the terminal returns ``None`` / ``False`` with
 ``last_error()`` from the terminal, as the official module does. A broken link (connection
@@ -78,8 +89,29 @@ def _tx_plain(x):
 
 def _tx_call(name, args, kwargs):
     return _tx_plain(getattr(mt5, name)(*args, **kwargs))
+
+def _tx_call_data(payload):
+    import ast
+    name, args, kwargs = ast.literal_eval(payload)
+    return _tx_call(name, args, kwargs)
 """
 """Installed on the bridge server at connect: plain-value results in one round trip."""
+
+
+def _client(cls: Any, host: str, port: int, timeout_s: float) -> Any:
+    """An ``mt5linux.MetaTrader5`` client whose every round trip, the handshake included, has
+    the deadline ``timeout_s``: mt5linux 1.0.11 connects with rpyc's default 30 s timeout and
+    sets its own only afterwards, so a stopped server would hold a reconnect for 30 s."""
+    from rpyc.core.service import ClassicService  # what rpyc.classic.connect exposes
+    from rpyc.utils.factory import connect
+
+    conn = connect(host, port, ClassicService, config={"sync_request_timeout": timeout_s})
+    client = cls.__new__(cls)
+    client._MetaTrader5__conn = conn  # the attribute the client's execute/eval use
+    conn.execute("import sys; sys.path.append('C:\\\\mt5libs')")
+    conn.execute("import MetaTrader5 as mt5")
+    conn.execute("import datetime")
+    return client
 
 
 class _Record(tuple):  # type: ignore[type-arg]
@@ -128,8 +160,9 @@ class BridgeTerminal:
         self.host, self.port = host, int(port)
         self._link_error: tuple[int, str] | None = None
         try:
-            self._client = MetaTrader5(host=host, port=int(port), timeout=timeout_s)
+            self._client = _client(MetaTrader5, host, int(port), timeout_s)
             self._client.execute(REMOTE_HELPERS)
+            self._remote_call = self._client.eval("_tx_call_data")
         except LINK_ERRORS as exc:
             raise TerminalConnectionError("connect", self._broken(exc)) from exc
         except ImportError as exc:  # the server's Python has no MetaTrader5 module
@@ -171,9 +204,9 @@ class BridgeTerminal:
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if self._link_error is not None:
             raise TerminalConnectionError(name, self._link_error)
-        code = f"_tx_call({name!r}, {args!r}, {kwargs!r})"
+        payload = repr((name, tuple(args), dict(kwargs)))  # data, read by ast.literal_eval
         try:
-            raw = self._client.eval(code)
+            raw = self._remote_call(payload)
         except LINK_ERRORS as exc:
             logger.warning("MT5 bridge %s:%d: %s failed: %r", self.host, self.port, name, exc)
             raise TerminalConnectionError(name, self._broken(exc)) from exc

@@ -148,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
         "--end-utc", type=int, default=None, help="end of history (epoch s); default: the feed's"
     )
     ap.add_argument("--server-utc-offset-hours", type=int, default=2)
+    ap.add_argument(
+        "--clock-file",
+        default=None,
+        help="read the terminal's UTC clock (epoch s) from this file at every call (a clock "
+        "another process moves, e.g. a paced replay); default: no clock (history's end)",
+    )
     ns = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     feed = SyntheticFeed(
@@ -156,7 +162,16 @@ def main(argv: list[str] | None = None) -> None:
         server_utc_offset_hours=ns.server_utc_offset_hours,
         end_utc=ns.end_utc,
     )
-    term = SimulatedTerminal(feed, server_utc_offset_hours=ns.server_utc_offset_hours)
+    clock = None
+    if ns.clock_file:
+        from pathlib import Path
+
+        path = Path(ns.clock_file)
+
+        def clock() -> int:
+            return int(float(path.read_text().strip() or 0))
+
+    term = SimulatedTerminal(feed, clock=clock, server_utc_offset_hours=ns.server_utc_offset_hours)
 
     def ready(p: int) -> None:
         print(f"READY {p}", flush=True)

@@ -13,7 +13,12 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.features import FeatureUnavailable, OnlineFeatureReader, SequenceSpec
+from engine.features import (
+    FeatureUnavailable,
+    InvalidFeatures,
+    OnlineFeatureReader,
+    SequenceSpec,
+)
 
 pytestmark = pytest.mark.integration
 DB = 14
@@ -91,7 +96,7 @@ def test_reader_when_the_sequence_is_missing_or_short_then_refuses(r: redis.Redi
         {"seq": Value(float_list_val=FloatList(val=[1.0] * 11))},
         1_000,
     )
-    with pytest.raises(FeatureUnavailable, match="11 values"):
+    with pytest.raises(InvalidFeatures, match="11 values"):  # there, but the wrong shape
         _reader(r).read("EURUSD")
 
 

@@ -113,7 +113,9 @@ def test_engine_on_postgres_when_it_crashes_between_send_and_journal_then_restar
     e.journal.close()
     e2 = engine()
     assert len(e2.reconcile()["recovered"]) == 1
-    assert e2.on_bar("EURUSD", now[0]).verdict == "hold"  # type: ignore[union-attr]
+    rec = e2.on_bar("EURUSD", now[0])  # nothing new is sent; the row shows the earlier order
+    assert rec is not None and rec.verdict == "sent"
+    assert rec.order_result is not None and rec.order_result["executed_before_restart"]
     assert len(term.sent) == 1 and len(e2.positions()) == 1
 
 
@@ -135,7 +137,45 @@ def test_engine_settings_when_journal_url_is_postgres_then_the_built_engine_jour
     )
     assert e.journal.postgres
     assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
+    scope = e.journal.scope
     e.journal.close()
-    assert (
-        Journal(pg_url).counts() == {"sent": 1} and Journal(pg_url).load_state("risk") is not None
+    again = Journal(pg_url, scope)
+    assert again.counts() == {"sent": 1} and again.load_state("risk") is not None
+
+
+def test_tx_engine_run_when_the_journal_dsn_has_a_password_then_output_and_logs_show_it_redacted(
+    pg_url: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from feature_repo.pipeline.transforms import TREND_V1_FEATURES
+    from tests.unit.test_execution_modes import _bundle
+    from titanovax.cli import app
+
+    home = Path(str(tmp_path))
+    secret_url = pg_url.replace("postgres@", "postgres:s3cret-pw@")  # trust auth ignores it
+    monkeypatch.setenv("TX_HOME", str(home / "home"))
+    monkeypatch.setenv("TX_SYMBOLS", "EURUSD")
+    monkeypatch.setenv("TX_ENGINE_BACKTEST_JOURNAL", secret_url)
+    monkeypatch.setenv("TX_JOURNAL_URL", secret_url)
+    monkeypatch.setenv("TX_ENGINE_BUNDLE_DIR", str(_bundle(home / "b", list(TREND_V1_FEATURES))))
+    caplog.set_level(logging.DEBUG)
+    res = CliRunner().invoke(
+        app,
+        [
+            "engine",
+            "run",
+            "--mode",
+            "backtest",
+            "--start",
+            "2026-01-12T08:00",
+            "--end",
+            "2026-01-12T09:00",
+        ],
     )
+    assert res.exit_code == 0, res.output
+    assert "s3cret-pw" not in res.output and "s3cret-pw" not in caplog.text
+    assert "postgres:***@" in res.output

@@ -210,3 +210,32 @@ def test_bridge_when_link_dies_before_order_send_then_order_is_not_resent(
     server.start()
     assert term.positions_get() == ()  # reconnected; the order never reached the new server
     assert term.reconnects == 1
+
+
+def test_bridge_when_the_password_looks_like_code_then_it_travels_as_data(
+    server: BridgeServer,
+) -> None:
+    nasty = "x'); import os; os._exit(3); ('"
+    term = BridgeTerminal.connect("127.0.0.1", server.port, login=77, password=nasty)
+    assert term.account_info() is not None  # the server is alive: nothing was evaluated
+    assert server.proc is not None and server.proc.poll() is None
+
+
+def test_bridge_when_the_server_is_stopped_then_connect_gives_up_within_its_deadline(
+    server: BridgeServer,
+) -> None:
+    import os
+    import signal
+    import time
+
+    from engine.mt5.protocol import TerminalConnectionError
+
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)  # accepts TCP (backlog) but never answers
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TerminalConnectionError):
+            BridgeTerminal("127.0.0.1", server.port, timeout_s=1.0)
+        assert time.monotonic() - t0 < 10  # mt5linux alone waits rpyc's 30 s handshake
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)

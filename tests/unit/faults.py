@@ -34,7 +34,7 @@ from engine.serving_client import Prediction, ServingUnavailable
 MONDAY_0800 = 1_768_204_800  # 2026-01-12 08:00 UTC (a Monday), market open
 
 
-class Crash(Exception):
+class Crash(BaseException):  # a dying process, not an error the engine handles
     """The engine process died right after order_send returned."""
 
 

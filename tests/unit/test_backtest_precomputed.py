@@ -161,4 +161,4 @@ def test_tx_engine_run_backtest_when_the_bundle_is_in_process_then_every_bar_is_
     out = json.loads(res.output)
     assert out["decisions"] == 72
     assert out["predictions"] == {"precomputed": 72, "scored_per_bar": 0}
-    assert len(Journal(out["journal"]).rows()) == 72
+    assert len(Journal(out["journal"], scope=out["journal_scope"]).rows()) == 72

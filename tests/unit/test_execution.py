@@ -10,6 +10,7 @@ import pytest
 
 from engine.config import ExecutionConfig, RiskLimits, SizingConfig
 from engine.execution import client_order_id
+from engine.journal import Intent
 from engine.loop import Engine
 from engine.mt5 import protocol as mt5
 from engine.sizing import lots_for_risk, round_volume, stop_prices
@@ -253,8 +254,11 @@ def test_engine_when_it_crashes_between_order_send_and_journal_write_then_restar
     report = e2.reconcile()
     assert report["recovered"] == [pending[0].client_id] and report["unknown_positions"] == []
     assert e2.journal.intent(pending[0].client_id).status == "recovered"  # type: ignore[union-attr]
-    rec = e2.on_bar("EURUSD", now[0])  # the same bar again
-    assert rec is not None and rec.verdict == "hold"
+    rec = e2.on_bar("EURUSD", now[0])  # the same bar again: nothing new, the row shows the order
+    assert rec is not None and rec.verdict == "sent" and rec.order_result is not None
+    assert [o["client_id"] for o in rec.order_result["executed_before_restart"]] == [
+        pending[0].client_id
+    ]
     assert len(term.sent) == 1 and len(e2.positions("EURUSD")) == 1 and len(_deals(term)) == 1
 
 
@@ -288,6 +292,7 @@ def test_reconcile_when_the_terminal_holds_a_position_the_journal_never_saw_then
     tmp_path: Path,
 ) -> None:
     now, term, e = _world(tmp_path)
+    e.journal.intent_begin(Intent("tx-earlier", "EURUSD", now[0] - 300, "open:buy", {}))
     term.inner.order_send(
         {
             "action": mt5.TRADE_ACTION_DEAL,

@@ -30,6 +30,7 @@ from engine.serving_client import (
     ModelMismatch,
     OnnxModel,
     ServingClient,
+    ServingRejected,
     ServingUnavailable,
 )
 from tests.unit.faults import MONDAY_0800, ClockFeatures, sim_terminal
@@ -161,9 +162,12 @@ def test_serving_client_when_configured_legacy_then_it_uses_the_old_path(serving
     assert _Serving.seen[-1][0] == "/predict"
 
 
-def test_serving_client_when_the_token_is_wrong_then_serving_unavailable(serving: str) -> None:
-    with pytest.raises(ServingUnavailable, match="401"):
+def test_serving_client_when_the_token_is_wrong_then_serving_rejected_not_an_outage(
+    serving: str,
+) -> None:
+    with pytest.raises(ServingRejected, match="401") as info:
         ServingClient(serving, timeout_s=2.0, token="wrong").predict(ROW)
+    assert info.value.status == 401 and not isinstance(info.value, ServingUnavailable)
 
 
 def test_serving_client_when_serving_is_slower_than_the_timeout_then_serving_unavailable(
@@ -283,11 +287,12 @@ def test_model_handle_when_reloaded_after_a_new_bundle_lands_then_the_fallback_r
     s = EngineSettings(
         TX_ENGINE_SERVING_FALLBACK="onnx",
         TX_ENGINE_BUNDLE_DIR=d,
+        TX_ENGINE_BUNDLE_SHA256=hashlib.sha256(first).hexdigest(),
         serving_url="http://127.0.0.1:9",
         serving_timeout_s=0.2,
     )
     handle = ModelHandle(s)
-    assert handle.predict(ROW).position == 1  # serving down: the local bundle answers
+    assert handle.predict(ROW).position == 1  # serving down: the expected local bundle answers
     second = _onnx_bytes(-LONG_W)  # the promoted model calls the same row short
     (d / "model.onnx").write_bytes(second)
     (d / "manifest.json").write_text(json.dumps(_manifest(second)))
@@ -295,4 +300,17 @@ def test_model_handle_when_reloaded_after_a_new_bundle_lands_then_the_fallback_r
         "reloaded": True,
         "fallback_bundle_sha256": hashlib.sha256(second).hexdigest(),
     }
-    assert handle.predict(ROW).position == -1
+    with pytest.raises(ModelMismatch):  # nobody said the engine expects the new bundle
+        handle.predict(ROW)
+    s2 = s.model_copy(update={"bundle_sha256": hashlib.sha256(second).hexdigest()})
+    assert ModelHandle(s2).predict(ROW).position == -1
+
+
+def test_fallback_when_serving_never_answered_and_no_expected_hash_then_model_mismatch(
+    tmp_path: Path,
+) -> None:
+    data = _onnx_bytes(LONG_W)
+    local = OnnxModel(data, _manifest(data))
+    model = FallbackModel(ServingClient("http://127.0.0.1:9", timeout_s=0.2), local)
+    with pytest.raises(ModelMismatch, match="never answered"):
+        model.predict(ROW)

@@ -91,7 +91,7 @@ def test_backtest_mode_when_run_from_settings_then_every_bar_of_every_symbol_is_
     out = run_engine("backtest", start_utc=MONDAY_0800, end_utc=MONDAY_0800 + 6 * 3600)
     assert out["bars"] == 72 and out["decisions"] == 144  # 6 h of M5 closes x 2 symbols
     assert out["verdicts"].get("sent", 0) > 0 and sum(out["verdicts"].values()) == 144
-    rows = Journal(out["journal"]).rows()
+    rows = Journal(out["journal"], out["journal_scope"]).rows()
     assert len(rows) == 144 and all(
         r["feature_time"] == r["bar_close"] for r in rows if r["verdict"] != "refused"
     )

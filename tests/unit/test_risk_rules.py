@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import RiskLimits
-from engine.journal import Journal
+from engine.journal import Journal, journal_scope
 from engine.loop import Engine
 from engine.risk import Reason, RiskManager, RiskState, TradingState, check_order
 from tests.unit.faults import (
@@ -98,7 +98,8 @@ def test_engine_when_equity_is_below_the_days_start_by_more_than_the_limit_then_
     tmp_path: Path,
 ) -> None:
     now = [MONDAY_0800]
-    j = Journal(tmp_path / "j.sqlite")  # the engine restarts on a day that began at 20k equity
+    # the engine (account 50000001, magic 11, paper) restarts on a day that began at 20k equity
+    j = Journal(tmp_path / "j.sqlite", journal_scope(50_000_001, 11, "paper"))
     j.save_state(
         "risk",
         RiskState(day="2026-01-12", day_start_equity=20_000.0, peak_equity=20_000.0).to_json(),
