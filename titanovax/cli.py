@@ -197,8 +197,9 @@ def ingest(
     from feature_repo.pipeline.ingest import NoBarsError, autodetect_exports, check_ingested
     from feature_repo.pipeline.ingest import ingest as run
 
+    settings = _settings()  # a bad setting is the top-level handler's one line (exit 2)
     try:
-        s, note = autodetect_exports(_settings())
+        s, note = autodetect_exports(settings)
         if note:
             typer.echo(note, err=True)
         results = [
@@ -223,8 +224,9 @@ def validate(start: Date, end: Date, symbol: Annotated[str | None, typer.Option(
     from feature_repo.pipeline.ingest import NoBarsError, autodetect_exports
     from feature_repo.pipeline.validate import QuarantinedSymbols, validate_symbols
 
+    settings = _settings()  # a bad setting is the top-level handler's one line (exit 2)
     try:
-        s, note = autodetect_exports(_settings())
+        s, note = autodetect_exports(settings)
     except (ValueError, KeyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
