@@ -262,11 +262,13 @@ def _check_causal(
         off: list[str] = []
         for v in views:
             got_row = last.get(v)
+            if got_row is None:
+                raise LookAheadError(
+                    f"{symbol} row at {t}: {v} has no row computable from the bars closing at "
+                    "or before it (a value needs a later bar)"
+                )
             for f in VIEW_FIELDS[v]:
                 if f != SEQ_FIELD and f not in names:
-                    continue
-                if got_row is None:
-                    off.append(f)
                     continue
                 exp = np.asarray(got_row[f], dtype="float64").ravel()
                 got = np.asarray(row[f], dtype="float64").ravel()
