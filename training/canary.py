@@ -142,7 +142,7 @@ def null_edge(
     majority = float(np.bincount(y.astype(np.int64), minlength=3).max() / len(y))
     n_eff = len(y) / max(horizon, 1)
     se = float(np.sqrt(majority * (1 - majority) / n_eff))
-    return NullEdge(
+    edge = NullEdge(
         accuracy=float(metrics["test_accuracy"]),
         majority=majority,
         accuracy_limit=majority + z * se,
@@ -154,6 +154,8 @@ def null_edge(
         flat_net_return=float(metrics.get("baseline_flat_net_return", 0.0)),
         z=z,
     )
+    log.info("edge on the null market: %s", edge.to_dict())
+    return edge
 
 
 def assert_no_edge(edge: NullEdge) -> None:
@@ -173,4 +175,3 @@ def assert_no_edge(edge: NullEdge) -> None:
         raise EdgeOnNullMarket(
             "edge on a market with nothing to learn (look-ahead?): " + "; ".join(why)
         )
-    log.info("no edge on the null market: %s", edge.to_dict())
