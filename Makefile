@@ -71,6 +71,7 @@ bench: setup
 	$(VENV)/bin/python bench/engine_loop.py --days 3
 	$(VENV)/bin/python bench/materialize.py
 	$(VENV)/bin/python bench/serving.py
+	$(VENV)/bin/python bench/synthetic_market.py
 
 lock: setup
 	$(VENV)/bin/uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.require_deps import pytest_configure, pytest_runtest_makereport  # noqa: F401  (hooks)
 from titanovax.settings import PlatformSettings
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raw"

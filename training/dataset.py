@@ -2,14 +2,25 @@
 
 Entity rows are bar closes. ``get_historical_features`` joins, for each entity row, the
 latest feature row at or before its timestamp, so a row can only see the past. The builder
-asserts the timestamps it relies on: every label ends after its features exist, and the
-feature row Feast returned belongs to this very bar (its value of ``hour_sin``/``hour_cos``
-identifies the close time) — a feature shifted into the future fails the build.
+does not take that on trust; it checks every column that can leak against the lake's bars,
+by timestamp (:func:`assert_point_in_time`), and raises :class:`LookAheadError` on any miss:
+
+- **labels** (:func:`check_labels`): each row's time is a bar close of the lake; ``label_end``
+  is the close of the bar ``horizon`` bars later; ``fwd_ret`` is ``log(close[label_end] /
+  close[t])``; ``ret_next`` is ``log(close[next bar] / close[t])`` (the backtest's P&L); a
+  ``fixed`` label is the class of its own ``fwd_ret`` against its cost. Checked before the join.
+- **joined views** (:func:`check_features`): every feature of every view (tabular and the bar
+  sequence) equals the value computed from the lake for the row's own bar, and for a sample of
+  rows equals what the per-bar path computes from the bars up to that close *only*, so a
+  value that depends on a later bar fails whether the join or the transform put it there.
+- **the close-hour encodings** (``hour_sin``/``hour_cos``, the sequence's newest step) name the
+  row's own close, which is also what tells a carried-forward row from a leaked one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,12 +34,20 @@ from feature_repo.pipeline.store import (
     SEQ_VIEW,
     SERVICE_VIEWS,
     VIEW_FIELDS,
+    last_view_rows,
     lookback,
     open_store,
     require_offline,
     symbol_point,
+    view_rows,
 )
-from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_FIELD, SEQ_LEN
+from feature_repo.pipeline.transforms import (
+    SEQ_CHANNELS,
+    SEQ_FIELD,
+    SEQ_LEN,
+    STREAM_BARS,
+    XS_TOLERANCE_BARS,
+)
 from titanovax.settings import PlatformSettings, utc
 from training.labels import make_labels
 
@@ -83,17 +102,17 @@ def _seq_close_hour_error(ds: pd.DataFrame, seq: np.ndarray) -> np.ndarray:
     return np.asarray(np.abs(seq[:, -1, SEQ_CHANNELS.index("hour_sin")] - expect))
 
 
-def assert_point_in_time(ds: pd.DataFrame) -> None:
-    """Fail if any label is known no later than its features, or any row's features are not
-    those of its own bar close (checked through the close-hour encoding)."""
+def _assert_own_close(ds: pd.DataFrame) -> None:
+    """Every label looks forward, and every row's close-hour encodings are its own close's."""
     if (ds["label_end"] <= ds["event_timestamp"]).any():
         raise LookAheadError("label_end <= event_timestamp: a label does not look forward")
-    off = _close_hour_error(ds) > 1e-9
-    if off.any():
-        bad = ds.loc[off, "event_timestamp"].head(3).tolist()
-        raise LookAheadError(
-            f"{int(off.sum())} rows joined a feature row of another bar, e.g. {bad}"
-        )
+    if "hour_sin" in ds and "hour_cos" in ds:
+        off = _close_hour_error(ds) > 1e-9
+        if off.any():
+            bad = ds.loc[off, "event_timestamp"].head(3).tolist()
+            raise LookAheadError(
+                f"{int(off.sum())} rows joined a feature row of another bar, e.g. {bad}"
+            )
     if SEQ_FIELD in ds and "hour_sin" in SEQ_CHANNELS and len(ds):
         # the newest bar of each sequence must be this row's bar: check its close-hour channel
         bad_seq = _seq_close_hour_error(ds, sequence_tensor(ds)) > 1e-5
@@ -101,6 +120,191 @@ def assert_point_in_time(ds: pd.DataFrame) -> None:
             raise LookAheadError(
                 f"{int(bad_seq.sum())} sequences do not end at their own bar close"
             )
+
+
+def check_labels(
+    labels: pd.DataFrame, bars: pd.DataFrame, horizon: int, *, method: str = "fixed"
+) -> None:
+    """Check one symbol's label rows against its lake bars, looked up by timestamp.
+
+    Independent of :func:`training.labels.make_labels` (it reads the closes of the bars at the
+    row's own close time and at ``label_end``): a label attached one bar late or early, a
+    window of the wrong length, or a ``ret_next`` that is not the next bar's return fails.
+    """
+    if labels.empty:
+        return
+    b = bars.sort_values("close_time").reset_index(drop=True)
+    closes = pd.DatetimeIndex(pd.to_datetime(b["close_time"], utc=True))
+    t = pd.DatetimeIndex(pd.to_datetime(labels["event_timestamp"], utc=True))
+    pos = closes.get_indexer(t)
+    where = labels["event_timestamp"].reset_index(drop=True)
+    if (pos < 0).any():
+        raise LookAheadError(
+            f"{int((pos < 0).sum())} label rows at times that are no bar close of the lake, "
+            f"e.g. {where[pos < 0].head(3).tolist()}"
+        )
+    if (pos + horizon >= len(b)).any():
+        raise LookAheadError(f"label rows without {horizon} bars after them in the lake")
+    logc = np.log(b["close"].to_numpy(dtype="float64"))
+    end = pd.DatetimeIndex(pd.to_datetime(labels["label_end"], utc=True))
+    bad = end != closes[pos + horizon]
+    if bad.any():
+        raise LookAheadError(
+            f"{int(bad.sum())} labels do not end at the close {horizon} bars after their own "
+            f"bar, e.g. at {where[bad].head(3).tolist()}"
+        )
+
+    def _off(col: str, expect: np.ndarray) -> np.ndarray:
+        got = labels[col].to_numpy(dtype="float64")
+        return np.asarray(~np.isclose(got, expect, rtol=0.0, atol=1e-12))
+
+    for col, expect, what in (
+        ("fwd_ret", logc[pos + horizon] - logc[pos], f"log(close[t+{horizon}] / close[t])"),
+        ("ret_next", logc[pos + 1] - logc[pos], "log(close[t+1] / close[t])"),
+    ):
+        if col in labels and (bad := _off(col, expect)).any():
+            raise LookAheadError(
+                f"{int(bad.sum())} rows have {col} != {what} of the lake's bars, "
+                f"e.g. at {where[bad].head(3).tolist()}"
+            )
+    if method == "fixed" and {"label", "fwd_ret", "cost"} <= set(labels.columns):
+        fwd, cost = labels["fwd_ret"].to_numpy(float), labels["cost"].to_numpy(float)
+        expect = np.where(fwd > cost, 2, np.where(fwd < -cost, 0, 1))
+        bad = labels["label"].to_numpy() != expect
+        if bad.any():
+            raise LookAheadError(
+                f"{int(bad.sum())} labels are not the class of their own forward return, "
+                f"e.g. at {where[bad].head(3).tolist()}"
+            )
+
+
+def _mismatch(got: np.ndarray, expect: np.ndarray) -> np.ndarray:
+    """Row mask: any value differs beyond rounding (a missing expected value is a difference)."""
+    with np.errstate(invalid="ignore"):
+        off = ~(np.abs(got - expect) <= 1e-9 * (1.0 + np.abs(expect)))
+    return np.asarray(off.reshape(len(off), -1).any(axis=1))
+
+
+def _seq_matrix(values: pd.Series) -> np.ndarray:
+    n = SEQ_LEN * len(SEQ_CHANNELS)
+    out = np.full((len(values), n), np.nan)
+    for i, v in enumerate(values):
+        if v is not None and not (isinstance(v, float) and np.isnan(v)):
+            out[i] = np.asarray(v, dtype="float64")
+    return out
+
+
+def check_features(
+    ds: pd.DataFrame,
+    bars: Mapping[str, pd.DataFrame],
+    points: Mapping[str, float],
+    feature_service: str,
+    *,
+    causal_rows: int = 16,
+) -> None:
+    """Check every joined feature against the lake's bars (see the module doc).
+
+    ``bars``: lake bars of every configured symbol (the others feed the cross-symbol family),
+    reaching back the warm-up before the first row. All rows: each view's value is the one the
+    lake gives the row's own bar. ``causal_rows`` rows per symbol (spread evenly): each value
+    is the one computed from the bars closing at or before the row's time only, the per-bar
+    path of :func:`feature_repo.pipeline.store.last_view_rows`.
+    """
+    names, _ = service_inputs(feature_service)
+    views = SERVICE_VIEWS[feature_service]
+    for symbol, rows in ds.groupby("symbol", sort=True):
+        rows = rows.sort_values("event_timestamp")
+        t = pd.to_datetime(rows["event_timestamp"], utc=True)
+        ref = view_rows(dict(bars), str(symbol), points[str(symbol)], views)
+        for v in views:
+            fields = [f for f in VIEW_FIELDS[v] if f == SEQ_FIELD or f in names]
+            r = ref[v].assign(event_timestamp=pd.to_datetime(ref[v]["event_timestamp"], utc=True))
+            r = r.drop_duplicates("event_timestamp").set_index("event_timestamp")
+            for f in fields:
+                got = rows[f]
+                exp = r[f].reindex(t)
+                if f == SEQ_FIELD:
+                    off = _mismatch(_seq_matrix(got), _seq_matrix(exp))
+                else:
+                    off = _mismatch(got.to_numpy(float), exp.to_numpy(float))
+                if off.any():
+                    raise LookAheadError(
+                        f"{int(off.sum())} {symbol} rows: {f} ({v}) is not the value the lake "
+                        f"gives the row's own bar, e.g. at {t[off].head(3).tolist()}"
+                    )
+        _check_causal(rows, bars, points[str(symbol)], str(symbol), views, names, causal_rows)
+
+
+def _check_causal(
+    rows: pd.DataFrame,
+    bars: Mapping[str, pd.DataFrame],
+    point: float,
+    symbol: str,
+    views: tuple[str, ...],
+    names: list[str],
+    n: int,
+) -> None:
+    """A sample of rows against features computed from the bars up to each row's close only."""
+    if n <= 0 or rows.empty:
+        return
+    closes = {k: pd.to_datetime(b["close_time"], utc=True) for k, b in bars.items()}
+    for i in np.unique(np.linspace(0, len(rows) - 1, n).round().astype(int)):
+        row = rows.iloc[i]
+        t = pd.Timestamp(row["event_timestamp"])
+        past = {
+            k: b[closes[k] <= t].tail(STREAM_BARS + (0 if k == symbol else XS_TOLERANCE_BARS))
+            for k, b in bars.items()
+        }
+        own = past[symbol]
+        if own.empty or pd.Timestamp(own["close_time"].iloc[-1]) != t:
+            raise LookAheadError(f"{symbol} row at {t} has no bar of its own in the lake")
+        last = last_view_rows(past, symbol, point)
+        off: list[str] = []
+        for v in views:
+            got_row = last.get(v)
+            if got_row is None:
+                raise LookAheadError(
+                    f"{symbol} row at {t}: {v} has no row computable from the bars closing at "
+                    "or before it (a value needs a later bar)"
+                )
+            for f in VIEW_FIELDS[v]:
+                if f != SEQ_FIELD and f not in names:
+                    continue
+                exp = np.asarray(got_row[f], dtype="float64").ravel()
+                got = np.asarray(row[f], dtype="float64").ravel()
+                if exp.shape != got.shape or _mismatch(got[None, :], exp[None, :]).any():
+                    off.append(f)
+        if off:
+            raise LookAheadError(
+                f"{symbol} row at {t}: {sorted(set(off))} differ from the values computable "
+                "from the bars closing at or before it (they use a later bar)"
+            )
+
+
+def assert_point_in_time(
+    ds: pd.DataFrame,
+    bars: Mapping[str, pd.DataFrame] | None = None,
+    *,
+    horizon: int | None = None,
+    points: Mapping[str, float] | None = None,
+    feature_service: str = FEATURE_SERVICE,
+    label_method: str = "fixed",
+    causal_rows: int = 16,
+) -> None:
+    """Fail (:class:`LookAheadError`) if any row could use information from after its close.
+
+    Always: labels look forward and the close-hour encodings are the row's own. With the lake
+    ``bars`` (keyed by symbol; ``horizon`` and ``points`` then required): :func:`check_labels`
+    for every symbol and :func:`check_features` on every joined column. Without ``bars`` only
+    the timestamps are checked, which cannot see a price column taken from another bar."""
+    _assert_own_close(ds)
+    if bars is None:
+        return
+    if horizon is None or points is None:
+        raise ValueError("checking against bars needs the label horizon and the symbols' points")
+    for symbol, rows in ds.groupby("symbol", sort=True):
+        check_labels(rows, bars[str(symbol)], horizon, method=label_method)
+    check_features(ds, bars, points, feature_service, causal_rows=causal_rows)
 
 
 def build_dataset(
@@ -123,18 +327,22 @@ def build_dataset(
     """
     start, end = utc(start), utc(end)
     step = pd.Timedelta(seconds=timeframe_seconds(timeframe))
+    bars = {
+        sym: lake.read_bars(settings.lake_dir, sym, timeframe, start - lookback(timeframe), end)
+        for sym in dict.fromkeys([*settings.symbols, *symbols])
+    }
+    points = {sym: symbol_point(settings, sym) for sym in bars}
+    method = str((label_kw or {}).get("method", "fixed"))
     frames = []
     for symbol in symbols:
-        bars = lake.read_bars(
-            settings.lake_dir, symbol, timeframe, start - lookback(timeframe), end
-        )
         labels = make_labels(
-            bars,
+            bars[symbol],
             horizon=horizon,
-            point=symbol_point(settings, symbol),
+            point=points[symbol],
             cost_multiplier=cost_multiplier,
             **(label_kw or {}),
         )
+        check_labels(labels, bars[symbol], horizon, method=method)  # before the (slow) join
         opened = labels["event_timestamp"] - step
         labels = labels[(opened >= start) & (labels["label_end"] <= end)]
         frames.append(labels)
@@ -173,7 +381,14 @@ def build_dataset(
             int(stale.sum()),
         )
         ds = ds[~stale].reset_index(drop=True)
-    assert_point_in_time(ds)
+    assert_point_in_time(
+        ds,
+        bars,
+        horizon=horizon,
+        points=points,
+        feature_service=feature_service,
+        label_method=method,
+    )
     return ds
 
 

@@ -206,6 +206,7 @@ class Hammer:
         self.stop = threading.Event()
         self.results: list[list[tuple[int, str | None]]] = [[] for _ in range(threads)]
         self.errors: list[str] = []
+        self._seen = threading.Condition()
         self._threads = [
             threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)
         ]
@@ -230,10 +231,22 @@ class Hammer:
                     self.errors.append(repr(exc))
                     continue
                 version = r.json().get("model_version") if r.status_code == 200 else None
-                self.results[i].append((r.status_code, version))
+                with self._seen:
+                    self.results[i].append((r.status_code, version))
+                    self._seen.notify_all()
 
     def versions_seen(self) -> set[str | None]:
         return {v for res in self.results for _, v in res}
+
+    def wait_for(self, version: str, n: int = 3, timeout_s: float = 60.0) -> None:
+        """Until every thread has had ``n`` answers from ``version`` (an event, not a sleep)."""
+
+        def enough() -> bool:
+            return all(sum(v == version for _, v in res) >= n for res in self.results)
+
+        with self._seen:
+            if not self._seen.wait_for(enough, timeout_s):
+                raise AssertionError(f"not every hammer thread saw {n} answers of {version}")
 
 
 def _assert_no_failed_request_and_monotonic(hammer: Hammer, old: str, new: str) -> None:
@@ -252,10 +265,10 @@ def test_admin_reload_when_alias_moved_then_swaps_with_no_failed_request(live: L
     new = _register_next(live, seed=2)
 
     with Hammer(live.server.base_url) as hammer:
-        time.sleep(0.5)
+        hammer.wait_for(before)  # traffic on the old version before the swap
         set_alias(live.tracking_uri, "champion", new)
         response = live.client.post("/v1/admin/reload", timeout=60)
-        time.sleep(0.5)
+        hammer.wait_for(new)  # and on the new one after it
 
     assert response.status_code == 200, response.text
     assert response.json()["serving"]["champion"]["model_version"] == new
@@ -287,11 +300,9 @@ def test_poll_when_alias_moved_then_serves_new_version_with_no_failed_request(li
     new = _register_next(live, seed=3)
 
     with Hammer(live.server.base_url) as hammer:
+        hammer.wait_for(before)
         set_alias(live.tracking_uri, "champion", new)
-        deadline = time.monotonic() + 30 * POLL_S
-        while time.monotonic() < deadline and new not in hammer.versions_seen():
-            time.sleep(0.1)
-        time.sleep(0.3)
+        hammer.wait_for(new, timeout_s=30 * POLL_S)
 
     _assert_no_failed_request_and_monotonic(hammer, before, new)
     assert {before, new} <= hammer.versions_seen()

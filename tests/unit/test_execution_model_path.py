@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -77,14 +76,16 @@ def _manifest(data: bytes, **extra: Any) -> dict[str, Any]:
 
 
 class _Serving(BaseHTTPRequestHandler):
-    delay_s = 0.0
+    hold: threading.Event | None = None  # set: the reply waits for it (at most 10 s)
     sha = ""
     seen: ClassVar[list[tuple[str, str | None, dict[str, Any]]]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append((self.path, self.headers.get("Authorization"), body))
-        time.sleep(type(self).delay_s)
+        hold = type(self).hold
+        if hold is not None:
+            hold.wait(10)
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             self.send_response(401)
             self.end_headers()
@@ -119,12 +120,14 @@ class _Serving(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def serving() -> Iterator[str]:
-    _Serving.delay_s, _Serving.sha, _Serving.seen = 0.0, "", []
+    _Serving.hold, _Serving.sha, _Serving.seen = None, "", []
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Serving)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}"
     finally:
+        if _Serving.hold is not None:
+            _Serving.hold.set()
         srv.shutdown()
         srv.server_close()
 
@@ -173,11 +176,14 @@ def test_serving_client_when_the_token_is_wrong_then_serving_rejected_not_an_out
 def test_serving_client_when_serving_is_slower_than_the_timeout_then_serving_unavailable(
     serving: str,
 ) -> None:
-    _Serving.delay_s = 0.5
-    t = time.perf_counter()
-    with pytest.raises(ServingUnavailable):
-        ServingClient(serving, timeout_s=0.1, token=TOKEN).predict(ROW)
-    assert time.perf_counter() - t < 0.45
+    """The reply is held until the client has given up: a client that waited for it would get
+    a 200 (no error) once the hold ends, so raising proves it gave up at its timeout."""
+    _Serving.hold = threading.Event()
+    try:
+        with pytest.raises(ServingUnavailable):
+            ServingClient(serving, timeout_s=0.1, token=TOKEN).predict(ROW)
+    finally:
+        _Serving.hold.set()
 
 
 def test_onnx_model_when_the_file_hash_differs_from_the_manifest_then_it_refuses_to_load() -> None:
@@ -221,7 +227,7 @@ def _engine(tmp_path: Path, now: list[int], model: Any) -> Engine:
 def test_engine_when_serving_times_out_and_fallback_is_off_then_fails_closed(
     serving: str, tmp_path: Path
 ) -> None:
-    _Serving.delay_s = 0.5
+    _Serving.hold = threading.Event()  # serving slower than the client's timeout
     now = [MONDAY_0800]
     e = _engine(
         tmp_path, now, FallbackModel(ServingClient(serving, timeout_s=0.1, token=TOKEN), None)
@@ -247,7 +253,7 @@ def test_engine_when_serving_times_out_and_fallback_is_onnx_of_the_same_bundle_t
     assert e.on_bar("EURUSD", now[0]).latency_ms.get("fallback") is None  # type: ignore[union-attr]  # served
     e.model.primary.predict = lambda row: (_ for _ in ()).throw(ServingUnavailable("down"))  # type: ignore[attr-defined]
     e.model = FallbackModel(client, local)
-    _Serving.delay_s = 0.5
+    _Serving.hold = threading.Event()  # serving slower than the client's timeout
     now[0] += 300
     rec = e.on_bar("EURUSD", now[0])
     assert (
@@ -264,7 +270,7 @@ def test_fallback_when_serving_last_ran_another_bundle_then_model_mismatch_and_n
     client = ServingClient(serving, timeout_s=0.1, token=TOKEN)
     _Serving.sha = "f" * 64  # serving runs a newer bundle than the local copy
     client.predict(ROW)
-    _Serving.delay_s = 0.5
+    _Serving.hold = threading.Event()  # serving slower than the client's timeout
     with pytest.raises(ModelMismatch):
         FallbackModel(client, local).predict(ROW)
     now = [MONDAY_0800]

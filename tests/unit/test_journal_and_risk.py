@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import RiskLimits
 from engine.journal import DecisionRecord, DuplicateDecision, Intent, Journal
-from engine.risk import Reason, check_order
 
 pytestmark = pytest.mark.unit
 
@@ -97,29 +95,6 @@ def test_journal_when_opened_on_a_walking_skeleton_file_then_it_adds_the_new_col
     j = Journal(tmp_path / "old.sqlite")
     j.record(_rec(100, "refused"))
     assert j.rows()[0]["reason_code"] is None and j.decided("EURUSD", 100)
-
-
-def test_check_order_when_kill_switch_engaged_then_refuses() -> None:
-    v = check_order(RiskLimits(kill_switch=True), current_lots=0, target_lots=0.1)
-    assert not v.allowed and v.reason is Reason.KILL_SWITCH
-
-
-def test_check_order_when_target_exceeds_max_position_then_refuses() -> None:
-    v = check_order(RiskLimits(max_position_lots=0.5), current_lots=0, target_lots=-0.6)
-    assert not v.allowed and v.reason is Reason.MAX_POSITION
-
-
-def test_check_order_within_limits_then_allows() -> None:
-    assert check_order(
-        RiskLimits(max_position_lots=0.5), current_lots=0.2, target_lots=-0.5
-    ).allowed
-
-
-def test_risk_limits_are_frozen() -> None:
-    import dataclasses
-
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        RiskLimits().kill_switch = True  # type: ignore[misc]
 
 
 def test_settings_when_symbols_are_comma_separated_in_env_then_parsed(

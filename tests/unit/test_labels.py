@@ -12,12 +12,39 @@ from training.labels import make_labels
 pytestmark = pytest.mark.unit
 
 
-def test_labels_when_built_then_label_end_is_h_bars_after_the_feature_time() -> None:
-    bars = make_bars(100)
-    lab = make_labels(bars, horizon=6, point=1e-5)
-    assert len(lab) == len(bars) - 6
-    assert (lab["label_end"] - lab["event_timestamp"] == pd.Timedelta(minutes=30)).all()
-    assert (lab["event_timestamp"] == bars["close_time"].iloc[: len(lab)].to_numpy()).all()
+def _with_weekend(bars: pd.DataFrame, at: int = 50, hours: int = 48) -> pd.DataFrame:
+    """``bars`` with every bar from index ``at`` on moved ``hours`` later: a market gap, so a
+    bar's row position and its time no longer agree."""
+    out = bars.copy()
+    out.loc[at:, ["time", "close_time"]] += pd.Timedelta(hours=hours)
+    return out
+
+
+def test_labels_when_built_then_each_window_runs_from_its_own_close_to_the_close_h_bars_later() -> (
+    None
+):
+    bars = _with_weekend(make_bars(100))
+    h = 6
+
+    lab = make_labels(bars, horizon=h, point=1e-5)
+
+    closes = bars.set_index("close_time")["close"]
+    later = pd.Series(bars["close_time"].shift(-h).to_numpy(), index=bars["close_time"])
+    nxt = pd.Series(bars["close_time"].shift(-1).to_numpy(), index=bars["close_time"])
+    t = lab["event_timestamp"]
+    assert t.isin(bars["close_time"]).all()  # a row per bar close, nothing else
+    assert (lab["label_end"].to_numpy() == later.loc[t].to_numpy()).all()
+    np.testing.assert_allclose(
+        lab["fwd_ret"], np.log(closes.loc[lab["label_end"]].to_numpy() / closes.loc[t].to_numpy()),
+        rtol=0, atol=1e-15,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        lab["ret_next"], np.log(closes.loc[nxt.loc[t]].to_numpy() / closes.loc[t].to_numpy()),
+        rtol=0, atol=1e-15,
+    )  # fmt: skip
+    # the window over the gap still spans h bars, not h x 5 minutes
+    assert (lab["label_end"] - t).max() == pd.Timedelta(hours=48, minutes=5 * h)
+    assert set(t) == set(bars["close_time"].iloc[:-h])
 
 
 def test_labels_when_move_is_inside_the_spread_then_flat() -> None:
@@ -50,17 +77,19 @@ def test_labels_when_commission_is_charged_then_the_dead_zone_widens() -> None:
     )
 
 
-def test_labels_when_a_later_bar_changes_then_only_earlier_labels_within_the_horizon_change() -> (
+def test_labels_when_a_later_bar_changes_then_only_the_labels_whose_window_holds_it_change() -> (
     None
 ):
-    bars = make_bars(200)
-    base = make_labels(bars, horizon=6, point=1e-5)
+    bars = _with_weekend(make_bars(200), at=147)
+    base = make_labels(bars, horizon=6, point=1e-5).set_index("event_timestamp")
     bumped = bars.copy()
     bumped.loc[150, ["close", "high"]] *= 1.01
-    after = make_labels(bumped, horizon=6, point=1e-5)
-    changed = np.flatnonzero((base["fwd_ret"] != after["fwd_ret"]).to_numpy())
-    # bar 150's close ends bar 144's 6-bar window and starts its own; no earlier bar sees it
-    assert set(changed.tolist()) == {144, 150}
+
+    after = make_labels(bumped, horizon=6, point=1e-5).set_index("event_timestamp")
+
+    changed = base.index[(base["fwd_ret"] != after["fwd_ret"]).to_numpy()]
+    # bar 150's close ends the window of the bar 6 bars before it and starts its own
+    assert set(changed) == {bars.loc[144, "close_time"], bars.loc[150, "close_time"]}
 
 
 def test_triple_barrier_when_price_jumps_up_then_long_and_down_then_short() -> None:

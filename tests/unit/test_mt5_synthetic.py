@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -196,12 +194,10 @@ def test_unknown_symbol_or_timeframe_then_error(market: SyntheticMarket) -> None
         synthetic_rates("EURUSD", "W1", START, END)
 
 
-def test_two_years_of_m5_then_generated_well_under_two_seconds() -> None:
-    t0 = time.perf_counter()
+def test_two_years_of_m5_then_every_bar_is_there_and_the_level_stays_plausible() -> None:
+    """(Its speed is measured by bench/synthetic_market.py, not asserted here.)"""
     r = SyntheticMarket(11).rates("EURUSD", "M5", ORIGIN_UTC, ORIGIN_UTC + 730 * DAY)
-    elapsed = time.perf_counter() - t0
     assert len(r) > 145_000
-    assert elapsed < 2.0
     # the level stays plausible over two years
     assert r["close"].min() > 0.8 and r["close"].max() < 1.4
 
