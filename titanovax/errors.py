@@ -112,6 +112,8 @@ def explain(exc: BaseException) -> TxError | None:
                 "with `tx models train`",
             )
         return TxError(f"MLflow: {str(exc).splitlines()[0]}", "check TX_MLFLOW_TRACKING_URI")
+    if name == "AlreadyChampion":
+        return TxError(str(exc), "nothing to promote; `tx models aliases` shows them", exit_code=3)
     if name in ("FeatureServiceNotFoundException", "FeatureViewNotFoundException"):
         return TxError(f"Feast: {exc}", "register the definitions with `tx features apply`")
     if isinstance(exc, FileNotFoundError) and exc.filename:

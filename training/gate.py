@@ -379,6 +379,10 @@ def apply_decision(
     return decision
 
 
+class AlreadyChampion(ValueError):
+    """The version asked to be promoted already holds the ``champion`` alias."""
+
+
 def promote(
     settings: PlatformSettings,
     version: str,
@@ -387,7 +391,12 @@ def promote(
     cfg: GateConfig | None = None,
     actor: str | None = None,
 ) -> GateDecision:
-    """Gate ``version`` (:func:`evaluate_gate`) and move the aliases (:func:`apply_decision`)."""
+    """Gate ``version`` (:func:`evaluate_gate`) and move the aliases (:func:`apply_decision`).
+    A version that already is the champion is refused (:class:`AlreadyChampion`): gating it
+    against itself would only write a no-op audit row."""
+    current = current_aliases(client_for(settings), settings.model_name).get(CHAMPION)
+    if current is not None and str(current) == str(version):
+        raise AlreadyChampion(f"{settings.model_name} v{version} already is the champion")
     return apply_decision(
         settings, evaluate_gate(settings, version, window=window, cfg=cfg), actor=actor
     )

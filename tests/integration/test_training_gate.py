@@ -174,6 +174,21 @@ def test_gate_when_challenger_is_better_then_promoted_old_champion_becomes_previ
     assert len(audit_path(settings).read_text().splitlines()) == 3
 
 
+def test_promote_when_the_version_already_is_champion_then_refused_and_no_audit_row(
+    settings: PlatformSettings, models: dict[str, XGBModel]
+) -> None:
+    from training.gate import AlreadyChampion
+
+    window = market(seed=5)
+    v = register(settings, models["good"], window)
+    assert promote(settings, v, window=window, actor="test").promoted
+
+    with pytest.raises(AlreadyChampion, match="already is the champion"):
+        promote(settings, v, window=window, actor="test")
+
+    assert [r["action"] for r in history(settings)] == ["promote"]
+
+
 def test_gate_when_parity_failed_then_refused_and_no_alias_moves(
     settings: PlatformSettings, models: dict[str, XGBModel]
 ) -> None:
