@@ -208,6 +208,7 @@ class Engine:
             send_gate=self.send_gate,
         )
         self.last_reconcile: dict[str, Any] = {}
+        self._deals_seen_to: int | None = None  # time of the newest deal _observe_account saw
 
     def _save_risk(self, state: RiskState) -> None:
         self.metrics.set_state(state.trading_state)
@@ -577,15 +578,22 @@ class Engine:
         self.risk.observe_equity(float(acct.equity), now)
         self.metrics.equity.set(float(acct.equity))
         self.metrics.drawdown.set(self.risk.state.drawdown)
+        # incremental: only the deals from the newest one counted so far (its time included,
+        # the ticket filter drops the ones already seen), never before the 2-day window
         lo = int(now) - 2 * 86_400
+        if self._deals_seen_to is not None and self._deals_seen_to > lo:
+            lo = self._deals_seen_to
         deals = self.terminal.history_deals_get(lo, int(now) + 2 * 86_400) or ()
+        if not deals:
+            return
+        last = self.risk.state.last_deal_ticket
+        magic = self.magic
         closed = [
             (int(d.ticket), float(d.profit + d.commission + d.swap))
             for d in deals
-            if d.magic == self.magic
-            and d.entry == mt5.DEAL_ENTRY_OUT
-            and d.ticket > self.risk.state.last_deal_ticket
+            if d.ticket > last and d.magic == magic and d.entry == mt5.DEAL_ENTRY_OUT
         ]
+        self._deals_seen_to = max(int(d.time) for d in deals)
         if closed:
             self.risk.observe_closed_trades(closed)
 
