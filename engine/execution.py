@@ -304,6 +304,7 @@ class OrderExecutor:
             if position is None and (sl_distance > 0 or tp_distance > 0):
                 self._stops(req, symbol, tick, sl_distance, tp_distance, widen=widened)
             out.requests.append(req)
+            self.journal.checkpoint()  # write-ahead: the intent is durable before the send
             with self.send_gate:
                 allowed = flatten or self.may_send()
                 res = self.terminal.order_send(req) if allowed else None

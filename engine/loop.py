@@ -20,6 +20,10 @@ Per bar (:meth:`Engine.on_bar`):
    :class:`engine.execution.OrderExecutor` (write-ahead intents, client order ids);
 7. journal: one row per bar with the latency breakdown, verdict, reason, requests and results.
 
+The bar is one journal transaction (group commit, see :mod:`engine.journal`): a bar without
+orders commits once; a bar with orders commits its intents and state synchronously right
+before ``order_send`` (write-ahead) and the rest once after.
+
 On start (:meth:`Engine.reconcile`) every non-final intent (``pending``, ``not_sent``) is
 resolved against the terminal's positions and deals, so a crash between ``order_send`` and the
 journal write neither loses the order nor sends it twice, however many times it happens; a
@@ -212,8 +216,8 @@ class Engine:
 
     def _save_risk(self, state: RiskState) -> None:
         self.metrics.set_state(state.trading_state)
-        try:
-            self.journal.save_state("risk", state.to_json())
+        try:  # inside a bar's transaction: serialised once, at the next commit point
+            self.journal.save_state("risk", self.risk.state.to_json)
         except JournalUnavailable as exc:  # written again once the journal is back
             self._journal_down(exc)
 
@@ -307,6 +311,7 @@ class Engine:
                         return None
                     if not self.started:
                         self.reconcile()
+                    self.journal.begin()  # the bar's group transaction (committed in _finish)
                 except Exception as exc:  # journal or terminal unusable: refuse the bar
                     return self._refuse_early(symbol, bar_close, exc)
                 return self._decide(symbol, bar_close)
@@ -553,11 +558,16 @@ class Engine:
         rec.trading_state = str(self.risk.state.trading_state)
         if self.journal_up:
             try:
-                self.journal.record(rec)
+                try:
+                    self.journal.record(rec)
+                finally:  # one commit for the bar (after a checkpoint: not synchronous)
+                    self.journal.commit()
             except JournalUnavailable as exc:
+                self.journal.rollback()
                 self._journal_down(exc)
                 self._unwritten.append(rec)
         else:
+            self.journal.rollback()  # intents pending at the broker are reconciled later
             self._unwritten.append(rec)
         self.stats.latencies_ms.append(total)
         self.stats.stages_ms.append(dict(rec.latency_ms))
