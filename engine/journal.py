@@ -180,6 +180,7 @@ class Journal:
         self._tx_decided: list[tuple[str, int]] = []
         self._pending_state: dict[str, str | Callable[[], str]] = {}
         self._decided: set[tuple[str, int]] | None = None
+        self._intent_bars: set[tuple[str, int]] | None = None
         self._decided_scope = scope
         self.postgres = self.target.startswith(("postgresql://", "postgres://"))
         try:
@@ -376,6 +377,7 @@ class Journal:
             )
             self._decided = {(r["symbol"], int(r["bar_close"])) for r in rows}
             self._decided_scope = self.scope
+            self._intent_bars = None
         key = (symbol, int(bar_close))
         return key in self._decided or key in self._tx_decided
 
@@ -437,6 +439,8 @@ class Journal:
                 it.updated_at,
             ),
         )
+        if self._intent_bars is not None:
+            self._intent_bars.add((it.symbol, int(it.bar_close)))
         return bool(cur.rowcount)
 
     def intent_end(
@@ -495,6 +499,16 @@ class Journal:
             (self.scope,),
         )
         return [self._intent(r) for r in rows]
+
+    def may_have_intents(self, symbol: str, bar_close: int) -> bool:
+        """Whether the bar may have intents (``False``: it has none, no query needed). From a
+        set of bars with intents, loaded once per scope; an intent rolled back leaves its bar
+        in the set, which only costs a query."""
+        if self._intent_bars is None or self._decided_scope != self.scope:
+            self.decided(symbol, bar_close)  # (re)loads the decided set and the scope
+            rows = self._query("SELECT symbol, bar_close FROM intents WHERE scope=?", (self.scope,))
+            self._intent_bars = {(r["symbol"], int(r["bar_close"])) for r in rows}
+        return (symbol, int(bar_close)) in self._intent_bars
 
     def bar_intents(self, symbol: str, bar_close: int) -> list[Intent]:
         """The intents of one bar, oldest first."""

@@ -412,6 +412,8 @@ class Engine:
         """Put the orders the broker executed for this bar in earlier attempts (a crash
         before the row was written) into its row: the row shows what the broker did."""
         try:
+            if not self.journal.may_have_intents(rec.symbol, rec.bar_close):
+                return
             prior = [
                 it
                 for it in self.journal.bar_intents(rec.symbol, rec.bar_close)
