@@ -91,6 +91,8 @@ CREATE TABLE IF NOT EXISTS intents (
     updated_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (scope, client_id)
 )""",
+    # a bar's intents (bar_intents) without scanning every intent of the scope
+    "CREATE INDEX IF NOT EXISTS intents_bar ON intents (scope, symbol, bar_close)",
     """
 CREATE TABLE IF NOT EXISTS engine_state (
     scope TEXT NOT NULL,

@@ -212,7 +212,8 @@ class Engine:
             send_gate=self.send_gate,
         )
         self.last_reconcile: dict[str, Any] = {}
-        self._deals_seen_to: int | None = None  # time of the newest deal _observe_account saw
+        self._deals_seen_to: int | None = None
+        self._earlier_intents = True  # the bar being decided may have intents from before  # time of the newest deal _observe_account saw
 
     def _save_risk(self, state: RiskState) -> None:
         self.metrics.set_state(state.trading_state)
@@ -357,7 +358,11 @@ class Engine:
         rec = DecisionRecord(
             symbol, bar_close, now, None, None, "none", None, "refused", None, None, None, None, lat
         )
+        self._earlier_intents = True
         try:
+            # intents of this bar before this decision can only come from an earlier start
+            # (or a flatten): known up front, so a bar without them needs no query afterwards
+            self._earlier_intents = self.journal.may_have_intents(symbol, bar_close)
             self._observe_account(now)
             t = time.perf_counter()
             row = self.features.read(symbol)
@@ -412,7 +417,7 @@ class Engine:
         """Put the orders the broker executed for this bar in earlier attempts (a crash
         before the row was written) into its row: the row shows what the broker did."""
         try:
-            if not self.journal.may_have_intents(rec.symbol, rec.bar_close):
+            if not self._earlier_intents:
                 return
             prior = [
                 it
