@@ -315,7 +315,11 @@ class Engine:
                     self.journal.begin()  # the bar's group transaction (committed in _finish)
                 except Exception as exc:  # journal or terminal unusable: refuse the bar
                     return self._refuse_early(symbol, bar_close, exc)
-                return self._decide(symbol, bar_close)
+                try:
+                    return self._decide(symbol, bar_close)
+                except BaseException:  # e.g. KeyboardInterrupt: never leave the bar's tx open
+                    self.journal.rollback()
+                    raise
             finally:
                 self._apply_pending_kill()
 
