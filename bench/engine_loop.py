@@ -191,6 +191,7 @@ STAGE_HOOKS = (  # (stage, object path on the engine, method)
     ("orders (executor, terminal, intents)", "", "_move_position"),
     ("journal: decided()", "journal", "decided"),
     ("journal: record()", "journal", "record"),
+    ("journal: commit()", "journal", "commit"),
     ("metrics + stats", "", "_finish"),
 )
 TERMINAL = "  of which in the simulated terminal"  # nested in the stages above
@@ -235,7 +236,9 @@ def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None
     acc = dict(acc)
     nested = acc.pop(TERMINAL, 0.0)
     if "metrics + stats" in acc:
-        acc["metrics + stats"] -= acc.get("journal: record()", 0.0)
+        acc["metrics + stats"] -= acc.get("journal: record()", 0.0) + acc.get(
+            "journal: commit()", 0.0
+        )
     acc["other (loop, lock, records)"] = wall - sum(acc.values())
     print(f"\n{title}: {n} decisions in {wall:.2f} s = {wall / n * 1e6:.1f} us/decision")
     print(f"  {'stage':<40}{'share':>8}{'us/decision':>14}")
@@ -324,6 +327,18 @@ def run_engine(
     model: Any = OnnxModel.from_dir(bundle)
     e = _engine(world, model, journal_target)
     acc = instrument(e) if stages else None
+    if stages:  # the whole on_bar: the decision and its journal commit
+        on_bar = e.on_bar
+
+        def timed_on_bar(symbol: str, bar_close: int) -> Any:
+            t = time.perf_counter()
+            try:
+                return on_bar(symbol, bar_close)
+            finally:
+                e.bench_on_bar_ms.append((time.perf_counter() - t) * 1e3)
+
+        e.bench_on_bar_ms = []
+        e.on_bar = timed_on_bar
     t0, c0 = time.perf_counter(), time.process_time()
     if precomputed:
         e.model = bt.PrecomputedModel.score(model, world.features, symbols)
@@ -499,6 +514,12 @@ def main() -> None:
         _print_stages(
             f"tick-to-decision, {days} days, journal SQLite on disk (stage timers on)",
             e_d.stats.stages_ms,
+        )
+        full = np.array(e_d.bench_on_bar_ms)
+        print(
+            f"  on_bar including the journal commit(s) (durable: the decision row written): "
+            f"p50 {np.percentile(full, 50):.3f} ms, p99 {np.percentile(full, 99):.3f} ms, "
+            f"n {len(full)}"
         )
         print(f"  {r_d.decisions / wall_d:,.0f} decisions/s")
         print_shares(

@@ -116,6 +116,8 @@ class EngineSettings(BaseSettings):
     journal_url: SecretStr | None = None  # a DSN may hold a password: secret
     # backtests journal here only when set (never into TX_JOURNAL_URL/PATH)
     backtest_journal: str | None = Field(default=None, alias="TX_ENGINE_BACKTEST_JOURNAL")
+    # false: a backtest's journal never waits for the disk (a crash may lose its tail)
+    backtest_journal_durable: bool = Field(default=True, alias="TX_ENGINE_BACKTEST_JOURNAL_DURABLE")
     # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     timeframe: str = "M5"

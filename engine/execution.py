@@ -4,10 +4,11 @@ and idempotent client order ids.
 **Client order id.** Every order carries ``magic`` (the engine) and a ``comment`` that is a
 deterministic id of (account login, magic, symbol, bar close, intent) — e.g. ``tx-3QJ7…``.
 The intent names *what* the order is for (``open:buy``, ``close:<ticket>``), never *how much*,
-so the id of a bar's order is the same after a restart. Before sending (and before every
-retry after an ambiguous answer) the executor looks for that comment among the terminal's
-positions, deals and (where the terminal has it) pending orders; found means the order
-already reached the broker, and it is *not* sent again.
+so the id of a bar's order is the same after a restart. Before sending an id that was
+journaled before (a restart, a re-decided bar), and before every retry after an ambiguous
+answer, the executor looks for that comment among the terminal's positions, deals and (where
+the terminal has it) pending orders; found means the order already reached the broker, and it
+is *not* sent again. An id never journaled was never sent (write-ahead), so it is not looked up.
 
 **Write-ahead.** The intent is journaled (status ``pending``) before ``order_send`` and its
 outcome after; a crash in between leaves a pending intent that
@@ -260,12 +261,6 @@ class OrderExecutor:
         (``flatten``: the kill's own closing order, sent although the kill is set)."""
         cid = client_order_id(self.login, self.magic, symbol, bar_close, intent)
         out = OrderOutcome(cid, symbol, int(bar_close), intent, "failed")
-        found = self.find_existing(symbol, cid, now_utc)
-        if found is not None:
-            log.warning("%s %s already at the broker (%s): not sending again", symbol, cid, found)
-            out.status, out.results = "recovered", [found]
-            self._end(out, existing=True)
-            return out
         base: dict[str, Any] = {
             "action": mt5.TRADE_ACTION_DEAL,
             "symbol": symbol,
@@ -278,7 +273,18 @@ class OrderExecutor:
         }
         if position is not None:
             base["position"] = int(position)
+        # Write-ahead: an id never journaled was never sent, so a new intent needs no look-up
+        # at the broker (the scan of days of deals was the order path's largest cost). An id
+        # journaled before (a restart, a re-decided bar) is looked up and sent only if absent.
         if not self.journal.intent_begin(Intent(cid, symbol, int(bar_close), intent, dict(base))):
+            found = self.find_existing(symbol, cid, now_utc)
+            if found is not None:
+                log.warning(
+                    "%s %s already at the broker (%s): not sending again", symbol, cid, found
+                )
+                out.status, out.results = "recovered", [found]
+                self._end(out)
+                return out
             log.info(
                 "intent %s exists (restart); its order was not found at the broker: sending", cid
             )
@@ -298,6 +304,7 @@ class OrderExecutor:
             if position is None and (sl_distance > 0 or tp_distance > 0):
                 self._stops(req, symbol, tick, sl_distance, tp_distance, widen=widened)
             out.requests.append(req)
+            self.journal.checkpoint()  # write-ahead: the intent is durable before the send
             with self.send_gate:
                 allowed = flatten or self.may_send()
                 res = self.terminal.order_send(req) if allowed else None
@@ -400,14 +407,10 @@ class OrderExecutor:
         if tp:
             req["tp"] = tp
 
-    def _end(self, out: OrderOutcome, existing: bool = False) -> None:
+    def _end(self, out: OrderOutcome) -> None:
         result = {
             "results": out.results,
             "reason": str(out.reason) if out.reason else None,
             "detail": out.detail,
         }
-        if existing and self.journal.intent(out.client_id) is None:
-            self.journal.intent_begin(
-                Intent(out.client_id, out.symbol, out.bar_close, out.intent, {})
-            )
         self.journal.intent_end(out.client_id, out.status, result, out.retcode)

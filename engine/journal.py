@@ -21,6 +21,21 @@ backtest and a paper engine, that share one database never see each other's deci
 intents or state. A journal of an older layout (no ``scope`` column) is kept aside under
 ``<table>_unscoped`` and the scoped tables are created next to it.
 
+**Group commit.** The engine writes a bar inside one transaction (:meth:`Journal.begin`);
+writes outside one commit on their own, as before. A bar that sends orders has two commit
+points: :meth:`Journal.checkpoint` right before ``order_send`` commits the intents and the
+state written so far *synchronously* (the write-ahead rule: the intent is durable before the
+order leaves), and :meth:`Journal.commit` after the bar commits the results, the decision row
+and the state without waiting for the disk (SQLite ``synchronous=NORMAL`` for that
+transaction, PostgreSQL ``SET LOCAL synchronous_commit = off``): lost only by a power failure
+before the next synchronous commit, and then the pending intents are resolved from the broker
+by reconciliation and the bar is decided again. A bar without orders commits once,
+synchronously. State written inside a transaction (:meth:`Journal.save_state`, which also
+takes a callable) is kept in memory and upserted once per commit point, with its value at
+that moment. :meth:`Journal.decided` answers from a set of decided bars loaded once per scope
+(the primary key still refuses a duplicate). ``durable=False`` (backtests, by choice:
+``TX_ENGINE_BACKTEST_JOURNAL_DURABLE=false``) never waits for the disk.
+
 **Failures.** A database error other than a duplicate key (disk full, I/O error, connection
 lost, a PostgreSQL statement over its ``statement_timeout``) raises
 :class:`JournalUnavailable`: the engine stops trading until the journal writes again.
@@ -33,6 +48,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +91,8 @@ CREATE TABLE IF NOT EXISTS intents (
     updated_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (scope, client_id)
 )""",
+    # a bar's intents (bar_intents) without scanning every intent of the scope
+    "CREATE INDEX IF NOT EXISTS intents_bar ON intents (scope, symbol, bar_close)",
     """
 CREATE TABLE IF NOT EXISTS engine_state (
     scope TEXT NOT NULL,
@@ -153,10 +171,19 @@ class Intent:
 class Journal:
     """Decisions, intents and state in SQLite or PostgreSQL (see the module docstring)."""
 
-    def __init__(self, target: Path | str, scope: str = "") -> None:
+    def __init__(self, target: Path | str, scope: str = "", *, durable: bool = True) -> None:
         self.target = str(target)
         self.scope = scope
+        self.durable = durable
         self._lock = threading.RLock()
+        self._tx = False  # a group transaction is open (begin())
+        self._tx_relaxed = False  # its commit need not wait for the disk (after checkpoint())
+        self._tx_dirty = False  # it holds a write
+        self._tx_decided: list[tuple[str, int]] = []
+        self._pending_state: dict[str, str | Callable[[], str]] = {}
+        self._decided: set[tuple[str, int]] | None = None
+        self._intent_bars: set[tuple[str, int]] | None = None
+        self._decided_scope = scope
         self.postgres = self.target.startswith(("postgresql://", "postgres://"))
         try:
             if self.postgres:
@@ -166,7 +193,8 @@ class Journal:
                     self.target,
                     autocommit=True,
                     connect_timeout=5,
-                    options="-c statement_timeout=5000",
+                    options="-c statement_timeout=5000"
+                    + ("" if durable else " -c synchronous_commit=off"),
                 )
                 self._integrity: tuple[type[BaseException], ...] = (psycopg.errors.UniqueViolation,)
                 self._errors: tuple[type[BaseException], ...] = (psycopg.Error, OSError)
@@ -178,7 +206,7 @@ class Journal:
                     self.target, isolation_level=None, check_same_thread=False, timeout=5.0
                 )
                 self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
                 self._integrity = (sqlite3.IntegrityError,)
                 self._errors = (sqlite3.Error, OSError)
             self._migrate()
@@ -194,6 +222,83 @@ class Journal:
     def set_scope(self, scope: str) -> None:
         """Key every later read and write by ``scope`` (``login:magic:mode``)."""
         self.scope = scope
+
+    # --- group commit -------------------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        """A group transaction is open."""
+        return self._tx
+
+    def begin(self) -> None:
+        """Open a group transaction (nothing if one is open): later writes wait for
+        :meth:`checkpoint` or :meth:`commit`."""
+        if self._tx:
+            return
+        self._exec("BEGIN")
+        self._tx, self._tx_dirty = True, False
+
+    def checkpoint(self) -> None:
+        """The write-ahead commit point (right before ``order_send``): commit what the open
+        transaction holds synchronously and open the next one, whose commit need not wait for
+        the disk. Nothing when no transaction is open (writes were committed already)."""
+        if not self._tx:
+            return
+        if self._tx_dirty or self._pending_state:
+            self._commit(relaxed=False)
+            if self.durable and not self.postgres:
+                self._exec("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
+            self._exec("BEGIN")
+            self._tx, self._tx_dirty = True, False
+        self._tx_relaxed = True
+
+    def commit(self) -> None:
+        """Commit the open transaction (synchronously unless a checkpoint came first);
+        nothing when none is open. Rolls back and raises :class:`JournalUnavailable` when the
+        commit fails."""
+        if self._tx:
+            self._commit(relaxed=self._tx_relaxed)
+
+    def _commit(self, *, relaxed: bool) -> None:
+        try:
+            self._flush_state()
+            if relaxed and self.durable and self.postgres:
+                self._exec("SET LOCAL synchronous_commit = off")
+            self._exec("COMMIT")
+        except Exception:
+            self.rollback()
+            raise
+        self._tx = False
+        if self._decided is not None:
+            self._decided.update(self._tx_decided)
+        self._tx_decided.clear()
+        self._end_relaxed()
+
+    def rollback(self) -> None:
+        """Drop the open transaction's writes (nothing when none is open)."""
+        if not self._tx:
+            return
+        self._tx = False
+        self._pending_state.clear()
+        self._tx_decided.clear()
+        with self._lock:
+            try:
+                self._db.execute("ROLLBACK")
+            except self._errors as exc:
+                log.warning("journal: rollback failed: %s", exc)
+        try:
+            self._end_relaxed()
+        except JournalUnavailable as exc:
+            log.warning("journal: %s", exc)
+
+    def _end_relaxed(self) -> None:
+        if self._tx_relaxed and self.durable and not self.postgres:
+            self._exec("PRAGMA synchronous=FULL")
+        self._tx_relaxed = False
+
+    def _flush_state(self) -> None:
+        while self._pending_state:
+            key, value = self._pending_state.popitem()
+            self._upsert_state(key, value() if callable(value) else value)
 
     def _columns(self, table: str) -> set[str] | None:
         """The table's columns, ``None`` when it does not exist."""
@@ -222,6 +327,8 @@ class Journal:
 
     # --- plumbing -----------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        if self._tx and not sql.startswith("SELECT"):
+            self._tx_dirty = True
         if self.postgres:
             sql = sql.replace("?", "%s")
         with self._lock:
@@ -248,22 +355,33 @@ class Journal:
         for k in _JSON_DECISION:
             d[k] = json.dumps(d[k]) if d[k] is not None else None
         cols = ",".join(d)
-        try:
-            self._exec(
-                f"INSERT INTO decisions ({cols}) VALUES ({','.join('?' * len(d))})",
-                list(d.values()),
-            )
-        except self._integrity as exc:
-            raise DuplicateDecision(f"{rec.symbol} bar {rec.bar_close} already journaled") from exc
+        # ON CONFLICT DO NOTHING, not an integrity error: in PostgreSQL an error would abort
+        # the whole group transaction
+        cur = self._exec(
+            f"INSERT INTO decisions ({cols}) VALUES ({','.join('?' * len(d))})"
+            " ON CONFLICT (scope, symbol, bar_close) DO NOTHING",
+            list(d.values()),
+        )
+        if cur.rowcount == 0:
+            raise DuplicateDecision(f"{rec.symbol} bar {rec.bar_close} already journaled")
+        key = (rec.symbol, int(rec.bar_close))
+        if self._tx:
+            self._tx_decided.append(key)
+        elif self._decided is not None:
+            self._decided.add(key)
 
     def decided(self, symbol: str, bar_close: int) -> bool:
-        """Whether the bar was already decided (restart: skip it)."""
-        return bool(
-            self._query(
-                "SELECT 1 FROM decisions WHERE scope=? AND symbol=? AND bar_close=?",
-                (self.scope, symbol, int(bar_close)),
+        """Whether the bar was already decided (restart: skip it). Answered from the set of
+        decided bars, loaded once per scope and kept up to date by :meth:`record`."""
+        if self._decided is None or self._decided_scope != self.scope:
+            rows = self._query(
+                "SELECT symbol, bar_close FROM decisions WHERE scope=?", (self.scope,)
             )
-        )
+            self._decided = {(r["symbol"], int(r["bar_close"])) for r in rows}
+            self._decided_scope = self.scope
+            self._intent_bars = None
+        key = (symbol, int(bar_close))
+        return key in self._decided or key in self._tx_decided
 
     def rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Decisions, oldest first (or the newest ``limit``, oldest first)."""
@@ -303,28 +421,29 @@ class Journal:
 
     # --- intents ------------------------------------------------------------------------
     def intent_begin(self, it: Intent) -> bool:
-        """Write the intent before the order is sent; ``False`` if this client id exists."""
-        try:
-            self._exec(
-                "INSERT INTO intents (scope, client_id, symbol, bar_close, intent, request, status,"
-                " result, retcode, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    self.scope,
-                    it.client_id,
-                    it.symbol,
-                    int(it.bar_close),
-                    it.intent,
-                    json.dumps(it.request),
-                    it.status,
-                    json.dumps(it.result) if it.result is not None else None,
-                    it.retcode,
-                    it.created_at,
-                    it.updated_at,
-                ),
-            )
-        except self._integrity:
-            return False
-        return True
+        """Write the intent before the order is sent; ``False`` if this client id exists.
+        Inside a group transaction it is durable only from the next :meth:`checkpoint`."""
+        cur = self._exec(
+            "INSERT INTO intents (scope, client_id, symbol, bar_close, intent, request, status,"
+            " result, retcode, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (scope, client_id) DO NOTHING",
+            (
+                self.scope,
+                it.client_id,
+                it.symbol,
+                int(it.bar_close),
+                it.intent,
+                json.dumps(it.request),
+                it.status,
+                json.dumps(it.result) if it.result is not None else None,
+                it.retcode,
+                it.created_at,
+                it.updated_at,
+            ),
+        )
+        if self._intent_bars is not None:
+            self._intent_bars.add((it.symbol, int(it.bar_close)))
+        return bool(cur.rowcount)
 
     def intent_end(
         self, client_id: str, status: str, result: dict[str, Any] | None, retcode: int | None
@@ -383,6 +502,16 @@ class Journal:
         )
         return [self._intent(r) for r in rows]
 
+    def may_have_intents(self, symbol: str, bar_close: int) -> bool:
+        """Whether the bar may have intents (``False``: it has none, no query needed). From a
+        set of bars with intents, loaded once per scope; an intent rolled back leaves its bar
+        in the set, which only costs a query."""
+        if self._intent_bars is None or self._decided_scope != self.scope:
+            self.decided(symbol, bar_close)  # (re)loads the decided set and the scope
+            rows = self._query("SELECT symbol, bar_close FROM intents WHERE scope=?", (self.scope,))
+            self._intent_bars = {(r["symbol"], int(r["bar_close"])) for r in rows}
+        return (symbol, int(bar_close)) in self._intent_bars
+
     def bar_intents(self, symbol: str, bar_close: int) -> list[Intent]:
         """The intents of one bar, oldest first."""
         rows = self._query(
@@ -408,8 +537,15 @@ class Journal:
         return Intent(**r)
 
     # --- state --------------------------------------------------------------------------
-    def save_state(self, key: str, value: str) -> None:
-        """Upsert a piece of engine state (JSON text)."""
+    def save_state(self, key: str, value: str | Callable[[], str]) -> None:
+        """Upsert a piece of engine state (JSON text, or a callable giving it). Inside a group
+        transaction it is written once, at the next commit point, with its value then."""
+        if self._tx:
+            self._pending_state[key] = value
+            return
+        self._upsert_state(key, value() if callable(value) else value)
+
+    def _upsert_state(self, key: str, value: str) -> None:
         self._exec(
             "INSERT INTO engine_state (scope, key, value, updated_at) VALUES (?,?,?,?)"
             " ON CONFLICT (scope, key) DO UPDATE SET value=excluded.value,"
@@ -419,6 +555,9 @@ class Journal:
 
     def load_state(self, key: str) -> str | None:
         """The saved state under ``key``, or ``None``."""
+        if key in self._pending_state:
+            v = self._pending_state[key]
+            return v() if callable(v) else v
         rows = self._query(
             "SELECT value FROM engine_state WHERE scope=? AND key=?", (self.scope, key)
         )
@@ -430,6 +569,6 @@ class Journal:
             self._db.close()
 
 
-def open_journal(target: Path | str, scope: str = "") -> Journal:
+def open_journal(target: Path | str, scope: str = "", *, durable: bool = True) -> Journal:
     """A journal at a SQLite path or a ``postgresql://`` URL."""
-    return Journal(target, scope)
+    return Journal(target, scope, durable=durable)

@@ -20,6 +20,10 @@ Per bar (:meth:`Engine.on_bar`):
    :class:`engine.execution.OrderExecutor` (write-ahead intents, client order ids);
 7. journal: one row per bar with the latency breakdown, verdict, reason, requests and results.
 
+The bar is one journal transaction (group commit, see :mod:`engine.journal`): a bar without
+orders commits once; a bar with orders commits its intents and state synchronously right
+before ``order_send`` (write-ahead) and the rest once after.
+
 On start (:meth:`Engine.reconcile`) every non-final intent (``pending``, ``not_sent``) is
 resolved against the terminal's positions and deals, so a crash between ``order_send`` and the
 journal write neither loses the order nor sends it twice, however many times it happens; a
@@ -208,11 +212,13 @@ class Engine:
             send_gate=self.send_gate,
         )
         self.last_reconcile: dict[str, Any] = {}
+        self._deals_seen_to: int | None = None
+        self._earlier_intents = True  # the bar being decided may have intents from before  # time of the newest deal _observe_account saw
 
     def _save_risk(self, state: RiskState) -> None:
         self.metrics.set_state(state.trading_state)
-        try:
-            self.journal.save_state("risk", state.to_json())
+        try:  # inside a bar's transaction: serialised once, at the next commit point
+            self.journal.save_state("risk", self.risk.state.to_json)
         except JournalUnavailable as exc:  # written again once the journal is back
             self._journal_down(exc)
 
@@ -306,9 +312,14 @@ class Engine:
                         return None
                     if not self.started:
                         self.reconcile()
+                    self.journal.begin()  # the bar's group transaction (committed in _finish)
                 except Exception as exc:  # journal or terminal unusable: refuse the bar
                     return self._refuse_early(symbol, bar_close, exc)
-                return self._decide(symbol, bar_close)
+                try:
+                    return self._decide(symbol, bar_close)
+                except BaseException:  # e.g. KeyboardInterrupt: never leave the bar's tx open
+                    self.journal.rollback()
+                    raise
             finally:
                 self._apply_pending_kill()
 
@@ -351,7 +362,11 @@ class Engine:
         rec = DecisionRecord(
             symbol, bar_close, now, None, None, "none", None, "refused", None, None, None, None, lat
         )
+        self._earlier_intents = True
         try:
+            # intents of this bar before this decision can only come from an earlier start
+            # (or a flatten): known up front, so a bar without them needs no query afterwards
+            self._earlier_intents = self.journal.may_have_intents(symbol, bar_close)
             self._observe_account(now)
             t = time.perf_counter()
             row = self.features.read(symbol)
@@ -406,6 +421,8 @@ class Engine:
         """Put the orders the broker executed for this bar in earlier attempts (a crash
         before the row was written) into its row: the row shows what the broker did."""
         try:
+            if not self._earlier_intents:
+                return
             prior = [
                 it
                 for it in self.journal.bar_intents(rec.symbol, rec.bar_close)
@@ -552,11 +569,16 @@ class Engine:
         rec.trading_state = str(self.risk.state.trading_state)
         if self.journal_up:
             try:
-                self.journal.record(rec)
+                try:
+                    self.journal.record(rec)
+                finally:  # one commit for the bar (after a checkpoint: not synchronous)
+                    self.journal.commit()
             except JournalUnavailable as exc:
+                self.journal.rollback()
                 self._journal_down(exc)
                 self._unwritten.append(rec)
         else:
+            self.journal.rollback()  # intents pending at the broker are reconciled later
             self._unwritten.append(rec)
         self.stats.latencies_ms.append(total)
         self.stats.stages_ms.append(dict(rec.latency_ms))
@@ -577,15 +599,22 @@ class Engine:
         self.risk.observe_equity(float(acct.equity), now)
         self.metrics.equity.set(float(acct.equity))
         self.metrics.drawdown.set(self.risk.state.drawdown)
+        # incremental: only the deals from the newest one counted so far (its time included,
+        # the ticket filter drops the ones already seen), never before the 2-day window
         lo = int(now) - 2 * 86_400
+        if self._deals_seen_to is not None and self._deals_seen_to > lo:
+            lo = self._deals_seen_to
         deals = self.terminal.history_deals_get(lo, int(now) + 2 * 86_400) or ()
+        if not deals:
+            return
+        last = self.risk.state.last_deal_ticket
+        magic = self.magic
         closed = [
             (int(d.ticket), float(d.profit + d.commission + d.swap))
             for d in deals
-            if d.magic == self.magic
-            and d.entry == mt5.DEAL_ENTRY_OUT
-            and d.ticket > self.risk.state.last_deal_ticket
+            if d.ticket > last and d.magic == magic and d.entry == mt5.DEAL_ENTRY_OUT
         ]
+        self._deals_seen_to = max(int(d.time) for d in deals)
         if closed:
             self.risk.observe_closed_trades(closed)
 

@@ -255,7 +255,7 @@ def run_engine(
             features=world.features,
             model=model,
             clock=lambda: float(world.now[0]),
-            journal=Journal(target),
+            journal=Journal(target, durable=es.backtest_journal_durable),
             sleep=lambda s: None,
             mode="backtest",
         )

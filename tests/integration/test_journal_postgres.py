@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -179,3 +180,58 @@ def test_tx_engine_run_when_the_journal_dsn_has_a_password_then_output_and_logs_
     assert res.exit_code == 0, res.output
     assert "s3cret-pw" not in res.output and "s3cret-pw" not in caplog.text
     assert "postgres:***@" in res.output
+
+
+def test_engine_on_postgres_when_it_sends_an_order_then_the_intent_was_committed_before_order_send(
+    pg_url: str,
+) -> None:
+    import psycopg
+
+    now = [MONDAY_0800]
+    seen: list[list[tuple[str, str]]] = []
+
+    class Peeking(FaultyTerminal):
+        def order_send(self, request: dict[str, Any]) -> Any:
+            with psycopg.connect(pg_url) as other:
+                seen.append(
+                    [
+                        (str(c), str(s))
+                        for c, s in other.execute("SELECT client_id, status FROM intents")
+                    ]
+                )
+            return super().order_send(request)
+
+    e = Engine(
+        terminal=Peeking(sim_terminal(now), []),
+        features=ClockFeatures(now),
+        model=ScriptedModel(1),
+        journal=Journal(pg_url),
+        limits=RiskLimits(),
+        magic=9,
+        clock=lambda: float(now[0]),
+        execution=ExecutionConfig(retry_backoff_s=0.0),
+        sleep=lambda s: None,
+    )
+
+    rec = e.on_bar("EURUSD", now[0])
+
+    assert rec is not None and rec.verdict == "sent"
+    cid = rec.order_result["results"][0]["client_id"]  # type: ignore[index]
+    assert seen == [[(cid, "pending")]]
+    assert e.journal.intent(cid).status == "done"  # type: ignore[union-attr]
+    assert not e.journal.in_transaction
+
+
+def test_postgres_journal_when_a_bar_is_recorded_twice_inside_a_transaction_then_the_rest_commits(
+    pg_url: str,
+) -> None:
+    j = Journal(pg_url, "1:2:paper")
+    j.record(_rec(300))
+    j.begin()
+    j.save_state("risk", "{}")
+
+    with pytest.raises(DuplicateDecision):
+        j.record(_rec(300))
+    j.commit()
+
+    assert Journal(pg_url, "1:2:paper").load_state("risk") == "{}"
