@@ -256,7 +256,7 @@ def test_tx_ingest_when_the_interval_is_a_saturday_then_exit_1_with_one_line(
 
     env = _cli_env(tmp_path, _gbpusd_m5_folder(tmp_path / "exports"))
     res = CliRunner().invoke(
-        app, ["ingest", "--start", "2026-01-10", "--end", "2026-01-11"], env=env
+        app, ["data", "ingest", "--start", "2026-01-10", "--end", "2026-01-11"], env=env
     )
 
     assert res.exit_code == 1
