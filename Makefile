@@ -12,7 +12,7 @@ STAMP := $(VENV)/.setup-$(shell cat requirements.txt pyproject.toml | sha256sum 
 help:
 	@echo "make demo   - set up, then run the whole path end to end and print a summary"
 	@echo "make test   - set up, then run the test suite (unit, integration, dags, e2e)"
-	@echo "make test-stack - the whole tx stack: scheduler + Celery run market_data, its asset trains (8-12 min)"
+	@echo "make test-stack - the whole tx stack: scheduler + Celery run market_data, its asset trains (4 min quiet, 13 min loaded)"
 	@echo "make lint / docs / typecheck / bench / lock"
 
 setup: $(STAMP)
