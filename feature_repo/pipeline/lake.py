@@ -215,7 +215,13 @@ def write_symbol_meta(root: Path, symbol: str, meta: dict[str, Any]) -> Path:
     """Write ``meta`` as ``<root>/symbol=S/_symbol.json`` through a temp file and a rename;
     an unchanged record is not rewritten (same bytes, same mtime)."""
     path = symbol_meta_path(root, symbol)
-    data = (json.dumps({**meta, "symbol": symbol}, sort_keys=True, indent=1) + "\n").encode()
+    data = json.dumps({**meta, "symbol": symbol}, sort_keys=True, indent=1) + "\n"
+    return _write_if_changed(path, data.encode())
+
+
+def _write_if_changed(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file and a rename, unless the file already
+    holds these bytes (then its mtime stays)."""
     if path.exists() and path.read_bytes() == data:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,18 +274,7 @@ def write_column_sources(
         path.unlink(missing_ok=True)
         return None
     data = json.dumps({"file": file, "filled": filled}, sort_keys=True, indent=1) + "\n"
-    if path.exists() and path.read_text() == data:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return _write_if_changed(path, data.encode())
 
 
 def read_column_sources(root: Path) -> dict[str, dict[str, Any]]:
