@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time
     )
     server = None
-    if es.engine_token:
+    token = es.secret("engine_token")
+    if token:
         server = ControlServer(
-            engine, token=es.engine_token, host=es.control_host, port=es.control_port
+            engine, token=token, host=es.control_host, port=es.control_port
         ).start()
     else:
         log.warning("TX_ENGINE_TOKEN is not set: the control API, console and /metrics are off")

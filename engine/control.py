@@ -245,6 +245,8 @@ class ControlServer:
     ) -> None:
         if not token:
             raise ValueError("the control API needs a token: set TX_ENGINE_TOKEN")
+        if not isinstance(token, str):  # a SecretStr here would fail every request
+            raise TypeError(f"token must be the clear str, not {type(token).__name__}")
         self.httpd = ThreadingHTTPServer((host, port), _handler(engine, token, timeout_s))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(
