@@ -1071,8 +1071,9 @@ class Engine:
                 deals=deals,
                 intents=intents,
                 magic=self.magic,
-                known_tickets=self._rec_known | self._rec_flagged,
+                known_tickets=self._rec_known,
                 since_wall=wall,
+                flagged=self._rec_flagged,
             )
             found_now = [m for m in found_now if m.key not in self._rec_acked]
             out = self._apply_mismatches(found_now, events)

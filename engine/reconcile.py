@@ -90,10 +90,12 @@ def compare(
     magic: int,
     known_tickets: set[int],
     since_wall: float,
+    flagged: set[int] | frozenset[int] = frozenset(),
 ) -> list[Mismatch]:
     """The mismatches between the terminal (``positions``, ``deals``) and the journal
-    (``intents``) for ``magic``. ``known_tickets``: positions adopted at start, acknowledged
-    by an operator or already flagged (their deals are explained). Intents updated after
+    (``intents``) for ``magic``. ``known_tickets``: positions adopted at start or acknowledged
+    by an operator; ``flagged``: positions already reported as unknown (their deals are part
+    of that mismatch, not new ones). Intents updated after
     ``since_wall`` (the terminal snapshot's wall time) are ignored for ``missing_position``:
     their order may have reached the broker after the snapshot."""
     mine = [p for p in positions if int(p.magic) == magic]
@@ -142,7 +144,7 @@ def compare(
                 {"ticket": t, "symbol": it.symbol, "client_id": it.client_id},
             )
         )
-    explained = known_tickets | engine_tickets | open_tickets
+    explained = known_tickets | engine_tickets | open_tickets | set(flagged)
     for d in deals:
         if int(d.magic) != magic and int(d.position_id) not in engine_tickets:
             continue
