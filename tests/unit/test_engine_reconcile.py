@@ -97,7 +97,7 @@ def test_reconcile_when_terminal_and_journal_agree_then_no_mismatch_and_state_un
 def test_reconcile_when_a_position_is_opened_behind_the_engine_then_reducing_until_it_is_closed(
     tmp_path: Path,
 ) -> None:
-    e, now = _traded(tmp_path)
+    e, _ = _traded(tmp_path)
     ticket = _stray(e)
 
     out = e.reconcile_pass()
@@ -150,7 +150,7 @@ def test_reconcile_when_a_known_position_vanishes_without_a_deal_then_missing_po
 def test_reconcile_when_the_engine_closes_its_own_position_then_no_mismatch(
     tmp_path: Path,
 ) -> None:
-    e, now = _traded(tmp_path)
+    e, _ = _traded(tmp_path)
     e.kill(flatten=True, detail="test flatten")
     assert e.positions() == ()
 
