@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -86,6 +87,7 @@ class ModelGuard:
                         raw,
                     )
         self.names: list[str] = []
+        self._pick: Any = None
         self.lo = np.empty(0)
         self.hi = np.empty(0)
         stats = manifest.get("reference_stats")
@@ -107,6 +109,7 @@ class ModelGuard:
                 lo.append(q01 - iqr_k * spread)
                 hi.append(q99 + iqr_k * spread)
             self.names, self.lo, self.hi = names, np.array(lo), np.array(hi)
+            self._pick = operator.itemgetter(*names) if names else None
             if skipped:
                 log.info(
                     "model guard %s: %d feature(s) not checked (no or constant reference): %s",
@@ -137,7 +140,10 @@ class ModelGuard:
                 f"{self.label} trained {age:.1f} days ago > max {self.max_age_days:g} days"
             )
         if self.names:
-            x = np.fromiter((values.get(f, math.nan) for f in self.names), float, len(self.names))
+            try:
+                x = np.array(self._pick(values), dtype=float, ndmin=1)
+            except KeyError:  # a feature missing from the row: not checked (NaN compares False)
+                x = np.array([values.get(f, math.nan) for f in self.names], dtype=float)
             out = (x < self.lo) | (x > self.hi)
             if out.any():
                 idx = np.flatnonzero(out)
