@@ -616,16 +616,24 @@ class Journal:
         row["detail"] = detail or {}
         return row
 
-    def audit_rows(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest ``limit`` audit rows of this scope, newest first."""
+    def audit_rows(self, limit: int = 50, *, scope_like: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit rows of this scope, newest first; ``scope_like`` (an SQL
+        LIKE pattern, e.g. ``%:20260101:live``) reads every matching scope instead and adds
+        each row's ``scope``."""
+        if scope_like is None:
+            where, arg = "scope=?", self.scope
+        else:
+            where, arg = "scope LIKE ?", scope_like
         out = self._query(
-            "SELECT id, at, actor, action, reason, detail FROM audit WHERE scope=?"
+            f"SELECT id, scope, at, actor, action, reason, detail FROM audit WHERE {where}"
             " ORDER BY id DESC LIMIT ?",
-            (self.scope, int(limit)),
+            (arg, int(limit)),
         )
         for r in out:
             r["id"] = int(r["id"])
             r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+            if scope_like is None:
+                r.pop("scope")
         return out
 
     def intents_since(self, created_at: float) -> list[Intent]:
