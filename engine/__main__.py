@@ -79,7 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     from engine.reconcile import ReconcileLoop
 
     recon = (
-        ReconcileLoop(engine, es.reconcile_interval_s).start()
+        ReconcileLoop(
+            engine,
+            es.reconcile_interval_s,
+            terminal=open_terminal(  # a link of its own: never waits behind a decision
+                "bridge",
+                host=es.mt5_host,
+                port=es.mt5_port,
+                login=es.mt5_login,
+                password=es.mt5_password,
+                server=es.mt5_server,
+                bridge_timeout_s=es.terminal_timeout_s,
+                reconnect_attempts=es.terminal_attempts,
+            )
+            if es.mt5_mode == "bridge"
+            else None,
+        ).start()
         if es.reconcile_interval_s > 0
         else None
     )

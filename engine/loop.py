@@ -233,7 +233,12 @@ class Engine:
         self._rec_flagged: set[int] = {int(t) for t in rec_state.get("flagged", [])}
         self._rec_acked: set[str] = set(rec_state.get("acked", []))
         self._rec_link_down = False
-        self.reconcile_info: dict[str, Any] = {"passes": 0, "errors": 0, "last_pass_at": None}
+        self.reconcile_info: dict[str, Any] = {
+            "passes": 0,
+            "errors": 0,
+            "skipped": 0,
+            "last_pass_at": None,
+        }
         self.metrics.reconcile_open.set(len(self._rec_open))
         self._deals_seen_to: int | None = None
         self._earlier_intents = True  # the bar being decided may have intents from before  # time of the newest deal _observe_account saw
@@ -1011,39 +1016,68 @@ class Engine:
         except JournalUnavailable as exc:
             self._journal_down(exc)
 
-    def reconcile_pass(self, lock_wait_s: float = 1.0) -> dict[str, Any] | None:
+    def _read_terminal(self, term: Any, now: float) -> tuple[Any, Any] | dict[str, Any]:
+        """Positions and deals of the lookback window, or ``{"error": ...}`` on a link error
+        (counted, logged once per outage)."""
+        lookback = self.execution.history_lookback_s
+        try:
+            positions = term.positions_get()
+            deals = term.history_deals_get(int(now) - lookback, int(now) + 2 * 86_400)
+            if positions is None or deals is None:
+                raise mt5.TerminalError("positions_get/history_deals_get", (-1, "no answer"))
+        except Exception as exc:  # the link: counted, logged once per outage, not fatal
+            self.metrics.reconcile_errors.inc()
+            self.reconcile_info["errors"] += 1
+            if not self._rec_link_down:
+                log.warning("reconciliation: terminal link error, retrying: %s", exc)
+            self._rec_link_down = True
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        if self._rec_link_down:
+            log.warning("reconciliation: terminal link back")
+            self._rec_link_down = False
+        return positions, deals
+
+    def reconcile_pass(
+        self, lock_wait_s: float = 1.0, terminal: Any = None
+    ) -> dict[str, Any] | None:
         """One pass of the continuous reconciliation (see :mod:`engine.reconcile`): ``None``
         when skipped (a decision holds the lock, not started, journal down), else what it saw.
-        A terminal link error is counted and answered, never raised."""
+        A terminal link error is counted and answered, never raised.
+
+        ``terminal``: a connection of the reconciliation's own (a second bridge link), read
+        *before* the decision lock is taken, so a hung terminal call never holds the lock;
+        without one the engine's terminal is read under the lock. Reading the terminal before
+        the journal is safe: an order's intent is journaled before it is sent (write-ahead),
+        so every position in the snapshot has its intent by the time the journal is read."""
+        wall = time.time()
+        t0 = time.perf_counter()
+        snap = None
+        if terminal is not None:
+            if not self.started:
+                return None
+            snap = self._read_terminal(terminal, self.clock())
+            if isinstance(snap, dict):
+                return snap
         if not self.lock.acquire(timeout=lock_wait_s):
+            self.metrics.reconcile_skipped.inc()  # a decision (or a hung terminal call) holds it
+            self.reconcile_info["skipped"] += 1
             return None
         try:
             if not self.started or not self.journal_up or self.journal.in_transaction:
                 return None
-            t0 = time.perf_counter()
-            wall = time.time()
             now = self.clock()
+            if snap is None:
+                wall = time.time()
+                snap = self._read_terminal(self.terminal, now)
+                if isinstance(snap, dict):
+                    return snap
+            positions, deals = snap
             lookback = self.execution.history_lookback_s
-            try:
-                positions = self.terminal.positions_get()
-                deals = self.terminal.history_deals_get(int(now) - lookback, int(now) + 2 * 86_400)
-                if positions is None or deals is None:
-                    raise mt5.TerminalError("positions_get/history_deals_get", (-1, "no answer"))
-            except Exception as exc:  # the link: counted, logged once per outage, not fatal
-                self.metrics.reconcile_errors.inc()
-                self.reconcile_info["errors"] += 1
-                if not self._rec_link_down:
-                    log.warning("reconciliation: terminal link error, retrying: %s", exc)
-                self._rec_link_down = True
-                return {"error": f"{type(exc).__name__}: {exc}"}
-            if self._rec_link_down:
-                log.warning("reconciliation: terminal link back")
-                self._rec_link_down = False
             events: list[Mismatch] = []
             try:
                 self._flush_audit()
                 for it in self.journal.open_intents():
-                    if it.status != "pending":
+                    if it.status != "pending" or it.updated_at > wall:
                         continue  # not_sent: nothing at the broker, re-sent if re-decided
                     found = self.executor.find_existing(it.symbol, it.client_id, now)
                     status = "recovered" if found is not None else "not_sent"
@@ -1060,8 +1094,6 @@ class Engine:
                             {"client_id": it.client_id, "symbol": it.symbol, "resolved": status},
                         )
                     )
-                    if found is not None:
-                        positions = self.terminal.positions_get() or positions
                 intents = self.journal.intents_since(wall - lookback)
             except JournalUnavailable as exc:
                 self._journal_down(exc)
@@ -1078,8 +1110,8 @@ class Engine:
             found_now = [m for m in found_now if m.key not in self._rec_acked]
             out = self._apply_mismatches(found_now, events)
             self.reconcile_info["passes"] += 1
-            self.reconcile_info["last_pass_at"] = wall
-            self.metrics.reconcile_last_run.set(wall)
+            self.reconcile_info["last_pass_at"] = time.time()
+            self.metrics.reconcile_last_run.set(time.time())
             self.metrics.reconcile_seconds.observe(time.perf_counter() - t0)
             return out
         finally:

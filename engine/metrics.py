@@ -125,6 +125,12 @@ class EngineMetrics:
             "Reconciliation passes that could not read the terminal (link errors)",
             registry=r,
         )
+        self.reconcile_skipped = Counter(
+            "tx_engine_reconcile_skipped_total",
+            "Reconciliation passes skipped because the decision lock stayed busy (a decision or "
+            "a slow terminal call in flight)",
+            registry=r,
+        )
         self.reconcile_last_run = Gauge(
             "tx_engine_reconcile_last_run_timestamp_seconds",
             "Wall-clock time (UTC epoch seconds) of the last completed reconciliation pass",

@@ -30,9 +30,13 @@ before, and that is audited too. A HALTED or otherwise REDUCING engine keeps its
 state (the mismatches are still journaled and counted). An operator ``resume`` acknowledges
 the open mismatches (their positions are adopted, as at start) and lifts the reduction.
 
-**Off the decision path.** The pass runs in its own daemon thread under the engine's decision
-lock, taken with a short timeout: a bar in flight is never interrupted, the pass is skipped
-and tried at the next tick. A terminal link error (timeout, EOF, a stopped bridge) is counted
+**Off the decision path.** The pass runs in its own daemon thread. With a bridge terminal it
+reads positions and deals over a link of its own (a second bridge connection) without the
+decision lock, so a hung terminal call never blocks a decision or a kill; then it takes the
+decision lock with a short timeout to read the journal and act, so a bar in flight is never
+interrupted (the pass is skipped, ``tx_engine_reconcile_skipped_total``, and tried at the next
+tick). A native terminal (one ``MetaTrader5`` module per process) is read under the lock. A
+terminal link error (timeout, EOF, a stopped bridge) is counted
 (``tx_engine_reconcile_errors_total``) and logged once per outage; the thread keeps going.
 """
 
@@ -171,10 +175,17 @@ def compare(
 class ReconcileLoop:
     """Runs :meth:`engine.loop.Engine.reconcile_pass` every ``interval_s`` in a daemon thread."""
 
-    def __init__(self, engine: Any, interval_s: float, lock_wait_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        interval_s: float,
+        lock_wait_s: float = 1.0,
+        terminal: Any = None,
+    ) -> None:
         if interval_s <= 0:
             raise ValueError("the reconcile interval must be > 0 seconds")
         self.engine = engine
+        self.terminal = terminal  # a link of its own (bridge), else the engine's under the lock
         self.interval_s = float(interval_s)
         self.lock_wait_s = min(lock_wait_s, self.interval_s)
         self._stop = threading.Event()
@@ -195,7 +206,7 @@ class ReconcileLoop:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.engine.reconcile_pass(lock_wait_s=self.lock_wait_s)
+                self.engine.reconcile_pass(lock_wait_s=self.lock_wait_s, terminal=self.terminal)
             except Exception:  # never let the thread die: the next tick tries again
                 log.exception("reconciliation pass failed")
                 time.sleep(0)
