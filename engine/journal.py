@@ -636,6 +636,22 @@ class Journal:
                 r.pop("scope")
         return out
 
+    def known_client_ids(self, ids: set[str]) -> set[str]:
+        """Which of ``ids`` are client ids of intents of this scope (any age)."""
+        if not ids:
+            return set()
+        wanted = sorted(ids)
+        out: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            rows = self._query(
+                f"SELECT client_id FROM intents WHERE scope=? AND client_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                (self.scope, *chunk),
+            )
+            out |= {str(r["client_id"]) for r in rows}
+        return out
+
     def intents_since(self, created_at: float) -> list[Intent]:
         """Intents created at or after ``created_at`` (epoch s), oldest first."""
         rows = self._query(

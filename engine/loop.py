@@ -1095,6 +1095,13 @@ class Engine:
                         )
                     )
                 intents = self.journal.intents_since(wall - lookback)
+                window = {it.client_id for it in intents}
+                comments = {
+                    str(x.comment)
+                    for x in (*positions, *deals)
+                    if int(x.magic) == self.magic and x.comment and x.comment not in window
+                }
+                older = self.journal.known_client_ids(comments)
             except JournalUnavailable as exc:
                 self._journal_down(exc)
                 return None
@@ -1106,6 +1113,7 @@ class Engine:
                 known_tickets=self._rec_known,
                 since_wall=wall,
                 flagged=self._rec_flagged,
+                older_ids=older,
             )
             found_now = [m for m in found_now if m.key not in self._rec_acked]
             out = self._apply_mismatches(found_now, events)

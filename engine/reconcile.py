@@ -95,16 +95,18 @@ def compare(
     known_tickets: set[int],
     since_wall: float,
     flagged: set[int] | frozenset[int] = frozenset(),
+    older_ids: set[str] | frozenset[str] = frozenset(),
 ) -> list[Mismatch]:
     """The mismatches between the terminal (``positions``, ``deals``) and the journal
     (``intents``) for ``magic``. ``known_tickets``: positions adopted at start or acknowledged
     by an operator; ``flagged``: positions already reported as unknown (their deals are part
-    of that mismatch, not new ones). Intents updated after
+    of that mismatch, not new ones); ``older_ids``: client ids of journaled intents older than
+    the ``intents`` window (a position held for weeks is still the engine's). Intents updated after
     ``since_wall`` (the terminal snapshot's wall time) are ignored for ``missing_position``:
     their order may have reached the broker after the snapshot."""
     mine = [p for p in positions if int(p.magic) == magic]
     intents = list(intents)
-    ids = {it.client_id for it in intents}
+    ids = {it.client_id for it in intents} | set(older_ids)
     open_tickets = {int(p.ticket) for p in mine}
     out: list[Mismatch] = []
     for p in mine:

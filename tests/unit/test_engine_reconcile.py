@@ -394,3 +394,43 @@ def test_audit_when_an_older_journal_without_the_table_is_opened_then_it_is_adde
     assert (row["action"], row["actor"], row["reason"]) == ("kill", "ops", "why")
     j.set_scope("1:2:live")
     assert j.audit_rows() == []  # scoped like the other tables
+
+
+def test_reconcile_when_the_engine_holds_a_position_for_weeks_then_it_is_still_its_own(
+    tmp_path: Path,
+) -> None:
+    e, _ = _traded(tmp_path)
+    e.journal._exec("UPDATE intents SET created_at = created_at - 30 * 86400")  # weeks ago
+
+    assert e.reconcile_pass() == {"open": [], "new": []}
+    assert e.risk.state.trading_state is TradingState.ACTIVE
+
+
+def test_reconcile_when_given_a_link_of_its_own_then_it_reads_it_without_the_decision_lock(
+    tmp_path: Path,
+) -> None:
+    e, _ = _traded(tmp_path)
+    own = _LinkDown(e.terminal)  # the reconciliation's own connection to the same terminal
+    own.down = True
+    held, release = threading.Event(), threading.Event()
+
+    def decision() -> None:
+        with e.lock:
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=decision)
+    t.start()
+    held.wait(5)
+    try:  # a decision holds the lock: the link error is still seen and counted
+        out = e.reconcile_pass(lock_wait_s=0.05, terminal=own)
+        assert out is not None and "EOFError" in out["error"]
+        own.down = False
+        assert e.reconcile_pass(lock_wait_s=0.05, terminal=own) is None  # then: skipped
+        assert e.status()["reconcile"]["skipped"] == 1
+    finally:
+        release.set()
+        t.join()
+    _stray(e)
+    out = e.reconcile_pass(terminal=own)
+    assert out is not None and [m["kind"] for m in out["new"]] == ["unknown_position"]
