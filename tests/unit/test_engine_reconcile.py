@@ -434,3 +434,52 @@ def test_reconcile_when_given_a_link_of_its_own_then_it_reads_it_without_the_dec
     _stray(e)
     out = e.reconcile_pass(terminal=own)
     assert out is not None and [m["kind"] for m in out["new"]] == ["unknown_position"]
+
+
+def test_reconcile_when_an_intent_is_left_pending_then_it_is_resolved_counted_and_audited(
+    tmp_path: Path,
+) -> None:
+    e, _ = _traded(tmp_path)
+    e.journal.intent_begin(
+        Intent("tx-NEVERSENT", "EURUSD", MONDAY_0800, "open:buy", {"volume": 0.1}, "pending")
+    )
+
+    out = e.reconcile_pass()
+
+    assert out == {"open": [], "new": []}  # resolved at once: nothing held open
+    assert e.journal.intent("tx-NEVERSENT").status == "not_sent"  # type: ignore[union-attr]
+    assert (
+        'tx_engine_reconcile_mismatches_total{kind="pending_intent"} 1.0'
+        in e.metrics.render().decode()
+    )
+    row = e.journal.audit_rows()[0]
+    assert row["detail"]["resolved_at_once"][0]["resolved"] == "not_sent"
+    assert e.risk.state.trading_state is TradingState.ACTIVE
+
+
+def test_audit_when_a_kill_lands_during_a_decision_then_its_row_is_written_after_the_bar(
+    tmp_path: Path,
+) -> None:
+    e, _ = _traded(tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def decision() -> None:
+        with e.lock:
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=decision)
+    t.start()
+    held.wait(5)
+    out = e.kill(actor="dave", reason="mid-bar")
+    assert out["persisted"] is False and e.journal.audit_rows() == []
+    release.set()
+    t.join()
+    for _ in range(100):  # the kill's own worker persists it once the lock is free
+        if e.journal.audit_rows():
+            break
+        threading.Event().wait(0.02)
+    [row] = e.journal.audit_rows()
+    assert (row["action"], row["actor"], row["reason"]) == ("kill", "dave", "mid-bar")
+    assert row["detail"]["before"]["state"] == "ACTIVE"
+    assert row["detail"]["after"]["state"] == "HALTED"
