@@ -44,6 +44,7 @@ from training.config import ExperimentConfig, TransformerConfig
 from training.dataset import build_dataset, sequence_tensor, service_inputs
 from training.labels import CLASSES, POSITIONS
 from training.models import EnsembleModel, ModelData, RegimeClassifier, TransformerModel, XGBModel
+from training.monitor.performance import expected_pnl_from_frame
 from training.splits import purged_train_test, walk_forward_folds
 
 log = logging.getLogger(__name__)
@@ -485,6 +486,8 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
         "onnx_latency_p50_us": export["onnx_latency_us"]["p50"],
     }
     manifest = build_manifest(settings, step, cfg, model, metrics, export)
+    # C2: what the monitor compares the champion's live P&L with (training/monitor/performance.py)
+    manifest["expected_pnl"] = expected_pnl_from_frame(pd.read_parquet(wd / "test_pnl.parquet"))
     onnx_model = onnx.load(str(wd / "model.onnx"))
     mlflow = _mlflow(settings)
     exp_id = ensure_experiment(settings)

@@ -129,6 +129,11 @@ def test_train_register_and_gate(
         manifest["features"] == list(TREND_V1_FEATURES)
         and manifest["feature_service"] == "trend_v1"
     )
+    ex = manifest["expected_pnl"]  # C2: the test window's per-bar after-cost P&L
+    assert ex["unit"] == "log_return_per_bar_unit_position" and ex["n_bars"] == len(ex["bars"])
+    assert ex["per_bar_mean"] * ex["n_bars"] == pytest.approx(
+        manifest["metrics"]["test_net_return"], rel=1e-9, abs=1e-12
+    )
     arts = {a.path for a in client.list_artifacts(mv.run_id, "plots")}
     assert {"plots/equity_curve.png", "plots/feature_importance.png"} <= arts
 
