@@ -66,7 +66,9 @@ def edge_positions(ret_next: np.ndarray, hit: float, seed: int) -> np.ndarray:
     return np.where(right, 1, -1) * np.sign(ret_next).astype(int)
 
 
-def journal_live(path: Path, labelled: pd.DataFrame, pos: np.ndarray, version: str = "4") -> None:
+def journal_live(
+    path: Path | str, labelled: pd.DataFrame, pos: np.ndarray, version: str = "4"
+) -> None:
     """One decision row per bar, as the engine writes it: ``sent`` with the fill when the
     position changes (buys at the ask, sells at the bid, the result carrying both), else
     ``hold`` with the lots held."""
