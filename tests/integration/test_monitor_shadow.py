@@ -30,24 +30,35 @@ N_BARS = 800
 CFG = ModelMonitorSettings(shadow_min_bars=200, shadow_alpha=0.01)
 
 
-@pytest.fixture()
-def settings(tmp_path: Path) -> PlatformSettings:
-    return PlatformSettings(
-        home=tmp_path,
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        model_name="tx_shadow_test",
-    )
+MODEL = "tx_shadow_test"
 
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, XGBModel]:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One real MLflow registry (tmp dir) for the module, the bundles registered once:
+    ``good``, ``bad`` and ``good_again`` (the good model registered a second time)."""
+    home = tmp_path_factory.mktemp("registry")
+    s = PlatformSettings(
+        home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", model_name=MODEL
+    )
     train = market(seed=1)
     x, y = train[FEATURES].to_numpy(np.float32), labels(train)
     params = {"n_estimators": 40, "max_depth": 2, "learning_rate": 0.2}
+    good = XGBModel(params).fit(ModelData(x, None, y))
+    bad = XGBModel(params).fit(ModelData(x, None, 2 - y))  # long when it should short
+    window = market(seed=2)
     return {
-        "good": XGBModel(params).fit(ModelData(x, None, y)),
-        "bad": XGBModel(params).fit(ModelData(x, None, 2 - y)),  # long when it should short
+        "uri": s.tracking_uri,
+        "good": register(s, good, window),
+        "bad": register(s, bad, window),
+        "good_again": register(s, good, window),
     }
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, registry: dict[str, str]) -> PlatformSettings:
+    """This test's home (lake, shadow log, audit history) on the module's registry."""
+    return PlatformSettings(home=tmp_path, mlflow_tracking_uri=registry["uri"], model_name=MODEL)
 
 
 def live_market(settings: PlatformSettings, seed: int = 11) -> pd.DataFrame:
@@ -116,15 +127,13 @@ def write_shadow_log(
 
 
 def setup(
-    settings: PlatformSettings, models: dict[str, XGBModel], champion: str, challenger: str
+    settings: PlatformSettings, registry: dict[str, str], champion: str, challenger: str
 ) -> tuple[str, str, pd.DataFrame]:
     rows = live_market(settings)
-    window = market(seed=2)
-    champ = register(settings, models[champion], window)
-    chal = register(settings, models[challenger], window)
+    champ, chal = registry[champion], registry[challenger]
     move_aliases(
         settings,
-        {"champion": champ, "challenger": chal},
+        {"champion": champ, "challenger": chal, "previous": None},
         action="manual",
         version=champ,
         evidence={"why": "test setup"},
@@ -139,9 +148,9 @@ def run(settings: PlatformSettings, cfg: ModelMonitorSettings = CFG) -> object:
 
 
 def test_shadow_ab_when_the_challenger_follows_the_realised_move_then_promoted_with_live_dm_evidence(
-    settings: PlatformSettings, models: dict[str, XGBModel]
+    settings: PlatformSettings, registry: dict[str, str]
 ) -> None:
-    bad, good, rows = setup(settings, models, "bad", "good")
+    bad, good, rows = setup(settings, registry, "bad", "good")
     write_shadow_log(settings, rows, bad, good)
 
     r = run(settings)
@@ -161,9 +170,9 @@ def test_shadow_ab_when_the_challenger_follows_the_realised_move_then_promoted_w
 
 
 def test_shadow_ab_when_the_challenger_is_worse_then_retired_with_an_audit_row(
-    settings: PlatformSettings, models: dict[str, XGBModel]
+    settings: PlatformSettings, registry: dict[str, str]
 ) -> None:
-    good, bad, rows = setup(settings, models, "good", "bad")
+    good, bad, rows = setup(settings, registry, "good", "bad")
     write_shadow_log(settings, rows, good, bad)
 
     r = run(settings)
@@ -179,9 +188,9 @@ def test_shadow_ab_when_the_challenger_is_worse_then_retired_with_an_audit_row(
 
 
 def test_shadow_ab_when_too_few_bars_then_not_enough_evidence_and_nothing_moves(
-    settings: PlatformSettings, models: dict[str, XGBModel]
+    settings: PlatformSettings, registry: dict[str, str]
 ) -> None:
-    bad, good, rows = setup(settings, models, "bad", "good")
+    bad, good, rows = setup(settings, registry, "bad", "good")
     write_shadow_log(settings, rows.iloc[:120], bad, good)
 
     r = run(settings)
@@ -195,9 +204,9 @@ def test_shadow_ab_when_too_few_bars_then_not_enough_evidence_and_nothing_moves(
 
 
 def test_shadow_ab_when_the_challenger_decides_like_the_champion_then_no_evidence_and_nothing_moves(
-    settings: PlatformSettings, models: dict[str, XGBModel]
+    settings: PlatformSettings, registry: dict[str, str]
 ) -> None:
-    a, b, rows = setup(settings, models, "good", "good")
+    a, b, rows = setup(settings, registry, "good", "good_again")
     write_shadow_log(settings, rows, a, b)
 
     r = run(settings)
@@ -208,9 +217,9 @@ def test_shadow_ab_when_the_challenger_decides_like_the_champion_then_no_evidenc
 
 
 def test_shadow_ab_when_acting_is_off_then_it_reports_but_moves_nothing(
-    settings: PlatformSettings, models: dict[str, XGBModel]
+    settings: PlatformSettings, registry: dict[str, str]
 ) -> None:
-    bad, good, rows = setup(settings, models, "bad", "good")
+    bad, good, rows = setup(settings, registry, "bad", "good")
     write_shadow_log(settings, rows, bad, good)
 
     r = run(settings, CFG.model_copy(update={"shadow_act": False}))
@@ -220,5 +229,8 @@ def test_shadow_ab_when_acting_is_off_then_it_reports_but_moves_nothing(
 
 
 def test_shadow_ab_when_no_challenger_then_skipped(settings: PlatformSettings) -> None:
+    move_aliases(
+        settings, {"challenger": None}, action="manual", version="1", evidence={}, actor="test"
+    )
     r = run(settings)
     assert r.status == "skipped" and "no challenger" in r.detail  # type: ignore[attr-defined]
