@@ -267,3 +267,32 @@ def test_cusum_when_the_mean_drops_by_half_a_sigma_then_it_alarms_and_not_before
     cs = cusum_down(x, 0.0, 1.0, k=0.25, h=12.0)
     assert cs["alarm_at"] is not None and 500 <= cs["alarm_at"] < 700
     assert cusum_down(x[:500], 0.0, 1.0, k=0.25, h=12.0)["alarm_at"] is None
+
+
+def test_resolve_scope_when_one_engine_with_that_magic_and_mode_then_found_else_none(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from training.monitor.performance import resolve_scope
+
+    path = tmp_path / "journal.db"
+    for scope in ("5001:77:paper", "5001:77:backtest", "5001:78:paper"):
+        j = open_journal(path, scope)
+        j.record(
+            DecisionRecord(SYM, 1, 1.0, 1.0, "1", "flat", 0.0, "hold", None, None, None, None, {})
+        )
+        j.close()
+    cfg = ModelMonitorSettings()
+    eng = SimpleNamespace(mt5_login=None, magic=77, mode="paper")
+    assert resolve_scope(str(path), cfg, eng) == "5001:77:paper"
+    assert (
+        resolve_scope(str(path), cfg, SimpleNamespace(mt5_login=9, magic=77, mode="paper"))
+        == "9:77:paper"
+    )
+    assert (
+        resolve_scope(str(path), cfg, SimpleNamespace(mt5_login=None, magic=79, mode="paper"))
+        is None
+    )
+    explicit = ModelMonitorSettings(journal_scope="5001:78:paper")
+    assert resolve_scope(str(path), explicit, eng) == "5001:78:paper"

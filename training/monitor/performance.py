@@ -394,3 +394,68 @@ def live_vs_expected(
     evidence["scope"] = scope
     log.info("%s %s: %s", CHECK, subject, detail)
     return result(status, detail, metrics=metrics, evidence=evidence)
+
+
+def resolve_scope(target: str, cfg: ModelMonitorSettings, engine: Any) -> str | None:
+    """The engine's journal scope: ``TX_MONITOR_JOURNAL_SCOPE``, else from the MT5 login, the
+    magic and the mode, else the one scope in the journal with that magic and mode."""
+    from engine.journal import journal_scope, open_journal
+
+    if cfg.journal_scope:
+        return cfg.journal_scope
+    if engine.mt5_login:
+        return journal_scope(int(engine.mt5_login), int(engine.magic), str(engine.mode))
+    j = open_journal(target, "", durable=False)
+    try:
+        found = [s for s in j.scopes() if s.endswith(f":{int(engine.magic)}:{engine.mode}")]
+    finally:
+        j.close()
+    return found[0] if len(found) == 1 else None
+
+
+def check(ctx: Any) -> list[CheckResult]:
+    """``live_vs_expected`` for the monitoring runner: the champion bundle of the run, the
+    engine journal of ``EngineSettings`` (``TX_JOURNAL_URL`` / ``TX_JOURNAL_PATH``), the lake
+    of the platform."""
+    import json
+
+    from engine.config import EngineSettings
+
+    cfg = ModelMonitorSettings()
+    at = ctx.now
+    name = ctx.settings.model_name
+    bundle = ctx.bundle()
+    if bundle is None:
+        return [CheckResult(CHECK, name, "skipped", "no champion bundle in the registry", at)]
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    engine = EngineSettings(TX_HOME=ctx.settings.home)  # type: ignore[call-arg]
+    target = engine.journal_target
+    if not target.startswith(("postgresql://", "postgres://")) and not Path(target).exists():
+        return [
+            CheckResult(
+                CHECK,
+                f"{name}@v{manifest.get('model_version')}",
+                "skipped",
+                f"no engine journal at {target}",
+                at,
+            )
+        ]
+    scope = resolve_scope(target, cfg, engine)
+    if scope is None:
+        return [
+            CheckResult(
+                CHECK,
+                f"{name}@v{manifest.get('model_version')}",
+                "skipped",
+                f"cannot tell the engine's journal scope (magic {engine.magic}, mode {engine.mode}): set TX_MONITOR_JOURNAL_SCOPE",
+                at,
+            )
+        ]
+    return live_vs_expected(
+        journal_target=target,
+        scope=scope,
+        manifest=manifest,
+        lake_root=ctx.settings.lake_dir,
+        settings=cfg,
+        now=at,
+    )

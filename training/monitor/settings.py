@@ -16,6 +16,12 @@ class ModelMonitorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TX_MONITOR_", env_file=None, extra="ignore")
 
+    journal_scope: str | None = Field(
+        default=None,
+        description="Scope of the engine's journal rows to judge (<login>:<magic>:<mode>); "
+        "unset: from TX_MT5_LOGIN, TX_ENGINE_MAGIC and TX_ENGINE_MODE, or the one scope in "
+        "the journal with that magic and mode.",
+    )
     perf_min_bars: int = Field(
         default=48,
         ge=4,

@@ -292,3 +292,12 @@ def shadow_ab(
         verb = "retired" if act else "would retire"
         return result("warn", f"{text}: worse; {verb}", metrics=metrics, evidence=st)
     return result("ok", f"{text}: not enough evidence", metrics=metrics, evidence=st)
+
+
+def check(ctx: Any) -> list[CheckResult]:
+    """``shadow_ab`` for the monitoring runner: the registry and lake of the platform, the
+    shadow log of the serving settings (``TX_SERVING_SHADOW_LOG``)."""
+    from serving.settings import ServingSettings
+
+    log_path = ServingSettings(home=ctx.settings.home).shadow_log_path
+    return shadow_ab(settings=ctx.settings, shadow_log=log_path, now=ctx.now)
