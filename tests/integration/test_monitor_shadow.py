@@ -5,9 +5,9 @@ or no difference moves nothing."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ import pytest
 from feature_repo.pipeline import lake
 from tests.integration.test_training_gate import FEATURES, labels, market, register
 from titanovax.settings import PlatformSettings
-from training.gate import bundle_positions, load_bundle
+from training.gate import load_bundle
 from training.labels import make_labels
 from training.models import ModelData, XGBModel
 from training.monitor.settings import ModelMonitorSettings
@@ -94,34 +94,63 @@ def live_market(settings: PlatformSettings, seed: int = 11) -> pd.DataFrame:
     return lab
 
 
+def serving_model(settings: PlatformSettings, version: str) -> Any:
+    """The registered bundle as serving holds it (:class:`serving.runtime.LoadedModel`)."""
+    import hashlib
+
+    from serving.inference import open_session
+    from serving.preprocess import bundle_spec
+    from serving.runtime import LoadedModel
+
+    b = load_bundle(settings, version)
+    manifest = {
+        **b.manifest,
+        "classes": ["short", "flat", "long"],
+        "positions": [-1, 0, 1],
+        "input_name": "input",
+        "prob_output": "probabilities",
+    }
+    return LoadedModel(
+        spec=bundle_spec(manifest),
+        session=open_session(b.onnx_bytes),
+        model_name=settings.model_name,
+        model_version=version,
+        bundle_sha256=hashlib.sha256(b.onnx_bytes).hexdigest(),
+        bentoml_tag=f"{settings.model_name}:v{version}",
+        loaded_at="2026-03-02T00:00:00+00:00",
+    )
+
+
 def write_shadow_log(
     settings: PlatformSettings, rows: pd.DataFrame, champion: str, challenger: str
 ) -> Path:
-    """The lines serving's ShadowScorer appends (its documented format), with each model's
-    positions from its own registered ONNX bundle."""
-    pos = {v: bundle_positions(load_bundle(settings, v), rows) for v in (champion, challenger)}
-    classes = ["short", "flat", "long"]
+    """Serving's own shadow path: each bar is one request the champion answers, and the real
+    :class:`serving.runtime.ShadowScorer` scores the challenger and appends the JSONL lines."""
+    from serving.preprocess import decide
+    from serving.request import ParsedRequest
+    from serving.runtime import ServingState, ShadowScorer, _ShadowJob
+
+    state = ServingState.of(serving_model(settings, champion), serving_model(settings, challenger))
     path = settings.home / "serving" / "shadow.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    scorer = ShadowScorer(path)
+    x = rows[FEATURES].to_numpy(np.float32)
+    for i, ts in enumerate(rows["event_timestamp"]):
+        parsed = ParsedRequest([SYM], [ts.to_pydatetime()], x[i : i + 1], None)
+        probs = state.champion.predict(parsed.matrix, None)
+        job = _ShadowJob(
+            f"r{i}", ts.isoformat(), state, parsed, probs, decide(probs, state.champion.spec)
+        )
+        scorer.submit(job)
+        if i % 50 == 0:  # a retried request: the same bar scored twice, kept once
+            scorer.submit(
+                _ShadowJob(
+                    f"r{i}-retry", ts.isoformat(), state, parsed, probs, job.champion_decisions
+                )
+            )
+    assert scorer.wait_idle(30.0)
+    scorer.close()
+    assert scorer.written > len(rows) and scorer.dropped == 0
     with open(path, "a", encoding="utf-8") as f:
-        for i, ts in enumerate(rows["event_timestamp"]):
-            side = {v: int(pos[v][i]) for v in pos}
-            rec = {
-                "ts": (ts + pd.Timedelta(seconds=1)).isoformat(),
-                "request_id": f"r{i}",
-                "outcome": "scored",
-                "row": 0,
-                "symbol": SYM,
-                "feature_time": ts.isoformat(),
-                "champion": {"model_version": champion, "position": side[champion],
-                             "decision": classes[side[champion] + 1]},
-                "challenger": {"model_version": challenger, "position": side[challenger],
-                               "decision": classes[side[challenger] + 1]},
-                "agree": side[champion] == side[challenger],
-            }  # fmt: skip
-            f.write(json.dumps(rec) + "\n")
-            if i % 50 == 0:  # a retried request: the same bar scored twice, kept once
-                f.write(json.dumps({**rec, "request_id": f"r{i}-retry"}) + "\n")
         f.write('{"outcome": "scored", "symbol": "EUR')  # a torn line of a killed writer
     return path
 
