@@ -323,9 +323,9 @@ def pull_bundle(settings: PlatformSettings, ref: str, out_dir: Path) -> dict[str
         stage = Path(tmp) / "bundle"
         stage.mkdir()
         (stage / "model.onnx").write_bytes(onnx_bytes)
-        ref = manifest.get("reference_sample")  # contract C1; older bundles have none
-        if ref and (local / ref).is_file():
-            shutil.copyfile(local / ref, stage / ref)
+        sample = manifest.get("reference_sample")  # contract C1; older bundles have none
+        if isinstance(sample, str) and (local / sample).is_file():
+            shutil.copyfile(local / sample, stage / sample)
         (stage / "manifest.json").write_text(
             json.dumps({**manifest, "model_version": version}, indent=2, sort_keys=True)
         )
