@@ -184,9 +184,27 @@ def drift(ctx: MonitorContext) -> list[CheckResult]:
     )
 
 
+def live_vs_expected(ctx: MonitorContext) -> list[CheckResult]:
+    """The champion's live after-cost P&L (engine journal) against its backtest's
+    ``expected_pnl`` (:mod:`training.monitor.performance`)."""
+    from training.monitor.performance import check
+
+    return check(ctx)
+
+
+def shadow_ab(ctx: MonitorContext) -> list[CheckResult]:
+    """Challenger against champion on the shadow log's live bars; promotes or retires on
+    significant evidence (:mod:`training.monitor.shadow`)."""
+    from training.monitor.shadow import check
+
+    return check(ctx)
+
+
 CHECKS: dict[str, Callable[[MonitorContext], list[CheckResult]]] = {
     "freshness": freshness,
     "drift": drift,
+    "live_vs_expected": live_vs_expected,
+    "shadow_ab": shadow_ab,
 }
 """Every check the runner knows, by name (other modules add entries: ``live_vs_expected``,
 ``shadow_ab``)."""

@@ -263,3 +263,24 @@ def test_shadow_ab_when_no_challenger_then_skipped(settings: PlatformSettings) -
     )
     r = run(settings)
     assert r.status == "skipped" and "no challenger" in r.detail  # type: ignore[attr-defined]
+
+
+def test_monitor_run_when_shadow_ab_is_registered_then_it_promotes_and_stores_the_row(
+    settings: PlatformSettings, registry: dict[str, str]
+) -> None:
+    from titanovax.monitor import MonitorContext, query_results, run
+
+    bad, good, rows = setup(settings, registry, "bad", "good")
+    write_shadow_log(settings, rows, bad, good)
+
+    mr = run(
+        MonitorContext(settings, now=datetime(2026, 3, 5, tzinfo=UTC)),
+        only=["shadow_ab"],
+        actions=lambda ctx, results: [],
+        log_mlflow=False,
+    )
+
+    assert [r.status for r in mr.results] == ["warn"]
+    assert current_aliases(client_for(settings), settings.model_name)["champion"] == good
+    [row] = query_results(settings.monitor_db, check="shadow_ab")
+    assert "promoted" in row["detail"] and row["subject"] == f"{MODEL}@v{good}"

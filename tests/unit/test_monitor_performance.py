@@ -296,3 +296,38 @@ def test_resolve_scope_when_one_engine_with_that_magic_and_mode_then_found_else_
     )
     explicit = ModelMonitorSettings(journal_scope="5001:78:paper")
     assert resolve_scope(str(path), explicit, eng) == "5001:78:paper"
+
+
+def test_monitor_run_when_live_vs_expected_is_registered_then_the_breach_is_stored(
+    world: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from titanovax.monitor import CHECKS, MonitorContext, query_results, run
+    from titanovax.settings import PlatformSettings
+
+    tmp = Path(world["tmp"])  # type: ignore[arg-type]
+    live: pd.DataFrame = world["live"]  # type: ignore[assignment]
+    (tmp / "engine").mkdir()
+    journal_live(
+        tmp / "engine" / "journal.sqlite",
+        live,
+        edge_positions(live["ret_next"].to_numpy(), 0.40, seed=2),
+    )
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps(world["manifest"]))
+    monkeypatch.setenv("TX_MONITOR_JOURNAL_SCOPE", SCOPE)
+    settings = PlatformSettings(home=tmp, model_name="tx_trend")
+    assert {"live_vs_expected", "shadow_ab"} <= set(CHECKS)
+
+    mr = run(
+        MonitorContext(settings, now=datetime(2026, 2, 6, tzinfo=UTC), bundle_dir=bundle),
+        only=["live_vs_expected"],
+        actions=lambda ctx, rows: [],
+        log_mlflow=False,
+    )
+
+    assert mr.worst == "breach"
+    [row] = query_results(settings.monitor_db, check="live_vs_expected")
+    assert row["status"] == "breach" and row["subject"] == "tx_trend@v4"
