@@ -331,3 +331,25 @@ def test_monitor_run_when_live_vs_expected_is_registered_then_the_breach_is_stor
     assert mr.worst == "breach"
     [row] = query_results(settings.monitor_db, check="live_vs_expected")
     assert row["status"] == "breach" and row["subject"] == "tx_trend@v4"
+
+
+def test_monitor_run_when_nothing_is_deployed_then_both_model_checks_are_skipped(
+    tmp_path: Path,
+) -> None:
+    from titanovax.monitor import MonitorContext, run
+    from titanovax.settings import PlatformSettings
+
+    settings = PlatformSettings(home=tmp_path, model_name="tx_none")
+    bundle = tmp_path / "bundle"  # an old bundle: no expected_pnl
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"model_name": "tx_none", "model_version": "1"}')
+    mr = run(
+        MonitorContext(settings, bundle_dir=bundle),
+        only=["live_vs_expected", "shadow_ab"],
+        actions=lambda ctx, rows: [],
+        log_mlflow=False,
+    )
+    assert [(r.check, r.status) for r in mr.results] == [
+        ("live_vs_expected", "skipped"),
+        ("shadow_ab", "skipped"),
+    ]

@@ -300,4 +300,10 @@ def check(ctx: Any) -> list[CheckResult]:
     from serving.settings import ServingSettings
 
     log_path = ServingSettings(home=ctx.settings.home).shadow_log_path
+    if not log_path.exists():  # no shadow at all: do not even ask the registry
+        return [
+            CheckResult(
+                CHECK, ctx.settings.model_name, "skipped", f"no shadow log at {log_path}", ctx.now
+            )
+        ]
     return shadow_ab(settings=ctx.settings, shadow_log=log_path, now=ctx.now)
