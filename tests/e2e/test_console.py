@@ -146,6 +146,7 @@ def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill
         assert "equity" in driver.find_element(By.ID, "pnl").text
 
         driver.find_element(By.ID, "flatten").click()
+        driver.find_element(By.ID, "reason").send_keys("console test")
         driver.find_element(By.ID, "kill").click()
         wait.until(ec.alert_is_present())
         driver.switch_to.alert.accept()
@@ -153,5 +154,15 @@ def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#positions tr")) == 0)
         assert "kill_switch" in driver.find_element(By.ID, "state-reason").text
         assert engine.status()["trading_state"] == "HALTED" and engine.positions() == ()
+        # the history panel shows the audit row of that kill (GET /api/audit)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history tr")) == 1)
+        cells = [
+            c.text
+            for c in driver.find_elements(By.CSS_SELECTOR, "#history tr")[0].find_elements(
+                By.TAG_NAME, "td"
+            )
+        ]
+        assert cells[1:5] == ["flatten", "operator", "ACTIVE → HALTED", "console test"], cells
+        assert cells[5] == "flattened 2 position(s)"
     finally:
         driver.quit()
