@@ -424,6 +424,10 @@ class Journal:
                 d[k] = json.loads(d[k]) if d[k] else None
         return out
 
+    def scopes(self) -> list[str]:
+        """Every scope with decisions in this database (the monitor finds an engine's by it)."""
+        return [str(r["scope"]) for r in self._query("SELECT DISTINCT scope FROM decisions")]
+
     def counts(self) -> dict[str, int]:
         """Decisions by verdict."""
         return {

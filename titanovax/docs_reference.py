@@ -78,12 +78,14 @@ def _settings_classes() -> list[tuple[str, type[BaseSettings]]]:
     from engine.mt5.settings import MT5Settings
     from serving.settings import ServingSettings
     from titanovax.settings import PlatformSettings
+    from training.monitor.settings import ModelMonitorSettings
 
     return [
         ("Platform (`titanovax/settings.py`)", PlatformSettings),
         ("MT5 gateway (`engine/mt5/settings.py`)", MT5Settings),
         ("Serving (`serving/settings.py`)", ServingSettings),
         ("Engine and risk (`engine/config.py`)", EngineSettings),
+        ("Model monitoring (`training/monitor/settings.py`)", ModelMonitorSettings),
     ]
 
 

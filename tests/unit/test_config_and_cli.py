@@ -26,11 +26,18 @@ def test_env_example_when_read_then_documents_every_setting_of_every_deployable(
     from serving.settings import ServingSettings
     from titanovax.settings import PlatformSettings
     from titanovax.stack import StackSettings
+    from training.monitor.settings import ModelMonitorSettings
 
     documented = set(
         re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
     )
-    for cls in (PlatformSettings, ServingSettings, EngineSettings, StackSettings):
+    for cls in (
+        PlatformSettings,
+        ServingSettings,
+        EngineSettings,
+        StackSettings,
+        ModelMonitorSettings,
+    ):
         missing = _env_names(cls) - documented
         assert not missing, f"{cls.__name__}: not in .env.example: {sorted(missing)}"
 
