@@ -553,6 +553,9 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
             signature=signature,
             input_example=example,
             extra_files=[str(wd / booster)] if booster else None,
+            # one self-contained file: serving and `tx models pull` read model.onnx alone,
+            # and MLflow would otherwise move the transformer's weights to side files
+            save_as_external_data=False,
         )
         mv = mlflow.register_model(info.model_uri, settings.model_name)
     from training.registry import client_for, describe_version
