@@ -347,8 +347,17 @@ def backtest_step(workdir: str) -> dict[str, float]:
 
 def export_step(workdir: str) -> dict[str, Any]:
     """One ONNX graph; parity with the native model on the test window (hard check) and
-    single-row latency; writes model.onnx and export.json."""
-    from training.export import check_parity, model_to_onnx, sha256, single_row_latency_us
+    single-row latency; writes model.onnx, the XGBoost member's native booster
+    (``xgb_booster.ubj``, for serving's TreeSHAP) and export.json."""
+    from training.export import (
+        NATIVE_BOOSTER_FILE,
+        check_parity,
+        explanation_outputs,
+        model_to_onnx,
+        save_native_booster,
+        sha256,
+        single_row_latency_us,
+    )
 
     _step, cfg, model, test = _load_step(workdir)
     data = model_data(test, cfg.feature_service)
@@ -362,12 +371,15 @@ def export_step(workdir: str) -> dict[str, Any]:
     reference_sample(train, cfg.feature_service, onnx_model).to_parquet(
         Path(workdir) / REFERENCE_SAMPLE, index=False
     )
+    has_booster = save_native_booster(model, Path(workdir) / NATIVE_BOOSTER_FILE)
     info = {
         "parity_max_abs_diff": parity,
         "onnx_latency_us": lat,
         "bundle_sha256": sha256(onnx_model),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reference_stats": reference_stats(train, names),
+        "native_booster": NATIVE_BOOSTER_FILE if has_booster else None,
+        "explanation_outputs": explanation_outputs(model),
     }
     _write_json(Path(workdir) / "export.json", info)
     log.info("ONNX export: parity %.2e, single-row p50 %.0f µs", parity, lat["p50"])
@@ -465,6 +477,11 @@ def build_manifest(
     if export.get("reference_stats"):
         manifest["reference_stats"] = export["reference_stats"]
         manifest["reference_sample"] = REFERENCE_SAMPLE
+    # explanations (docs/explanations.md): extra graph outputs, native booster for TreeSHAP
+    if export.get("explanation_outputs"):
+        manifest["explanation_outputs"] = export["explanation_outputs"]
+    if export.get("native_booster"):
+        manifest["native_booster"] = export["native_booster"]
     if has_seq:
         manifest["sequence"] = {
             "input_name": "sequence",
@@ -584,6 +601,9 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
             training_dataset(step, cfg, manifest), context="training", tags=dataset_tags(manifest)
         )
         example, signature = signature_and_example(model, test, cfg.feature_service)
+        # the native booster travels inside the model (MLflow ``extra_files/``), so the
+        # registry version alone is a complete bundle for serving and `tx models pull`
+        booster = manifest.get("native_booster")
         info = mlflow.onnx.log_model(
             onnx_model,
             name="model",
@@ -591,6 +611,10 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
             metadata={"tx_manifest": manifest},
             signature=signature,
             input_example=example,
+            extra_files=[str(wd / booster)] if booster else None,
+            # one self-contained file: serving and `tx models pull` read model.onnx alone,
+            # and MLflow would otherwise move the transformer's weights to side files
+            save_as_external_data=False,
         )
         if (wd / REFERENCE_SAMPLE).exists():  # next to model.onnx in the model's artifacts
             mlflow.MlflowClient(settings.tracking_uri).log_model_artifact(
