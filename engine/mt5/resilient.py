@@ -131,6 +131,7 @@ class ResilientTerminal:
         self.name = name
         self._term: Any = None
         self._error: tuple[int, str] | None = None  # set when the last call failed here
+        self._cause: BaseException | None = None  # the last link failure (raised from)
         self.reconnects = 0  # successful connects after the first
         self._connected_once = False
 
@@ -144,6 +145,7 @@ class ResilientTerminal:
     def ensure_connected(self) -> Any:
         """Connect now (with retries) if not connected; returns the underlying terminal."""
         err: tuple[int, str] = (RES_S_OK, "Success")
+        self._cause = None
         for k in range(self.attempts):
             if self._term is not None:
                 return self._term
@@ -155,7 +157,7 @@ class ResilientTerminal:
         if self._term is not None:
             return self._term
         self._error = err
-        raise TerminalConnectionError("connect", err)
+        raise TerminalConnectionError("connect", err) from self._cause
 
     def _open(self, call: str, k: int) -> tuple[tuple[int, str], bool] | None:
         """One connect attempt: ``None`` when connected, else the link error and whether it
@@ -164,6 +166,7 @@ class ResilientTerminal:
         try:
             self._term = self._connect()
         except TerminalError as exc:
+            self._cause = exc
             if not exc.is_connection_error:
                 self._error = exc.last_error
                 raise
@@ -204,6 +207,7 @@ class ResilientTerminal:
 
     def _invoke(self, call: str, *args: Any, **kwargs: Any) -> Any:
         err: tuple[int, str] = (RES_S_OK, "Success")
+        self._cause = None
         for k in range(self.attempts):
             if self._term is None:
                 opened = self._open(call, k)
@@ -220,6 +224,7 @@ class ResilientTerminal:
                 failed = call not in _NO_RESULT_CHECK and (result is None or result is False)
                 err = term.last_error() if failed else (RES_S_OK, "Success")
             except TerminalConnectionError as exc:
+                self._cause = exc
                 failed, err, result, stuck = True, exc.last_error, None, timed_out(exc)
             if not failed:
                 self._error = None
@@ -234,14 +239,14 @@ class ResilientTerminal:
                 self._error = err
                 logger.warning("%s: link failed during %s %s; not re-sent", self.name, call, err)
                 if self.strict:
-                    raise TerminalConnectionError(call, err)
+                    raise TerminalConnectionError(call, err) from self._cause
                 return None
             if stuck:  # timed out: no second deadline on the same frozen peer
                 logger.warning("%s: %s timed out on the link %s", self.name, call, err)
                 break
             self._backoff(call, k, err)
         self._error = err
-        raise TerminalConnectionError(call, err)
+        raise TerminalConnectionError(call, err) from self._cause
 
     def __getattr__(self, call: str) -> Any:
         """Any other call of the underlying terminal (``orders_get``, ``terminal_info``, …),
