@@ -108,10 +108,9 @@ def _client(cls: Any, host: str, port: int, timeout_s: float) -> tuple[Any, Any]
     connects with rpyc's default 30 s and sets its own only afterwards, so a stopped server
     would hold a reconnect for 30 s). A failed handshake closes its socket."""
     from rpyc.core.service import ClassicService  # what rpyc.classic.connect exposes
-    from rpyc.core.stream import SocketStream
     from rpyc.utils.factory import connect_stream
 
-    stream = SocketStream.connect(host, port, timeout=timeout_s, attempts=1)
+    stream = _deadline_stream_class().connect(host, port, timeout=timeout_s, attempts=1)
     try:
         conn = connect_stream(stream, ClassicService, config={"sync_request_timeout": timeout_s})
         client = cls.__new__(cls)
@@ -123,6 +122,49 @@ def _client(cls: Any, host: str, port: int, timeout_s: float) -> tuple[Any, Any]
         stream.close()
         raise
     return client, stream
+
+
+_DEADLINE_STREAM: Any = None
+
+
+def _deadline_stream_class() -> Any:
+    """rpyc's ``SocketStream`` whose read gives up when the peer stalls in the middle of a
+    frame. rpyc reads a frame only once ``poll`` saw data, but then reads it to the end and
+    retries a socket timeout forever: a server frozen half-way through a large answer (bars,
+    deals) would hold the caller for the whole freeze. Here the socket keeps the connect
+    deadline as its timeout, so a read (and a write: rpyc turns its socket error into
+    ``EOFError``) that waits longer than the deadline breaks the link."""
+    global _DEADLINE_STREAM
+    if _DEADLINE_STREAM is None:
+        from rpyc.core.stream import SocketStream, retry_errnos
+
+        class DeadlineStream(SocketStream):  # type: ignore[misc]
+            __slots__ = ()
+
+            def read(self, count: int) -> bytes:
+                data = []
+                while count > 0:
+                    try:
+                        buf = self.sock.recv(min(self.MAX_IO_CHUNK, count))
+                    except TimeoutError as exc:
+                        self.close()
+                        raise EOFError(
+                            f"TimeoutError: the bridge stalled in the middle of a frame ({exc})"
+                        ) from exc
+                    except OSError as exc:
+                        if exc.errno in retry_errnos:
+                            continue
+                        self.close()
+                        raise EOFError(exc) from exc
+                    if not buf:
+                        self.close()
+                        raise EOFError("connection closed by peer")
+                    data.append(buf)
+                    count -= len(buf)
+                return b"".join(data)
+
+        _DEADLINE_STREAM = DeadlineStream
+    return _DEADLINE_STREAM
 
 
 class _Record(tuple):  # type: ignore[type-arg]

@@ -328,3 +328,42 @@ def test_bridge_when_nothing_answers_the_tcp_connect_then_it_gives_up_within_its
             s.close()
         listener.close()
     assert took < 1.5, took
+
+
+def test_bridge_when_the_server_stalls_in_the_middle_of_an_answer_then_the_link_breaks_in_time() -> (
+    None
+):
+    """A peer that starts a frame and stops (a bridge frozen half-way through a large answer):
+    rpyc reads a started frame to its end and retries socket timeouts forever; the bridge gives
+    up after its deadline. The peer is a raw socket that answers the first request with a frame
+    header announcing 1000 bytes, sends 5 of them, and holds the connection for 8 s."""
+    import struct
+    import threading
+    import time
+
+    from engine.mt5.protocol import TerminalConnectionError
+    from engine.mt5.resilient import timed_out
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def stall() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the client's first request (the handshake's)
+            conn.sendall(struct.pack("!LB", 1000, 0) + b"12345")
+            time.sleep(8.0)
+
+    peer = threading.Thread(target=stall, daemon=True)
+    peer.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TerminalConnectionError) as err:
+            BridgeTerminal("127.0.0.1", port, timeout_s=0.5)
+        took = time.monotonic() - t0
+    finally:
+        listener.close()
+    assert took < 2.0, took  # old: until the peer let go (8 s)
+    assert timed_out(err.value), err.value
