@@ -8,7 +8,8 @@ every call, every reconnect handshake and even rpyc's goodbye on close wait thei
 timeout. What must hold: each bar during the freeze is refused ``terminal_unavailable`` (its
 row journaled, ``tx_engine_refusals_total`` counted) within about one deadline — not two tries
 of a call plus a reconnect plus a goodbye — so the decision lock is free again after each bar;
-``POST /api/kill`` acknowledges fast during the freeze; after SIGCONT the engine trades again.
+``POST /api/kill`` acknowledges fast during the freeze and an operator read that takes the
+decision lock (``GET /api/audit``) gets it; after SIGCONT the engine trades again.
 The per-bar durations, the kill latency and the recovery are measured and printed."""
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def test_engine_when_the_bridge_freezes_then_each_bar_is_refused_within_the_dead
         t0 = time.perf_counter()
         answer = httpx.post(url + "/api/kill", json={"flatten": False}, headers=auth, timeout=10)
         kill_s = time.perf_counter() - t0
+        # an operator read that takes the decision lock (waits at most 2 s, else 503 busy)
+        t0 = time.perf_counter()
+        audit = httpx.get(url + "/api/audit?limit=5", headers=auth, timeout=10)
+        audit_s = time.perf_counter() - t0
         time.sleep(max(0.0, FREEZE_S - (time.time() - t_stop)))
         t_cont = time.time()
         os.kill(sim.proc.pid, signal.SIGCONT)
@@ -93,10 +98,13 @@ def test_engine_when_the_bridge_freezes_then_each_bar_is_refused_within_the_dead
         print(
             f"bridge frozen {FREEZE_S:.0f} s (deadline {DEADLINE_S:.0f} s, 2 tries per call): "
             f"{len(frozen)} bars refused in " + ", ".join(f"{d:.2f}" for d in durations) + " s; "
-            f"max {max(durations, default=0):.2f} s; kill acked in {kill_s * 1e3:.0f} ms"
+            f"max {max(durations, default=0):.2f} s; kill acked in {kill_s * 1e3:.0f} ms; "
+            f"audit (decision lock) in {audit_s * 1e3:.0f} ms"
         )
         assert answer.status_code == 200 and answer.json()["killed"] is True, answer.text
         assert kill_s < 1.0
+        assert audit.status_code == 200, audit.text  # the lock is free between bars
+        assert audit.json()[0]["action"] == "kill"
         assert frozen, eng.log_tail()
         assert max(durations) <= DEADLINE_S + SLACK_S, durations  # old code: 2-3 deadlines
         assert len(frozen) >= 3, (frozen, eng.log_tail())
