@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from engine.app import ModelHandle, build_engine
+    from engine.app import ModelHandle, build_engine, start_explain_worker
     from engine.config import EngineSettings
     from engine.control import ControlServer
     from engine.features import OnlineFeatureReader
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = build_engine(
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time
     )
+    worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")
     if token:
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if worker is not None:
+            worker.stop()
     return 0
 
 

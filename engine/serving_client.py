@@ -40,6 +40,9 @@ from engine.features import FeatureRow
 log = logging.getLogger(__name__)
 
 CLASS_POSITIONS = {"short": -1, "flat": 0, "long": 1}
+EXPLAIN_OUTPUTS = ("regime_state", "xgb_probabilities", "transformer_probabilities")
+"""Extra graph outputs the in-process session reads for the explanation when present."""
+MEMBER_NAMES = {"xgboost": "xgb", "transformer": "transformer"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,38 @@ class Prediction:
     bundle_sha256: str = ""
     source: str = "serving"  # serving | onnx
     confidence: float = 0.0
+    explanation: dict[str, Any] | None = None  # contract C5: regime + members (None: not sent)
+
+
+def parse_explanation(raw: Any) -> dict[str, Any] | None:
+    """Serving's ``explanation`` (contract C5) checked and normalised, ``None`` when absent.
+
+    Kept as sent (regime state and probabilities, each member's name, probabilities, weight);
+    a malformed one is dropped with a warning: it explains the decision, it never blocks it."""
+    if raw is None:
+        return None
+    try:
+        reg = raw.get("regime")
+        regime = (
+            {
+                "state": int(reg["state"]),
+                "probabilities": [float(x) for x in reg.get("probabilities") or []],
+            }
+            if reg
+            else None
+        )
+        members = [
+            {
+                "name": str(m["name"]),
+                "probabilities": [float(x) for x in m["probabilities"]],
+                "weight": float(m["weight"]),
+            }
+            for m in raw.get("members") or []
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("serving sent an unreadable explanation (%r): ignored", exc)
+        return None
+    return {"regime": regime, "members": members}
 
 
 class ServingUnavailable(RuntimeError):
@@ -129,13 +164,16 @@ class ServingClient:
             decision = str(p["decision"])
             confidence = float(p.get("confidence", 0.0))
             sha = str(data.get("bundle_sha256") or "")
+            explanation = parse_explanation(p.get("explanation"))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServingBadAnswer(f"unreadable serving answer: {exc!r}: {r.text[:200]}") from exc
         if position not in (-1, 0, 1) or not all(np.isfinite(v) for v in probs.values()):
             raise ServingBadAnswer(f"invalid serving answer: position {position}, {probs}")
         self.last_bundle_sha256 = sha
         self.last_model_version = version
-        return Prediction(version, position, decision, probs, sha, "serving", confidence)
+        return Prediction(
+            version, position, decision, probs, sha, "serving", confidence, explanation
+        )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -168,6 +206,14 @@ class OnnxModel:
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        outputs = {o.name for o in self.session.get_outputs()}
+        # the explanation's extra outputs, when the export ships them (regime state, members)
+        self.extra_outputs = [n for n in EXPLAIN_OUTPUTS if n in outputs]
+        self.run_outputs = [self.prob_output, *self.extra_outputs]
+        ens = manifest.get("ensemble_weights") or {}
+        self.member_names = [MEMBER_NAMES.get(m, m) for m in ens.get("members", [])]
+        self.weights = ens.get("by_regime_state")
+        self.regime = (manifest.get("thresholds") or {}).get("regime")
 
     @classmethod
     def from_dir(cls, bundle_dir: Path | str) -> OnnxModel:
@@ -186,7 +232,11 @@ class OnnxModel:
             if seq is None:
                 raise ServingUnavailable("bundle needs the sequence feature; the row has none")
             feeds[self.seq_input] = np.asarray(seq, dtype=np.float32)[None, ...]
-        probs = self.session.run([self.prob_output], feeds)[0][0]
+        out = self.session.run(self.run_outputs, feeds)
+        probs = out[0][0]
+        explanation = self._explanation(
+            row, probs, dict(zip(self.extra_outputs, out[1:], strict=True))
+        )
         k = int(np.argmax(probs))
         label = self.classes[k] if float(probs[k]) >= self.min_confidence else "flat"
         return Prediction(
@@ -197,7 +247,48 @@ class OnnxModel:
             self.bundle_sha256,
             "onnx",
             float(probs[k]),
+            explanation,
         )
+
+    def _explanation(
+        self, row: FeatureRow, probs: np.ndarray, extra: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """The same ``explanation`` serving sends (contract C5), from the graph's extra
+        outputs when it has them, else from the manifest: the regime state from its
+        thresholds (the rule the graph computes), one member with weight 1 otherwise."""
+        state: int | None = None
+        if "regime_state" in extra:
+            state = int(np.asarray(extra["regime_state"]).reshape(-1)[0])
+        elif self.regime:
+            try:
+                vol = float(row.values[self.regime["vol_feature"]])
+                trend = float(row.values[self.regime["trend_feature"]])
+                state = 2 * int(vol > float(self.regime["vol_threshold"])) + int(
+                    abs(trend) > float(self.regime["abs_trend_threshold"])
+                )
+            except (KeyError, TypeError, ValueError):
+                state = None
+        members: list[dict[str, Any]] = []
+        if self.weights is not None and state is not None and self.member_names:
+            w = self.weights[state]
+            for i, name in enumerate(self.member_names):
+                key = f"{name}_probabilities"
+                mp = extra.get(key)
+                members.append(
+                    {
+                        "name": name,
+                        "probabilities": [float(x) for x in mp[0]] if mp is not None else [],
+                        "weight": float(w[i]),
+                    }
+                )
+        else:
+            fam = str(self.manifest.get("family") or "model")
+            name = MEMBER_NAMES.get(fam, fam)
+            members.append(
+                {"name": name, "probabilities": [float(x) for x in probs], "weight": 1.0}
+            )
+        regime = {"state": state, "probabilities": []} if state is not None else None
+        return {"regime": regime, "members": members}
 
 
 class FallbackModel:

@@ -219,7 +219,7 @@ def run_engine(
     import time
     from datetime import UTC, datetime
 
-    from engine.app import ModelHandle, build_engine
+    from engine.app import ModelHandle, build_engine, start_explain_worker
     from engine.backtest import PrecomputedModel, run_backtest
     from engine.config import EngineSettings
     from engine.control import ControlServer
@@ -326,6 +326,7 @@ def run_engine(
     engine = build_engine(
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time, mode=mode
     )
+    worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")
     if token:
@@ -355,4 +356,6 @@ def run_engine(
     finally:
         if server is not None:
             server.stop()
+        if worker is not None:
+            worker.stop()
     return {"mode": mode, "status": engine.status()}
