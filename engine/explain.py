@@ -90,6 +90,7 @@ def trades(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "exit_price": None,
                     "close_bar": None,
                     "bps": None,
+                    "ticket": f.get("order"),
                     "row": row,
                 }
                 out.append(t)

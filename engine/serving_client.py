@@ -40,8 +40,15 @@ from engine.features import FeatureRow
 log = logging.getLogger(__name__)
 
 CLASS_POSITIONS = {"short": -1, "flat": 0, "long": 1}
-EXPLAIN_OUTPUTS = ("regime_state", "xgb_probabilities", "transformer_probabilities")
-"""Extra graph outputs the in-process session reads for the explanation when present."""
+EXPLAIN_OUTPUTS = (
+    "regime_state",
+    "regime_probabilities",
+    "member_weights",
+    "xgb_probabilities",
+    "transformer_probabilities",
+)
+"""The ensemble graph's explanation outputs (manifest ``explanation_outputs``), read by the
+in-process session when the graph has them."""
 MEMBER_NAMES = {"xgboost": "xgb", "transformer": "transformer"}
 
 
@@ -208,7 +215,16 @@ class OnnxModel:
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
         outputs = {o.name for o in self.session.get_outputs()}
         # the explanation's extra outputs, when the export ships them (regime state, members)
-        self.extra_outputs = [n for n in EXPLAIN_OUTPUTS if n in outputs]
+        self.explain_spec: dict[str, Any] | None = manifest.get("explanation_outputs")
+        wanted = set(EXPLAIN_OUTPUTS)
+        if self.explain_spec:
+            wanted |= {
+                str(v)
+                for k, v in self.explain_spec.items()
+                if k != "members" and isinstance(v, str)
+            }
+            wanted |= {str(m["probabilities"]) for m in self.explain_spec.get("members", [])}
+        self.extra_outputs = sorted(n for n in wanted if n in outputs and n != self.prob_output)
         self.run_outputs = [self.prob_output, *self.extra_outputs]
         ens = manifest.get("ensemble_weights") or {}
         self.member_names = [MEMBER_NAMES.get(m, m) for m in ens.get("members", [])]
@@ -256,6 +272,8 @@ class OnnxModel:
         """The same ``explanation`` serving sends (contract C5), from the graph's extra
         outputs when it has them, else from the manifest: the regime state from its
         thresholds (the rule the graph computes), one member with weight 1 otherwise."""
+        if self.explain_spec and extra:
+            return self._explanation_from_graph(probs, extra)
         state: int | None = None
         if "regime_state" in extra:
             state = int(np.asarray(extra["regime_state"]).reshape(-1)[0])
@@ -288,6 +306,45 @@ class OnnxModel:
                 {"name": name, "probabilities": [float(x) for x in probs], "weight": 1.0}
             )
         regime = {"state": state, "probabilities": []} if state is not None else None
+        return {"regime": regime, "members": members}
+
+    def _explanation_from_graph(
+        self, probs: np.ndarray, extra: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """The explanation from the outputs the manifest's ``explanation_outputs`` names."""
+        spec = self.explain_spec or {}
+
+        def first(name: Any) -> np.ndarray | None:
+            if not name:
+                return None
+            if name == self.prob_output:
+                return np.asarray(probs)
+            v = extra.get(str(name))
+            return None if v is None else np.asarray(v)[0]
+
+        st, rp, mw = (
+            first(spec.get("regime_state")),
+            first(spec.get("regime_probabilities")),
+            first(spec.get("member_weights")),
+        )
+        regime = (
+            {
+                "state": int(st),
+                "probabilities": [float(x) for x in rp] if rp is not None else [],
+            }
+            if st is not None
+            else None
+        )
+        members = []
+        for i, m in enumerate(spec.get("members", [])):
+            mp = first(m.get("probabilities"))
+            members.append(
+                {
+                    "name": str(m.get("name")),
+                    "probabilities": [float(x) for x in mp] if mp is not None else [],
+                    "weight": float(mw[i]) if mw is not None else 1.0,
+                }
+            )
         return {"regime": regime, "members": members}
 
 
