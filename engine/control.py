@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.explain import explain_row, parse_bar
+from engine.explain import explain_row, parse_bar, warm_up
 from engine.loop import EngineBusy
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,8 @@ class ControlServer:
     def start(self) -> ControlServer:
         """Serve in the background."""
         self.thread.start()
+        # the similar decisions of /api/explain need scikit-learn: import it off the request
+        threading.Thread(target=warm_up, name="tx-explain-warm-up", daemon=True).start()
         log.info("engine control API on %s", self.url)
         return self
 

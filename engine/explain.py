@@ -27,6 +27,7 @@ asked for, and answers without them (saying why) where it is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -136,9 +137,6 @@ def neighbours(
 ) -> list[dict[str, Any]]:
     """The ``k`` decisions most similar to ``target`` by feature vector, among decisions of
     its symbol STRICTLY BEFORE its bar (standardised features, Euclidean), nearest first."""
-    import numpy as np
-    from sklearn.neighbors import NearestNeighbors
-
     feats = target.get("features") or {}
     names = sorted(feats)
     bar = int(target["bar_close"])
@@ -152,6 +150,9 @@ def neighbours(
     ]
     if not names or not cands:
         return []
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
     x = np.array([[float(r["features"][n]) for n in names] for r in cands], dtype=float)
     mu, sd = x.mean(axis=0), x.std(axis=0)
     sd[~np.isfinite(sd) | (sd == 0)] = 1.0
@@ -174,6 +175,13 @@ def neighbours(
             }
         )
     return res
+
+
+def warm_up() -> None:
+    """Import scikit-learn ahead of the first explanation (seconds on a busy machine); a
+    missing scikit-learn is reported when neighbours are asked for."""
+    with contextlib.suppress(ImportError):
+        import sklearn.neighbors  # noqa: F401
 
 
 def _vote(probs: list[float]) -> tuple[str, float]:
