@@ -303,8 +303,17 @@ def backtest_step(workdir: str) -> dict[str, float]:
 
 def export_step(workdir: str) -> dict[str, Any]:
     """One ONNX graph; parity with the native model on the test window (hard check) and
-    single-row latency; writes model.onnx and export.json."""
-    from training.export import check_parity, model_to_onnx, sha256, single_row_latency_us
+    single-row latency; writes model.onnx, the XGBoost member's native booster
+    (``xgb_booster.ubj``, for serving's TreeSHAP) and export.json."""
+    from training.export import (
+        NATIVE_BOOSTER_FILE,
+        check_parity,
+        explanation_outputs,
+        model_to_onnx,
+        save_native_booster,
+        sha256,
+        single_row_latency_us,
+    )
 
     _step, cfg, model, test = _load_step(workdir)
     data = model_data(test, cfg.feature_service)
@@ -313,10 +322,13 @@ def export_step(workdir: str) -> dict[str, Any]:
     parity = check_parity(model, onnx_model, data.x, seq=data.seq)
     lat = single_row_latency_us(onnx_model, data.x[0], None if data.seq is None else data.seq[0])
     (Path(workdir) / "model.onnx").write_bytes(onnx_model.SerializeToString())
+    has_booster = save_native_booster(model, Path(workdir) / NATIVE_BOOSTER_FILE)
     info = {
         "parity_max_abs_diff": parity,
         "onnx_latency_us": lat,
         "bundle_sha256": sha256(onnx_model),
+        "native_booster": NATIVE_BOOSTER_FILE if has_booster else None,
+        "explanation_outputs": explanation_outputs(model),
     }
     _write_json(Path(workdir) / "export.json", info)
     log.info("ONNX export: parity %.2e, single-row p50 %.0f µs", parity, lat["p50"])
@@ -408,6 +420,11 @@ def build_manifest(
         "onnx_latency_p99_us": export["onnx_latency_us"]["p99"],
         "parity_max_abs_diff": export["parity_max_abs_diff"],
     }
+    # explanations (docs/explanations.md): extra graph outputs, native booster for TreeSHAP
+    if export.get("explanation_outputs"):
+        manifest["explanation_outputs"] = export["explanation_outputs"]
+    if export.get("native_booster"):
+        manifest["native_booster"] = export["native_booster"]
     if has_seq:
         manifest["sequence"] = {
             "input_name": "sequence",
@@ -525,6 +542,9 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
             training_dataset(step, cfg, manifest), context="training", tags=dataset_tags(manifest)
         )
         example, signature = signature_and_example(model, test, cfg.feature_service)
+        # the native booster travels inside the model (MLflow ``extra_files/``), so the
+        # registry version alone is a complete bundle for serving and `tx models pull`
+        booster = manifest.get("native_booster")
         info = mlflow.onnx.log_model(
             onnx_model,
             name="model",
@@ -532,6 +552,10 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
             metadata={"tx_manifest": manifest},
             signature=signature,
             input_example=example,
+            extra_files=[str(wd / booster)] if booster else None,
+            # one self-contained file: serving and `tx models pull` read model.onnx alone,
+            # and MLflow would otherwise move the transformer's weights to side files
+            save_as_external_data=False,
         )
         mv = mlflow.register_model(info.model_uri, settings.model_name)
     from training.registry import client_for, describe_version
