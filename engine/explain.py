@@ -253,7 +253,9 @@ def explain_row(
     tops = top_features(row)
     if c is not None and tops:
         cls = c.get("class")
-        cname = CLASSES[int(cls)] if isinstance(cls, int) and 0 <= cls < len(CLASSES) else cls
+        cname = c.get("class_name") or (
+            CLASSES[int(cls)] if isinstance(cls, int) and 0 <= cls < len(CLASSES) else cls
+        )
         head = f"Top features (TreeSHAP of {c.get('member', 'xgb')}" + (
             f" for {cname})" if cname is not None else ")"
         )

@@ -62,6 +62,7 @@ class ExplainClient:
                     .isoformat()
                     .replace("+00:00", "Z"),
                     "features": r["features"],
+                    **({"sequence": r["sequence"]} if r.get("sequence") is not None else {}),
                 }
                 for r in rows
             ]
@@ -102,6 +103,9 @@ def parse_explain_answer(data: Any, n: int) -> list[dict[str, Any]]:
                     "base_value": float(it.get("base_value", 0.0)),
                     "margin": float(it.get("margin", 0.0)),
                     "class": it.get("class"),
+                    "class_name": it.get("class_name"),
+                    "member_probability": it.get("member_probability"),
+                    "member_weight": it.get("member_weight"),
                     "contributions": contrib,
                 }
             )
@@ -148,6 +152,7 @@ class ExplainWorker:
         self.stored = 0
         self.errors = 0
         self._stop = threading.Event()
+        self._batch_lock = threading.Lock()  # drain() and the thread never explain one row twice
         self._thread = threading.Thread(target=self._run, name="tx-explain-worker", daemon=True)
 
     def start(self) -> ExplainWorker:
@@ -166,8 +171,9 @@ class ExplainWorker:
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                n = explain_pending(journal, self.client, self.batch)
-                self.stored += n
+                with self._batch_lock:
+                    n = explain_pending(journal, self.client, self.batch)
+                    self.stored += n
                 if n == 0:
                     return True
             return False
@@ -182,8 +188,9 @@ class ExplainWorker:
             try:
                 if journal is None:
                     journal = Journal(self.journal_target, self.scope, durable=False)
-                n = explain_pending(journal, self.client, self.batch)
-                self.stored += n
+                with self._batch_lock:
+                    n = explain_pending(journal, self.client, self.batch)
+                    self.stored += n
                 warned = False
                 if n:
                     continue

@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     explanation TEXT,
     features TEXT,
     contributions TEXT,
+    feature_sequence TEXT,
     PRIMARY KEY (scope, symbol, bar_close)
 )""",
     """
@@ -118,10 +119,37 @@ _JSON_DECISION = (
     "features",
     "contributions",
 )
-_EXPLAIN_COLUMNS = ("probabilities", "explanation", "features", "contributions")
+_EXPLAIN_COLUMNS = (
+    "probabilities",
+    "explanation",
+    "features",
+    "contributions",
+    "feature_sequence",
+)
 """Nullable JSON columns added to ``decisions`` by the explanations (journals of an older layout
 get them through ``ALTER TABLE ... ADD COLUMN``; their old rows keep NULL)."""
 _JSON_INTENT = ("request", "result")
+
+
+def encode_sequence(seq: Any) -> str:
+    """A float32 ``[L, C]`` array as compact JSON text (shape + base64 of its bytes)."""
+    import base64
+
+    import numpy as np
+
+    a = np.ascontiguousarray(seq, dtype="<f4")
+    return json.dumps({"shape": list(a.shape), "f4": base64.b64encode(a.tobytes()).decode()})
+
+
+def decode_sequence(text: str) -> list[Any]:
+    """:func:`encode_sequence`'s array back, as nested lists (a request body)."""
+    import base64
+
+    import numpy as np
+
+    d = json.loads(text)
+    a = np.frombuffer(base64.b64decode(d["f4"]), dtype="<f4").reshape(d["shape"])
+    return a.tolist()  # type: ignore[no-any-return]
 
 
 class DuplicateDecision(ValueError):
@@ -169,6 +197,9 @@ class DecisionRecord:
     explanation: dict[str, Any] | None = None  # serving's: regime state, members' votes/weights
     features: dict[str, float] | None = None  # the tabular feature vector the model scored
     contributions: dict[str, Any] | None = None  # TreeSHAP, filled later (off the hot path)
+    # a sequence bundle's bar sequence (float32 [L, C]), stored as base64 so serving can be
+    # asked to explain the very row it scored
+    feature_sequence: Any = None
 
 
 @dataclass
@@ -379,6 +410,8 @@ class Journal:
     def record(self, rec: DecisionRecord) -> None:
         """Journal one decision; :class:`DuplicateDecision` if the bar was already journaled."""
         d = {"scope": self.scope, **vars(rec)}  # shallow: JSON columns serialised below
+        if d["feature_sequence"] is not None:
+            d["feature_sequence"] = encode_sequence(d["feature_sequence"])
         for k in _JSON_DECISION:
             d[k] = json.dumps(d[k], default=float) if d[k] is not None else None
         cols = ",".join(d)
@@ -445,13 +478,16 @@ class Journal:
         """Decided bars with a feature vector but no contributions yet, oldest first (what
         the explain worker computes, off the hot path)."""
         rows = self._query(
-            "SELECT symbol, bar_close, features FROM decisions WHERE scope=?"
+            "SELECT symbol, bar_close, features, feature_sequence FROM decisions WHERE scope=?"
             " AND features IS NOT NULL AND contributions IS NULL"
             " ORDER BY bar_close, symbol LIMIT ?",
             (self.scope, int(limit)),
         )
         for r in rows:
             r["features"] = json.loads(r["features"])
+            seq = r.pop("feature_sequence")
+            if seq:
+                r["sequence"] = decode_sequence(seq)
         return rows
 
     def set_contributions(self, symbol: str, bar_close: int, contributions: dict[str, Any]) -> None:

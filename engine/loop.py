@@ -393,6 +393,7 @@ class Engine:
             if self.explain:  # what the answer already carries: references, no work
                 rec.probabilities, rec.explanation = pred.probabilities, pred.explanation
                 rec.features = row.values
+                rec.feature_sequence = row.sequence
             if self.killed.is_set():
                 raise _Refuse(Reason.KILL_SWITCH, "kill acknowledged: no new orders")
             t = time.perf_counter()
