@@ -130,6 +130,9 @@ def main() -> None:
     ap.add_argument("--max-test-days", type=int, default=20)
     ap.add_argument("--name", default="attribution-demo")
     ap.add_argument("--out-dir", type=Path, default=Path("reports"))
+    ap.add_argument(
+        "--keep-journal", type=Path, default=None, help="copy the journal here (for tx explain)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
 
@@ -184,6 +187,12 @@ def main() -> None:
         finally:
             stop_server(proc)
         rows = engine.journal.rows()
+        if args.keep_journal:
+            import shutil
+
+            engine.journal.close()
+            args.keep_journal.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(journal, args.keep_journal)
         src = f"real export {args.symbol} {args.timeframe}" if args.exports else "synthetic demo"
         from engine.explain import utc
 
