@@ -72,7 +72,8 @@ def test_explain_report_when_run_on_a_real_export_backtest_then_attributes_every
     runner = CliRunner()
     sent = next(r for r in rows if r["verdict"] == "sent")
     out = runner.invoke(app, ["explain", "EURUSD", str(sent["bar_close"]), "--journal", str(path)])
-    assert (out.exit_code == 0 and "Fill: open:" in out.output) or "Fill: close:" in out.output
+    assert out.exit_code == 0, out.output
+    assert "Fill: open:" in out.output or "Fill: close:" in out.output
     out = runner.invoke(
         app,
         ["explain", "report", "--journal", str(path), "--out-dir", str(tmp_path), "--name", "r"],
