@@ -393,6 +393,12 @@ def main() -> None:
         help="only compare tick-to-decision via serving with explanations on (journaled + "
         "contributions worker calling /v1/explain) and off, interleaved in one run",
     )
+    ap.add_argument(
+        "--bar-gap-ms",
+        type=float,
+        default=50.0,
+        help="--explain-compare: wall time between bar closes, both modes (live M5: 300000)",
+    )
     ap.add_argument("--serving-url", default=None)
     ap.add_argument("--serving-token", default=None)
     args = ap.parse_args()
@@ -641,7 +647,11 @@ def explain_compare(
     bars are decided in ``rounds`` alternating blocks (off, on, off, on, ...), each block a
     fresh engine on a fresh file journal. "On": the engine journals probabilities,
     explanation and feature vector, and the contributions worker runs next to it (its own
-    thread and journal connection, POST /v1/explain). "Off": ``explain=False``, no worker."""
+    thread and journal connection, POST /v1/explain). "Off": ``explain=False``, no worker.
+
+    Bars arrive ``--bar-gap-ms`` apart in both modes (live M5 bars are 300 s apart; a replay
+    without any gap would measure a worker competing with back-to-back decisions, which
+    never happens live): the worker explains each bar in the gap after its commit."""
     from engine.explain_worker import ExplainClient, ExplainWorker
     from engine.serving_client import ServingClient
 
@@ -667,10 +677,20 @@ def explain_compare(
             worker = None
             if on:
                 worker = ExplainWorker(
-                    target, e.journal.scope, ExplainClient(url, token=token), poll_s=0.05
+                    target,
+                    e.journal.scope,
+                    ExplainClient(url, token=token),
+                    poll_s=0.005,
+                    batch=len(symbols),
                 ).start()
             w.set_time(closes[0])
-            e.replay(closes, symbols, w.set_time)
+            gap = args.bar_gap_ms / 1e3
+
+            def paced(t: int, w: Any = w, gap: float = gap) -> None:
+                time.sleep(gap)  # the time until the next bar closes (both modes alike)
+                w.set_time(t)
+
+            e.replay(closes, symbols, paced)
             stages[on] += e.stats.stages_ms
             if worker is not None:
                 worker.drain(120)
@@ -692,7 +712,10 @@ def explain_compare(
             print(
                 f"  {label:<22}{tot[2]:>7}{tot[0]:>14.3f}{tot[1]:>14.3f}{pre[0]:>13.3f}{pre[1]:>13.3f}"
             )
-        print(f"  contributions stored by the worker meanwhile: {stored}")
+        print(
+            f"  contributions stored by the worker meanwhile: {stored}; "
+            f"bars {args.bar_gap_ms:g} ms apart"
+        )
     finally:
         if proc is not None:
             from serving.server import stop_server

@@ -228,6 +228,13 @@ def explain_row(
         + (f" ({ptxt})" if ptxt else "")
         + (f", model version {row['model_version']}." if row.get("model_version") else ".")
     )
+    if probs:
+        top_cls = max(probs, key=lambda c: float(probs[c]))
+        if top_cls != row.get("decision") and row.get("decision") == "flat":
+            lines.append(
+                f"The most probable class, {top_cls} ({float(probs[top_cls]):.2f}), is below the "
+                "model's confidence threshold: flat."
+            )
     exp = row.get("explanation") or {}
     reg = exp.get("regime")
     if reg and reg.get("state") is not None:
@@ -263,9 +270,13 @@ def explain_row(
             head
             + ": "
             + "; ".join(
-                f"{t['feature']} = {float(t['value']):.4g} pushed {t['direction']} ({t['contribution']:+.3f})"
-                if t["value"] is not None
-                else f"{t['feature']} pushed {t['direction']} ({t['contribution']:+.3f})"
+                (
+                    f"{t['feature']} = {float(t['value']):.4g}"
+                    if t["value"] is not None
+                    else t["feature"]
+                )
+                + (" pushed toward " if t["contribution"] > 0 else " pushed away from ")
+                + f"{cname if cname is not None else 'it'} ({t['contribution']:+.3f})"
                 for t in tops
             )
             + "."
@@ -276,15 +287,20 @@ def explain_row(
         lines.append("Top features: not computed yet (the explain worker fills them).")
     verdict = row.get("verdict")
     if verdict == "refused":
-        lines.append(
-            f"Risk layer: REFUSED, reason {row.get('reason_code')}: {row.get('reason') or ''}".rstrip()
-        )
+        code, why = str(row.get("reason_code")), str(row.get("reason") or "")
+        why = why.removeprefix(f"{code}: ")
+        lines.append(f"Risk layer: REFUSED, reason {code}" + (f": {why}" if why else "") + ".")
     elif verdict == "error":
         lines.append(f"Risk layer: allowed; the order failed ({row.get('reason_code')}).")
     elif verdict == "hold":
         lines.append("Risk layer: nothing to do (already positioned as the model wants): hold.")
     else:
-        lines.append(f"Risk layer: allowed; target {row.get('target_lots')} lots, orders sent.")
+        tgt = row.get("target_lots")
+        lines.append(
+            "Risk layer: allowed; "
+            + ("close to flat" if tgt == 0 else f"target {tgt} lots")
+            + ", orders sent."
+        )
     fills = [f for f in _fills(row) if f.get("price") is not None]
     if fills:
         lines.append(
