@@ -225,7 +225,7 @@ def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestH
             if row is None:
                 self._json(404, {"error": f"no decision for {symbol} at bar {bar}"})
                 return
-            self._json(200, explain_row(row, engine.journal.rows(), k=5))
+            self._json(200, explain_row(row, engine.journal.rows_upto(symbol, bar), k=5))
 
         def _post(self) -> None:
             if not self._authorized():

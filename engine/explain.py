@@ -21,6 +21,9 @@ with their realised outcome:
 * ``trade_bps``: for a decision that opened a position, that trade's return from its fills
   (entry to the fill that closed it), in basis points of the entry price.
 
+Both are outcomes as known at the explained bar's close: a neighbour's trade that closed
+after it shows no trade outcome (nothing from after the bar leaks into the explanation).
+
 scikit-learn is a platform dependency: the lean engine imports it only when neighbours are
 asked for, and answers without them (saying why) where it is not installed.
 """
@@ -160,7 +163,10 @@ def neighbours(
     q = (np.array([[float(feats[n]) for n in names]], dtype=float) - mu) / sd
     nn = NearestNeighbors(n_neighbors=min(k, len(cands))).fit(z)
     dist, idx = nn.kneighbors(q)
-    outs = outcomes(rows)
+    # outcomes as known at the explained bar's close: a trade closed later shows none
+    outs = outcomes(
+        [r for r in rows if r["symbol"] == target["symbol"] and int(r["bar_close"]) <= bar]
+    )
     res = []
     for d, i in zip(dist[0], idx[0], strict=True):
         r = cands[int(i)]

@@ -474,6 +474,20 @@ class Journal:
             d[k] = json.loads(d[k]) if d[k] else None
         return d
 
+    def rows_upto(self, symbol: str, bar_close: int) -> list[dict[str, Any]]:
+        """Decisions of ``symbol`` up to and including ``bar_close``, oldest first (the
+        history an explanation of that bar may use)."""
+        out = self._query(
+            "SELECT * FROM decisions WHERE scope=? AND symbol=? AND bar_close<=?"
+            " ORDER BY bar_close",
+            (self.scope, symbol, int(bar_close)),
+        )
+        for d in out:
+            d.pop("scope", None)
+            for k in _JSON_DECISION:
+                d[k] = json.loads(d[k]) if d[k] else None
+        return out
+
     def lacking_contributions(self, limit: int = 50) -> list[dict[str, Any]]:
         """Decided bars with a feature vector but no contributions yet, oldest first (what
         the explain worker computes, off the hot path)."""

@@ -114,7 +114,7 @@ def show(
                 f"no decision for {symbol} at bar {bar_close}",
                 "list decisions with `tx engine status` or pick a bar close from the journal",
             )
-        out = explain_row(row, j.rows(), k=k)
+        out = explain_row(row, j.rows_upto(symbol, bar_close), k=k)
     finally:
         j.close()
     typer.echo(json.dumps(out, indent=2, default=str) if as_json else out["text"])

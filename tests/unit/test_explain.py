@@ -194,6 +194,13 @@ def test_neighbours_when_a_later_identical_decision_exists_then_only_strictly_ea
     assert later["bar_close"] not in {g["bar_close"] for g in got}
     assert got[0]["bar_close"] == earlier_twin["bar_close"] and got[0]["distance"] == 0.0
     assert [g["distance"] for g in got] == sorted(g["distance"] for g in got)
+    # outcomes are those known at the target's close: no trade closed later is shown
+    closed_at = {(t["symbol"], t["open_bar"]): t["close_bar"] for t in trades(rows)}
+    for n in neighbours(rows, target, k=50):
+        if n["trade_bps"] is not None:
+            assert closed_at[(n["symbol"], n["bar_close"])] <= target["bar_close"]
+        elif closed_at.get((n["symbol"], n["bar_close"])) is not None:
+            assert closed_at[(n["symbol"], n["bar_close"])] > target["bar_close"]
     # the very first decision has no earlier one: no neighbour, said so in the text
     first = min(eur, key=lambda r: r["bar_close"])
     assert neighbours(rows, first) == []
