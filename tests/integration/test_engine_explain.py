@@ -87,3 +87,36 @@ def test_engine_when_serving_explains_then_every_decided_row_has_regime_members_
     assert "Regime: state " in out.output and "Members: xgb voted " in out.output
     assert "transformer voted " in out.output and "Top features (TreeSHAP of xgb for " in out.output
     assert "Similar past decisions (nearest 5 before this bar):" in out.output
+
+
+def test_onnx_fallback_when_the_bundle_has_explanation_outputs_then_its_explanation_equals_servings(
+    served: Served,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from engine.features import FeatureRow
+    from engine.serving_client import OnnxModel
+
+    (tmp_path / "model.onnx").write_bytes(served.bundle.onnx_bytes)
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({**served.bundle.manifest, "model_version": "1"})
+    )
+    local = OnnxModel.from_dir(tmp_path)
+    client = ServingClient(served.base_url, timeout_s=10.0, token=TOKEN)
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        x = rng.normal(size=len(FEATURES))
+        seq = rng.normal(size=(L, C)).astype(np.float32)
+        row = FeatureRow(
+            "EURUSD", float(MONDAY_0800 + 300 * i), dict(zip(FEATURES, x, strict=True)), seq
+        )
+        remote, mine = client.predict(row).explanation, local.predict(row).explanation
+        assert remote is not None and mine is not None
+        assert mine["regime"]["state"] == remote["regime"]["state"]
+        assert mine["regime"]["probabilities"] == pytest.approx(remote["regime"]["probabilities"])
+        assert [m["name"] for m in mine["members"]] == [m["name"] for m in remote["members"]]
+        for a, b in zip(mine["members"], remote["members"], strict=True):
+            assert a["weight"] == pytest.approx(b["weight"], abs=1e-6)
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    client.close()
