@@ -120,3 +120,51 @@ def test_onnx_fallback_when_the_bundle_has_explanation_outputs_then_its_explanat
             assert a["weight"] == pytest.approx(b["weight"], abs=1e-6)
             assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
     client.close()
+
+
+def test_tx_explain_worker_when_run_once_then_fills_contributions_and_when_serving_is_down_says_so(
+    served: Served,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from titanovax.redis_local import free_port
+
+    now = [MONDAY_0800]
+    bars = closes(n=4)
+    rng = np.random.default_rng(2)
+    t = np.array(bars, dtype=np.int64)
+    path = tmp_path / "j.sqlite"
+    engine = Engine(
+        terminal=sim_terminal(now),
+        features=ArrayFeatureSource(
+            list(FEATURES),
+            {"EURUSD": (t, rng.normal(size=(4, len(FEATURES))))},
+            lambda: float(now[0]),
+            {"EURUSD": (t, rng.normal(size=(4, L, C)).astype(np.float32))},
+        ),
+        model=ServingClient(served.base_url, timeout_s=10.0, token=TOKEN),
+        journal=Journal(path),
+        limits=RiskLimits(),
+        magic=43,
+        clock=lambda: float(now[0]),
+        sleep=lambda s: None,
+    )
+    engine.replay(bars, ["EURUSD"], lambda v: now.__setitem__(0, v))
+    engine.journal.close()
+    monkeypatch.setenv("TX_SERVING_TOKEN", TOKEN)
+    runner = CliRunner()
+    # serving down: one line saying what to do, nothing stored
+    down = f"http://127.0.0.1:{free_port()}"
+    out = runner.invoke(
+        app, ["explain", "worker", "--once", "--journal", str(path), "--serving-url", down]
+    )
+    assert out.exit_code != 0 and "/v1/explain failed" in out.output and "tx serve" in out.output
+    assert len(Journal(path, engine.journal.scope).lacking_contributions()) == 4
+    out = runner.invoke(
+        app,
+        ["explain", "worker", "--once", "--journal", str(path), "--serving-url", served.base_url],
+    )
+    assert out.exit_code == 0, out.output
+    assert "contributions stored for 4 decision(s)" in out.output
+    rows = Journal(path, engine.journal.scope).rows()
+    assert all(set(r["contributions"]["contributions"]) == set(FEATURES) for r in rows)
