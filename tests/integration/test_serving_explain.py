@@ -31,7 +31,7 @@ from tests.integration.test_serving import (
     serve,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # an ensemble export (~30 s)
 
 L, C = 8, 2
 SEQUENCE = {"input_name": "sequence", "seq_len": L, "channels": ["close_ret", "range"]}
