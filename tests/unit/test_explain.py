@@ -292,3 +292,39 @@ def test_tx_explain_report_when_run_on_a_backtest_journal_then_pnl_by_regime_fam
     for dim in ("regime", "family", "venue"):
         assert sum(g["pnl_bps"] for g in att["groups"][dim]) == pytest.approx(total)
     assert {g["family"] for g in att["groups"]["family"]} <= {"returns", "range"}
+
+
+def test_engine_explain_worker_setting_when_on_then_a_low_priority_worker_runs_and_an_outage_only_delays(
+    backtest: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from engine.app import start_explain_worker
+    from engine.config import EngineSettings
+    from titanovax.redis_local import free_port
+
+    engine = backtest["engine"]
+    monkeypatch.setenv("TX_SERVING_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    assert start_explain_worker(EngineSettings(), engine) is None  # off by default
+    monkeypatch.setenv("TX_ENGINE_EXPLAIN_WORKER", "true")
+    # a bar without contributions yet
+    r = engine.journal.rows()[-1]
+    engine.journal._exec(
+        "UPDATE decisions SET contributions=NULL WHERE scope=? AND symbol=? AND bar_close=?",
+        (engine.journal.scope, r["symbol"], r["bar_close"]),
+    )
+    worker = start_explain_worker(EngineSettings(), engine)
+    try:
+        deadline = time.monotonic() + 10
+        while worker.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.errors >= 1 and worker.stored == 0  # serving down: it waits, retries
+        assert worker._thread.is_alive()
+    finally:
+        worker.stop()
+    assert not worker._thread.is_alive()
+    assert len(engine.journal.lacking_contributions()) == 1
+    # restore what the other tests read
+    row = engine.journal.decision(r["symbol"], r["bar_close"])
+    engine.journal.set_contributions(r["symbol"], r["bar_close"], r["contributions"])
+    assert row is not None and row["contributions"] is None
