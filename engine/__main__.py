@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from engine.app import ModelHandle, build_engine
+    from engine.app import ModelHandle, build_engine, start_explain_worker
     from engine.config import EngineSettings
     from engine.control import ControlServer
     from engine.features import OnlineFeatureReader
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if es.reconcile_interval_s > 0
         else None
     )
+    worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")
     if token:
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             recon.stop()
         if server is not None:
             server.stop()
+        if worker is not None:
+            worker.stop()
     return 0
 
 

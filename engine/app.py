@@ -105,4 +105,16 @@ def build_engine(
         sleep=sleep,
         reload_hook=reload if callable(reload) else None,
         mode=mode or settings.mode,
+        explain=settings.explain,
     )
+
+
+def start_explain_worker(settings: EngineSettings, engine: Engine) -> Any:
+    """The contributions worker of ``engine``'s journal (:mod:`engine.explain_worker`) when
+    ``TX_ENGINE_EXPLAIN_WORKER`` is on, else ``None``; the caller stops it."""
+    if not (settings.explain_worker and settings.explain) or engine.journal.target == ":memory:":
+        return None
+    from engine.explain_worker import ExplainClient, ExplainWorker
+
+    client = ExplainClient(settings.serving_url, token=settings.secret("serving_token"))
+    return ExplainWorker(engine.journal.target, engine.journal.scope, client).start()

@@ -127,6 +127,17 @@ class EngineSettings(BaseSettings):
     control_timeout_s: float = Field(default=5.0, gt=0, alias="TX_ENGINE_CONTROL_TIMEOUT_S")
     control_host: str = Field(default="127.0.0.1", alias="TX_ENGINE_CONTROL_HOST")
     control_port: int = Field(default=8765, alias="TX_ENGINE_CONTROL_PORT")
+    explain: bool = Field(
+        default=True,
+        alias="TX_ENGINE_EXPLAIN",
+        description="journal each decision's probabilities, regime, members and feature vector",
+    )
+    explain_worker: bool = Field(
+        default=False,
+        alias="TX_ENGINE_EXPLAIN_WORKER",
+        description="compute feature contributions (serving POST /v1/explain) in a low-priority "
+        "thread after each bar's commit",
+    )
     kill_switch: bool = Field(default=False, alias="TX_RISK_KILL_SWITCH")
     max_position_lots: float = Field(default=1.0, alias="TX_RISK_MAX_POSITION_LOTS")
     max_total_lots: float = Field(default=3.0, alias="TX_RISK_MAX_TOTAL_LOTS")

@@ -11,6 +11,8 @@ GET      ``/api/positions``  open positions of this engine (its magic)
 GET      ``/api/pnl``        balance, equity, floating and realised P&L, drawdown
 GET      ``/api/decisions``  the newest journaled decisions (``?limit=N``, default 20)
 GET      ``/api/audit``      the newest audit rows, newest first (``?limit=N``, default 20)
+GET      ``/api/explain``    one decision explained (``?symbol=EURUSD&bar=<epoch or ISO UTC>``):
+                             regime, members, top features, risk verdict, fill, similar decisions
 POST     ``/api/kill``       HALT; body ``{"flatten": true}`` also closes every position
 POST     ``/api/resume``     back to ACTIVE (acknowledges open reconciliation mismatches)
 POST     ``/api/reload``     re-open the model (serving client / ONNX bundle)
@@ -45,6 +47,7 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from engine.explain import explain_row, parse_bar, warm_up
 from engine.loop import EngineBusy
 
 log = logging.getLogger(__name__)
@@ -229,10 +232,29 @@ def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestH
                     self._json(400, {"error": str(exc)})
                     return
                 self._json(200, engine.audit_rows(limit))
+            elif url.path == "/api/explain":
+                self._explain(url.query)
             elif url.path == "/metrics":
                 self._send(200, engine.metrics.render(), CONTENT_TYPE_LATEST)
             else:
                 self._json(404, {"error": f"no such endpoint {url.path}"})
+
+        def _explain(self, query: str) -> None:
+            q = parse_qs(query)
+            symbol = (q.get("symbol") or [""])[-1].strip()
+            if not symbol or len(symbol) > 40:
+                self._json(400, {"error": "symbol is required (e.g. ?symbol=EURUSD&bar=...)"})
+                return
+            try:
+                bar = parse_bar((q.get("bar") or [""])[-1])
+            except ValueError as exc:
+                self._json(400, {"error": str(exc)})
+                return
+            row = engine.journal.decision(symbol, bar)
+            if row is None:
+                self._json(404, {"error": f"no decision for {symbol} at bar {bar}"})
+                return
+            self._json(200, explain_row(row, engine.journal.rows_upto(symbol, bar), k=5))
 
         def _post(self) -> None:
             if not self._authorized():
@@ -299,6 +321,8 @@ class ControlServer:
     def start(self) -> ControlServer:
         """Serve in the background."""
         self.thread.start()
+        # the similar decisions of /api/explain need scikit-learn: import it off the request
+        threading.Thread(target=warm_up, name="tx-explain-warm-up", daemon=True).start()
         log.info("engine control API on %s", self.url)
         return self
 

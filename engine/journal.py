@@ -78,6 +78,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     latency_ms TEXT NOT NULL,
     reason_code TEXT,
     trading_state TEXT,
+    probabilities TEXT,
+    explanation TEXT,
+    features TEXT,
+    contributions TEXT,
+    feature_sequence TEXT,
     PRIMARY KEY (scope, symbol, bar_close)
 )""",
     """
@@ -124,8 +129,46 @@ _AUDIT_INDEX = "CREATE INDEX IF NOT EXISTS audit_scope ON audit (scope, id)"
 _TABLES = ("decisions", "intents", "engine_state")
 FINAL_INTENT = frozenset({"done", "failed", "recovered"})
 """Intent statuses that need no reconciliation (``pending`` and ``not_sent`` do)."""
-_JSON_DECISION = ("order_request", "order_result", "latency_ms")
+_JSON_DECISION = (
+    "order_request",
+    "order_result",
+    "latency_ms",
+    "probabilities",
+    "explanation",
+    "features",
+    "contributions",
+)
+_EXPLAIN_COLUMNS = (
+    "probabilities",
+    "explanation",
+    "features",
+    "contributions",
+    "feature_sequence",
+)
+"""Nullable JSON columns added to ``decisions`` by the explanations (journals of an older layout
+get them through ``ALTER TABLE ... ADD COLUMN``; their old rows keep NULL)."""
 _JSON_INTENT = ("request", "result")
+
+
+def encode_sequence(seq: Any) -> str:
+    """A float32 ``[L, C]`` array as compact JSON text (shape + base64 of its bytes)."""
+    import base64
+
+    import numpy as np
+
+    a = np.ascontiguousarray(seq, dtype="<f4")
+    return json.dumps({"shape": list(a.shape), "f4": base64.b64encode(a.tobytes()).decode()})
+
+
+def decode_sequence(text: str) -> list[Any]:
+    """:func:`encode_sequence`'s array back, as nested lists (a request body)."""
+    import base64
+
+    import numpy as np
+
+    d = json.loads(text)
+    a = np.frombuffer(base64.b64decode(d["f4"]), dtype="<f4").reshape(d["shape"])
+    return a.tolist()  # type: ignore[no-any-return]
 
 
 class DuplicateDecision(ValueError):
@@ -169,6 +212,13 @@ class DecisionRecord:
     latency_ms: dict[str, float]
     reason_code: str | None = None
     trading_state: str | None = None
+    probabilities: dict[str, float] | None = None  # the model's class probabilities
+    explanation: dict[str, Any] | None = None  # serving's: regime state, members' votes/weights
+    features: dict[str, float] | None = None  # the tabular feature vector the model scored
+    contributions: dict[str, Any] | None = None  # TreeSHAP, filled later (off the hot path)
+    # a sequence bundle's bar sequence (float32 [L, C]), stored as base64 so serving can be
+    # asked to explain the very row it scored
+    feature_sequence: Any = None
 
 
 @dataclass
@@ -235,6 +285,7 @@ class Journal:
                 _AUDIT_INDEX,
             ):
                 self._exec(ddl)
+            self._add_explain_columns()
         except JournalUnavailable:
             raise
         except Exception as exc:
@@ -349,6 +400,13 @@ class Journal:
                 if self.postgres:  # the primary key's index keeps the old name otherwise
                     self._db.execute(f"ALTER INDEX IF EXISTS {table}_pkey RENAME TO {aside}_pkey")
 
+    def _add_explain_columns(self) -> None:
+        """Give a ``decisions`` table of an older layout the explanation columns."""
+        cols = self._columns("decisions") or set()
+        for col in _EXPLAIN_COLUMNS:
+            if col not in cols:
+                self._db.execute(f"ALTER TABLE decisions ADD COLUMN {col} TEXT")
+
     # --- plumbing -----------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         if self._tx and not sql.startswith("SELECT"):
@@ -376,8 +434,10 @@ class Journal:
     def record(self, rec: DecisionRecord) -> None:
         """Journal one decision; :class:`DuplicateDecision` if the bar was already journaled."""
         d = {"scope": self.scope, **vars(rec)}  # shallow: JSON columns serialised below
+        if d["feature_sequence"] is not None:
+            d["feature_sequence"] = encode_sequence(d["feature_sequence"])
         for k in _JSON_DECISION:
-            d[k] = json.dumps(d[k]) if d[k] is not None else None
+            d[k] = json.dumps(d[k], default=float) if d[k] is not None else None
         cols = ",".join(d)
         # ON CONFLICT DO NOTHING, not an integrity error: in PostgreSQL an error would abort
         # the whole group transaction
@@ -423,6 +483,57 @@ class Journal:
             for k in _JSON_DECISION:
                 d[k] = json.loads(d[k]) if d[k] else None
         return out
+
+    def decision(self, symbol: str, bar_close: int) -> dict[str, Any] | None:
+        """One decision row (JSON columns decoded), ``None`` when the bar was not decided."""
+        out = self._query(
+            "SELECT * FROM decisions WHERE scope=? AND symbol=? AND bar_close=?",
+            (self.scope, symbol, int(bar_close)),
+        )
+        if not out:
+            return None
+        d = out[0]
+        d.pop("scope", None)
+        for k in _JSON_DECISION:
+            d[k] = json.loads(d[k]) if d[k] else None
+        return d
+
+    def rows_upto(self, symbol: str, bar_close: int) -> list[dict[str, Any]]:
+        """Decisions of ``symbol`` up to and including ``bar_close``, oldest first (the
+        history an explanation of that bar may use)."""
+        out = self._query(
+            "SELECT * FROM decisions WHERE scope=? AND symbol=? AND bar_close<=?"
+            " ORDER BY bar_close",
+            (self.scope, symbol, int(bar_close)),
+        )
+        for d in out:
+            d.pop("scope", None)
+            for k in _JSON_DECISION:
+                d[k] = json.loads(d[k]) if d[k] else None
+        return out
+
+    def lacking_contributions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Decided bars with a feature vector but no contributions yet, oldest first (what
+        the explain worker computes, off the hot path)."""
+        rows = self._query(
+            "SELECT symbol, bar_close, features, feature_sequence FROM decisions WHERE scope=?"
+            " AND features IS NOT NULL AND contributions IS NULL"
+            " ORDER BY bar_close, symbol LIMIT ?",
+            (self.scope, int(limit)),
+        )
+        for r in rows:
+            r["features"] = json.loads(r["features"])
+            seq = r.pop("feature_sequence")
+            if seq:
+                r["sequence"] = decode_sequence(seq)
+        return rows
+
+    def set_contributions(self, symbol: str, bar_close: int, contributions: dict[str, Any]) -> None:
+        """Store a decision's feature contributions (written once, after its bar committed)."""
+        self._exec(
+            "UPDATE decisions SET contributions=? WHERE scope=? AND symbol=? AND bar_close=?",
+            (json.dumps(contributions), self.scope, symbol, int(bar_close)),
+        )
 
     def scopes(self) -> list[str]:
         """Every scope with decisions in this database (the monitor finds an engine's by it)."""

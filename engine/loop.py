@@ -18,7 +18,10 @@ Per bar (:meth:`Engine.on_bar`):
 5. risk: :func:`engine.risk.check_order` (every refusal has a reason code);
 6. orders: close what points the wrong way, open the rest, each through the idempotent
    :class:`engine.execution.OrderExecutor` (write-ahead intents, client order ids);
-7. journal: one row per bar with the latency breakdown, verdict, reason, requests and results.
+7. journal: one row per bar with the latency breakdown, verdict, reason, requests and results,
+   and (``explain=True``, the default) the model's probabilities, serving's explanation (regime
+   state, members' probabilities and weights) and the feature vector it scored. The features'
+   contributions are computed later, off the decision path (:mod:`engine.explain_worker`).
 
 The bar is one journal transaction (group commit, see :mod:`engine.journal`): a bar without
 orders commits once; a bar with orders commits its intents and state synchronously right
@@ -169,6 +172,7 @@ class Engine:
         reload_hook: Callable[[], dict[str, Any]] | None = None,
         mode: str = "paper",
         kill_wait_s: float = 0.3,
+        explain: bool = True,
     ) -> None:
         self.terminal = terminal
         self.features = features
@@ -184,6 +188,7 @@ class Engine:
         self.offset_s = int(server_utc_offset_hours) * 3600
         self.metrics = metrics or EngineMetrics()
         self.reload_hook = reload_hook
+        self.explain = explain  # journal probabilities, explanation and feature vector per bar
         self.stats = EngineStats()
         self.lock = threading.RLock()  # the decision lock (one bar at a time)
         self.send_gate = threading.Lock()  # held around "kill flag check + order_send"
@@ -419,6 +424,10 @@ class Engine:
                 self.metrics.fallbacks.inc()
                 lat["fallback"] = 1.0
             rec.model_version, rec.decision = pred.model_version, pred.decision
+            if self.explain:  # what the answer already carries: references, no work
+                rec.probabilities, rec.explanation = pred.probabilities, pred.explanation
+                rec.features = row.values
+                rec.feature_sequence = row.sequence
             if self.killed.is_set():
                 raise _Refuse(Reason.KILL_SWITCH, "kill acknowledged: no new orders")
             t = time.perf_counter()

@@ -219,7 +219,7 @@ def run_engine(
     import time
     from datetime import UTC, datetime
 
-    from engine.app import ModelHandle, build_engine
+    from engine.app import ModelHandle, build_engine, start_explain_worker
     from engine.backtest import PrecomputedModel, run_backtest
     from engine.config import EngineSettings
     from engine.control import ControlServer
@@ -348,6 +348,7 @@ def run_engine(
         if es.reconcile_interval_s > 0
         else None
     )
+    worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")
     if token:
@@ -379,4 +380,6 @@ def run_engine(
             recon.stop()
         if server is not None:
             server.stop()
+        if worker is not None:
+            worker.stop()
     return {"mode": mode, "status": engine.status()}
