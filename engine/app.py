@@ -41,7 +41,8 @@ class ModelHandle:
         fb = model.fallback
         if fb is not None:
             guards[fb.bundle_sha256] = ModelGuard(fb.manifest, label=fb.model_version, **kw)
-        return GuardedModel(model, guards)
+        fetch = getattr(model.primary, "guard_manifest", None)
+        return GuardedModel(model, guards, fetch=fetch, guard_kw=kw)
 
     def _open(self) -> FallbackModel:
         s = self.settings

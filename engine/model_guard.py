@@ -17,9 +17,10 @@ in the manifest's feature order, so a check is one vector compare (a few µs).
 
 Which manifest applies: :class:`GuardedModel` checks each prediction against the guard of the
 bundle that produced it (by ``bundle_sha256``): the in-process ONNX fallback's own manifest,
-and the manifest in ``TX_ENGINE_BUNDLE_DIR`` for serving's answers when serving reports that
-bundle's hash. Serving does not publish its manifest, so a served bundle the engine has no
-manifest for is scored unguarded (logged once per bundle).
+the manifest in ``TX_ENGINE_BUNDLE_DIR`` for serving's answers when serving reports that
+bundle's hash, and otherwise the guard keys serving publishes for the bundle it runs
+(``GET /v1/models``, asked once per new bundle hash). A bundle nobody has a manifest for (one
+trained before the keys existed) is scored unguarded, logged once.
 """
 
 from __future__ import annotations
@@ -173,32 +174,65 @@ def bundle_guard(bundle_dir: Path | str, **kw: Any) -> tuple[str, ModelGuard] | 
 
 
 class GuardedModel:
-    """A model client whose predictions pass the guard of the bundle that made them."""
+    """A model client whose predictions pass the guard of the bundle that made them.
+
+    ``fetch(sha)`` (optional) asks serving for the guard keys of a bundle the engine has no
+    manifest for (``GET /v1/models``); it runs once per new bundle hash, so a champion
+    swapped in by serving gets guarded from its first answer. When serving cannot be asked,
+    that answer passes unguarded and the question is asked again after ``retry_s``."""
 
     def __init__(
         self,
         model: Any,
         guards: dict[str, ModelGuard],
         clock: Callable[[], float] = time.time,
+        *,
+        fetch: Callable[[str], dict[str, Any] | None] | None = None,
+        guard_kw: dict[str, float] | None = None,
+        retry_s: float = 60.0,
     ) -> None:
         self.model = model
         self.guards = guards
         self.clock = clock
-        self._unguarded: set[str] = set()
+        self.fetch = fetch
+        self.guard_kw = guard_kw or {}
+        self.retry_s = retry_s
+        self._unguarded: dict[str, float] = {}  # sha -> when to ask serving again
+
+    def _guard_for(self, sha: str, source: str) -> ModelGuard | None:
+        guard = self.guards.get(sha)
+        if guard is not None or not sha:
+            return guard
+        now = time.monotonic()
+        if now < self._unguarded.get(sha, 0.0):
+            return None
+        manifest = None
+        if self.fetch is not None and source == "serving":
+            try:
+                manifest = self.fetch(sha)
+            except Exception as exc:  # serving unreachable: ask again later, never refuse for it
+                log.warning("model guard: cannot ask serving for bundle %s: %s", sha[:12], exc)
+                self._unguarded[sha] = now + self.retry_s
+                return None
+        if manifest is not None:
+            guard = ModelGuard(manifest, **self.guard_kw)
+            self.guards[sha] = guard
+            log.info("model guard: bundle %s guarded from serving's manifest", sha[:12])
+            return guard
+        self._unguarded[sha] = float("inf")
+        log.info(
+            "model guard: no manifest for bundle %s (%s): its answers are not guarded",
+            sha[:12],
+            source,
+        )
+        return None
 
     def predict(self, row: Any) -> Any:
         """Score ``row``; raise a guard refusal when the bundle's guard refuses it."""
         pred = self.model.predict(row)
         sha = getattr(pred, "bundle_sha256", "") or ""
-        guard = self.guards.get(sha)
+        guard = self.guards.get(sha) or self._guard_for(sha, getattr(pred, "source", "?"))
         if guard is None:
-            if sha not in self._unguarded:
-                self._unguarded.add(sha)
-                log.info(
-                    "model guard: no manifest for bundle %s (%s): its answers are not guarded",
-                    sha[:12] or "<no hash>",
-                    getattr(pred, "source", "?"),
-                )
             return pred
         guard.check(row.values, self.clock())
         return pred

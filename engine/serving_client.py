@@ -182,6 +182,29 @@ class ServingClient:
             version, position, decision, probs, sha, "serving", confidence, explanation
         )
 
+    def guard_manifest(self, bundle_sha256: str) -> dict[str, Any] | None:
+        """The model-guard keys serving publishes for the bundle hashing to ``bundle_sha256``
+        (``GET /v1/models``: ``trained_at``, ``reference_stats``, ``features``), or ``None``
+        when serving runs no such bundle or publishes none. Raises :class:`ServingUnavailable`
+        when serving cannot be asked (the guard asks again later)."""
+        try:
+            r = self._http.get("/v1/models")
+        except httpx.HTTPError as exc:
+            raise ServingUnavailable(f"serving /v1/models failed: {exc!r}") from exc
+        if r.status_code != 200:
+            raise ServingUnavailable(f"serving /v1/models answered {r.status_code}")
+        try:
+            roles = r.json()
+        except ValueError as exc:
+            raise ServingUnavailable(f"unreadable /v1/models: {exc!r}") from exc
+        for desc in (roles or {}).values() if isinstance(roles, dict) else ():
+            if isinstance(desc, dict) and desc.get("bundle_sha256") == bundle_sha256:
+                guard = desc.get("guard")
+                if not isinstance(guard, dict):
+                    return None
+                return {**guard, "model_version": desc.get("model_version", "")}
+        return None
+
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._http.close()

@@ -68,6 +68,9 @@ class LoadedModel:
     bentoml_tag: str
     loaded_at: str
     booster: Any = None  # the XGBoost member's native booster (TreeSHAP), when shipped
+    # what the engine's model guard needs (manifest trained_at, reference_stats, features;
+    # contract C1): published by GET /v1/models so the engine can guard serving's answers
+    guard: dict[str, Any] | None = None
 
     def predict(self, matrix: np.ndarray, sequence: np.ndarray | None) -> np.ndarray:
         return predict_proba(self.session, self.spec, matrix, sequence)
@@ -96,6 +99,7 @@ class LoadedModel:
             "sequence": self.spec.sequence is not None,
             "explain": self.booster is not None,
             "loaded_at": self.loaded_at,
+            "guard": self.guard,
         }
 
 
@@ -146,9 +150,22 @@ def load_stored(stored: Any) -> LoadedModel:
         bentoml_tag=str(stored.tag),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         booster=booster,
+        guard=guard_keys(manifest),
     )
     _ = model.codec  # built now, not on the first request
     return model
+
+
+def guard_keys(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest keys of the engine's model guard (``trained_at``, ``reference_stats`` and
+    the feature order), or ``None`` for a bundle trained before they existed."""
+    if "trained_at" not in manifest and "reference_stats" not in manifest:
+        return None
+    return {
+        "trained_at": manifest.get("trained_at"),
+        "reference_stats": manifest.get("reference_stats"),
+        "features": list(manifest.get("features") or []),
+    }
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,33 @@ def test_tx_explain_worker_when_run_once_then_fills_contributions_and_when_servi
     assert "contributions stored for 4 decision(s)" in out.output
     rows = Journal(path, engine.journal.scope).rows()
     assert all(set(r["contributions"]["contributions"]) == set(FEATURES) for r in rows)
+
+
+def test_model_guard_when_serving_publishes_the_manifest_keys_then_its_answers_are_guarded(
+    served: Served,  # noqa: F811
+) -> None:
+    """The engine has no local manifest of the bundle serving runs: the guard asks serving's
+    ``GET /v1/models`` once for its ``trained_at`` / ``reference_stats`` and refuses by them."""
+    from engine.features import FeatureRow
+    from engine.model_guard import GuardedModel, ModelExpired, OutOfDistribution
+
+    client = ServingClient(served.base_url, timeout_s=10.0, token=TOKEN)
+    rng = np.random.default_rng(5)
+    values = dict(zip(FEATURES, rng.normal(size=len(FEATURES)).tolist(), strict=True))
+    seq = rng.normal(size=(L, C)).astype(np.float32)
+    row = FeatureRow("EURUSD", float(MONDAY_0800), values, seq)
+    try:
+        fresh = GuardedModel(client, {}, fetch=client.guard_manifest, guard_kw={"iqr_k": 5.0})
+        assert fresh.predict(row).source == "serving"  # in range, trained just now: passes
+        assert len(fresh.guards) == 1  # the guard came from serving
+
+        with pytest.raises(OutOfDistribution):
+            fresh.predict(
+                FeatureRow("EURUSD", float(MONDAY_0800), values | {FEATURES[0]: 1e4}, seq)
+            )
+
+        old = GuardedModel(client, {}, fetch=client.guard_manifest, guard_kw={"max_age_days": 1e-9})
+        with pytest.raises(ModelExpired):
+            old.predict(row)
+    finally:
+        client.close()

@@ -16,11 +16,13 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.integration.test_serving import (
@@ -61,6 +63,7 @@ def _ensemble_bundle(root: Path) -> Bundle:
         TransformerModel,
         XGBModel,
     )
+    from training.train import reference_stats
 
     rng = np.random.default_rng(3)
     n = 500
@@ -85,6 +88,9 @@ def _ensemble_bundle(root: Path) -> Bundle:
     m["family"] = "ensemble"
     m["explanation_outputs"] = explanation_outputs(ens)
     m["native_booster"] = NATIVE_BOOSTER_FILE
+    # contract C1, as training writes it: serving publishes these for the engine's model guard
+    m["trained_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    m["reference_stats"] = reference_stats(pd.DataFrame(x[:350], columns=FEATURES), FEATURES)
     m["ensemble_weights"] = {
         "members": ["xgboost", "transformer"],
         "by_regime_state": ens.weights.tolist(),
