@@ -188,7 +188,7 @@ class GuardedModel:
         clock: Callable[[], float] = time.time,
         *,
         fetch: Callable[[str], dict[str, Any] | None] | None = None,
-        guard_kw: dict[str, float] | None = None,
+        guard_kw: dict[str, Any] | None = None,
         retry_s: float = 60.0,
     ) -> None:
         self.model = model
