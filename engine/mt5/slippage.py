@@ -126,3 +126,107 @@ class SlippageProcess:
         x = mean * (math.exp(s * float(self._rng.standard_normal()) - s * s / 2) if s > 0 else 1.0)
         whole = math.floor(x)
         return int(whole + (1 if self._rng.random() < x - whole else 0))
+
+
+def measure(
+    process: SlippageProcess,
+    *,
+    symbol: str = "EURUSD",
+    sizes: tuple[float, ...] = (0.1, 1.0, 5.0, 20.0),
+    hours: tuple[int, ...] = (12, 3, 21),
+    n: int = 1000,
+    day_utc: int | None = None,
+) -> list[dict[str, float]]:
+    """Fill ``n`` market orders per (size, hour) on a seeded synthetic market through
+    ``SimulatedTerminal.order_send`` (buys that open, sells that close them; deviation
+    unlimited) and return mean/q50/q90 adverse slippage in points with the market state
+    (spread, volatility in points) at that hour: the table of ``docs/execution-slippage.md``."""
+    from engine.mt5 import protocol as P
+    from engine.mt5.sim import SimulatedTerminal, SyntheticFeed
+    from engine.mt5.synthetic import ORIGIN_UTC
+    from engine.sizing import return_volatility
+
+    day = day_utc if day_utc is not None else ORIGIN_UTC + 23 * 86_400  # a Wednesday
+    at = [day]
+    term = SimulatedTerminal(
+        SyntheticFeed(seed=7, symbols=[symbol]),
+        clock=lambda: at[0],
+        balance=1e12,
+        leverage=1000,
+        slippage=process,
+    )
+    info = term.symbol_info(symbol) if term.initialize() else None
+    if info is None:
+        raise RuntimeError(f"simulated terminal: no symbol {symbol}")
+    point = info.point
+    rows: list[dict[str, float]] = []
+    for hour in hours:
+        at[0] = day + hour * 3600
+        tick = term.symbol_info_tick(symbol)
+        rates = term.copy_rates_from_pos(symbol, P.TIMEFRAME_M5, 1, process.vol_window + 1)
+        if tick is None or rates is None:
+            raise RuntimeError(f"simulated terminal: no market for {symbol} at hour {hour}")
+        vol = return_volatility(rates["close"], process.vol_window) * tick.bid / point
+        for size in sizes:
+            slips: list[float] = []
+            ticket = 0
+            for i in range(n):
+                buy = i % 2 == 0
+                asked = tick.ask if buy else tick.bid
+                r = term.order_send(
+                    {
+                        "action": P.TRADE_ACTION_DEAL,
+                        "symbol": symbol,
+                        "volume": size,
+                        "type": P.ORDER_TYPE_BUY if buy else P.ORDER_TYPE_SELL,
+                        "price": asked,
+                        "deviation": 1_000_000,
+                        "type_filling": P.ORDER_FILLING_FOK,
+                        **({} if buy else {"position": ticket}),
+                    }
+                )
+                if r is None or r.retcode != P.TRADE_RETCODE_DONE:
+                    raise RuntimeError(f"order_send: {r}")
+                ticket = r.order
+                slips.append(((r.price - asked) if buy else (asked - r.price)) / point)
+            a = np.asarray(slips)
+            rows.append(
+                {
+                    "hour_utc": hour,
+                    "size": size,
+                    "spread": (tick.ask - tick.bid) / point,
+                    "volatility": vol,
+                    "expected": process.mean_points(
+                        spread_points=(tick.ask - tick.bid) / point,
+                        vol_points=vol,
+                        volume=size,
+                        hour_utc=hour,
+                    ),
+                    "mean": float(a.mean()),
+                    "q50": float(np.quantile(a, 0.5)),
+                    "q90": float(np.quantile(a, 0.9)),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m engine.mt5.slippage``: print the measured slippage table (Markdown)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Measure the simulated slippage process.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=1000, help="fills per (size, hour)")
+    ns = ap.parse_args(argv)
+    rows = measure(SlippageProcess(seed=ns.seed), n=ns.n)
+    print("| hour UTC | size (lots) | spread | volatility | expected | mean | q50 | q90 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['hour_utc']:.0f} | {r['size']:g} | {r['spread']:.0f} | {r['volatility']:.1f}"
+            f" | {r['expected']:.2f} | {r['mean']:.2f} | {r['q50']:.0f} | {r['q90']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

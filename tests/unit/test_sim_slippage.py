@@ -183,3 +183,23 @@ def test_parse_sessions_when_malformed_then_error_names_the_part(bad: str) -> No
     with pytest.raises(ValueError, match="sessions"):
         parse_sessions(bad)
     assert math.isclose(parse_sessions("23-1:2")[0], 2.0)
+
+
+def test_measure_cli_when_run_then_prints_the_table_with_mean_rising_in_size() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.mt5.slippage", "--seed", "1", "--n", "300"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.splitlines()
+    rows = [[float(x) for x in line.strip("|").split("|")] for line in out[2:]]
+    assert len(rows) == 12  # 3 sessions x 4 sizes
+    for hour in (12, 3, 21):
+        means = [r[5] for r in rows if r[0] == hour]
+        assert means == sorted(means), (hour, means)
+        for r in rows:  # the measured mean is the configured expectation
+            assert r[5] == pytest.approx(r[4], rel=0.1)
