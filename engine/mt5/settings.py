@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.mt5.slippage import SlippageProcess
+from engine.mt5.slippage import SlippageProcess, parse_sessions
 
 __all__ = ["MT5Settings", "SimSlippageSettings"]
 
@@ -104,6 +104,12 @@ class SimSlippageSettings(BaseSettings):
     requote: bool = Field(
         default=True, description="Answer 10004 REQUOTE when a draw exceeds the deviation."
     )
+
+    @field_validator("sessions")
+    @classmethod
+    def _sessions(cls, v: str) -> str:
+        parse_sessions(v)  # ValueError naming the bad part
+        return v
 
     def process(self) -> SlippageProcess | None:
         """The configured process, or ``None`` when disabled."""

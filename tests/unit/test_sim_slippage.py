@@ -176,6 +176,10 @@ def test_settings_when_env_configures_the_process_then_sim_terminals_use_it(
     monkeypatch.setenv("TX_SIM_SLIPPAGE_DEPTH_LOTS", "0")
     with pytest.raises(ValueError, match="depth_lots"):
         SimSlippageSettings()
+    monkeypatch.setenv("TX_SIM_SLIPPAGE_DEPTH_LOTS", "1")
+    monkeypatch.setenv("TX_SIM_SLIPPAGE_SESSIONS", "3-4")
+    with pytest.raises(ValueError, match="sessions"):
+        SimSlippageSettings()
 
 
 @pytest.mark.parametrize("bad", ["25:2", "3-4", "1:0", "x:1"])
