@@ -116,11 +116,15 @@ FILL_VOL_WINDOW = 24
 
 
 def venue_name(terminal: Any, login: int) -> str:
-    """``<mode>:<login>`` of a terminal: ``sim:50000001``, ``bridge:123456``, ``native:…``."""
-    kind = getattr(terminal, "venue_kind", None)
-    if kind is None:
-        name = str(getattr(terminal, "name", "") or "")
-        kind = name[4:] if name.startswith("mt5-") else type(terminal).__name__.lower()
+    """``<mode>:<login>`` of a terminal: ``sim:50000001``, ``bridge:123456``, ``native:…``.
+    Read from the class (``venue_kind``) and the instance's own ``name`` (a
+    :class:`~engine.mt5.resilient.ResilientTerminal` is ``mt5-<mode>``), never through a
+    wrapper's forwarding ``__getattr__`` (which would ask the remote terminal)."""
+    kind = getattr(type(terminal), "venue_kind", None)
+    if not isinstance(kind, str):
+        name = str(getattr(terminal, "__dict__", {}).get("name", "") or "")
+        low = type(terminal).__name__.lower()
+        kind = name[4:] if name.startswith("mt5-") else (low.removesuffix("terminal") or low)
     return f"{kind}:{int(login)}"
 
 

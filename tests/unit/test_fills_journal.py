@@ -159,3 +159,19 @@ def test_return_volatility_is_the_stdev_of_the_last_window_returns() -> None:
     assert return_volatility(c, 24) == pytest.approx(float(np.std(r, ddof=1)))
     assert return_volatility(c, 2) == pytest.approx(float(np.std(r[-2:], ddof=1)))
     assert return_volatility(c[:2], 24) == 0.0
+
+
+def test_venue_name_when_terminal_is_sim_bridge_or_native_then_mode_and_login() -> None:
+    from engine.execution import venue_name
+    from engine.mt5.resilient import ResilientTerminal
+
+    sim = SimulatedTerminal(SyntheticFeed(seed=7, symbols=["EURUSD"]))
+    assert venue_name(sim, 50_000_001) == "sim:50000001"
+    # a reconnecting wrapper names its mode; its forwarding __getattr__ is not consulted
+    wrapped = ResilientTerminal(lambda: sim, name="mt5-bridge")
+    assert venue_name(wrapped, 123) == "bridge:123"
+
+    class NativeTerminal:  # an unwrapped adapter: its class name
+        pass
+
+    assert venue_name(NativeTerminal(), 7) == "native:7"
