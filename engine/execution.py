@@ -410,22 +410,30 @@ class OrderExecutor:
         *,
         attempts: int,
     ) -> None:
-        """Journal the fill of ``req`` (inside the bar's transaction, right after the send)."""
+        """Journal the fill of ``req`` (inside the bar's transaction, right after the send).
+        The order is at the broker already: a terminal read failing here (the point, the
+        volatility's bars) leaves those fields NULL rather than failing the bar; a journal
+        error raises as every journal write does."""
         buy = req["type"] == mt5.ORDER_TYPE_BUY
-        info = self.terminal.symbol_info(out.symbol)
-        point = float(info.point) if info is not None and info.point else None
+        point: float | None = None
+        vol: float | None = None
+        try:
+            info = self.terminal.symbol_info(out.symbol)
+            point = float(info.point) if info is not None and info.point else None
+            if self.timeframe is not None:
+                rates = self.terminal.copy_rates_from_pos(
+                    out.symbol, self.timeframe, 1, FILL_VOL_WINDOW + 1
+                )
+                if rates is not None:
+                    vol = return_volatility(rates["close"], FILL_VOL_WINDOW)
+        except Exception as exc:  # the fill is journaled without them
+            log.warning("%s: fill context not read (%s): journaled without it", out.symbol, exc)
         asked = req.get("price")
         filled = float(res.price) if getattr(res, "price", 0) else None
         slip = None
         if asked is not None and filled is not None:
             slip = (filled - asked) if buy else (asked - filled)  # adverse positive
         spread = float(tick.ask - tick.bid) if tick is not None else None
-        vol = None
-        if self.timeframe is not None:
-            rates = self.terminal.copy_rates_from_pos(
-                out.symbol, self.timeframe, 1, FILL_VOL_WINDOW + 1
-            )
-            vol = return_volatility(rates["close"], FILL_VOL_WINDOW) if rates is not None else None
         ref = asked if asked is not None else filled
 
         def pts(x: float | None) -> float | None:

@@ -175,3 +175,27 @@ def test_venue_name_when_terminal_is_sim_bridge_or_native_then_mode_and_login() 
         pass
 
     assert venue_name(NativeTerminal(), 7) == "native:7"
+
+
+def test_fill_when_the_terminal_fails_reading_the_context_then_the_fill_is_still_journaled(
+    tmp_path: Path,
+) -> None:
+    from engine.execution import OrderExecutor
+
+    class BarsDown(SimulatedTerminal):
+        def copy_rates_from_pos(self, *a: object, **k: object) -> None:  # type: ignore[override]
+            raise ConnectionError("link lost while reading bars")
+
+    at = START + 6 * 3600
+    term = BarsDown(SyntheticFeed(seed=7, symbols=["EURUSD"]), clock=lambda: at)
+    assert term.initialize()
+    journal = Journal(tmp_path / "j.db", scope="1:2:paper")
+    ex = OrderExecutor(term, journal, ExecutionConfig(), magic=2, login=1, timeframe=5)
+    out = ex.execute(
+        "EURUSD", at, "open:sell", order_type=P.ORDER_TYPE_SELL, volume=0.2, now_utc=at
+    )
+    assert out.status == "done"
+    [f] = journal.fills()
+    assert f.side == "sell" and f.volume == 0.2 and f.volatility is None
+    assert f.slippage_points == pytest.approx(0.0) and f.spread_points is not None
+    assert journal.intent(out.client_id).status == "done"
