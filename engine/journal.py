@@ -23,7 +23,7 @@ Tables (same SQL on both back ends):
   what (``action``), why (``reason``) and what changed (``detail`` JSON: state before/after,
   positions flattened, mismatches). Appended only; :meth:`Journal.audit_rows` reads it back.
 
-**Scope.** Every row of the three tables carries a ``scope``: ``<account login>:<magic>:<mode>``
+**Scope.** Every row of every table carries a ``scope``: ``<account login>:<magic>:<mode>``
 (set by the engine once it knows its account, :meth:`Journal.set_scope`). Two engines, or a
 backtest and a paper engine, that share one database never see each other's decisions,
 intents or state. A journal of an older layout (no ``scope`` column) is kept aside under

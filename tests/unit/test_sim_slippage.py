@@ -207,3 +207,15 @@ def test_measure_cli_when_run_then_prints_the_table_with_mean_rising_in_size() -
         assert means == sorted(means), (hour, means)
         for r in rows:  # the measured mean is the configured expectation
             assert r[5] == pytest.approx(r[4], rel=0.1)
+
+
+def test_env_example_documents_every_sim_slippage_setting() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", text, re.M))
+    names = {f"TX_SIM_SLIPPAGE_{n}".upper() for n in SimSlippageSettings.model_fields}
+    assert names <= documented, sorted(names - documented)
+    for name, field in SimSlippageSettings.model_fields.items():
+        assert field.description, name
