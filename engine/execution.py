@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import ExecutionConfig
-from engine.journal import Intent, Journal
+from engine.journal import Fill, Intent, Journal
 from engine.mt5 import protocol as mt5
 from engine.risk import Reason
-from engine.sizing import min_stop_distance
+from engine.sizing import min_stop_distance, return_volatility
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,23 @@ _FILLING = {
     "RETURN": mt5.ORDER_FILLING_RETURN,
 }
 _FLAG = {"FOK": mt5.SYMBOL_FILLING_FOK, "IOC": mt5.SYMBOL_FILLING_IOC}
+
+
+FILL_VOL_WINDOW = 24
+"""One-bar returns in the volatility a fill is journaled with (the cost formula's window)."""
+
+
+def venue_name(terminal: Any, login: int) -> str:
+    """``<mode>:<login>`` of a terminal: ``sim:50000001``, ``bridge:123456``, ``native:…``.
+    Read from the class (``venue_kind``) and the instance's own ``name`` (a
+    :class:`~engine.mt5.resilient.ResilientTerminal` is ``mt5-<mode>``), never through a
+    wrapper's forwarding ``__getattr__`` (which would ask the remote terminal)."""
+    kind = getattr(type(terminal), "venue_kind", None)
+    if not isinstance(kind, str):
+        name = str(getattr(terminal, "__dict__", {}).get("name", "") or "")
+        low = type(terminal).__name__.lower()
+        kind = name[4:] if name.startswith("mt5-") else (low.removesuffix("terminal") or low)
+    return f"{kind}:{int(login)}"
 
 
 def client_order_id(login: int, magic: int, symbol: str, bar_close: int, intent: str) -> str:
@@ -162,8 +179,12 @@ class OrderExecutor:
         on_retcode: Callable[[int | None], None] | None = None,
         may_send: Callable[[], bool] = lambda: True,
         send_gate: threading.Lock | None = None,
+        timeframe: int | None = None,
+        venue: str | None = None,
     ) -> None:
         self.terminal = terminal
+        self.timeframe = timeframe  # bars of the fill's recent volatility (None: not journaled)
+        self.venue = venue or venue_name(terminal, login)
         self.may_send = may_send
         self.send_gate = send_gate or threading.Lock()
         self.journal = journal
@@ -323,6 +344,8 @@ class OrderExecutor:
                 self.on_retcode(rc)
             if rc in DONE:
                 out.status = "done"
+                if res is not None:
+                    self._record_fill(out, req, tick, res, now_utc, attempts=len(out.requests))
                 if self.working_fill.get(symbol) != req["type_filling"]:
                     self.working_fill[symbol] = req["type_filling"]
                     self._save_fill()
@@ -376,6 +399,72 @@ class OrderExecutor:
             break
         self._end(out)
         return out
+
+    def _record_fill(
+        self,
+        out: OrderOutcome,
+        req: dict[str, Any],
+        tick: Any,
+        res: Any,
+        now_utc: float,
+        *,
+        attempts: int,
+    ) -> None:
+        """Journal the fill of ``req`` (inside the bar's transaction, right after the send).
+        The order is at the broker already: a terminal read failing here (the point, the
+        volatility's bars) leaves those fields NULL rather than failing the bar; a journal
+        error raises as every journal write does."""
+        buy = req["type"] == mt5.ORDER_TYPE_BUY
+        point: float | None = None
+        vol: float | None = None
+        try:
+            info = self.terminal.symbol_info(out.symbol)
+            point = float(info.point) if info is not None and info.point else None
+            if self.timeframe is not None:
+                rates = self.terminal.copy_rates_from_pos(
+                    out.symbol, self.timeframe, 1, FILL_VOL_WINDOW + 1
+                )
+                if rates is not None:
+                    vol = return_volatility(rates["close"], FILL_VOL_WINDOW)
+        except Exception as exc:  # the fill is journaled without them
+            log.warning("%s: fill context not read (%s): journaled without it", out.symbol, exc)
+        asked = req.get("price")
+        filled = float(res.price) if getattr(res, "price", 0) else None
+        slip = None
+        if asked is not None and filled is not None:
+            slip = (filled - asked) if buy else (asked - filled)  # adverse positive
+        spread = float(tick.ask - tick.bid) if tick is not None else None
+        ref = asked if asked is not None else filled
+
+        def pts(x: float | None) -> float | None:
+            return round(x / point, 4) if x is not None and point else None
+
+        vol_price = vol * ref if vol is not None and ref is not None else None
+        self.journal.record_fill(
+            Fill(
+                client_id=out.client_id,
+                symbol=out.symbol,
+                bar_close=out.bar_close,
+                intent=out.intent,
+                venue=self.venue,
+                side="buy" if buy else "sell",
+                volume=float(getattr(res, "volume", 0) or req["volume"]),
+                filled_at=float(now_utc),
+                hour_utc=int(now_utc // 3600) % 24,
+                requested_price=asked,
+                filled_price=filled,
+                slippage_price=slip,
+                slippage_points=pts(slip),
+                spread_price=spread,
+                spread_points=pts(spread),
+                volatility=vol,
+                volatility_points=pts(vol_price),
+                retcode=int(res.retcode),
+                deal=int(getattr(res, "deal", 0) or 0) or None,
+                order_ticket=int(getattr(res, "order", 0) or 0) or None,
+                attempts=attempts,
+            )
+        )
 
     def _stops(
         self, req: dict[str, Any], symbol: str, tick: Any, sl_d: float, tp_d: float, *, widen: bool

@@ -14,12 +14,16 @@ Tables (same SQL on both back ends):
   A crash between the two leaves a ``pending`` row that reconciliation resolves against the
   terminal's positions and deals on the next start.
 * ``engine_state`` — key/value JSON (risk state, filling-mode cache) that survives restarts.
+* ``fills`` — one row per filled order (:class:`Fill`): requested and filled price, signed
+  slippage (adverse positive) in price and points, spread at send, recent volatility, size,
+  side, hour (UTC) and venue; written inside the bar's transaction right after the
+  ``order_send`` that filled (see ``docs/execution-slippage.md``).
 * ``audit`` — one row per operator or automatic action on the trading state (kill, flatten,
   resume, reload, reduce, reconciliation reduce/resolve): when (UTC ISO), who (``actor``),
   what (``action``), why (``reason``) and what changed (``detail`` JSON: state before/after,
   positions flattened, mismatches). Appended only; :meth:`Journal.audit_rows` reads it back.
 
-**Scope.** Every row of the three tables carries a ``scope``: ``<account login>:<magic>:<mode>``
+**Scope.** Every row of every table carries a ``scope``: ``<account login>:<magic>:<mode>``
 (set by the engine once it knows its account, :meth:`Journal.set_scope`). Two engines, or a
 backtest and a paper engine, that share one database never see each other's decisions,
 intents or state. A journal of an older layout (no ``scope`` column) is kept aside under
@@ -111,6 +115,33 @@ CREATE TABLE IF NOT EXISTS engine_state (
     PRIMARY KEY (scope, key)
 )""",
 )
+# one row per filled order (engine.execution): the raw material of a learned slippage model
+_FILLS = """
+CREATE TABLE IF NOT EXISTS fills (
+    scope TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    bar_close BIGINT NOT NULL,
+    intent TEXT NOT NULL,
+    venue TEXT NOT NULL,
+    side TEXT NOT NULL,
+    volume DOUBLE PRECISION NOT NULL,
+    filled_at DOUBLE PRECISION NOT NULL,
+    hour_utc INTEGER NOT NULL,
+    requested_price DOUBLE PRECISION,
+    filled_price DOUBLE PRECISION,
+    slippage_price DOUBLE PRECISION,
+    slippage_points DOUBLE PRECISION,
+    spread_price DOUBLE PRECISION,
+    spread_points DOUBLE PRECISION,
+    volatility DOUBLE PRECISION,
+    volatility_points DOUBLE PRECISION,
+    retcode INTEGER,
+    deal BIGINT,
+    order_ticket BIGINT,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (scope, client_id)
+)"""
 # the audit table's key differs per back end (an autoincrementing id); created next to _SCHEMA
 _AUDIT_SQLITE = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -169,6 +200,37 @@ def decode_sequence(text: str) -> list[Any]:
     d = json.loads(text)
     a = np.frombuffer(base64.b64decode(d["f4"]), dtype="<f4").reshape(d["shape"])
     return a.tolist()  # type: ignore[no-any-return]
+
+
+@dataclass
+class Fill:
+    """One filled order as journaled in ``fills``. Slippage is signed, adverse positive: a
+    buy filled above, or a sell filled below, the requested price. Volatility is the standard
+    deviation of the last 24 one-bar returns of the engine's timeframe
+    (:func:`engine.sizing.return_volatility`, the cost formula's measure), in return units and
+    as points of the requested price."""
+
+    client_id: str
+    symbol: str
+    bar_close: int
+    intent: str
+    venue: str
+    side: str  # buy | sell
+    volume: float
+    filled_at: float  # epoch seconds, UTC
+    hour_utc: int
+    requested_price: float | None
+    filled_price: float | None
+    slippage_price: float | None
+    slippage_points: float | None
+    spread_price: float | None
+    spread_points: float | None
+    volatility: float | None
+    volatility_points: float | None
+    retcode: int | None
+    deal: int | None
+    order_ticket: int | None
+    attempts: int = 1
 
 
 class DuplicateDecision(ValueError):
@@ -281,6 +343,7 @@ class Journal:
             self._migrate()
             for ddl in (
                 *_SCHEMA,
+                _FILLS,
                 _AUDIT_POSTGRES if self.postgres else _AUDIT_SQLITE,
                 _AUDIT_INDEX,
             ):
@@ -701,6 +764,32 @@ class Journal:
             "SELECT value FROM engine_state WHERE scope=? AND key=?", (self.scope, key)
         )
         return str(rows[0]["value"]) if rows else None
+
+    # --- fills --------------------------------------------------------------------------
+    def record_fill(self, fill: Fill) -> None:
+        """Journal one fill (inside the bar's transaction when one is open); a second fill
+        of the same client id is ignored (an order fills once)."""
+        d = {"scope": self.scope, **vars(fill)}
+        self._exec(
+            f"INSERT INTO fills ({','.join(d)}) VALUES ({','.join('?' * len(d))})"
+            " ON CONFLICT (scope, client_id) DO NOTHING",
+            list(d.values()),
+        )
+
+    def fills(self, symbol: str | None = None) -> list[Fill]:
+        """Fills of this scope (optionally of one symbol), oldest first."""
+        where, args = "scope=?", [self.scope]
+        if symbol is not None:
+            where, args = "scope=? AND symbol=?", [self.scope, symbol]
+        rows = self._query(
+            f"SELECT * FROM fills WHERE {where} ORDER BY filled_at, client_id", tuple(args)
+        )
+        out = []
+        for r in rows:
+            r.pop("scope", None)
+            r["bar_close"] = int(r["bar_close"])
+            out.append(Fill(**r))
+        return out
 
     # --- audit --------------------------------------------------------------------------
     def audit(

@@ -226,6 +226,7 @@ class Engine:
             on_retcode=lambda rc: self.metrics.orders.labels(str(rc)).inc(),
             may_send=lambda: not self.killed.is_set() and self.journal_up,
             send_gate=self.send_gate,
+            timeframe=timeframe,  # the fills' recent volatility
         )
         self.last_reconcile: dict[str, Any] = {}
         self._audit_unwritten: list[dict[str, Any]] = []  # audit rows waiting for the journal

@@ -98,3 +98,16 @@ def edge_points(
 def cost_points(spread_points: float, slippage_points: float, slippage_spread_frac: float) -> float:
     """Cost of a round trip's entry: spread plus predicted slippage, in points."""
     return spread_points + slippage_points + slippage_spread_frac * spread_points
+
+
+def return_volatility(close: np.ndarray, window: int = 24) -> float:
+    """Recent volatility: the standard deviation (ddof 1) of the last ``window`` one-bar
+    returns of ``close`` — the measure of the cost formula ``0.25 × spread + 0.05 ×
+    volatility`` (:class:`training.backtest.SpreadVolSlippage`), in return units. 0 with fewer
+    than two returns."""
+    c = np.asarray(close, dtype=float)[-(window + 1) :]
+    if len(c) < 3:
+        return 0.0
+    r = c[1:] / c[:-1] - 1.0
+    r = r[np.isfinite(r)]
+    return float(np.std(r, ddof=1)) if len(r) >= 2 else 0.0

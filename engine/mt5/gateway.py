@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from engine.mt5.protocol import Terminal, TerminalError
 from engine.mt5.resilient import Backoff, ResilientTerminal
-from engine.mt5.settings import MT5Settings
+from engine.mt5.settings import MT5Settings, SimSlippageSettings
 from engine.mt5.sim import BarFeed, ExportFeed, SimulatedTerminal, SyntheticFeed
 
 __all__ = ["MODES", "open_configured_terminal", "open_terminal"]
@@ -161,7 +161,11 @@ def _open_sim(
     if server is not None:
         kwargs["server"] = server
     term = SimulatedTerminal(
-        feed, clock=clock, server_utc_offset_hours=server_utc_offset_hours, **kwargs
+        feed,
+        clock=clock,
+        server_utc_offset_hours=server_utc_offset_hours,
+        slippage=SimSlippageSettings().process(),  # TX_SIM_SLIPPAGE_*; off by default
+        **kwargs,
     )
     if not term.initialize():
         raise TerminalError("initialize", term.last_error())

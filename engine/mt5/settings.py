@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["MT5Settings"]
+from engine.mt5.slippage import SlippageProcess, parse_sessions
+
+__all__ = ["MT5Settings", "SimSlippageSettings"]
 
 
 class MT5Settings(BaseSettings):
@@ -76,3 +78,59 @@ class MT5Settings(BaseSettings):
     def password_value(self) -> str | None:
         """The password in clear, for ``initialize`` only."""
         return self.password.get_secret_value() if self.password is not None else None
+
+
+class SimSlippageSettings(BaseSettings):
+    """The simulated terminal's slippage process, from ``TX_SIM_SLIPPAGE_*`` (see
+    :mod:`engine.mt5.slippage`). Off by default: the simulator then fills at the quote, as
+    before."""
+
+    model_config = SettingsConfigDict(env_prefix="TX_SIM_SLIPPAGE_", extra="ignore")
+
+    enabled: bool = Field(
+        default=False, description="Draw state-dependent slippage for simulated fills."
+    )
+    base_points: float = Field(default=0.0, ge=0, description="Constant part, points.")
+    spread_k: float = Field(default=0.25, ge=0, description="Points per point of spread.")
+    vol_k: float = Field(
+        default=0.05, ge=0, description="Points per point of recent volatility (stdev of returns)."
+    )
+    vol_window: int = Field(default=24, ge=2, description="Returns in the volatility window.")
+    impact_points: float = Field(
+        default=2.0, ge=0, description="Impact, points at volume = depth_lots (sqrt in size)."
+    )
+    depth_lots: float = Field(default=5.0, gt=0, description="Depth at the touch, lots.")
+    sessions: str = Field(
+        default="21-22:2.5,23-6:1.5",
+        description="Hour-of-day (UTC) multipliers 'H1-H2:mult,...'; other hours 1.",
+    )
+    noise_sigma: float = Field(
+        default=0.5, ge=0, description="Sigma of the mean-1 lognormal random factor."
+    )
+    seed: int = Field(default=0, description="Seed of the random part.")
+    requote: bool = Field(
+        default=True, description="Answer 10004 REQUOTE when a draw exceeds the deviation."
+    )
+
+    @field_validator("sessions")
+    @classmethod
+    def _sessions(cls, v: str) -> str:
+        parse_sessions(v)  # ValueError naming the bad part
+        return v
+
+    def process(self) -> SlippageProcess | None:
+        """The configured process, or ``None`` when disabled."""
+        if not self.enabled:
+            return None
+        return SlippageProcess(
+            base_points=self.base_points,
+            spread_k=self.spread_k,
+            vol_k=self.vol_k,
+            vol_window=self.vol_window,
+            impact_points=self.impact_points,
+            depth_lots=self.depth_lots,
+            sessions=self.sessions,
+            noise_sigma=self.noise_sigma,
+            seed=self.seed,
+            requote=self.requote,
+        )

@@ -21,8 +21,10 @@ official module's semantics where they matter to TitanovaX:
 * **Trading.** A retail *hedging* USD account with market execution. ``order_send`` handles
   ``TRADE_ACTION_DEAL`` (open, or close/partially close a position given by ``position``)
   and ``TRADE_ACTION_SLTP``; fills are at ask (buy) / bid (sell) moved against the trader by
-  ``slippage_points``; ``price`` and ``deviation`` are validated but, as in market
-  execution, not used for the fill. Positions with ``sl``/``tp`` are closed when a closed
+  ``slippage_points``, plus, with a ``slippage`` process (:mod:`engine.mt5.slippage`), a
+  state-dependent random draw (spread, volatility, size, hour) that answers 10004 REQUOTE when
+  it exceeds the request's ``deviation``; without one, ``price`` and ``deviation`` are
+  validated but, as in market execution, not used for the fill. Positions with ``sl``/``tp`` are closed when a closed
   base bar touches them (checked lazily at each call), starting with the bar that was
   forming at entry (SL first when both are touched in one bar; a gap fills at the bar's
   open; the deal is stamped with the bar's open time, or the entry time if later). Retcodes: 10009 done, 10013 invalid
@@ -106,6 +108,7 @@ from engine.mt5.protocol import (
     TRADE_RETCODE_MARKET_CLOSED,
     TRADE_RETCODE_NO_MONEY,
     TRADE_RETCODE_POSITION_CLOSED,
+    TRADE_RETCODE_REQUOTE,
     AccountInfo,
     OrderCheckResult,
     OrderSendResult,
@@ -118,6 +121,7 @@ from engine.mt5.protocol import (
     TradeRequest,
     timeframe_seconds,
 )
+from engine.mt5.slippage import SlippageProcess
 from engine.mt5.synthetic import (
     ORIGIN_UTC,
     SYMBOLS,
@@ -126,6 +130,7 @@ from engine.mt5.synthetic import (
     aggregate_rates,
     symbol_spec,
 )
+from engine.sizing import return_volatility
 
 __all__ = ["BarFeed", "ExportFeed", "SimulatedTerminal", "SyntheticFeed"]
 
@@ -399,6 +404,8 @@ class _Plan:
 class SimulatedTerminal:
     """An MT5 terminal simulated over a :class:`BarFeed` (see the module docstring)."""
 
+    venue_kind = "sim"  # the fills' venue is "sim:<login>"
+
     def __init__(
         self,
         feed: BarFeed,
@@ -414,6 +421,7 @@ class SimulatedTerminal:
         name: str = "TitanovaX Simulator",
         company: str = "TitanovaX",
         indexed: bool = True,
+        slippage: SlippageProcess | None = None,
     ) -> None:
         if leverage < 1:
             raise ValueError("leverage must be >= 1")
@@ -424,6 +432,7 @@ class SimulatedTerminal:
         self.server_utc_offset_hours = int(server_utc_offset_hours)
         self.leverage = int(leverage)
         self.slippage_points = int(slippage_points)
+        self.slippage = slippage  # state-dependent slippage of fills (engine.mt5.slippage)
         self.filling_mode = int(filling_mode)
         self.login = int(login)
         self.server = server
@@ -857,7 +866,7 @@ class SimulatedTerminal:
         self._request_id += 1
         echo = _echo(request)
         try:
-            plan = self._plan(request, echo)
+            plan = self._plan(request, echo, draw=True)
         except _Reject as rej:
             known = isinstance(echo.symbol, str) and echo.symbol in self._symbols()
             q = self._quote(echo.symbol) if known else None
@@ -1164,8 +1173,9 @@ class SimulatedTerminal:
 
     # -- internals: orders ---------------------------------------------------------------------
 
-    def _plan(self, request: Mapping[str, Any], echo: TradeRequest) -> _Plan:
-        """Validate a request against the current market; raise :class:`_Reject`."""
+    def _plan(self, request: Mapping[str, Any], echo: TradeRequest, draw: bool = False) -> _Plan:
+        """Validate a request against the current market; raise :class:`_Reject`. ``draw``
+        (``order_send``): draw the fill's slippage from the process, if any."""
         unknown = sorted(set(request) - _REQUEST_FIELDS)
         if unknown:
             raise _Reject(TRADE_RETCODE_INVALID, f"unknown request field(s) {unknown}")
@@ -1211,7 +1221,16 @@ class SimulatedTerminal:
                 raise _Reject(TRADE_RETCODE_INVALID_VOLUME, "volume exceeds the position's volume")
         if quote is None or not quote.open:
             raise _Reject(TRADE_RETCODE_MARKET_CLOSED, "Market closed")
-        slip = self.slippage_points * spec.point
+        slip_points = self.slippage_points
+        if draw and self.slippage is not None:
+            drawn = self._draw_slippage(symbol, spec, quote, echo.volume)
+            if self.slippage.requote and drawn > echo.deviation:
+                raise _Reject(
+                    TRADE_RETCODE_REQUOTE,
+                    f"Requote: slippage {drawn} points > deviation {echo.deviation}",
+                )
+            slip_points += drawn
+        slip = slip_points * spec.point
         if echo.type == ORDER_TYPE_BUY:
             price = round(quote.ask + slip, spec.digits)
         else:
@@ -1228,6 +1247,20 @@ class SimulatedTerminal:
                     f"No money: margin {plan.margin:.2f} > free margin {free:.2f}",
                 )
         return plan
+
+    def _draw_slippage(self, symbol: str, spec: SymbolSpec, quote: _Quote, volume: float) -> int:
+        """One draw of the slippage process for a fill now (points, adverse)."""
+        proc = self.slippage
+        assert proc is not None
+        tf = self._base(symbol)[0]
+        bars = self._last_bars(symbol, tf, self._horizon_utc(symbol), 1, proc.vol_window + 1)
+        vol = return_volatility(bars["close"], proc.vol_window) if bars is not None else 0.0
+        vol_points = vol * quote.bid / spec.point if spec.point else 0.0
+        now = self._now_utc()
+        hour = ((now if now is not None else quote.closed_end_utc) // 3600) % 24
+        return proc.draw(
+            spread_points=float(quote.spread), vol_points=vol_points, volume=volume, hour_utc=hour
+        )
 
     def _position_for(self, echo: TradeRequest) -> _Position:
         pos = self._positions.get(echo.position)

@@ -171,7 +171,14 @@ def main(argv: list[str] | None = None) -> None:
         def clock() -> int:
             return int(float(path.read_text().strip() or 0))
 
-    term = SimulatedTerminal(feed, clock=clock, server_utc_offset_hours=ns.server_utc_offset_hours)
+    from engine.mt5.settings import SimSlippageSettings
+
+    term = SimulatedTerminal(
+        feed,
+        clock=clock,
+        server_utc_offset_hours=ns.server_utc_offset_hours,
+        slippage=SimSlippageSettings().process(),  # TX_SIM_SLIPPAGE_*; off by default
+    )
 
     def ready(p: int) -> None:
         print(f"READY {p}", flush=True)
