@@ -97,7 +97,7 @@ def monitoring() -> None:
             "mlflow_run_id": mr.mlflow_run_id,
         }
 
-    record([check.override(task_id=name)(name) for name in CHECKS])
+    record([check.override(task_id=name)(name) for name in CHECKS])  # type: ignore[misc]
 
 
 dag = monitoring()
