@@ -167,7 +167,14 @@ def check_freshness(
     out: list[CheckResult] = []
     for sym in symbols:
         out.append(
-            judge(sym, timeframe, "lake", lake_newest(lake_dir, sym, timeframe), now, limits.lake_s)
+            judge(
+                sym,
+                timeframe,
+                "lake",
+                lake_newest(lake_dir, sym, timeframe, now),
+                now,
+                limits.lake_s,
+            )
         )
         out.append(
             judge(
