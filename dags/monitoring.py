@@ -11,6 +11,8 @@ fails only when a check could not run at all.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from airflow import sdk
 from airflow.timetables.interval import CronDataIntervalTimetable
@@ -34,17 +36,25 @@ Settings: `TX_MONITOR_*` (docs/monitoring.md). Param `checks` limits the run to 
 """
 
 
+def _work_dir(settings: Any, now: datetime, run_id: str | None) -> Path:
+    """Scratch folder shared by one DAG run's tasks (under TX_HOME: workers share it)."""
+    return settings.home / "monitoring" / (run_id or f"{now:%Y%m%dT%H%M}").replace(":", "_")
+
+
 def _run_check(name: str, data_interval_end: datetime | None, run_id: str | None) -> list[dict]:
     import logging
+    import shutil
 
     from titanovax.monitor import MonitorContext, run_checks
     from titanovax.settings import PlatformSettings
 
     s = PlatformSettings()
     now = data_interval_end or datetime.now(UTC)
-    work = s.home / "monitoring" / (run_id or f"{now:%Y%m%dT%H%M}").replace(":", "_")
+    work = _work_dir(s, now, run_id)
     work.mkdir(parents=True, exist_ok=True)
     rows, took = run_checks(MonitorContext(s, now=now, work_dir=work), [name])
+    # the pulled bundle is not needed past the check; the report stays until `record` logs it
+    shutil.rmtree(work / "bundle", ignore_errors=True)
     log = logging.getLogger("airflow.task")
     for r in rows:
         if not r.subject.startswith(("feature:", "output:")):
@@ -77,7 +87,11 @@ def monitoring() -> None:
         return _run_check(name, data_interval_end, run_id)
 
     @sdk.task(trigger_rule="all_done")
-    def record(checked: list[list[dict] | None], data_interval_end: datetime | None = None) -> dict:
+    def record(
+        checked: list[list[dict] | None],
+        data_interval_end: datetime | None = None,
+        run_id: str | None = None,
+    ) -> dict:
         """Every check's rows (a check task that failed contributes none) → table, MLflow,
         actions."""
         from titanovax.monitor import MonitorContext, result_from_dict
@@ -89,7 +103,13 @@ def monitoring() -> None:
         durations = {r["check"]: float(r.pop("duration_s", 0.0)) for r in rows}
         results = [result_from_dict(r) for r in rows]
         now = data_interval_end or datetime.now(UTC)
-        mr = record_rows(MonitorContext(s, now=now), results, durations)
+        ctx = MonitorContext(s, now=now)
+        mr = record_rows(ctx, results, durations)
+        import shutil
+
+        # the check tasks' scratch folder (report now in MLflow); same path as _run_check
+        shutil.rmtree(_work_dir(s, now, run_id), ignore_errors=True)
+        ctx.cleanup()
         return {
             "run_id": mr.run_id,
             "worst": mr.worst,

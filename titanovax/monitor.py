@@ -54,11 +54,33 @@ class MonitorContext:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     bundle_dir: Path | None = None
     model_ref: str = "champion"
-    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tx_monitor_")))
+    work_dir: Path | None = None
+    """Scratch folder (pulled bundle, HTML report); default a temp folder that :func:`run`
+    removes once the report is in MLflow."""
     _bundle_resolved: bool = False
+    _owns_work_dir: bool = False
 
     def __post_init__(self) -> None:
         self.now = utc(self.now)
+
+    @property
+    def work(self) -> Path:
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="tx_monitor_"))
+            self._owns_work_dir = True
+        return self.work_dir
+
+    def cleanup(self) -> None:
+        """Remove the scratch folder when this context created it."""
+        if self._owns_work_dir and self.work_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.work_dir = None
+            self._owns_work_dir = False
+            if self.bundle_dir is not None and self._bundle_resolved:
+                self.bundle_dir = None
+                self._bundle_resolved = False
 
     def bundle(self) -> Path | None:
         """The champion bundle folder, or ``None`` when no version carries the alias."""
@@ -68,7 +90,7 @@ class MonitorContext:
         from training.registry import BundleError, pull_bundle
 
         try:
-            pull_bundle(self.settings, self.model_ref, self.work_dir / "bundle")
+            pull_bundle(self.settings, self.model_ref, self.work / "bundle")
         except BundleError as exc:
             log.info("no %s bundle: %s", self.model_ref, exc)
             return None
@@ -77,7 +99,7 @@ class MonitorContext:
                 log.info("no %s bundle: %s", self.model_ref, exc)
                 return None
             raise
-        self.bundle_dir = self.work_dir / "bundle"
+        self.bundle_dir = self.work / "bundle"
         return self.bundle_dir
 
 
@@ -179,7 +201,7 @@ def drift(ctx: MonitorContext) -> list[CheckResult]:
         limits=DriftLimits(
             s.monitor_psi_threshold, s.monitor_drift_warn_share, s.monitor_drift_breach_share
         ),
-        report_path=ctx.work_dir / "drift_report.html",
+        report_path=ctx.work / "drift_report.html",
         window=(start, ctx.now),
     )
 
@@ -273,7 +295,10 @@ def run(
     """Run the checks (all, or ``only``), store the rows, log the MLflow run, call ``actions``
     (``on_check(name)`` is called before each check: progress)."""
     results, durations = run_checks(ctx, only, on_check)
-    return record(ctx, results, durations, actions, log_mlflow=log_mlflow)
+    try:
+        return record(ctx, results, durations, actions, log_mlflow=log_mlflow)
+    finally:
+        ctx.cleanup()
 
 
 def record(

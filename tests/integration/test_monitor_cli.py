@@ -78,7 +78,7 @@ def test_monitor_when_run_through_tx_then_results_mlflow_and_metrics_agree(home:
     assert by[("freshness", "EURUSD/M5/lake")]["status"] == "breach"
     assert by[("freshness", "EURUSD/M5/offline")]["status"] == "ok"
     assert by[("freshness", "EURUSD/M5/online")]["status"] == "skipped"  # no TX_REDIS_URL
-    assert took < 60, took
+    assert took < 120, took  # seconds when idle; generous for a loaded shared CI machine
 
     # the results table answers `tx monitor results`
     res = runner.invoke(app, ["monitor", "results", "--check", "drift", "--latest", "--json"])
