@@ -553,11 +553,10 @@ class MonitorResultsCollector:
             ts = r["at"].timestamp()
             status.add_metric([r["check"], r["subject"]], STATUS_VALUE[r["status"]])
             per_check[r["check"]] = max(per_check.get(r["check"], 0.0), ts)
-            ev, m = r["evidence"], r["metrics"]
-            if r["check"] == "freshness" and "lag_seconds" in m:
-                lag.add_metric(
-                    [ev["symbol"], ev["timeframe"], ev["store"]], float(m["lag_seconds"])
-                )
+            m = r["metrics"]
+            parts = r["subject"].split("/")  # SYMBOL/TIMEFRAME/store
+            if r["check"] == "freshness" and "lag_seconds" in m and len(parts) == 3:
+                lag.add_metric(parts, float(m["lag_seconds"]))
             if r["check"] == "drift" and "drift_share" in m:
                 share.add_metric([r["subject"]], float(m["drift_share"]))
         for c, ts in per_check.items():
