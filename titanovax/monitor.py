@@ -54,11 +54,33 @@ class MonitorContext:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     bundle_dir: Path | None = None
     model_ref: str = "champion"
-    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tx_monitor_")))
+    work_dir: Path | None = None
+    """Scratch folder (pulled bundle, HTML report); default a temp folder that :func:`run`
+    removes once the report is in MLflow."""
     _bundle_resolved: bool = False
+    _owns_work_dir: bool = False
 
     def __post_init__(self) -> None:
         self.now = utc(self.now)
+
+    @property
+    def work(self) -> Path:
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="tx_monitor_"))
+            self._owns_work_dir = True
+        return self.work_dir
+
+    def cleanup(self) -> None:
+        """Remove the scratch folder when this context created it."""
+        if self._owns_work_dir and self.work_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.work_dir = None
+            self._owns_work_dir = False
+            if self.bundle_dir is not None and self._bundle_resolved:
+                self.bundle_dir = None
+                self._bundle_resolved = False
 
     def bundle(self) -> Path | None:
         """The champion bundle folder, or ``None`` when no version carries the alias."""
@@ -68,7 +90,7 @@ class MonitorContext:
         from training.registry import BundleError, pull_bundle
 
         try:
-            pull_bundle(self.settings, self.model_ref, self.work_dir / "bundle")
+            pull_bundle(self.settings, self.model_ref, self.work / "bundle")
         except BundleError as exc:
             log.info("no %s bundle: %s", self.model_ref, exc)
             return None
@@ -77,7 +99,7 @@ class MonitorContext:
                 log.info("no %s bundle: %s", self.model_ref, exc)
                 return None
             raise
-        self.bundle_dir = self.work_dir / "bundle"
+        self.bundle_dir = self.work / "bundle"
         return self.bundle_dir
 
 
@@ -179,7 +201,7 @@ def drift(ctx: MonitorContext) -> list[CheckResult]:
         limits=DriftLimits(
             s.monitor_psi_threshold, s.monitor_drift_warn_share, s.monitor_drift_breach_share
         ),
-        report_path=ctx.work_dir / "drift_report.html",
+        report_path=ctx.work / "drift_report.html",
         window=(start, ctx.now),
     )
 
@@ -252,7 +274,9 @@ def default_actions() -> Callable[[MonitorContext, list[CheckResult]], list[dict
 
 
 def run_checks(
-    ctx: MonitorContext, only: list[str] | None = None
+    ctx: MonitorContext,
+    only: list[str] | None = None,
+    on_check: Callable[[str], None] | None = None,
 ) -> tuple[list[CheckResult], dict[str, float]]:
     names = list(only) if only else list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
@@ -261,6 +285,8 @@ def run_checks(
     results: list[CheckResult] = []
     durations: dict[str, float] = {}
     for name in names:
+        if on_check is not None:
+            on_check(name)
         t0 = time.perf_counter()
         try:
             rows = CHECKS[name](ctx)
@@ -282,10 +308,29 @@ def run(
     actions: Callable[[MonitorContext, list[CheckResult]], list[dict[str, Any]]] | None = None,
     *,
     log_mlflow: bool = True,
+    on_check: Callable[[str], None] | None = None,
 ) -> MonitorRun:
-    """Run the checks (all, or ``only``), store the rows, log the MLflow run, call ``actions``."""
-    results, durations = run_checks(ctx, only)
-    mr = MonitorRun(uuid.uuid4().hex[:12], ctx.now, results, durations)
+    """Run the checks (all, or ``only``), store the rows, log the MLflow run, call ``actions``
+    (``on_check(name)`` is called before each check: progress)."""
+    results, durations = run_checks(ctx, only, on_check)
+    try:
+        return record(ctx, results, durations, actions, log_mlflow=log_mlflow)
+    finally:
+        ctx.cleanup()
+
+
+def record(
+    ctx: MonitorContext,
+    results: list[CheckResult],
+    durations: dict[str, float],
+    actions: Callable[[MonitorContext, list[CheckResult]], list[dict[str, Any]]] | None = None,
+    *,
+    log_mlflow: bool = True,
+    run_id: str | None = None,
+) -> MonitorRun:
+    """Store, log and act on the rows of checks already run (the DAG runs each check as its
+    own task and records them together)."""
+    mr = MonitorRun(run_id or uuid.uuid4().hex[:12], ctx.now, results, durations)
     store_results(ctx.settings.monitor_db, mr.run_id, results)
     if log_mlflow:
         mr.mlflow_run_id = log_run(ctx, mr)
@@ -293,6 +338,19 @@ def run(
     if act is not None:
         mr.actions = list(act(ctx, results) or [])
     return mr
+
+
+def result_from_dict(d: dict[str, Any]) -> CheckResult:
+    """The inverse of :meth:`CheckResult.to_dict` (rows passed between DAG tasks as XCom)."""
+    return CheckResult(
+        check=d["check"],
+        subject=d["subject"],
+        status=d["status"],
+        detail=d["detail"],
+        at=datetime.fromisoformat(d["at"]),
+        metrics=dict(d.get("metrics") or {}),
+        evidence=dict(d.get("evidence") or {}),
+    )
 
 
 # --- the results table ------------------------------------------------------------------------
@@ -513,11 +571,10 @@ class MonitorResultsCollector:
             ts = r["at"].timestamp()
             status.add_metric([r["check"], r["subject"]], STATUS_VALUE[r["status"]])
             per_check[r["check"]] = max(per_check.get(r["check"], 0.0), ts)
-            ev, m = r["evidence"], r["metrics"]
-            if r["check"] == "freshness" and "lag_seconds" in m:
-                lag.add_metric(
-                    [ev["symbol"], ev["timeframe"], ev["store"]], float(m["lag_seconds"])
-                )
+            m = r["metrics"]
+            parts = r["subject"].split("/")  # SYMBOL/TIMEFRAME/store
+            if r["check"] == "freshness" and "lag_seconds" in m and len(parts) == 3:
+                lag.add_metric(parts, float(m["lag_seconds"]))
             if r["check"] == "drift" and "drift_share" in m:
                 share.add_metric([r["subject"]], float(m["drift_share"]))
         for c, ts in per_check.items():

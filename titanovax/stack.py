@@ -90,6 +90,7 @@ class StackSettings(BaseSettings):
 PORTS = {
     "pusher_metrics": 8,
     "airflow_exporter": 12,
+    "monitor_exporter": 13,
     "serving": 30,
     "mlflow": 50,
     "engine": 65,
@@ -164,7 +165,7 @@ class StackContext:
         return f"http://127.0.0.1:{self.stack.port(PORTS[key])}"
 
 
-DATABASES = ("airflow", "mlflow", "celery", "journal", "optuna")
+DATABASES = ("airflow", "mlflow", "celery", "journal", "optuna", "monitoring")
 
 
 def platform_env(ctx: StackContext) -> dict[str, str]:
@@ -186,6 +187,7 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
             "TX_SERVING_TOKEN": ctx.secrets["serving_token"],
             "TX_ENGINE_TOKEN": ctx.secrets["engine_token"],
             "TX_JOURNAL_URL": ctx.db_url("journal", "postgresql"),
+            "TX_MONITOR_DB_URL": ctx.db_url("monitoring"),
             "BENTOML_HOME": str(ctx.home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "DO_NOT_TRACK": "1",
@@ -358,6 +360,18 @@ def observe_services(ctx: StackContext, base: dict[str, str], af: dict[str, str]
             af,
             Health(url=f"{ctx.url('airflow_exporter')}/metrics"),
         ),
+        Service(  # the monitoring verdicts (results table) for Prometheus
+            "monitor-exporter",
+            [
+                str(VENV_BIN / "tx"),
+                "monitor",
+                "exporter",
+                "--port",
+                str(s.port(PORTS["monitor_exporter"])),
+            ],
+            base,
+            Health(url=f"{ctx.url('monitor_exporter')}/metrics"),
+        ),
         Service(
             "prometheus",
             [
@@ -435,6 +449,7 @@ def render_observe_configs(ctx: StackContext) -> None:
         ScrapeTarget("serving", [addr("serving")], bearer_token_file=tokens["serving_token"]),
         ScrapeTarget("pusher", [addr("pusher_metrics")]),
         ScrapeTarget("airflow", [addr("airflow_exporter")]),
+        ScrapeTarget("monitor", [addr("monitor_exporter")]),
         ScrapeTarget("prometheus", [addr("prometheus")]),
         ScrapeTarget("alertmanager", [addr("alertmanager")]),
     ]

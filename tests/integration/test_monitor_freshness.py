@@ -146,3 +146,17 @@ def test_freshness_when_christmas_then_the_holiday_is_closed_time(
     start = datetime(2026, 12, 24, 16, 0, tzinfo=UTC)  # 11:00 New York, before the early close
     end = datetime(2026, 12, 26, 12, 0, tzinfo=UTC)
     assert market_seconds("EURUSD", start, end) <= 2 * 3600
+
+
+def test_freshness_when_judged_as_of_a_past_time_then_later_rows_do_not_count(
+    tmp_path: Path, redis: object
+) -> None:
+    """``tx monitor run --at``: a lake written up to Friday, judged as of Wednesday noon, has
+    its newest row at Wednesday noon, not in the future."""
+    now = datetime(2026, 1, 14, 12, 0, tzinfo=UTC)
+    _lake(tmp_path, "EURUSD", now - timedelta(hours=2))
+    _lake(tmp_path, "EURUSD", datetime(2026, 1, 16, 12, 0, tzinfo=UTC))
+    _offline(tmp_path, "EURUSD", datetime(2026, 1, 16, 12, 0, tzinfo=UTC))
+    got = _run(tmp_path, redis, now)
+    assert got["EURUSD/M5/lake"] == ("ok", pytest.approx(2 * 3600))
+    assert got["EURUSD/M5/offline"][0] == "breach"  # nothing at or before now

@@ -61,26 +61,36 @@ def market_open(symbol: str, at: datetime) -> bool:
     return not any(int(w0) <= t < int(w1) for w0, w1 in closed)
 
 
-def lake_newest(lake_dir: Path, symbol: str, timeframe: str) -> datetime | None:
-    """Close time of the newest bar in the lake (the newest day partition only is read)."""
-    parts = sorted(
-        (lake_dir / f"symbol={symbol}" / f"timeframe={timeframe}").glob("date=*/bars.parquet")
-    )
-    for p in reversed(parts):
-        df = pd.read_parquet(p, columns=["close_time"])
-        if len(df):
-            return pd.Timestamp(df["close_time"].max()).to_pydatetime()
+def _newest(parts: list[tuple[str, Path]], column: str, until: datetime | None) -> datetime | None:
+    """Newest ``column`` value up to ``until`` over day files ``(YYYY-MM-DD, path)``, newest
+    day first (judging as of a past time ignores what was written after it)."""
+    for day, p in sorted(parts, reverse=True):
+        if until is not None and day > f"{until:%Y-%m-%d}":
+            continue
+        ts = pd.to_datetime(pd.read_parquet(p, columns=[column])[column], utc=True)
+        if until is not None:
+            ts = ts[ts <= pd.Timestamp(until)]
+        if len(ts):
+            return pd.Timestamp(ts.max()).to_pydatetime()
     return None
 
 
-def offline_newest(offline_dir: Path, symbol: str, timeframe: str) -> datetime | None:
+def lake_newest(
+    lake_dir: Path, symbol: str, timeframe: str, until: datetime | None = None
+) -> datetime | None:
+    """Close time of the newest bar in the lake (day partitions read newest first)."""
+    root = lake_dir / f"symbol={symbol}" / f"timeframe={timeframe}"
+    parts = [(p.parent.name.removeprefix("date="), p) for p in root.glob("date=*/bars.parquet")]
+    return _newest(parts, "close_time", until)
+
+
+def offline_newest(
+    offline_dir: Path, symbol: str, timeframe: str, until: datetime | None = None
+) -> datetime | None:
     """Newest ``event_timestamp`` of the offline feature parquet of one view."""
-    parts = sorted(offline_dir.glob(f"{symbol}_{timeframe}_*.parquet"))
-    for p in reversed(parts):
-        df = pd.read_parquet(p, columns=["event_timestamp"])
-        if len(df):
-            return pd.Timestamp(df["event_timestamp"].max()).to_pydatetime()
-    return None
+    prefix = f"{symbol}_{timeframe}_"
+    parts = [(p.stem.removeprefix(prefix), p) for p in offline_dir.glob(f"{prefix}*.parquet")]
+    return _newest(parts, "event_timestamp", until)
 
 
 def online_newest(redis: Any, project: str, symbol: str, view: str) -> datetime | None:
@@ -157,14 +167,21 @@ def check_freshness(
     out: list[CheckResult] = []
     for sym in symbols:
         out.append(
-            judge(sym, timeframe, "lake", lake_newest(lake_dir, sym, timeframe), now, limits.lake_s)
+            judge(
+                sym,
+                timeframe,
+                "lake",
+                lake_newest(lake_dir, sym, timeframe, now),
+                now,
+                limits.lake_s,
+            )
         )
         out.append(
             judge(
                 sym,
                 timeframe,
                 "offline",
-                offline_newest(offline_dir, sym, timeframe),
+                offline_newest(offline_dir, sym, timeframe, now),
                 now,
                 limits.offline_s,
                 {"view": view},
