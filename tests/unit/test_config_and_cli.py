@@ -24,13 +24,14 @@ def _env_names(cls: type) -> set[str]:
 def test_env_example_when_read_then_documents_every_setting_of_every_deployable() -> None:
     from engine.config import EngineSettings
     from serving.settings import ServingSettings
+    from titanovax.observe import AlertThresholds
     from titanovax.settings import PlatformSettings
     from titanovax.stack import StackSettings
 
     documented = set(
         re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
     )
-    for cls in (PlatformSettings, ServingSettings, EngineSettings, StackSettings):
+    for cls in (PlatformSettings, ServingSettings, EngineSettings, StackSettings, AlertThresholds):
         missing = _env_names(cls) - documented
         assert not missing, f"{cls.__name__}: not in .env.example: {sorted(missing)}"
 
