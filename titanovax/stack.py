@@ -413,6 +413,7 @@ def render_observe_configs(ctx: StackContext) -> None:
     itself and Alertmanager; the rules of ``infra/prometheus/rules``) and Alertmanager's
     (every alert to the notifier's webhook), with the tokens in files of mode 600."""
     from titanovax.observe import (
+        AlertThresholds,
         ScrapeTarget,
         render_alertmanager_config,
         render_prometheus_config,
@@ -443,6 +444,7 @@ def render_observe_configs(ctx: StackContext) -> None:
         PROJECT_ROOT / "infra" / "prometheus" / "rules",
         obs / "prometheus",
         alertmanagers=[addr("alertmanager")],
+        thresholds=AlertThresholds(),  # TX_ALERT_*
     )
     render_alertmanager_config(f"{ctx.url('notifier')}/alertmanager", obs / "alertmanager")
 
@@ -943,15 +945,70 @@ def wait_healthy(
     return result
 
 
-def up(ctx: StackContext, say: Callable[[str], None] = print) -> dict[str, Any]:
+def select(table: list[Service], only: list[str] | None) -> list[Service]:
+    """The rows of ``table`` named in ``only`` (table order); all of them when ``only`` is
+    None. An unknown name is an error naming it and the choices."""
+    if only is None:
+        return table
+    names = [s.name for s in table]
+    unknown = [n for n in only if n not in names]
+    if unknown or not only:
+        raise StackError(
+            f"unknown service {', '.join(map(repr, unknown)) or '(none given)'} for --only; "
+            f"choose from: {', '.join(names)}"
+        )
+    return [s for s in table if s.name in only]
+
+
+#: services that read the Feast repo's online store layout (``tx features apply`` first)
+_NEEDS_FEAST = {"pusher", "engine", "serving"}
+
+
+def _prepare_subset(ctx: StackContext, table: list[Service], say: Callable[[str], None]) -> None:
+    """What a chosen subset needs of :func:`_prepare`: the databases (the engine's journal,
+    MLflow's backend), the observability configs, the Feast repo when a feature reader or
+    writer runs; Airflow's migration only when an Airflow service is chosen."""
+    names = {s.name for s in table}
+    if any(n.startswith("airflow") for n in names):
+        _prepare(ctx, say)
+        return
+    ctx.log_dir.mkdir(parents=True, exist_ok=True)
+    render_observe_configs(ctx)
+    (ctx.home / "mlartifacts").mkdir(parents=True, exist_ok=True)
+    _ensure_databases(ctx)
+    if names & _NEEDS_FEAST:
+        env = {**os.environ, **platform_env(ctx)}
+        if _run_once(ctx, "feast-applied", [str(VENV_BIN / "tx"), "features", "apply"], env):
+            say("feast: repo applied (online store on " + ctx.online_redis_url + ")")
+
+
+def running_services(ctx: StackContext) -> list[str] | None:
+    """Names of the services the running supervisor was started with (None: not running)."""
+    if supervisor_pid(ctx) is None:
+        return None
+    try:
+        spec = json.loads((ctx.state_dir / "spec.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return [s["name"] for s in spec.get("services", [])]
+
+
+def up(
+    ctx: StackContext, say: Callable[[str], None] = print, only: list[str] | None = None
+) -> dict[str, Any]:
     """Start the stack (or what of it is not running) and wait until every service is
-    healthy. Idempotent: a running stack is checked, not started twice."""
+    healthy. Idempotent: a running stack is checked, not started twice. ``only`` starts a
+    chosen subset of the table under the same supervisor (e.g. ``["engine", "pusher"]``
+    for the self-healing tests); the full stack is ``only=None``."""
     t0 = time.monotonic()
-    table = services(ctx)
+    table = select(services(ctx), only)
     pid = supervisor_pid(ctx)
     if pid is None:
         check_ports(ctx, table)
-        _prepare(ctx, say)
+        if only is None:
+            _prepare(ctx, say)
+        else:
+            _prepare_subset(ctx, table, say)
         pid = _start_supervisor(ctx, table)
         say(f"supervisor (circus) pid {pid}; waiting for health checks")
         _wait_controller(ctx, 30.0)
@@ -992,6 +1049,9 @@ def status(ctx: StackContext) -> list[dict[str, Any]]:
     table = services(ctx)
     if supervisor_pid(ctx) is None:
         return [{"service": svc.name, "state": "down", "pids": [], "health": "-"} for svc in table]
+    started = running_services(ctx)
+    if started is not None:  # a subset (`up --only`): report what runs
+        table = [svc for svc in table if svc.name in started]
     statuses = watcher_status(ctx)
     rows = []
     for svc in table:
@@ -1058,10 +1118,20 @@ def _fail(exc: Exception) -> None:
 
 
 @stack_app.command("up")
-def up_cmd() -> None:
+def up_cmd(
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help="Comma-separated services to start (e.g. engine,pusher); default: all. "
+            "`tx stack status` lists the names.",
+        ),
+    ] = None,
+) -> None:
     """Start every service (idempotent), wait for each health check, print the URLs."""
+    chosen = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
     try:
-        out = up(context(), say=typer.echo)
+        out = up(context(), say=typer.echo, only=chosen)
     except StackError as exc:
         _fail(exc)
         return
