@@ -186,6 +186,8 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
             "TX_SERVING_TOKEN": ctx.secrets["serving_token"],
             "TX_ENGINE_TOKEN": ctx.secrets["engine_token"],
             "TX_JOURNAL_URL": ctx.db_url("journal", "postgresql"),
+            # the backups DAG dumps MLflow's backend store (the tracking URI is the server)
+            "TX_BACKUP_MLFLOW_BACKEND_URI": ctx.db_url("mlflow", "postgresql"),
             "BENTOML_HOME": str(ctx.home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "DO_NOT_TRACK": "1",

@@ -24,6 +24,7 @@ def _env_names(cls: type) -> set[str]:
 def test_env_example_when_read_then_documents_every_setting_of_every_deployable() -> None:
     from engine.config import EngineSettings
     from serving.settings import ServingSettings
+    from titanovax.backup import BackupSettings
     from titanovax.observe import AlertThresholds
     from titanovax.settings import PlatformSettings
     from titanovax.stack import StackSettings
@@ -31,7 +32,14 @@ def test_env_example_when_read_then_documents_every_setting_of_every_deployable(
     documented = set(
         re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
     )
-    for cls in (PlatformSettings, ServingSettings, EngineSettings, StackSettings, AlertThresholds):
+    for cls in (
+        PlatformSettings,
+        ServingSettings,
+        EngineSettings,
+        StackSettings,
+        AlertThresholds,
+        BackupSettings,
+    ):
         missing = _env_names(cls) - documented
         assert not missing, f"{cls.__name__}: not in .env.example: {sorted(missing)}"
 
