@@ -10,9 +10,12 @@ row of :func:`services`: name, command, environment, health check. The compose f
 State lives under ``$TX_HOME/stack/``: ``spec.json`` (the table as started), ``circusd.pid``,
 ``secrets.json`` (generated tokens, mode 600), ``logs/<service>.log``.
 
-Restarts: circus respawns a service that exits; its flapping plugin holds a service that
-crashes 3 times within 60 s back for 10 s before each new round, and never gives up (circus
-0.18 stops its whole arbiter when one watcher is left with no process).
+Restarts: circus respawns a service that exits; its flapping plugin detects a service that
+crashes 3 times within 60 s and asks to hold it back for 10 s before each new round, and
+never gives up (circus 0.18 stops its whole arbiter when one watcher is left with no
+process). The hold-back is a cast the arbiter may refuse while it is respawning, so it is
+not guaranteed (docs/operations-heal.md has the measured behaviour). ``up(only=[...])``
+(``tx stack up --only engine,pusher``) starts a chosen subset under the same supervisor.
 """
 
 from __future__ import annotations
@@ -690,6 +693,11 @@ def supervise(spec_path: Path) -> None:
                 "window": 60,
                 "retry_in": 10,
                 "max_retry": -1,  # keep trying: a watcher that gives up stops circus 0.18
+                # circus closes a plugin's stdout/stderr unless told otherwise; the plugin's
+                # sockets then reuse fds 1 and 2 and its first log line (the one announcing
+                # the flapping) lands on a socket: the stop never happens. Inherit circusd.log.
+                "close_child_stdout": False,
+                "close_child_stderr": False,
             }
         ],
     )
