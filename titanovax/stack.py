@@ -10,11 +10,12 @@ row of :func:`services`: name, command, environment, health check. The compose f
 State lives under ``$TX_HOME/stack/``: ``spec.json`` (the table as started), ``circusd.pid``,
 ``secrets.json`` (generated tokens, mode 600), ``logs/<service>.log``.
 
-Restarts: circus respawns a service that exits; its flapping plugin detects a service that
-crashes 3 times within 60 s and asks to hold it back for 10 s before each new round, and
-never gives up (circus 0.18 stops its whole arbiter when one watcher is left with no
-process). The hold-back is a cast the arbiter may refuse while it is respawning, so it is
-not guaranteed (docs/operations-heal.md has the measured behaviour). ``up(only=[...])``
+Restarts: circus respawns a service that exits and never gives up (circus 0.18 stops its
+whole arbiter when one watcher is left with no process). The backoff is ours
+(:mod:`titanovax.restart_backoff`, before every start): a service that started 3 times
+within 60 s waits 10 s, then 20, 40, 60 s before the next start. Circus's flapping plugin
+still runs and logs "flapping detected", but its hold-back is a cast the arbiter refuses
+while it is respawning (docs/operations-heal.md has the measured behaviour). ``up(only=[...])``
 (``tx stack up --only engine,pusher``) starts a chosen subset under the same supervisor.
 """
 
@@ -652,14 +653,19 @@ def _call(ctx: StackContext, command: str, **props: Any) -> dict[str, Any]:
 
 
 def watcher_config(ctx: StackContext, svc: Service, table: list[Service]) -> dict[str, Any]:
-    """circus's watcher for ``svc``. A service with ``after`` starts as a small waiter that
-    execs the service's command (same pid) once those services answer their health URL."""
+    """circus's watcher for ``svc``. Every start goes through the restart backoff
+    (:mod:`titanovax.restart_backoff`: a crash loop waits 10, 20, 40, 60 s before the next
+    start), then execs the service (same pid). A service with ``after`` then starts as a
+    small waiter that execs the service's command once those services answer their health
+    URL."""
     logfile = str(ctx.log_dir / f"{svc.name}.log")
     stream = {"class": "FileStream", "filename": logfile}
     argv = svc.argv
     if svc.after:
         urls = [s.health.url for s in table if s.name in svc.after and s.health.url]
         argv = [sys.executable, "-m", "titanovax.stack", "--after", *urls, "--", *svc.argv]
+    starts = ctx.state_dir / "restarts" / f"{svc.name}.json"
+    argv = [sys.executable, "-m", "titanovax.restart_backoff", str(starts), "--", *argv]
     return {
         "name": svc.name,
         "cmd": shlex.join(argv),
@@ -873,6 +879,9 @@ def check_ports(ctx: StackContext, table: list[Service]) -> None:
 
 
 def _start_supervisor(ctx: StackContext, table: list[Service]) -> int:
+    import shutil
+
+    shutil.rmtree(ctx.state_dir / "restarts", ignore_errors=True)  # a new supervisor: no history
     spec = {
         "controller": _endpoint(ctx, "circus.ctl"),
         "pubsub": _endpoint(ctx, "circus.pub"),

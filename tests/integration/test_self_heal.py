@@ -2,8 +2,9 @@
 paper engine and the feature pusher under circus (the stack's own supervisor, same watcher
 settings as the full stack); the test SIGKILLs their real PIDs and asserts circus brings each
 back (new PID, health check passes, its heartbeat gauge moves past the kill: the pusher's on
-a real bar close), that a crash loop is detected by circus's flapping plugin while circus
-keeps restarting the engine (it never gives up), and prints the measured times to recovery.
+a real bar close), that a crash loop is slowed by the restart backoff (the fourth start
+within a minute waits 10 s or more; circus never gives up), and prints the measured times
+to recovery.
 
 M1 bars keep "a real bar close after the restart" within a minute; Redis is a private
 server, PostgreSQL databases are named ``tx_ops_heal<pid>_*`` and dropped afterwards.
@@ -230,46 +231,54 @@ def test_engine_and_pusher_when_sigkilled_then_circus_restarts_them_and_heartbea
         assert t < 60
 
 
-def test_engine_when_it_keeps_crashing_then_circus_detects_flapping_and_still_restarts_it(
+def test_engine_when_it_keeps_crashing_then_each_restart_waits_longer_and_it_comes_back(
     heal: Heal,
 ) -> None:
+    from titanovax.restart_backoff import ATTEMPTS, BASE_S
+
     # Arrange: a healthy engine
     wait_for(lambda: heal.healthy("engine"), 120, "engine healthy")
-    circus_log = Path(heal.env["TX_HOME"]) / "stack" / "logs" / "circusd.log"
+    log = Path(heal.env["TX_HOME"]) / "stack" / "logs" / "engine.log"
 
-    def flapping_seen() -> bool:
-        return "engine: flapping detected" in circus_log.read_text(errors="replace")
+    def started() -> int | None:
+        """A new engine process past the backoff wrapper (exec'd into `tx engine run`)."""
+        for p in heal.pids("engine"):
+            with contextlib.suppress(psutil.Error):
+                if p not in killed and "restart_backoff" not in " ".join(
+                    psutil.Process(p).cmdline()
+                ):
+                    return p
+        return None
 
-    # Act: a crash loop: each new engine process is SIGKILLed as soon as circus starts it,
-    # until circus's flapping plugin reports it. It counts deaths in chunks of `attempts`
-    # (3) and flaps when a chunk spans less than `window` (60 s); an earlier test's kill may
-    # start the chunk, so up to two more kills than three are needed.
+    # Act: a crash loop: each new engine process is SIGKILLed right after it starts,
+    # ATTEMPTS times, so the next start is the (ATTEMPTS+1)-th within the window
     killed: list[int] = []
-    while not flapping_seen():
-        assert len(killed) < 6, f"no flapping detected after {len(killed)} fast crashes"
-        pid = wait_for(
-            lambda: next((p for p in heal.pids("engine") if p not in killed), None),
-            60,
-            "a new engine process",
-            0.05,
-        )
+    for _ in range(ATTEMPTS):
+        pid = wait_for(started, 90, "a new engine process", 0.05)
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
-        t_last = time.monotonic()
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).wait(10)
-        deadline = time.monotonic() + 3.0  # the plugin hears the reap within a second
-        while not flapping_seen() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    t_last = time.monotonic()
 
-    # Assert: circus never gives up on it (max_retry -1): a new engine process is healthy
-    while True:
-        new = [p for p in heal.pids("engine") if p not in killed]
-        if new and heal.healthy("engine"):
-            break
-        assert time.monotonic() - t_last < 180, "engine not back within 180 s"
-        time.sleep(0.1)
+    # Assert: circus respawns at once (a new pid within seconds), but that start waits the
+    # backoff before the engine runs; then it is healthy and circus's state is active
+    respawned = wait_for(
+        lambda: next((p for p in heal.pids("engine") if p not in killed), None),
+        30,
+        "circus respawning the engine",
+        0.05,
+    )
+    t_respawn = time.monotonic() - t_last
+    wait_for(lambda: heal.healthy("engine"), 180, "engine healthy after the backoff", 0.2)
     took = time.monotonic() - t_last
-    print(f"\nengine crash loop: healthy {took:.1f} s after the last of {len(killed)} kills")
+    print(
+        f"\nengine crash loop: circus respawned in {t_respawn:.1f} s, healthy {took:.1f} s"
+        f" after the last of {len(killed)} kills (backoff {BASE_S:.0f} s or more)"
+    )
+    assert t_respawn < 10
+    assert took >= BASE_S
+    assert heal.pids("engine") == [respawned]  # the waiting process became the engine
+    assert "restart backoff: engine started" in log.read_text(errors="replace")
     assert heal.state("engine") == "active"
     assert heal.status()["engine"]["health"] == "healthy"
