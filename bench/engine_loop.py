@@ -82,6 +82,7 @@ def make_bundle(out: Path, names: list[str], symbols: list[str]) -> Path:
     data = xgb_to_onnx(SimpleNamespace(booster=model), len(names)).SerializeToString()
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.onnx").write_bytes(data)
+    model.get_booster().save_model(str(out / "xgb_booster.ubj"))  # serving's TreeSHAP
     manifest = {
         "model_name": "tx_bench",
         "model_version": "bench-1",
@@ -101,6 +102,13 @@ def make_bundle(out: Path, names: list[str], symbols: list[str]) -> Path:
         "test_range": [START, START + 7 * 86_400],
         "metrics": {},
         "feature_views": ["trend_fv"],
+        "native_booster": "xgb_booster.ubj",
+        "explanation_outputs": {
+            "regime_state": None,
+            "regime_probabilities": None,
+            "member_weights": None,
+            "members": [{"name": "xgb", "probabilities": "probabilities"}],
+        },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
@@ -379,6 +387,18 @@ def main() -> None:
         default=0,
         help="also print a cProfile of an N-day run by component (0: off)",
     )
+    ap.add_argument(
+        "--explain-compare",
+        action="store_true",
+        help="only compare tick-to-decision via serving with explanations on (journaled + "
+        "contributions worker calling /v1/explain) and off, interleaved in one run",
+    )
+    ap.add_argument(
+        "--bar-gap-ms",
+        type=float,
+        default=50.0,
+        help="--explain-compare: wall time between bar closes, both modes (live M5: 300000)",
+    )
     ap.add_argument("--serving-url", default=None)
     ap.add_argument("--serving-token", default=None)
     args = ap.parse_args()
@@ -404,6 +424,16 @@ def main() -> None:
             f"bundle: {bundle} ({manifest.get('model_version')}, sha256 {manifest['bundle_sha256'][:12]}…) in {time.perf_counter() - t:.1f} s"
         )
         s = PlatformSettings(symbols=symbols, home=tmp / "home")
+        if args.explain_compare:
+            explain_compare(
+                args,
+                bundle,
+                manifest,
+                tmp,
+                lambda: backtest_world(s, START, START + 3 * 86_400, names),
+                symbols,
+            )
+            return
         summary = []
         for days in spans:
             end = START + days * 86_400
@@ -604,6 +634,95 @@ def serving(
             stop_server(proc)
 
 
+def explain_compare(
+    args: Any,
+    bundle: Path,
+    manifest: dict[str, Any],
+    tmp: Path,
+    world: Any,
+    symbols: list[str],
+    rounds: int = 6,
+) -> None:
+    """Tick-to-decision with explanations on and off, in one run against one serving: the
+    bars are decided in ``rounds`` alternating blocks (off, on, off, on, ...), each block a
+    fresh engine on a fresh file journal. "On": the engine journals probabilities,
+    explanation and feature vector, and the contributions worker runs next to it (its own
+    thread and journal connection, POST /v1/explain). "Off": ``explain=False``, no worker.
+
+    Bars arrive ``--bar-gap-ms`` apart in both modes (live M5 bars are 300 s apart; a replay
+    without any gap would measure a worker competing with back-to-back decisions, which
+    never happens live): the worker explains each bar in the gap after its commit."""
+    from engine.explain_worker import ExplainClient, ExplainWorker
+    from engine.serving_client import ServingClient
+
+    url, token, proc = args.serving_url, args.serving_token, None
+    if url is None:
+        url, token, proc = _start_serving(bundle, manifest, tmp)
+    try:
+        w0 = world()
+        n_per = max(1, args.serving_bars // len(symbols))
+        closes = w0.closes[:n_per]
+        stages: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+        stored = 0
+        for i in range(rounds):
+            on = bool(i % 2)
+            w = world()
+            client = ServingClient(url, timeout_s=2.0, token=token)
+            for c in closes[:3]:  # warm the connection
+                w.set_time(c)
+                client.predict(w.features.read(symbols[0]))
+            target = str(tmp / f"explain-{i}.sqlite")
+            e = _engine(w, client, target)
+            e.explain = on
+            worker = None
+            if on:
+                worker = ExplainWorker(
+                    target,
+                    e.journal.scope,
+                    ExplainClient(url, token=token),
+                    poll_s=0.005,
+                    batch=len(symbols),
+                ).start()
+            w.set_time(closes[0])
+            gap = args.bar_gap_ms / 1e3
+
+            def paced(t: int, w: Any = w, gap: float = gap) -> None:
+                time.sleep(gap)  # the time until the next bar closes (both modes alike)
+                w.set_time(t)
+
+            e.replay(closes, symbols, paced)
+            stages[on] += e.stats.stages_ms
+            if worker is not None:
+                worker.drain(120)
+                worker.stop()
+                stored += worker.stored
+                rows = e.journal.rows()
+                assert all(r["explanation"] and r["features"] for r in rows if r["model_version"])
+            client.close()
+        print(
+            f"\ntick-to-decision via serving ({url}), explanations off vs on, {rounds} interleaved blocks"
+        )
+        print(
+            f"  {'':<22}{'n':>7}{'total p50 ms':>14}{'total p99 ms':>14}{'predict p50':>13}{'predict p99':>13}"
+        )
+        for on in (False, True):
+            pc = _pcts(stages[on])
+            tot, pre = pc["total_ms"], pc["predict_ms"]
+            label = "explanations on" if on else "explanations off"
+            print(
+                f"  {label:<22}{tot[2]:>7}{tot[0]:>14.3f}{tot[1]:>14.3f}{pre[0]:>13.3f}{pre[1]:>13.3f}"
+            )
+        print(
+            f"  contributions stored by the worker meanwhile: {stored}; "
+            f"bars {args.bar_gap_ms:g} ms apart"
+        )
+    finally:
+        if proc is not None:
+            from serving.server import stop_server
+
+            stop_server(proc)
+
+
 def _start_serving(bundle: Path, manifest: dict[str, Any], tmp: Path) -> tuple[str, str, Any]:
     from serving import importer
     from serving.server import start_server, wait_ready
@@ -611,6 +730,7 @@ def _start_serving(bundle: Path, manifest: dict[str, Any], tmp: Path) -> tuple[s
 
     home = tmp / "bentoml"
     store = importer._model_store(home)
+    booster = bundle / str(manifest.get("native_booster", ""))
     tag = importer._save(
         store,
         "tx_bench",
@@ -619,6 +739,9 @@ def _start_serving(bundle: Path, manifest: dict[str, Any], tmp: Path) -> tuple[s
         (bundle / "model.onnx").read_bytes(),
         manifest,
         source="bench",
+        booster=booster.read_bytes()
+        if manifest.get("native_booster") and booster.is_file()
+        else None,
     )
     token = "bench-token"
     port = free_port()

@@ -11,10 +11,14 @@ One run, on this machine, interleaved so that CPU speed changes hit every case a
      ``@bentoml.api`` with a pydantic input, default config, 1 worker) on the same ONNX file;
    single-client p50/p99 with a light raw-socket client and with ``httpx.Client``, the same
    paced at one call every 2 ms (a bar-driven engine's cadence), and throughput at
-   concurrency 1, 8 and 32 (threads, one keep-alive connection each).
+   concurrency 1, 8 and 32 (threads, one keep-alive connection each);
+   - ``tx /v1/explain``: the same one-row body to the TreeSHAP endpoint of the same server,
+     interleaved with ``/v1/predict`` (single-client latency only), so explain vs predict
+     p50/p99 come from the same run.
 
 The bundle is a 13-feature, 200-tree 3-class XGBoost exported to ONNX and registered in a
-temporary MLflow registry, like training's trend_v1 bundles. The client runs on the same two
+temporary MLflow registry, like training's trend_v1 bundles, with its native booster
+(``xgb_booster.ubj``) as training ships it. The client runs on the same two
 cores as the server, so throughput figures include the client's own CPU.
 
     .venv/bin/python bench/serving.py            # about 1.5 minutes
@@ -106,6 +110,8 @@ def build_bundle(root: Path) -> tuple[str, Path, str]:
     )
     onnx_path = root / "model.onnx"
     onnx_path.write_bytes(onx.SerializeToString())
+    booster_path = root / "xgb_booster.ubj"
+    clf.get_booster().save_model(str(booster_path))
     manifest = {
         "model_name": MODEL_NAME,
         "feature_service": "trend_v1",
@@ -122,6 +128,8 @@ def build_bundle(root: Path) -> tuple[str, Path, str]:
         "test_range": ["2024-02-01", "2024-03-01"],
         "label_horizon": 12,
         "metrics": {},
+        "family": "xgboost",
+        "native_booster": "xgb_booster.ubj",
     }
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -134,6 +142,7 @@ def build_bundle(root: Path) -> tuple[str, Path, str]:
                 name="model",
                 onnx_execution_providers=["CPUExecutionProvider"],
                 metadata={"tx_manifest": manifest},
+                extra_files=[str(booster_path)],
             )
         mv = mlflow.register_model(info.model_uri, MODEL_NAME)
         client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
@@ -443,8 +452,14 @@ def main() -> None:
                 Target("tx /v1/predict", tx_url, "/v1/predict", TOKEN),
                 Target("bentoml-min /predict", base_url, "/predict", None),
             ]
-            http: dict[str, dict[str, Any]] = {t.name: {} for t in targets}
+            explain = Target("tx /v1/explain", tx_url, "/v1/explain", TOKEN)
+            http: dict[str, dict[str, Any]] = {t.name: {} for t in [*targets, explain]}
             for _round in range(2):  # interleave the targets, twice
+                client = RawClient(explain.base_url, explain.path, body, explain.token)
+                http[explain.name].setdefault("raw_client", []).append(
+                    latency(client.call, args.calls, 0.0)
+                )
+                client.close()
                 for t in targets:
                     # a fresh connection per case: an idle one may pass the keep-alive timeout
                     cases: dict[str, tuple[Any, int, float]] = {
@@ -456,7 +471,7 @@ def main() -> None:
                         client = cls(t.base_url, t.path, body, t.token)
                         http[t.name].setdefault(k, []).append(latency(client.call, n, pause))
                         client.close()
-            for t in targets:
+            for t in [*targets, explain]:
                 for k in list(http[t.name]):
                     http[t.name][k] = stats(np.concatenate(http[t.name][k]))
             for c in (1, 8, 32):
@@ -480,6 +495,12 @@ def main() -> None:
         k = f"req_per_s_c{c}"
         print(
             f"  {'throughput c=' + str(c):<36} {tx[k]:9.0f}/s  {base[k]:9.0f}/s  {tx[k] / base[k]:5.1f}x"
+        )
+    ex = http["tx /v1/explain"]["raw_client"]
+    print("\nsame server, one row, raw client        /v1/explain      /v1/predict    ratio")
+    for q in ("p50_ms", "p99_ms"):
+        print(
+            f"  {q:<36} {ex[q]:10.3f} ms {tx['raw_client'][q]:10.3f} ms  {ex[q] / tx['raw_client'][q]:5.1f}x"
         )
     inside = results["tx_server_side"]
     print(

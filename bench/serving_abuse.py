@@ -491,7 +491,8 @@ def probe_during(
 
 
 def build_and_import(root: Path) -> tuple[str, str]:
-    """A 5-feature XGBoost bundle registered as champion and imported into BentoML.
+    """A 5-feature XGBoost bundle registered as champion and imported into BentoML, with its
+    native booster (so ``/v1/explain`` runs TreeSHAP under the fuzzing too).
     Returns (tracking URI, BentoML tag)."""
     import hashlib
 
@@ -522,7 +523,10 @@ def build_and_import(root: Path) -> tuple[str, str]:
         "positions": [-1, 0, 1],
         "min_confidence": 0.4,
         "bundle_sha256": hashlib.sha256(onx.SerializeToString()).hexdigest(),
+        "family": "xgboost",
+        "native_booster": "xgb_booster.ubj",
     }
+    clf.get_booster().save_model(str(root / "xgb_booster.ubj"))
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     with _use_tracking_uri(uri):
@@ -534,6 +538,7 @@ def build_and_import(root: Path) -> tuple[str, str]:
                 name="model",
                 onnx_execution_providers=["CPUExecutionProvider"],
                 metadata={"tx_manifest": manifest},
+                extra_files=[str(root / "xgb_booster.ubj")],
             )
         mv = mlflow.register_model(info.model_uri, MODEL_NAME)
         client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from engine.app import ModelHandle, build_engine
+    from engine.app import ModelHandle, build_engine, start_explain_worker
     from engine.config import EngineSettings
     from engine.control import ControlServer
     from engine.features import OnlineFeatureReader
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         login=es.mt5_login,
         password=es.mt5_password,
         server=es.mt5_server,
+        bridge_timeout_s=es.terminal_timeout_s,
+        reconnect_attempts=es.terminal_attempts,
     )
     reader = OnlineFeatureReader(
         redis.Redis.from_url(es.redis_url),
@@ -74,6 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     engine = build_engine(
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time
     )
+    from engine.reconcile import ReconcileLoop
+
+    recon = (
+        ReconcileLoop(
+            engine,
+            es.reconcile_interval_s,
+            terminal=open_terminal(  # a link of its own: never waits behind a decision
+                "bridge",
+                host=es.mt5_host,
+                port=es.mt5_port,
+                login=es.mt5_login,
+                password=es.mt5_password,
+                server=es.mt5_server,
+                bridge_timeout_s=es.terminal_timeout_s,
+                reconnect_attempts=es.terminal_attempts,
+            )
+            if es.mt5_mode == "bridge"
+            else None,
+        ).start()
+        if es.reconcile_interval_s > 0
+        else None
+    )
+    worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")
     if token:
@@ -89,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
+        if recon is not None:
+            recon.stop()
         if server is not None:
             server.stop()
+        if worker is not None:
+            worker.stop()
     return 0
 
 

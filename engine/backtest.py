@@ -14,7 +14,7 @@ import logging
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -174,7 +174,10 @@ class PrecomputedModel:
         self.hits += 1
         pred = self._answers.get(key)
         if pred is None:
-            pred = self._answers[key] = self._prediction(self._probs[row.symbol][i])
+            probs = self._probs[row.symbol][i]
+            pred = self._answers[key] = replace(
+                self._prediction(probs), explanation=self.model._explanation(row, probs, {})
+            )
         return pred
 
     def _prediction(self, probs: np.ndarray) -> Prediction:

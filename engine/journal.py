@@ -14,6 +14,10 @@ Tables (same SQL on both back ends):
   A crash between the two leaves a ``pending`` row that reconciliation resolves against the
   terminal's positions and deals on the next start.
 * ``engine_state`` — key/value JSON (risk state, filling-mode cache) that survives restarts.
+* ``audit`` — one row per operator or automatic action on the trading state (kill, flatten,
+  resume, reload, reduce, reconciliation reduce/resolve): when (UTC ISO), who (``actor``),
+  what (``action``), why (``reason``) and what changed (``detail`` JSON: state before/after,
+  positions flattened, mismatches). Appended only; :meth:`Journal.audit_rows` reads it back.
 
 **Scope.** Every row of the three tables carries a ``scope``: ``<account login>:<magic>:<mode>``
 (set by the engine once it knows its account, :meth:`Journal.set_scope`). Two engines, or a
@@ -74,6 +78,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     latency_ms TEXT NOT NULL,
     reason_code TEXT,
     trading_state TEXT,
+    probabilities TEXT,
+    explanation TEXT,
+    features TEXT,
+    contributions TEXT,
+    feature_sequence TEXT,
     PRIMARY KEY (scope, symbol, bar_close)
 )""",
     """
@@ -102,11 +111,64 @@ CREATE TABLE IF NOT EXISTS engine_state (
     PRIMARY KEY (scope, key)
 )""",
 )
+# the audit table's key differs per back end (an autoincrementing id); created next to _SCHEMA
+_AUDIT_SQLITE = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope TEXT NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT,
+    detail TEXT NOT NULL
+)"""
+_AUDIT_POSTGRES = _AUDIT_SQLITE.replace(
+    "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"
+)
+_AUDIT_INDEX = "CREATE INDEX IF NOT EXISTS audit_scope ON audit (scope, id)"
 _TABLES = ("decisions", "intents", "engine_state")
 FINAL_INTENT = frozenset({"done", "failed", "recovered"})
 """Intent statuses that need no reconciliation (``pending`` and ``not_sent`` do)."""
-_JSON_DECISION = ("order_request", "order_result", "latency_ms")
+_JSON_DECISION = (
+    "order_request",
+    "order_result",
+    "latency_ms",
+    "probabilities",
+    "explanation",
+    "features",
+    "contributions",
+)
+_EXPLAIN_COLUMNS = (
+    "probabilities",
+    "explanation",
+    "features",
+    "contributions",
+    "feature_sequence",
+)
+"""Nullable JSON columns added to ``decisions`` by the explanations (journals of an older layout
+get them through ``ALTER TABLE ... ADD COLUMN``; their old rows keep NULL)."""
 _JSON_INTENT = ("request", "result")
+
+
+def encode_sequence(seq: Any) -> str:
+    """A float32 ``[L, C]`` array as compact JSON text (shape + base64 of its bytes)."""
+    import base64
+
+    import numpy as np
+
+    a = np.ascontiguousarray(seq, dtype="<f4")
+    return json.dumps({"shape": list(a.shape), "f4": base64.b64encode(a.tobytes()).decode()})
+
+
+def decode_sequence(text: str) -> list[Any]:
+    """:func:`encode_sequence`'s array back, as nested lists (a request body)."""
+    import base64
+
+    import numpy as np
+
+    d = json.loads(text)
+    a = np.frombuffer(base64.b64decode(d["f4"]), dtype="<f4").reshape(d["shape"])
+    return a.tolist()  # type: ignore[no-any-return]
 
 
 class DuplicateDecision(ValueError):
@@ -150,6 +212,13 @@ class DecisionRecord:
     latency_ms: dict[str, float]
     reason_code: str | None = None
     trading_state: str | None = None
+    probabilities: dict[str, float] | None = None  # the model's class probabilities
+    explanation: dict[str, Any] | None = None  # serving's: regime state, members' votes/weights
+    features: dict[str, float] | None = None  # the tabular feature vector the model scored
+    contributions: dict[str, Any] | None = None  # TreeSHAP, filled later (off the hot path)
+    # a sequence bundle's bar sequence (float32 [L, C]), stored as base64 so serving can be
+    # asked to explain the very row it scored
+    feature_sequence: Any = None
 
 
 @dataclass
@@ -210,8 +279,13 @@ class Journal:
                 self._integrity = (sqlite3.IntegrityError,)
                 self._errors = (sqlite3.Error, OSError)
             self._migrate()
-            for ddl in _SCHEMA:
+            for ddl in (
+                *_SCHEMA,
+                _AUDIT_POSTGRES if self.postgres else _AUDIT_SQLITE,
+                _AUDIT_INDEX,
+            ):
                 self._exec(ddl)
+            self._add_explain_columns()
         except JournalUnavailable:
             raise
         except Exception as exc:
@@ -313,7 +387,8 @@ class Journal:
         return {r[0] for r in rows} or None
 
     def _migrate(self) -> None:
-        """Keep tables of the unscoped layout aside (``<table>_unscoped``)."""
+        """Keep tables of the unscoped layout aside (``<table>_unscoped``). Tables added
+        later (``audit``) are created by ``CREATE TABLE IF NOT EXISTS`` in an older journal."""
         for table in _TABLES:
             cols = self._columns(table)
             if cols is not None and "scope" not in cols:
@@ -324,6 +399,13 @@ class Journal:
                 self._db.execute(f"ALTER TABLE {table} RENAME TO {aside}")
                 if self.postgres:  # the primary key's index keeps the old name otherwise
                     self._db.execute(f"ALTER INDEX IF EXISTS {table}_pkey RENAME TO {aside}_pkey")
+
+    def _add_explain_columns(self) -> None:
+        """Give a ``decisions`` table of an older layout the explanation columns."""
+        cols = self._columns("decisions") or set()
+        for col in _EXPLAIN_COLUMNS:
+            if col not in cols:
+                self._db.execute(f"ALTER TABLE decisions ADD COLUMN {col} TEXT")
 
     # --- plumbing -----------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
@@ -352,8 +434,10 @@ class Journal:
     def record(self, rec: DecisionRecord) -> None:
         """Journal one decision; :class:`DuplicateDecision` if the bar was already journaled."""
         d = {"scope": self.scope, **vars(rec)}  # shallow: JSON columns serialised below
+        if d["feature_sequence"] is not None:
+            d["feature_sequence"] = encode_sequence(d["feature_sequence"])
         for k in _JSON_DECISION:
-            d[k] = json.dumps(d[k]) if d[k] is not None else None
+            d[k] = json.dumps(d[k], default=float) if d[k] is not None else None
         cols = ",".join(d)
         # ON CONFLICT DO NOTHING, not an integrity error: in PostgreSQL an error would abort
         # the whole group transaction
@@ -399,6 +483,61 @@ class Journal:
             for k in _JSON_DECISION:
                 d[k] = json.loads(d[k]) if d[k] else None
         return out
+
+    def decision(self, symbol: str, bar_close: int) -> dict[str, Any] | None:
+        """One decision row (JSON columns decoded), ``None`` when the bar was not decided."""
+        out = self._query(
+            "SELECT * FROM decisions WHERE scope=? AND symbol=? AND bar_close=?",
+            (self.scope, symbol, int(bar_close)),
+        )
+        if not out:
+            return None
+        d = out[0]
+        d.pop("scope", None)
+        for k in _JSON_DECISION:
+            d[k] = json.loads(d[k]) if d[k] else None
+        return d
+
+    def rows_upto(self, symbol: str, bar_close: int) -> list[dict[str, Any]]:
+        """Decisions of ``symbol`` up to and including ``bar_close``, oldest first (the
+        history an explanation of that bar may use)."""
+        out = self._query(
+            "SELECT * FROM decisions WHERE scope=? AND symbol=? AND bar_close<=?"
+            " ORDER BY bar_close",
+            (self.scope, symbol, int(bar_close)),
+        )
+        for d in out:
+            d.pop("scope", None)
+            for k in _JSON_DECISION:
+                d[k] = json.loads(d[k]) if d[k] else None
+        return out
+
+    def lacking_contributions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Decided bars with a feature vector but no contributions yet, oldest first (what
+        the explain worker computes, off the hot path)."""
+        rows = self._query(
+            "SELECT symbol, bar_close, features, feature_sequence FROM decisions WHERE scope=?"
+            " AND features IS NOT NULL AND contributions IS NULL"
+            " ORDER BY bar_close, symbol LIMIT ?",
+            (self.scope, int(limit)),
+        )
+        for r in rows:
+            r["features"] = json.loads(r["features"])
+            seq = r.pop("feature_sequence")
+            if seq:
+                r["sequence"] = decode_sequence(seq)
+        return rows
+
+    def set_contributions(self, symbol: str, bar_close: int, contributions: dict[str, Any]) -> None:
+        """Store a decision's feature contributions (written once, after its bar committed)."""
+        self._exec(
+            "UPDATE decisions SET contributions=? WHERE scope=? AND symbol=? AND bar_close=?",
+            (json.dumps(contributions), self.scope, symbol, int(bar_close)),
+        )
+
+    def scopes(self) -> list[str]:
+        """Every scope with decisions in this database (the monitor finds an engine's by it)."""
+        return [str(r["scope"]) for r in self._query("SELECT DISTINCT scope FROM decisions")]
 
     def counts(self) -> dict[str, int]:
         """Decisions by verdict."""
@@ -562,6 +701,79 @@ class Journal:
             "SELECT value FROM engine_state WHERE scope=? AND key=?", (self.scope, key)
         )
         return str(rows[0]["value"]) if rows else None
+
+    # --- audit --------------------------------------------------------------------------
+    def audit(
+        self,
+        action: str,
+        *,
+        actor: str = "operator",
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+        at: str | None = None,
+    ) -> dict[str, Any]:
+        """Append one audit row (committed at once outside a group transaction) and return it."""
+        from datetime import UTC, datetime
+
+        row: dict[str, Any] = {
+            "scope": self.scope,
+            "at": at or datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "actor": actor,
+            "action": action,
+            "reason": reason,
+            "detail": json.dumps(detail or {}, default=str),
+        }
+        self._exec(
+            "INSERT INTO audit (scope, at, actor, action, reason, detail) VALUES (?,?,?,?,?,?)",
+            tuple(row.values()),
+        )
+        row.pop("scope")
+        row["detail"] = detail or {}
+        return row
+
+    def audit_rows(self, limit: int = 50, *, scope_like: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit rows of this scope, newest first; ``scope_like`` (an SQL
+        LIKE pattern, e.g. ``%:20260101:live``) reads every matching scope instead and adds
+        each row's ``scope``."""
+        if scope_like is None:
+            where, arg = "scope=?", self.scope
+        else:
+            where, arg = "scope LIKE ?", scope_like
+        out = self._query(
+            f"SELECT id, scope, at, actor, action, reason, detail FROM audit WHERE {where}"
+            " ORDER BY id DESC LIMIT ?",
+            (arg, int(limit)),
+        )
+        for r in out:
+            r["id"] = int(r["id"])
+            r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+            if scope_like is None:
+                r.pop("scope")
+        return out
+
+    def known_client_ids(self, ids: set[str]) -> set[str]:
+        """Which of ``ids`` are client ids of intents of this scope (any age)."""
+        if not ids:
+            return set()
+        wanted = sorted(ids)
+        out: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            rows = self._query(
+                f"SELECT client_id FROM intents WHERE scope=? AND client_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                (self.scope, *chunk),
+            )
+            out |= {str(r["client_id"]) for r in rows}
+        return out
+
+    def intents_since(self, created_at: float) -> list[Intent]:
+        """Intents created at or after ``created_at`` (epoch s), oldest first."""
+        rows = self._query(
+            "SELECT * FROM intents WHERE scope=? AND created_at >= ? ORDER BY created_at, client_id",
+            (self.scope, float(created_at)),
+        )
+        return [self._intent(r) for r in rows]
 
     def close(self) -> None:
         """Close the connection."""

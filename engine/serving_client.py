@@ -40,6 +40,16 @@ from engine.features import FeatureRow
 log = logging.getLogger(__name__)
 
 CLASS_POSITIONS = {"short": -1, "flat": 0, "long": 1}
+EXPLAIN_OUTPUTS = (
+    "regime_state",
+    "regime_probabilities",
+    "member_weights",
+    "xgb_probabilities",
+    "transformer_probabilities",
+)
+"""The ensemble graph's explanation outputs (manifest ``explanation_outputs``), read by the
+in-process session when the graph has them."""
+MEMBER_NAMES = {"xgboost": "xgb", "transformer": "transformer"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,38 @@ class Prediction:
     bundle_sha256: str = ""
     source: str = "serving"  # serving | onnx
     confidence: float = 0.0
+    explanation: dict[str, Any] | None = None  # contract C5: regime + members (None: not sent)
+
+
+def parse_explanation(raw: Any) -> dict[str, Any] | None:
+    """Serving's ``explanation`` (contract C5) checked and normalised, ``None`` when absent.
+
+    Kept as sent (regime state and probabilities, each member's name, probabilities, weight);
+    a malformed one is dropped with a warning: it explains the decision, it never blocks it."""
+    if raw is None:
+        return None
+    try:
+        reg = raw.get("regime")
+        regime = (
+            {
+                "state": int(reg["state"]),
+                "probabilities": [float(x) for x in reg.get("probabilities") or []],
+            }
+            if reg
+            else None
+        )
+        members = [
+            {
+                "name": str(m["name"]),
+                "probabilities": [float(x) for x in m["probabilities"]],
+                "weight": float(m["weight"]),
+            }
+            for m in raw.get("members") or []
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("serving sent an unreadable explanation (%r): ignored", exc)
+        return None
+    return {"regime": regime, "members": members}
 
 
 class ServingUnavailable(RuntimeError):
@@ -129,13 +171,16 @@ class ServingClient:
             decision = str(p["decision"])
             confidence = float(p.get("confidence", 0.0))
             sha = str(data.get("bundle_sha256") or "")
+            explanation = parse_explanation(p.get("explanation"))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServingBadAnswer(f"unreadable serving answer: {exc!r}: {r.text[:200]}") from exc
         if position not in (-1, 0, 1) or not all(np.isfinite(v) for v in probs.values()):
             raise ServingBadAnswer(f"invalid serving answer: position {position}, {probs}")
         self.last_bundle_sha256 = sha
         self.last_model_version = version
-        return Prediction(version, position, decision, probs, sha, "serving", confidence)
+        return Prediction(
+            version, position, decision, probs, sha, "serving", confidence, explanation
+        )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -168,6 +213,23 @@ class OnnxModel:
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        outputs = {o.name for o in self.session.get_outputs()}
+        # the explanation's extra outputs, when the export ships them (regime state, members)
+        self.explain_spec: dict[str, Any] | None = manifest.get("explanation_outputs")
+        wanted = set(EXPLAIN_OUTPUTS)
+        if self.explain_spec:
+            wanted |= {
+                str(v)
+                for k, v in self.explain_spec.items()
+                if k != "members" and isinstance(v, str)
+            }
+            wanted |= {str(m["probabilities"]) for m in self.explain_spec.get("members", [])}
+        self.extra_outputs = sorted(n for n in wanted if n in outputs and n != self.prob_output)
+        self.run_outputs = [self.prob_output, *self.extra_outputs]
+        ens = manifest.get("ensemble_weights") or {}
+        self.member_names = [MEMBER_NAMES.get(m, m) for m in ens.get("members", [])]
+        self.weights = ens.get("by_regime_state")
+        self.regime = (manifest.get("thresholds") or {}).get("regime")
 
     @classmethod
     def from_dir(cls, bundle_dir: Path | str) -> OnnxModel:
@@ -186,7 +248,11 @@ class OnnxModel:
             if seq is None:
                 raise ServingUnavailable("bundle needs the sequence feature; the row has none")
             feeds[self.seq_input] = np.asarray(seq, dtype=np.float32)[None, ...]
-        probs = self.session.run([self.prob_output], feeds)[0][0]
+        out = self.session.run(self.run_outputs, feeds)
+        probs = out[0][0]
+        explanation = self._explanation(
+            row, probs, dict(zip(self.extra_outputs, out[1:], strict=True))
+        )
         k = int(np.argmax(probs))
         label = self.classes[k] if float(probs[k]) >= self.min_confidence else "flat"
         return Prediction(
@@ -197,7 +263,89 @@ class OnnxModel:
             self.bundle_sha256,
             "onnx",
             float(probs[k]),
+            explanation,
         )
+
+    def _explanation(
+        self, row: FeatureRow, probs: np.ndarray, extra: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """The same ``explanation`` serving sends (contract C5), from the graph's extra
+        outputs when it has them, else from the manifest: the regime state from its
+        thresholds (the rule the graph computes), one member with weight 1 otherwise."""
+        if self.explain_spec and extra:
+            return self._explanation_from_graph(probs, extra)
+        state: int | None = None
+        if "regime_state" in extra:
+            state = int(np.asarray(extra["regime_state"]).reshape(-1)[0])
+        elif self.regime:
+            try:
+                vol = float(row.values[self.regime["vol_feature"]])
+                trend = float(row.values[self.regime["trend_feature"]])
+                state = 2 * int(vol > float(self.regime["vol_threshold"])) + int(
+                    abs(trend) > float(self.regime["abs_trend_threshold"])
+                )
+            except (KeyError, TypeError, ValueError):
+                state = None
+        members: list[dict[str, Any]] = []
+        if self.weights is not None and state is not None and self.member_names:
+            w = self.weights[state]
+            for i, name in enumerate(self.member_names):
+                key = f"{name}_probabilities"
+                mp = extra.get(key)
+                members.append(
+                    {
+                        "name": name,
+                        "probabilities": [float(x) for x in mp[0]] if mp is not None else [],
+                        "weight": float(w[i]),
+                    }
+                )
+        else:
+            fam = str(self.manifest.get("family") or "model")
+            name = MEMBER_NAMES.get(fam, fam)
+            members.append(
+                {"name": name, "probabilities": [float(x) for x in probs], "weight": 1.0}
+            )
+        regime = {"state": state, "probabilities": []} if state is not None else None
+        return {"regime": regime, "members": members}
+
+    def _explanation_from_graph(
+        self, probs: np.ndarray, extra: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """The explanation from the outputs the manifest's ``explanation_outputs`` names."""
+        spec = self.explain_spec or {}
+
+        def first(name: Any) -> np.ndarray | None:
+            if not name:
+                return None
+            if name == self.prob_output:
+                return np.asarray(probs)
+            v = extra.get(str(name))
+            return None if v is None else np.asarray(v)[0]
+
+        st, rp, mw = (
+            first(spec.get("regime_state")),
+            first(spec.get("regime_probabilities")),
+            first(spec.get("member_weights")),
+        )
+        regime = (
+            {
+                "state": int(st),
+                "probabilities": [float(x) for x in rp] if rp is not None else [],
+            }
+            if st is not None
+            else None
+        )
+        members = []
+        for i, m in enumerate(spec.get("members", [])):
+            mp = first(m.get("probabilities"))
+            members.append(
+                {
+                    "name": str(m.get("name")),
+                    "probabilities": [float(x) for x in mp] if mp is not None else [],
+                    "weight": float(mw[i]) if mw is not None else 1.0,
+                }
+            )
+        return {"regime": regime, "members": members}
 
 
 class FallbackModel:

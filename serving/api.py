@@ -11,6 +11,9 @@ BentoML's routes (``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, docs):
   BentoML's per-API machinery or pydantic: the body is decoded straight into the API's
   msgspec Structs (``serving.request``) and scored by onnxruntime, inline on the event loop
   for small tabular bodies (tens of µs), on a worker thread otherwise;
+- ``POST /v1/explain`` takes the same body under the same limits and answers TreeSHAP
+  contributions of the XGBoost member (``serving.explain``), always on a worker thread;
+  query ``top_k`` (1..number of features, default 5) sizes each row's ``top`` list;
 - ``POST /v1/admin/reload`` resolves the registry aliases now and swaps what moved;
 - ``GET /v1/models`` describes what is served; ``GET /v1/schema`` gives the JSON Schemas;
 - everything else goes on to BentoML.
@@ -35,19 +38,21 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from serving.preprocess import FeatureValidationError
+from serving.explain import ATTRIBUTION, DEFAULT_TOP_K, prediction_explanations, treeshap
+from serving.preprocess import FeatureIssue, FeatureValidationError
 from serving.request import (
     HARD_MAX_BODY_BYTES,
     ParsedRequest,
+    _clip_name,
     render_json,
     render_predictions,
     render_validation_error,
 )
-from serving.schemas import ErrorResponse
+from serving.schemas import ErrorResponse, ExplainResponse
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
-    from serving.runtime import Scored, ServingRuntime, ServingState
+    from serving.runtime import LoadedModel, Scored, ServingRuntime, ServingState
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +65,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Paths answered without a token.
 PUBLIC_PATHS = frozenset({"/healthz"})
 PREDICT_PATHS = frozenset({"/v1/predict", "/predict"})
+EXPLAIN_PATH = "/v1/explain"
 RELOAD_PATH = "/v1/admin/reload"
 MODELS_PATH = "/v1/models"
 SCHEMA_PATH = "/v1/schema"
-OWN_PATHS = PREDICT_PATHS | {RELOAD_PATH, MODELS_PATH, SCHEMA_PATH}
+OWN_PATHS = PREDICT_PATHS | {EXPLAIN_PATH, RELOAD_PATH, MODELS_PATH, SCHEMA_PATH}
 #: Bodies up to this size (of tabular bundles) are parsed and scored on the event loop (tens
 #: of µs); larger ones on a worker thread, at most ``LARGE_SLOTS`` at once.
 INLINE_BYTES = 64 * 1024
@@ -162,12 +168,14 @@ class ApiMiddleware:
         t0: float,
     ) -> None:
         method = scope["method"]
-        if path in PREDICT_PATHS:
+        if path in PREDICT_PATHS or path == EXPLAIN_PATH:
             if method != "POST":
                 await _method_not_allowed(send, "POST")
                 self._observe(endpoint, version, "bad_request", t0)
                 return
-            await self._predict(scope, receive, send, runtime, endpoint, t0)
+            await self._predict(
+                scope, receive, send, runtime, endpoint, t0, explain=path == EXPLAIN_PATH
+            )
         elif path == RELOAD_PATH:
             if method != "POST":
                 await _method_not_allowed(send, "POST")
@@ -189,7 +197,10 @@ class ApiMiddleware:
         runtime: ServingRuntime,
         endpoint: str,
         t0: float,
+        *,
+        explain: bool = False,
     ) -> None:
+        """``/v1/predict``, or with ``explain`` ``/v1/explain`` (same body, same checks)."""
         state = runtime.state  # one read: the whole request uses these models
         champ = state.champion
         codec = champ.codec
@@ -202,6 +213,23 @@ class ApiMiddleware:
             )
             self._observe(endpoint, champ.model_version, "bad_request", t0)
 
+        top_k = DEFAULT_TOP_K
+        if explain:
+            if champ.booster is None:
+                await refuse(
+                    404,
+                    f"model v{champ.model_version} ships no native booster "
+                    "(manifest 'native_booster'): no TreeSHAP for it; retrain to get one",
+                )
+                return
+            try:
+                top_k = _top_k(scope, champ.spec.n_features)
+            except FeatureValidationError as exc:
+                await _respond_raw(
+                    send, 400, render_validation_error(exc), extra_headers=[id_header]
+                )
+                self._observe(endpoint, champ.model_version, "bad_request", t0)
+                return
         if not _is_json(scope):
             await refuse(415, "Content-Type must be application/json")
             return
@@ -226,7 +254,7 @@ class ApiMiddleware:
                 return
             large = len(body) > INLINE_BYTES
             try:
-                if not large and champ.spec.sequence is None:
+                if not explain and not large and champ.spec.sequence is None:
                     parsed, scored = self._parse_and_score(runtime, state, body)
                 else:
                     import anyio.to_thread
@@ -242,16 +270,26 @@ class ApiMiddleware:
                 return
             del body
         try:
-            out = render_predictions(
-                parsed,
-                scored.probabilities,
-                scored.decisions,
-                champ.spec.classes,
-                model_name=champ.model_name,
-                model_version=champ.model_version,
-                bundle_sha256=champ.bundle_sha256,
-                request_id=request_id,
-            )
+            if explain:
+                import anyio.to_thread
+
+                out = await anyio.to_thread.run_sync(
+                    render_explain, champ, parsed, scored, request_id, top_k
+                )
+            else:
+                out = render_predictions(
+                    parsed,
+                    scored.probabilities,
+                    scored.decisions,
+                    champ.spec.classes,
+                    model_name=champ.model_name,
+                    model_version=champ.model_version,
+                    bundle_sha256=champ.bundle_sha256,
+                    request_id=request_id,
+                    explanations=prediction_explanations(
+                        champ.spec, scored.probabilities, scored.outputs
+                    ),
+                )
         except Exception:
             logger.exception("predict failed (request %s)", request_id)
             await _respond(
@@ -264,6 +302,8 @@ class ApiMiddleware:
             return
         await _respond_raw(send, 200, out, extra_headers=[id_header])
         self._observe(endpoint, champ.model_version, "ok", t0)
+        if explain:
+            return  # an explanation is not a prediction: no row count, no shadow
         if self.ref.metrics is not None:
             self.ref.metrics.rows.labels(champ.model_version).inc(parsed.n_rows)
         runtime.shadow_submit(scored, parsed, request_id)
@@ -356,6 +396,70 @@ class ApiMiddleware:
         metrics = self.ref.metrics
         if metrics is not None:
             metrics.observe(endpoint, version, outcome, time.perf_counter() - t0)
+
+
+def render_explain(
+    champ: LoadedModel, parsed: ParsedRequest, scored: Scored, request_id: str, top_k: int
+) -> bytes:
+    """The ``/v1/explain`` body: TreeSHAP of the XGBoost member per row (worker thread)."""
+    rows = treeshap(
+        champ.booster,
+        champ.spec,
+        parsed.matrix,
+        scored.probabilities,
+        scored.outputs,
+        parsed.symbols,
+        parsed.feature_times,
+        top_k,
+    )
+    members = (
+        {name for name, _ in champ.spec.explanation.members} if champ.spec.explanation else {"xgb"}
+    )
+    return render_json(
+        ExplainResponse(
+            model_name=champ.model_name,
+            model_version=champ.model_version,
+            bundle_sha256=champ.bundle_sha256,
+            request_id=request_id,
+            top_k=min(top_k, champ.spec.n_features),
+            attribution={k: v for k, v in ATTRIBUTION.items() if k in members},
+            explanations=rows,
+        )
+    )
+
+
+def _top_k(scope: Scope, n_features: int) -> int:
+    """The ``top_k`` query parameter (1..``n_features``, default ``DEFAULT_TOP_K``)."""
+    from urllib.parse import parse_qs
+
+    try:
+        query = parse_qs(
+            bytes(scope.get("query_string", b"")).decode("latin-1"), keep_blank_values=True
+        )
+    except ValueError:
+        query = {}
+    unknown = sorted(set(query) - {"top_k"})
+    issues = [
+        FeatureIssue(("query", _clip_name(k)), "unexpected_parameter", "unknown query parameter")
+        for k in unknown[:3]
+    ]
+    values = query.get("top_k")
+    top_k = min(DEFAULT_TOP_K, n_features)
+    if values is not None:
+        raw = values[-1]
+        if len(values) != 1 or not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= n_features:
+            issues.append(
+                FeatureIssue(
+                    ("query", "top_k"),
+                    "invalid_parameter",
+                    f"top_k must be one integer from 1 to {n_features} (the model's features)",
+                )
+            )
+        else:
+            top_k = int(raw)
+    if issues:
+        raise FeatureValidationError(issues)
+    return top_k
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

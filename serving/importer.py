@@ -1,7 +1,9 @@
 """Import the bundle an MLflow registry alias points to into the BentoML model store.
 
 The BentoML model is named like the registered model and versioned ``v<mlflow version>``
-(``tx_trend:v3``); it holds ``model.onnx`` and ``manifest.json`` and carries the labels
+(``tx_trend:v3``); it holds ``model.onnx``, ``manifest.json`` and, when the manifest names
+one (``native_booster``), the XGBoost member's booster for ``/v1/explain`` (logged by
+training as an MLflow extra file, ``extra_files/xgb_booster.ubj``), and carries the labels
 ``mlflow_version`` and ``alias``. Importing a version that is already in the store reuses it.
 """
 
@@ -87,11 +89,13 @@ def import_from_registry(
 
     with tempfile.TemporaryDirectory(prefix="tx_import_") as tmp:
         download_uri = client.get_model_version_download_uri(model_name, version)
-        onnx_bytes, manifest = _download_bundle(
+        onnx_bytes, manifest, booster = _download_bundle(
             download_uri, tracking_uri, f"{model_name} v{version}", Path(tmp)
         )
     _check_bundle(onnx_bytes, manifest)
-    tag = _save(store, model_name, version, alias, onnx_bytes, manifest, source=mv.source)
+    tag = _save(
+        store, model_name, version, alias, onnx_bytes, manifest, source=mv.source, booster=booster
+    )
     logger.info("imported %s@%s = v%s as %s", model_name, alias, version, tag)
     return ImportedModel(tag, version, manifest, created=True)
 
@@ -136,7 +140,7 @@ def _find_imported(store: ModelStore, name: str, version: str) -> StoredModel | 
 
 def _download_bundle(
     download_uri: str, tracking_uri: str, what: str, dst: Path
-) -> tuple[bytes, dict[str, Any]]:
+) -> tuple[bytes, dict[str, Any], bytes | None]:
     # The artifact location itself, not `models:/name/version`: MLflow 3.17 resolves the
     # latter with the process-global registry URI, ignoring the one passed in.
     import mlflow
@@ -158,7 +162,14 @@ def _download_bundle(
     onnx_path = local / onnx_file
     if not onnx_path.is_file():
         raise BundleImportError(f"{what} has no ONNX file {onnx_file!r}")
-    return onnx_path.read_bytes(), manifest
+    booster: bytes | None = None
+    name = manifest.get("native_booster")
+    if isinstance(name, str) and name:
+        found = [p for p in (local / "extra_files" / name, local / name) if p.is_file()]
+        if not found:
+            raise BundleImportError(f"{what}: manifest names {name!r}, the model has no such file")
+        booster = found[0].read_bytes()
+    return onnx_path.read_bytes(), manifest, booster
 
 
 def _check_bundle(onnx_bytes: bytes, manifest: dict[str, Any]) -> None:
@@ -180,6 +191,7 @@ def _save(
     manifest: dict[str, Any],
     *,
     source: str | None,
+    booster: bytes | None = None,
 ) -> str:
     import bentoml
     from bentoml import Tag
@@ -199,6 +211,8 @@ def _save(
         Path(model.path_of(MANIFEST_FILE)).write_text(
             json.dumps(manifest, indent=2, sort_keys=True)
         )
+        if booster is not None:
+            Path(model.path_of(str(manifest["native_booster"]))).write_bytes(booster)
         saved = str(model.tag)
     return saved
 

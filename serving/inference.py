@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -39,7 +40,7 @@ def warm_up(session: ort.InferenceSession, spec: BundleSpec, runs: int = 3) -> N
         else None
     )
     for _ in range(runs):
-        predict_proba(session, spec, matrix, seq)
+        predict_explained(session, spec, matrix, seq)
 
 
 def check_session(session: ort.InferenceSession, spec: BundleSpec) -> None:
@@ -84,6 +85,51 @@ def check_session(session: ort.InferenceSession, spec: BundleSpec) -> None:
         raise BundleMismatchError(
             f"ONNX graph has no output {spec.prob_output!r}; outputs: {outputs}"
         )
+    if spec.explanation is not None:
+        missing = [o for o in spec.explanation.extra_outputs if o not in outputs]
+        if missing:
+            raise BundleMismatchError(
+                f"ONNX graph has no outputs {missing} that the manifest's "
+                f"'explanation_outputs' promises; outputs: {outputs}"
+            )
+
+
+def _feeds(
+    spec: BundleSpec, matrix: np.ndarray, sequence: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    feeds = {spec.input_name: matrix}
+    if spec.sequence is not None:
+        if sequence is None:
+            raise ValueError(f"bundle needs its {spec.sequence.input_name!r} input")
+        feeds[spec.sequence.input_name] = sequence
+    return feeds
+
+
+def _checked(probs: Any, spec: BundleSpec, n: int) -> np.ndarray:
+    probs = np.asarray(probs)
+    if probs.shape != (n, len(spec.classes)):
+        raise BundleMismatchError(
+            f"output {spec.prob_output!r} has shape {list(probs.shape)}, expected "
+            f"[{n}, {len(spec.classes)}]"
+        )
+    return probs
+
+
+def predict_explained(
+    session: ort.InferenceSession,
+    spec: BundleSpec,
+    matrix: np.ndarray,
+    sequence: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``predict_proba`` plus the bundle's explanation outputs (regime state, member
+    probabilities and weights), all from ONE ``session.run``: the members are computed for
+    the probabilities anyway, so the explanation costs a few copied tensors."""
+    extra = spec.explanation.extra_outputs if spec.explanation is not None else ()
+    names = [spec.prob_output, *(o for o in extra if o != spec.prob_output)]
+    values = session.run(names, _feeds(spec, matrix, sequence))
+    probs = _checked(values[0], spec, matrix.shape[0])
+    outputs = dict(zip(names, (np.asarray(v) for v in values), strict=True))
+    return probs, outputs
 
 
 def predict_proba(
@@ -94,16 +140,5 @@ def predict_proba(
 ) -> np.ndarray:
     """Class probabilities ``[N, len(spec.classes)]`` for a float32 ``[N, F]`` matrix (and
     the float32 ``[N, SEQ_LEN, C]`` sequence when the bundle has one)."""
-    feeds = {spec.input_name: matrix}
-    if spec.sequence is not None:
-        if sequence is None:
-            raise ValueError(f"bundle needs its {spec.sequence.input_name!r} input")
-        feeds[spec.sequence.input_name] = sequence
-    (probs,) = session.run([spec.prob_output], feeds)
-    probs = np.asarray(probs)
-    if probs.shape != (matrix.shape[0], len(spec.classes)):
-        raise BundleMismatchError(
-            f"output {spec.prob_output!r} has shape {list(probs.shape)}, expected "
-            f"[{matrix.shape[0]}, {len(spec.classes)}]"
-        )
-    return probs
+    (probs,) = session.run([spec.prob_output], _feeds(spec, matrix, sequence))
+    return _checked(probs, spec, matrix.shape[0])

@@ -41,10 +41,78 @@ class BundleSpec:
     positions: tuple[int, ...]
     min_confidence: float
     sequence: SequenceSpec | None = None
+    explanation: ExplanationSpec | None = None
+    native_booster: str | None = None  # file of the XGBoost member's booster (TreeSHAP)
 
     @property
     def n_features(self) -> int:
         return len(self.features)
+
+
+@dataclass(frozen=True)
+class ExplanationSpec:
+    """Which graph outputs explain a prediction (manifest ``explanation_outputs``, see
+    ``training.export.explanation_outputs`` and docs/explanations.md).
+
+    ``members`` pairs each member's name with the output of its ``[N, C]`` probabilities;
+    ``member_weights`` is the ``[N, len(members)]`` output of their weights (None: a single
+    member of weight 1); ``regime_state`` ``[N]`` and ``regime_probabilities`` ``[N, S]``
+    are None for a bundle without a regime classifier."""
+
+    members: tuple[tuple[str, str], ...]
+    member_weights: str | None = None
+    regime_state: str | None = None
+    regime_probabilities: str | None = None
+
+    @property
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The outputs to fetch besides the probabilities, without duplicates, in order."""
+        names = [o for _, o in self.members]
+        names += [
+            n for n in (self.member_weights, self.regime_state, self.regime_probabilities) if n
+        ]
+        return tuple(dict.fromkeys(names))
+
+
+def _explanation_spec(manifest: Mapping[str, Any], prob_output: str) -> ExplanationSpec | None:
+    raw = manifest.get("explanation_outputs")
+    if raw is None:
+        # bundles from before the key: an XGBoost-only bundle is its own single member
+        if manifest.get("family") == "xgboost" or (
+            manifest.get("native_booster") and manifest.get("sequence") is None
+        ):
+            return ExplanationSpec(members=(("xgb", prob_output),))
+        return None
+    if not isinstance(raw, Mapping):
+        raise ManifestError("manifest 'explanation_outputs' must be an object or absent")
+    members = raw.get("members")
+    if (
+        not isinstance(members, list)
+        or not members
+        or not all(
+            isinstance(m, Mapping)
+            and isinstance(m.get("name"), str)
+            and isinstance(m.get("probabilities"), str)
+            for m in members
+        )
+    ):
+        raise ManifestError(
+            "manifest 'explanation_outputs.members' must list {name, probabilities} objects"
+        )
+    names: dict[str, str | None] = {}
+    for key in ("member_weights", "regime_state", "regime_probabilities"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ManifestError(f"manifest 'explanation_outputs.{key}' must be a name or null")
+        names[key] = value
+    if names["member_weights"] is None and len(members) != 1:
+        raise ManifestError("manifest 'explanation_outputs' has several members and no weights")
+    return ExplanationSpec(
+        members=tuple((str(m["name"]), str(m["probabilities"])) for m in members),
+        member_weights=names["member_weights"],
+        regime_state=names["regime_state"],
+        regime_probabilities=names["regime_probabilities"],
+    )
 
 
 @dataclass(frozen=True)
@@ -125,16 +193,24 @@ def bundle_spec(manifest: Mapping[str, Any]) -> BundleSpec:
     ):
         raise ManifestError(f"manifest 'min_confidence' must be in [0, 1], got {min_confidence!r}")
 
+    booster = manifest.get("native_booster")
+    if booster is not None and (
+        not isinstance(booster, str) or not booster or "/" in booster or booster.startswith(".")
+    ):
+        raise ManifestError(f"manifest 'native_booster' must be a plain file name, got {booster!r}")
+    prob_output = str(manifest.get("prob_output", "probabilities"))
     return BundleSpec(
         model_name=str(manifest.get("model_name", "")),
         feature_service=str(manifest.get("feature_service", "")),
         features=tuple(features),
         input_name=str(manifest.get("input_name", "input")),
-        prob_output=str(manifest.get("prob_output", "probabilities")),
+        prob_output=prob_output,
         classes=classes,
         positions=positions,
         min_confidence=float(min_confidence),
         sequence=_sequence_spec(manifest.get("sequence")),
+        explanation=_explanation_spec(manifest, prob_output),
+        native_booster=booster,
     )
 
 

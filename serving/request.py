@@ -47,6 +47,7 @@ from serving.schemas import (
     ClassProbabilities,
     ErrorDetail,
     ErrorResponse,
+    Explanation,
     FeatureRow,
     FeatureValue,
     Prediction,
@@ -64,6 +65,7 @@ MAX_MESSAGE_CHARS = 240
 HARD_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 _ENCODER = msgspec.json.Encoder()
+_NO_EXPLANATION = Explanation(regime=None, members=[])
 _UNTYPED = msgspec.json.Decoder()
 _PATH = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
 
@@ -427,6 +429,7 @@ def render_predictions(
     model_version: str,
     bundle_sha256: str,
     request_id: str,
+    explanations: Sequence[Explanation] | None = None,
 ) -> bytes:
     """The ``/v1/predict`` response body (``PredictResponse``), JSON bytes."""
     return _ENCODER.encode(
@@ -439,6 +442,7 @@ def render_predictions(
             model_version=model_version,
             bundle_sha256=bundle_sha256,
             request_id=request_id,
+            explanations=explanations,
         )
     )
 
@@ -453,9 +457,13 @@ def predict_response(
     model_version: str,
     bundle_sha256: str,
     request_id: str,
+    explanations: Sequence[Explanation] | None = None,
 ) -> PredictResponse:
-    """The ``PredictResponse`` of scored rows."""
+    """The ``PredictResponse`` of scored rows (``explanations``: one per row, see
+    ``serving.explain.prediction_explanations``; default empty)."""
     names = tuple(classes)
+    if explanations is None:
+        explanations = [_NO_EXPLANATION] * len(parsed.symbols)
     predictions = [
         Prediction(
             symbol=symbol,
@@ -464,9 +472,15 @@ def predict_response(
             decision=d.label,  # type: ignore[arg-type]
             position=d.position,  # type: ignore[arg-type]
             confidence=d.confidence,
+            explanation=ex,
         )
-        for symbol, ft, probs, d in zip(
-            parsed.symbols, parsed.feature_times, probabilities.tolist(), decisions, strict=True
+        for symbol, ft, probs, d, ex in zip(
+            parsed.symbols,
+            parsed.feature_times,
+            probabilities.tolist(),
+            decisions,
+            explanations,
+            strict=True,
         )
     ]
     return PredictResponse(

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.inference import BundleMismatchError, check_session, open_session, predict_proba
+from serving.inference import (
+    BundleMismatchError,
+    check_session,
+    open_session,
+    predict_explained,
+    predict_proba,
+)
 from serving.inference import warm_up as warm_up_session
 from serving.preprocess import BundleSpec, Decision, bundle_spec, decide
 from serving.request import format_utc
@@ -61,9 +67,16 @@ class LoadedModel:
     bundle_sha256: str
     bentoml_tag: str
     loaded_at: str
+    booster: Any = None  # the XGBoost member's native booster (TreeSHAP), when shipped
 
     def predict(self, matrix: np.ndarray, sequence: np.ndarray | None) -> np.ndarray:
         return predict_proba(self.session, self.spec, matrix, sequence)
+
+    def predict_explained(
+        self, matrix: np.ndarray, sequence: np.ndarray | None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Probabilities and the explanation outputs, one ``session.run``."""
+        return predict_explained(self.session, self.spec, matrix, sequence)
 
     @cached_property
     def codec(self) -> RequestCodec:
@@ -81,6 +94,7 @@ class LoadedModel:
             "feature_service": self.spec.feature_service,
             "n_features": self.spec.n_features,
             "sequence": self.spec.sequence is not None,
+            "explain": self.booster is not None,
             "loaded_at": self.loaded_at,
         }
 
@@ -114,6 +128,15 @@ def load_stored(stored: Any) -> LoadedModel:
     session = open_session(onnx_bytes)
     check_session(session, spec)
     warm_up_session(session, spec)
+    booster = None
+    if spec.native_booster:
+        path = Path(stored.path_of(spec.native_booster))
+        if path.is_file():
+            from serving.explain import load_booster
+
+            booster = load_booster(str(path))
+        else:  # an import from before boosters were copied: serve, but /v1/explain says why
+            logger.warning("%s: no %s in the stored model", stored.tag, spec.native_booster)
     model = LoadedModel(
         spec=spec,
         session=session,
@@ -122,6 +145,7 @@ def load_stored(stored: Any) -> LoadedModel:
         bundle_sha256=sha,
         bentoml_tag=str(stored.tag),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        booster=booster,
     )
     _ = model.codec  # built now, not on the first request
     return model
@@ -178,6 +202,7 @@ class Scored:
     state: ServingState
     probabilities: np.ndarray
     decisions: list[Decision]
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # explanation outputs
 
 
 @dataclass
@@ -382,8 +407,8 @@ class ServingRuntime:
     def score(self, state: ServingState, parsed: ParsedRequest) -> Scored:
         """The champion's probabilities and decisions for ``parsed`` (valid for ``state``)."""
         champ = state.champion
-        probs = champ.predict(parsed.matrix, parsed.sequence)
-        return Scored(state, probs, decide(probs, champ.spec))
+        probs, outputs = champ.predict_explained(parsed.matrix, parsed.sequence)
+        return Scored(state, probs, decide(probs, champ.spec), outputs)
 
     def shadow_submit(self, scored: Scored, parsed: ParsedRequest, request_id: str) -> None:
         """Queue the challenger's run on the same rows, when there is a challenger."""

@@ -119,6 +119,46 @@ class ClassProbabilities(ApiStruct):
     long: float
 
 
+class RegimeExplanation(ApiStruct):
+    """The regime classifier's state for the row (its thresholds are in the manifest)."""
+
+    state: Annotated[
+        int,
+        Meta(
+            description="0 calm/ranging, 1 calm/trending, 2 volatile/ranging, 3 volatile/trending."
+        ),
+    ]
+    probabilities: Annotated[
+        list[float],
+        Meta(description="Per state; one-hot, the classifier is two fitted thresholds."),
+    ]
+
+
+class MemberExplanation(ApiStruct):
+    """One ensemble member's own answer and the weight it got for this row."""
+
+    name: Annotated[str, Meta(examples=["xgb", "transformer"])]
+    probabilities: Annotated[list[float], Meta(description="In the response's class order.")]
+    weight: Annotated[
+        float,
+        Meta(
+            description="Weight of this member in the row's regime state; the prediction's "
+            "probabilities are the weighted sum of the members' probabilities."
+        ),
+    ]
+
+
+class Explanation(ApiStruct):
+    """Why the model answered what it did, from the same model run (no extra call)."""
+
+    regime: Annotated[
+        RegimeExplanation | None, Meta(description="null for a bundle without a regime classifier.")
+    ] = None
+    members: Annotated[
+        list[MemberExplanation], Meta(description="Empty when the bundle cannot say.")
+    ] = []
+
+
 class Prediction(ApiStruct):
     symbol: str
     feature_time: datetime
@@ -126,6 +166,7 @@ class Prediction(ApiStruct):
     decision: ClassName
     position: Position
     confidence: Annotated[float, Meta(description="Probability of the most probable class.")]
+    explanation: Explanation
 
 
 class PredictResponse(ApiStruct):
@@ -140,6 +181,61 @@ class PredictResponse(ApiStruct):
         str, Meta(description="X-Request-ID given, or one made up; in the shadow log.")
     ]
     predictions: list[Prediction]
+
+
+class FeatureContribution(ApiStruct):
+    feature: str
+    value: Annotated[float, Meta(description="The feature's value in the request.")]
+    contribution: Annotated[float, Meta(description="TreeSHAP value, margin units.")]
+
+
+class RowExplanation(ApiStruct):
+    """TreeSHAP of the XGBoost member for one row, for the class the ensemble predicts."""
+
+    symbol: str
+    feature_time: datetime
+    member: Annotated[str, Meta(description="The member explained (its native booster).")]
+    explained_class: Annotated[
+        int,
+        Meta(
+            description="Index (in the response's class order) of the class explained: the "
+            "ensemble's most probable class."
+        ),
+    ] = msgspec.field(name="class")
+    class_name: ClassName
+    base_value: Annotated[float, Meta(description="TreeSHAP expected value (bias), margin units.")]
+    margin: Annotated[
+        float,
+        Meta(
+            description="The member's raw score (log-odds before softmax) for the class; "
+            "sum(contributions) + base_value == margin."
+        ),
+    ]
+    member_probability: Annotated[float, Meta(description="The member's probability of the class.")]
+    member_weight: Annotated[
+        float | None, Meta(description="The member's weight for this row (null: unknown).")
+    ]
+    top: Annotated[
+        list[FeatureContribution],
+        Meta(description="The top_k largest |contribution|, largest first."),
+    ]
+    contributions: Annotated[
+        dict[str, float], Meta(description="Every feature's contribution, by name.")
+    ]
+
+
+class ExplainResponse(ApiStruct):
+    """The body of a 200 from ``POST /v1/explain``."""
+
+    model_name: str
+    model_version: str
+    bundle_sha256: str
+    request_id: str
+    top_k: int
+    attribution: Annotated[
+        dict[str, str], Meta(description="How each member's part is attributed, by member.")
+    ]
+    explanations: list[RowExplanation]
 
 
 class ErrorDetail(ApiStruct):
@@ -183,5 +279,6 @@ def json_schemas() -> dict[str, Any]:
     return {
         "request": inline_schema(PredictRequest),
         "response": inline_schema(PredictResponse),
+        "explain_response": inline_schema(ExplainResponse),
         "error": inline_schema(ErrorResponse),
     }

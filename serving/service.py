@@ -26,17 +26,18 @@ import bentoml
 import msgspec
 from bentoml.exceptions import InvalidArgument
 
-from serving.api import PREDICT_PATHS, ApiMiddleware, RuntimeRef
+from serving.api import EXPLAIN_PATH, PREDICT_PATHS, ApiMiddleware, RuntimeRef, render_explain
+from serving.explain import DEFAULT_TOP_K, prediction_explanations
 from serving.preprocess import FeatureValidationError
 from serving.request import predict_response, render_validation_error
-from serving.schemas import PredictRequest, PredictResponse
+from serving.schemas import ExplainResponse, PredictRequest, PredictResponse
 from serving.settings import AuthConfigError, ServingSettings
 
 logger = logging.getLogger(__name__)
 
 #: Filled by ``TrendService.__init__`` in the worker, read by ``ApiMiddleware``.
 RUNTIME = RuntimeRef()
-_HOT_PATHS = sorted(PREDICT_PATHS)
+_HOT_PATHS = sorted(PREDICT_PATHS | {EXPLAIN_PATH})
 
 
 @bentoml.service(
@@ -143,7 +144,28 @@ class TrendService:
             model_version=champ.model_version,
             bundle_sha256=champ.bundle_sha256,
             request_id=uuid.uuid4().hex,
+            explanations=prediction_explanations(champ.spec, scored.probabilities, scored.outputs),
         )
+
+    @bentoml.api(route="/v1/explain")
+    def explain(self, request: PredictRequest, /) -> ExplainResponse:
+        """TreeSHAP of the XGBoost member for the class the ensemble predicts, per row.
+
+        Same body, auth and limits as ``/v1/predict``; query ``top_k`` (1..features,
+        default 5) sizes each row's ``top``. ``sum(contributions) + base_value == margin``
+        (the member's raw score). 404 when the bundle ships no native booster. Over HTTP,
+        ``serving.api.ApiMiddleware`` answers this route (see docs/explanations.md)."""
+        state = self.runtime.state
+        champ = state.champion
+        if champ.booster is None:
+            raise InvalidArgument("this model ships no native booster: no TreeSHAP for it")
+        try:
+            parsed = champ.codec.parse(msgspec.json.encode(request))
+        except FeatureValidationError as exc:
+            raise InvalidArgument(render_validation_error(exc).decode()) from None
+        scored = self.runtime.score(state, parsed)
+        body = render_explain(champ, parsed, scored, uuid.uuid4().hex, DEFAULT_TOP_K)
+        return msgspec.json.decode(body, type=ExplainResponse)
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:

@@ -895,6 +895,110 @@ def engine_run(
         )
 
 
+def _audit_line(r: dict[str, Any]) -> str:
+    d = r.get("detail") or {}
+    before, after = d.get("before") or {}, d.get("after") or {}
+    change = f"{before.get('state', '?')} -> {after.get('state', '?')}" if before or after else ""
+    extra = []
+    if "flattened" in d:
+        extra.append(f"flattened {len(d['flattened'])} position(s)")
+    if d.get("new"):
+        extra.append("mismatches: " + ", ".join(f"{m['kind']} {m['key']}" for m in d["new"]))
+    if d.get("resolved"):
+        extra.append(f"resolved {len(d['resolved'])}")
+    if d.get("acknowledged_mismatches"):
+        extra.append(f"acknowledged {len(d['acknowledged_mismatches'])} mismatch(es)")
+    if "result" in d:
+        extra.append(f"result {json.dumps(d['result'], default=str)[:80]}")
+    return "  ".join(
+        x
+        for x in (
+            str(r.get("at", "")),
+            f"{r.get('action', ''):<18}",
+            f"by {r.get('actor', '')}",
+            change,
+            f"reason: {r['reason']}" if r.get("reason") else "",
+            "; ".join(extra),
+        )
+        if x
+    )
+
+
+@engine_app.command("history")
+def engine_history(
+    limit: Annotated[
+        int, typer.Option(min=1, max=500, help="How many rows, newest first (1-500)")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="The rows as JSON on stdout")] = False,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a running engine's control API at this URL (e.g. http://127.0.0.1:8765, "
+            "bearer TX_ENGINE_TOKEN) instead of reading the journal"
+        ),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            help="Journal scope login:magic:mode; default every login of TX_ENGINE_MAGIC and "
+            "TX_ENGINE_MODE"
+        ),
+    ] = None,
+) -> None:
+    """The operator audit: kill, flatten, resume, reload, reduce and reconciliation actions (who, when UTC, why, state before -> after)."""
+    from pathlib import Path
+
+    from engine.config import EngineSettings
+    from engine.journal import Journal, redact_dsn
+    from titanovax.errors import NothingDone, TxError
+
+    es = EngineSettings()
+    if api:
+        import httpx
+
+        token = es.secret("engine_token")
+        if not token:
+            raise TxError("--api needs the control API token", "set TX_ENGINE_TOKEN", exit_code=2)
+        try:
+            r = httpx.get(
+                f"{api.rstrip('/')}/api/audit",
+                params={"limit": limit},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=5,
+            )
+        except httpx.HTTPError as exc:
+            raise TxError(
+                f"the engine's control API at {api} did not answer: {exc}",
+                "is the engine running with TX_ENGINE_TOKEN set?",
+            ) from exc
+        if r.status_code != 200:
+            raise TxError(f"the control API answered {r.status_code}: {r.text[:200]}")
+        rows = r.json()
+    else:
+        target = es.journal_target
+        if not target.startswith(("postgresql://", "postgres://")) and not Path(target).is_file():
+            raise TxError(
+                f"no engine journal at {target}",
+                "run the engine first, or set TX_JOURNAL_PATH / TX_JOURNAL_URL",
+                exit_code=2,
+            )
+        j = Journal(target)
+        try:
+            rows = j.audit_rows(limit, scope_like=scope or f"%:{es.magic}:{es.mode}")
+        finally:
+            j.close()
+        if not rows and not as_json:
+            raise NothingDone(
+                f"no audit rows in {redact_dsn(target)} for scope {scope or f'*:{es.magic}:{es.mode}'}",
+                "check TX_ENGINE_MAGIC / TX_ENGINE_MODE or --scope",
+            )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        typer.echo(_audit_line(row))
+
+
 @app.command()
 def demo(
     history_days: Annotated[
@@ -917,6 +1021,9 @@ mt5_app = typer.Typer(
 app.add_typer(mt5_app, name="mt5")
 app.add_typer(__import__("titanovax.stack", fromlist=["stack_app"]).stack_app, name="stack")
 app.add_typer(__import__("titanovax.backup", fromlist=["backup_app"]).backup_app, name="backup")
+app.add_typer(
+    __import__("titanovax.explain_cli", fromlist=["explain_app"]).explain_app, name="explain"
+)
 
 
 @mt5_app.command("detect-offset")

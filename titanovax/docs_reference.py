@@ -80,6 +80,7 @@ def _settings_classes() -> list[tuple[str, type[BaseSettings]]]:
     from titanovax.backup import BackupSettings
     from titanovax.observe import AlertThresholds
     from titanovax.settings import PlatformSettings
+    from training.monitor.settings import ModelMonitorSettings
 
     return [
         ("Platform (`titanovax/settings.py`)", PlatformSettings),
@@ -88,6 +89,7 @@ def _settings_classes() -> list[tuple[str, type[BaseSettings]]]:
         ("Engine and risk (`engine/config.py`)", EngineSettings),
         ("Alert thresholds (`titanovax/observe.py`)", AlertThresholds),
         ("Backups (`titanovax/backup.py`)", BackupSettings),
+        ("Model monitoring (`training/monitor/settings.py`)", ModelMonitorSettings),
     ]
 
 

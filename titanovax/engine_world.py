@@ -219,7 +219,7 @@ def run_engine(
     import time
     from datetime import UTC, datetime
 
-    from engine.app import ModelHandle, build_engine
+    from engine.app import ModelHandle, build_engine, start_explain_worker
     from engine.backtest import PrecomputedModel, run_backtest
     from engine.config import EngineSettings
     from engine.control import ControlServer
@@ -326,6 +326,29 @@ def run_engine(
     engine = build_engine(
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time, mode=mode
     )
+    from engine.reconcile import ReconcileLoop
+
+    recon = (
+        ReconcileLoop(
+            engine,
+            es.reconcile_interval_s,
+            terminal=open_terminal(  # a link of its own: never waits behind a decision
+                "bridge",
+                host=es.mt5_host,
+                port=es.mt5_port,
+                login=es.mt5_login,
+                password=es.mt5_password,
+                server=es.mt5_server,
+                bridge_timeout_s=es.terminal_timeout_s,
+                reconnect_attempts=es.terminal_attempts,
+            )
+            if es.mt5_mode == "bridge" and mode == "live"
+            else None,
+        ).start()
+        if es.reconcile_interval_s > 0
+        else None
+    )
+    worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")
     if token:
@@ -353,6 +376,10 @@ def run_engine(
             before_bar=before_bar,
         )
     finally:
+        if recon is not None:
+            recon.stop()
         if server is not None:
             server.stop()
+        if worker is not None:
+            worker.stop()
     return {"mode": mode, "status": engine.status()}

@@ -4,6 +4,16 @@ Graph contract (see the bundle manifest): input ``input`` float32 ``[N, F]`` and
 that read the bar sequence, ``sequence`` float32 ``[N, SEQ_LEN, C]``; output
 ``probabilities`` float32 ``[N, 3]`` (short, flat, long).
 
+The ensemble graph also outputs what went into that answer, so serving can explain every
+decision from the same ``session.run`` (no second model call): ``regime_state`` int64 ``[N]``,
+``regime_probabilities`` float32 ``[N, 4]`` (one-hot: the classifier is two thresholds),
+``xgb_probabilities`` and ``transformer_probabilities`` float32 ``[N, 3]`` (each member's own
+answer) and ``member_weights`` float32 ``[N, 2]`` (the weights of the row's regime state, in
+member order). ``probabilities`` is exactly ``sum_m member_weights[:, m] * member_m``.
+:func:`explanation_outputs` is the manifest's description of them (key
+``explanation_outputs``); asking onnxruntime for ``probabilities`` alone still computes only
+what it needs, and its value and parity are unchanged.
+
 * XGBoost → ``onnxmltools.convert_xgboost``;
 * transformer → ``torch.onnx.export`` (opset 18, dynamic batch);
 * ensemble → both graphs merged under prefixes, plus the regime state and the per-state
@@ -21,6 +31,13 @@ import numpy as np
 
 PARITY_TOLERANCE = 1e-5
 TORCH_OPSET = 18
+#: File name of the XGBoost member's native booster in the bundle (manifest ``native_booster``).
+NATIVE_BOOSTER_FILE = "xgb_booster.ubj"
+#: Names of the ensemble graph's explanation outputs.
+REGIME_STATE = "regime_state"
+REGIME_PROBABILITIES = "regime_probabilities"
+MEMBER_WEIGHTS = "member_weights"
+ENSEMBLE_MEMBERS = (("xgb", "xgb_probabilities"), ("transformer", "transformer_probabilities"))
 
 
 class ParityError(AssertionError):
@@ -115,7 +132,13 @@ def ensemble_to_onnx(model: Any, n_features: int, seq_len: int, n_channels: int)
         helper.make_node("Mul", ["ens_w_xgb", "xgb_probabilities"], ["ens_p_xgb"]),
         helper.make_node("Mul", ["ens_w_tf", "tf_probabilities"], ["ens_p_tf"]),
         helper.make_node("Add", ["ens_p_xgb", "ens_p_tf"], ["probabilities"]),
+        # explanation outputs: views of tensors computed above (one extra Gather)
+        helper.make_node("Identity", ["ens_state"], [REGIME_STATE]),
+        helper.make_node("Gather", ["ens_eye", "ens_state"], [REGIME_PROBABILITIES], axis=0),
+        helper.make_node("Identity", ["tf_probabilities"], ["transformer_probabilities"]),
+        helper.make_node("Identity", ["ens_w"], [MEMBER_WEIGHTS]),
     ]
+    inits.append(numpy_helper.from_array(np.eye(reg.n_states, dtype=np.float32), "ens_eye"))
     graph = helper.make_graph(
         nodes,
         "tx_ensemble",
@@ -125,7 +148,18 @@ def ensemble_to_onnx(model: Any, n_features: int, seq_len: int, n_channels: int)
                 "sequence", TensorProto.FLOAT, [None, seq_len, n_channels]
             ),
         ],
-        outputs=[helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+        outputs=[
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
+            helper.make_tensor_value_info(REGIME_STATE, TensorProto.INT64, [None]),
+            helper.make_tensor_value_info(
+                REGIME_PROBABILITIES, TensorProto.FLOAT, [None, reg.n_states]
+            ),
+            helper.make_tensor_value_info("xgb_probabilities", TensorProto.FLOAT, [None, 3]),
+            helper.make_tensor_value_info(
+                "transformer_probabilities", TensorProto.FLOAT, [None, 3]
+            ),
+            helper.make_tensor_value_info(MEMBER_WEIGHTS, TensorProto.FLOAT, [None, 2]),
+        ],
         initializer=inits,
     )
     opsets: dict[str, int] = {}
@@ -142,6 +176,45 @@ def ensemble_to_onnx(model: Any, n_features: int, seq_len: int, n_channels: int)
     out.ir_version = max(xg.ir_version, tf.ir_version)
     onnx.checker.check_model(out)
     return out
+
+
+def explanation_outputs(model: Any) -> dict[str, Any] | None:
+    """The manifest's ``explanation_outputs``: which graph outputs explain a prediction.
+
+    ``{"regime_state": name | None, "regime_probabilities": name | None,
+    "member_weights": name | None, "members": [{"name": ..., "probabilities": output}]}``;
+    ``member_weights`` None means one member of weight 1 (an XGBoost-only bundle, whose
+    member answer is ``probabilities`` itself). None for a family with nothing to add."""
+    from training.models import EnsembleModel, XGBModel
+
+    if isinstance(model, EnsembleModel):
+        return {
+            "regime_state": REGIME_STATE,
+            "regime_probabilities": REGIME_PROBABILITIES,
+            "member_weights": MEMBER_WEIGHTS,
+            "members": [{"name": n, "probabilities": o} for n, o in ENSEMBLE_MEMBERS],
+        }
+    if isinstance(model, XGBModel):
+        return {
+            "regime_state": None,
+            "regime_probabilities": None,
+            "member_weights": None,
+            "members": [{"name": "xgb", "probabilities": "probabilities"}],
+        }
+    return None
+
+
+def save_native_booster(model: Any, path: Any) -> bool:
+    """Write the XGBoost member's native booster (UBJSON, ``Booster.save_model``) to ``path``;
+    False when the model has no XGBoost member. Serving's TreeSHAP (``pred_contribs``) runs
+    on it: the ONNX graph has the trees but no Shapley values."""
+    from training.models import EnsembleModel, XGBModel
+
+    xgb = model.xgb if isinstance(model, EnsembleModel) else model
+    if not isinstance(xgb, XGBModel) or xgb.booster is None:
+        return False
+    xgb.booster.get_booster().save_model(str(path))
+    return True
 
 
 def model_to_onnx(model: Any, n_features: int, seq_shape: tuple[int, int] | None = None) -> Any:

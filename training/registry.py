@@ -285,9 +285,11 @@ def resolve_version(settings: PlatformSettings, ref: str) -> str:
 
 
 def pull_bundle(settings: PlatformSettings, ref: str, out_dir: Path) -> dict[str, Any]:
-    """Fetch the bundle of alias or version ``ref`` into ``out_dir``: ``model.onnx`` and
-    ``manifest.json`` (the ``tx_manifest`` plus ``model_version``), the folder the engine
-    reads (``TX_ENGINE_BUNDLE_DIR``). The ONNX bytes must match the manifest's sha256;
+    """Fetch the bundle of alias or version ``ref`` into ``out_dir``: ``model.onnx``,
+    ``manifest.json`` (the ``tx_manifest`` plus ``model_version``) and, when the version has
+    them, the training ``reference_sample.parquet`` and the native booster
+    (``xgb_booster.ubj``) — the folder the engine reads (``TX_ENGINE_BUNDLE_DIR``). The ONNX
+    bytes must match the manifest's sha256;
     the files are written to a temp folder and moved in place, so a half pull never shows."""
     import hashlib
     import shutil
@@ -322,6 +324,19 @@ def pull_bundle(settings: PlatformSettings, ref: str, out_dir: Path) -> dict[str
         stage = Path(tmp) / "bundle"
         stage.mkdir()
         (stage / "model.onnx").write_bytes(onnx_bytes)
+        sample = manifest.get("reference_sample")  # contract C1; older bundles have none
+        if isinstance(sample, str) and (local / sample).is_file():
+            shutil.copyfile(local / sample, stage / sample)
+        booster = manifest.get("native_booster")
+        if booster:  # the XGBoost member for TreeSHAP, logged as an MLflow extra file
+            src = next(
+                (p for p in (local / "extra_files" / booster, local / booster) if p.is_file()), None
+            )
+            if src is None:
+                raise BundleError(
+                    f"{name} v{version}: manifest lists {booster!r}, the model has no such file"
+                )
+            shutil.copyfile(src, stage / booster)
         (stage / "manifest.json").write_text(
             json.dumps({**manifest, "model_version": version}, indent=2, sort_keys=True)
         )

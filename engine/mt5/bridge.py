@@ -23,8 +23,11 @@ logged-in account). Bind it to 127.0.0.1 and reach it over an SSH tunnel
 (``ssh -N -L 18812:127.0.0.1:18812 user@mt5-host``) or a VPN / private network; never expose
 it on a public or shared interface (see ``docs/failure-behaviour.md``).
 
-**Deadline.** ``timeout_s`` bounds every call (rpyc's sync request timeout); the engine sets it
-from ``TX_ENGINE_TERMINAL_TIMEOUT_S``.
+**Deadline.** ``timeout_s`` bounds every step: the TCP connect, the handshake, every call
+(rpyc's sync request timeout); closing a broken link does not wait on the server at all. The
+engine sets it from ``TX_ENGINE_TERMINAL_TIMEOUT_S``. A frozen server (SIGSTOP, a hung
+terminal) is a ``TimeoutError`` within the deadline, raised as
+:class:`~engine.mt5.protocol.TerminalConnectionError` whose ``__cause__`` is that timeout.
 
 Failures: a call that fails on the terminal returns ``None`` / ``False`` with
 ``last_error()`` from the terminal, as the official module does. A broken link (connection
@@ -98,20 +101,70 @@ def _tx_call_data(payload):
 """Installed on the bridge server at connect: plain-value results in one round trip."""
 
 
-def _client(cls: Any, host: str, port: int, timeout_s: float) -> Any:
-    """An ``mt5linux.MetaTrader5`` client whose every round trip, the handshake included, has
-    the deadline ``timeout_s``: mt5linux 1.0.11 connects with rpyc's default 30 s timeout and
-    sets its own only afterwards, so a stopped server would hold a reconnect for 30 s."""
+def _client(cls: Any, host: str, port: int, timeout_s: float) -> tuple[Any, Any]:
+    """An ``mt5linux.MetaTrader5`` client, and its socket stream, whose every step has the
+    deadline ``timeout_s``: the TCP connect (one try; rpyc's default is 3 s, six tries with
+    backoff), the handshake and every round trip (rpyc's sync request timeout; mt5linux 1.0.11
+    connects with rpyc's default 30 s and sets its own only afterwards, so a stopped server
+    would hold a reconnect for 30 s). A failed handshake closes its socket."""
     from rpyc.core.service import ClassicService  # what rpyc.classic.connect exposes
-    from rpyc.utils.factory import connect
+    from rpyc.utils.factory import connect_stream
 
-    conn = connect(host, port, ClassicService, config={"sync_request_timeout": timeout_s})
-    client = cls.__new__(cls)
-    client._MetaTrader5__conn = conn  # the attribute the client's execute/eval use
-    conn.execute("import sys; sys.path.append('C:\\\\mt5libs')")
-    conn.execute("import MetaTrader5 as mt5")
-    conn.execute("import datetime")
-    return client
+    stream = _deadline_stream_class().connect(host, port, timeout=timeout_s, attempts=1)
+    try:
+        conn = connect_stream(stream, ClassicService, config={"sync_request_timeout": timeout_s})
+        client = cls.__new__(cls)
+        client._MetaTrader5__conn = conn  # the attribute the client's execute/eval use
+        conn.execute("import sys; sys.path.append('C:\\\\mt5libs')")
+        conn.execute("import MetaTrader5 as mt5")
+        conn.execute("import datetime")
+    except BaseException:
+        stream.close()
+        raise
+    return client, stream
+
+
+_DEADLINE_STREAM: Any = None
+
+
+def _deadline_stream_class() -> Any:
+    """rpyc's ``SocketStream`` whose read gives up when the peer stalls in the middle of a
+    frame. rpyc reads a frame only once ``poll`` saw data, but then reads it to the end and
+    retries a socket timeout forever: a server frozen half-way through a large answer (bars,
+    deals) would hold the caller for the whole freeze. Here the socket keeps the connect
+    deadline as its timeout, so a read (and a write: rpyc turns its socket error into
+    ``EOFError``) that waits longer than the deadline breaks the link."""
+    global _DEADLINE_STREAM
+    if _DEADLINE_STREAM is None:
+        from rpyc.core.stream import SocketStream, retry_errnos
+
+        class DeadlineStream(SocketStream):  # type: ignore[misc]
+            __slots__ = ()
+
+            def read(self, count: int) -> bytes:
+                data = []
+                while count > 0:
+                    try:
+                        buf = self.sock.recv(min(self.MAX_IO_CHUNK, count))
+                    except TimeoutError as exc:
+                        self.close()
+                        raise EOFError(
+                            f"TimeoutError: the bridge stalled in the middle of a frame ({exc})"
+                        ) from exc
+                    except OSError as exc:
+                        if exc.errno in retry_errnos:
+                            continue
+                        self.close()
+                        raise EOFError(exc) from exc
+                    if not buf:
+                        self.close()
+                        raise EOFError("connection closed by peer")
+                    data.append(buf)
+                    count -= len(buf)
+                return b"".join(data)
+
+        _DEADLINE_STREAM = DeadlineStream
+    return _DEADLINE_STREAM
 
 
 class _Record(tuple):  # type: ignore[type-arg]
@@ -159,13 +212,18 @@ class BridgeTerminal:
             ) from exc
         self.host, self.port = host, int(port)
         self._link_error: tuple[int, str] | None = None
+        self._client: Any = None
+        self._stream: Any = None
         try:
-            self._client = _client(MetaTrader5, host, int(port), timeout_s)
+            self._client, self._stream = _client(MetaTrader5, host, int(port), timeout_s)
             self._client.execute(REMOTE_HELPERS)
             self._remote_call = self._client.eval("_tx_call_data")
         except LINK_ERRORS as exc:
-            raise TerminalConnectionError("connect", self._broken(exc)) from exc
+            err = self._broken(exc)
+            self.close()  # the socket, at once (the link is broken: no goodbye)
+            raise TerminalConnectionError("connect", err) from exc
         except ImportError as exc:  # the server's Python has no MetaTrader5 module
+            self.close()
             raise TerminalError("connect", (RES_E_FAIL, f"bridge {host}:{port}: {exc}")) from exc
 
     @classmethod
@@ -213,7 +271,13 @@ class BridgeTerminal:
         return _decode(raw)
 
     def close(self) -> None:
-        """Close the rpyc connection (mt5linux 1.0.11 keeps it in a private attribute)."""
+        """Close the rpyc connection (mt5linux 1.0.11 keeps it in a private attribute).
+
+        rpyc's close is a *sync* request (``HANDLE_CLOSE``): on a frozen server it would wait a
+        whole deadline more. A broken link closes its socket first, so the close is local and
+        immediate; a healthy one says goodbye to the server."""
+        if self._link_error is not None and self._stream is not None:
+            self._stream.close()
         conn = getattr(self._client, "_MetaTrader5__conn", None)
         if conn is not None:
             try:

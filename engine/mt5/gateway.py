@@ -9,8 +9,10 @@
   machine), through :class:`~engine.mt5.bridge.BridgeTerminal`.
 
 ``native`` and ``bridge`` come wrapped in :class:`~engine.mt5.resilient.ResilientTerminal`:
-IPC / bridge failures reconnect with bounded exponential backoff; ``strict=True`` also turns
-every failed call into :class:`TerminalError` carrying ``last_error()``.
+IPC / bridge failures reconnect with bounded exponential backoff (a bridge link that *timed
+out* — a frozen terminal — is not tried again within the call, so the call fails within one
+``bridge_timeout_s``; the next call reconnects); ``strict=True`` also turns every failed call
+into :class:`TerminalError` carrying ``last_error()``.
 
 Every mode returns an *initialized* terminal or raises: :class:`TerminalError` with the
 terminal's ``last_error()`` when ``initialize`` fails (after the reconnect attempts, for a link

@@ -10,6 +10,14 @@ sleeps ``min(max_delay, base_delay * 2**k)`` scaled by a random factor in
 again, at most ``attempts`` times in all. Then it raises
 :class:`~engine.mt5.protocol.TerminalConnectionError` carrying the last ``last_error()``.
 
+A link that *timed out* (a frozen terminal or bridge: SIGSTOP, a hung process, a silent
+network) is not tried again within the same call: each try would wait a whole deadline on the
+same frozen peer, so a call that should fail within one deadline would hold its caller (the
+engine's decision lock) for ``attempts`` deadlines and more. The call raises at once with the
+timeout's ``last_error()``; the link is dropped and the *next* call reconnects (its handshake
+bounded by the same deadline). Fast link failures (refused, reset, closed) are retried with
+backoff as above.
+
 ``order_send`` is never re-sent after the link failed *during* the call: the order may have
 reached the server. The call answers ``None`` (``last_error()`` says why; ``strict`` raises) and
 the next call reconnects; the caller looks the order up by its client id (the engine's
@@ -46,12 +54,26 @@ from engine.mt5.protocol import (
     is_ipc_error,
 )
 
-__all__ = ["Backoff", "ResilientTerminal"]
+__all__ = ["Backoff", "ResilientTerminal", "timed_out"]
 
 logger = logging.getLogger(__name__)
 
 _NOT_RESENT = frozenset({"order_send"})
 _NO_RESULT_CHECK = frozenset({"shutdown", "last_error", "positions_total"})
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether a link error is a timeout (the peer did not answer within its deadline), read
+    from the exception and its causes: the bridge raises its connection errors ``from`` rpyc's
+    ``AsyncResultTimeout`` / the socket's ``TimeoutError``."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, TimeoutError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class Backoff:
@@ -109,6 +131,7 @@ class ResilientTerminal:
         self.name = name
         self._term: Any = None
         self._error: tuple[int, str] | None = None  # set when the last call failed here
+        self._cause: BaseException | None = None  # the last link failure (raised from)
         self.reconnects = 0  # successful connects after the first
         self._connected_once = False
 
@@ -122,26 +145,36 @@ class ResilientTerminal:
     def ensure_connected(self) -> Any:
         """Connect now (with retries) if not connected; returns the underlying terminal."""
         err: tuple[int, str] = (RES_S_OK, "Success")
+        self._cause = None
         for k in range(self.attempts):
             if self._term is not None:
                 return self._term
-            err = self._open("connect", k) or err
+            failed = self._open("connect", k)
+            if failed is not None:
+                err = failed[0]
+                if failed[1]:  # timed out: no second deadline on the same frozen peer
+                    break
         if self._term is not None:
             return self._term
         self._error = err
-        raise TerminalConnectionError("connect", err)
+        raise TerminalConnectionError("connect", err) from self._cause
 
-    def _open(self, call: str, k: int) -> tuple[int, str] | None:
-        """One connect attempt: ``None`` when connected, else the link error (after the
-        backoff sleep). A failure that is not the link (authorization) raises at once."""
+    def _open(self, call: str, k: int) -> tuple[tuple[int, str], bool] | None:
+        """One connect attempt: ``None`` when connected, else the link error and whether it
+        timed out (after the backoff sleep, unless it timed out). A failure that is not the
+        link (authorization) raises at once."""
         try:
             self._term = self._connect()
         except TerminalError as exc:
+            self._cause = exc
             if not exc.is_connection_error:
                 self._error = exc.last_error
                 raise
+            if timed_out(exc):
+                logger.warning("%s: %s timed out on the link %s", self.name, call, exc.last_error)
+                return exc.last_error, True
             self._backoff(call, k, exc.last_error)
-            return exc.last_error
+            return exc.last_error, False
         if self._connected_once:
             self.reconnects += 1
             logger.info("%s: reconnected (%d so far)", self.name, self.reconnects)
@@ -174,18 +207,25 @@ class ResilientTerminal:
 
     def _invoke(self, call: str, *args: Any, **kwargs: Any) -> Any:
         err: tuple[int, str] = (RES_S_OK, "Success")
+        self._cause = None
         for k in range(self.attempts):
             if self._term is None:
-                err = self._open(call, k) or err
+                opened = self._open(call, k)
+                if opened is not None:
+                    err = opened[0]
+                    if opened[1]:  # timed out: the next call reconnects
+                        break
                 if self._term is None:
                     continue
             term = self._term
+            stuck = False
             try:
                 result = getattr(term, call)(*args, **kwargs)
                 failed = call not in _NO_RESULT_CHECK and (result is None or result is False)
                 err = term.last_error() if failed else (RES_S_OK, "Success")
             except TerminalConnectionError as exc:
-                failed, err, result = True, exc.last_error, None
+                self._cause = exc
+                failed, err, result, stuck = True, exc.last_error, None, timed_out(exc)
             if not failed:
                 self._error = None
                 return result
@@ -199,11 +239,14 @@ class ResilientTerminal:
                 self._error = err
                 logger.warning("%s: link failed during %s %s; not re-sent", self.name, call, err)
                 if self.strict:
-                    raise TerminalConnectionError(call, err)
+                    raise TerminalConnectionError(call, err) from self._cause
                 return None
+            if stuck:  # timed out: no second deadline on the same frozen peer
+                logger.warning("%s: %s timed out on the link %s", self.name, call, err)
+                break
             self._backoff(call, k, err)
         self._error = err
-        raise TerminalConnectionError(call, err)
+        raise TerminalConnectionError(call, err) from self._cause
 
     def __getattr__(self, call: str) -> Any:
         """Any other call of the underlying terminal (``orders_get``, ``terminal_info``, …),

@@ -46,9 +46,16 @@ class MT5Settings(BaseSettings):
         description="mt5linux server port.",
     )
     bridge_timeout_s: float = Field(
-        default=30.0, description="Timeout of one bridge call, seconds."
+        default=30.0,
+        description="Deadline of every bridge step, seconds: the TCP connect, the handshake of "
+        "every (re)connect, each call.",
     )
-    reconnect_attempts: int = Field(default=5, ge=1, description="Tries per call before giving up.")
+    reconnect_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Tries per call before giving up; a link that timed out (a frozen "
+        "terminal) is not tried again within the call: the next call reconnects.",
+    )
     reconnect_base_s: float = Field(
         default=0.5, ge=0, description="First reconnect delay, seconds."
     )

@@ -146,6 +146,7 @@ def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill
         assert "equity" in driver.find_element(By.ID, "pnl").text
 
         driver.find_element(By.ID, "flatten").click()
+        driver.find_element(By.ID, "reason").send_keys("console test")
         driver.find_element(By.ID, "kill").click()
         wait.until(ec.alert_is_present())
         driver.switch_to.alert.accept()
@@ -153,5 +154,98 @@ def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#positions tr")) == 0)
         assert "kill_switch" in driver.find_element(By.ID, "state-reason").text
         assert engine.status()["trading_state"] == "HALTED" and engine.positions() == ()
+        # the history panel shows the audit row of that kill (GET /api/audit)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history tr")) == 1)
+        cells = [
+            c.text
+            for c in driver.find_elements(By.CSS_SELECTOR, "#history tr")[0].find_elements(
+                By.TAG_NAME, "td"
+            )
+        ]
+        assert cells[1:5] == ["flatten", "operator", "ACTIVE → HALTED", "console test"], cells
+        assert cells[5] == "flattened 2 position(s)"
+    finally:
+        driver.quit()
+
+
+def test_control_api_explain_when_asked_then_explains_the_decision_or_names_the_bad_field(
+    running: tuple[Engine, str],
+) -> None:
+    engine, url = running
+    h = {"Authorization": f"Bearer {TOKEN}"}
+    first = engine.journal.rows()[0]
+    r = httpx.get(
+        f"{url}/api/explain",
+        params={"symbol": "EURUSD", "bar": first["bar_close"]},
+        headers=h,
+        timeout=60,  # scikit-learn's first import takes seconds on a busy machine
+    )
+    assert r.status_code == 200, r.text
+    ex = r.json()
+    assert ex["bar_close"] == first["bar_close"] and ex["decision"] == "long"
+    assert "the model said LONG" in ex["text"] and "Fill: open:buy 0.1 lots" in ex["text"]
+    assert ex["similar"] == []  # the first bar has nothing before it
+    later = httpx.get(
+        f"{url}/api/explain",
+        params={"symbol": "EURUSD", "bar": first["bar_close"] + 600},
+        headers=h,
+        timeout=60,
+    ).json()
+    assert sorted(s["bar_close"] for s in later["similar"]) == [
+        first["bar_close"],
+        first["bar_close"] + 300,
+    ]
+    assert httpx.get(f"{url}/api/explain?bar=1", headers=h).json()["error"].startswith("symbol")
+    bad = httpx.get(f"{url}/api/explain?symbol=EURUSD&bar=soon", headers=h)
+    assert bad.status_code == 400 and "bar must be" in bad.json()["error"]
+    assert httpx.get(f"{url}/api/explain?symbol=EURUSD&bar=5", headers=h).status_code == 404
+    assert httpx.get(f"{url}/api/explain?symbol=EURUSD&bar=5").status_code == 401
+
+
+@pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)),
+    reason="headless Chromium not installed (make setup)",
+)
+def test_console_when_a_decision_is_clicked_then_its_explanation_is_shown(
+    running: tuple[Engine, str],
+) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    engine, url = running
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        wait = WebDriverWait(driver, 20)
+        driver.get(url + "/")
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "connect").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#decisions tr")) == 6)
+        # the oldest EURUSD decision (it opened the position): the last EURUSD row
+        target = engine.journal.rows()[0]
+        sel = f'#decisions tr[data-symbol="EURUSD"][data-bar="{target["bar_close"]}"] td'
+        driver.find_element(By.CSS_SELECTOR, sel).click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "explanation"), "the model said LONG"))
+        text = driver.find_element(By.ID, "explanation").text
+        assert text.startswith("EURUSD, bar closing ")
+        assert "Risk layer: allowed; target 0.1 lots, orders sent." in text
+        assert "Fill: open:buy 0.1 lots at " in text
+        assert "EURUSD" in driver.find_element(By.ID, "explain-of").text
+        # a hold of the same symbol two bars later: the neighbours are the two earlier bars
+        later = target["bar_close"] + 600
+        driver.find_element(
+            By.CSS_SELECTOR, f'#decisions tr[data-symbol="EURUSD"][data-bar="{later}"] td'
+        ).click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "explanation"), "nothing to do"))
+        assert (
+            "Similar past decisions (nearest 2 before this bar):"
+            in driver.find_element(By.ID, "explanation").text
+        )
     finally:
         driver.quit()

@@ -120,6 +120,23 @@ def test_engine_when_bars_close_then_every_decision_is_journaled_and_a_restart_r
     assert all({"feature_ms", "predict_ms", "total_ms"} <= set(r["latency_ms"]) for r in rows)
     assert not engine.journal.intents("pending")  # every write-ahead intent got its result
     assert len({r["model_version"] for r in rows}) == 1 and rows[0]["model_version"]
+    # explain every decision: what serving said is journaled, contributions come after
+    for r in rows:
+        assert set(r["probabilities"]) == {"short", "flat", "long"}
+        assert [m["name"] for m in r["explanation"]["members"]] == ["xgb"]
+        assert r["explanation"]["members"][0]["weight"] == 1.0
+        assert list(r["features"]) == list(manifest["features"])
+    from engine.explain_worker import ExplainClient, ExplainWorker
+
+    worker = ExplainWorker(journal_path, engine.journal.scope, ExplainClient(url, token=TOKEN))
+    assert worker.drain(120) and worker.stored == 25
+    rows = engine.journal.rows()  # now with the worker's contributions
+    for r in rows:
+        c = r["contributions"]
+        assert set(c["contributions"]) == set(manifest["features"]), c
+        assert sum(c["contributions"].values()) + c["base_value"] == pytest.approx(
+            c["margin"], abs=1e-4
+        )
     sent_before = [r for r in rows if r["verdict"] == "sent"]
     deals_before = len(terminal.history_deals_get(0, 2**31) or ())
     engine.journal.close()

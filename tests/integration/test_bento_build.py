@@ -62,6 +62,7 @@ def test_bentoml_build_when_champion_is_imported_then_the_bento_builds_with_mode
     assert (bento_dir / "src" / "serving" / "service.py").is_file()
     reqs = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "bentoml==1.4.40" in reqs and "onnxruntime==1.32.0" in reqs
+    assert "xgboost-cpu==3.2.0" in reqs  # /v1/explain runs TreeSHAP on the native booster
     import yaml
 
     bento = yaml.safe_load((bento_dir / "bento.yaml").read_text())

@@ -121,6 +121,20 @@ def test_models_train_promote_pull_and_backtest_when_run_through_tx_without_redi
         hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
         == manifest["bundle_sha256"]
     )
+    # ... with the XGBoost member's native booster (docs/explanations.md): TreeSHAP adds up
+    assert manifest["native_booster"] == "xgb_booster.ubj"
+    assert manifest["explanation_outputs"]["members"] == [
+        {"name": "xgb", "probabilities": "probabilities"}
+    ]
+    import numpy as np
+    import xgboost as xgb
+
+    booster = xgb.Booster(model_file=str(bundle / "xgb_booster.ubj"))
+    dm = xgb.DMatrix(np.random.default_rng(0).normal(size=(4, len(manifest["features"]))))
+    contribs = booster.predict(dm, pred_contribs=True)
+    np.testing.assert_allclose(
+        contribs.sum(axis=-1), booster.predict(dm, output_margin=True), atol=1e-4
+    )
 
     # backtest with no serving: the pulled bundle scores every bar in-process
     res = runner.invoke(

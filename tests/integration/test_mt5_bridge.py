@@ -239,3 +239,131 @@ def test_bridge_when_the_server_is_stopped_then_connect_gives_up_within_its_dead
         assert time.monotonic() - t0 < 10  # mt5linux alone waits rpyc's 30 s handshake
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_resilient_bridge_when_the_server_freezes_then_each_call_fails_within_one_deadline(
+    server: BridgeServer,
+) -> None:
+    """A frozen server (SIGSTOP) times out every call, every reconnect handshake and would
+    time out rpyc's goodbye on close: a call with two tries still fails within one deadline
+    (a timed-out link is not tried again within the call), the next call reconnects within
+    its deadline, and the link is back after SIGCONT."""
+    import os
+    import signal
+    import time
+
+    from engine.mt5.protocol import TerminalConnectionError
+    from engine.mt5.resilient import timed_out
+
+    assert server.proc is not None
+    term = open_terminal(
+        "bridge", port=server.port, bridge_timeout_s=1.0, reconnect_attempts=2, strict=True
+    )
+    assert term.account_info() is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    took = []
+    try:
+        for _ in range(3):  # the call on the open link, then two reconnects
+            t0 = time.monotonic()
+            with pytest.raises(TerminalConnectionError) as err:
+                term.account_info()
+            took.append(time.monotonic() - t0)
+            assert err.value.last_error[0] == P.RES_E_INTERNAL_FAIL_CONNECT
+            assert "TimeoutError" in err.value.last_error[1]
+            assert timed_out(err.value)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert max(took) < 1.5, took  # old: the first call 3 deadlines, later ones 2
+    assert term.account_info() is not None  # reconnected
+    term.shutdown()
+
+
+def test_bridge_when_a_broken_link_is_closed_then_it_does_not_wait_on_the_server(
+    server: BridgeServer,
+) -> None:
+    import os
+    import signal
+    import time
+
+    from engine.mt5.protocol import TerminalConnectionError
+
+    assert server.proc is not None
+    term = BridgeTerminal("127.0.0.1", server.port, timeout_s=1.0)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(TerminalConnectionError):
+            term.account_info()
+        t0 = time.monotonic()
+        term.close()  # rpyc's close is a sync request: it would wait the deadline
+        assert time.monotonic() - t0 < 0.2
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_bridge_when_nothing_answers_the_tcp_connect_then_it_gives_up_within_its_deadline() -> None:
+    """A full accept queue drops SYNs (as a blackholed host does): rpyc's own connect tries 6
+    times with a 3 s timeout each; the bridge tries once, within its deadline."""
+    import time
+
+    from engine.mt5.protocol import TerminalConnectionError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: the queue fills with the first connections
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        with pytest.raises(TerminalConnectionError):
+            BridgeTerminal("127.0.0.1", port, timeout_s=0.5)
+        took = time.monotonic() - t0
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+    assert took < 1.5, took
+
+
+def test_bridge_when_the_server_stalls_in_the_middle_of_an_answer_then_the_link_breaks_in_time() -> (
+    None
+):
+    """A peer that starts a frame and stops (a bridge frozen half-way through a large answer):
+    rpyc reads a started frame to its end and retries socket timeouts forever; the bridge gives
+    up after its deadline. The peer is a raw socket that answers the first request with a frame
+    header announcing 1000 bytes, sends 5 of them, and holds the connection for 8 s."""
+    import struct
+    import threading
+    import time
+
+    from engine.mt5.protocol import TerminalConnectionError
+    from engine.mt5.resilient import timed_out
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def stall() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the client's first request (the handshake's)
+            conn.sendall(struct.pack("!LB", 1000, 0) + b"12345")
+            time.sleep(8.0)
+
+    peer = threading.Thread(target=stall, daemon=True)
+    peer.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TerminalConnectionError) as err:
+            BridgeTerminal("127.0.0.1", port, timeout_s=0.5)
+        took = time.monotonic() - t0
+    finally:
+        listener.close()
+    assert took < 2.0, took  # old: until the peer let go (8 s)
+    assert timed_out(err.value), err.value

@@ -725,11 +725,12 @@ def test_bentoml_build_when_bentofile_built_then_bento_lists_service_api_model_a
     assert info["service"] == "serving.service:TrendService"
     (service,) = info["services"]
     assert [m["tag"] for m in service["models"]] == [imported.bentoml_tag]
-    assert [r["route"] for r in info["schema"]["routes"]] == ["/v1/predict"]
+    assert sorted(r["route"] for r in info["schema"]["routes"]) == ["/v1/explain", "/v1/predict"]
     bento_dir = home / "bentos" / tag.replace(":", "/")
     src = {p.name for p in (bento_dir / "src" / "serving").glob("*.py")}
-    assert {"service.py", "api.py", "request.py", "schemas.py", "runtime.py"} <= src
-    assert "/v1/predict:" in (bento_dir / "apis" / "openapi.yaml").read_text()
+    assert {"service.py", "api.py", "request.py", "schemas.py", "runtime.py", "explain.py"} <= src
+    openapi = (bento_dir / "apis" / "openapi.yaml").read_text()
+    assert "/v1/predict:" in openapi and "/v1/explain:" in openapi
 
 
 # --- shadow ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def test_env_example_when_read_then_documents_every_setting_of_every_deployable(
     from titanovax.observe import AlertThresholds
     from titanovax.settings import PlatformSettings
     from titanovax.stack import StackSettings
+    from training.monitor.settings import ModelMonitorSettings
 
     documented = set(
         re.findall(r"^#?\s*(TX_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
@@ -39,6 +40,7 @@ def test_env_example_when_read_then_documents_every_setting_of_every_deployable(
         StackSettings,
         AlertThresholds,
         BackupSettings,
+        ModelMonitorSettings,
     ):
         missing = _env_names(cls) - documented
         assert not missing, f"{cls.__name__}: not in .env.example: {sorted(missing)}"
