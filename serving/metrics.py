@@ -16,11 +16,16 @@ Series (all prefixed ``tx_serving_``):
 - ``reloads_total`` counter by ``trigger`` (``poll`` | ``admin``) and ``outcome``
   (``swapped`` | ``unchanged`` | ``failed``);
 - ``shadow_total`` counter by ``champion_version``, ``challenger_version``, ``outcome``
-  (``agree`` | ``disagree`` | ``incompatible`` | ``dropped`` | ``failed``).
+  (``agree`` | ``disagree`` | ``incompatible`` | ``dropped`` | ``failed``);
+- ``last_request_timestamp_seconds`` gauge: wall-clock time (UTC epoch seconds) of the last
+  request of any outcome, set at start too (serving's heartbeat: the engine asks on every
+  bar, so silence while the market is open means the engine does not reach it; alert
+  TxServingSilent). Multiprocess mode ``max``: the newest of every worker.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 #: Latency buckets in seconds: 50 µs to 2.5 s.
@@ -85,6 +90,13 @@ class ServingMetrics:
             ("champion_version", "challenger_version", "outcome"),
             **kw,
         )
+        self.last_request = prom.Gauge(
+            "tx_serving_last_request_timestamp_seconds",
+            "Wall-clock time (UTC epoch seconds) of the last request, any outcome.",
+            multiprocess_mode="max",
+            **kw,
+        )
+        self.last_request.set(time.time())  # "no request since start" counts from here
 
         # labelled children by label tuple: ``.labels()`` validates and locks on every call
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -98,3 +110,4 @@ class ServingMetrics:
             self._children[key] = children
         children[0].observe(seconds)
         children[1].inc()
+        self.last_request.set(time.time())

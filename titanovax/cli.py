@@ -1027,6 +1027,7 @@ mt5_app = typer.Typer(
 )
 app.add_typer(mt5_app, name="mt5")
 app.add_typer(__import__("titanovax.stack", fromlist=["stack_app"]).stack_app, name="stack")
+app.add_typer(__import__("titanovax.backup", fromlist=["backup_app"]).backup_app, name="backup")
 app.add_typer(
     __import__("titanovax.explain_cli", fromlist=["explain_app"]).explain_app, name="explain"
 )

@@ -77,6 +77,8 @@ def _settings_classes() -> list[tuple[str, type[BaseSettings]]]:
     from engine.config import EngineSettings
     from engine.mt5.settings import MT5Settings
     from serving.settings import ServingSettings
+    from titanovax.backup import BackupSettings
+    from titanovax.observe import AlertThresholds
     from titanovax.settings import PlatformSettings
     from training.monitor.settings import ModelMonitorSettings
 
@@ -85,6 +87,8 @@ def _settings_classes() -> list[tuple[str, type[BaseSettings]]]:
         ("MT5 gateway (`engine/mt5/settings.py`)", MT5Settings),
         ("Serving (`serving/settings.py`)", ServingSettings),
         ("Engine and risk (`engine/config.py`)", EngineSettings),
+        ("Alert thresholds (`titanovax/observe.py`)", AlertThresholds),
+        ("Backups (`titanovax/backup.py`)", BackupSettings),
         ("Model monitoring (`training/monitor/settings.py`)", ModelMonitorSettings),
     ]
 

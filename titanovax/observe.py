@@ -29,6 +29,8 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from titanovax.settings import PROJECT_ROOT
 
@@ -37,6 +39,50 @@ log = logging.getLogger(__name__)
 RULES_DIR = PROJECT_ROOT / "infra" / "prometheus" / "rules"
 #: label on rules that only make sense while the FX market trades (muted on weekends)
 MARKET_HOURS_LABEL = "market_hours"
+
+
+#: prefix of the recording rules that hold alert thresholds (infra/prometheus/rules/heal.yml)
+THRESHOLD_PREFIX = "tx:alert_threshold:"
+
+
+class AlertThresholds(BaseSettings):
+    """Thresholds of the heartbeat and degradation alerts (``TX_ALERT_*``, documented in
+    ``.env.example``). Prometheus rules cannot read the environment, so each is a recording
+    rule ``tx:alert_threshold:<name>`` with the default in ``rules/heal.yml`` and the alert
+    compares against it; :func:`render_prometheus_config` writes these values in."""
+
+    model_config = SettingsConfigDict(env_prefix="TX_ALERT_", env_file=None, extra="ignore")
+
+    serving_silent_seconds: float = Field(
+        default=900.0, gt=0, description="TxServingSilent: seconds without a request to serving."
+    )
+    engine_decision_p99_seconds: float = Field(
+        default=0.5, gt=0, description="TxEngineDecisionLatencyP99: tick-to-decision p99 (30 min)."
+    )
+    engine_refusal_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="TxEngineRefusalRate: share of decisions refused for a fault (30 min).",
+    )
+    engine_fallback_ratio: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="TxEngineFallbackRate: share of predictions from the in-process fallback.",
+    )
+
+    def records(self) -> dict[str, float]:
+        """``{recording rule name: value}``."""
+        return {THRESHOLD_PREFIX + k: float(v) for k, v in self.model_dump().items()}
+
+
+def _set_thresholds(rules: dict[str, Any], values: dict[str, float]) -> dict[str, Any]:
+    for group in rules.get("groups", []):
+        for rule in group.get("rules", []):
+            if rule.get("record") in values:
+                rule["expr"] = f"vector({values[rule['record']]!r})"
+    return rules
 
 
 @dataclass(frozen=True)
@@ -81,11 +127,13 @@ def render_prometheus_config(
     scrape_interval: str = "15s",
     evaluation_interval: str = "15s",
     for_override: str | None = None,
+    thresholds: AlertThresholds | None = None,
 ) -> Path:
     """Write ``out/prometheus.yml`` scraping ``targets``, evaluating the rules of
     ``rules_dir/*.yml`` (copied to ``out/rules/``) and sending alerts to ``alertmanagers``
     (``host:port``). ``for_override`` replaces every alert's ``for:`` (tests and demos that
-    cannot wait minutes; expressions, labels and annotations stay the rules' own)."""
+    cannot wait minutes; expressions, labels and annotations stay the rules' own);
+    ``thresholds`` replaces the values of the ``tx:alert_threshold:*`` recording rules."""
     out.mkdir(parents=True, exist_ok=True)
     rules_out = out / "rules"
     if rules_out.exists():
@@ -95,11 +143,15 @@ def render_prometheus_config(
     if not files:
         raise FileNotFoundError(f"no alert rules (*.yml) in {rules_dir}")
     for f in files:
-        if for_override is None:
+        if for_override is None and thresholds is None:
             shutil.copy(f, rules_out / f.name)
-        else:
-            data = _shorten_for(yaml.safe_load(f.read_text()), for_override)
-            (rules_out / f.name).write_text(yaml.safe_dump(data, sort_keys=False))
+            continue
+        data = yaml.safe_load(f.read_text())
+        if for_override is not None:
+            data = _shorten_for(data, for_override)
+        if thresholds is not None:
+            data = _set_thresholds(data, thresholds.records())
+        (rules_out / f.name).write_text(yaml.safe_dump(data, sort_keys=False))
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": scrape_interval,

@@ -10,9 +10,13 @@ row of :func:`services`: name, command, environment, health check. The compose f
 State lives under ``$TX_HOME/stack/``: ``spec.json`` (the table as started), ``circusd.pid``,
 ``secrets.json`` (generated tokens, mode 600), ``logs/<service>.log``.
 
-Restarts: circus respawns a service that exits; its flapping plugin holds a service that
-crashes 3 times within 60 s back for 10 s before each new round, and never gives up (circus
-0.18 stops its whole arbiter when one watcher is left with no process).
+Restarts: circus respawns a service that exits and never gives up (circus 0.18 stops its
+whole arbiter when one watcher is left with no process). The backoff is ours
+(:mod:`titanovax.restart_backoff`, before every start): a service that started 3 times
+within 60 s waits 10 s, then 20, 40, 60 s before the next start. Circus's flapping plugin
+still runs and logs "flapping detected", but its hold-back is a cast the arbiter refuses
+while it is respawning (docs/operations-heal.md has the measured behaviour). ``up(only=[...])``
+(``tx stack up --only engine,pusher``) starts a chosen subset under the same supervisor.
 """
 
 from __future__ import annotations
@@ -188,6 +192,8 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
             "TX_ENGINE_TOKEN": ctx.secrets["engine_token"],
             "TX_JOURNAL_URL": ctx.db_url("journal", "postgresql"),
             "TX_MONITOR_DB_URL": ctx.db_url("monitoring"),
+            # the backups DAG dumps MLflow's backend store (the tracking URI is the server)
+            "TX_BACKUP_MLFLOW_BACKEND_URI": ctx.db_url("mlflow", "postgresql"),
             "BENTOML_HOME": str(ctx.home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "DO_NOT_TRACK": "1",
@@ -427,6 +433,7 @@ def render_observe_configs(ctx: StackContext) -> None:
     itself and Alertmanager; the rules of ``infra/prometheus/rules``) and Alertmanager's
     (every alert to the notifier's webhook), with the tokens in files of mode 600."""
     from titanovax.observe import (
+        AlertThresholds,
         ScrapeTarget,
         render_alertmanager_config,
         render_prometheus_config,
@@ -458,6 +465,7 @@ def render_observe_configs(ctx: StackContext) -> None:
         PROJECT_ROOT / "infra" / "prometheus" / "rules",
         obs / "prometheus",
         alertmanagers=[addr("alertmanager")],
+        thresholds=AlertThresholds(),  # TX_ALERT_*
     )
     render_alertmanager_config(f"{ctx.url('notifier')}/alertmanager", obs / "alertmanager")
 
@@ -660,14 +668,19 @@ def _call(ctx: StackContext, command: str, **props: Any) -> dict[str, Any]:
 
 
 def watcher_config(ctx: StackContext, svc: Service, table: list[Service]) -> dict[str, Any]:
-    """circus's watcher for ``svc``. A service with ``after`` starts as a small waiter that
-    execs the service's command (same pid) once those services answer their health URL."""
+    """circus's watcher for ``svc``. Every start goes through the restart backoff
+    (:mod:`titanovax.restart_backoff`: a crash loop waits 10, 20, 40, 60 s before the next
+    start), then execs the service (same pid). A service with ``after`` then starts as a
+    small waiter that execs the service's command once those services answer their health
+    URL."""
     logfile = str(ctx.log_dir / f"{svc.name}.log")
     stream = {"class": "FileStream", "filename": logfile}
     argv = svc.argv
     if svc.after:
         urls = [s.health.url for s in table if s.name in svc.after and s.health.url]
         argv = [sys.executable, "-m", "titanovax.stack", "--after", *urls, "--", *svc.argv]
+    starts = ctx.state_dir / "restarts" / f"{svc.name}.json"
+    argv = [sys.executable, "-m", "titanovax.restart_backoff", str(starts), "--", *argv]
     return {
         "name": svc.name,
         "cmd": shlex.join(argv),
@@ -701,6 +714,11 @@ def supervise(spec_path: Path) -> None:
                 "window": 60,
                 "retry_in": 10,
                 "max_retry": -1,  # keep trying: a watcher that gives up stops circus 0.18
+                # circus closes a plugin's stdout/stderr unless told otherwise; the plugin's
+                # sockets then reuse fds 1 and 2 and its first log line (the one announcing
+                # the flapping) lands on a socket: the stop never happens. Inherit circusd.log.
+                "close_child_stdout": False,
+                "close_child_stderr": False,
             }
         ],
     )
@@ -876,6 +894,9 @@ def check_ports(ctx: StackContext, table: list[Service]) -> None:
 
 
 def _start_supervisor(ctx: StackContext, table: list[Service]) -> int:
+    import shutil
+
+    shutil.rmtree(ctx.state_dir / "restarts", ignore_errors=True)  # a new supervisor: no history
     spec = {
         "controller": _endpoint(ctx, "circus.ctl"),
         "pubsub": _endpoint(ctx, "circus.pub"),
@@ -958,15 +979,70 @@ def wait_healthy(
     return result
 
 
-def up(ctx: StackContext, say: Callable[[str], None] = print) -> dict[str, Any]:
+def select(table: list[Service], only: list[str] | None) -> list[Service]:
+    """The rows of ``table`` named in ``only`` (table order); all of them when ``only`` is
+    None. An unknown name is an error naming it and the choices."""
+    if only is None:
+        return table
+    names = [s.name for s in table]
+    unknown = [n for n in only if n not in names]
+    if unknown or not only:
+        raise StackError(
+            f"unknown service {', '.join(map(repr, unknown)) or '(none given)'} for --only; "
+            f"choose from: {', '.join(names)}"
+        )
+    return [s for s in table if s.name in only]
+
+
+#: services that read the Feast repo's online store layout (``tx features apply`` first)
+_NEEDS_FEAST = {"pusher", "engine", "serving"}
+
+
+def _prepare_subset(ctx: StackContext, table: list[Service], say: Callable[[str], None]) -> None:
+    """What a chosen subset needs of :func:`_prepare`: the databases (the engine's journal,
+    MLflow's backend), the observability configs, the Feast repo when a feature reader or
+    writer runs; Airflow's migration only when an Airflow service is chosen."""
+    names = {s.name for s in table}
+    if any(n.startswith("airflow") for n in names):
+        _prepare(ctx, say)
+        return
+    ctx.log_dir.mkdir(parents=True, exist_ok=True)
+    render_observe_configs(ctx)
+    (ctx.home / "mlartifacts").mkdir(parents=True, exist_ok=True)
+    _ensure_databases(ctx)
+    if names & _NEEDS_FEAST:
+        env = {**os.environ, **platform_env(ctx)}
+        if _run_once(ctx, "feast-applied", [str(VENV_BIN / "tx"), "features", "apply"], env):
+            say("feast: repo applied (online store on " + ctx.online_redis_url + ")")
+
+
+def running_services(ctx: StackContext) -> list[str] | None:
+    """Names of the services the running supervisor was started with (None: not running)."""
+    if supervisor_pid(ctx) is None:
+        return None
+    try:
+        spec = json.loads((ctx.state_dir / "spec.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return [s["name"] for s in spec.get("services", [])]
+
+
+def up(
+    ctx: StackContext, say: Callable[[str], None] = print, only: list[str] | None = None
+) -> dict[str, Any]:
     """Start the stack (or what of it is not running) and wait until every service is
-    healthy. Idempotent: a running stack is checked, not started twice."""
+    healthy. Idempotent: a running stack is checked, not started twice. ``only`` starts a
+    chosen subset of the table under the same supervisor (e.g. ``["engine", "pusher"]``
+    for the self-healing tests); the full stack is ``only=None``."""
     t0 = time.monotonic()
-    table = services(ctx)
+    table = select(services(ctx), only)
     pid = supervisor_pid(ctx)
     if pid is None:
         check_ports(ctx, table)
-        _prepare(ctx, say)
+        if only is None:
+            _prepare(ctx, say)
+        else:
+            _prepare_subset(ctx, table, say)
         pid = _start_supervisor(ctx, table)
         say(f"supervisor (circus) pid {pid}; waiting for health checks")
         _wait_controller(ctx, 30.0)
@@ -1007,6 +1083,9 @@ def status(ctx: StackContext) -> list[dict[str, Any]]:
     table = services(ctx)
     if supervisor_pid(ctx) is None:
         return [{"service": svc.name, "state": "down", "pids": [], "health": "-"} for svc in table]
+    started = running_services(ctx)
+    if started is not None:  # a subset (`up --only`): report what runs
+        table = [svc for svc in table if svc.name in started]
     statuses = watcher_status(ctx)
     rows = []
     for svc in table:
@@ -1073,10 +1152,20 @@ def _fail(exc: Exception) -> None:
 
 
 @stack_app.command("up")
-def up_cmd() -> None:
+def up_cmd(
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help="Comma-separated services to start (e.g. engine,pusher); default: all. "
+            "`tx stack status` lists the names.",
+        ),
+    ] = None,
+) -> None:
     """Start every service (idempotent), wait for each health check, print the URLs."""
+    chosen = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
     try:
-        out = up(context(), say=typer.echo)
+        out = up(context(), say=typer.echo, only=chosen)
     except StackError as exc:
         _fail(exc)
         return

@@ -592,6 +592,7 @@ def test_readyz_when_token_and_model_warm_then_200(served: Served):
 
 
 def test_metrics_when_requests_served_then_latency_and_outcomes_by_model_version(served: Served):
+    before = time.time()
     served.client.post("/v1/predict", json={"rows": [_row([0.1, 0.2, 0.3, 40.0, 0.0002])]})
     served.client.post("/v1/predict", json={"rows": []})
     httpx.post(served.server.base_url + "/v1/predict", json={}, timeout=10)  # no token
@@ -608,6 +609,8 @@ def test_metrics_when_requests_served_then_latency_and_outcomes_by_model_version
     assert value(f'tx_serving_requests_total{{{labels},outcome="bad_request"}}') >= 1
     assert value(f'tx_serving_requests_total{{{labels},outcome="unauthorized"}}') >= 1
     assert value(f'tx_serving_request_duration_seconds_count{{{labels},outcome="ok"}}') >= 1
+    # serving's heartbeat (TxServingSilent): the time of the last request, any outcome
+    assert before <= value("tx_serving_last_request_timestamp_seconds") <= time.time()
     buckets = [
         ln
         for ln in text.splitlines()

@@ -24,6 +24,8 @@ def _env_names(cls: type) -> set[str]:
 def test_env_example_when_read_then_documents_every_setting_of_every_deployable() -> None:
     from engine.config import EngineSettings
     from serving.settings import ServingSettings
+    from titanovax.backup import BackupSettings
+    from titanovax.observe import AlertThresholds
     from titanovax.settings import PlatformSettings
     from titanovax.stack import StackSettings
     from training.monitor.settings import ModelMonitorSettings
@@ -36,6 +38,8 @@ def test_env_example_when_read_then_documents_every_setting_of_every_deployable(
         ServingSettings,
         EngineSettings,
         StackSettings,
+        AlertThresholds,
+        BackupSettings,
         ModelMonitorSettings,
     ):
         missing = _env_names(cls) - documented
