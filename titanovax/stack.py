@@ -186,6 +186,9 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
             "TX_SERVING_TOKEN": ctx.secrets["serving_token"],
             "TX_ENGINE_TOKEN": ctx.secrets["engine_token"],
             "TX_JOURNAL_URL": ctx.db_url("journal", "postgresql"),
+            # the monitoring DAG's actions reach the engine and Airflow's REST API
+            "TX_MONITOR_ACTION_ENGINE_URL": ctx.url("engine"),
+            "TX_MONITOR_ACTION_AIRFLOW_URL": ctx.url("api"),
             "BENTOML_HOME": str(ctx.home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "DO_NOT_TRACK": "1",
