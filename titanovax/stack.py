@@ -80,6 +80,22 @@ class StackSettings(BaseSettings):
     up_timeout_s: float = Field(
         default=300.0, description="How long `tx stack up` waits for every health check."
     )
+    scrape_interval: str = Field(
+        default="15s",
+        pattern=r"^[0-9]+[smh]$",
+        description="Prometheus' scrape and rule evaluation interval (e.g. 15s).",
+    )
+    alert_for: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+[smh]$",
+        description="Replaces every alert rule's `for:` (e.g. 5s for a test that cannot wait "
+        "minutes); unset: the rules' own.",
+    )
+    alert_group_wait: str = Field(
+        default="30s",
+        pattern=r"^[0-9]+[smh]$",
+        description="Alertmanager's group_wait (and group_interval when shorter than 5m).",
+    )
 
     def port(self, offset: int) -> int:
         return self.port_base + offset
@@ -446,8 +462,17 @@ def render_observe_configs(ctx: StackContext) -> None:
         PROJECT_ROOT / "infra" / "prometheus" / "rules",
         obs / "prometheus",
         alertmanagers=[addr("alertmanager")],
+        scrape_interval=ctx.stack.scrape_interval,
+        evaluation_interval=ctx.stack.scrape_interval,
+        for_override=ctx.stack.alert_for,
     )
-    render_alertmanager_config(f"{ctx.url('notifier')}/alertmanager", obs / "alertmanager")
+    wait = ctx.stack.alert_group_wait
+    render_alertmanager_config(
+        f"{ctx.url('notifier')}/alertmanager",
+        obs / "alertmanager",
+        group_wait=wait,
+        group_interval=wait if wait != "30s" else "5m",
+    )
 
 
 # --- health checks ----------------------------------------------------------------------------
