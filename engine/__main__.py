@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         login=es.mt5_login,
         password=es.mt5_password,
         server=es.mt5_server,
+        bridge_timeout_s=es.terminal_timeout_s,
+        reconnect_attempts=es.terminal_attempts,
     )
     reader = OnlineFeatureReader(
         redis.Redis.from_url(es.redis_url),
@@ -73,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     engine = build_engine(
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time
+    )
+    from engine.reconcile import ReconcileLoop
+
+    recon = (
+        ReconcileLoop(engine, es.reconcile_interval_s).start()
+        if es.reconcile_interval_s > 0
+        else None
     )
     server = None
     token = es.secret("engine_token")
@@ -89,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
+        if recon is not None:
+            recon.stop()
         if server is not None:
             server.stop()
     return 0

@@ -12,6 +12,7 @@ from engine.config import EngineSettings
 from engine.journal import Journal
 from engine.loop import Engine, FeatureSource
 from engine.metrics import EngineMetrics
+from engine.model_guard import GuardedModel, ModelGuard, bundle_guard
 from engine.mt5 import TIMEFRAMES
 from engine.mt5.protocol import Terminal
 from engine.serving_client import FallbackModel, OnnxModel, ServingClient
@@ -20,11 +21,27 @@ log = logging.getLogger(__name__)
 
 
 class ModelHandle:
-    """The engine's model client, re-openable (control API ``reload``)."""
+    """The engine's model client, re-openable (control API ``reload``), behind the model
+    guard (:mod:`engine.model_guard`): the fallback bundle's manifest guards its answers, the
+    manifest in ``TX_ENGINE_BUNDLE_DIR`` guards serving's answers of that same bundle."""
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.model = self._open()
+        self.guarded = self._guard(self.model)
+
+    def _guard(self, model: FallbackModel) -> GuardedModel:
+        s = self.settings
+        kw = {"max_age_days": s.model_max_age_days, "iqr_k": s.ood_iqr_k}
+        guards: dict[str, ModelGuard] = {}
+        if s.bundle_dir is not None:
+            found = bundle_guard(s.bundle_dir, **kw)
+            if found is not None:
+                guards[found[0]] = found[1]
+        fb = model.fallback
+        if fb is not None:
+            guards[fb.bundle_sha256] = ModelGuard(fb.manifest, label=fb.model_version, **kw)
+        return GuardedModel(model, guards)
 
     def _open(self) -> FallbackModel:
         s = self.settings
@@ -41,13 +58,14 @@ class ModelHandle:
         return FallbackModel(client, local, expected_sha256=s.bundle_sha256)
 
     def predict(self, row: Any) -> Any:
-        """Delegate to the current model."""
-        return self.model.predict(row)
+        """Delegate to the current model, through its guard."""
+        return self.guarded.predict(row)
 
     def reload(self) -> dict[str, Any]:
         """Re-open the serving client and the local bundle (a new bundle dir content is read)."""
         old = self.model
         self.model = self._open()
+        self.guarded = self._guard(self.model)
         close = getattr(old.primary, "close", None)
         if close is not None:
             close()

@@ -140,6 +140,27 @@ class EngineSettings(BaseSettings):
     stop_atr_mult: float = Field(default=2.0, alias="TX_ENGINE_STOP_ATR_MULT")
     min_edge_cost_ratio: float = Field(default=0.0, alias="TX_ENGINE_MIN_EDGE_COST_RATIO")
     broker_utc_offset_hours: int = 2
+    reconcile_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        alias="TX_ENGINE_RECONCILE_INTERVAL_S",
+        description="seconds between two continuous reconciliation passes (terminal positions "
+        "and deals of this magic against the journal); 0 turns it off",
+    )
+    model_max_age_days: float = Field(
+        default=30.0,
+        ge=0,
+        alias="TX_ENGINE_MODEL_MAX_AGE_DAYS",
+        description="a bundle trained longer ago than this (manifest trained_at) is refused "
+        "with reason model_expired; 0 turns the check off",
+    )
+    ood_iqr_k: float = Field(
+        default=5.0,
+        ge=0,
+        alias="TX_ENGINE_OOD_IQR_K",
+        description="a feature row with any feature outside [q01 - k*IQR, q99 + k*IQR] of the "
+        "training reference (manifest reference_stats) is refused out_of_distribution; 0: off",
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod

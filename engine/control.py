@@ -10,15 +10,20 @@ GET      ``/api/status``     trading state, risk figures, decision and refusal c
 GET      ``/api/positions``  open positions of this engine (its magic)
 GET      ``/api/pnl``        balance, equity, floating and realised P&L, drawdown
 GET      ``/api/decisions``  the newest journaled decisions (``?limit=N``, default 20)
+GET      ``/api/audit``      the newest audit rows, newest first (``?limit=N``, default 20)
 POST     ``/api/kill``       HALT; body ``{"flatten": true}`` also closes every position
-POST     ``/api/resume``     back to ACTIVE
+POST     ``/api/resume``     back to ACTIVE (acknowledges open reconciliation mismatches)
 POST     ``/api/reload``     re-open the model (serving client / ONNX bundle)
+POST     ``/api/reduce``     REDUCING with reason ``monitor_reduce`` (monitoring actions)
 GET      ``/metrics``        Prometheus text format
 =======  ==================  ====================================================
 
 **Input is typed.** A POST body is empty or a JSON object of at most 4 KiB with only the
 endpoint's keys: ``/api/kill`` takes ``{"flatten": true|false}`` (a JSON boolean; ``"no"``,
-``0`` or ``null`` are a 400, never truthiness); ``?limit`` is an integer 1-500. A missing,
+``0`` or ``null`` are a 400, never truthiness); kill, resume, reload and reduce take an
+optional ``"reason"`` (a JSON string of at most 500 characters); ``?limit`` is an integer
+1-500. **Audit**: every POST is journaled (table ``audit``) with the actor from the
+``X-TX-Actor`` header (default ``operator``; 1-64 printable characters, else a 400). A missing,
 negative, non-numeric or oversized ``Content-Length``, a body that is not JSON or not an
 object, or an unknown key is a 400 with a one-line reason. Each connection has a socket
 timeout (``TX_ENGINE_CONTROL_TIMEOUT_S``), so a client that announces more bytes than it sends
@@ -74,10 +79,13 @@ def console_csp(html: str) -> str:
 
 
 POST_KEYS: dict[str, dict[str, type]] = {
-    "/api/kill": {"flatten": bool},
-    "/api/resume": {},
-    "/api/reload": {},
+    "/api/kill": {"flatten": bool, "reason": str},
+    "/api/resume": {"reason": str},
+    "/api/reload": {"reason": str},
+    "/api/reduce": {"reason": str},
 }
+MAX_REASON = 500
+MAX_ACTOR = 64
 
 
 class BadRequest(ValueError):
@@ -112,7 +120,21 @@ def parse_body(headers: Any, rfile: Any, allowed: dict[str, type]) -> dict[str, 
             raise BadRequest(f"unknown field {k[:60]!r}; allowed: {sorted(allowed)}")
         if type(v) is not allowed[k]:
             raise BadRequest(f"{k} must be a JSON {allowed[k].__name__}, got {v!r:.60}")
+        if isinstance(v, str) and len(v) > MAX_REASON:
+            raise BadRequest(f"{k} must be at most {MAX_REASON} characters, got {len(v)}")
     return body
+
+
+def parse_actor(headers: Any) -> str:
+    """The ``X-TX-Actor`` header (default ``operator``); :class:`BadRequest` when empty,
+    longer than 64 characters or not printable."""
+    raw = headers.get("X-TX-Actor")
+    if raw is None:
+        return "operator"
+    v = raw.strip()
+    if not v or len(v) > MAX_ACTOR or not v.isprintable():
+        raise BadRequest(f"X-TX-Actor must be 1-{MAX_ACTOR} printable characters, got {raw[:70]!r}")
+    return v
 
 
 def parse_limit(query: str) -> int:
@@ -200,6 +222,13 @@ def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestH
                     self._json(400, {"error": str(exc)})
                     return
                 self._json(200, engine.journal.rows(limit=limit)[::-1])
+            elif url.path == "/api/audit":
+                try:
+                    limit = parse_limit(url.query)
+                except BadRequest as exc:
+                    self._json(400, {"error": str(exc)})
+                    return
+                self._json(200, engine.audit_rows(limit))
             elif url.path == "/metrics":
                 self._send(200, engine.metrics.render(), CONTENT_TYPE_LATEST)
             else:
@@ -214,19 +243,27 @@ def _handler(engine: Any, token: str, timeout_s: float) -> type[BaseHTTPRequestH
                 return
             try:
                 body = parse_body(self.headers, self.rfile, POST_KEYS[path])
+                actor = parse_actor(self.headers)
             except BadRequest as exc:
                 self.close_connection = True
                 self._json(400, {"error": str(exc)})
                 return
+            who = {"actor": actor, "reason": body.get("reason")}
             if path == "/api/kill":
                 flatten = bool(body.get("flatten", False))
-                log.warning("control: kill (flatten=%s)", flatten)
-                self._json(200, engine.kill(flatten=flatten, detail="operator kill (control API)"))
+                log.warning("control: kill (flatten=%s) by %s", flatten, actor)
+                detail = f"operator kill (control API, {actor})"
+                if who["reason"]:
+                    detail += f": {who['reason']}"
+                self._json(200, engine.kill(flatten=flatten, detail=detail, **who))
             elif path == "/api/resume":
-                log.warning("control: resume")
-                self._json(200, engine.resume())
+                log.warning("control: resume by %s", actor)
+                self._json(200, engine.resume(**who))
+            elif path == "/api/reduce":
+                log.warning("control: reduce by %s", actor)
+                self._json(200, engine.reduce(**who))
             else:
-                self._json(200, engine.reload())
+                self._json(200, engine.reload(**who))
 
     return Handler
 

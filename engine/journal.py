@@ -14,6 +14,10 @@ Tables (same SQL on both back ends):
   A crash between the two leaves a ``pending`` row that reconciliation resolves against the
   terminal's positions and deals on the next start.
 * ``engine_state`` — key/value JSON (risk state, filling-mode cache) that survives restarts.
+* ``audit`` — one row per operator or automatic action on the trading state (kill, flatten,
+  resume, reload, reduce, reconciliation reduce/resolve): when (UTC ISO), who (``actor``),
+  what (``action``), why (``reason``) and what changed (``detail`` JSON: state before/after,
+  positions flattened, mismatches). Appended only; :meth:`Journal.audit_rows` reads it back.
 
 **Scope.** Every row of the three tables carries a ``scope``: ``<account login>:<magic>:<mode>``
 (set by the engine once it knows its account, :meth:`Journal.set_scope`). Two engines, or a
@@ -102,6 +106,21 @@ CREATE TABLE IF NOT EXISTS engine_state (
     PRIMARY KEY (scope, key)
 )""",
 )
+# the audit table's key differs per back end (an autoincrementing id); created next to _SCHEMA
+_AUDIT_SQLITE = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope TEXT NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT,
+    detail TEXT NOT NULL
+)"""
+_AUDIT_POSTGRES = _AUDIT_SQLITE.replace(
+    "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"
+)
+_AUDIT_INDEX = "CREATE INDEX IF NOT EXISTS audit_scope ON audit (scope, id)"
 _TABLES = ("decisions", "intents", "engine_state")
 FINAL_INTENT = frozenset({"done", "failed", "recovered"})
 """Intent statuses that need no reconciliation (``pending`` and ``not_sent`` do)."""
@@ -210,7 +229,11 @@ class Journal:
                 self._integrity = (sqlite3.IntegrityError,)
                 self._errors = (sqlite3.Error, OSError)
             self._migrate()
-            for ddl in _SCHEMA:
+            for ddl in (
+                *_SCHEMA,
+                _AUDIT_POSTGRES if self.postgres else _AUDIT_SQLITE,
+                _AUDIT_INDEX,
+            ):
                 self._exec(ddl)
         except JournalUnavailable:
             raise
@@ -313,7 +336,8 @@ class Journal:
         return {r[0] for r in rows} or None
 
     def _migrate(self) -> None:
-        """Keep tables of the unscoped layout aside (``<table>_unscoped``)."""
+        """Keep tables of the unscoped layout aside (``<table>_unscoped``). Tables added
+        later (``audit``) are created by ``CREATE TABLE IF NOT EXISTS`` in an older journal."""
         for table in _TABLES:
             cols = self._columns(table)
             if cols is not None and "scope" not in cols:
@@ -562,6 +586,55 @@ class Journal:
             "SELECT value FROM engine_state WHERE scope=? AND key=?", (self.scope, key)
         )
         return str(rows[0]["value"]) if rows else None
+
+    # --- audit --------------------------------------------------------------------------
+    def audit(
+        self,
+        action: str,
+        *,
+        actor: str = "operator",
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+        at: str | None = None,
+    ) -> dict[str, Any]:
+        """Append one audit row (committed at once outside a group transaction) and return it."""
+        from datetime import UTC, datetime
+
+        row: dict[str, Any] = {
+            "scope": self.scope,
+            "at": at or datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "actor": actor,
+            "action": action,
+            "reason": reason,
+            "detail": json.dumps(detail or {}, default=str),
+        }
+        self._exec(
+            "INSERT INTO audit (scope, at, actor, action, reason, detail) VALUES (?,?,?,?,?,?)",
+            tuple(row.values()),
+        )
+        row.pop("scope")
+        row["detail"] = detail or {}
+        return row
+
+    def audit_rows(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit rows of this scope, newest first."""
+        out = self._query(
+            "SELECT id, at, actor, action, reason, detail FROM audit WHERE scope=?"
+            " ORDER BY id DESC LIMIT ?",
+            (self.scope, int(limit)),
+        )
+        for r in out:
+            r["id"] = int(r["id"])
+            r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+        return out
+
+    def intents_since(self, created_at: float) -> list[Intent]:
+        """Intents created at or after ``created_at`` (epoch s), oldest first."""
+        rows = self._query(
+            "SELECT * FROM intents WHERE scope=? AND created_at >= ? ORDER BY created_at, client_id",
+            (self.scope, float(created_at)),
+        )
+        return [self._intent(r) for r in rows]
 
     def close(self) -> None:
         """Close the connection."""

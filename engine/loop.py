@@ -42,11 +42,18 @@ flag, which the order path checks under the send gate immediately before every
 ``order_send``, waits a bounded moment for an ``order_send`` already in flight, and answers.
 The HALTED state is persisted at once when the decision lock is free, else by the decision
 thread as soon as its bar ends. :meth:`Engine.status` does not wait either.
+
+**Audit.** Every operator action (kill, flatten, resume, reload, reduce) and every automatic
+reduction by the continuous reconciliation (:meth:`Engine.reconcile_pass`, see
+:mod:`engine.reconcile`) is an ``audit`` row in the journal: who, when (UTC), why, and the
+state before and after. Rows are written under the decision lock, never inside a bar's
+transaction; while the journal is down they wait in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -65,8 +72,10 @@ from engine.journal import (
     journal_scope,
 )
 from engine.metrics import EngineMetrics
+from engine.model_guard import ModelExpired, OutOfDistribution
 from engine.mt5 import Terminal
 from engine.mt5 import protocol as mt5
+from engine.reconcile import Mismatch, compare
 from engine.risk import Reason, RiskManager, RiskState, TradingState
 from engine.serving_client import (
     ModelMismatch,
@@ -115,6 +124,8 @@ class _Refuse(Exception):
 # exception type → reason code; the first match wins (subclasses before their bases)
 _FAILURES: tuple[tuple[type[BaseException], Reason], ...] = (
     (JournalUnavailable, Reason.JOURNAL_UNAVAILABLE),
+    (ModelExpired, Reason.MODEL_EXPIRED),
+    (OutOfDistribution, Reason.OUT_OF_DISTRIBUTION),
     (InvalidFeatures, Reason.INVALID_FEATURES),
     (FeatureUnavailable, Reason.FEATURES_UNAVAILABLE),
     (ModelMismatch, Reason.MODEL_MISMATCH),
@@ -212,6 +223,18 @@ class Engine:
             send_gate=self.send_gate,
         )
         self.last_reconcile: dict[str, Any] = {}
+        self._audit_unwritten: list[dict[str, Any]] = []  # audit rows waiting for the journal
+        self._kill_meta: dict[str, Any] | None = None  # who/why of a kill not yet audited
+        saved_rec = journal.load_state("reconcile")
+        rec_state: dict[str, Any] = json.loads(saved_rec) if saved_rec else {}
+        self._rec_open: dict[str, dict[str, Any]] = dict(rec_state.get("open", {}))
+        self._rec_before: dict[str, str] | None = rec_state.get("before")
+        self._rec_known: set[int] = {int(t) for t in rec_state.get("known", [])}
+        self._rec_flagged: set[int] = {int(t) for t in rec_state.get("flagged", [])}
+        self._rec_acked: set[str] = set(rec_state.get("acked", []))
+        self._rec_link_down = False
+        self.reconcile_info: dict[str, Any] = {"passes": 0, "errors": 0, "last_pass_at": None}
+        self.metrics.reconcile_open.set(len(self._rec_open))
         self._deals_seen_to: int | None = None
         self._earlier_intents = True  # the bar being decided may have intents from before  # time of the newest deal _observe_account saw
 
@@ -278,6 +301,10 @@ class Engine:
             report["unknown_positions"] = [
                 int(p.ticket) for p in positions if p.comment not in known
             ]
+            adopt = {t for t in report["unknown_positions"] if t not in self._rec_flagged}
+            if adopt - self._rec_known:  # adopted: the continuous reconciliation accepts them
+                self._rec_known |= adopt
+                self._save_reconcile()
             if positions and self.journal.is_empty():
                 report["journal_missing"] = True
                 self.risk.set_state(
@@ -322,6 +349,8 @@ class Engine:
                     raise
             finally:
                 self._apply_pending_kill()
+                if self._audit_unwritten and self.journal_up:
+                    self._flush_audit()
 
     def flush_journal(self) -> bool:
         """Write the rows kept while the journal was down (e.g. before a clean stop); True
@@ -724,21 +753,90 @@ class Engine:
         else:
             rec.verdict = "sent"
 
+    # --- audit ----------------------------------------------------------------------------
+    def _state_view(self) -> dict[str, str]:
+        st = self.risk.state
+        return {
+            "state": str(st.trading_state),
+            "reason": st.state_reason,
+            "detail": st.state_detail,
+        }
+
+    def _audit(
+        self, action: str, actor: str, reason: str | None, detail: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Journal one audit row (decision lock held, no bar transaction open); kept in
+        memory while the journal is down and written before the next one."""
+        from datetime import UTC, datetime
+
+        row = {
+            "action": action,
+            "actor": actor,
+            "reason": reason,
+            "detail": detail,
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        self._audit_unwritten.append(row)
+        self._flush_audit()
+        log.warning("audit: %s by %s (%s)", action, actor, reason or "no reason given")
+        return row
+
+    def _flush_audit(self) -> None:
+        if self.journal.in_transaction:
+            return  # written by the next call outside the bar
+        while self._audit_unwritten:
+            r = self._audit_unwritten[0]
+            try:
+                self.journal.audit(
+                    r["action"],
+                    actor=r["actor"],
+                    reason=r["reason"],
+                    detail=r["detail"],
+                    at=r["at"],
+                )
+            except JournalUnavailable as exc:
+                log.error("audit row %s kept in memory: %s", r["action"], exc)
+                return
+            self._audit_unwritten.pop(0)
+
+    def audit_rows(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest audit rows, newest first (rows not yet written first, marked)."""
+        with self._operator_lock():
+            self._flush_audit()
+            waiting = [{**r, "id": None, "unwritten": True} for r in self._audit_unwritten[::-1]]
+            return (waiting + self.journal.audit_rows(limit))[:limit]
+
     # --- operator actions (control API) ---------------------------------------------------
-    def kill(self, flatten: bool = False, detail: str = "operator kill") -> dict[str, Any]:
+    def kill(
+        self,
+        flatten: bool = False,
+        detail: str = "operator kill",
+        *,
+        actor: str = "operator",
+        reason: str | None = None,
+    ) -> dict[str, Any]:
         """HALT trading now, without waiting for an in-flight decision (see the module
         docstring); with ``flatten`` also close every position of this engine (at once when
         the decision lock is free, else as soon as the in-flight bar ends).
 
         The answer says whether an ``order_send`` was still in flight (it started before the
-        kill) and whether the HALTED state is already persisted."""
+        kill) and whether the HALTED state is already persisted. The audit row (action
+        ``kill`` or ``flatten``) is written when the kill is persisted, with what it closed."""
         t0 = time.perf_counter()
+        before = self._state_view()
         self.killed.set()
         in_flight = not self.send_gate.acquire(timeout=self.kill_wait_s)
         if not in_flight:
             self.send_gate.release()
         self._pending_flatten = self._pending_flatten or flatten
         self._pending_kill = detail
+        self._kill_meta = {
+            "action": "flatten" if self._pending_flatten else "kill",
+            "actor": actor,
+            "reason": reason,
+            "before": (self._kill_meta or {}).get("before", before),
+            "order_in_flight": in_flight,
+        }
         self.risk.state.trading_state = TradingState.HALTED  # shown at once; persisted below
         self.metrics.set_state(TradingState.HALTED)
         done: list[list[dict[str, Any]]] = []
@@ -764,10 +862,37 @@ class Engine:
         detail, self._pending_kill = self._pending_kill, None
         if detail is None:
             return []
+        meta, self._kill_meta = self._kill_meta or {}, None
         self.risk.kill(detail)
-        if not self._pending_flatten:
-            return []
-        self._pending_flatten = False
+        closed: list[dict[str, Any]] = []
+        if self._pending_flatten:
+            self._pending_flatten = False
+            closed = self._flatten_all()
+        self._audit_unwritten.append(self._kill_row(meta, closed))
+        self._flush_audit()  # nothing inside a bar's transaction: written after its commit
+        return closed
+
+    def _kill_row(self, meta: dict[str, Any], closed: list[dict[str, Any]]) -> dict[str, Any]:
+        from datetime import UTC, datetime
+
+        action = str(meta.get("action", "kill"))
+        detail: dict[str, Any] = {
+            "before": meta.get("before"),
+            "after": self._state_view(),
+            "order_in_flight": meta.get("order_in_flight", False),
+        }
+        if action == "flatten":
+            detail["flattened"] = closed
+        log.warning("audit: %s by %s", action, meta.get("actor", "operator"))
+        return {
+            "action": action,
+            "actor": str(meta.get("actor", "operator")),
+            "reason": meta.get("reason"),
+            "detail": detail,
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+
+    def _flatten_all(self) -> list[dict[str, Any]]:
         closed: list[dict[str, Any]] = []
         now = self.clock()
         stamp = int(now)
@@ -786,7 +911,15 @@ class Engine:
                     position=int(p.ticket),
                     flatten=True,
                 )
-                closed.append({"ticket": int(p.ticket), "status": o.status, "retcode": o.retcode})
+                closed.append(
+                    {
+                        "ticket": int(p.ticket),
+                        "symbol": p.symbol,
+                        "volume": float(p.volume),
+                        "status": o.status,
+                        "retcode": o.retcode,
+                    }
+                )
         except Exception as exc:  # terminal or journal down: the operator sees it
             log.error("flatten failed: %s", exc)
             closed.append({"error": f"{failure_reason(exc)}: {type(exc).__name__}: {exc}"})
@@ -803,25 +936,215 @@ class Engine:
         finally:
             self.lock.release()
 
-    def resume(self) -> dict[str, Any]:
+    def resume(self, *, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
         """Back to ACTIVE (peak restarts at current equity, loss streak resets); also lifts
-        ``journal_missing`` once the operator has checked the account."""
+        ``journal_missing`` once the operator has checked the account, and acknowledges the
+        open reconciliation mismatches (their positions are adopted)."""
         with self._operator_lock():
             self._apply_pending_kill()
+            before = self._state_view()
+            acked = list(self._rec_open.values())
+            if acked:
+                for m in acked:
+                    if m.get("kind") in ("unknown_position", "unknown_deal") and "ticket" in m:
+                        self._rec_known.add(int(m["ticket"]))
+                    if m.get("kind") == "unknown_deal" and "position" in m:
+                        self._rec_known.add(int(m["position"]))
+                    self._rec_acked.add(str(m["key"]))
+                self._rec_open.clear()
+                self._rec_before = None
+                self.metrics.reconcile_open.set(0)
+                self._save_reconcile()
             self.killed.clear()
             self.risk.resume()
+            detail: dict[str, Any] = {"before": before, "after": self._state_view()}
+            if acked:
+                detail["acknowledged_mismatches"] = acked
+            self._audit("resume", actor, reason, detail)
             return {"state": str(self.risk.state.trading_state)}
 
-    def reload(self) -> dict[str, Any]:
-        """Re-open the model (serving client/bundle) through ``reload_hook``; journaled in state."""
+    def reduce(self, *, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
+        """REDUCING with reason ``monitor_reduce`` (only orders towards flat) until an operator
+        resumes; a HALTED engine stays HALTED. Audited; returns :meth:`status`."""
         with self._operator_lock():
-            info = (
-                self.reload_hook()
-                if self.reload_hook is not None
-                else {"reloaded": False, "detail": "no reload hook"}
-            )
+            self._apply_pending_kill()
+            before = self._state_view()
+            if self.risk.state.trading_state is not TradingState.HALTED:
+                self.risk.set_state(
+                    TradingState.REDUCING, Reason.MONITOR_REDUCE, reason or "monitoring action"
+                )
+            self._audit("reduce", actor, reason, {"before": before, "after": self._state_view()})
+        return self.status()
+
+    def reload(self, *, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
+        """Re-open the model (serving client/bundle) through ``reload_hook``; journaled in
+        state and audited."""
+        with self._operator_lock():
+            try:
+                info = (
+                    self.reload_hook()
+                    if self.reload_hook is not None
+                    else {"reloaded": False, "detail": "no reload hook"}
+                )
+            except Exception as exc:
+                self._audit("reload", actor, reason, {"error": f"{type(exc).__name__}: {exc}"})
+                raise
             self.journal.save_state("last_reload", str(info))
+            self._audit("reload", actor, reason, {"result": info, "state": self._state_view()})
             return info
+
+    # --- continuous reconciliation (engine.reconcile) ---------------------------------------
+    def _save_reconcile(self) -> None:
+        try:
+            self.journal.save_state(
+                "reconcile",
+                json.dumps(
+                    {
+                        "open": self._rec_open,
+                        "before": self._rec_before,
+                        "known": sorted(self._rec_known),
+                        "flagged": sorted(self._rec_flagged),
+                        "acked": sorted(self._rec_acked),
+                    }
+                ),
+            )
+        except JournalUnavailable as exc:
+            self._journal_down(exc)
+
+    def reconcile_pass(self, lock_wait_s: float = 1.0) -> dict[str, Any] | None:
+        """One pass of the continuous reconciliation (see :mod:`engine.reconcile`): ``None``
+        when skipped (a decision holds the lock, not started, journal down), else what it saw.
+        A terminal link error is counted and answered, never raised."""
+        if not self.lock.acquire(timeout=lock_wait_s):
+            return None
+        try:
+            if not self.started or not self.journal_up or self.journal.in_transaction:
+                return None
+            t0 = time.perf_counter()
+            wall = time.time()
+            now = self.clock()
+            lookback = self.execution.history_lookback_s
+            try:
+                positions = self.terminal.positions_get()
+                deals = self.terminal.history_deals_get(int(now) - lookback, int(now) + 2 * 86_400)
+                if positions is None or deals is None:
+                    raise mt5.TerminalError("positions_get/history_deals_get", (-1, "no answer"))
+            except Exception as exc:  # the link: counted, logged once per outage, not fatal
+                self.metrics.reconcile_errors.inc()
+                self.reconcile_info["errors"] += 1
+                if not self._rec_link_down:
+                    log.warning("reconciliation: terminal link error, retrying: %s", exc)
+                self._rec_link_down = True
+                return {"error": f"{type(exc).__name__}: {exc}"}
+            if self._rec_link_down:
+                log.warning("reconciliation: terminal link back")
+                self._rec_link_down = False
+            events: list[Mismatch] = []
+            try:
+                self._flush_audit()
+                for it in self.journal.open_intents():
+                    if it.status != "pending":
+                        continue  # not_sent: nothing at the broker, re-sent if re-decided
+                    found = self.executor.find_existing(it.symbol, it.client_id, now)
+                    status = "recovered" if found is not None else "not_sent"
+                    self.journal.intent_end(
+                        it.client_id,
+                        status,
+                        {"results": [found] if found else [], "reconciled": True},
+                        None,
+                    )
+                    events.append(
+                        Mismatch(
+                            "pending_intent",
+                            f"intent:{it.client_id}",
+                            {"client_id": it.client_id, "symbol": it.symbol, "resolved": status},
+                        )
+                    )
+                    if found is not None:
+                        positions = self.terminal.positions_get() or positions
+                intents = self.journal.intents_since(wall - lookback)
+            except JournalUnavailable as exc:
+                self._journal_down(exc)
+                return None
+            found_now = compare(
+                positions=positions,
+                deals=deals,
+                intents=intents,
+                magic=self.magic,
+                known_tickets=self._rec_known,
+                since_wall=wall,
+                flagged=self._rec_flagged,
+            )
+            found_now = [m for m in found_now if m.key not in self._rec_acked]
+            out = self._apply_mismatches(found_now, events)
+            self.reconcile_info["passes"] += 1
+            self.reconcile_info["last_pass_at"] = wall
+            self.metrics.reconcile_last_run.set(wall)
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - t0)
+            return out
+        finally:
+            self.lock.release()
+
+    def _apply_mismatches(self, found: list[Mismatch], events: list[Mismatch]) -> dict[str, Any]:
+        """New mismatches: count, audit, reduce; none left: restore the state before."""
+        current = {m.key: m.as_dict() for m in found}
+        new = [m for m in found if m.key not in self._rec_open]
+        gone = [v for k, v in self._rec_open.items() if k not in current]
+        for m in [*new, *events]:
+            self.metrics.reconcile_mismatches.labels(m.kind).inc()
+            log.warning("reconciliation mismatch %s: %s", m.kind, m.detail)
+        for m in found:
+            if m.kind == "unknown_position":
+                self._rec_flagged.add(int(m.detail["ticket"]))
+        changed = bool(new or gone or events)
+        self._rec_open = current
+        self.metrics.reconcile_open.set(len(current))
+        st = self.risk.state
+        if new or events:
+            before = self._state_view()
+            if current and st.trading_state is TradingState.ACTIVE:
+                self._rec_before = before
+                self.risk.set_state(
+                    TradingState.REDUCING,
+                    Reason.RECONCILE_MISMATCH,
+                    f"{len(current)} open mismatch(es): "
+                    + ", ".join(sorted({m["kind"] for m in current.values()})),
+                )
+            self._audit(
+                "reconcile_mismatch",
+                "reconcile",
+                Reason.RECONCILE_MISMATCH.value,
+                {
+                    "new": [m.as_dict() for m in new],
+                    "resolved_at_once": [m.as_dict() for m in events],
+                    "open": list(current.values()),
+                    "before": before,
+                    "after": self._state_view(),
+                },
+            )
+        if gone and not current:
+            before = self._state_view()
+            restore = self._rec_before
+            if (
+                st.trading_state is TradingState.REDUCING
+                and st.state_reason == Reason.RECONCILE_MISMATCH
+            ):
+                if restore is not None:
+                    self.risk.set_state(
+                        TradingState(restore["state"]), restore["reason"], restore["detail"]
+                    )
+                else:
+                    self.risk.set_state(TradingState.ACTIVE, "", "")
+            self._rec_before = None
+            self._audit(
+                "reconcile_resolved",
+                "reconcile",
+                "mismatch gone",
+                {"resolved": gone, "before": before, "after": self._state_view()},
+            )
+        if changed:
+            self._save_reconcile()
+        return {"open": list(current.values()), "new": [m.as_dict() for m in new]}
 
     def status(self) -> dict[str, Any]:
         """Trading state, risk figures, decision counts, last decision. Never waits longer
@@ -842,6 +1165,11 @@ class Engine:
             "daily_loss": st.daily_loss,
             "consecutive_losses": st.consecutive_losses,
             "last_reconcile": self.last_reconcile,
+            "reconcile": {
+                **self.reconcile_info,
+                "open_mismatches": list(self._rec_open.values()),
+                "link_down": self._rec_link_down,
+            },
             "magic": self.magic,
             "login": self.login,
             "mode": self.mode,

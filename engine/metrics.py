@@ -106,6 +106,37 @@ class EngineMetrics:
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
 
+        # continuous reconciliation (engine.reconcile)
+        self.reconcile_mismatches = _Counter(
+            "tx_engine_reconcile_mismatches_total",
+            "Mismatches between the terminal and the journal, by kind, counted when first seen",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("unknown_position", "missing_position", "unknown_deal", "pending_intent"):
+            self.reconcile_mismatches.labels(kind)  # exported at 0 from the start
+        self.reconcile_open = Gauge(
+            "tx_engine_reconcile_open_mismatches",
+            "Mismatches between the terminal and the journal still open (trading REDUCING)",
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "tx_engine_reconcile_errors_total",
+            "Reconciliation passes that could not read the terminal (link errors)",
+            registry=r,
+        )
+        self.reconcile_last_run = Gauge(
+            "tx_engine_reconcile_last_run_timestamp_seconds",
+            "Wall-clock time (UTC epoch seconds) of the last completed reconciliation pass",
+            registry=r,
+        )
+        self.reconcile_seconds = Histogram(
+            "tx_engine_reconcile_seconds",
+            "Duration of one reconciliation pass",
+            registry=r,
+            buckets=_BUCKETS,
+        )
+
     def observe_stages(self, latency_ms: dict[str, float]) -> None:
         """Record one decision's latency breakdown (keys ``<stage>_ms``)."""
         for k, v in latency_ms.items():

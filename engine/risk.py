@@ -65,6 +65,10 @@ class Reason(StrEnum):
     NO_PRICES = "no_prices"
     ORDER_FAILED = "order_failed"
     OPERATOR = "operator"
+    MONITOR_REDUCE = "monitor_reduce"  # POST /api/reduce (the monitoring actions): only reductions
+    RECONCILE_MISMATCH = "reconcile_mismatch"  # terminal and journal disagree: only reductions
+    MODEL_EXPIRED = "model_expired"  # the bundle is older than TX_ENGINE_MODEL_MAX_AGE_DAYS
+    OUT_OF_DISTRIBUTION = "out_of_distribution"  # a feature far outside the training reference
 
 
 class TradingState(StrEnum):

@@ -326,6 +326,13 @@ def run_engine(
     engine = build_engine(
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time, mode=mode
     )
+    from engine.reconcile import ReconcileLoop
+
+    recon = (
+        ReconcileLoop(engine, es.reconcile_interval_s).start()
+        if es.reconcile_interval_s > 0
+        else None
+    )
     server = None
     token = es.secret("engine_token")
     if token:
@@ -353,6 +360,8 @@ def run_engine(
             before_bar=before_bar,
         )
     finally:
+        if recon is not None:
+            recon.stop()
         if server is not None:
             server.stop()
     return {"mode": mode, "status": engine.status()}
