@@ -285,9 +285,10 @@ def resolve_version(settings: PlatformSettings, ref: str) -> str:
 
 
 def pull_bundle(settings: PlatformSettings, ref: str, out_dir: Path) -> dict[str, Any]:
-    """Fetch the bundle of alias or version ``ref`` into ``out_dir``: ``model.onnx`` and
-    ``manifest.json`` (the ``tx_manifest`` plus ``model_version``), the folder the engine
-    reads (``TX_ENGINE_BUNDLE_DIR``). The ONNX bytes must match the manifest's sha256;
+    """Fetch the bundle of alias or version ``ref`` into ``out_dir``: ``model.onnx``,
+    ``manifest.json`` (the ``tx_manifest`` plus ``model_version``) and, when the version has
+    one, the training ``reference_sample.parquet`` — the folder the engine reads
+    (``TX_ENGINE_BUNDLE_DIR``). The ONNX bytes must match the manifest's sha256;
     the files are written to a temp folder and moved in place, so a half pull never shows."""
     import hashlib
     import shutil
@@ -322,6 +323,9 @@ def pull_bundle(settings: PlatformSettings, ref: str, out_dir: Path) -> dict[str
         stage = Path(tmp) / "bundle"
         stage.mkdir()
         (stage / "model.onnx").write_bytes(onnx_bytes)
+        sample = manifest.get("reference_sample")  # contract C1; older bundles have none
+        if isinstance(sample, str) and (local / sample).is_file():
+            shutil.copyfile(local / sample, stage / sample)
         (stage / "manifest.json").write_text(
             json.dumps({**manifest, "model_version": version}, indent=2, sort_keys=True)
         )

@@ -9,8 +9,9 @@ references (paths, run ids, versions) between them. A training *work dir*
    training window (the ensemble fits its weights on the last walk-forward fold);
 3. :func:`backtest_step` — test-window predictions, cost-aware backtest with bootstrap CIs and
    baselines, plots;
-4. :func:`export_step` — one ONNX graph, parity against the native model (hard check) and
-   single-row latency;
+4. :func:`export_step` — one ONNX graph, parity against the native model (hard check),
+   single-row latency, and the monitoring reference (``trained_at``, per-feature quantiles and a
+   training-split sample scored by the graph, ``reference_sample.parquet``);
 5. :func:`register_step` — MLflow run + registered model version carrying the manifest;
 
 :func:`train_and_register` runs 2-5. :func:`promote` (in :mod:`training.gate`) is the gate.
@@ -25,7 +26,7 @@ import pickle
 import subprocess
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,12 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 PREVIOUS = "previous"
 CHALLENGER = "challenger"
+
+REFERENCE_SAMPLE = "reference_sample.parquet"
+"""The bundle's reference sample (contract C1): training-split feature rows plus the model's
+class probabilities ``p_<class>``, the baseline the drift check compares the live window with."""
+REFERENCE_ROWS = 5000
+REFERENCE_QUANTILES = {"q01": 0.01, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q99": 0.99}
 
 
 @dataclass
@@ -264,6 +271,42 @@ def _load_step(workdir: str) -> tuple[dict[str, Any], ExperimentConfig, Any, pd.
     return step, cfg, model, test
 
 
+def _load_train(workdir: str) -> pd.DataFrame:
+    """The training split of the work dir's dataset (the rows the model was fitted on)."""
+    step = _read_json(Path(workdir) / "step.json")
+    cfg = ExperimentConfig.model_validate(step["config"])
+    ds = pd.read_parquet(step["dataset_path"])
+    as_of = datetime.fromisoformat(step["as_of"]) if step["as_of"] else None
+    train, _ = split_dataset(ds, cfg, as_of, step["timeframe"])
+    return train
+
+
+def reference_stats(train: pd.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
+    """Per-feature quantiles (``q01`` … ``q99``) of the training rows: small enough for the
+    manifest, so the lean engine can judge a live row without reading any parquet."""
+    q = train[names].astype(float).quantile(list(REFERENCE_QUANTILES.values()))
+    return {n: {k: float(q.loc[v, n]) for k, v in REFERENCE_QUANTILES.items()} for n in names}
+
+
+def reference_sample(
+    train: pd.DataFrame, feature_service: str, onnx_model: Any, rows: int = REFERENCE_ROWS
+) -> pd.DataFrame:
+    """Up to ``rows`` training rows (a seeded random draw, time-ordered) with the tabular
+    features and the ONNX graph's class probabilities as ``p_<class>`` — scored by the same
+    graph the live window is scored by, so the output-drift comparison is like for like."""
+    from training.export import onnx_predict, onnx_session
+
+    names, _ = service_inputs(feature_service)
+    sample = train.sample(n=min(rows, len(train)), random_state=0) if len(train) > rows else train
+    sample = sample.sort_values(["event_timestamp", "symbol"]).reset_index(drop=True)
+    data = model_data(sample, feature_service)
+    proba = onnx_predict(onnx_session(onnx_model), data.x, data.seq)
+    out = sample[["event_timestamp", "symbol", *names]].copy()
+    for i, c in enumerate(CLASSES):
+        out[f"p_{c}"] = proba[:, i].astype(np.float64)
+    return out
+
+
 def backtest_step(workdir: str) -> dict[str, float]:
     """Test-window predictions → backtest with CIs, baselines and plots; writes metrics.json."""
     from sklearn.metrics import log_loss
@@ -313,10 +356,17 @@ def export_step(workdir: str) -> dict[str, Any]:
     parity = check_parity(model, onnx_model, data.x, seq=data.seq)
     lat = single_row_latency_us(onnx_model, data.x[0], None if data.seq is None else data.seq[0])
     (Path(workdir) / "model.onnx").write_bytes(onnx_model.SerializeToString())
+    train = _load_train(workdir)
+    names, _ = service_inputs(cfg.feature_service)
+    reference_sample(train, cfg.feature_service, onnx_model).to_parquet(
+        Path(workdir) / REFERENCE_SAMPLE, index=False
+    )
     info = {
         "parity_max_abs_diff": parity,
         "onnx_latency_us": lat,
         "bundle_sha256": sha256(onnx_model),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reference_stats": reference_stats(train, names),
     }
     _write_json(Path(workdir) / "export.json", info)
     log.info("ONNX export: parity %.2e, single-row p50 %.0f µs", parity, lat["p50"])
@@ -408,6 +458,12 @@ def build_manifest(
         "onnx_latency_p99_us": export["onnx_latency_us"]["p99"],
         "parity_max_abs_diff": export["parity_max_abs_diff"],
     }
+    # contract C1 (work dirs exported before it lack these: the bundle then has no reference)
+    if export.get("trained_at"):
+        manifest["trained_at"] = export["trained_at"]
+    if export.get("reference_stats"):
+        manifest["reference_stats"] = export["reference_stats"]
+        manifest["reference_sample"] = REFERENCE_SAMPLE
     if has_seq:
         manifest["sequence"] = {
             "input_name": "sequence",
@@ -533,6 +589,10 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
             signature=signature,
             input_example=example,
         )
+        if (wd / REFERENCE_SAMPLE).exists():  # next to model.onnx in the model's artifacts
+            mlflow.MlflowClient(settings.tracking_uri).log_model_artifact(
+                info.model_id, str(wd / REFERENCE_SAMPLE)
+            )
         mv = mlflow.register_model(info.model_uri, settings.model_name)
     from training.registry import client_for, describe_version
 

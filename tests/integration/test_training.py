@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import pytest
 
 from feature_repo.pipeline.transforms import SEQ_CHANNELS, SEQ_LEN, TREND_V1_FEATURES
 from tests.conftest import Platform
+from titanovax.settings import PlatformSettings
 from training.config import ExperimentConfig, LabelConfig, SplitConfig
 from training.dataset import LookAheadError, assert_point_in_time, build_dataset
 
@@ -102,6 +105,39 @@ def test_dataset_features_equal_the_offline_rows_of_the_same_bar(
     )
 
 
+def check_monitoring_reference(
+    s: PlatformSettings, manifest: dict[str, Any], local: Path, bundle_dir: Path, version: str
+) -> None:
+    """Contract C1: trained_at, reference_stats and the reference sample, in the MLflow model
+    and in the pulled bundle; the reference is the training split only (look-ahead safe)."""
+    from training.registry import pull_bundle
+
+    trained_at = datetime.fromisoformat(manifest["trained_at"])
+    assert trained_at.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - trained_at) < timedelta(minutes=30)
+    stats = manifest["reference_stats"]
+    assert sorted(stats) == sorted(manifest["features"])  # YAML/JSON sort the keys
+    for q in stats.values():
+        assert list(q) == ["q01", "q25", "q50", "q75", "q99"]
+        assert q["q01"] <= q["q25"] <= q["q50"] <= q["q75"] <= q["q99"]
+    assert manifest["reference_sample"] == "reference_sample.parquet"
+    assert (local / "reference_sample.parquet").is_file()  # next to model.onnx in MLflow
+
+    pull_bundle(s, version, bundle_dir)
+    ref = pd.read_parquet(bundle_dir / "reference_sample.parquet")
+    assert 200 <= len(ref) <= 5000
+    assert {*manifest["features"], "p_short", "p_flat", "p_long"} <= set(ref.columns)
+    probs = ref[["p_short", "p_flat", "p_long"]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    lo, hi = (pd.Timestamp(t) for t in manifest["train_range"])
+    ts = pd.to_datetime(ref["event_timestamp"], utc=True)
+    assert ts.min() >= lo and ts.max() < hi, (ts.min(), ts.max(), lo, hi)
+    assert ts.max() < pd.Timestamp(manifest["test_range"][0])
+    # the quantiles are of the training split: the sample's medians sit inside them
+    for f in manifest["features"]:
+        assert stats[f]["q01"] <= float(ref[f].median()) <= stats[f]["q99"]
+
+
 def test_train_register_and_gate(
     platform: Platform, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -131,6 +167,9 @@ def test_train_register_and_gate(
     )
     arts = {a.path for a in client.list_artifacts(mv.run_id, "plots")}
     assert {"plots/equity_curve.png", "plots/feature_importance.png"} <= arts
+    check_monitoring_reference(
+        s, manifest, Path(local), tmp_path_factory.mktemp("bundle"), res.version
+    )
 
     # a challenger that never trades cannot beat always-flat: refused, nothing moves
     flat_cfg = small_config(min_confidence=1.0)
