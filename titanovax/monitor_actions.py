@@ -95,7 +95,7 @@ class MonitorActionSettings(BaseSettings):
     db_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL of the audit table monitor_actions; default the monitor "
-        "store, else TX_JOURNAL_URL, else sqlite:///<TX_HOME>/monitor.sqlite.",
+        "results' database (TX_MONITOR_DB_URL, sqlite:///<TX_HOME>/monitoring.db).",
     )
     timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of each action.")
 
@@ -118,21 +118,26 @@ class MonitorActionSettings(BaseSettings):
 
 
 def default_db_url(ctx: Any = None) -> str:
-    """The monitor store's URL when the context has one, else the engine journal's
-    PostgreSQL (``TX_JOURNAL_URL``), else a SQLite file under ``TX_HOME``."""
+    """Next to the monitor results: the context's store URL when it has one, else the
+    monitor store of the settings (``TX_MONITOR_DB_URL``, default
+    ``sqlite:///<TX_HOME>/monitoring.db``), else ``TX_JOURNAL_URL``, else a SQLite file."""
     import os
 
-    for attr in ("db_url", "store_url"):
+    from titanovax.settings import PlatformSettings
+
+    for attr in ("db_url", "store_url", "monitor_db"):
         v = getattr(ctx, attr, None)
         if isinstance(v, SecretStr):
             v = v.get_secret_value()
         if isinstance(v, str) and v:
             return _sqlalchemy_url(v)
+    ps = PlatformSettings()
+    monitor_db = getattr(ps, "monitor_db", None)
+    if isinstance(monitor_db, str) and monitor_db:
+        return _sqlalchemy_url(monitor_db)
     if os.environ.get("TX_JOURNAL_URL"):
         return _sqlalchemy_url(os.environ["TX_JOURNAL_URL"])
-    from titanovax.settings import PlatformSettings
-
-    return f"sqlite:///{PlatformSettings().home / 'monitor.sqlite'}"
+    return f"sqlite:///{ps.home / 'monitoring.db'}"
 
 
 def _sqlalchemy_url(url: str) -> str:
