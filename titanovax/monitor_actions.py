@@ -131,7 +131,7 @@ def default_db_url(ctx: Any = None) -> str:
             v = v.get_secret_value()
         if isinstance(v, str) and v:
             return _sqlalchemy_url(v)
-    ps = PlatformSettings()
+    ps = getattr(ctx, "settings", None) or PlatformSettings()
     monitor_db = getattr(ps, "monitor_db", None)
     if isinstance(monitor_db, str) and monitor_db:
         return _sqlalchemy_url(monitor_db)
@@ -335,7 +335,10 @@ def apply(
     breaches = [r for r in results if r.status == "breach" and r.check in s.checks]
     if not breaches:
         return []
-    at = (now or datetime.now(UTC)).astimezone(UTC)
+    ctx_now = getattr(ctx, "now", None)
+    at = (
+        now or (ctx_now if isinstance(ctx_now, datetime) else None) or datetime.now(UTC)
+    ).astimezone(UTC)
     run_id = str(getattr(ctx, "run_id", "") or "") or None
     try:
         db_url = s.db_url.get_secret_value() if s.db_url else default_db_url(ctx)
