@@ -120,6 +120,41 @@ class PlatformSettings(DagSettings):
         description="Default of train_and_promote's `experiment` Param (config name or YAML path).",
     )
 
+    # --- monitoring (titanovax/monitor.py; docs/monitoring.md) ---
+    monitor_db_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the monitoring results table; default "
+        "sqlite:///<home>/monitoring.db (PostgreSQL: postgresql+psycopg://user@host/db).",
+    )
+    monitor_window_hours: float = Field(
+        default=24.0, gt=0, description="Live window the drift check compares (hours up to now)."
+    )
+    monitor_psi_threshold: float = Field(
+        default=0.2, gt=0, description="A column has drifted when its PSI reaches this."
+    )
+    monitor_drift_warn_share: float = Field(
+        default=0.3, ge=0, le=1, description="Share of drifted columns from which drift warns."
+    )
+    monitor_drift_breach_share: float = Field(
+        default=0.5, ge=0, le=1, description="Share of drifted columns from which drift breaches."
+    )
+    monitor_lake_max_lag_hours: float = Field(
+        default=26.0,
+        gt=0,
+        description="Lake freshness: warn above this much market time behind, breach above twice.",
+    )
+    monitor_offline_max_lag_hours: float = Field(
+        default=26.0,
+        gt=0,
+        description="Offline features: warn above this much market time behind, breach above twice.",
+    )
+    monitor_online_max_lag_bars: float = Field(
+        default=3.0,
+        gt=0,
+        description="Online (Redis) features: warn above this many bars of market time behind, "
+        "breach above twice.",
+    )
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, v: object) -> object:
@@ -189,6 +224,10 @@ class PlatformSettings(DagSettings):
     @property
     def optuna_storage_url(self) -> str:
         return self.optuna_storage or f"sqlite:///{self.home / 'optuna.db'}"
+
+    @property
+    def monitor_db(self) -> str:
+        return self.monitor_db_url or f"sqlite:///{self.home / 'monitoring.db'}"
 
     @property
     def tracking_uri(self) -> str:
