@@ -228,3 +228,28 @@ def test_settings_when_checks_list_is_bad_then_the_error_names_the_field(
     monkeypatch.setenv("TX_MONITOR_ACTION_CHECKS", "a b!")
     out = apply(None, [breach()], notify=lambda t, b: False)
     assert out[0]["status"] == "failed" and "checks" in out[0]["detail"]
+
+
+def test_monitor_run_when_a_check_breaches_then_the_default_hook_acts_and_audits_next_to_the_results(
+    tmp_path: Path, engine_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from titanovax import monitor
+    from titanovax.settings import PlatformSettings
+
+    monkeypatch.setenv("TX_ENGINE_TOKEN", TOKEN)
+    monkeypatch.setenv("TX_MONITOR_ACTION_ENGINE_URL", engine_url)
+    monkeypatch.setenv("TX_MONITOR_ACTION_RETRAIN", "false")
+    # the runner's wiring is under test, not the drift statistics: a check that breaches
+    monkeypatch.setitem(monitor.CHECKS, "drift", lambda ctx: [breach(subject="features")])
+    ctx = monitor.MonitorContext(settings=PlatformSettings(home=tmp_path), now=T0)
+
+    mr = monitor.run(ctx, only=["drift"], log_mlflow=False)
+
+    assert [(a["action"], a["status"]) for a in mr.actions] == [("reduce", "done")]
+    assert status(engine_url)["trading_state"] == "REDUCING"
+    db = ctx.settings.monitor_db
+    assert monitor.query_results(db, check="drift")[0]["status"] == "breach"
+    rows = AuditStore(db).rows()
+    assert [(r["action"], r["subject"], r["status"]) for r in rows] == [
+        ("reduce", "features", "done")
+    ]
