@@ -140,7 +140,7 @@ def _run(env: dict[str, str], steps: Steps, receiver: Receiver) -> None:
     )
     # the smallest training that still makes a real bundle: one CI budget, two trainings
     cfg = yaml.safe_load(Path(env["TX_TRAIN_EXPERIMENT"]).read_text())
-    cfg["split"].update(train_days=3, test_days=1)
+    cfg["split"].update(train_days=3, test_days=2)
     cfg["model"].update(n_estimators=30)
     Path(env["TX_TRAIN_EXPERIMENT"]).write_text(yaml.safe_dump(cfg))
     history = {**env, "TX_REDIS_URL": env["TX_STACK_REDIS_URL"] + "/10"}
@@ -150,7 +150,7 @@ def _run(env: dict[str, str], steps: Steps, receiver: Receiver) -> None:
         "data",
         "backfill",
         "--start",
-        (min(last_saturday, yesterday) - timedelta(days=5)).strftime("%Y-%m-%d"),
+        (min(last_saturday, yesterday) - timedelta(days=6)).strftime("%Y-%m-%d"),
         "--end",
         yesterday.strftime("%Y-%m-%d"),
     )
