@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -71,6 +72,11 @@ models_app = typer.Typer(
 )
 engine_app = typer.Typer(help="The live engine.", no_args_is_help=True)
 report_app = typer.Typer(help="Reports.", no_args_is_help=True)
+monitor_app = typer.Typer(
+    help="The monitoring loop: run the checks (freshness, drift, ...), query their results, "
+    "serve them to Prometheus.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
@@ -78,6 +84,7 @@ app.add_typer(engine_app, name="engine")
 app.add_typer(_notify_app, name="notify")
 app.add_typer(_observe_app, name="observe")
 app.add_typer(report_app, name="report")
+app.add_typer(monitor_app, name="monitor")
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
 Date = Annotated[
@@ -1022,6 +1029,131 @@ for _old, _new, _fn in (
     ("promote", "models promote", promote),
 ):
     app.command(_old, hidden=True)(_renamed(_old, _new, _fn))
+
+
+# --- tx monitor -----------------------------------------------------------------------------
+def _status_line(r: dict[str, Any]) -> str:
+    return f"{r['at'][:16]}  {r['status']:<8} {r['check']:<10} {r['subject']:<28} {r['detail']}"
+
+
+@monitor_app.command("run")
+def monitor_run(
+    check: Annotated[
+        list[str] | None,
+        typer.Option("--check", help="Run only this check (repeatable); default: every check"),
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            help="Judge this bundle folder (e.g. the engine's TX_ENGINE_BUNDLE_DIR) instead of "
+            "pulling the registry's champion"
+        ),
+    ] = None,
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=DATE_FORMATS,
+            metavar="YYYY-MM-DD[THH:MM]",
+            help="Judge as of this UTC time (default: now)",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The run as JSON on stdout (only)")
+    ] = False,
+) -> None:
+    """Run the monitoring checks once: store the results, log an MLflow run (experiment
+    `monitoring`, Evidently report attached), call the actions. Exit 0 when nothing breached
+    (warn and skipped included), 1 when a check breached, 2 on a usage error."""
+    from titanovax.monitor import CHECKS, MonitorContext, run
+    from titanovax.progress import progress
+
+    unknown = [c for c in check or [] if c not in CHECKS]
+    if unknown:
+        typer.echo(
+            f"error: unknown check {', '.join(unknown)} (known: {', '.join(CHECKS)}; see `tx monitor run --help`)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if bundle is not None and not (bundle / "manifest.json").is_file():
+        typer.echo(
+            f"error: --bundle {bundle} has no manifest.json (pull one with `tx models pull`)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    s = _settings()
+    ctx = MonitorContext(s, now=_utc(at) if at else datetime.now(UTC), bundle_dir=bundle)
+    names = check or list(CHECKS)
+    with progress("monitor", len(names)) as advance:
+        first = [True]
+
+        def step(name: str) -> None:
+            if not first[0]:
+                advance()
+            first[0] = False
+            advance(0, description=f"check {name}")
+
+        mr = run(ctx, names, on_check=step)
+        advance()
+    if as_json:
+        _echo(mr.to_dict())
+    else:
+        for r in mr.results:
+            if not r.subject.startswith(("feature:", "output:")):
+                typer.echo(_status_line(r.to_dict()))
+        counts = {
+            st: sum(r.status == st for r in mr.results)
+            for st in ("ok", "warn", "breach", "skipped")
+        }
+        typer.echo(
+            f"run {mr.run_id}: {len(mr.results)} results ("
+            + ", ".join(f"{n} {st}" for st, n in counts.items())
+            + f") in {sum(mr.durations_s.values()):.1f} s; MLflow run {mr.mlflow_run_id}"
+        )
+    if mr.worst == "breach":
+        raise typer.Exit(1)
+
+
+@monitor_app.command("results")
+def monitor_results(
+    check: Annotated[str | None, typer.Option(help="Only this check's rows")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest N rows")] = 50,
+    latest: Annotated[bool, typer.Option(help="Only the newest run's rows")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Stored results, newest first (from the results table, TX_MONITOR_DB_URL)."""
+    from titanovax.monitor import query_results
+
+    rows = query_results(_settings().monitor_db, check, limit, latest_run_only=latest)
+    if as_json:
+        _echo(rows)
+        return
+    if not rows:
+        typer.echo("no monitoring results yet (run `tx monitor run`)")
+        return
+    for r in rows:
+        typer.echo(_status_line(r))
+
+
+@monitor_app.command("exporter")
+def monitor_exporter(
+    port: Annotated[int, typer.Option(envvar="TX_MONITOR_EXPORTER_PORT")] = 9113,
+    host: Annotated[str, typer.Option(envvar="TX_MONITOR_EXPORTER_HOST")] = "127.0.0.1",
+) -> None:
+    """Serve the newest monitoring verdicts on /metrics for Prometheus (tx_monitor_*); Ctrl-C stops."""
+    import threading
+
+    from titanovax.monitor import serve_exporter
+    from titanovax.observe import redact_url
+
+    db = _settings().monitor_db
+    server = serve_exporter(db, host, port)
+    typer.echo(f"monitor exporter on http://{host}:{port}/metrics ({redact_url(db)})")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.shutdown()
 
 
 if __name__ == "__main__":

@@ -234,7 +234,9 @@ def default_actions() -> Callable[[MonitorContext, list[CheckResult]], list[dict
 
 
 def run_checks(
-    ctx: MonitorContext, only: list[str] | None = None
+    ctx: MonitorContext,
+    only: list[str] | None = None,
+    on_check: Callable[[str], None] | None = None,
 ) -> tuple[list[CheckResult], dict[str, float]]:
     names = list(only) if only else list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
@@ -243,6 +245,8 @@ def run_checks(
     results: list[CheckResult] = []
     durations: dict[str, float] = {}
     for name in names:
+        if on_check is not None:
+            on_check(name)
         t0 = time.perf_counter()
         try:
             rows = CHECKS[name](ctx)
@@ -264,9 +268,11 @@ def run(
     actions: Callable[[MonitorContext, list[CheckResult]], list[dict[str, Any]]] | None = None,
     *,
     log_mlflow: bool = True,
+    on_check: Callable[[str], None] | None = None,
 ) -> MonitorRun:
-    """Run the checks (all, or ``only``), store the rows, log the MLflow run, call ``actions``."""
-    results, durations = run_checks(ctx, only)
+    """Run the checks (all, or ``only``), store the rows, log the MLflow run, call ``actions``
+    (``on_check(name)`` is called before each check: progress)."""
+    results, durations = run_checks(ctx, only, on_check)
     mr = MonitorRun(uuid.uuid4().hex[:12], ctx.now, results, durations)
     store_results(ctx.settings.monitor_db, mr.run_id, results)
     if log_mlflow:

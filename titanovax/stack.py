@@ -106,6 +106,7 @@ class StackSettings(BaseSettings):
 PORTS = {
     "pusher_metrics": 8,
     "airflow_exporter": 12,
+    "monitor_exporter": 13,
     "serving": 30,
     "mlflow": 50,
     "engine": 65,
@@ -180,7 +181,7 @@ class StackContext:
         return f"http://127.0.0.1:{self.stack.port(PORTS[key])}"
 
 
-DATABASES = ("airflow", "mlflow", "celery", "journal", "optuna")
+DATABASES = ("airflow", "mlflow", "celery", "journal", "optuna", "monitoring")
 
 
 def platform_env(ctx: StackContext) -> dict[str, str]:
@@ -202,6 +203,7 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
             "TX_SERVING_TOKEN": ctx.secrets["serving_token"],
             "TX_ENGINE_TOKEN": ctx.secrets["engine_token"],
             "TX_JOURNAL_URL": ctx.db_url("journal", "postgresql"),
+            "TX_MONITOR_DB_URL": ctx.db_url("monitoring"),
             # the monitoring DAG's actions reach the engine and Airflow's REST API
             "TX_MONITOR_ACTION_ENGINE_URL": ctx.url("engine"),
             "TX_MONITOR_ACTION_AIRFLOW_URL": ctx.url("api"),
@@ -377,6 +379,18 @@ def observe_services(ctx: StackContext, base: dict[str, str], af: dict[str, str]
             af,
             Health(url=f"{ctx.url('airflow_exporter')}/metrics"),
         ),
+        Service(  # the monitoring verdicts (results table) for Prometheus
+            "monitor-exporter",
+            [
+                str(VENV_BIN / "tx"),
+                "monitor",
+                "exporter",
+                "--port",
+                str(s.port(PORTS["monitor_exporter"])),
+            ],
+            base,
+            Health(url=f"{ctx.url('monitor_exporter')}/metrics"),
+        ),
         Service(
             "prometheus",
             [
@@ -454,6 +468,7 @@ def render_observe_configs(ctx: StackContext) -> None:
         ScrapeTarget("serving", [addr("serving")], bearer_token_file=tokens["serving_token"]),
         ScrapeTarget("pusher", [addr("pusher_metrics")]),
         ScrapeTarget("airflow", [addr("airflow_exporter")]),
+        ScrapeTarget("monitor", [addr("monitor_exporter")]),
         ScrapeTarget("prometheus", [addr("prometheus")]),
         ScrapeTarget("alertmanager", [addr("alertmanager")]),
     ]

@@ -56,6 +56,7 @@ def test_stack_table_when_built_then_every_service_has_a_command_that_exists_and
         "pusher",
         "engine",
         "airflow-exporter",
+        "monitor-exporter",
         "prometheus",
         "alertmanager",
     } <= set(names)
