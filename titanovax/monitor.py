@@ -273,7 +273,21 @@ def run(
     """Run the checks (all, or ``only``), store the rows, log the MLflow run, call ``actions``
     (``on_check(name)`` is called before each check: progress)."""
     results, durations = run_checks(ctx, only, on_check)
-    mr = MonitorRun(uuid.uuid4().hex[:12], ctx.now, results, durations)
+    return record(ctx, results, durations, actions, log_mlflow=log_mlflow)
+
+
+def record(
+    ctx: MonitorContext,
+    results: list[CheckResult],
+    durations: dict[str, float],
+    actions: Callable[[MonitorContext, list[CheckResult]], list[dict[str, Any]]] | None = None,
+    *,
+    log_mlflow: bool = True,
+    run_id: str | None = None,
+) -> MonitorRun:
+    """Store, log and act on the rows of checks already run (the DAG runs each check as its
+    own task and records them together)."""
+    mr = MonitorRun(run_id or uuid.uuid4().hex[:12], ctx.now, results, durations)
     store_results(ctx.settings.monitor_db, mr.run_id, results)
     if log_mlflow:
         mr.mlflow_run_id = log_run(ctx, mr)
@@ -281,6 +295,19 @@ def run(
     if act is not None:
         mr.actions = list(act(ctx, results) or [])
     return mr
+
+
+def result_from_dict(d: dict[str, Any]) -> CheckResult:
+    """The inverse of :meth:`CheckResult.to_dict` (rows passed between DAG tasks as XCom)."""
+    return CheckResult(
+        check=d["check"],
+        subject=d["subject"],
+        status=d["status"],
+        detail=d["detail"],
+        at=datetime.fromisoformat(d["at"]),
+        metrics=dict(d.get("metrics") or {}),
+        evidence=dict(d.get("evidence") or {}),
+    )
 
 
 # --- the results table ------------------------------------------------------------------------
