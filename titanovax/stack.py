@@ -190,7 +190,9 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
     inherited = {
         k: v
         for k, v in os.environ.items()
-        if k.startswith("TX_") or k in ("HOME", "LANG", "LC_ALL", "TZ", "USER")
+        # PYTHONPATH: a stack started from a checkout runs that checkout's code (a git
+        # worktree next to the venv's editable install), in every service and DAG task
+        if k.startswith("TX_") or k in ("HOME", "LANG", "LC_ALL", "TZ", "USER", "PYTHONPATH")
     }
     return (
         inherited
