@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.observe_procs import Receiver
+from tests.e2e.observe_procs import Receiver, firing, wait_for
 from tests.e2e.test_stack import _api, _tasks, _tx, _wait_run, _xcom, stack_env  # noqa: F401
 from titanovax.stack import PORTS
 
@@ -233,17 +233,13 @@ def _run(env: dict[str, str], steps: Steps, receiver: Receiver) -> None:
     # Assert 3: the person is told: the action's own message and the alert through
     # Prometheus → Alertmanager → notifier
     got = _messages(
-        receiver,
-        [
-            "engine set to REDUCING",
-            "retraining requested",
-            "TxMonitorDriftBreach",
-            "TxEngineReducing",
-        ],
-        180,
+        receiver, ["engine set to REDUCING", "retraining requested", "TxMonitorDriftBreach"], 180
     )
-    for name in ("TxMonitorDriftBreach", "TxEngineReducing"):
-        assert got[name]["title"].startswith("[FIRING"), got[name]
+    assert got["TxMonitorDriftBreach"]["title"].startswith("[FIRING"), got
+    # the engine's own rule fires too; Alertmanager may hold its message back (a warning is
+    # inhibited while a critical alert of the same engine fires, e.g. stale features on a
+    # weekend), so it is asserted in Prometheus
+    wait_for(firing(_url(env, "prometheus"), "TxEngineReducing"), 60, "TxEngineReducing firing")
     steps.done("alert delivered to the receiver")
 
     # Assert 4: the asset event started train_and_promote, which runs on the worker
