@@ -84,6 +84,22 @@ class StackSettings(BaseSettings):
     up_timeout_s: float = Field(
         default=300.0, description="How long `tx stack up` waits for every health check."
     )
+    scrape_interval: str = Field(
+        default="15s",
+        pattern=r"^[0-9]+[smh]$",
+        description="Prometheus' scrape and rule evaluation interval (e.g. 15s).",
+    )
+    alert_for: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+[smh]$",
+        description="Replaces every alert rule's `for:` (e.g. 5s for a test that cannot wait "
+        "minutes); unset: the rules' own.",
+    )
+    alert_group_wait: str = Field(
+        default="30s",
+        pattern=r"^[0-9]+[smh]$",
+        description="Alertmanager's group_wait (and group_interval when shorter than 5m).",
+    )
 
     def port(self, offset: int) -> int:
         return self.port_base + offset
@@ -178,7 +194,9 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
     inherited = {
         k: v
         for k, v in os.environ.items()
-        if k.startswith("TX_") or k in ("HOME", "LANG", "LC_ALL", "TZ", "USER")
+        # PYTHONPATH: a stack started from a checkout runs that checkout's code (a git
+        # worktree next to the venv's editable install), in every service and DAG task
+        if k.startswith("TX_") or k in ("HOME", "LANG", "LC_ALL", "TZ", "USER", "PYTHONPATH")
     }
     return (
         inherited
@@ -194,6 +212,9 @@ def platform_env(ctx: StackContext) -> dict[str, str]:
             "TX_MONITOR_DB_URL": ctx.db_url("monitoring"),
             # the backups DAG dumps MLflow's backend store (the tracking URI is the server)
             "TX_BACKUP_MLFLOW_BACKEND_URI": ctx.db_url("mlflow", "postgresql"),
+            # the monitoring DAG's actions reach the engine and Airflow's REST API
+            "TX_MONITOR_ACTION_ENGINE_URL": ctx.url("engine"),
+            "TX_MONITOR_ACTION_AIRFLOW_URL": ctx.url("api"),
             "BENTOML_HOME": str(ctx.home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "DO_NOT_TRACK": "1",
@@ -466,8 +487,17 @@ def render_observe_configs(ctx: StackContext) -> None:
         obs / "prometheus",
         alertmanagers=[addr("alertmanager")],
         thresholds=AlertThresholds(),  # TX_ALERT_*
+        scrape_interval=ctx.stack.scrape_interval,
+        evaluation_interval=ctx.stack.scrape_interval,
+        for_override=ctx.stack.alert_for,
     )
-    render_alertmanager_config(f"{ctx.url('notifier')}/alertmanager", obs / "alertmanager")
+    wait = ctx.stack.alert_group_wait
+    render_alertmanager_config(
+        f"{ctx.url('notifier')}/alertmanager",
+        obs / "alertmanager",
+        group_wait=wait,
+        group_interval=wait if wait != "30s" else "5m",
+    )
 
 
 # --- health checks ----------------------------------------------------------------------------
