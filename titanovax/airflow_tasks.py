@@ -262,7 +262,32 @@ def run_as_of(data_interval_end: datetime | None) -> datetime:
         for event in events:
             source = getattr(event, "source_dag_run", None)
             end = getattr(source, "data_interval_end", None) if source is not None else None
-            ends.append(end or event.timestamp)
+            # an event from outside a DAG run (the monitoring actions, an operator) carries
+            # only its time: on a closed market that is the last open moment before it
+            ends.append(end or last_market_time(utc(event.timestamp)))
     if ends:
         return utc(max(ends))
     return utc(ctx["dag_run"].run_after)
+
+
+def last_market_time(at: datetime, symbols: list[str] | None = None) -> datetime:
+    """``at``, or when every one of ``symbols`` (default the platform's) is closed then, the
+    start of the closed window it lies in (Friday's close for a weekend, the day's close for a
+    holiday): a retraining asked for on Sunday trains as of Friday's close, not on a test
+    window the market never traded."""
+    from feature_repo.pipeline.calendar import calendar_for
+    from titanovax.settings import PlatformSettings
+
+    syms = symbols or list(PlatformSettings().symbols)
+    t = int(at.timestamp())
+    best = None
+    for sym in syms:
+        cal = calendar_for(sym, tolerance=timedelta(0))
+        s = t
+        for _ in range(16):  # adjacent windows (weekend then a holiday) are merged, so few
+            inside = [int(a) for a, b in cal.closed_windows(s - 14 * 86_400, s + 1) if a <= s < b]
+            if not inside:
+                break
+            s = min(inside)
+        best = s if best is None else max(best, s)  # the newest moment any symbol traded
+    return datetime.fromtimestamp(best if best is not None else t, UTC)
