@@ -53,7 +53,7 @@ _dag_settings = DagSettings()  # validated: TX_DAG_CATCHUP=maybe is an import er
     tags=["data"],
     default_args={
         "retries": 2,  # terminal and Redis hiccups; validate opts out (its failures are data)
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=_dag_settings.dag_retry_delay_s),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
         "pre_execute": apply_airflow_config,

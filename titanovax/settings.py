@@ -34,6 +34,12 @@ class DagSettings(BaseSettings):
         description="Whether the scheduler runs every missed interval since TX_DAG_START_DATE "
         "(true/false; anything else, e.g. 'maybe', is an error).",
     )
+    dag_retry_delay_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="First retry delay of market_data's tasks (doubling, at most 10 min): "
+        "terminal and Redis hiccups get time to pass.",
+    )
 
 
 class PlatformSettings(DagSettings):

@@ -67,7 +67,10 @@ def test_market_data_when_the_symbol_has_no_export_then_ingest_fails(
     )
     s = make_settings(tmp_path / "home", redis_url, db=14, symbols=["GBPUSD"])
 
-    res, logs = _run(s, "2026-01-08T00:00:00", TX_MT5_EXPORTS=str(exports))
+    # the retries (2, doubling) wait 1 s and 2 s here instead of minutes
+    res, logs = _run(
+        s, "2026-01-08T00:00:00", TX_MT5_EXPORTS=str(exports), TX_DAG_RETRY_DELAY_S="1"
+    )
 
     assert res["state"] == "failed", res
     assert res["tasks"]["ingest"] == "failed" and res["tasks"]["validate"] == "upstream_failed"
