@@ -39,6 +39,15 @@ def redis_newest_event_time(settings: PlatformSettings) -> float:
     return newest
 
 
+@pytest.fixture()
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A scratch PostgreSQL database of this test module and process (``tests/pg.py``)."""
+    from tests.pg import database_name, scratch_database
+
+    with scratch_database(database_name(request.module.__name__.rsplit(".", 1)[-1])) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def raw_dir() -> Path:
     d = raw_exports_dir()

@@ -26,8 +26,6 @@ pytestmark = pytest.mark.integration
 TOKEN = "operator-audit-token"
 TX = Path(sys.executable).with_name("tx")
 MAGIC = 77
-ADMIN = os.environ.get("TX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_DB = f"reconcile_audit_{os.getpid()}"
 
 
 def _engine(journal_target: str) -> Engine:
@@ -194,22 +192,6 @@ def test_tx_engine_history_when_misused_then_one_line_saying_what_to_do(tmp_path
     assert bad_limit.returncode == 2 and "--limit" in bad_limit.stderr
     assert no_token.returncode == 2 and "TX_ENGINE_TOKEN" in no_token.stderr
     assert helped.returncode == 0 and "--json" in helped.stdout and "--limit" in helped.stdout
-
-
-@pytest.fixture()
-def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {ADMIN}: {exc}")
-    admin.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {PG_DB}")
-    try:
-        yield ADMIN.rsplit("/", 1)[0] + f"/{PG_DB}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-        admin.close()
 
 
 def test_audit_when_the_journal_is_postgresql_then_rows_are_written_scoped_and_listed(

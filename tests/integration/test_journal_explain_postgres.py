@@ -6,8 +6,6 @@ probabilities, explanation, feature vector (and a sequence) and later contributi
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,25 +16,6 @@ from engine.loop import Engine
 from tests.unit.faults import MONDAY_0800, ClockFeatures, ScriptedModel, closes, sim_terminal
 
 pytestmark = pytest.mark.integration
-
-ADMIN = os.environ.get("TX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB = f"tx_xui_journal_{os.getpid()}"
-
-
-@pytest.fixture()
-def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {ADMIN}: {exc}")
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
-    try:
-        yield ADMIN.rsplit("/", 1)[0] + f"/{DB}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.close()
 
 
 class _SeqFeatures(ClockFeatures):

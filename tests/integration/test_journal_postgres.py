@@ -4,8 +4,6 @@ creates and drops (tx_test_journal on 127.0.0.1:5432)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,26 +21,6 @@ from tests.unit.faults import (
 )
 
 pytestmark = pytest.mark.integration
-
-ADMIN = os.environ.get("TX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-# per process, so two test runs on one server never drop each other's database
-DB = f"tx_test_journal_{os.getpid()}"
-
-
-@pytest.fixture()
-def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {ADMIN}: {exc}")
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
-    try:
-        yield ADMIN.rsplit("/", 1)[0] + f"/{DB}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.close()
 
 
 def _rec(bar_close: int, verdict: str = "sent") -> DecisionRecord:

@@ -3,9 +3,6 @@ a database of its own that the test creates and drops."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
 from tests.unit.test_monitor_performance import (
@@ -18,25 +15,6 @@ from tests.unit.test_monitor_performance import (
 )
 
 pytestmark = pytest.mark.integration
-
-ADMIN = os.environ.get("TX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB = f"tx_test_monitor_perf_{os.getpid()}"
-
-
-@pytest.fixture()
-def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {ADMIN}: {exc}")
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
-    try:
-        yield ADMIN.rsplit("/", 1)[0] + f"/{DB}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.close()
 
 
 def test_live_vs_expected_on_a_postgres_journal_when_the_edge_is_gone_then_breach_and_other_scopes_unread(

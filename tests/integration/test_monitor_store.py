@@ -4,7 +4,6 @@ the Prometheus collector's newest row per (check, subject)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +20,6 @@ from training.monitor.result import CheckResult
 
 pytestmark = pytest.mark.integration
 
-ADMIN = os.environ.get("TX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB = f"tx_mon_test_{os.getpid()}"
 T0 = datetime(2026, 1, 14, 12, tzinfo=UTC)
 
 
@@ -31,24 +28,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'sub' / 'monitoring.db'}"
         return
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {ADMIN}: {exc}")
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
-    try:
-        yield ADMIN.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0] + f"/{DB}"
-    finally:
-        from titanovax.monitor import _ENGINES
+    from tests.pg import database_name, scratch_database
 
-        for url, (eng, _t) in list(_ENGINES.items()):
-            if DB in url:
-                eng.dispose()
-                del _ENGINES[url]
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.close()
+    name = database_name("monitor_store")
+    with scratch_database(name) as url:
+        try:
+            yield url.replace("postgresql://", "postgresql+psycopg://")
+        finally:
+            from titanovax.monitor import _ENGINES
+
+            for engine_url, (eng, _t) in list(_ENGINES.items()):
+                if name in engine_url:  # the store's pooled engine holds sessions open
+                    eng.dispose()
+                    del _ENGINES[engine_url]
 
 
 def _row(check: str, subject: str, status: str, at: datetime, **metrics: float) -> CheckResult:

@@ -6,8 +6,6 @@ PostgreSQL (a database of its own, created and dropped by the test)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,24 +28,6 @@ pytestmark = pytest.mark.unit
 DAY = 86_400
 START = ORIGIN_UTC + 22 * DAY + 6 * 3600  # Tuesday 2024-01-23 06:00 UTC
 SYMBOLS = ["EURUSD", "USDJPY"]
-ADMIN = os.environ.get("TX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB = f"tx_fills_test_{os.getpid()}"
-
-
-@pytest.fixture()
-def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {ADMIN}: {exc}")
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
-    try:
-        yield ADMIN.rsplit("/", 1)[0] + f"/{DB}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.close()
 
 
 def _run(tmp_path: Path, target: str) -> tuple[Engine, SimulatedTerminal, list[int]]:
