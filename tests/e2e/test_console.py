@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -202,6 +203,22 @@ def test_control_api_explain_when_asked_then_explains_the_decision_or_names_the_
     assert httpx.get(f"{url}/api/explain?symbol=EURUSD&bar=5").status_code == 401
 
 
+def _click(wait: Any, selector: str) -> None:
+    """Click ``selector``, again if the console re-rendered the table between the look-up
+    and the click (its periodic refresh replaces the rows: a stale element)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def attempt(d: Any) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait.until(attempt)
+
+
 @pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)),
     reason="headless Chromium not installed (make setup)",
@@ -230,7 +247,7 @@ def test_console_when_a_decision_is_clicked_then_its_explanation_is_shown(
         # the oldest EURUSD decision (it opened the position): the last EURUSD row
         target = engine.journal.rows()[0]
         sel = f'#decisions tr[data-symbol="EURUSD"][data-bar="{target["bar_close"]}"] td'
-        driver.find_element(By.CSS_SELECTOR, sel).click()
+        _click(wait, sel)
         wait.until(ec.text_to_be_present_in_element((By.ID, "explanation"), "the model said LONG"))
         text = driver.find_element(By.ID, "explanation").text
         assert text.startswith("EURUSD, bar closing ")
@@ -239,9 +256,7 @@ def test_console_when_a_decision_is_clicked_then_its_explanation_is_shown(
         assert "EURUSD" in driver.find_element(By.ID, "explain-of").text
         # a hold of the same symbol two bars later: the neighbours are the two earlier bars
         later = target["bar_close"] + 600
-        driver.find_element(
-            By.CSS_SELECTOR, f'#decisions tr[data-symbol="EURUSD"][data-bar="{later}"] td'
-        ).click()
+        _click(wait, f'#decisions tr[data-symbol="EURUSD"][data-bar="{later}"] td')
         wait.until(ec.text_to_be_present_in_element((By.ID, "explanation"), "nothing to do"))
         assert (
             "Similar past decisions (nearest 2 before this bar):"
