@@ -212,3 +212,27 @@ class ReconcileLoop:
             except Exception:  # never let the thread die: the next tick tries again
                 log.exception("reconciliation pass failed")
                 time.sleep(0)
+
+
+def start_reconcile(engine: Any, es: Any, *, own_link: bool) -> ReconcileLoop | None:
+    """Start continuous reconciliation from the engine settings ``es`` (``None`` when
+    ``TX_ENGINE_RECONCILE_INTERVAL_S`` is 0). ``own_link``: open a bridge connection of its
+    own, so a pass never waits behind a decision (a live bridge terminal); otherwise passes
+    read the engine's terminal under the decision lock."""
+    if es.reconcile_interval_s <= 0:
+        return None
+    terminal = None
+    if own_link:
+        from engine.mt5.gateway import open_terminal
+
+        terminal = open_terminal(
+            "bridge",
+            host=es.mt5_host,
+            port=es.mt5_port,
+            login=es.mt5_login,
+            password=es.mt5_password,
+            server=es.mt5_server,
+            bridge_timeout_s=es.terminal_timeout_s,
+            reconnect_attempts=es.terminal_attempts,
+        )
+    return ReconcileLoop(engine, es.reconcile_interval_s, terminal=terminal).start()

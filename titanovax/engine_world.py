@@ -326,28 +326,9 @@ def run_engine(
     engine = build_engine(
         es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time, mode=mode
     )
-    from engine.reconcile import ReconcileLoop
+    from engine.reconcile import start_reconcile
 
-    recon = (
-        ReconcileLoop(
-            engine,
-            es.reconcile_interval_s,
-            terminal=open_terminal(  # a link of its own: never waits behind a decision
-                "bridge",
-                host=es.mt5_host,
-                port=es.mt5_port,
-                login=es.mt5_login,
-                password=es.mt5_password,
-                server=es.mt5_server,
-                bridge_timeout_s=es.terminal_timeout_s,
-                reconnect_attempts=es.terminal_attempts,
-            )
-            if es.mt5_mode == "bridge" and mode == "live"
-            else None,
-        ).start()
-        if es.reconcile_interval_s > 0
-        else None
-    )
+    recon = start_reconcile(engine, es, own_link=es.mt5_mode == "bridge" and mode == "live")
     worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")
