@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,29 @@ def test_metrics_when_scraped_then_stage_latency_decisions_refusals_orders_equit
         assert needle in text, needle
 
 
+@contextmanager
+def _connected_console(url: str) -> Iterator[tuple[Any, Any]]:
+    """Headless Chromium on the console at ``url``, connected with the token: the driver and
+    a 20 s wait; the browser quits afterwards."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "connect").click()
+        yield driver, WebDriverWait(driver, 20)
+    finally:
+        driver.quit()
+
+
 @pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)),
     reason="headless Chromium not installed (make setup)",
@@ -120,23 +144,11 @@ def test_metrics_when_scraped_then_stage_latency_decisions_refusals_orders_equit
 def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill_halts(
     running: tuple[Engine, str],
 ) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     engine, url = running
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        wait = WebDriverWait(driver, 20)
-        driver.get(url + "/")
-        driver.find_element(By.ID, "token").send_keys(TOKEN)
-        driver.find_element(By.ID, "connect").click()
+    with _connected_console(url) as (driver, wait):
         wait.until(ec.text_to_be_present_in_element((By.ID, "state"), "ACTIVE"))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#positions tr")) == 2)
         rows = driver.find_elements(By.CSS_SELECTOR, "#positions tr")
@@ -165,8 +177,6 @@ def test_console_when_opened_in_chromium_then_shows_state_and_positions_and_kill
         ]
         assert cells[1:5] == ["flatten", "operator", "ACTIVE → HALTED", "console test"], cells
         assert cells[5] == "flattened 2 position(s)"
-    finally:
-        driver.quit()
 
 
 def test_control_api_explain_when_asked_then_explains_the_decision_or_names_the_bad_field(
@@ -226,23 +236,11 @@ def _click(wait: Any, selector: str) -> None:
 def test_console_when_a_decision_is_clicked_then_its_explanation_is_shown(
     running: tuple[Engine, str],
 ) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     engine, url = running
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        wait = WebDriverWait(driver, 20)
-        driver.get(url + "/")
-        driver.find_element(By.ID, "token").send_keys(TOKEN)
-        driver.find_element(By.ID, "connect").click()
+    with _connected_console(url) as (driver, wait):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#decisions tr")) == 6)
         # the oldest EURUSD decision (it opened the position): the last EURUSD row
         target = engine.journal.rows()[0]
@@ -262,5 +260,3 @@ def test_console_when_a_decision_is_clicked_then_its_explanation_is_shown(
             "Similar past decisions (nearest 2 before this bar):"
             in driver.find_element(By.ID, "explanation").text
         )
-    finally:
-        driver.quit()
