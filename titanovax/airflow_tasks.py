@@ -263,11 +263,28 @@ def run_as_of(data_interval_end: datetime | None) -> datetime:
             source = getattr(event, "source_dag_run", None)
             end = getattr(source, "data_interval_end", None) if source is not None else None
             # an event from outside a DAG run (the monitoring actions, an operator) carries
-            # only its time: on a closed market that is the last open moment before it
-            ends.append(end or last_market_time(utc(event.timestamp)))
+            # only its time: train as of the newest bar ingested by then, on an open market
+            ends.append(end or data_as_of(utc(event.timestamp)))
     if ends:
         return utc(max(ends))
     return utc(ctx["dag_run"].run_after)
+
+
+def data_as_of(at: datetime, symbols: list[str] | None = None) -> datetime:
+    """The "as of" of a retraining asked for at ``at`` from outside a DAG run: the last moment
+    the market traded (:func:`last_market_time`), but never past the newest bar the lake holds
+    then. Just after Sunday's open the market trades again while the lake ends on Friday: a
+    test window ending "now" would hold no bar, so the run trains as of Friday's last bar."""
+    from titanovax.settings import PlatformSettings
+    from training.monitor.freshness import lake_newest
+
+    s = PlatformSettings()
+    syms = symbols or list(s.symbols)
+    market = last_market_time(at, syms)
+    newest = [t for t in (lake_newest(s.lake_dir, sym, s.timeframe, at) for sym in syms) if t]
+    if not newest:
+        return market  # nothing ingested yet: the dataset step says so itself
+    return min(market, max(newest))
 
 
 def last_market_time(at: datetime, symbols: list[str] | None = None) -> datetime:

@@ -162,7 +162,9 @@ def _run(env: dict[str, str], steps: Steps, receiver: Receiver) -> None:
     )
     # the smallest training that still makes a real bundle: one CI budget, two trainings
     cfg = yaml.safe_load(Path(env["TX_TRAIN_EXPERIMENT"]).read_text())
-    cfg["split"].update(train_days=3, test_days=2)
+    # three test days hold a trading day whenever the run starts (a retraining early on Monday
+    # trains as of Sunday's last bar: two days would hold only Sunday evening's two hours)
+    cfg["split"].update(train_days=3, test_days=3)
     cfg["model"].update(n_estimators=30)
     Path(env["TX_TRAIN_EXPERIMENT"]).write_text(yaml.safe_dump(cfg))
     history = {**env, "TX_REDIS_URL": env["TX_STACK_REDIS_URL"] + "/10"}
