@@ -340,6 +340,19 @@ def _side(d: int) -> str:
 # --- the engine's adapter ---------------------------------------------------------------------
 
 
+class NoModel:
+    """The model client of an engine whose every symbol runs ``grid``: such an engine never
+    scores a row, and if asked it answers as an unreachable model would."""
+
+    model_version = None
+    bundle_sha256 = None
+
+    def predict(self, row: Any) -> Any:
+        from engine.serving_client import ServingUnavailable
+
+        raise ServingUnavailable("grid-only engine: no model configured")
+
+
 class GridRunner:
     """Runs the grid of every ``grid``/``both`` symbol inside :class:`engine.loop.Engine`."""
 
@@ -391,11 +404,15 @@ class GridRunner:
                     "status": "done",
                 }
             )
-        rates = term.copy_rates_from_pos(symbol, engine.timeframe, 1, self.cfg.bars_needed)
+        need = self.cfg.bars_needed
+        rates = term.copy_rates_from_pos(symbol, engine.timeframe, 0, need + 1)
         step_s = mt5.timeframe_seconds(engine.timeframe)
         if rates is None or len(rates) == 0:
             raise mt5.TerminalError("copy_rates_from_pos", term.last_error())
-        last_close = int(rates["time"][-1]) + step_s - engine.offset_s
+        if int(rates["time"][-1]) + step_s - engine.offset_s > engine.clock():
+            rates = rates[:-1]  # the forming bar (absent before a gap: then all are closed)
+        rates = rates[-need:]
+        last_close = int(rates["time"][-1]) + step_s - engine.offset_s if len(rates) else 0
         if last_close != int(bar_close):
             out["refused"] = (
                 str(Reason.NO_PRICES),
