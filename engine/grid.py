@@ -277,7 +277,7 @@ class GridStrategy:
             gap = self.spacing(atr, vol_ratio)
             last = st.levels[-1].price
             moved = st.direction * (last - close)
-            if moved >= gap:
+            if moved >= gap * (1 - 1e-9):  # a move of exactly one spacing, float rounding aside
                 n = len(st.levels) + 1
                 out.append(
                     GridAction(
