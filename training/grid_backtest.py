@@ -34,7 +34,7 @@ from engine.config import GridConfig, GridLimits, RiskLimits
 from engine.grid import GridAction, GridStrategy, market_signals
 from engine.mt5 import timeframe_seconds
 from engine.mt5.synthetic import SymbolSpec, symbol_spec
-from engine.risk import RiskState, check_grid_add, check_grid_basket, check_order
+from engine.risk import RiskState, Verdict, check_grid_add, check_grid_basket, check_order
 from engine.sizing import round_volume
 
 BACKTEST_LIMITS = RiskLimits(
@@ -131,9 +131,9 @@ def simulate_grid(
             basket_money=basket if st.open else None,
         )
         if st.open and not any(a.kind == "close_all" for a in actions):
-            v = check_grid_basket(limits, basket_pnl=basket, equity=bal + basket)
-            if not v.allowed:
-                actions = [GridAction("close_all", str(v.reason), v.detail)]
+            vb = check_grid_basket(limits, basket_pnl=basket, equity=bal + basket)
+            if not vb.allowed:
+                actions = [GridAction("close_all", str(vb.reason), vb.detail)]
         for a in actions:
             row: dict[str, Any] = {"bar": int(t[i]), "kind": a.kind, "reason": a.reason}
             run.actions.append(row)
@@ -141,6 +141,7 @@ def simulate_grid(
                 g.apply(a)
                 continue
             net = st.direction * st.lots
+            v: Verdict | None
             if a.kind == "close_all":
                 v = check_order(
                     risk_limits,
