@@ -223,3 +223,68 @@ def test_engine_and_vectorised_grid_when_replayed_on_the_same_bars_then_agree(mo
     assert res.orders == run.orders
     assert res.actions == run.counts()
     assert res.equity == pytest.approx(run.final_equity, abs=1e-4 * 10_000)
+
+
+def test_engine_both_when_model_and_grid_trade_one_symbol_then_model_never_closes_grid_levels(
+    tmp_path: Path,
+) -> None:
+    from engine.backtest import ArrayFeatureSource, bar_closes, run_backtest
+    from engine.config import RiskLimits, SizingConfig
+    from engine.grid import GridRunner
+    from engine.journal import Journal
+    from engine.loop import Engine
+    from engine.mt5 import protocol as P
+    from engine.mt5.sim import SimulatedTerminal, SyntheticFeed
+    from engine.mt5.synthetic import ORIGIN_UTC
+    from engine.serving_client import OnnxModel
+    from tests.unit.engine_bundles import linear_bundle, synthetic_features
+
+    start = ORIGIN_UTC + 22 * 86_400 + 6 * 3600
+    end = start + 86_400
+    names, tables = synthetic_features(["EURUSD"], start, end)
+    now = [end]
+    term = SimulatedTerminal(SyntheticFeed(seed=7, symbols=["EURUSD"]), clock=lambda: now[0])
+    assert term.initialize()
+    cfg = GridConfig(spacing_atr=1.0, max_levels=4, lots=0.1, trend_threshold=0.2)
+    engine = Engine(
+        terminal=term,
+        features=ArrayFeatureSource(names, tables, clock=lambda: float(now[0])),
+        model=OnnxModel.from_dir(linear_bundle(tmp_path / "bundle", names)),
+        journal=Journal(str(tmp_path / "j.sqlite")),
+        limits=RiskLimits(
+            max_position_lots=5, max_total_lots=5, max_consecutive_losses=0, max_drawdown=0.9
+        ),
+        sizing=SizingConfig(fixed_lots=0.2, stop_atr_mult=0.0),
+        magic=77,
+        clock=lambda: float(now[0]),
+        sleep=lambda s: None,
+        mode="backtest",
+        grid=GridRunner(cfg, GridLimits(max_lots=1.0), {"EURUSD": "both"}),
+    )
+    run_backtest(
+        engine,
+        bar_closes(term, ["EURUSD"], P.TIMEFRAME_M5, start, end, 2),
+        ["EURUSD"],
+        lambda t: now.__setitem__(0, t),
+    )
+    intents = engine.journal.intents()
+    grid_ids = {it.client_id for it in intents if it.intent.startswith(("grid:open", "grid:add"))}
+    model_opens = [it for it in intents if it.intent.startswith("open:")]
+    deals = term.history_deals_get(0, 2**31) or ()
+    grid_positions = {int(d.position_id) for d in deals if d.comment in grid_ids}
+    model_closes = {
+        int(it.intent.split(":")[1]) for it in intents if it.intent.startswith("close:")
+    }
+    print(f"grid levels {len(grid_positions)}, model opens {len(model_opens)}")
+    assert len(grid_positions) >= 5 and len(model_opens) >= 5 and model_closes
+    assert not model_closes & grid_positions  # the model closes its own positions only
+    rows = engine.journal.rows()
+    both = [
+        r
+        for r in rows
+        if isinstance(r["order_request"], dict)
+        and "grid" in r["order_request"]
+        and r["order_request"].get("orders")
+    ]
+    assert both, "bars where the model sent orders carry the grid's actions too"
+    assert all(r["decision"] != "grid" for r in rows)  # the model's decision stays in the row
