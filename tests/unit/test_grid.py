@@ -288,3 +288,63 @@ def test_engine_both_when_model_and_grid_trade_one_symbol_then_model_never_close
     ]
     assert both, "bars where the model sent orders carry the grid's actions too"
     assert all(r["decision"] != "grid" for r in rows)  # the model's decision stays in the row
+
+
+def test_engine_grid_when_restarted_mid_run_then_state_reloads_and_result_matches(
+    tmp_path: Path,
+) -> None:
+    """The grid's levels survive an engine restart (engine_state ``grid:<symbol>``): a run
+    stopped halfway and continued by a new engine on the same journal and terminal ends where
+    the uninterrupted vectorised run ends."""
+    from engine.backtest import ArrayFeatureSource, bar_closes
+    from engine.grid import GridRunner, NoModel
+    from engine.journal import Journal
+    from engine.loop import Engine
+    from engine.mt5 import protocol as P
+    from engine.mt5.exports import Export
+    from engine.mt5.sim import ExportFeed, SimulatedTerminal
+    from training.grid_backtest import BACKTEST_LIMITS
+
+    rates = _bars(_walk(1500, 21))
+    cfg = GridConfig(max_levels=4, lots=0.1, reverse_mode="reverse")
+    lim = GridLimits(max_lots=1.0)
+    feed = ExportFeed([Export("EURUSD", "M5", rates, Path("EURUSD_M5.csv"))], 0)
+    end = int(rates["time"][-1]) + 300
+    now = [end]
+    term = SimulatedTerminal(feed, clock=lambda: now[0], server_utc_offset_hours=0)
+    assert term.initialize()
+    first = int(rates["time"][cfg.bars_needed - 1]) + 300
+    closes = bar_closes(term, ["EURUSD"], P.TIMEFRAME_M5, first - 1, end, 0)
+
+    def engine() -> Engine:
+        return Engine(
+            terminal=term,
+            features=ArrayFeatureSource([], {}, clock=lambda: float(now[0])),
+            model=NoModel(),
+            journal=Journal(str(tmp_path / "j.sqlite")),
+            limits=BACKTEST_LIMITS,
+            magic=5,
+            clock=lambda: float(now[0]),
+            server_utc_offset_hours=0,
+            sleep=lambda s: None,
+            mode="backtest",
+            grid=GridRunner(cfg, lim, {"EURUSD": "grid"}),
+        )
+
+    run = simulate_grid(rates, "EURUSD", "M5", cfg, lim)
+    assert closes[0] == int(rates["time"][run.start]) + 300
+    # stop right after a bar, past the middle, that leaves the grid holding levels
+    half = next(k for k in range(len(closes) // 2, len(closes)) if run.lots[run.start + k]) + 1
+    a = engine()
+    a.replay(closes[:half], ["EURUSD"], lambda c: now.__setitem__(0, c))
+    levels = len(a.grid.grid(a, "EURUSD").state.levels) if a.grid else 0
+    a.journal.close()
+    b = engine()
+    assert b.grid is not None
+    assert levels > 0  # the split falls inside an open grid
+    assert len(b.grid.grid(b, "EURUSD").state.levels) == levels  # reloaded from the journal
+    b.replay(closes[half:], ["EURUSD"], lambda c: now.__setitem__(0, c))
+    acct = term.account_info()
+    assert acct is not None
+    assert acct.equity == pytest.approx(run.final_equity, abs=1.0)
+    assert len([d for d in term.history_deals_get(0, 2**31) or () if d.magic == 5]) == run.orders
