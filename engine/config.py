@@ -324,6 +324,12 @@ class EngineSettings(BaseSettings):
         """The frozen execution config these settings describe."""
         return ExecutionConfig(min_edge_cost_ratio=self.min_edge_cost_ratio)
 
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        parse_strategies(v, [])  # a bad value fails at start, not at the first bar
+        return v
+
     def strategies(self) -> dict[str, StrategyName]:
         """Strategy per symbol (``TX_ENGINE_STRATEGY``)."""
         return parse_strategies(self.strategy, self.symbols)
