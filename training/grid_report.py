@@ -135,7 +135,9 @@ def render(results: list[dict[str, Any]], spec: dict[str, Any], raw_dir: Path) -
         f"direction `{g.direction}`: a grid starts in the trend filter's direction (EMA({g.trend_period}) slope over "
         f"{g.trend_slope_bars} bars >= {g.trend_threshold:g} ATR). Risk caps: {REPORT_LIMITS.max_lots:g} grid lots, "
         f"{REPORT_LIMITS.max_levels} levels, basket loss {REPORT_LIMITS.max_basket_drawdown:.0%} of equity "
-        f"(account {BALANCE:,.0f} USD). One row per `reverse_mode` (what the grid does when the trend turns against it).",
+        f"(account {BALANCE:,.0f} USD); the account-level halts (daily loss, drawdown, loss streak) and the spread and "
+        "order-rate rules are off in both backtests (`training.grid_backtest.BACKTEST_LIMITS`). One row per "
+        "`reverse_mode` (what the grid does when the trend turns against it).",
         "",
         "**Vectorised** (net % [90 % CI], Sharpe, …): the grid's lots as a position where 1.0 = the grid fully "
         f"loaded ({g.max_levels} levels), through `training.backtest` with the real-export report's costs — half the bar's "
