@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.config import EngineSettings
+from engine.grid import GridRunner
 from engine.journal import Journal
 from engine.loop import Engine, FeatureSource
 from engine.metrics import EngineMetrics
@@ -89,6 +90,12 @@ def build_engine(
     """An engine with the settings' frozen limits, sizing and execution config (``mode``
     scopes its journal rows; default ``TX_ENGINE_MODE``)."""
     reload = getattr(model, "reload", None)
+    strategies = settings.strategies()
+    grid = (
+        GridRunner(settings.grid(), settings.grid_limits(), strategies)
+        if any(v != "model" for v in strategies.values())
+        else None
+    )
     return Engine(
         terminal=terminal,
         features=features,
@@ -107,6 +114,7 @@ def build_engine(
         reload_hook=reload if callable(reload) else None,
         mode=mode or settings.mode,
         explain=settings.explain,
+        grid=grid,
     )
 
 

@@ -79,6 +79,93 @@ class ExecutionConfig:
     history_lookback_s: int = 7 * 86_400  # how far back to search deals for a client order id
 
 
+@dataclass(frozen=True)
+class GridConfig:
+    """The grid strategy (:mod:`engine.grid`): levels ``spacing_atr`` ATRs apart (widened
+    with volatility), lots growing by ``lot_multiplier`` per level, a basket take-profit and
+    stop, and what to do when the trend filter turns against the open grid."""
+
+    spacing_atr: float = 1.0  # distance between levels, in ATRs (before widening)
+    max_levels: int = 5
+    lots: float = 0.01  # first level's lots
+    lot_multiplier: float = 1.0  # level n has lots * multiplier ** (n - 1)
+    basket_tp_atr: float = 1.0  # close all when the basket gained this many ATRs x its lots
+    basket_tp_ccy: float = 0.0  # ... or this much account currency (0: off)
+    basket_stop_atr: float = 0.0  # close all when it lost this many ATRs x its lots (0: off)
+    basket_stop_ccy: float = 0.0  # ... or this much account currency (0: off)
+    reverse_mode: Literal["flatten", "reverse", "stop_adding"] = "flatten"
+    direction: Literal["trend", "long", "short"] = "trend"  # trend: start with the filter
+    atr_period: int = 14
+    vol_window: int = 100  # slow ATR of the widening ratio atr / slow atr
+    vol_widen: float = 1.0  # spacing x max(1, atr / slow atr) ** vol_widen (0: no widening)
+    trend_period: int = 50  # EMA period of the trend filter
+    trend_slope_bars: int = 10  # EMA slope over this many bars ...
+    trend_threshold: float = 0.5  # ... in ATRs: |slope| >= threshold is a trend
+
+    def __post_init__(self) -> None:
+        for name in ("spacing_atr", "lots", "lot_multiplier"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GridConfig.{name} must be > 0")
+        for name in (
+            "basket_tp_atr",
+            "basket_tp_ccy",
+            "basket_stop_atr",
+            "basket_stop_ccy",
+            "vol_widen",
+            "trend_threshold",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GridConfig.{name} must be >= 0")
+        if min(self.max_levels, self.atr_period, self.vol_window, self.trend_period) < 1:
+            raise ValueError("GridConfig counts and periods must be >= 1")
+        if self.trend_slope_bars < 1:
+            raise ValueError("GridConfig.trend_slope_bars must be >= 1")
+        if self.basket_tp_atr == 0 and self.basket_tp_ccy == 0:
+            raise ValueError("GridConfig needs a basket take-profit (basket_tp_atr or _ccy)")
+
+    @property
+    def bars_needed(self) -> int:
+        """Closed bars the strategy reads per decision (ATRs, widening, the EMA's window)."""
+        return (
+            max(self.atr_period, self.vol_window, 3 * self.trend_period + self.trend_slope_bars) + 1
+        )
+
+
+@dataclass(frozen=True)
+class GridLimits:
+    """Risk caps of the grid (:func:`engine.risk.check_grid_add`,
+    :func:`engine.risk.check_grid_basket`), enforced before every grid order; 0 disables one."""
+
+    max_lots: float = 0.5  # per symbol: the grid's open lots after an add
+    max_levels: int = 8  # per symbol: open levels after an add
+    max_basket_drawdown: float = 0.02  # basket floating loss / equity: close the basket
+
+    def __post_init__(self) -> None:
+        if self.max_lots < 0 or self.max_levels < 0 or self.max_basket_drawdown < 0:
+            raise ValueError("GridLimits must be >= 0")
+
+
+StrategyName = Literal["model", "grid", "both"]
+
+
+def parse_strategies(text: str, symbols: list[str]) -> dict[str, StrategyName]:
+    """``TX_ENGINE_STRATEGY``: one name for every symbol (``grid``) or ``SYMBOL=name`` pairs
+    (``EURUSD=grid,XAUUSD=both``; unlisted symbols run ``model``)."""
+    names = ("model", "grid", "both")
+    text = text.strip()
+    if text in names:
+        return dict.fromkeys(symbols, text)  # type: ignore[arg-type]
+    out: dict[str, StrategyName] = dict.fromkeys(symbols, "model")
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        sym, sep, name = part.partition("=")
+        if not sep or name.strip() not in names:
+            raise ValueError(
+                f"TX_ENGINE_STRATEGY: {part!r} is not SYMBOL=model|grid|both (or one of {names})"
+            )
+        out[sym.strip().upper()] = name.strip()  # type: ignore[assignment]
+    return out
+
+
 class EngineSettings(BaseSettings):
     """Settings of the engine deployable, all from ``TX_*`` (documented in ``.env.example``)."""
 
@@ -173,6 +260,37 @@ class EngineSettings(BaseSettings):
         "training reference (manifest reference_stats) is refused out_of_distribution; 0: off",
     )
 
+    strategy: str = Field(
+        default="model",
+        alias="TX_ENGINE_STRATEGY",
+        description="model | grid | both for every symbol, or SYMBOL=name pairs "
+        "(EURUSD=grid,XAUUSD=both); unlisted symbols run model",
+    )
+    grid_spacing_atr: float = Field(default=1.0, gt=0, alias="TX_GRID_SPACING_ATR")
+    grid_max_levels: int = Field(default=5, ge=1, alias="TX_GRID_MAX_LEVELS")
+    grid_lots: float = Field(default=0.01, gt=0, alias="TX_GRID_LOTS")
+    grid_lot_multiplier: float = Field(default=1.0, gt=0, alias="TX_GRID_LOT_MULTIPLIER")
+    grid_basket_tp_atr: float = Field(default=1.0, ge=0, alias="TX_GRID_BASKET_TP_ATR")
+    grid_basket_tp_ccy: float = Field(default=0.0, ge=0, alias="TX_GRID_BASKET_TP_CCY")
+    grid_basket_stop_atr: float = Field(default=0.0, ge=0, alias="TX_GRID_BASKET_STOP_ATR")
+    grid_basket_stop_ccy: float = Field(default=0.0, ge=0, alias="TX_GRID_BASKET_STOP_CCY")
+    grid_reverse_mode: Literal["flatten", "reverse", "stop_adding"] = Field(
+        default="flatten", alias="TX_GRID_REVERSE_MODE"
+    )
+    grid_direction: Literal["trend", "long", "short"] = Field(
+        default="trend", alias="TX_GRID_DIRECTION"
+    )
+    grid_vol_window: int = Field(default=100, ge=1, alias="TX_GRID_VOL_WINDOW")
+    grid_vol_widen: float = Field(default=1.0, ge=0, alias="TX_GRID_VOL_WIDEN")
+    grid_trend_period: int = Field(default=50, ge=1, alias="TX_GRID_TREND_PERIOD")
+    grid_trend_slope_bars: int = Field(default=10, ge=1, alias="TX_GRID_TREND_SLOPE_BARS")
+    grid_trend_threshold: float = Field(default=0.5, ge=0, alias="TX_GRID_TREND_THRESHOLD")
+    grid_max_lots: float = Field(default=0.5, ge=0, alias="TX_RISK_GRID_MAX_LOTS")
+    grid_max_levels_risk: int = Field(default=8, ge=0, alias="TX_RISK_GRID_MAX_LEVELS")
+    grid_max_basket_drawdown: float = Field(
+        default=0.02, ge=0, alias="TX_RISK_GRID_MAX_BASKET_DRAWDOWN"
+    )
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
@@ -205,6 +323,44 @@ class EngineSettings(BaseSettings):
     def execution(self) -> ExecutionConfig:
         """The frozen execution config these settings describe."""
         return ExecutionConfig(min_edge_cost_ratio=self.min_edge_cost_ratio)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        parse_strategies(v, [])  # a bad value fails at start, not at the first bar
+        return v
+
+    def strategies(self) -> dict[str, StrategyName]:
+        """Strategy per symbol (``TX_ENGINE_STRATEGY``)."""
+        return parse_strategies(self.strategy, self.symbols)
+
+    def grid(self) -> GridConfig:
+        """The frozen grid config these settings describe."""
+        return GridConfig(
+            spacing_atr=self.grid_spacing_atr,
+            max_levels=self.grid_max_levels,
+            lots=self.grid_lots,
+            lot_multiplier=self.grid_lot_multiplier,
+            basket_tp_atr=self.grid_basket_tp_atr,
+            basket_tp_ccy=self.grid_basket_tp_ccy,
+            basket_stop_atr=self.grid_basket_stop_atr,
+            basket_stop_ccy=self.grid_basket_stop_ccy,
+            reverse_mode=self.grid_reverse_mode,
+            direction=self.grid_direction,
+            vol_window=self.grid_vol_window,
+            vol_widen=self.grid_vol_widen,
+            trend_period=self.grid_trend_period,
+            trend_slope_bars=self.grid_trend_slope_bars,
+            trend_threshold=self.grid_trend_threshold,
+        )
+
+    def grid_limits(self) -> GridLimits:
+        """The frozen grid risk caps these settings describe."""
+        return GridLimits(
+            max_lots=self.grid_max_lots,
+            max_levels=self.grid_max_levels_risk,
+            max_basket_drawdown=self.grid_max_basket_drawdown,
+        )
 
     @property
     def journal_target(self) -> str:

@@ -67,6 +67,7 @@ from typing import Any, Protocol
 from engine.config import ExecutionConfig, RiskLimits, SizingConfig
 from engine.execution import OrderExecutor, OrderOutcome
 from engine.features import FeatureRow, FeatureUnavailable, InvalidFeatures
+from engine.grid import GridRunner
 from engine.journal import (
     DecisionRecord,
     DuplicateDecision,
@@ -115,6 +116,10 @@ class EngineStats:
 
 class EngineBusy(RuntimeError):
     """A decision holds the engine longer than an operator read may wait (try again)."""
+
+
+class _GridOnly(Exception):
+    """A ``grid`` symbol's bar is decided by :mod:`engine.grid` alone (no features, no model)."""
 
 
 class _Refuse(Exception):
@@ -173,8 +178,10 @@ class Engine:
         mode: str = "paper",
         kill_wait_s: float = 0.3,
         explain: bool = True,
+        grid: GridRunner | None = None,
     ) -> None:
         self.terminal = terminal
+        self.grid = grid  # symbols whose strategy is grid or both (engine.grid)
         self.features = features
         self.model = model
         self.journal = journal
@@ -403,11 +410,19 @@ class Engine:
             symbol, bar_close, now, None, None, "none", None, "refused", None, None, None, None, lat
         )
         self._earlier_intents = True
+        grid_out: dict[str, Any] | None = None
+        strategy = self.grid.strategy(symbol) if self.grid is not None else "model"
         try:
             # intents of this bar before this decision can only come from an earlier start
             # (or a flatten): known up front, so a bar without them needs no query afterwards
             self._earlier_intents = self.journal.may_have_intents(symbol, bar_close)
             self._observe_account(now)
+            if self.grid is not None and strategy != "model":  # engine.grid: grid or both
+                if self.killed.is_set():
+                    raise _Refuse(Reason.KILL_SWITCH, "kill acknowledged: no new orders")
+                grid_out = self.grid.step(self, symbol, bar_close)
+                if strategy == "grid":
+                    raise _GridOnly
             t = time.perf_counter()
             row = self.features.read(symbol)
             lat["feature_ms"] = (time.perf_counter() - t) * 1e3
@@ -443,6 +458,8 @@ class Engine:
                 t = time.perf_counter()
                 self._move_position(symbol, current, target, bar_close, rec, sl_d, tp_d)
                 lat["order_ms"] = (time.perf_counter() - t) * 1e3
+        except _GridOnly:
+            pass
         except _Refuse as r:
             rec.verdict, rec.reason_code, rec.reason = (
                 "refused",
@@ -458,6 +475,8 @@ class Engine:
             rec.verdict = "error" if rec.order_request else "refused"
             rec.reason_code = str(reason)
             rec.reason = f"{reason}: {type(exc).__name__}: {exc}"[:2000]
+        if grid_out is not None and self.grid is not None:
+            self.grid.merge(rec, grid_out, alone=strategy == "grid")
         self._show_executed(rec)
         return self._finish(rec, t0)
 
@@ -572,7 +591,7 @@ class Engine:
             return None
         other = sum(abs(v) for s, v in self._all_net_lots().items() if s != symbol)
         closing = current != 0 and (target == 0 or (target > 0) != (current > 0))
-        n_orders = (len(self.positions(symbol)) if closing else 0) + (
+        n_orders = (len(self._model_positions(symbol)) if closing else 0) + (
             1
             if abs(target) > 1e-12 and (closing or current == 0 or abs(target) > abs(current))
             else 0
@@ -597,7 +616,7 @@ class Engine:
                 spread_points=spread,
                 market_open=market_open,
                 feature_age_s=feature_age,
-                new_orders=len(self.positions(symbol)),
+                new_orders=len(self._model_positions(symbol)),
             )
             if v_close.allowed:
                 log.info("%s: %s refuses the flip (%s); closing only", symbol, v.reason, v.detail)
@@ -670,11 +689,17 @@ class Engine:
         )
         return tuple(p for p in (pos or ()) if p.magic == self.magic)
 
+    def _model_positions(self, symbol: str) -> tuple[Any, ...]:
+        """The model strategy's positions of ``symbol``: this engine's, minus the grid's."""
+        pos = self.positions(symbol)
+        grid = self.grid.tickets(symbol) if self.grid is not None else set()
+        return tuple(p for p in pos if int(p.ticket) not in grid) if grid else pos
+
     def _net_lots(self, symbol: str) -> float:
         return round(
             sum(
                 p.volume if p.type == mt5.POSITION_TYPE_BUY else -p.volume
-                for p in self.positions(symbol)
+                for p in self._model_positions(symbol)
             ),
             8,
         )
@@ -704,7 +729,7 @@ class Engine:
         remaining = current
         now = self.clock()
         if current != 0 and (target == 0 or (target > 0) != (current > 0)):
-            for p in self.positions(symbol):
+            for p in self._model_positions(symbol):
                 close_type = (
                     mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
                 )

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from engine.config import RiskLimits
+from engine.config import GridLimits, RiskLimits
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class Reason(StrEnum):
     RECONCILE_MISMATCH = "reconcile_mismatch"  # terminal and journal disagree: only reductions
     MODEL_EXPIRED = "model_expired"  # the bundle is older than TX_ENGINE_MODEL_MAX_AGE_DAYS
     OUT_OF_DISTRIBUTION = "out_of_distribution"  # a feature far outside the training reference
+    GRID_MAX_LEVELS = "grid_max_levels"  # the grid already holds its risk cap of levels
+    GRID_MAX_EXPOSURE = "grid_max_exposure"  # the add would take the grid's lots over the cap
+    GRID_BASKET_DRAWDOWN = "grid_basket_drawdown"  # basket loss / equity over the cap: close it
 
 
 class TradingState(StrEnum):
@@ -238,6 +241,43 @@ def check_order(
                 False,
                 Reason.MAX_ORDERS_PER_MINUTE,
                 f"{len(recent)} orders in the last minute, {new_orders} more needed",
+            )
+    return Verdict(True)
+
+
+def check_grid_add(
+    limits: GridLimits, *, levels: int, grid_lots: float, add_lots: float
+) -> Verdict:
+    """May the grid of one symbol, holding ``levels`` levels of ``grid_lots`` lots in all,
+    open one more level of ``add_lots``? (Runs before :func:`check_order`, which still
+    applies to the symbol's net position.)"""
+    if limits.max_levels and levels + 1 > limits.max_levels:
+        return Verdict(
+            False,
+            Reason.GRID_MAX_LEVELS,
+            f"{levels} levels open, cap {limits.max_levels}: no level {levels + 1}",
+        )
+    total = grid_lots + add_lots
+    if limits.max_lots and total > limits.max_lots + 1e-9:
+        return Verdict(
+            False,
+            Reason.GRID_MAX_EXPOSURE,
+            f"grid lots {grid_lots:g} + {add_lots:g} = {total:g} > cap {limits.max_lots:g}",
+        )
+    return Verdict(True)
+
+
+def check_grid_basket(limits: GridLimits, *, basket_pnl: float, equity: float) -> Verdict:
+    """May the open basket (floating P&L ``basket_pnl``, account currency) stay open? A
+    refusal means: close every level now (reason ``grid_basket_drawdown``)."""
+    if limits.max_basket_drawdown and equity > 0 and basket_pnl < 0:
+        dd = -basket_pnl / equity
+        if dd >= limits.max_basket_drawdown:
+            return Verdict(
+                False,
+                Reason.GRID_BASKET_DRAWDOWN,
+                f"basket loss {-basket_pnl:.2f} = {dd:.2%} of equity >= cap "
+                f"{limits.max_basket_drawdown:.2%}",
             )
     return Verdict(True)
 

@@ -778,6 +778,30 @@ def report_real_exports(
     typer.echo(text)
 
 
+@report_app.command("grid")
+def report_grid(
+    out: Annotated[
+        str, typer.Option(help="Markdown file to write")
+    ] = "reports/grid-real-exports.md",
+    raw: Annotated[
+        str | None, typer.Option(help="Folder of the exports (default ../shared/data/raw)")
+    ] = None,
+    only: Annotated[
+        str, typer.Option(help="Comma-separated file-name fragments to restrict to")
+    ] = "",
+    engine: Annotated[bool, typer.Option(help="Also replay each file through the engine")] = True,
+) -> None:
+    """The grid strategy on the real exports' test ranges, after costs, beside the baselines
+    (vectorised and through the engine; docs/execution-grid.md)."""
+    from pathlib import Path
+
+    from training.grid_report import RAW_DIR, grid_report
+
+    only_list = [o for o in only.split(",") if o] or None
+    grid_report(Path(raw) if raw else RAW_DIR, Path(out), only_list, engine=engine)
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(envvar="TX_SERVING_PORT")] = 3000,
