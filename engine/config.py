@@ -173,6 +173,22 @@ class EngineSettings(BaseSettings):
         "training reference (manifest reference_stats) is refused out_of_distribution; 0: off",
     )
 
+    venues: str = Field(
+        default="",
+        alias="TX_ENGINE_VENUES",
+        description="JSON list of trading venues for the smart order router (engine.router): "
+        "name, kind native|bridge|sim, address, login, commission_per_lot, symbol_map, max_lots, "
+        "max_order_lots, timeout_s, cooldown_s; empty: the one terminal of TX_MT5_*",
+    )
+
+    @field_validator("venues")
+    @classmethod
+    def _venues(cls, v: str) -> str:
+        from engine.router import parse_venues  # engine.router imports this module
+
+        parse_venues(v)  # ValueError naming the bad entry
+        return v
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
