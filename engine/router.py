@@ -978,7 +978,7 @@ class OrderRouter:
             f"{q.commission_points:.2f} + slippage {q.slippage_points:.2f}"
         )
         if failures:
-            head = "failover after " + "; ".join(failures) + ": "
+            head = "cheapest healthy venue left after " + "; ".join(failures) + ": "
         else:
             head = "cheapest healthy venue: "
         nxt = f"; next {rest[0][0].name} at {rest[0][1].cost_points:.2f}" if rest else ""
