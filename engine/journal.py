@@ -20,7 +20,7 @@ Tables (same SQL on both back ends):
   ``order_send`` that filled (see ``docs/execution-slippage.md``).
 * ``routes`` — one row per venue attempt of an order when several venues are configured
   (:mod:`engine.router`): client id, venue, attempt number, status (``chosen``, ``done``,
-  ``recovered``, ``failed``, ``link_error``, ``in_doubt``, ``resolved``, ``skipped``), the
+  ``recovered``, ``failed``, ``link_error``, ``in_doubt``, ``not_sent``, ``skipped``), the
   reason in words and the expected cost in points with the ranking of every venue (JSON).
 * ``audit`` — one row per operator or automatic action on the trading state (kill, flatten,
   resume, reload, reduce, reconciliation reduce/resolve): when (UTC ISO), who (``actor``),

@@ -79,6 +79,8 @@ __all__ = [
 VOL_WINDOW = 24
 _LINK_RETCODES = frozenset({mt5.TRADE_RETCODE_CONNECTION, 10012})  # CONNECTION, TIMEOUT
 _RESOLVED_STATUSES = frozenset({"done", "recovered"})
+# a venue whose last attempt of a client id ended so may hold it (chosen: no answer recorded)
+_MAY_HOLD = frozenset({"chosen", "in_doubt", "done", "recovered"})
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -593,7 +595,7 @@ class OrderRouter:
                 d.symbol,
                 d.intent,
                 v.name,
-                "resolved",
+                status,
                 f"{v.name} answers again: the order in doubt there was "
                 + ("found (executed once, there)" if found else "not found (never executed)"),
             )
@@ -677,12 +679,16 @@ class OrderRouter:
 
     # -- look-up ---------------------------------------------------------------------------
     def _suspects(self, cid: str) -> set[str]:
-        """Venues that may hold ``cid``: every venue an attempt was made at (or, for an intent
-        older than the router, the first venue)."""
-        names = {r["venue"] for r in self.journal.routes(cid) if r["status"] != "skipped"}
+        """Venues that may hold ``cid``: those whose last attempt did not end in a definite
+        "not there" (``link_error`` before the send, ``skipped``, ``not_sent``, ``failed``);
+        for an intent older than the router, the first venue."""
+        last: dict[str, str] = {}
+        for r in self.journal.routes(cid):
+            last[r["venue"]] = r["status"]
+        names = {v for v, st in last.items() if st in _MAY_HOLD}
         if cid in self.in_doubt:
             names.add(self.in_doubt[cid].venue)
-        return names or {self.venues[0].name}
+        return names if last else {self.venues[0].name}
 
     def find_existing(self, symbol: str, client_id: str, now_utc: float) -> dict[str, Any] | None:
         """The trace of ``client_id`` on any reachable venue (with ``venue`` added). Raises
@@ -999,9 +1005,7 @@ class OrderRouter:
         """client id -> the venue that executed it (or last tried it), from the journal."""
         out: dict[str, str] = {}
         for r in self.journal.routes():
-            if r["status"] in ("chosen", "in_doubt", "resolved") or (
-                r["status"] in _RESOLVED_STATUSES
-            ):
+            if r["status"] in _MAY_HOLD:
                 out[r["client_id"]] = r["venue"]
         return out
 
