@@ -7,8 +7,10 @@ Two faults:
 * ``sigkill``: A (the cheaper venue) dies by SIGKILL at a moment chosen by a timer thread while
   orders flow. Orders move to B; the failover time is from the kill to the first order filled
   at B. A's deals are read by a checker connection of its own every few milliseconds until it
-  dies, so the count of executions per client id covers both terminals (an order in flight at
-  the kill is *in doubt*: the router never sends it to B, which the count checks too).
+  dies, so the count of executions per client id covers both terminals (an order A filled in
+  the last milliseconds before the kill, which the checker had no time to read, counts from the
+  router's record of the fill; an order in flight at the kill is *in doubt*: the router never
+  sends it to B, which the count checks too).
 * ``after_send``: A is frozen (SIGSTOP) right after an ``order_send`` reached it and executed
   — the answer is dropped the way a link lost mid-call drops it (``None`` with an IPC error) —
   so that order is in doubt. Orders of other symbols move to B; A is thawed (SIGCONT) later,
@@ -240,6 +242,10 @@ def failover_scenario(
             str(d.comment) for d in (*deals_a, *deals_b) if d.entry == mt5.DEAL_ENTRY_IN
         )
         ok = [x for x in log if x["status"] in ("done", "recovered")]
+        # an order A filled right before its SIGKILL, before the watcher read it: A's history
+        # died with it, so the router's own record of that fill stands for A's deal
+        unseen_a = [x["cid"] for x in ok if x["venue"] == "a" and per_id[x["cid"]] == 0]
+        per_id.update(unseen_a if mode == "sigkill" else [])
         on_b_after = [x for x in ok if x["venue"] == "b" and fault_at and x["t1"] > fault_at]
         after = [x for x in log if fault_at and x["t0"] >= fault_at]
         doubt = sorted({r["client_id"] for r in journal.routes() if r["status"] == "in_doubt"})
@@ -260,6 +266,7 @@ def failover_scenario(
                 "fault_at_order": next((x["i"] for x in after), None),
                 "fired_id": stopper.fired_id if stopper else None,
                 "ok_ids_without_deal": sum(1 for x in ok if per_id[x["cid"]] == 0),
+                "filled_at_a_unseen": len(unseen_a),
                 "log": [{k: v for k, v in x.items() if k not in ("t0", "t1")} for x in log],
             },
         )
