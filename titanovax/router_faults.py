@@ -225,8 +225,8 @@ def failover_scenario(
                 }
             )
             if stopper is not None and stopper.fired_at is not None and not thawed:
-                after = sum(1 for x in log if x["t0"] >= stopper.fired_at)
-                if after >= thaw_after:
+                n_after = sum(1 for x in log if x["t0"] >= stopper.fired_at)
+                if n_after >= thaw_after:
                     assert a.proc is not None
                     os.kill(a.proc.pid, signal.SIGCONT)
                     thawed = True
