@@ -230,3 +230,33 @@ def test_engine_when_a_position_is_opened_behind_its_back_on_venue_b_then_reconc
     assert m["venue"] == "b" and m["ticket"] == ticket and m["key"] == f"b/position:{ticket}"
     assert str(e.risk.state.trading_state) == "REDUCING"
     assert e._net_lots("EURUSD") == pytest.approx(0.1 - 0.2)  # risk sees b's stray too
+
+
+def test_engine_when_killed_with_flatten_then_positions_close_at_the_venue_holding_each(
+    tmp_path: Path,
+) -> None:
+    """Both venues' simulators count tickets from the same number: each close goes to the
+    venue that holds the position, under a client id of its own."""
+    now = [MONDAY_0800]
+    venues = [dict(v) for v in VENUES]
+    venues[2]["max_lots"] = 0.1
+    e = _engine(tmp_path, now, venues)
+    e.reconcile()
+    bar = closes(n=1)[0]
+    now[0] = bar
+    assert [e.on_bar(s, bar).verdict for s in ("EURUSD", "GBPUSD")] == ["sent", "sent"]
+    tickets = {(p.venue, int(p.ticket)) for p in e.positions()}
+    assert {t for _, t in tickets} == {next(iter(tickets))[1]}  # the same ticket at c and b
+
+    answer = e.kill(flatten=True)
+
+    assert e.positions() == ()
+    closed = [c for c in answer.get("flattened", answer.get("closed", [])) if "ticket" in c]
+    assert len(closed) == 2 and all(c["status"] == "done" for c in closed)
+    flat = [r for r in e.journal.routes() if r["intent"].startswith("flatten:")]
+    assert {(r["venue"], r["status"]) for r in flat if r["status"] != "chosen"} == {
+        ("b", "done"),
+        ("c", "done"),
+    }
+    assert all(r["reason"] == f"the position is held at {r['venue']}" for r in flat[::2])
+    assert len({r["client_id"] for r in flat}) == 2
