@@ -568,9 +568,10 @@ class OrderRouter:
         except Exception as exc:
             self._down(v, exc)
             return False
+        why = v.breaker.reason
         v.breaker.success()
         v.last_account = acct
-        log.warning("venue %s back after %s", v.name, v.breaker.reason or "an outage")
+        log.warning("venue %s answers again (down after: %s)", v.name, why or "an outage")
         try:
             self._resolve_in_doubt(v)
         except Exception as exc:

@@ -260,3 +260,102 @@ def test_engine_when_killed_with_flatten_then_positions_close_at_the_venue_holdi
     }
     assert all(r["reason"] == f"the position is held at {r['venue']}" for r in flat[::2])
     assert len({r["client_id"] for r in flat}) == 2
+
+
+# --- failover in process: a venue whose link drops (its terminal is the real simulator) ---------
+class _Link:
+    """The link to a real simulated terminal: ``down`` refuses every call, as a dead bridge
+    does; ``lose_next`` lets the next ``order_send`` execute and then drops the link (and the
+    answer) mid-call."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = False
+        self.lose_next = False
+
+    def _gone(self, call: str) -> mt5.TerminalConnectionError:
+        return mt5.TerminalConnectionError(call, (mt5.RES_E_INTERNAL_FAIL_CONNECT, "link down"))
+
+    def connect(self) -> _Link:
+        if self.down:
+            raise self._gone("connect")
+        assert self.inner.initialize()  # as a bridge's connect does (a drop shut it down)
+        return self
+
+    def __getattr__(self, call: str) -> Any:
+        fn = getattr(self.inner, call)
+
+        def forward(*args: Any, **kw: Any) -> Any:
+            if self.down and call not in ("shutdown", "last_error"):
+                raise self._gone(call)
+            out = fn(*args, **kw)
+            if call == "order_send" and self.lose_next:
+                self.lose_next, self.down = False, True
+                raise self._gone(call)
+            return out
+
+        return forward
+
+
+def _venues_with_links(now: list[int]) -> tuple[list[Any], dict[str, _Link]]:
+    from engine.mt5.resilient import Backoff, ResilientTerminal
+    from engine.router import CircuitBreaker, MappedTerminal, Venue
+
+    out, links = [], {}
+    for cfg in parse_venues(json.dumps(VENUES[:2])):
+        (sim,) = open_venues([cfg], clock=lambda: now[0])
+        link = _Link(sim.terminal.terminal)
+        term = ResilientTerminal(link.connect, attempts=1, backoff=Backoff(0.0, 0.0))
+        out.append(Venue(cfg, MappedTerminal(term), CircuitBreaker(0.0)))
+        links[cfg.name] = link
+    return out, links
+
+
+def _deals_with(links: dict[str, _Link], cid: str) -> dict[str, int]:
+    return {
+        n: sum(d.comment == cid for d in link.inner.history_deals_get(0, 2**31) or ())
+        for n, link in links.items()
+    }
+
+
+def test_failover_when_the_answer_is_lost_mid_send_then_in_doubt_held_and_checked_first_on_return(
+    tmp_path: Path,
+) -> None:
+    """Venues a and b of VENUES: b (5 points wider, no commission) is cheaper than a (7 points
+    of commission) by 0.75 points, so b takes the orders while it answers."""
+    now = [MONDAY_0800]
+    venues, links = _venues_with_links(now)
+    journal = Journal(tmp_path / "j.sqlite")
+
+    def router() -> OrderRouter:
+        r = OrderRouter(venues, journal, ExecutionConfig(), magic=MAGIC)
+        return r.bind(login=1001, sleep=lambda s: None)
+
+    r = router()
+    assert _buy(r, now, MONDAY_0800).status == "done"  # at b, the cheaper
+    assert r.journal.routes()[-1]["venue"] == "b"
+
+    links["b"].lose_next = True  # b executes the next order, and its link drops mid-send
+    lost = _buy(r, now, MONDAY_0800 + 300)
+
+    assert lost.status == "failed" and "in doubt at b" in lost.detail
+    assert list(r.in_doubt) == [lost.client_id]
+    assert journal.intent(lost.client_id).status == "pending"
+    other = _buy(r, now, MONDAY_0800 + 300, symbol="GBPUSD")  # other symbols move to a
+    assert other.status == "done" and journal.routes(other.client_id)[-1]["venue"] == "a"
+    held = _buy(r, now, MONDAY_0800 + 600)  # EURUSD: its exposure at b is unknown
+    assert held.status == "failed" and "no new order until it answers" in held.detail
+
+    r = router()  # a restart: the order in doubt is remembered
+    assert list(r.in_doubt) == [lost.client_id]
+    links["b"].down = False  # b answers again
+    nxt = _buy(r, now, MONDAY_0800 + 900, symbol="GBPUSD")
+
+    rows = journal.routes()
+    resolved = next(x for x in rows if x["client_id"] == lost.client_id and "again" in x["reason"])
+    first_after = next(x for x in rows if x["client_id"] == nxt.client_id)
+    assert resolved["status"] == "recovered" and resolved["at"] <= first_after["at"]
+    assert journal.intent(lost.client_id).status == "recovered"
+    assert nxt.status == "done" and rows[-1]["venue"] == "b"  # b, the cheaper, once checked
+    assert _deals_with(links, lost.client_id) == {"a": 0, "b": 1}  # executed once, at b
+    assert r.in_doubt == {}
