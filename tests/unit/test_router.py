@@ -359,3 +359,19 @@ def test_failover_when_the_answer_is_lost_mid_send_then_in_doubt_held_and_checke
     assert nxt.status == "done" and rows[-1]["venue"] == "b"  # b, the cheaper, once checked
     assert _deals_with(links, lost.client_id) == {"a": 0, "b": 1}  # executed once, at b
     assert r.in_doubt == {}
+
+
+def test_engine_settings_when_venues_are_set_then_validated_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from engine.config import EngineSettings
+
+    monkeypatch.setenv("TX_ENGINE_VENUES", '[{"name":"a","kind":"bridge","address":"h:1"}]')
+    assert [v.name for v in parse_venues(EngineSettings().venues)] == ["a"]
+    monkeypatch.setenv("TX_ENGINE_VENUES", '[{"name":"a","kind":"ftp"}]')
+    with pytest.raises(ValidationError, match="kind"):
+        EngineSettings()
+    monkeypatch.delenv("TX_ENGINE_VENUES")
+    assert EngineSettings().venues == ""  # no venue: the one terminal of TX_MT5_*
