@@ -1249,6 +1249,8 @@ class Engine:
             "refusals": {},
             "last_decision": None,
         }
+        if self.router is not None:  # each venue's health, open lots and orders in doubt
+            out["venues"] = self.router.status()
         if not self.lock.acquire(timeout=self.kill_wait_s):
             out["decision_in_flight"] = True
             return out

@@ -208,6 +208,8 @@ def test_engine_when_venues_share_the_position_then_risk_sees_the_sum(tmp_path: 
     assert recs[2].verdict == "refused" and recs[2].reason_code == "max_total_exposure"
     acct = e.terminal.account_info()
     assert acct.balance == pytest.approx(3 * 10_000.0)  # one account per venue
+    lots = {v["venue"]: v["open_lots"] for v in e.status()["venues"]}
+    assert lots == {"a": 0.0, "b": 0.1, "c": 0.1}
 
 
 def test_engine_when_a_position_is_opened_behind_its_back_on_venue_b_then_reconcile_names_b(
