@@ -346,7 +346,8 @@ class Venue:
     def name(self) -> str:
         return self.config.name
 
-    def status(self) -> dict[str, Any]:
+    def status(self, magic: int | None = None) -> dict[str, Any]:
+        """Health and the open lots it last showed (of ``magic`` when given)."""
         b = self.breaker
         return {
             "venue": self.name,
@@ -354,7 +355,14 @@ class Venue:
             "up": not b.down,
             "reason": b.reason,
             "failures": b.failures,
-            "open_lots": round(sum(float(p.volume) for p in self.last_positions), 8),
+            "open_lots": round(
+                sum(
+                    float(p.volume)
+                    for p in self.last_positions
+                    if magic is None or int(p.magic) == magic
+                ),
+                8,
+            ),
         }
 
 
@@ -561,6 +569,12 @@ class OrderRouter:
             return True
         if not v.breaker.may_probe():
             return False
+        with self.lock:  # one probe and one look-up of the orders in doubt at a time
+            return v.breaker.down is False or self._probe(v)
+
+    def _probe(self, v: Venue) -> bool:
+        if not v.breaker.down:
+            return True
         try:
             acct = v.terminal.account_info()
             if acct is None:
@@ -996,7 +1010,7 @@ class OrderRouter:
         """Each venue's health and open lots, and the orders in doubt."""
         return [
             {
-                **v.status(),
+                **v.status(self.magic),
                 "in_doubt": sorted(c for c, d in self.in_doubt.items() if d.venue == v.name),
             }
             for v in self.venues
