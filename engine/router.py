@@ -969,13 +969,29 @@ class OrderRouter:
                     q,
                 )
                 failures.append(f"{v.name}: link error")
-                try:  # before the next venue: the id is nowhere yet
-                    if self.find_existing(symbol, cid, now_utc) is not None:
-                        raise RuntimeError(f"{cid} found after a send that never left")
+                try:  # before the next venue: is the id anywhere (an earlier attempt)?
+                    found = self.find_existing(symbol, cid, now_utc)
                 except mt5.TerminalConnectionError as exc2:
                     return self._failed(cid, symbol, bar_close, intent, str(exc2), end=False)
+                if found is not None:
+                    self.journal.intent_end(cid, "recovered", {"results": [found]}, None)
+                    self._route(
+                        cid,
+                        symbol,
+                        intent,
+                        found["venue"],
+                        "recovered",
+                        "found there before the failover: not sent again",
+                    )
+                    return OrderOutcome(
+                        cid, symbol, int(bar_close), intent, "recovered", results=[found]
+                    )
                 continue
-            if not out.ok and out.retcode is None and out.reason is Reason.ORDER_FAILED:
+            if (
+                not out.ok
+                and out.reason is Reason.ORDER_FAILED
+                and out.detail.startswith("retcode None")
+            ):
                 # no answer after every retry, though look-ups answered: the venue's link
                 self._down(v, out.detail)
                 self._route(cid, symbol, intent, v.name, "link_error", out.detail, q)
