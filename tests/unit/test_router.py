@@ -377,3 +377,40 @@ def test_engine_settings_when_venues_are_set_then_validated_at_start(
         EngineSettings()
     monkeypatch.delenv("TX_ENGINE_VENUES")
     assert EngineSettings().venues == ""  # no venue: the one terminal of TX_MT5_*
+
+
+class _VenueSlippage:
+    """A slippage estimator with the contract's ``points(...)`` call that knows venue c
+    slips 10 points more than the others (what a learned model per venue would say)."""
+
+    def points(
+        self,
+        *,
+        symbol: str,
+        venue: str,
+        side: str,
+        volume: float,
+        spread_points: float,
+        vol_points: float,
+        hour: int,
+    ) -> float:
+        return 0.25 * spread_points + 0.05 * vol_points + (10.0 if venue == "c" else 0.0)
+
+
+def test_route_when_an_estimator_predicts_more_slippage_at_a_venue_then_it_ranks_lower(
+    tmp_path: Path,
+) -> None:
+    now = [MONDAY_0800]
+    configs = parse_venues(json.dumps(VENUES))
+    r = OrderRouter(
+        open_venues(configs, clock=lambda: now[0]),
+        Journal(tmp_path / "j.sqlite"),
+        ExecutionConfig(),
+        magic=MAGIC,
+        estimator=_VenueSlippage(),
+    ).bind(login=1001)
+
+    ranked, _ = r.rank("EURUSD", "buy", 0.1, now[0])
+
+    assert [v.name for v, _ in ranked] == ["b", "a", "c"]  # c: 4.5 + 10 above b's 6.25
+    assert _buy(r, now, MONDAY_0800).ok and r.journal.routes()[-1]["venue"] == "b"
