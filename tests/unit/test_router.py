@@ -414,3 +414,27 @@ def test_route_when_an_estimator_predicts_more_slippage_at_a_venue_then_it_ranks
 
     assert [v.name for v, _ in ranked] == ["b", "a", "c"]  # c: 4.5 + 10 above b's 6.25
     assert _buy(r, now, MONDAY_0800).ok and r.journal.routes()[-1]["venue"] == "b"
+
+
+def test_engine_when_the_model_flips_every_bar_then_closes_go_where_positions_are_no_mismatch(
+    tmp_path: Path,
+) -> None:
+    now = [MONDAY_0800]
+    venues = [dict(v) for v in VENUES]
+    venues[2]["max_lots"] = 0.1
+    model = ScriptedModel(1)
+    e = _engine(tmp_path, now, venues, model=model)
+    e.reconcile()
+    for k, bar in enumerate(closes(n=6)):
+        now[0] = bar
+        model.position = 1 if k % 2 == 0 else -1
+        recs = [e.on_bar(s, bar) for s in ("EURUSD", "GBPUSD")]
+        assert [r.verdict for r in recs] == ["sent", "sent"], [r.reason for r in recs]
+        assert e.reconcile_pass()["open"] == []
+    want = mt5.POSITION_TYPE_SELL
+    assert {(p.symbol, p.venue, p.type) for p in e.positions()} == {
+        ("EURUSD", "c", want),
+        ("GBPUSD", "b", want),
+    }
+    closes_at = {r["venue"] for r in e.journal.routes() if r["intent"].startswith("close:")}
+    assert closes_at == {"b", "c"}
