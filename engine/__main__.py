@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.mt5.gateway import open_terminal
 
     es = EngineSettings()
-    if es.mt5_mode == "sim":
+    if es.mt5_mode == "sim" and not es.venues:
         print(
             "error: live mode trades a real terminal: set TX_MT5_MODE=native or bridge",
             file=sys.stderr,
@@ -57,15 +57,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    terminal = open_terminal(
-        es.mt5_mode,
-        host=es.mt5_host,
-        port=es.mt5_port,
-        login=es.mt5_login,
-        password=es.mt5_password,
-        server=es.mt5_server,
-        bridge_timeout_s=es.terminal_timeout_s,
-        reconnect_attempts=es.terminal_attempts,
+    from engine.app import open_router
+    from engine.journal import Journal
+
+    journal = Journal(es.journal_target)
+    router = open_router(es, journal)  # TX_ENGINE_VENUES: several venues, else None
+    terminal = (
+        router.terminal
+        if router is not None
+        else open_terminal(
+            es.mt5_mode,
+            host=es.mt5_host,
+            port=es.mt5_port,
+            login=es.mt5_login,
+            password=es.mt5_password,
+            server=es.mt5_server,
+            bridge_timeout_s=es.terminal_timeout_s,
+            reconnect_attempts=es.terminal_attempts,
+        )
     )
     reader = OnlineFeatureReader(
         redis.Redis.from_url(es.redis_url),
@@ -74,11 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         features=names,
     )
     engine = build_engine(
-        es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time
+        es,
+        terminal=terminal,
+        features=reader,
+        model=ModelHandle(es),
+        clock=time.time,
+        journal=journal,
+        router=router,
     )
     from engine.reconcile import start_reconcile
 
-    recon = start_reconcile(engine, es, own_link=es.mt5_mode == "bridge")
+    recon = start_reconcile(engine, es, own_link=es.mt5_mode == "bridge" and router is None)
     worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")

@@ -86,9 +86,12 @@ def build_engine(
     metrics: EngineMetrics | None = None,
     sleep: Callable[[float], None] = time.sleep,
     mode: str | None = None,
+    router: Any = None,
 ) -> Engine:
     """An engine with the settings' frozen limits, sizing and execution config (``mode``
-    scopes its journal rows; default ``TX_ENGINE_MODE``)."""
+    scopes its journal rows; default ``TX_ENGINE_MODE``); ``router``: an
+    :class:`engine.router.OrderRouter` over ``TX_ENGINE_VENUES`` (``terminal`` is its
+    ``router.terminal``)."""
     reload = getattr(model, "reload", None)
     strategies = settings.strategies()
     grid = (
@@ -115,6 +118,36 @@ def build_engine(
         mode=mode or settings.mode,
         explain=settings.explain,
         grid=grid,
+        router=router,
+    )
+
+
+def open_router(
+    settings: EngineSettings,
+    journal: Journal,
+    *,
+    clock: Callable[[], int] | None = None,
+    estimator: Any = None,
+) -> Any:
+    """The :class:`engine.router.OrderRouter` of ``TX_ENGINE_VENUES`` over ``journal``, or
+    ``None`` when no venue is configured (the engine trades its one terminal, as before).
+    ``estimator``: any object with the slippage ``points(...)`` call (default: the fixed
+    0.25 x spread + 0.05 x volatility formula)."""
+    from engine.router import OrderRouter, open_venues, parse_venues
+
+    configs = parse_venues(settings.venues)
+    if not configs:
+        return None
+    venues = open_venues(
+        configs, clock=clock, server_utc_offset_hours=settings.broker_utc_offset_hours
+    )
+    return OrderRouter(
+        venues,
+        journal,
+        settings.execution(),
+        magic=settings.magic,
+        estimator=estimator,
+        timeframe=TIMEFRAMES[settings.timeframe],
     )
 
 

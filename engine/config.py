@@ -291,6 +291,22 @@ class EngineSettings(BaseSettings):
         default=0.02, ge=0, alias="TX_RISK_GRID_MAX_BASKET_DRAWDOWN"
     )
 
+    venues: str = Field(
+        default="",
+        alias="TX_ENGINE_VENUES",
+        description="JSON list of trading venues for the smart order router (engine.router): "
+        "name, kind native|bridge|sim, address, login, commission_per_lot, symbol_map, max_lots, "
+        "max_order_lots, timeout_s, cooldown_s; empty: the one terminal of TX_MT5_*",
+    )
+
+    @field_validator("venues")
+    @classmethod
+    def _venues(cls, v: str) -> str:
+        from engine.router import parse_venues  # engine.router imports this module
+
+        parse_venues(v)  # ValueError naming the bad entry
+        return v
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:

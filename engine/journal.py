@@ -18,6 +18,10 @@ Tables (same SQL on both back ends):
   slippage (adverse positive) in price and points, spread at send, recent volatility, size,
   side, hour (UTC) and venue; written inside the bar's transaction right after the
   ``order_send`` that filled (see ``docs/execution-slippage.md``).
+* ``routes`` — one row per venue attempt of an order when several venues are configured
+  (:mod:`engine.router`): client id, venue, attempt number, status (``chosen``, ``done``,
+  ``recovered``, ``failed``, ``link_error``, ``in_doubt``, ``not_sent``, ``skipped``), the
+  reason in words and the expected cost in points with the ranking of every venue (JSON).
 * ``audit`` — one row per operator or automatic action on the trading state (kill, flatten,
   resume, reload, reduce, reconciliation reduce/resolve): when (UTC ISO), who (``actor``),
   what (``action``), why (``reason``) and what changed (``detail`` JSON: state before/after,
@@ -141,6 +145,22 @@ CREATE TABLE IF NOT EXISTS fills (
     order_ticket BIGINT,
     attempts INTEGER NOT NULL,
     PRIMARY KEY (scope, client_id)
+)"""
+# one row per venue attempt of an order (engine.router): the routing choice and its reason
+_ROUTES = """
+CREATE TABLE IF NOT EXISTS routes (
+    scope TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    symbol TEXT NOT NULL,
+    intent TEXT NOT NULL,
+    venue TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    cost_points DOUBLE PRECISION,
+    ranking TEXT,
+    at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (scope, client_id, attempt)
 )"""
 # the audit table's key differs per back end (an autoincrementing id); created next to _SCHEMA
 _AUDIT_SQLITE = """
@@ -344,6 +364,7 @@ class Journal:
             for ddl in (
                 *_SCHEMA,
                 _FILLS,
+                _ROUTES,
                 _AUDIT_POSTGRES if self.postgres else _AUDIT_SQLITE,
                 _AUDIT_INDEX,
             ):
@@ -855,6 +876,57 @@ class Journal:
             )
             out |= {str(r["client_id"]) for r in rows}
         return out
+
+    # --- routes (engine.router) -----------------------------------------------------------
+    def record_route(
+        self,
+        client_id: str,
+        *,
+        symbol: str,
+        intent: str,
+        venue: str,
+        status: str,
+        reason: str,
+        cost_points: float | None = None,
+        ranking: list[dict[str, Any]] | None = None,
+    ) -> int:
+        """Append one venue attempt of an order; returns its attempt number (1, 2, ...)."""
+        rows = self._query(
+            "SELECT COALESCE(MAX(attempt), 0) AS n FROM routes WHERE scope=? AND client_id=?",
+            (self.scope, client_id),
+        )
+        attempt = int(rows[0]["n"]) + 1
+        self._exec(
+            "INSERT INTO routes (scope, client_id, attempt, symbol, intent, venue, status,"
+            " reason, cost_points, ranking, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                self.scope,
+                client_id,
+                attempt,
+                symbol,
+                intent,
+                venue,
+                status,
+                reason,
+                cost_points,
+                json.dumps(ranking) if ranking is not None else None,
+                time.time(),
+            ),
+        )
+        return attempt
+
+    def routes(self, client_id: str | None = None) -> list[dict[str, Any]]:
+        """Venue attempts of this scope (of one client id), oldest first."""
+        where, args = "scope=?", [self.scope]
+        if client_id is not None:
+            where, args = "scope=? AND client_id=?", [self.scope, client_id]
+        rows = self._query(
+            f"SELECT * FROM routes WHERE {where} ORDER BY at, client_id, attempt", tuple(args)
+        )
+        for r in rows:
+            r.pop("scope", None)
+            r["ranking"] = json.loads(r["ranking"]) if r["ranking"] else None
+        return rows
 
     def intents_since(self, created_at: float) -> list[Intent]:
         """Intents created at or after ``created_at`` (epoch s), oldest first."""

@@ -81,6 +81,7 @@ from engine.mt5 import Terminal
 from engine.mt5 import protocol as mt5
 from engine.reconcile import Mismatch, compare
 from engine.risk import Reason, RiskManager, RiskState, TradingState
+from engine.router import OrderRouter
 from engine.serving_client import (
     ModelMismatch,
     Prediction,
@@ -146,6 +147,12 @@ _FAILURES: tuple[tuple[type[BaseException], Reason], ...] = (
 )
 
 
+def _venue(position: Any) -> dict[str, Any]:
+    """``{"venue": ...}`` of a position read through several venues (engine.router), else {}."""
+    v = getattr(position, "venue", None)
+    return {"venue": v} if v else {}
+
+
 def failure_reason(exc: BaseException) -> Reason:
     """The reason code a failure on the decision path is journaled under."""
     for kind, reason in _FAILURES:
@@ -179,6 +186,7 @@ class Engine:
         kill_wait_s: float = 0.3,
         explain: bool = True,
         grid: GridRunner | None = None,
+        router: OrderRouter | None = None,
     ) -> None:
         self.terminal = terminal
         self.grid = grid  # symbols whose strategy is grid or both (engine.grid)
@@ -223,7 +231,7 @@ class Engine:
         self.metrics.journal_up.set(1.0)
         self.metrics.bar_seconds.set(mt5.timeframe_seconds(timeframe))
         self.metrics.last_decision.set(time.time())  # "no decision since start" counts from here
-        self.executor = OrderExecutor(
+        self.executor: OrderExecutor | OrderRouter = OrderExecutor(
             terminal,
             journal,
             self.execution,
@@ -235,6 +243,15 @@ class Engine:
             send_gate=self.send_gate,
             timeframe=timeframe,  # the fills' recent volatility
         )
+        self.router = router  # several venues (engine.router): orders go through the router
+        if router is not None:
+            self.executor = router.bind(
+                login=self.login,
+                sleep=sleep,
+                on_retcode=lambda rc: self.metrics.orders.labels(str(rc)).inc(),
+                may_send=lambda: not self.killed.is_set() and self.journal_up,
+                send_gate=self.send_gate,
+            )
         self.last_reconcile: dict[str, Any] = {}
         self._audit_unwritten: list[dict[str, Any]] = []  # audit rows waiting for the journal
         self._kill_meta: dict[str, Any] | None = None  # who/why of a kill not yet audited
@@ -741,6 +758,7 @@ class Engine:
                     volume=p.volume,
                     now_utc=now,
                     position=int(p.ticket),
+                    **_venue(p),
                 )
                 outcomes.append(o)
                 if o.status == "done":
@@ -950,6 +968,7 @@ class Engine:
                     now_utc=now,
                     position=int(p.ticket),
                     flatten=True,
+                    **_venue(p),
                 )
                 closed.append(
                     {
@@ -1114,6 +1133,8 @@ class Engine:
                 for it in self.journal.open_intents():
                     if it.status != "pending" or it.updated_at > wall:
                         continue  # not_sent: nothing at the broker, re-sent if re-decided
+                    if self.router is not None and it.client_id in self.router.in_doubt:
+                        continue  # its venue is down: the router resolves it when it answers
                     found = self.executor.find_existing(it.symbol, it.client_id, now)
                     status = "recovered" if found is not None else "not_sent"
                     self.journal.intent_end(
@@ -1140,7 +1161,7 @@ class Engine:
             except JournalUnavailable as exc:
                 self._journal_down(exc)
                 return None
-            found_now = compare(
+            found_now = (self.router.compare if self.router is not None else compare)(
                 positions=positions,
                 deals=deals,
                 intents=intents,
@@ -1253,6 +1274,8 @@ class Engine:
             "refusals": {},
             "last_decision": None,
         }
+        if self.router is not None:  # each venue's health, open lots and orders in doubt
+            out["venues"] = self.router.status()
         if not self.lock.acquire(timeout=self.kill_wait_s):
             out["decision_in_flight"] = True
             return out

@@ -1143,11 +1143,16 @@ def mt5_serve_sim(
     clock_file: Annotated[
         str | None, typer.Option(help="Read the terminal's UTC clock (epoch s) from this file")
     ] = None,
+    login: Annotated[int, typer.Option(help="Account login the terminal reports")] = 50_000_001,
+    spread_add: Annotated[
+        int, typer.Option(help="Points added to every bar's spread (a wider-quoting venue)")
+    ] = 0,
 ) -> None:
     """Serve the simulated terminal as an mt5linux bridge (for TX_MT5_MODE=bridge without MT5)."""
     from engine.mt5.simserver import main
 
     args = ["--host", host, "--port", str(port), "--seed", str(seed)]
+    args += ["--login", str(login), "--spread-add", str(spread_add)]
     main(args + (["--clock-file", clock_file] if clock_file else []))
 
 

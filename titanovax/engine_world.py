@@ -286,7 +286,15 @@ def run_engine(
     from engine.mt5.gateway import open_terminal
 
     before_bar = None
-    if mode == "live":
+    router, journal = None, None
+    if mode == "live" and es.venues:  # several venues: the smart order router (engine.router)
+        from engine.app import open_router
+        from engine.journal import Journal
+
+        journal = Journal(es.journal_target)
+        router = open_router(es, journal)
+        terminal = router.terminal
+    elif mode == "live":
         if es.mt5_mode == "sim":
             raise ValueError(
                 "live mode trades a real terminal: set TX_MT5_MODE=native or bridge (paper mode uses the simulator)"
@@ -324,11 +332,19 @@ def run_engine(
         max_abs=es.feature_max_abs,
     )
     engine = build_engine(
-        es, terminal=terminal, features=reader, model=ModelHandle(es), clock=time.time, mode=mode
+        es,
+        terminal=terminal,
+        features=reader,
+        model=ModelHandle(es),
+        clock=time.time,
+        mode=mode,
+        journal=journal,
+        router=router,
     )
     from engine.reconcile import start_reconcile
 
-    recon = start_reconcile(engine, es, own_link=es.mt5_mode == "bridge" and mode == "live")
+    own = es.mt5_mode == "bridge" and mode == "live" and router is None
+    recon = start_reconcile(engine, es, own_link=own)
     worker = start_explain_worker(es, engine)
     server = None
     token = es.secret("engine_token")

@@ -370,6 +370,7 @@ class SimBridge:
     workdir: Path
     port: int = 0
     proc: subprocess.Popen[str] | None = None
+    args: list[str] = field(default_factory=list)  # more serve-sim options (--login, ...)
 
     @property
     def clock_file(self) -> Path:
@@ -380,7 +381,7 @@ class SimBridge:
         self.clock_file.write_text(str(start_utc))
         self.port = free_port()
         cmd = [_python(), "-m", "titanovax.cli", "mt5", "serve-sim", "--port", str(self.port)]
-        cmd += ["--clock-file", str(self.clock_file)]
+        cmd += ["--clock-file", str(self.clock_file), *self.args]
         self.proc = subprocess.Popen(
             cmd,
             cwd=REPO,

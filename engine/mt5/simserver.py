@@ -148,6 +148,13 @@ def main(argv: list[str] | None = None) -> None:
         "--end-utc", type=int, default=None, help="end of history (epoch s); default: the feed's"
     )
     ap.add_argument("--server-utc-offset-hours", type=int, default=2)
+    ap.add_argument("--login", type=int, default=50_000_001, help="account login it reports")
+    ap.add_argument(
+        "--spread-add",
+        type=int,
+        default=0,
+        help="points added to every bar's spread (a venue that quotes wider)",
+    )
     ap.add_argument(
         "--clock-file",
         default=None,
@@ -162,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         server_utc_offset_hours=ns.server_utc_offset_hours,
         end_utc=ns.end_utc,
     )
+    if ns.spread_add:
+        from engine.mt5.widened import WidenedFeed
+
+        served: Any = WidenedFeed(feed, ns.spread_add)
+    else:
+        served = feed
     clock = None
     if ns.clock_file:
         from pathlib import Path
@@ -174,10 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     from engine.mt5.settings import SimSlippageSettings
 
     term = SimulatedTerminal(
-        feed,
+        served,
         clock=clock,
         server_utc_offset_hours=ns.server_utc_offset_hours,
         slippage=SimSlippageSettings().process(),  # TX_SIM_SLIPPAGE_*; off by default
+        login=ns.login,
     )
 
     def ready(p: int) -> None:
