@@ -1,0 +1,250 @@
+"""Expected slippage of one order, for the engine's edge gate and the training backtest:
+the promoted learned model (MLflow ``tx_slippage`` alias ``champion``, fitted on journaled
+fills by :mod:`training.slippage`) or, when there is none, the fixed formula
+``0.25 × spread + 0.05 × volatility`` (points).
+
+**Never on the hot path's clock.** :func:`load_slippage_estimator` is called at start or on
+reload, never per order: it downloads the model once (in a worker thread with a deadline, so
+an MLflow server that hangs costs at most ``timeout_s``), caches it per (registry, model,
+alias), and answers :class:`FixedSlippage` when the registry is down, the alias is not set,
+``mlflow``/``xgboost`` are not installed (the lean engine), or the artifact is unreadable;
+the reason is logged once. :meth:`LearnedSlippage.points` is one small in-memory XGBoost
+prediction.
+
+The model's files (``manifest.json`` with the feature order, ``mean.ubj``,
+``quantiles.ubj``) are the native XGBoost boosters, readable by any XGBoost ≥ 2; the same
+folder is what :func:`training.slippage.fit` writes and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "tx_slippage"
+CHAMPION = "champion"
+BASE_FEATURES = ("spread_points", "vol_points", "volume", "side_buy", "hour_utc")
+"""Numeric features in model order; one-hot columns ``venue=<name>``, ``symbol=<name>`` follow."""
+
+
+@runtime_checkable
+class SlippageEstimator(Protocol):
+    """Expected adverse slippage of one market order, in points."""
+
+    def points(
+        self,
+        *,
+        symbol: str,
+        venue: str,
+        side: str,
+        volume: float,
+        spread_points: float,
+        vol_points: float,
+        hour: int,
+    ) -> float: ...
+
+
+@dataclass(frozen=True)
+class FixedSlippage:
+    """Today's formula ``spread_k × spread + vol_k × volatility`` (points); the fallback."""
+
+    spread_k: float = 0.25
+    vol_k: float = 0.05
+    source: str = "fixed"
+
+    def points(
+        self,
+        *,
+        symbol: str,
+        venue: str,
+        side: str,
+        volume: float,
+        spread_points: float,
+        vol_points: float,
+        hour: int,
+    ) -> float:
+        return self.spread_k * max(float(spread_points), 0.0) + self.vol_k * max(
+            float(vol_points), 0.0
+        )
+
+
+def feature_names(venues: Sequence[str], symbols: Sequence[str]) -> list[str]:
+    """The model's column order: :data:`BASE_FEATURES`, then venue and symbol one-hots."""
+    return list(BASE_FEATURES) + [f"venue={v}" for v in venues] + [f"symbol={s}" for s in symbols]
+
+
+def feature_row(
+    names: Sequence[str],
+    *,
+    symbol: str,
+    venue: str,
+    side: str,
+    volume: float,
+    spread_points: float,
+    vol_points: float,
+    hour: int,
+) -> list[float]:
+    """One order as a row in ``names`` order (an unseen venue or symbol is all zeros)."""
+    if side not in ("buy", "sell"):
+        raise ValueError(f"side must be 'buy' or 'sell', not {side!r}")
+    base = {
+        "spread_points": float(spread_points),
+        "vol_points": float(vol_points),
+        "volume": float(volume),
+        "side_buy": 1.0 if side == "buy" else 0.0,
+        "hour_utc": float(int(hour) % 24),
+        f"venue={venue}": 1.0,
+        f"symbol={symbol}": 1.0,
+    }
+    return [base.get(n, 0.0) for n in names]
+
+
+class LearnedSlippage:
+    """The fitted model: a mean booster (``reg:squarederror``) and one multi-quantile booster
+    (``reg:quantileerror``), both XGBoost, with the manifest that names the feature order."""
+
+    def __init__(self, manifest: Mapping[str, Any], mean: Any, quantiles: Any) -> None:
+        self.manifest = dict(manifest)
+        self.features: list[str] = list(manifest["features"])
+        self.quantile_levels: list[float] = [float(q) for q in manifest["quantiles"]]
+        self.version: str | None = manifest.get("model_version")
+        self.source = f"{MODEL_NAME} v{self.version}" if self.version else MODEL_NAME
+        self._mean = mean
+        self._q = quantiles
+        self._lock = threading.Lock()  # a Booster is not documented as thread-safe
+
+    @classmethod
+    def from_dir(cls, path: Path | str, version: str | None = None) -> LearnedSlippage:
+        """Load ``manifest.json``, ``mean.ubj`` and ``quantiles.ubj`` from ``path``."""
+        import xgboost as xgb
+
+        p = Path(path)
+        manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
+        if version is not None:
+            manifest["model_version"] = str(version)
+        mean, q = xgb.Booster(), xgb.Booster()
+        mean.load_model(str(p / manifest.get("mean_file", "mean.ubj")))
+        q.load_model(str(p / manifest.get("quantiles_file", "quantiles.ubj")))
+        return cls(manifest, mean, q)
+
+    def predict(self, x: Any) -> dict[str, Any]:
+        """Batch prediction on a 2-D array in :attr:`features` order: ``{"mean": (n,),
+        "q": (n, len(quantiles))}``, points; quantiles sorted per row (no crossing)."""
+        import numpy as np
+
+        a = np.asarray(x, dtype=np.float32)
+        if a.ndim != 2 or a.shape[1] != len(self.features):
+            raise ValueError(f"expected (n, {len(self.features)}) features, got {a.shape}")
+        with self._lock:
+            mean = np.asarray(self._mean.inplace_predict(a), dtype=float).reshape(-1)
+            q = np.asarray(self._q.inplace_predict(a), dtype=float).reshape(len(a), -1)
+        return {"mean": np.maximum(mean, 0.0), "q": np.sort(q, axis=1)}
+
+    def quantiles(self, **order: Any) -> dict[float, float]:
+        """The quantiles of one order's slippage (keyword arguments as :meth:`points`)."""
+        row = feature_row(self.features, **order)
+        q = self.predict([row])["q"][0]
+        return {lvl: float(v) for lvl, v in zip(self.quantile_levels, q, strict=True)}
+
+    def points(
+        self,
+        *,
+        symbol: str,
+        venue: str,
+        side: str,
+        volume: float,
+        spread_points: float,
+        vol_points: float,
+        hour: int,
+    ) -> float:
+        row = feature_row(
+            self.features,
+            symbol=symbol,
+            venue=venue,
+            side=side,
+            volume=volume,
+            spread_points=spread_points,
+            vol_points=vol_points,
+            hour=hour,
+        )
+        v = float(self.predict([row])["mean"][0])
+        return v if math.isfinite(v) else 0.0
+
+
+_cache: dict[tuple[str, str, str], SlippageEstimator] = {}
+_cache_lock = threading.Lock()
+
+
+def _download(tracking_uri: str, model_name: str, alias: str) -> LearnedSlippage:
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, tracking_uri)
+    mv = client.get_model_version_by_alias(model_name, alias)
+    uri = client.get_model_version_download_uri(model_name, str(mv.version))
+    with tempfile.TemporaryDirectory(prefix="tx_slip_") as tmp:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri
+            )
+        )
+        found = sorted(local.rglob("manifest.json"))
+        if not found:
+            raise FileNotFoundError(f"{model_name} v{mv.version}: no manifest.json in the model")
+        return LearnedSlippage.from_dir(found[0].parent, version=str(mv.version))
+
+
+def load_slippage_estimator(
+    tracking_uri: str | None = None,
+    *,
+    model_name: str = MODEL_NAME,
+    alias: str = CHAMPION,
+    fallback: SlippageEstimator | None = None,
+    timeout_s: float = 20.0,
+    reload: bool = False,
+) -> SlippageEstimator:
+    """The promoted slippage model (``model_name@alias`` in the registry at
+    ``tracking_uri``), cached; ``fallback`` (default :class:`FixedSlippage`) when there is no
+    registry, no such alias, the download fails or takes longer than ``timeout_s``, or
+    ``mlflow``/``xgboost`` are missing. ``reload=True`` asks the registry again (a reload)."""
+    fb: SlippageEstimator = fallback if fallback is not None else FixedSlippage()
+    if not tracking_uri:
+        return fb
+    key = (tracking_uri, model_name, alias)
+    with _cache_lock:
+        if not reload and key in _cache:
+            return _cache[key]
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["est"] = _download(tracking_uri, model_name, alias)
+        except BaseException as exc:  # any failure means: use the fallback, say why
+            box["err"] = exc
+
+    t = threading.Thread(target=work, name="tx-slippage-load", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    est: SlippageEstimator
+    if "est" in box:
+        est = box["est"]
+        log.info("slippage: using %s (%s)", getattr(est, "source", model_name), tracking_uri)
+    else:
+        why = box.get("err", f"no answer within {timeout_s:g} s")
+        log.warning(
+            "slippage: %s@%s not loaded (%s): using the fixed formula", model_name, alias, why
+        )
+        est = fb
+    with _cache_lock:
+        _cache[key] = est
+    return est
