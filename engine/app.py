@@ -107,7 +107,20 @@ def build_engine(
         reload_hook=reload if callable(reload) else None,
         mode=mode or settings.mode,
         explain=settings.explain,
+        slippage=engine_slippage(settings),
     )
+
+
+def engine_slippage(settings: EngineSettings) -> Any:
+    """The edge gate's slippage estimator: ``None`` (the fixed spread fraction, as before)
+    unless ``TX_ENGINE_SLIPPAGE_MODEL``; then the promoted ``tx_slippage`` model, loaded once
+    here (never per order), or the fixed formula when the registry has none or is down."""
+    if not settings.slippage_model:
+        return None
+    from engine.slippage_model import load_slippage_estimator
+
+    uri = settings.mlflow_tracking_uri or f"sqlite:///{settings.home / 'mlflow.db'}"
+    return load_slippage_estimator(uri)
 
 
 def start_explain_worker(settings: EngineSettings, engine: Engine) -> Any:

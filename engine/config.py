@@ -165,6 +165,14 @@ class EngineSettings(BaseSettings):
         description="a bundle trained longer ago than this (manifest trained_at) is refused "
         "with reason model_expired; 0 turns the check off",
     )
+    slippage_model: bool = Field(
+        default=False,
+        alias="TX_ENGINE_SLIPPAGE_MODEL",
+        description="the edge gate charges the promoted slippage model (tx_slippage@champion in "
+        "TX_MLFLOW_TRACKING_URI, loaded once at start; the fixed 0.25*spread + 0.05*volatility "
+        "when none); false: spread + TX slippage fraction of the spread as before",
+    )
+    mlflow_tracking_uri: str | None = Field(default=None, alias="TX_MLFLOW_TRACKING_URI")
     ood_iqr_k: float = Field(
         default=5.0,
         ge=0,

@@ -88,6 +88,7 @@ from engine.serving_client import (
     ServingUnavailable,
 )
 from engine.sizing import atr, cost_points, edge_points, lots_for_risk, round_volume
+from engine.slippage_model import SlippageEstimator, gate_cost_points
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,10 @@ class Engine:
         mode: str = "paper",
         kill_wait_s: float = 0.3,
         explain: bool = True,
+        slippage: SlippageEstimator | None = None,
     ) -> None:
         self.terminal = terminal
+        self.slippage = slippage  # learned slippage of the edge gate (None: the fixed formula)
         self.features = features
         self.model = model
         self.journal = journal
@@ -532,7 +535,11 @@ class Engine:
                 edge = edge_points(
                     pred.probabilities, pred.position, a / info.point, ex.edge_atr_mult
                 )
-                cost = cost_points(spread, ex.slippage_points, ex.slippage_spread_frac)
+                cost = (
+                    cost_points(spread, ex.slippage_points, ex.slippage_spread_frac)
+                    if self.slippage is None
+                    else gate_cost_points(self, symbol, pred.position, spread)
+                )
                 if edge < ex.min_edge_cost_ratio * cost:
                     if current == 0:
                         raise _Refuse(

@@ -179,6 +179,99 @@ class LearnedSlippage:
         return v if math.isfinite(v) else 0.0
 
 
+def gate_cost_points(engine: Any, symbol: str, position: int, spread_points: float) -> float:
+    """Cost of the engine's edge gate with a slippage estimator (``engine.slippage``): the
+    spread plus the estimate for an order of ``position``'s side now, in points.
+
+    The state is the fill record's: the quote's spread, the standard deviation of the last 24
+    one-bar returns of the engine's timeframe × price in points, the hour (engine clock, UTC),
+    the engine's venue. The size is the configured ``fixed_lots``, because the gate runs
+    before risk sizing. An estimator that raises costs the fixed formula for this order (said
+    in the log); terminal reads fail as every read on the decision path does."""
+    from engine.execution import FILL_VOL_WINDOW
+    from engine.sizing import return_volatility
+
+    term = engine.terminal
+    info = term.symbol_info(symbol)
+    tick = term.symbol_info_tick(symbol)
+    rates = term.copy_rates_from_pos(symbol, engine.timeframe, 1, FILL_VOL_WINDOW + 1)
+    vol_points = 0.0
+    if rates is not None and info is not None and tick is not None and info.point:
+        price = tick.ask if position > 0 else tick.bid
+        vol_points = return_volatility(rates["close"], FILL_VOL_WINDOW) * price / info.point
+    order = {
+        "symbol": symbol,
+        "venue": engine.executor.venue,
+        "side": "buy" if position > 0 else "sell",
+        "volume": float(engine.sizing.fixed_lots),
+        "spread_points": float(spread_points),
+        "vol_points": float(vol_points),
+        "hour": int(engine.clock() // 3600) % 24,
+    }
+    try:
+        slip = float(engine.slippage.points(**order))
+        if not math.isfinite(slip):
+            raise ValueError(f"estimate {slip}")
+    except Exception as exc:
+        log.warning("slippage estimator failed (%s): the fixed formula for this order", exc)
+        slip = FixedSlippage().points(**order)
+    return float(spread_points) + slip
+
+
+def batch_points(
+    estimator: SlippageEstimator,
+    *,
+    symbols: Any,
+    venue: str,
+    side: str,
+    volume: float,
+    spread_points: Any,
+    vol_points: Any,
+    hours: Any,
+) -> Any:
+    """Estimates for many orders (numpy arrays of equal length; ``venue``, ``side`` and
+    ``volume`` shared): one matrix prediction for a :class:`LearnedSlippage`, else one
+    :meth:`~SlippageEstimator.points` call per order."""
+    import numpy as np
+
+    sym = np.asarray(symbols).astype(str)
+    sp = np.asarray(spread_points, dtype=float)
+    vp = np.asarray(vol_points, dtype=float)
+    hr = np.asarray(hours).astype(int) % 24
+    if isinstance(estimator, LearnedSlippage):
+        x = np.zeros((len(sp), len(estimator.features)), dtype=np.float32)
+        cols = {
+            "spread_points": sp,
+            "vol_points": vp,
+            "volume": np.full(len(sp), float(volume)),
+            "side_buy": np.full(len(sp), 1.0 if side == "buy" else 0.0),
+            "hour_utc": hr.astype(float),
+        }
+        for i, n in enumerate(estimator.features):
+            if n in cols:
+                x[:, i] = cols[n]
+            elif n == f"venue={venue}":
+                x[:, i] = 1.0
+            elif n.startswith("symbol="):
+                x[:, i] = sym == n[7:]
+        return estimator.predict(x)["mean"]
+    return np.array(
+        [
+            estimator.points(
+                symbol=s,
+                venue=venue,
+                side=side,
+                volume=volume,
+                spread_points=a,
+                vol_points=b,
+                hour=int(h),
+            )
+            for s, a, b, h in zip(sym, sp, vp, hr, strict=True)
+        ],
+        dtype=float,
+    )
+
+
 _cache: dict[tuple[str, str, str], SlippageEstimator] = {}
 _cache_lock = threading.Lock()
 

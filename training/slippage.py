@@ -310,27 +310,6 @@ def slippage_settings(settings: PlatformSettings) -> PlatformSettings:
     return settings.model_copy(update={"model_name": MODEL_NAME})
 
 
-class _Pyfunc:
-    """MLflow pyfunc wrapper: ``predict(frame of features)`` → mean and quantile columns."""
-
-    def __new__(cls) -> Any:
-        import mlflow.pyfunc
-
-        class SlippagePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
-            def load_context(self, context: Any) -> None:
-                self.model = LearnedSlippage.from_dir(context.artifacts["slippage"])
-
-            def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-                m = self.model
-                p = m.predict(model_input[m.features].to_numpy(np.float32))
-                out = pd.DataFrame({"mean": p["mean"]})
-                for i, q in enumerate(m.quantile_levels):
-                    out[f"q{q:g}"] = p["q"][:, i]
-                return out
-
-        return SlippagePyfunc()
-
-
 def fit(
     settings: PlatformSettings,
     fills: Sequence[Fill] | pd.DataFrame,
@@ -368,7 +347,7 @@ def fit(
             manifest = json.loads((work / "slippage" / "manifest.json").read_text())
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=_Pyfunc(),
+                python_model=str(Path(__file__).with_name("slippage_pyfunc.py")),
                 artifacts={"slippage": str(work / "slippage")},
                 metadata={"tx_manifest": manifest},
                 pip_requirements=[f"xgboost=={_xgb_version()}", "pandas", "numpy"],
