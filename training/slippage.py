@@ -350,6 +350,9 @@ def fit(
                 python_model=str(Path(__file__).with_name("slippage_pyfunc.py")),
                 artifacts={"slippage": str(work / "slippage")},
                 metadata={"tx_manifest": manifest},
+                input_example=pd.DataFrame(
+                    design(test.head(3), model.features), columns=model.features
+                ),
                 pip_requirements=[f"xgboost=={_xgb_version()}", "pandas", "numpy"],
             )
             mv = mlflow.register_model(info.model_uri, MODEL_NAME)
@@ -448,7 +451,8 @@ def simulate_fills(
 ) -> dict[str, Any]:
     """Send ``n`` market orders through :class:`engine.execution.OrderExecutor` to simulated
     terminals with slippage on, journaling every fill into ``journal`` (the engine's
-    ``fills`` table, one scope per venue).
+    ``fills`` table, one scope per venue). Without ``start_utc`` the clock starts four weeks
+    into the synthetic market, or an hour after the journal's newest fill.
 
     The clock walks forward 5-95 minutes per order across FX hours (so every hour, spread and
     volatility state is seen), sizes are drawn from :data:`SIZES`, sides at random: each order
@@ -475,6 +479,12 @@ def simulate_fills(
     now = [int(start_utc if start_utc is not None else ORIGIN_UTC + 28 * 86_400)]
     cfg = ExecutionConfig(deviation_points=1_000_000, retry_backoff_s=0.0)
     j = open_journal(journal, durable=False)
+    if start_utc is None:  # continue after the journal's newest fill: new fills are the newest
+        for sc in j.fill_scopes():
+            j.set_scope(sc)
+            last = j.fills()
+            if last:
+                now[0] = max(now[0], int(last[-1].filled_at) + 3600)
     legs = []
     for k in range(venues):
         proc = replace(

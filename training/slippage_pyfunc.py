@@ -6,6 +6,8 @@ columns, points. The engine does not use it (it loads the boosters directly,
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from mlflow.models import set_model
@@ -18,7 +20,9 @@ class SlippagePyfunc(PythonModel):  # type: ignore[misc]
     def load_context(self, context):  # type: ignore[no-untyped-def]
         self.model = LearnedSlippage.from_dir(context.artifacts["slippage"])
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         m = self.model
         p = m.predict(model_input[m.features].to_numpy(np.float32))
         out = pd.DataFrame({"mean": p["mean"]})
