@@ -113,14 +113,15 @@ def build_engine(
 
 def engine_slippage(settings: EngineSettings) -> Any:
     """The edge gate's slippage estimator: ``None`` (the fixed spread fraction, as before)
-    unless ``TX_ENGINE_SLIPPAGE_MODEL``; then the promoted ``tx_slippage`` model, loaded once
-    here (never per order), or the fixed formula when the registry has none or is down."""
+    unless ``TX_ENGINE_SLIPPAGE_MODEL``; then the pulled ``tx_slippage`` champion, loaded once
+    here (never per order), or the fixed formula when there is none."""
     if not settings.slippage_model:
         return None
     from engine.slippage_model import load_slippage_estimator
 
-    uri = settings.mlflow_tracking_uri or f"sqlite:///{settings.home / 'mlflow.db'}"
-    return load_slippage_estimator(uri)
+    return load_slippage_estimator(
+        settings.slippage_model_dir or settings.home / "slippage" / "champion"
+    )
 
 
 def start_explain_worker(settings: EngineSettings, engine: Engine) -> Any:

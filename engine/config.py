@@ -168,11 +168,16 @@ class EngineSettings(BaseSettings):
     slippage_model: bool = Field(
         default=False,
         alias="TX_ENGINE_SLIPPAGE_MODEL",
-        description="the edge gate charges the promoted slippage model (tx_slippage@champion in "
-        "TX_MLFLOW_TRACKING_URI, loaded once at start; the fixed 0.25*spread + 0.05*volatility "
-        "when none); false: spread + TX slippage fraction of the spread as before",
+        description="the edge gate charges the promoted slippage model (the tx_slippage@champion "
+        "folder TX_ENGINE_SLIPPAGE_MODEL_DIR, read once at start; the fixed 0.25*spread + "
+        "0.05*volatility when none); false: spread + a fraction of the spread as before",
     )
-    mlflow_tracking_uri: str | None = Field(default=None, alias="TX_MLFLOW_TRACKING_URI")
+    slippage_model_dir: Path | None = Field(
+        default=None,
+        alias="TX_ENGINE_SLIPPAGE_MODEL_DIR",
+        description="folder of the pulled slippage champion (tx slippage pull); default "
+        "$TX_HOME/slippage/champion, which tx slippage fit refreshes when it promotes",
+    )
     ood_iqr_k: float = Field(
         default=5.0,
         ge=0,

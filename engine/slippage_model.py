@@ -3,13 +3,13 @@ the promoted learned model (MLflow ``tx_slippage`` alias ``champion``, fitted on
 fills by :mod:`training.slippage`) or, when there is none, the fixed formula
 ``0.25 × spread + 0.05 × volatility`` (points).
 
-**Never on the hot path's clock.** :func:`load_slippage_estimator` is called at start or on
-reload, never per order: it downloads the model once (in a worker thread with a deadline, so
-an MLflow server that hangs costs at most ``timeout_s``), caches it per (registry, model,
-alias), and answers :class:`FixedSlippage` when the registry is down, the alias is not set,
-``mlflow``/``xgboost`` are not installed (the lean engine), or the artifact is unreadable;
-the reason is logged once. :meth:`LearnedSlippage.points` is one small in-memory XGBoost
-prediction.
+**Never on the hot path's clock.** :func:`load_slippage_estimator` is called at start, never
+per order: it reads the champion's folder once (pulled from the registry by
+``tx slippage pull``, refreshed by ``tx slippage fit`` when it promotes, the way the trading
+model's bundle reaches the engine), caches it, and answers :class:`FixedSlippage` when there
+is no model, ``xgboost`` is not installed or the files are unreadable; the reason is logged
+once. The engine never imports MLflow (it deploys alone). :meth:`LearnedSlippage.points` is
+one small in-memory XGBoost prediction.
 
 The model's files (``manifest.json`` with the feature order, ``mean.ubj``,
 ``quantiles.ubj``) are the native XGBoost boosters, readable by any XGBoost ≥ 2; the same
@@ -272,72 +272,48 @@ def batch_points(
     )
 
 
-_cache: dict[tuple[str, str, str], SlippageEstimator] = {}
+_cache: dict[str, tuple[float, SlippageEstimator]] = {}
 _cache_lock = threading.Lock()
 
 
-def _download(tracking_uri: str, model_name: str, alias: str) -> LearnedSlippage:
-    import tempfile
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri, tracking_uri)
-    mv = client.get_model_version_by_alias(model_name, alias)
-    uri = client.get_model_version_download_uri(model_name, str(mv.version))
-    with tempfile.TemporaryDirectory(prefix="tx_slip_") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri
-            )
-        )
-        found = sorted(local.rglob("manifest.json"))
-        if not found:
-            raise FileNotFoundError(f"{model_name} v{mv.version}: no manifest.json in the model")
-        return LearnedSlippage.from_dir(found[0].parent, version=str(mv.version))
+def _stamp(p: Path) -> float:
+    m = p / "manifest.json"
+    return m.stat().st_mtime if m.is_file() else -1.0
 
 
 def load_slippage_estimator(
-    tracking_uri: str | None = None,
+    model_dir: Path | str | None = None,
     *,
-    model_name: str = MODEL_NAME,
-    alias: str = CHAMPION,
     fallback: SlippageEstimator | None = None,
-    timeout_s: float = 20.0,
     reload: bool = False,
 ) -> SlippageEstimator:
-    """The promoted slippage model (``model_name@alias`` in the registry at
-    ``tracking_uri``), cached; ``fallback`` (default :class:`FixedSlippage`) when there is no
-    registry, no such alias, the download fails or takes longer than ``timeout_s``, or
-    ``mlflow``/``xgboost`` are missing. ``reload=True`` asks the registry again (a reload)."""
+    """The promoted slippage model (``tx_slippage@champion``) as pulled into ``model_dir``
+    (``tx slippage pull``; ``tx slippage fit`` refreshes ``$TX_HOME/slippage/champion`` when
+    it promotes), cached per folder; ``fallback`` (default :class:`FixedSlippage`) when there
+    is no folder, no model in it, ``xgboost`` is not installed or the files are unreadable
+    (logged once). The lean engine never imports MLflow: the registry is read by the platform
+    side (:func:`training.slippage.pull_champion`). ``reload=True`` reads the folder again."""
     fb: SlippageEstimator = fallback if fallback is not None else FixedSlippage()
-    if not tracking_uri:
+    if model_dir is None:
         return fb
-    key = (tracking_uri, model_name, alias)
+    p = Path(model_dir)
+    key = str(p.resolve())
+    stamp = _stamp(p)
     with _cache_lock:
-        if not reload and key in _cache:
-            return _cache[key]
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["est"] = _download(tracking_uri, model_name, alias)
-        except BaseException as exc:  # any failure means: use the fallback, say why
-            box["err"] = exc
-
-    t = threading.Thread(target=work, name="tx-slippage-load", daemon=True)
-    t.start()
-    t.join(timeout_s)
+        hit = _cache.get(key)
+        if hit is not None and not reload and hit[0] == stamp:
+            return hit[1]
     est: SlippageEstimator
-    if "est" in box:
-        est = box["est"]
-        log.info("slippage: using %s (%s)", getattr(est, "source", model_name), tracking_uri)
-    else:
-        why = box.get("err", f"no answer within {timeout_s:g} s")
-        log.warning(
-            "slippage: %s@%s not loaded (%s): using the fixed formula", model_name, alias, why
-        )
+    if stamp < 0:
+        log.info("slippage: no model in %s: using the fixed formula", p)
         est = fb
+    else:
+        try:
+            est = LearnedSlippage.from_dir(p)
+            log.info("slippage: using %s (%s)", getattr(est, "source", MODEL_NAME), p)
+        except Exception as exc:  # any failure means: use the fallback, say why
+            log.warning("slippage: model in %s not loaded (%s): using the fixed formula", p, exc)
+            est = fb
     with _cache_lock:
-        _cache[key] = est
+        _cache[key] = (stamp, est)
     return est

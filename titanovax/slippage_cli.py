@@ -7,6 +7,9 @@
   path or a ``postgresql://`` URL, e.g. the engine's), print the held-out calibration against
   the fixed formula, register ``tx_slippage`` and promote it to ``champion`` when the gate
   passes (``--no-promote`` to only register).
+* ``tx slippage pull`` — fetch the champion (or a version) into a folder for an engine on
+  another host (``TX_ENGINE_SLIPPAGE_MODEL_DIR``); ``fit`` refreshes
+  ``$TX_HOME/slippage/champion`` itself when it promotes.
 * ``tx slippage show`` — the promoted model's quantiles for one order.
 
 The DAG ``slippage_model`` calls the same functions.
@@ -145,11 +148,11 @@ def show_cmd(
     symbol: Annotated[str, typer.Option(help="symbol")] = "EURUSD",
 ) -> None:
     """The promoted model's estimate for one order (the fixed formula when none)."""
-    from engine.slippage_model import load_slippage_estimator
+    from training.slippage import load_champion
 
     _quiet()
-    est = load_slippage_estimator(_settings().tracking_uri)
-    order = {
+    est = load_champion(_settings())
+    order: dict[str, Any] = {
         "symbol": symbol,
         "venue": venue,
         "side": side,
@@ -163,3 +166,17 @@ def show_cmd(
     if quantiles is not None:
         out["quantiles"] = {f"q{k:g}": v for k, v in quantiles(**order).items()}
     typer.echo(json.dumps(out, indent=2))
+
+
+@slippage_app.command("pull")
+def pull_cmd(
+    ref: Annotated[str, typer.Argument(help="alias or version")] = "champion",
+    out: Annotated[
+        Path | None, typer.Option(help="folder; default $TX_HOME/slippage/champion")
+    ] = None,
+) -> None:
+    """Fetch tx_slippage (alias or version) into the folder the engine reads."""
+    from training.slippage import pull_champion
+
+    _quiet()
+    typer.echo(json.dumps(pull_champion(_settings(), out, ref), indent=2))

@@ -130,13 +130,11 @@ def slippage_for_costs(c: object) -> SlippageModel:
     )
     if get("slippage_model", "fixed") != "champion":
         return formula
-    from engine.slippage_model import FixedSlippage, load_slippage_estimator
+    from engine.slippage_model import FixedSlippage
     from titanovax.settings import PlatformSettings
+    from training.slippage import load_champion
 
-    est = load_slippage_estimator(
-        PlatformSettings().tracking_uri,
-        fallback=FixedSlippage(formula.spread_k, formula.vol_k),
-    )
+    est = load_champion(PlatformSettings(), FixedSlippage(formula.spread_k, formula.vol_k))
     if isinstance(est, FixedSlippage):
         return formula
     return EstimatorSlippage(est, volume=float(get("slippage_volume", 0.1)), fallback=formula)

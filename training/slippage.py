@@ -351,7 +351,8 @@ def fit(
                 artifacts={"slippage": str(work / "slippage")},
                 metadata={"tx_manifest": manifest},
                 input_example=pd.DataFrame(
-                    design(test.head(3), model.features), columns=model.features
+                    design(test.head(3), model.features).astype(np.float64),
+                    columns=model.features,
                 ),
                 pip_requirements=[f"xgboost=={_xgb_version()}", "pandas", "numpy"],
             )
@@ -366,6 +367,7 @@ def fit(
         if decision["promote"] and promote_if_passed:
             promote(settings, res.version, evidence={**decision, **_evidence(ev)}, actor=actor)
             res.promoted = True
+            pull_champion(settings)  # this host's engine reads $TX_HOME/slippage/champion
         res.aliases = current_aliases(client, MODEL_NAME)
     log.info(
         "slippage model: pinball %.3f vs fixed %.3f, coverage error %.3f -> %s",
@@ -411,6 +413,72 @@ def promote(
     return move_aliases(
         s, moves, action="promote", version=str(version), evidence=evidence, actor=actor
     )
+
+
+def champion_dir(settings: PlatformSettings) -> Path:
+    """Where the promoted model is pulled on this host (the engine's default
+    ``TX_ENGINE_SLIPPAGE_MODEL_DIR``)."""
+    return settings.home / "slippage" / CHAMPION
+
+
+def pull_champion(
+    settings: PlatformSettings, out_dir: Path | None = None, ref: str = CHAMPION
+) -> dict[str, Any]:
+    """Fetch ``tx_slippage`` at alias or version ``ref`` into ``out_dir`` (default
+    :func:`champion_dir`): the model folder (``manifest.json`` with ``model_version``,
+    ``mean.ubj``, ``quantiles.ubj``), written aside and moved in place so a half pull never
+    shows. Raises :class:`training.registry.BundleError` when there is no such version."""
+    import shutil
+
+    import mlflow
+
+    from training.registry import resolve_version
+
+    s = slippage_settings(settings)
+    version = resolve_version(s, ref)
+    out = Path(out_dir) if out_dir is not None else champion_dir(settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from training.registry import client_for
+
+    uri = client_for(s).get_model_version_download_uri(MODEL_NAME, version)
+    with tempfile.TemporaryDirectory(prefix="tx_slip_pull_", dir=out.parent) as tmp:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(Path(tmp) / "dl"), tracking_uri=s.tracking_uri
+            )
+        )
+        found = sorted(local.rglob("manifest.json"))
+        if not found:
+            from training.registry import BundleError
+
+            raise BundleError(f"{MODEL_NAME} v{version}: no manifest.json in the model")
+        stage = Path(tmp) / "model"
+        shutil.copytree(found[0].parent, stage)
+        m = json.loads((stage / "manifest.json").read_text(encoding="utf-8"))
+        m["model_version"] = version
+        (stage / "manifest.json").write_text(json.dumps(m, indent=2), encoding="utf-8")
+        LearnedSlippage.from_dir(stage)  # readable before it replaces the old one
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    log.info("pulled %s v%s (%s) into %s", MODEL_NAME, version, ref, out)
+    return {"model_name": MODEL_NAME, "ref": ref, "version": version, "dir": str(out)}
+
+
+def load_champion(
+    settings: PlatformSettings, fallback: Any = None
+) -> LearnedSlippage | FixedSlippage | Any:
+    """The registry's ``tx_slippage@champion`` as an estimator (training side: the backtest's
+    costs, ``tx slippage show``); ``fallback`` (default :class:`FixedSlippage`) when there is
+    none or the registry cannot be read (logged)."""
+    fb = fallback if fallback is not None else FixedSlippage()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tx_slip_") as tmp:
+            got = pull_champion(settings, Path(tmp) / "m")
+            return LearnedSlippage.from_dir(got["dir"])
+    except Exception as exc:
+        log.info("slippage: no champion in %s (%s): the fixed formula", settings.tracking_uri, exc)
+        return fb
 
 
 def fit_from_journal(

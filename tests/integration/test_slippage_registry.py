@@ -18,7 +18,9 @@ from training.registry import audit_path, history
 from training.slippage import (
     EXPERIMENT,
     FitConfig,
+    champion_dir,
     fit_from_journal,
+    load_champion,
     simulate_fills,
     slippage_settings,
 )
@@ -79,8 +81,10 @@ def test_alias_moves_when_promoted_then_each_is_audited_with_its_evidence(regist
 
 
 def test_loader_when_a_champion_exists_then_the_learned_model_answers(registry: dict) -> None:
-    est = load_slippage_estimator(registry["settings"].tracking_uri, reload=True)
+    # fit pulled the champion into $TX_HOME/slippage/champion (the engine's default folder)
+    est = load_slippage_estimator(champion_dir(registry["settings"]), reload=True)
     assert isinstance(est, LearnedSlippage) and est.version == "2"
+    assert isinstance(load_champion(registry["settings"]), LearnedSlippage)
     order = {
         "symbol": "EURUSD",
         "venue": "sim:50000001",
@@ -105,16 +109,23 @@ def test_engine_when_slippage_model_setting_is_on_then_it_loads_the_champion_onc
 ) -> None:
     from engine.app import engine_slippage
     from engine.config import EngineSettings
+    from training.slippage import pull_champion
 
     s: PlatformSettings = registry["settings"]
-    monkeypatch.setenv("TX_MLFLOW_TRACKING_URI", s.tracking_uri)
+    monkeypatch.setenv("TX_HOME", str(s.home))
+    monkeypatch.delenv("TX_ENGINE_SLIPPAGE_MODEL_DIR", raising=False)
     monkeypatch.setenv("TX_ENGINE_SLIPPAGE_MODEL", "true")
-    est = engine_slippage(EngineSettings())
+    est = engine_slippage(EngineSettings())  # default folder: $TX_HOME/slippage/champion
     assert isinstance(est, LearnedSlippage) and est.version == "2"
     monkeypatch.setenv("TX_ENGINE_SLIPPAGE_MODEL", "false")
     assert engine_slippage(EngineSettings()) is None  # the old formula, unchanged
+    # another host: `tx slippage pull 1 --out DIR`, TX_ENGINE_SLIPPAGE_MODEL_DIR=DIR
     monkeypatch.setenv("TX_ENGINE_SLIPPAGE_MODEL", "true")
-    monkeypatch.setenv("TX_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    pull_champion(s, tmp_path / "pulled", "1")
+    monkeypatch.setenv("TX_ENGINE_SLIPPAGE_MODEL_DIR", str(tmp_path / "pulled"))
+    est = engine_slippage(EngineSettings())
+    assert isinstance(est, LearnedSlippage) and est.version == "1"
+    monkeypatch.setenv("TX_ENGINE_SLIPPAGE_MODEL_DIR", str(tmp_path / "never-pulled"))
     assert isinstance(engine_slippage(EngineSettings()), FixedSlippage)
 
 
