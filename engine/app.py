@@ -89,7 +89,7 @@ def build_engine(
     """An engine with the settings' frozen limits, sizing and execution config (``mode``
     scopes its journal rows; default ``TX_ENGINE_MODE``)."""
     reload = getattr(model, "reload", None)
-    return Engine(
+    engine = Engine(
         terminal=terminal,
         features=features,
         model=model,
@@ -109,9 +109,23 @@ def build_engine(
         explain=settings.explain,
         slippage=engine_slippage(settings),
     )
+    if settings.slippage_model:  # a reload also re-reads the slippage champion's folder
+        engine.reload_hook = _reload_with_slippage(engine, settings, engine.reload_hook)
+    return engine
 
 
-def engine_slippage(settings: EngineSettings) -> Any:
+def _reload_with_slippage(
+    engine: Engine, settings: EngineSettings, inner: Callable[[], dict[str, Any]] | None
+) -> Callable[[], dict[str, Any]]:
+    def hook() -> dict[str, Any]:
+        info = inner() if inner is not None else {"reloaded": False, "detail": "no reload hook"}
+        engine.slippage = engine_slippage(settings, reload=True)
+        return {**info, "slippage": getattr(engine.slippage, "source", "fixed")}
+
+    return hook
+
+
+def engine_slippage(settings: EngineSettings, *, reload: bool = False) -> Any:
     """The edge gate's slippage estimator: ``None`` (the fixed spread fraction, as before)
     unless ``TX_ENGINE_SLIPPAGE_MODEL``; then the pulled ``tx_slippage`` champion, loaded once
     here (never per order), or the fixed formula when there is none."""
@@ -120,7 +134,7 @@ def engine_slippage(settings: EngineSettings) -> Any:
     from engine.slippage_model import load_slippage_estimator
 
     return load_slippage_estimator(
-        settings.slippage_model_dir or settings.home / "slippage" / "champion"
+        settings.slippage_model_dir or settings.home / "slippage" / "champion", reload=reload
     )
 
 

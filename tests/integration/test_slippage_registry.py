@@ -160,3 +160,33 @@ def test_backtest_costs_when_champion_is_asked_then_learned_slippage_else_the_fo
     # a registry without a champion: the formula
     monkeypatch.setenv("TX_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")
     assert isinstance(slippage_for_costs({"slippage_model": "champion"}), SpreadVolSlippage)
+
+
+def test_engine_reload_when_a_new_champion_is_pulled_then_the_gate_uses_it(
+    registry: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.app import build_engine
+    from engine.config import EngineSettings
+    from engine.journal import Journal
+    from tests.unit.faults import MONDAY_0800, ClockFeatures, ScriptedModel, sim_terminal
+    from training.slippage import pull_champion
+
+    s: PlatformSettings = registry["settings"]
+    folder = tmp_path / "slip"
+    pull_champion(s, folder, "1")
+    monkeypatch.setenv("TX_ENGINE_SLIPPAGE_MODEL", "true")
+    monkeypatch.setenv("TX_ENGINE_SLIPPAGE_MODEL_DIR", str(folder))
+    now = [MONDAY_0800]
+    engine = build_engine(
+        EngineSettings(),
+        terminal=sim_terminal(now),
+        features=ClockFeatures(now),
+        model=ScriptedModel(1),
+        clock=lambda: float(now[0]),
+        journal=Journal(tmp_path / "j.sqlite"),
+        sleep=lambda _s: None,
+    )
+    assert engine.slippage.version == "1"
+    pull_champion(s, folder, "champion")  # the operator pulls the new champion (v2)
+    info = engine.reload(actor="test", reason="new slippage champion")
+    assert info["slippage"] == "tx_slippage v2" and engine.slippage.version == "2"
