@@ -3,8 +3,8 @@ the promoted learned model (MLflow ``tx_slippage`` alias ``champion``, fitted on
 fills by :mod:`training.slippage`) or, when there is none, the fixed formula
 ``0.25 × spread + 0.05 × volatility`` (points).
 
-**Never on the hot path's clock.** :func:`load_slippage_estimator` is called at start, never
-per order: it reads the champion's folder once (pulled from the registry by
+**Never on the hot path's clock.** :func:`load_slippage_estimator` is called at start and on
+the engine's reload, never per order: it reads the champion's folder once (pulled from the registry by
 ``tx slippage pull``, refreshed by ``tx slippage fit`` when it promotes, the way the trading
 model's bundle reaches the engine), caches it, and answers :class:`FixedSlippage` when there
 is no model, ``xgboost`` is not installed or the files are unreadable; the reason is logged
