@@ -261,7 +261,7 @@ class FitResult:
     decision: dict[str, Any]
     n_train: int
     n_excluded: int
-    model_dir: str
+    model_uri: str | None = None
     run_id: str | None = None
     version: str | None = None
     promoted: bool = False
@@ -326,38 +326,40 @@ def fit(
     cfg = cfg or FitConfig()
     df = fills if isinstance(fills, pd.DataFrame) else fills_frame(fills)
     excluded = int(df.attrs.get("excluded", 0))
-    work = Path(tempfile.mkdtemp(prefix="tx_slippage_"))
-    model, train, test = train_model(df, cfg, work / "slippage")
-    ev = evaluate(model, test, cfg)
-    decision = gate(ev, cfg)
-    res = FitResult(ev, decision, len(train), excluded, str(work / "slippage"))
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name="slippage-quantiles") as run:  # FAILED if anything raises
-        res.run_id = run.info.run_id
-        mlflow.log_params({**asdict(cfg), "n_train": len(train), "n_excluded": excluded})
-        metrics = {k: v for k, v in ev.items() if isinstance(v, int | float)}
-        for r in ev["quantiles"]:
-            for k in ("coverage", "coverage_raw", "pinball", "fixed_pinball", "fixed_coverage"):
-                metrics[f"{k}_q{r['q']:g}"] = r[k]
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(ev, "evaluation.json")
-        mlflow.set_tag("gate", json.dumps(decision))
-        if register:
-            manifest = json.loads((work / "slippage" / "manifest.json").read_text())
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).with_name("slippage_pyfunc.py")),
-                artifacts={"slippage": str(work / "slippage")},
-                metadata={"tx_manifest": manifest},
-                input_example=pd.DataFrame(
-                    design(test.head(3), model.features).astype(np.float64),
-                    columns=model.features,
-                ),
-                pip_requirements=[f"xgboost=={_xgb_version()}", "pandas", "numpy"],
-            )
-            mv = mlflow.register_model(info.model_uri, MODEL_NAME)
-            res.version = str(mv.version)
+    with tempfile.TemporaryDirectory(prefix="tx_slippage_") as tmp:  # logged, then removed
+        work = Path(tmp)
+        model, train, test = train_model(df, cfg, work / "slippage")
+        ev = evaluate(model, test, cfg)
+        decision = gate(ev, cfg)
+        res = FitResult(ev, decision, len(train), excluded)
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        mlflow.set_experiment(EXPERIMENT)
+        with mlflow.start_run(run_name="slippage-quantiles") as run:  # FAILED if anything raises
+            res.run_id = run.info.run_id
+            mlflow.log_params({**asdict(cfg), "n_train": len(train), "n_excluded": excluded})
+            metrics = {k: v for k, v in ev.items() if isinstance(v, int | float)}
+            for r in ev["quantiles"]:
+                for k in ("coverage", "coverage_raw", "pinball", "fixed_pinball", "fixed_coverage"):
+                    metrics[f"{k}_q{r['q']:g}"] = r[k]
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(ev, "evaluation.json")
+            mlflow.set_tag("gate", json.dumps(decision))
+            if register:
+                manifest = json.loads((work / "slippage" / "manifest.json").read_text())
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(Path(__file__).with_name("slippage_pyfunc.py")),
+                    artifacts={"slippage": str(work / "slippage")},
+                    metadata={"tx_manifest": manifest},
+                    input_example=pd.DataFrame(
+                        design(test.head(3), model.features).astype(np.float64),
+                        columns=model.features,
+                    ),
+                    pip_requirements=[f"xgboost=={_xgb_version()}", "pandas", "numpy"],
+                )
+                mv = mlflow.register_model(info.model_uri, MODEL_NAME)
+                res.version = str(mv.version)
+                res.model_uri = info.model_uri
     if res.version is not None:
         from training.registry import client_for, current_aliases
 
