@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from engine.app import open_router
+    from engine.app import engine_slippage, open_router
     from engine.journal import Journal
 
     journal = Journal(es.journal_target)
-    router = open_router(es, journal)  # TX_ENGINE_VENUES: several venues, else None
+    # TX_ENGINE_VENUES: several venues, else None; costs with the learned slippage when on
+    router = open_router(es, journal, estimator=engine_slippage(es))
     terminal = (
         router.terminal
         if router is not None

@@ -99,7 +99,7 @@ def build_engine(
         if any(v != "model" for v in strategies.values())
         else None
     )
-    return Engine(
+    engine = Engine(
         terminal=terminal,
         features=features,
         model=model,
@@ -119,6 +119,34 @@ def build_engine(
         explain=settings.explain,
         grid=grid,
         router=router,
+        slippage=engine_slippage(settings),
+    )
+    if settings.slippage_model:  # a reload also re-reads the slippage champion's folder
+        engine.reload_hook = _reload_with_slippage(engine, settings, engine.reload_hook)
+    return engine
+
+
+def _reload_with_slippage(
+    engine: Engine, settings: EngineSettings, inner: Callable[[], dict[str, Any]] | None
+) -> Callable[[], dict[str, Any]]:
+    def hook() -> dict[str, Any]:
+        info = inner() if inner is not None else {"reloaded": False, "detail": "no reload hook"}
+        engine.slippage = engine_slippage(settings, reload=True)
+        return {**info, "slippage": getattr(engine.slippage, "source", "fixed")}
+
+    return hook
+
+
+def engine_slippage(settings: EngineSettings, *, reload: bool = False) -> Any:
+    """The edge gate's slippage estimator: ``None`` (the fixed spread fraction, as before)
+    unless ``TX_ENGINE_SLIPPAGE_MODEL``; then the pulled ``tx_slippage`` champion, loaded once
+    here (never per order), or the fixed formula when there is none."""
+    if not settings.slippage_model:
+        return None
+    from engine.slippage_model import load_slippage_estimator
+
+    return load_slippage_estimator(
+        settings.slippage_model_dir or settings.home / "slippage" / "champion", reload=reload
     )
 
 

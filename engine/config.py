@@ -252,6 +252,19 @@ class EngineSettings(BaseSettings):
         description="a bundle trained longer ago than this (manifest trained_at) is refused "
         "with reason model_expired; 0 turns the check off",
     )
+    slippage_model: bool = Field(
+        default=False,
+        alias="TX_ENGINE_SLIPPAGE_MODEL",
+        description="the edge gate charges the promoted slippage model (the tx_slippage@champion "
+        "folder TX_ENGINE_SLIPPAGE_MODEL_DIR, read once at start; the fixed 0.25*spread + "
+        "0.05*volatility when none); false: spread + a fraction of the spread as before",
+    )
+    slippage_model_dir: Path | None = Field(
+        default=None,
+        alias="TX_ENGINE_SLIPPAGE_MODEL_DIR",
+        description="folder of the pulled slippage champion (tx slippage pull); default "
+        "$TX_HOME/slippage/champion, which tx slippage fit refreshes when it promotes",
+    )
     ood_iqr_k: float = Field(
         default=5.0,
         ge=0,

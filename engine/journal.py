@@ -812,6 +812,10 @@ class Journal:
             out.append(Fill(**r))
         return out
 
+    def fill_scopes(self) -> list[str]:
+        """Every scope with fills in this database (a slippage model learns from all)."""
+        return [str(r["scope"]) for r in self._query("SELECT DISTINCT scope FROM fills")]
+
     # --- audit --------------------------------------------------------------------------
     def audit(
         self,

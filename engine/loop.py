@@ -90,6 +90,7 @@ from engine.serving_client import (
     ServingUnavailable,
 )
 from engine.sizing import atr, cost_points, edge_points, lots_for_risk, round_volume
+from engine.slippage_model import SlippageEstimator, gate_cost_points
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,11 @@ class Engine:
         explain: bool = True,
         grid: GridRunner | None = None,
         router: OrderRouter | None = None,
+        slippage: SlippageEstimator | None = None,
     ) -> None:
         self.terminal = terminal
         self.grid = grid  # symbols whose strategy is grid or both (engine.grid)
+        self.slippage = slippage  # learned slippage of the edge gate (None: the fixed formula)
         self.features = features
         self.model = model
         self.journal = journal
@@ -568,7 +571,11 @@ class Engine:
                 edge = edge_points(
                     pred.probabilities, pred.position, a / info.point, ex.edge_atr_mult
                 )
-                cost = cost_points(spread, ex.slippage_points, ex.slippage_spread_frac)
+                cost = (
+                    cost_points(spread, ex.slippage_points, ex.slippage_spread_frac)
+                    if self.slippage is None
+                    else gate_cost_points(self, symbol, pred.position, spread)
+                )
                 if edge < ex.min_edge_cost_ratio * cost:
                     if current == 0:
                         raise _Refuse(

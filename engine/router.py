@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_validator
 
@@ -59,16 +59,15 @@ from engine.mt5 import protocol as mt5
 from engine.reconcile import Mismatch, compare
 from engine.risk import Reason
 from engine.sizing import return_volatility
+from engine.slippage_model import FixedSlippage, SlippageEstimator
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CircuitBreaker",
-    "FixedSlippageCost",
     "MappedTerminal",
     "OrderRouter",
     "RoutedTerminal",
-    "SlippageEstimator",
     "Venue",
     "VenueConfig",
     "VenueQuote",
@@ -148,45 +147,6 @@ def parse_venues(text: str | Sequence[Any] | None) -> list[VenueConfig]:
         if v.kind == "bridge":
             v.host_port  # noqa: B018  # raises for a bad address
     return venues
-
-
-# --- slippage --------------------------------------------------------------------------------
-class SlippageEstimator(Protocol):
-    """Expected adverse slippage in points of one order (``engine.slippage_model`` contract)."""
-
-    def points(
-        self,
-        *,
-        symbol: str,
-        venue: str,
-        side: str,
-        volume: float,
-        spread_points: float,
-        vol_points: float,
-        hour: int,
-    ) -> float: ...
-
-
-@dataclass(frozen=True)
-class FixedSlippageCost:
-    """Today's fixed formula, ``spread_k * spread + vol_k * vol`` points (0.25 / 0.05): the
-    default until a learned estimator is wired in (any object with ``points(...)``)."""
-
-    spread_k: float = 0.25
-    vol_k: float = 0.05
-
-    def points(
-        self,
-        *,
-        symbol: str,
-        venue: str,
-        side: str,
-        volume: float,
-        spread_points: float,
-        vol_points: float,
-        hour: int,
-    ) -> float:
-        return self.spread_k * spread_points + self.vol_k * vol_points
 
 
 # --- health ----------------------------------------------------------------------------------
@@ -486,7 +446,7 @@ class OrderRouter:
         self.journal = journal
         self.config = config
         self.magic = magic
-        self.estimator: SlippageEstimator = estimator or FixedSlippageCost()
+        self.estimator: SlippageEstimator = estimator or FixedSlippage()
         self.timeframe = timeframe
         self.executors: dict[str, OrderExecutor] = {}
         self.in_doubt: dict[str, _InDoubt] = {}

@@ -1055,6 +1055,9 @@ app.add_typer(__import__("titanovax.backup", fromlist=["backup_app"]).backup_app
 app.add_typer(
     __import__("titanovax.explain_cli", fromlist=["explain_app"]).explain_app, name="explain"
 )
+app.add_typer(
+    __import__("titanovax.slippage_cli", fromlist=["slippage_app"]).slippage_app, name="slippage"
+)
 
 
 @mt5_app.command("detect-offset")

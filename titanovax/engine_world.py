@@ -288,11 +288,11 @@ def run_engine(
     before_bar = None
     router, journal = None, None
     if mode == "live" and es.venues:  # several venues: the smart order router (engine.router)
-        from engine.app import open_router
+        from engine.app import engine_slippage, open_router
         from engine.journal import Journal
 
         journal = Journal(es.journal_target)
-        router = open_router(es, journal)
+        router = open_router(es, journal, estimator=engine_slippage(es))
         terminal = router.terminal
     elif mode == "live":
         if es.mt5_mode == "sim":

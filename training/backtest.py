@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -66,6 +66,78 @@ class SpreadVolSlippage:
             lambda s: s.rolling(self.window, min_periods=2).std()
         )
         return self.spread_k * spread + self.vol_k * np.nan_to_num(vol.to_numpy(dtype=float))
+
+
+@dataclass(frozen=True)
+class EstimatorSlippage:
+    """Slippage per unit traded from a points estimator (:mod:`engine.slippage_model`, the
+    promoted ``tx_slippage``): each bar's spread in points (``spread_points``), the recent
+    volatility in points, the hour and ``volume``; the estimate in points is turned into
+    return units by the bar's ``point / close`` (= ``spread_ret / spread_points``). The side
+    of a trade is not known per unit traded: the mean of the buy and the sell estimates.
+    A bar with a zero spread (``point / close`` unknown) pays ``fallback``."""
+
+    estimator: Any  # engine.slippage_model.SlippageEstimator
+    volume: float = 0.1
+    venue: str = ""
+    window: int = 24
+    fallback: SpreadVolSlippage = SpreadVolSlippage()
+
+    def __call__(self, ds: pd.DataFrame) -> np.ndarray:
+        from engine.slippage_model import batch_points
+
+        if "spread_points" not in ds:
+            raise ValueError("learned slippage needs the labels' spread_points column")
+        spread_pts = ds["spread_points"].to_numpy(dtype=float)
+        spread_ret = _spread_rel(ds)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(spread_pts > 0, spread_ret / spread_pts, np.nan)  # point / close
+        past = ds.groupby("symbol", sort=False)["ret_next"].shift(1)
+        vol = past.groupby(ds["symbol"], sort=False).transform(
+            lambda s: s.rolling(self.window, min_periods=2).std()
+        )
+        vol_pts = np.nan_to_num(vol.to_numpy(dtype=float)) / np.where(np.isnan(ratio), 1, ratio)
+        hours = pd.to_datetime(ds["event_timestamp"], utc=True).dt.hour.to_numpy()
+        kw = {
+            "symbols": ds["symbol"].astype(str).to_numpy(),
+            "venue": self.venue,
+            "volume": self.volume,
+            "spread_points": spread_pts,
+            "vol_points": vol_pts,
+            "hours": hours,
+        }
+        pts = (
+            batch_points(self.estimator, side="buy", **kw)
+            + batch_points(self.estimator, side="sell", **kw)
+        ) / 2
+        out = pts * ratio
+        bad = ~np.isfinite(out)
+        if bad.any():
+            out[bad] = self.fallback(ds)[bad]
+        return out
+
+
+def slippage_for_costs(c: object) -> SlippageModel:
+    """The backtest's slippage for a cost config (:class:`training.config.CostConfig` or its
+    manifest dict): the formula, or with ``slippage_model: champion`` the promoted learned
+    model of the registry in ``TX_MLFLOW_TRACKING_URI`` (the formula when none is promoted)."""
+
+    def get(k: str, d: Any) -> Any:
+        return c.get(k, d) if isinstance(c, dict) else getattr(c, k, d)
+
+    formula = SpreadVolSlippage(
+        float(get("slippage_spread_k", 0.25)), float(get("slippage_vol_k", 0.05))
+    )
+    if get("slippage_model", "fixed") != "champion":
+        return formula
+    from engine.slippage_model import FixedSlippage
+    from titanovax.settings import PlatformSettings
+    from training.slippage import load_champion
+
+    est = load_champion(PlatformSettings(), FixedSlippage(formula.spread_k, formula.vol_k))
+    if isinstance(est, FixedSlippage):
+        return formula
+    return EstimatorSlippage(est, volume=float(get("slippage_volume", 0.1)), fallback=formula)
 
 
 @dataclass(frozen=True)
@@ -253,7 +325,7 @@ def costs_from_config(cfg: object) -> Costs:
     c = cfg
     return Costs(
         commission=float(c.commission),  # type: ignore[attr-defined]
-        slippage=SpreadVolSlippage(c.slippage_spread_k, c.slippage_vol_k),  # type: ignore[attr-defined]
+        slippage=slippage_for_costs(c),
         swap_long_per_day=float(c.swap_long_per_day),  # type: ignore[attr-defined]
         swap_short_per_day=float(c.swap_short_per_day),  # type: ignore[attr-defined]
     )

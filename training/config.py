@@ -63,6 +63,14 @@ class CostConfig(BaseModel):
         0.25, ge=0, description="slippage per unit traded = k * spread + ..."
     )
     slippage_vol_k: float = Field(0.05, ge=0, description="... + k * recent one-bar volatility")
+    slippage_model: Literal["fixed", "champion"] = Field(
+        "fixed",
+        description="'champion': charge the promoted learned slippage model (tx_slippage) in "
+        "place of the formula above, which stays the fallback when none is promoted",
+    )
+    slippage_volume: float = Field(
+        0.1, gt=0, description="lots per trade the learned slippage model is asked about"
+    )
     swap_long_per_day: float = 0.0
     swap_short_per_day: float = 0.0
 

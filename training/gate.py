@@ -39,13 +39,13 @@ import pandas as pd
 from titanovax.settings import PlatformSettings
 from training.backtest import (
     Costs,
-    SpreadVolSlippage,
     bars_per_year,
     block_bootstrap_index,
     max_drawdown,
     pnl_frame,
     portfolio_pnl,
     positions_from_proba,
+    slippage_for_costs,
 )
 from training.config import GateConfig
 from training.export import PARITY_TOLERANCE
@@ -117,9 +117,7 @@ def costs_from_manifest(m: dict[str, Any]) -> Costs:
     c = m.get("costs") or {}
     return Costs(
         commission=float(c.get("commission", 0.0)),
-        slippage=SpreadVolSlippage(
-            float(c.get("slippage_spread_k", 0.25)), float(c.get("slippage_vol_k", 0.05))
-        ),
+        slippage=slippage_for_costs(c),
         swap_long_per_day=float(c.get("swap_long_per_day", 0.0)),
         swap_short_per_day=float(c.get("swap_short_per_day", 0.0)),
     )

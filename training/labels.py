@@ -110,7 +110,8 @@ def make_labels(
 
     Returns ``symbol``, ``event_timestamp`` (the bar's close: when its features exist),
     ``label_end`` (close of bar t+h: when the label is known at the latest), ``fwd_ret``,
-    ``spread_ret``, ``cost`` (round trip), ``ret_next`` and ``label`` (0 short, 1 flat, 2 long).
+    ``spread_ret``, ``spread_points`` (the bar's spread in points), ``cost`` (round trip),
+    ``ret_next`` and ``label`` (0 short, 1 flat, 2 long).
     """
     if horizon < 1:
         raise ValueError("horizon must be >= 1")
@@ -147,6 +148,7 @@ def make_labels(
             "label_end": end,
             "fwd_ret": fwd,
             "spread_ret": spread_rel,
+            "spread_points": b["spread"].to_numpy(dtype="float64"),  # learned slippage's input
             "cost": cost,
             "ret_next": nxt,
             "label": label,
