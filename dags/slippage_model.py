@@ -73,9 +73,17 @@ def slippage_model() -> None:
     def fit(journal: str) -> dict:
         from engine.config import EngineSettings
         from titanovax.settings import PlatformSettings
-        from training.slippage import fit_from_journal
+        from training.slippage import FitConfig, fit_from_journal, read_fills
 
-        res = fit_from_journal(PlatformSettings(), journal or EngineSettings().journal_target)
+        target = journal or EngineSettings().journal_target
+        cfg = FitConfig()
+        need = -(-cfg.min_holdout // cfg.holdout)  # enough that the held-out share gets a verdict
+        have = len(read_fills(target))
+        if have < int(need):  # no engine fills yet (a fresh stack): nothing to learn, not a failure
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"{have} fills in the journal; the model needs {need:.0f}")
+        res = fit_from_journal(PlatformSettings(), target, cfg)
         return {
             "version": res.version,
             "promoted": res.promoted,
