@@ -10,11 +10,12 @@ code allows.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -123,10 +124,27 @@ class PrecomputedModel:
         self._times = {s: {t: i for i, t in enumerate(ts)} for s, (ts, _, _) in answers.items()}
         self._values = {s: v for s, (_, v, _) in answers.items()}
         self._probs = {s: p for s, (_, _, p) in answers.items()}
+        # per symbol, the answers' parts derived once for every row (argmax, confidence,
+        # label, position, probabilities as floats): a bar only assembles its Prediction
+        self._parts = {s: self._derive(p) for s, p in self._probs.items()}
         self._seqs = dict(sequences or {})
-        self._answers: dict[tuple[str, int], Prediction] = {}
         self.hits = 0
         self.misses = 0
+
+    def _derive(self, probs: np.ndarray) -> list[tuple[str, int, float, list[float]]]:
+        """``(label, position, confidence, probabilities)`` of every row, as
+        :meth:`OnnxModel.predict` derives them (first argmax, ``min_confidence`` rule)."""
+        m = self.model
+        probs = np.asarray(probs)
+        if len(probs) == 0:
+            return []
+        k = probs.argmax(axis=1)
+        conf = probs[np.arange(len(k)), k]
+        out = []
+        for ki, ci, row in zip(k.tolist(), conf.tolist(), probs.tolist(), strict=True):
+            label = m.classes[ki] if ci >= m.min_confidence else "flat"
+            out.append((label, CLASS_POSITIONS[label], ci, row))
+        return out
 
     @classmethod
     def score(
@@ -172,26 +190,17 @@ class PrecomputedModel:
             self.misses += 1
             return self.model.predict(row)
         self.hits += 1
-        pred = self._answers.get(key)
-        if pred is None:
-            probs = self._probs[row.symbol][i]
-            pred = self._answers[key] = replace(
-                self._prediction(probs), explanation=self.model._explanation(row, probs, {})
-            )
-        return pred
-
-    def _prediction(self, probs: np.ndarray) -> Prediction:
         m = self.model
-        k = int(np.argmax(probs))
-        label = m.classes[k] if float(probs[k]) >= m.min_confidence else "flat"
+        label, position, conf, probs = self._parts[row.symbol][i]
         return Prediction(
             m.model_version,
-            CLASS_POSITIONS[label],
+            position,
             label,
-            {c: float(p) for c, p in zip(m.classes, probs, strict=True)},
+            dict(zip(m.classes, probs, strict=True)),
             m.bundle_sha256,
             "onnx",
-            float(probs[k]),
+            conf,
+            m._explanation(row, self._probs[row.symbol][i], {}),
         )
 
 
@@ -267,7 +276,15 @@ def run_backtest(
     """Replay ``closes`` through ``engine`` as fast as it goes (the clock is ``set_time``'s)."""
     n0 = engine.stats.bars
     t0 = time.perf_counter()
-    engine.replay(closes, symbols, set_time)
+    # The world built before the replay (feature tables, precomputed answers, the market)
+    # lives as long as the run: frozen out of the collector, which otherwise traverses it
+    # again in every full collection and makes the cost per decision grow with the run.
+    gc.collect()
+    gc.freeze()
+    try:
+        engine.replay(closes, symbols, set_time)
+    finally:
+        gc.unfreeze()
     dt = time.perf_counter() - t0
     acct = engine.terminal.account_info()
     return BacktestResult(

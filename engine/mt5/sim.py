@@ -894,7 +894,7 @@ class SimulatedTerminal:
                 self._with_stops.add(plan.position.ticket)
             else:
                 self._with_stops.discard(plan.position.ticket)
-            self._changed()
+            self._changed(account_only=True)
             return self._ok(
                 OrderSendResult(
                     TRADE_RETCODE_DONE,
@@ -945,9 +945,15 @@ class SimulatedTerminal:
             self._memo_at = now
         return self._memo.get(key)
 
-    def _changed(self) -> None:
-        """The account or the symbol selection changed: forget memoised answers."""
-        self._memo.clear()
+    def _changed(self, *, account_only: bool = False) -> None:
+        """The account or the symbol selection changed: forget memoised answers. An order, a
+        close or a stop change (``account_only``) keeps the symbol infos and ticks: they
+        depend on the clock and the selection only, and the engine asks them again for the
+        fill and the next symbol's decision at the same clock reading."""
+        if account_only:
+            self._memo = {k: v for k, v in self._memo.items() if k[0] in _MARKET_MEMO}
+        else:
+            self._memo.clear()
 
     def _fail(self, code: int, message: str) -> Any:
         """Record ``(code, message)`` for ``last_error()``; returns ``None``."""
@@ -1330,7 +1336,7 @@ class SimulatedTerminal:
             self._positions[order] = pos
             if pos.sl > 0 or pos.tp > 0:
                 self._with_stops.add(order)
-            self._changed()
+            self._changed(account_only=True)
             deal = self._deal(
                 order,
                 now,
@@ -1391,7 +1397,7 @@ class SimulatedTerminal:
         if pos.volume <= 1e-9:
             del self._positions[pos.ticket]
             self._with_stops.discard(pos.ticket)
-        self._changed()
+        self._changed(account_only=True)
         logger.info("closed #%d %.2f @ %s profit %.2f", pos.ticket, volume, price, profit)
         return deal
 
@@ -1473,6 +1479,7 @@ class SimulatedTerminal:
 
 
 _TICKET = attrgetter("ticket")
+_MARKET_MEMO = frozenset({"info", "tick"})  # memo keys that no order changes
 
 
 def _first_stop_hit(
