@@ -52,6 +52,7 @@ class ArrayFeatureSource:
         }
         self._clock = clock
         self._times = {s: t.tolist() for s, (t, _) in self._tables.items()}
+        self._rows = {s: v.tolist() for s, (_, v) in self._tables.items()}  # as read()'s dict
         self._finite: dict[str, list[bool]] = {
             s: [bool(ok) for ok in np.asarray(np.isfinite(v).all(axis=1))]
             for s, (_, v) in self._tables.items()
@@ -74,24 +75,27 @@ class ArrayFeatureSource:
         """The row the online store would hold now."""
         if symbol not in self._tables:
             raise FeatureUnavailable(f"no features for {symbol}")
-        times, values = self._tables[symbol]
-        i = bisect_right(self._times[symbol], int(self._clock())) - 1
+        times = self._times[symbol]
+        i = bisect_right(times, int(self._clock())) - 1
         if i < 0:
             raise FeatureUnavailable(f"no feature row for {symbol} before {self._clock():.0f}")
-        row = values[i]
+        t = times[i]
         if not self._finite[symbol][i]:
-            raise FeatureUnavailable(f"{symbol}: non-finite feature at {int(times[i])}")
+            raise FeatureUnavailable(f"{symbol}: non-finite feature at {t}")
         seq = None
         if self._seqs:  # the sequence of the same bar ([seq_len, channels]), or no row at all
             st, sv = self._seqs.get(
                 symbol, (np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32))
             )
-            j = int(np.searchsorted(st, times[i]))
-            if j >= len(st) or st[j] != times[i]:
-                raise FeatureUnavailable(f"{symbol}: no sequence row at {int(times[i])}")
+            j = int(np.searchsorted(st, t))
+            if j >= len(st) or st[j] != t:
+                raise FeatureUnavailable(f"{symbol}: no sequence row at {t}")
             seq = sv[j]
         return FeatureRow(
-            symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)), sequence=seq
+            symbol,
+            float(t),
+            dict(zip(self.names, self._rows[symbol][i], strict=True)),
+            sequence=seq,
         )
 
 
