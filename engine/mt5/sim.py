@@ -1525,12 +1525,16 @@ def _first_stop_hit(
     return t, round(float(price), spec.digits), DEAL_REASON_TP
 
 
+_INT_TYPES = (int, np.integer)  # tuples, not ``int | np.integer`` built on every call
+_FLOAT_TYPES = (float, np.floating)
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+    return isinstance(v, _INT_TYPES) and not isinstance(v, bool)
 
 
 def _is_num(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float | np.floating)) and math.isfinite(float(v))
+    return (_is_int(v) or isinstance(v, _FLOAT_TYPES)) and math.isfinite(float(v))
 
 
 def _side(order_type: int) -> str:
