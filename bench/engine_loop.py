@@ -435,6 +435,7 @@ def main() -> None:
             )
             return
         summary = []
+        pre_rate: dict[int, float] = {}  # span -> precomputed engine decisions per CPU s
         for days in spans:
             end = START + days * 86_400
 
@@ -459,6 +460,7 @@ def main() -> None:
                     w2, bundle, ":memory:", symbols, precomputed=True, segments=segs
                 )
                 engine_runs.append(("engine, predictions precomputed", wall_pre, cpu_pre))
+                pre_rate[days] = e_pre.stats.bars / cpu_pre
                 same_journal = journal_fingerprint(e_pre.journal) == journal_fingerprint(
                     e_bar.journal
                 )
@@ -571,6 +573,18 @@ def main() -> None:
             print(
                 f"  {b[0]}-day vs {a[0]}-day engine decisions per CPU s: {b[3] / a[3]:.2f}x, per wall s: "
                 f"{b[2] / a[2]:.2f}x (>= 1: the long span is no slower per decision)"
+            )
+        if len(spans) >= 2 and has_pre:
+            # the load of a shared machine drifts during the run: the short span once more
+            # after the long one, so the long run is compared with the two runs around it
+            d0, d1 = spans[0], spans[-1]
+            w0 = backtest_world(s, START, START + d0 * 86_400, names)
+            e0, _, _, cpu0, _ = run_engine(w0, bundle, ":memory:", symbols, precomputed=True)
+            before, after, long_rate = pre_rate[d0], e0.stats.bars / cpu0, pre_rate[d1]
+            print(
+                f"  precomputed, decisions per CPU s: {d0}-day {before:,.0f}, then {d1}-day "
+                f"{long_rate:,.0f}, then {d0}-day again {after:,.0f}: {d1}-day / mean of the "
+                f"{d0}-day runs = {long_rate / ((before + after) / 2):.2f}x"
             )
 
         if args.cprofile:
