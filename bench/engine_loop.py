@@ -255,6 +255,28 @@ def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None
     print(f"  {TERMINAL:<40}{nested / wall:>8.1%}{nested / n * 1e6:>14.1f}")
 
 
+def print_segment_stages(segs: list[tuple[Any, ...]]) -> None:
+    """Along the instrumented run, by 5-day segment: µs per decision spent in the journal,
+    in the simulated terminal (nested in the stages), in the engine's other timed stages
+    (without the terminal) and in all (CPU): which part, if any, grows with the run."""
+    if len(segs) < 3:
+        return
+    print("  along the run (stage timers on), us per decision by 5-day segment (stages: wall):")
+    print(f"    {'segment':<9}{'journal':>9}{'terminal':>10}{'other stages':>14}{'all (CPU)':>11}")
+    for a, b in itertools.pairwise(segs):
+        n = b[2] - a[2]
+        if n <= 0:
+            continue
+        d = {k: b[3].get(k, 0.0) - a[3].get(k, 0.0) for k in b[3]}
+        journal = sum(v for k, v in d.items() if k.startswith("journal"))
+        terminal = d.get(TERMINAL, 0.0)
+        other = sum(v for k, v in d.items() if k != TERMINAL) - journal - terminal
+        print(
+            f"    {a[0]:<9}{journal / n * 1e6:>9.1f}{terminal / n * 1e6:>10.1f}"
+            f"{other / n * 1e6:>14.1f}{(b[1] - a[1]) / n * 1e6:>11.1f}"
+        )
+
+
 def _component(path: str, name: str) -> str:
     if "engine/loop.py" in path:
         return "loop.py" + (": deal scan in _observe_account" if "listcomp" in name else "")
@@ -325,7 +347,7 @@ def run_engine(
     *,
     precomputed: bool,
     stages: bool = False,
-    segments: list[tuple[int, float, int]] | None = None,
+    segments: list[tuple[Any, ...]] | None = None,
 ) -> tuple[Any, Any, float, float, dict[str, float] | None]:
     """One engine backtest: ``(engine, result, wall s, cpu s, stage totals)``; the up-front
     batched scoring (if any) counts in both times."""
@@ -353,17 +375,17 @@ def run_engine(
         if acc is not None:
             e.model.predict = _timed(e.model.predict, acc, "model")
     set_time = world.set_time
-    if segments is not None:  # (segment, CPU s, decisions) at each 5-day boundary
+    if segments is not None:  # (segment, CPU s, decisions, stage totals) at each 5-day boundary
 
         def set_time(t: int) -> None:
             k = (t - START - 1) // SEGMENT_S
             if not segments or segments[-1][0] != k:
-                segments.append((k, time.process_time(), e.stats.bars))
+                segments.append((k, time.process_time(), e.stats.bars, dict(acc or {})))
             world.set_time(t)
 
     res = bt.run_backtest(e, world.closes, symbols, set_time)
     if segments is not None:
-        segments.append((-1, time.process_time(), e.stats.bars))
+        segments.append((-1, time.process_time(), e.stats.bars, dict(acc or {})))
     return e, res, time.perf_counter() - t0, time.process_time() - c0, acc
 
 
@@ -453,7 +475,7 @@ def main() -> None:
             )
             engine_runs = [("engine, model per bar (ONNX)", wall_bar, cpu_bar)]
             same_journal = None
-            segs: list[tuple[int, float, int]] = []
+            segs: list[tuple[Any, ...]] = []
             if has_pre:
                 w2 = world()
                 e_pre, _, wall_pre, cpu_pre, _ = run_engine(
@@ -511,8 +533,15 @@ def main() -> None:
                 f"  P&L at 0.1 lot: vectorised {pnl * 0.1 * 100_000:,.2f} (quote ccy, no fills), "
                 f"engine equity {r_bar.equity:,.2f} USD"
             )
+            stage_segs: list[tuple[Any, ...]] = []
             _, r4, wall4, _, acc = run_engine(
-                world(), bundle, ":memory:", symbols, precomputed=has_pre, stages=True
+                world(),
+                bundle,
+                ":memory:",
+                symbols,
+                precomputed=has_pre,
+                stages=True,
+                segments=stage_segs,
             )
             assert acc is not None
             print_shares(
@@ -522,6 +551,7 @@ def main() -> None:
                 wall4,
                 r4.decisions,
             )
+            print_segment_stages(stage_segs)
             summary.append(
                 (
                     days,
