@@ -270,7 +270,10 @@ def print_segment_stages(segs: list[tuple[Any, ...]]) -> None:
         d = {k: b[3].get(k, 0.0) - a[3].get(k, 0.0) for k in b[3]}
         journal = sum(v for k, v in d.items() if k.startswith("journal"))
         terminal = d.get(TERMINAL, 0.0)
-        other = sum(v for k, v in d.items() if k != TERMINAL) - journal - terminal
+        # the terminal is nested in the stages, record() and commit() in _finish's
+        nested = terminal + d.get("journal: record()", 0.0) + d.get("journal: commit()", 0.0)
+        other = sum(v for k, v in d.items() if k != TERMINAL and not k.startswith("journal"))
+        other -= nested
         print(
             f"    {a[0]:<9}{journal / n * 1e6:>9.1f}{terminal / n * 1e6:>10.1f}"
             f"{other / n * 1e6:>14.1f}{(b[1] - a[1]) / n * 1e6:>11.1f}"
