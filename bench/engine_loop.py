@@ -255,6 +255,31 @@ def print_shares(title: str, acc: dict[str, float], wall: float, n: int) -> None
     print(f"  {TERMINAL:<40}{nested / wall:>8.1%}{nested / n * 1e6:>14.1f}")
 
 
+def print_segment_stages(segs: list[tuple[Any, ...]]) -> None:
+    """Along the instrumented run, by 5-day segment: µs per decision spent in the journal,
+    in the simulated terminal (nested in the stages), in the engine's other timed stages
+    (without the terminal) and in all (CPU): which part, if any, grows with the run."""
+    if len(segs) < 3:
+        return
+    print("  along the run (stage timers on), us per decision by 5-day segment (stages: wall):")
+    print(f"    {'segment':<9}{'journal':>9}{'terminal':>10}{'other stages':>14}{'all (CPU)':>11}")
+    for a, b in itertools.pairwise(segs):
+        n = b[2] - a[2]
+        if n <= 0:
+            continue
+        d = {k: b[3].get(k, 0.0) - a[3].get(k, 0.0) for k in b[3]}
+        journal = sum(v for k, v in d.items() if k.startswith("journal"))
+        terminal = d.get(TERMINAL, 0.0)
+        # the terminal is nested in the stages, record() and commit() in _finish's
+        nested = terminal + d.get("journal: record()", 0.0) + d.get("journal: commit()", 0.0)
+        other = sum(v for k, v in d.items() if k != TERMINAL and not k.startswith("journal"))
+        other -= nested
+        print(
+            f"    {a[0]:<9}{journal / n * 1e6:>9.1f}{terminal / n * 1e6:>10.1f}"
+            f"{other / n * 1e6:>14.1f}{(b[1] - a[1]) / n * 1e6:>11.1f}"
+        )
+
+
 def _component(path: str, name: str) -> str:
     if "engine/loop.py" in path:
         return "loop.py" + (": deal scan in _observe_account" if "listcomp" in name else "")
@@ -325,7 +350,7 @@ def run_engine(
     *,
     precomputed: bool,
     stages: bool = False,
-    segments: list[tuple[int, float, int]] | None = None,
+    segments: list[tuple[Any, ...]] | None = None,
 ) -> tuple[Any, Any, float, float, dict[str, float] | None]:
     """One engine backtest: ``(engine, result, wall s, cpu s, stage totals)``; the up-front
     batched scoring (if any) counts in both times."""
@@ -353,17 +378,17 @@ def run_engine(
         if acc is not None:
             e.model.predict = _timed(e.model.predict, acc, "model")
     set_time = world.set_time
-    if segments is not None:  # (segment, CPU s, decisions) at each 5-day boundary
+    if segments is not None:  # (segment, CPU s, decisions, stage totals) at each 5-day boundary
 
         def set_time(t: int) -> None:
             k = (t - START - 1) // SEGMENT_S
             if not segments or segments[-1][0] != k:
-                segments.append((k, time.process_time(), e.stats.bars))
+                segments.append((k, time.process_time(), e.stats.bars, dict(acc or {})))
             world.set_time(t)
 
     res = bt.run_backtest(e, world.closes, symbols, set_time)
     if segments is not None:
-        segments.append((-1, time.process_time(), e.stats.bars))
+        segments.append((-1, time.process_time(), e.stats.bars, dict(acc or {})))
     return e, res, time.perf_counter() - t0, time.process_time() - c0, acc
 
 
@@ -435,6 +460,7 @@ def main() -> None:
             )
             return
         summary = []
+        pre_rate: dict[int, float] = {}  # span -> precomputed engine decisions per CPU s
         for days in spans:
             end = START + days * 86_400
 
@@ -452,13 +478,14 @@ def main() -> None:
             )
             engine_runs = [("engine, model per bar (ONNX)", wall_bar, cpu_bar)]
             same_journal = None
-            segs: list[tuple[int, float, int]] = []
+            segs: list[tuple[Any, ...]] = []
             if has_pre:
                 w2 = world()
                 e_pre, _, wall_pre, cpu_pre, _ = run_engine(
                     w2, bundle, ":memory:", symbols, precomputed=True, segments=segs
                 )
                 engine_runs.append(("engine, predictions precomputed", wall_pre, cpu_pre))
+                pre_rate[days] = e_pre.stats.bars / cpu_pre
                 same_journal = journal_fingerprint(e_pre.journal) == journal_fingerprint(
                     e_bar.journal
                 )
@@ -509,8 +536,15 @@ def main() -> None:
                 f"  P&L at 0.1 lot: vectorised {pnl * 0.1 * 100_000:,.2f} (quote ccy, no fills), "
                 f"engine equity {r_bar.equity:,.2f} USD"
             )
+            stage_segs: list[tuple[Any, ...]] = []
             _, r4, wall4, _, acc = run_engine(
-                world(), bundle, ":memory:", symbols, precomputed=has_pre, stages=True
+                world(),
+                bundle,
+                ":memory:",
+                symbols,
+                precomputed=has_pre,
+                stages=True,
+                segments=stage_segs,
             )
             assert acc is not None
             print_shares(
@@ -520,6 +554,7 @@ def main() -> None:
                 wall4,
                 r4.decisions,
             )
+            print_segment_stages(stage_segs)
             summary.append(
                 (
                     days,
@@ -571,6 +606,18 @@ def main() -> None:
             print(
                 f"  {b[0]}-day vs {a[0]}-day engine decisions per CPU s: {b[3] / a[3]:.2f}x, per wall s: "
                 f"{b[2] / a[2]:.2f}x (>= 1: the long span is no slower per decision)"
+            )
+        if len(spans) >= 2 and has_pre:
+            # the load of a shared machine drifts during the run: the short span once more
+            # after the long one, so the long run is compared with the two runs around it
+            d0, d1 = spans[0], spans[-1]
+            w0 = backtest_world(s, START, START + d0 * 86_400, names)
+            e0, _, _, cpu0, _ = run_engine(w0, bundle, ":memory:", symbols, precomputed=True)
+            before, after, long_rate = pre_rate[d0], e0.stats.bars / cpu0, pre_rate[d1]
+            print(
+                f"  precomputed, decisions per CPU s: {d0}-day {before:,.0f}, then {d1}-day "
+                f"{long_rate:,.0f}, then {d0}-day again {after:,.0f}: {d1}-day / mean of the "
+                f"{d0}-day runs = {long_rate / ((before + after) / 2):.2f}x"
             )
 
         if args.cprofile:

@@ -10,11 +10,12 @@ code allows.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,6 +52,7 @@ class ArrayFeatureSource:
         }
         self._clock = clock
         self._times = {s: t.tolist() for s, (t, _) in self._tables.items()}
+        self._rows = {s: v.tolist() for s, (_, v) in self._tables.items()}  # as read()'s dict
         self._finite: dict[str, list[bool]] = {
             s: [bool(ok) for ok in np.asarray(np.isfinite(v).all(axis=1))]
             for s, (_, v) in self._tables.items()
@@ -73,24 +75,27 @@ class ArrayFeatureSource:
         """The row the online store would hold now."""
         if symbol not in self._tables:
             raise FeatureUnavailable(f"no features for {symbol}")
-        times, values = self._tables[symbol]
-        i = bisect_right(self._times[symbol], int(self._clock())) - 1
+        times = self._times[symbol]
+        i = bisect_right(times, int(self._clock())) - 1
         if i < 0:
             raise FeatureUnavailable(f"no feature row for {symbol} before {self._clock():.0f}")
-        row = values[i]
+        t = times[i]
         if not self._finite[symbol][i]:
-            raise FeatureUnavailable(f"{symbol}: non-finite feature at {int(times[i])}")
+            raise FeatureUnavailable(f"{symbol}: non-finite feature at {t}")
         seq = None
         if self._seqs:  # the sequence of the same bar ([seq_len, channels]), or no row at all
             st, sv = self._seqs.get(
                 symbol, (np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32))
             )
-            j = int(np.searchsorted(st, times[i]))
-            if j >= len(st) or st[j] != times[i]:
-                raise FeatureUnavailable(f"{symbol}: no sequence row at {int(times[i])}")
+            j = int(np.searchsorted(st, t))
+            if j >= len(st) or st[j] != t:
+                raise FeatureUnavailable(f"{symbol}: no sequence row at {t}")
             seq = sv[j]
         return FeatureRow(
-            symbol, float(times[i]), dict(zip(self.names, row.tolist(), strict=True)), sequence=seq
+            symbol,
+            float(t),
+            dict(zip(self.names, self._rows[symbol][i], strict=True)),
+            sequence=seq,
         )
 
 
@@ -123,10 +128,27 @@ class PrecomputedModel:
         self._times = {s: {t: i for i, t in enumerate(ts)} for s, (ts, _, _) in answers.items()}
         self._values = {s: v for s, (_, v, _) in answers.items()}
         self._probs = {s: p for s, (_, _, p) in answers.items()}
+        # per symbol, the answers' parts derived once for every row (argmax, confidence,
+        # label, position, probabilities as floats): a bar only assembles its Prediction
+        self._parts = {s: self._derive(p) for s, p in self._probs.items()}
         self._seqs = dict(sequences or {})
-        self._answers: dict[tuple[str, int], Prediction] = {}
         self.hits = 0
         self.misses = 0
+
+    def _derive(self, probs: np.ndarray) -> list[tuple[str, int, float, list[float]]]:
+        """``(label, position, confidence, probabilities)`` of every row, as
+        :meth:`OnnxModel.predict` derives them (first argmax, ``min_confidence`` rule)."""
+        m = self.model
+        probs = np.asarray(probs)
+        if len(probs) == 0:
+            return []
+        k = probs.argmax(axis=1)
+        conf = probs[np.arange(len(k)), k]
+        out = []
+        for ki, ci, row in zip(k.tolist(), conf.tolist(), probs.tolist(), strict=True):
+            label = m.classes[ki] if ci >= m.min_confidence else "flat"
+            out.append((label, CLASS_POSITIONS[label], ci, row))
+        return out
 
     @classmethod
     def score(
@@ -172,26 +194,17 @@ class PrecomputedModel:
             self.misses += 1
             return self.model.predict(row)
         self.hits += 1
-        pred = self._answers.get(key)
-        if pred is None:
-            probs = self._probs[row.symbol][i]
-            pred = self._answers[key] = replace(
-                self._prediction(probs), explanation=self.model._explanation(row, probs, {})
-            )
-        return pred
-
-    def _prediction(self, probs: np.ndarray) -> Prediction:
         m = self.model
-        k = int(np.argmax(probs))
-        label = m.classes[k] if float(probs[k]) >= m.min_confidence else "flat"
+        label, position, conf, probs = self._parts[row.symbol][i]
         return Prediction(
             m.model_version,
-            CLASS_POSITIONS[label],
+            position,
             label,
-            {c: float(p) for c, p in zip(m.classes, probs, strict=True)},
+            dict(zip(m.classes, probs, strict=True)),
             m.bundle_sha256,
             "onnx",
-            float(probs[k]),
+            conf,
+            m._explanation(row, self._probs[row.symbol][i], {}),
         )
 
 
@@ -267,7 +280,14 @@ def run_backtest(
     """Replay ``closes`` through ``engine`` as fast as it goes (the clock is ``set_time``'s)."""
     n0 = engine.stats.bars
     t0 = time.perf_counter()
-    engine.replay(closes, symbols, set_time)
+    # The world built before the replay (feature tables, precomputed answers, the market)
+    # lives as long as the run: frozen out of the collector (no collection first: freezing
+    # is a constant-time move), which otherwise traverses it again in every full collection.
+    gc.freeze()
+    try:
+        engine.replay(closes, symbols, set_time)
+    finally:
+        gc.unfreeze()
     dt = time.perf_counter() - t0
     acct = engine.terminal.account_info()
     return BacktestResult(

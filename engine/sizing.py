@@ -25,7 +25,7 @@ def atr(rates: np.ndarray, period: int = 14) -> float:
     r = rates[-(period + 1) :]
     h, lo, c = r["high"][1:], r["low"][1:], r["close"][:-1]
     tr = np.maximum(h - lo, np.maximum(np.abs(h - c), np.abs(lo - c)))
-    return float(tr.mean())
+    return float(tr.sum()) / len(tr)  # tr.mean()'s bits (sum / n) without its dispatch
 
 
 def round_volume(lots: float, volume_min: float, volume_step: float, volume_max: float) -> float:
@@ -110,4 +110,10 @@ def return_volatility(close: np.ndarray, window: int = 24) -> float:
         return 0.0
     r = c[1:] / c[:-1] - 1.0
     r = r[np.isfinite(r)]
-    return float(np.std(r, ddof=1)) if len(r) >= 2 else 0.0
+    n = len(r)
+    if n < 2:
+        return 0.0
+    # np.std(r, ddof=1)'s own steps (sum / n, squared deviations, sum / (n - 1), sqrt), the
+    # same bits without its dispatch layers: this runs on every fill of a backtest
+    d = r - r.sum() / n
+    return math.sqrt(float((d * d).sum()) / (n - 1))

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -355,6 +355,21 @@ class ExportFeed:
 # --- the terminal -----------------------------------------------------------------------------
 
 
+class _Window(NamedTuple):
+    """Every base bar of one symbol with UTC open time in ``[lo, hi)``. The open times,
+    closes and spreads are also kept as Python lists: a quote is then two ``bisect`` calls
+    and two list reads (a ``searchsorted`` and a field read of the structured array cost
+    several microseconds each, on every quote)."""
+
+    lo: int
+    hi: int
+    bars: np.ndarray  # RATES_DTYPE, server times
+    t: np.ndarray  # UTC open times (int64)
+    t_list: list[int]
+    close: list[float]
+    spread: list[int]
+
+
 @dataclass
 class _Quote:
     """The market of one symbol at one instant."""
@@ -456,9 +471,8 @@ class SimulatedTerminal:
         self._symset: frozenset[str] | None = None
         self._specs: dict[str, SymbolSpec] = {}
         self._bases: dict[str, tuple[str, int]] = {}
-        # symbol -> (lo, hi, bars with server time, their UTC open times): every base bar
-        # with UTC open time in [lo, hi)
-        self._windows: dict[str, tuple[int, int, np.ndarray, np.ndarray]] = {}
+        # symbol -> its window of base bars around the clock
+        self._windows: dict[str, _Window] = {}
         self._deal_times: list[int] = []  # deal times (server), sorted
         self._deals_by_time: list[TradeDeal] = []  # the deals in that order
         self._deals_in_time_order = True  # every deal so far was later than those before it
@@ -894,7 +908,7 @@ class SimulatedTerminal:
                 self._with_stops.add(plan.position.ticket)
             else:
                 self._with_stops.discard(plan.position.ticket)
-            self._changed()
+            self._changed(account_only=True)
             return self._ok(
                 OrderSendResult(
                     TRADE_RETCODE_DONE,
@@ -945,9 +959,15 @@ class SimulatedTerminal:
             self._memo_at = now
         return self._memo.get(key)
 
-    def _changed(self) -> None:
-        """The account or the symbol selection changed: forget memoised answers."""
-        self._memo.clear()
+    def _changed(self, *, account_only: bool = False) -> None:
+        """The account or the symbol selection changed: forget memoised answers. An order, a
+        close or a stop change (``account_only``) keeps the symbol infos and ticks: they
+        depend on the clock and the selection only, and the engine asks them again for the
+        fill and the next symbol's decision at the same clock reading."""
+        if account_only:
+            self._memo = {k: v for k, v in self._memo.items() if k[0] in _MARKET_MEMO}
+        else:
+            self._memo.clear()
 
     def _fail(self, code: int, message: str) -> Any:
         """Record ``(code, message)`` for ``last_error()``; returns ``None``."""
@@ -979,14 +999,17 @@ class SimulatedTerminal:
             b = self._bases[symbol] = (name, timeframe_seconds(name))
         return b
 
-    def _window(self, symbol: str, now: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    def _window(self, symbol: str, now: int) -> _Window:
         """A window of base bars holding every bar opened in ``[now - s - _LOOKBACK, now]``."""
         s = self._base(symbol)[1]
         w = self._windows.get(symbol)
-        if w is None or not (w[0] <= now - s - _LOOKBACK // 2 and now < w[1]):
+        if w is None or not (w.lo <= now - s - _LOOKBACK // 2 and now < w.hi):
             lo, hi = now + 1 - s - _LOOKBACK, now + 1 + _AHEAD
             bars = self.feed.rates(symbol, self._base(symbol)[0], lo, hi)
-            w = (lo, hi, bars, bars["time"].astype(np.int64) - self._off)
+            t = bars["time"].astype(np.int64) - self._off
+            w = _Window(
+                lo, hi, bars, t, t.tolist(), bars["close"].tolist(), bars["spread"].tolist()
+            )
             self._windows[symbol] = w
         return w
 
@@ -996,10 +1019,9 @@ class SimulatedTerminal:
         if self.indexed:
             now = self._now_utc()
             w = self._windows.get(symbol) if now is None else self._window(symbol, now)
-            if w is not None and w[0] <= start_utc and end_utc <= w[1]:
-                t = w[3]
-                i0, i1 = np.searchsorted(t, start_utc, "left"), np.searchsorted(t, end_utc, "left")
-                return w[2][i0:i1].copy()
+            if w is not None and w.lo <= start_utc and end_utc <= w.hi:
+                i0, i1 = bisect_left(w.t_list, start_utc), bisect_left(w.t_list, end_utc)
+                return w.bars[i0:i1].copy()
         return self.feed.rates(symbol, self._base(symbol)[0], start_utc, end_utc)
 
     def _known(self, symbol: Any) -> bool:
@@ -1052,10 +1074,10 @@ class SimulatedTerminal:
         need = pos + count
         now = self._now_utc()
         if self.indexed and now is not None and tf == self._base(symbol)[0]:
-            _, hi, held, t = self._window(symbol, now)
-            i1 = int(np.searchsorted(t, end_utc, "left"))
-            if end_utc <= hi and i1 >= need:  # the window holds the last `need` bars
-                return self._ok(held[i1 - need : i1 - pos].copy())
+            w = self._window(symbol, now)
+            i1 = bisect_left(w.t_list, end_utc)
+            if end_utc <= w.hi and i1 >= need:  # the window holds the last `need` bars
+                return self._ok(w.bars[i1 - need : i1 - pos].copy())
         first = self.feed.span_utc(symbol)[0] - 7 * 86_400
         window = need * timeframe_seconds(tf) * 3 // 2 + 4 * 86_400
         while True:
@@ -1083,15 +1105,15 @@ class SimulatedTerminal:
         """The quote from the symbol's window (two binary searches), or ``None`` when the
         window holds no closed bar (the feed is then searched as :meth:`_make_quote` does)."""
         s = self._base(symbol)[1]
-        _, _, bars, t = self._window(symbol, now)
-        i_closed = int(np.searchsorted(t, now - s, "right")) - 1  # open + s <= now
+        w = self._window(symbol, now)
+        i_closed = bisect_right(w.t_list, now - s) - 1  # open + s <= now
         if i_closed < 0:
             return None
-        forming = int(np.searchsorted(t, now, "right")) - 1 > i_closed
+        forming = bisect_right(w.t_list, now) - 1 > i_closed
         spec = self._spec(symbol)
-        bid = float(bars["close"][i_closed])
-        spread = int(bars["spread"][i_closed])
-        t_close = int(bars["time"][i_closed]) + s
+        bid = w.close[i_closed]
+        spread = w.spread[i_closed]
+        t_close = w.t_list[i_closed] + self._off + s
         return _Quote(
             bid=bid,
             ask=round(bid + spread * spec.point, spec.digits),
@@ -1330,7 +1352,7 @@ class SimulatedTerminal:
             self._positions[order] = pos
             if pos.sl > 0 or pos.tp > 0:
                 self._with_stops.add(order)
-            self._changed()
+            self._changed(account_only=True)
             deal = self._deal(
                 order,
                 now,
@@ -1391,7 +1413,7 @@ class SimulatedTerminal:
         if pos.volume <= 1e-9:
             del self._positions[pos.ticket]
             self._with_stops.discard(pos.ticket)
-        self._changed()
+        self._changed(account_only=True)
         logger.info("closed #%d %.2f @ %s profit %.2f", pos.ticket, volume, price, profit)
         return deal
 
@@ -1473,6 +1495,7 @@ class SimulatedTerminal:
 
 
 _TICKET = attrgetter("ticket")
+_MARKET_MEMO = frozenset({"info", "tick"})  # memo keys that no order changes
 
 
 def _first_stop_hit(
@@ -1502,12 +1525,16 @@ def _first_stop_hit(
     return t, round(float(price), spec.digits), DEAL_REASON_TP
 
 
+_INT_TYPES = (int, np.integer)  # tuples, not ``int | np.integer`` built on every call
+_FLOAT_TYPES = (float, np.floating)
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+    return isinstance(v, _INT_TYPES) and not isinstance(v, bool)
 
 
 def _is_num(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float | np.floating)) and math.isfinite(float(v))
+    return (_is_int(v) or isinstance(v, _FLOAT_TYPES)) and math.isfinite(float(v))
 
 
 def _side(order_type: int) -> str:
