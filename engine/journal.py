@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -315,6 +316,10 @@ class Journal:
         self._decided: set[tuple[str, int]] | None = None
         self._intent_bars: set[tuple[str, int]] | None = None
         self._decided_scope = scope
+        self._wal: str | None = None  # SQLite WAL file fdatasynced at synchronous commit points
+        self._wal_dir_synced = False
+        self.sync_commits = 0  # commit points that waited for the disk
+        self.relaxed_commits = 0  # commits that did not
         self.postgres = self.target.startswith(("postgresql://", "postgres://"))
         try:
             if self.postgres:
@@ -336,8 +341,14 @@ class Journal:
                 self._db = sqlite3.connect(
                     self.target, isolation_level=None, check_same_thread=False, timeout=5.0
                 )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if durable and str(mode).lower() == "wal":
+                    # synchronous commit points fdatasync the WAL themselves (_sync)
+                    self._wal = f"{self.target}-wal"
+                    level = "NORMAL"
+                else:
+                    level = "FULL" if durable else "OFF"
+                self._db.execute(f"PRAGMA synchronous={level}")
                 self._integrity = (sqlite3.IntegrityError,)
                 self._errors = (sqlite3.Error, OSError)
             self._migrate()
@@ -381,9 +392,7 @@ class Journal:
         if not self._tx:
             return
         if self._tx_dirty or self._pending_state:
-            self._commit(relaxed=False)
-            if self.durable and not self.postgres:
-                self._exec("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
+            self._commit(relaxed=False)  # also the second order of a bar (a flip): synchronous
             self._exec("BEGIN")
             self._tx, self._tx_dirty = True, False
         self._tx_relaxed = True
@@ -408,7 +417,41 @@ class Journal:
         if self._decided is not None:
             self._decided.update(self._tx_decided)
         self._tx_decided.clear()
-        self._end_relaxed()
+        self._tx_relaxed = False
+        if relaxed or not self.durable:
+            self.relaxed_commits += 1
+        else:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Make every commit so far durable (a synchronous commit point, just after its
+        COMMIT). PostgreSQL's COMMIT already waited for its WAL flush. A durable SQLite journal
+        runs ``synchronous=NORMAL`` in WAL mode (a commit is written to the WAL file, not
+        flushed) and flushes the WAL file here with ``fdatasync`` — the very flush
+        ``synchronous=FULL`` does inside every COMMIT, but chosen per commit: SQLite refuses to
+        change ``synchronous`` inside a transaction, so toggling the pragma cannot make the
+        second commit point of a bar (the second order of a flip) synchronous again. The
+        directory is flushed once too, as SQLite does for a WAL file it created. Raises
+        :class:`JournalUnavailable` when the flush fails (nothing may be sent then)."""
+        self.sync_commits += 1
+        if self._wal is None:
+            return
+        with self._lock:
+            try:
+                fd = os.open(self._wal, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                if not self._wal_dir_synced:
+                    dfd = os.open(os.path.dirname(os.path.abspath(self._wal)), os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+                    self._wal_dir_synced = True
+            except OSError as exc:
+                raise JournalUnavailable(f"journal: flushing {self._wal}: {exc}") from exc
 
     def rollback(self) -> None:
         """Drop the open transaction's writes (nothing when none is open)."""
@@ -417,20 +460,12 @@ class Journal:
         self._tx = False
         self._pending_state.clear()
         self._tx_decided.clear()
+        self._tx_relaxed = False
         with self._lock:
             try:
                 self._db.execute("ROLLBACK")
             except self._errors as exc:
                 log.warning("journal: rollback failed: %s", exc)
-        try:
-            self._end_relaxed()
-        except JournalUnavailable as exc:
-            log.warning("journal: %s", exc)
-
-    def _end_relaxed(self) -> None:
-        if self._tx_relaxed and self.durable and not self.postgres:
-            self._exec("PRAGMA synchronous=FULL")
-        self._tx_relaxed = False
 
     def _flush_state(self) -> None:
         while self._pending_state:
@@ -472,17 +507,24 @@ class Journal:
 
     # --- plumbing -----------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
-        if self._tx and not sql.startswith("SELECT"):
+        write = not sql.startswith(("SELECT", "BEGIN", "COMMIT", "SET LOCAL"))
+        if self._tx and write:
             self._tx_dirty = True
         if self.postgres:
             sql = sql.replace("?", "%s")
         with self._lock:
             try:
-                return self._db.execute(sql, params)
+                cur = self._db.execute(sql, params)
             except self._integrity:
                 raise
             except self._errors as exc:
                 raise JournalUnavailable(f"journal: {type(exc).__name__}: {exc}") from exc
+            if write and not self._tx:  # a write outside a group transaction: its own commit
+                if self.durable:
+                    self._sync()
+                else:
+                    self.relaxed_commits += 1
+            return cur
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
