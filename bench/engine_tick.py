@@ -90,6 +90,7 @@ def run(
     out: dict[str, dict[str, Any]] = {
         k: {"tick_order": [], "tick_none": [], "on_bar": [], "verdicts": {}} for k in kinds
     }
+    c0 = {k: (e.journal.sync_commits, e.journal.relaxed_commits) for k, e in engines.items()}
     closes = worlds[kinds[0]].closes
     for close in closes:
         for k in kinds:
@@ -106,7 +107,10 @@ def run(
                 o["tick_order" if sent else "tick_none"].append(rec.latency_ms["total_ms"])
                 o["verdicts"][rec.verdict] = o["verdicts"].get(rec.verdict, 0) + 1
     for k in kinds:
-        engines[k].journal.close()
+        j = engines[k].journal
+        out[k]["sync_commits"] = j.sync_commits - c0[k][0]
+        out[k]["relaxed_commits"] = j.relaxed_commits - c0[k][1]
+        j.close()
     return out
 
 
@@ -128,7 +132,12 @@ def report(out: dict[str, dict[str, Any]]) -> None:
                 f"  {k:<14}{name:<34}{_p(v, 50):>9.3f}{_p(v, 99):>9.3f}"
                 f"{max(v, default=float('nan')):>9.3f}{len(v):>7}"
             )
-        print(f"  {k:<14}verdicts {o['verdicts']}")
+        n = len(o["on_bar"])
+        print(
+            f"  {k:<14}verdicts {o['verdicts']}; commits per bar: "
+            f"{o['sync_commits'] / n:.3f} synchronous, {o['relaxed_commits'] / n:.3f} relaxed"
+            + (" (no disk: nothing to flush)" if k == "memory" else "")
+        )
 
 
 def count_fsyncs(args: argparse.Namespace, bundle: Path, folder: Path) -> None:

@@ -34,13 +34,18 @@ writes outside one commit on their own, as before. A bar that sends orders has t
 points: :meth:`Journal.checkpoint` right before ``order_send`` commits the intents and the
 state written so far *synchronously* (the write-ahead rule: the intent is durable before the
 order leaves), and :meth:`Journal.commit` after the bar commits the results, the decision row
-and the state without waiting for the disk (SQLite ``synchronous=NORMAL`` for that
-transaction, PostgreSQL ``SET LOCAL synchronous_commit = off``): lost only by a power failure
-before the next synchronous commit, and then the pending intents are resolved from the broker
-by reconciliation and the bar is decided again. A bar without orders commits once,
-synchronously. State written inside a transaction (:meth:`Journal.save_state`, which also
-takes a callable) is kept in memory and upserted once per commit point, with its value at
-that moment. :meth:`Journal.decided` answers from a set of decided bars loaded once per scope
+and the state without waiting for the disk (PostgreSQL ``SET LOCAL synchronous_commit = off``;
+SQLite simply does not flush): lost only by a power failure before the next synchronous
+commit, and then the pending intents are resolved from the broker by reconciliation and the
+bar is decided again. A bar that sends a second order (a flip: close, then open) checkpoints
+again before it, synchronously. A bar without orders commits once, synchronously; so does a
+write outside a transaction. A durable SQLite journal runs WAL with ``synchronous=NORMAL`` and
+makes a synchronous commit point durable itself, ``fdatasync`` of the WAL file right after the
+COMMIT (what ``synchronous=FULL`` does inside every COMMIT; see :meth:`Journal._sync` for why
+by hand); when that flush fails the commit point raises :class:`JournalUnavailable` and the
+order is not sent. ``sync_commits`` / ``relaxed_commits`` count the two kinds. State written
+inside a transaction (:meth:`Journal.save_state`, which also takes a callable) is kept in
+memory and upserted once per commit point, with its value at that moment. :meth:`Journal.decided` answers from a set of decided bars loaded once per scope
 (the primary key still refuses a duplicate). ``durable=False`` (backtests, by choice:
 ``TX_ENGINE_BACKTEST_JOURNAL_DURABLE=false``) never waits for the disk.
 
