@@ -14,8 +14,10 @@ The engines are stepped bar by bar in turn (engine A decides a bar, then B, then
 machine's load falls on all of them alike. Per journal it prints tick-to-decision p50/p99
 (the engine's ``total_ms``: features → model → risk → orders, including the write-ahead
 commit before each ``order_send``, taken before the decision row is written), split into bars
-with and without orders, and the whole ``on_bar`` (until the bar's commit returned: the
-decision row is in the journal).
+with and without orders, the whole ``on_bar`` (until the bar's commit returned: the decision
+row is in the journal) and its CPU time (the thread's: what the bar costs without the waits
+for the disk and for the other processes of a loaded machine), and the disk's own
+``fdatasync`` latency next to the journals before and after the run.
 
 ``--fsyncs`` (needs ``strace``) re-runs the durable journal alone in a child process under
 ``strace -f -c -e trace=fsync,fdatasync`` and prints the fsync count per bar (strace slows
@@ -88,7 +90,15 @@ def run(
     worlds = {k: backtest_world(s, START, START + days * 86_400, names) for k in kinds}
     engines = {k: _engine(worlds[k], bundle, _journal(k, folder)) for k in kinds}
     out: dict[str, dict[str, Any]] = {
-        k: {"tick_order": [], "tick_none": [], "on_bar": [], "verdicts": {}} for k in kinds
+        k: {
+            "tick_order": [],
+            "tick_none": [],
+            "on_bar": [],
+            "cpu_order": [],
+            "cpu_none": [],
+            "verdicts": {},
+        }
+        for k in kinds
     }
     c0 = {k: (e.journal.sync_commits, e.journal.relaxed_commits) for k, e in engines.items()}
     closes = worlds[kinds[0]].closes
@@ -97,14 +107,16 @@ def run(
             worlds[k].set_time(close)
             e, o = engines[k], out[k]
             for sym in symbols:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 rec = e.on_bar(sym, close)
                 dt = (time.perf_counter() - t) * 1e3
+                dc = (time.thread_time() - c) * 1e3
                 if rec is None:
                     continue
                 o["on_bar"].append(dt)
                 sent = rec.order_request is not None
                 o["tick_order" if sent else "tick_none"].append(rec.latency_ms["total_ms"])
+                o["cpu_order" if sent else "cpu_none"].append(dc)
                 o["verdicts"][rec.verdict] = o["verdicts"].get(rec.verdict, 0) + 1
     for k in kinds:
         j = engines[k].journal
@@ -112,6 +124,26 @@ def run(
         out[k]["relaxed_commits"] = j.relaxed_commits - c0[k][1]
         j.close()
     return out
+
+
+def disk_probe(folder: Path, n: int = 200) -> tuple[float, float]:
+    """The disk's own flush latency next to the journals: ``fdatasync`` after overwriting one
+    4 KiB page of a preallocated file (the WAL's steady state), ``n`` times; (p50, p99) ms."""
+    path = folder / "probe.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"\0" * 4096 * 64)
+        os.fsync(fd)
+        v = []
+        for i in range(n):
+            os.pwrite(fd, os.urandom(4096), (i % 64) * 4096)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            v.append((time.perf_counter() - t) * 1e3)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return _p(v, 50), _p(v, 99)
 
 
 def _p(v: list[float], q: float) -> float:
@@ -127,6 +159,8 @@ def report(out: dict[str, dict[str, Any]]) -> None:
             ("  bars with orders", o["tick_order"]),
             ("  bars without orders", o["tick_none"]),
             ("on_bar incl. the bar's commit", o["on_bar"]),
+            ("  its CPU time, bars with orders", o["cpu_order"]),
+            ("  its CPU time, bars without orders", o["cpu_none"]),
         ):
             print(
                 f"  {k:<14}{name:<34}{_p(v, 50):>9.3f}{_p(v, 99):>9.3f}"
@@ -220,11 +254,17 @@ def main() -> None:
             f"journals in {tmp} ({fs.f_bsize}-byte blocks), {args.days} days x "
             f"{len(args.symbols)} symbols, load average before {os.getloadavg()}"
         )
+        before = disk_probe(tmp)
         t0 = time.perf_counter()
         out = run(list(JOURNALS), args.days, args.symbols, args.bundle, tmp)
         print(
             f"{time.perf_counter() - t0:.1f} s, load average after {os.getloadavg()}"
             " (engines stepped in turn, bar by bar)"
+        )
+        after = disk_probe(tmp)
+        print(
+            "the disk's own fdatasync (4 KiB overwrite) p50/p99 ms: "
+            f"before {before[0]:.3f}/{before[1]:.3f}, after {after[0]:.3f}/{after[1]:.3f}"
         )
         report(out)
         if args.fsyncs:

@@ -347,12 +347,9 @@ class Journal:
                     self.target, isolation_level=None, check_same_thread=False, timeout=5.0
                 )
                 mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if durable and str(mode).lower() == "wal":
-                    # synchronous commit points fdatasync the WAL themselves (_sync)
-                    self._wal = f"{self.target}-wal"
-                    level = "NORMAL"
-                else:
-                    level = "FULL" if durable else "OFF"
+                wal = durable and str(mode).lower() == "wal"
+                # WAL: synchronous commit points fdatasync the WAL file themselves (_sync)
+                level = "NORMAL" if wal else "FULL" if durable else "OFF"
                 self._db.execute(f"PRAGMA synchronous={level}")
                 self._integrity = (sqlite3.IntegrityError,)
                 self._errors = (sqlite3.Error, OSError)
@@ -365,12 +362,26 @@ class Journal:
             ):
                 self._exec(ddl)
             self._add_explain_columns()
+            if not self.postgres and wal:
+                self._find_wal()
         except JournalUnavailable:
             raise
         except Exception as exc:
             raise JournalUnavailable(
                 f"journal {redact_dsn(self.target)}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _find_wal(self) -> None:
+        """The WAL file SQLite writes (it exists once a write committed): next to the
+        database's real path (SQLite resolves symbolic links), else its absolute path. Flush
+        what opening wrote. Without it, SQLite flushes every commit itself (FULL)."""
+        for wal in (f"{os.path.realpath(self.target)}-wal", f"{os.path.abspath(self.target)}-wal"):
+            if os.path.exists(wal):
+                self._wal = wal
+                self._sync()
+                return
+        log.warning("journal: no WAL file next to %s; every commit waits for the disk", self.target)
+        self._db.execute("PRAGMA synchronous=FULL")
 
     def set_scope(self, scope: str) -> None:
         """Key every later read and write by ``scope`` (``login:magic:mode``)."""

@@ -224,3 +224,20 @@ def test_journal_when_opened_durable_or_not_then_sqlite_flushes_the_wal_itself_o
     assert j._db.execute("PRAGMA synchronous").fetchone()[0] == level  # NORMAL or OFF
     assert (j._wal is not None) is flushes
     assert j.sync_commits == sync0 + int(flushes)
+
+
+def test_journal_when_opened_by_a_relative_path_through_a_symlink_then_it_flushes_the_real_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    j = Journal(Path("link") / "j.sqlite", "1:2:paper")
+    monkeypatch.chdir(tmp_path / "real")  # the process moves on; the journal keeps flushing
+    sync0 = j.sync_commits
+
+    j.save_state("risk", "{}")
+
+    assert j._wal is not None and Path(j._wal).exists()
+    assert Path(j._wal).resolve() == (tmp_path / "real" / "j.sqlite-wal").resolve()
+    assert j.sync_commits == sync0 + 1
