@@ -8,7 +8,9 @@ no precomputed predictions), and differing only in the journal:
 * ``disk-relaxed``: SQLite on disk, ``durable=False`` (never waits for the disk; a backtest's
   choice);
 * ``disk-durable``: SQLite on disk, WAL, group commit (one synchronous commit per bar; for a
-  bar with orders the one before ``order_send``).
+  bar with orders the one before ``order_send``);
+* ``postgres``: with ``--postgres ADMIN_URL``, a durable PostgreSQL journal in a scratch
+  database created and dropped by the bench (``synchronous_commit`` on, group commit).
 
 The engines are stepped bar by bar in turn (engine A decides a bar, then B, then C), so the
 machine's load falls on all of them alike. Per journal it prints tick-to-decision p50/p99
@@ -29,6 +31,7 @@ every system call, so the latencies above are measured without it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -69,16 +72,24 @@ def _engine(world: Any, bundle: Path, journal: Any) -> Any:
     )
 
 
-def _journal(kind: str, folder: Path) -> Any:
+def _journal(kind: str, folder: Path, pg_url: str | None = None) -> Any:
     from engine.journal import Journal
 
     if kind == "memory":
         return Journal(":memory:")
+    if kind == "postgres":
+        assert pg_url is not None
+        return Journal(pg_url)
     return Journal(folder / f"{kind}.sqlite", durable=kind == "disk-durable")
 
 
 def run(
-    kinds: list[str], days: int, symbols: list[str], bundle: Path, folder: Path
+    kinds: list[str],
+    days: int,
+    symbols: list[str],
+    bundle: Path,
+    folder: Path,
+    pg_url: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Step one engine per journal kind through the same bars, in turn; per kind the
     tick-to-decision and on_bar samples (ms), split by bars with and without orders."""
@@ -88,7 +99,7 @@ def run(
     names = list(json.loads((bundle / "manifest.json").read_text())["features"])
     s = PlatformSettings(symbols=symbols, home=folder / "home")
     worlds = {k: backtest_world(s, START, START + days * 86_400, names) for k in kinds}
-    engines = {k: _engine(worlds[k], bundle, _journal(k, folder)) for k in kinds}
+    engines = {k: _engine(worlds[k], bundle, _journal(k, folder, pg_url)) for k in kinds}
     out: dict[str, dict[str, Any]] = {
         k: {
             "tick_order": [],
@@ -228,6 +239,13 @@ def main() -> None:
         "--dir", type=Path, default=None, help="folder of the on-disk journals (default: a temp)"
     )
     ap.add_argument("--fsyncs", action="store_true", help="also count fsyncs per bar (strace)")
+    ap.add_argument(
+        "--postgres",
+        default=None,
+        metavar="ADMIN_URL",
+        help="also a durable PostgreSQL journal, in a scratch database made through this "
+        "admin URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres)",
+    )
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
@@ -256,7 +274,16 @@ def main() -> None:
         )
         before = disk_probe(tmp)
         t0 = time.perf_counter()
-        out = run(list(JOURNALS), args.days, args.symbols, args.bundle, tmp)
+        with contextlib.ExitStack() as stack:
+            pg_url = None
+            if args.postgres:
+                from titanovax.faults import postgres_database
+
+                pg_url = stack.enter_context(
+                    postgres_database(args.postgres, f"tx_bench_tick_{os.getpid()}")
+                )
+            kinds = list(JOURNALS) + (["postgres"] if pg_url else [])
+            out = run(kinds, args.days, args.symbols, args.bundle, tmp, pg_url)
         print(
             f"{time.perf_counter() - t0:.1f} s, load average after {os.getloadavg()}"
             " (engines stepped in turn, bar by bar)"
