@@ -45,8 +45,9 @@ COMMIT (what ``synchronous=FULL`` does inside every COMMIT; see :meth:`Journal._
 by hand); when that flush fails the commit point raises :class:`JournalUnavailable` and the
 order is not sent. ``sync_commits`` / ``relaxed_commits`` count the two kinds. State written
 inside a transaction (:meth:`Journal.save_state`, which also takes a callable) is kept in
-memory and upserted once per commit point, with its value at that moment. :meth:`Journal.decided` answers from a set of decided bars loaded once per scope
-(the primary key still refuses a duplicate). ``durable=False`` (backtests, by choice:
+memory and upserted once per commit point, with its value at that moment.
+:meth:`Journal.decided` answers from a set of decided bars loaded once per scope (the primary
+key still refuses a duplicate). ``durable=False`` (backtests, by choice:
 ``TX_ENGINE_BACKTEST_JOURNAL_DURABLE=false``) never waits for the disk.
 
 **Failures.** A database error other than a duplicate key (disk full, I/O error, connection
@@ -68,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 _SCHEMA = (
     """
@@ -456,7 +458,7 @@ class Journal:
             try:
                 fd = os.open(self._wal, os.O_RDONLY)
                 try:
-                    os.fdatasync(fd)
+                    _fdatasync(fd)
                 finally:
                     os.close(fd)
                 if not self._wal_dir_synced:
