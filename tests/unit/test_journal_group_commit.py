@@ -13,7 +13,7 @@ import pytest
 
 from engine.journal import DecisionRecord, Journal, JournalUnavailable
 from engine.loop import Engine
-from tests.unit.faults import MONDAY_0800, ScriptedModel, make_engine, sim_terminal
+from tests.unit.faults import MONDAY_0800, FaultyTerminal, ScriptedModel, make_engine, sim_terminal
 
 pytestmark = pytest.mark.unit
 
@@ -241,3 +241,41 @@ def test_journal_when_opened_by_a_relative_path_through_a_symlink_then_it_flushe
     assert j._wal is not None and Path(j._wal).exists()
     assert Path(j._wal).resolve() == (tmp_path / "real" / "j.sqlite-wal").resolve()
     assert j.sync_commits == sync0 + 1
+
+
+def test_power_failure_when_the_bars_relaxed_commit_is_lost_then_restart_recovers_the_order_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    """A power failure loses what was not flushed: here everything after the synchronous
+    commit point before ``order_send``. The journal's files are copied at the send (the state
+    on disk then, at most), the bar completes (its relaxed commit), and the engine restarts on
+    the copy with the same broker."""
+    import shutil
+
+    now = [MONDAY_0800]
+    disk = tmp_path / "at_send"
+    disk.mkdir()
+
+    class Snapshotting(_PeekingTerminal):
+        def order_send(self, request: dict[str, Any]) -> Any:
+            for name in ("j.sqlite", "j.sqlite-wal"):
+                shutil.copy(tmp_path / name, disk / name)
+            return super().order_send(request)
+
+    term = Snapshotting(FaultyTerminal(sim_terminal(now)), tmp_path / "j.sqlite")
+    e = make_engine(tmp_path, now, terminal=term, model=ScriptedModel(1))
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "sent"
+    cid = rec.order_result["results"][0]["client_id"]  # type: ignore[index]
+    e.journal.close()
+
+    e2 = make_engine(disk, now, terminal=term, model=ScriptedModel(1))  # the journal as on disk
+    assert e2.journal.intent(cid).status == "pending"  # type: ignore[union-attr]
+    assert not e2.journal.decided("EURUSD", now[0])  # the row was in the lost commit
+    report = e2.reconcile()
+    rec2 = e2.on_bar("EURUSD", now[0])
+
+    assert report["recovered"] == [cid]
+    assert rec2 is not None and rec2.verdict == "sent"
+    assert rec2.order_result is not None and rec2.order_result["executed_before_restart"]
+    assert len(term.inner.sent) == 1 and len(e2.positions("EURUSD")) == 1
