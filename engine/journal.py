@@ -1,6 +1,6 @@
 """The journal: every decision, taken or refused, plus write-ahead order intents and the
-engine's persisted state. SQLite (WAL, synchronous=FULL) by default; PostgreSQL when the
-target is a ``postgresql://`` URL (``psycopg``, imported only then).
+engine's persisted state. SQLite (WAL; durable as told under *Group commit*) by default;
+PostgreSQL when the target is a ``postgresql://`` URL (``psycopg``, imported only then).
 
 Tables (same SQL on both back ends):
 
