@@ -569,7 +569,7 @@ def main() -> None:
                 )
             )
 
-        # -- the short span with the journal on disk (SQLite WAL, synchronous=FULL)
+        # -- the short span with the journal on disk (SQLite WAL, durable: a WAL flush per commit point)
         days = spans[0]
         wd = backtest_world(s, START, START + days * 86_400, names)
         e_d, r_d, wall_d, _, acc_d = run_engine(

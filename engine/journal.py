@@ -1,6 +1,6 @@
 """The journal: every decision, taken or refused, plus write-ahead order intents and the
-engine's persisted state. SQLite (WAL, synchronous=FULL) by default; PostgreSQL when the
-target is a ``postgresql://`` URL (``psycopg``, imported only then).
+engine's persisted state. SQLite (WAL; durable as told under *Group commit*) by default;
+PostgreSQL when the target is a ``postgresql://`` URL (``psycopg``, imported only then).
 
 Tables (same SQL on both back ends):
 
@@ -38,14 +38,20 @@ writes outside one commit on their own, as before. A bar that sends orders has t
 points: :meth:`Journal.checkpoint` right before ``order_send`` commits the intents and the
 state written so far *synchronously* (the write-ahead rule: the intent is durable before the
 order leaves), and :meth:`Journal.commit` after the bar commits the results, the decision row
-and the state without waiting for the disk (SQLite ``synchronous=NORMAL`` for that
-transaction, PostgreSQL ``SET LOCAL synchronous_commit = off``): lost only by a power failure
-before the next synchronous commit, and then the pending intents are resolved from the broker
-by reconciliation and the bar is decided again. A bar without orders commits once,
-synchronously. State written inside a transaction (:meth:`Journal.save_state`, which also
-takes a callable) is kept in memory and upserted once per commit point, with its value at
-that moment. :meth:`Journal.decided` answers from a set of decided bars loaded once per scope
-(the primary key still refuses a duplicate). ``durable=False`` (backtests, by choice:
+and the state without waiting for the disk (PostgreSQL ``SET LOCAL synchronous_commit = off``;
+SQLite simply does not flush): lost only by a power failure before the next synchronous
+commit, and then the pending intents are resolved from the broker by reconciliation and the
+bar is decided again. A bar that sends a second order (a flip: close, then open) checkpoints
+again before it, synchronously. A bar without orders commits once, synchronously; so does a
+write outside a transaction. A durable SQLite journal runs WAL with ``synchronous=NORMAL`` and
+makes a synchronous commit point durable itself, ``fdatasync`` of the WAL file right after the
+COMMIT (what ``synchronous=FULL`` does inside every COMMIT; see :meth:`Journal._sync` for why
+by hand); when that flush fails the commit point raises :class:`JournalUnavailable` and the
+order is not sent. ``sync_commits`` / ``relaxed_commits`` count the two kinds. State written
+inside a transaction (:meth:`Journal.save_state`, which also takes a callable) is kept in
+memory and upserted once per commit point, with its value at that moment.
+:meth:`Journal.decided` answers from a set of decided bars loaded once per scope (the primary
+key still refuses a duplicate). ``durable=False`` (backtests, by choice:
 ``TX_ENGINE_BACKTEST_JOURNAL_DURABLE=false``) never waits for the disk.
 
 **Failures.** A database error other than a duplicate key (disk full, I/O error, connection
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -66,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 _SCHEMA = (
     """
@@ -335,6 +343,10 @@ class Journal:
         self._decided: set[tuple[str, int]] | None = None
         self._intent_bars: set[tuple[str, int]] | None = None
         self._decided_scope = scope
+        self._wal: str | None = None  # SQLite WAL file fdatasynced at synchronous commit points
+        self._wal_dir_synced = False
+        self.sync_commits = 0  # commit points that waited for the disk
+        self.relaxed_commits = 0  # commits that did not
         self.postgres = self.target.startswith(("postgresql://", "postgres://"))
         try:
             if self.postgres:
@@ -356,8 +368,11 @@ class Journal:
                 self._db = sqlite3.connect(
                     self.target, isolation_level=None, check_same_thread=False, timeout=5.0
                 )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                wal = durable and str(mode).lower() == "wal"
+                # WAL: synchronous commit points fdatasync the WAL file themselves (_sync)
+                level = "NORMAL" if wal else "FULL" if durable else "OFF"
+                self._db.execute(f"PRAGMA synchronous={level}")
                 self._integrity = (sqlite3.IntegrityError,)
                 self._errors = (sqlite3.Error, OSError)
             self._migrate()
@@ -370,12 +385,26 @@ class Journal:
             ):
                 self._exec(ddl)
             self._add_explain_columns()
+            if not self.postgres and wal:
+                self._find_wal()
         except JournalUnavailable:
             raise
         except Exception as exc:
             raise JournalUnavailable(
                 f"journal {redact_dsn(self.target)}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _find_wal(self) -> None:
+        """The WAL file SQLite writes (it exists once a write committed): next to the
+        database's real path (SQLite resolves symbolic links), else its absolute path. Flush
+        what opening wrote. Without it, SQLite flushes every commit itself (FULL)."""
+        for wal in (f"{os.path.realpath(self.target)}-wal", f"{os.path.abspath(self.target)}-wal"):
+            if os.path.exists(wal):
+                self._wal = wal
+                self._sync()
+                return
+        log.warning("journal: no WAL file next to %s; every commit waits for the disk", self.target)
+        self._db.execute("PRAGMA synchronous=FULL")
 
     def set_scope(self, scope: str) -> None:
         """Key every later read and write by ``scope`` (``login:magic:mode``)."""
@@ -402,9 +431,7 @@ class Journal:
         if not self._tx:
             return
         if self._tx_dirty or self._pending_state:
-            self._commit(relaxed=False)
-            if self.durable and not self.postgres:
-                self._exec("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
+            self._commit(relaxed=False)  # also the second order of a bar (a flip): synchronous
             self._exec("BEGIN")
             self._tx, self._tx_dirty = True, False
         self._tx_relaxed = True
@@ -429,7 +456,41 @@ class Journal:
         if self._decided is not None:
             self._decided.update(self._tx_decided)
         self._tx_decided.clear()
-        self._end_relaxed()
+        self._tx_relaxed = False
+        if relaxed or not self.durable:
+            self.relaxed_commits += 1
+        else:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Make every commit so far durable (a synchronous commit point, just after its
+        COMMIT). PostgreSQL's COMMIT already waited for its WAL flush. A durable SQLite journal
+        runs ``synchronous=NORMAL`` in WAL mode (a commit is written to the WAL file, not
+        flushed) and flushes the WAL file here with ``fdatasync`` — the very flush
+        ``synchronous=FULL`` does inside every COMMIT, but chosen per commit: SQLite refuses to
+        change ``synchronous`` inside a transaction, so toggling the pragma cannot make the
+        second commit point of a bar (the second order of a flip) synchronous again. The
+        directory is flushed once too, as SQLite does for a WAL file it created. Raises
+        :class:`JournalUnavailable` when the flush fails (nothing may be sent then)."""
+        self.sync_commits += 1
+        if self._wal is None:
+            return
+        with self._lock:
+            try:
+                fd = os.open(self._wal, os.O_RDONLY)
+                try:
+                    _fdatasync(fd)
+                finally:
+                    os.close(fd)
+                if not self._wal_dir_synced:
+                    dfd = os.open(os.path.dirname(os.path.abspath(self._wal)), os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+                    self._wal_dir_synced = True
+            except OSError as exc:
+                raise JournalUnavailable(f"journal: flushing {self._wal}: {exc}") from exc
 
     def rollback(self) -> None:
         """Drop the open transaction's writes (nothing when none is open)."""
@@ -438,20 +499,12 @@ class Journal:
         self._tx = False
         self._pending_state.clear()
         self._tx_decided.clear()
+        self._tx_relaxed = False
         with self._lock:
             try:
                 self._db.execute("ROLLBACK")
             except self._errors as exc:
                 log.warning("journal: rollback failed: %s", exc)
-        try:
-            self._end_relaxed()
-        except JournalUnavailable as exc:
-            log.warning("journal: %s", exc)
-
-    def _end_relaxed(self) -> None:
-        if self._tx_relaxed and self.durable and not self.postgres:
-            self._exec("PRAGMA synchronous=FULL")
-        self._tx_relaxed = False
 
     def _flush_state(self) -> None:
         while self._pending_state:
@@ -493,17 +546,24 @@ class Journal:
 
     # --- plumbing -----------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
-        if self._tx and not sql.startswith("SELECT"):
+        write = not sql.startswith(("SELECT", "BEGIN", "COMMIT", "SET LOCAL"))
+        if self._tx and write:
             self._tx_dirty = True
         if self.postgres:
             sql = sql.replace("?", "%s")
         with self._lock:
             try:
-                return self._db.execute(sql, params)
+                cur = self._db.execute(sql, params)
             except self._integrity:
                 raise
             except self._errors as exc:
                 raise JournalUnavailable(f"journal: {type(exc).__name__}: {exc}") from exc
+            if write and not self._tx:  # a write outside a group transaction: its own commit
+                if self.durable:
+                    self._sync()
+                else:
+                    self.relaxed_commits += 1
+            return cur
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:

@@ -200,6 +200,57 @@ def test_engine_on_postgres_when_it_sends_an_order_then_the_intent_was_committed
     assert not e.journal.in_transaction
 
 
+def test_engine_on_postgres_when_a_bar_flips_then_each_intent_is_committed_synchronously_before_its_send(
+    pg_url: str,
+) -> None:
+    import psycopg
+
+    now = [MONDAY_0800]
+    seen: list[set[tuple[str, str]]] = []
+    syncs: list[int] = []
+    settings: list[str] = []
+
+    class Peeking(FaultyTerminal):
+        def order_send(self, request: dict[str, Any]) -> Any:
+            with psycopg.connect(pg_url) as other:
+                rows = other.execute("SELECT client_id, status FROM intents").fetchall()
+            seen.append({(str(c), str(s)) for c, s in rows})
+            syncs.append(e.journal.sync_commits)
+            settings.append(e.journal._db.execute("SHOW synchronous_commit").fetchone()[0])
+            return super().order_send(request)
+
+    model = ScriptedModel(1)
+    e = Engine(
+        terminal=Peeking(sim_terminal(now), []),
+        features=ClockFeatures(now),
+        model=model,
+        journal=Journal(pg_url),
+        limits=RiskLimits(),
+        magic=11,
+        clock=lambda: float(now[0]),
+        execution=ExecutionConfig(retry_backoff_s=0.0),
+        sleep=lambda s: None,
+    )
+    e.on_bar("EURUSD", now[0])  # opens the long position
+    now[0] += 300
+    model.position = -1
+    for xs in (seen, syncs, settings):
+        xs.clear()
+    sync0, relaxed0 = e.journal.sync_commits, e.journal.relaxed_commits
+
+    rec = e.on_bar("EURUSD", now[0])  # close the long, open the short: two order_sends
+
+    assert rec is not None and rec.verdict == "sent"
+    close_id, open_id = (r["client_id"] for r in rec.order_result["results"])  # type: ignore[index]
+    assert (close_id, "pending") in seen[0]
+    assert {(close_id, "done"), (open_id, "pending")} <= seen[1]
+    assert syncs == [sync0 + 1, sync0 + 2]  # one synchronous commit before each send
+    assert settings == ["on", "on"]  # the session never relaxes; only the bar's last commit
+    assert e.journal.sync_commits == sync0 + 2
+    assert e.journal.relaxed_commits == relaxed0 + 1  # (SET LOCAL synchronous_commit = off)
+    assert Journal(pg_url, e.journal.scope).decision("EURUSD", now[0]) is not None
+
+
 def test_postgres_journal_when_a_bar_is_recorded_twice_inside_a_transaction_then_the_rest_commits(
     pg_url: str,
 ) -> None:

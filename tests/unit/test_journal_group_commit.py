@@ -1,6 +1,7 @@
 """The journal's group commit: a bar is one transaction, the intent is committed (visible to
-another connection) before ``order_send``, a bar without orders commits once, the risk state
-is written once per commit point, and a rolled-back bar is not taken as decided."""
+another connection) and flushed to disk by exactly one synchronous commit before each
+``order_send`` (also the second order of a flip), a bar without orders commits once, the risk
+state is written once per commit point, and a rolled-back bar is not taken as decided."""
 
 from __future__ import annotations
 
@@ -10,21 +11,24 @@ from typing import Any
 
 import pytest
 
-from engine.journal import DecisionRecord, Journal
+from engine.journal import DecisionRecord, Journal, JournalUnavailable
 from engine.loop import Engine
-from tests.unit.faults import MONDAY_0800, make_engine, sim_terminal
+from tests.unit.faults import MONDAY_0800, FaultyTerminal, ScriptedModel, make_engine, sim_terminal
 
 pytestmark = pytest.mark.unit
 
 
 class _PeekingTerminal:
     """The simulator; on every ``order_send`` a second connection reads the intents table,
-    which shows only what the journal has committed."""
+    which shows only what the journal has committed, and the journal's count of synchronous
+    commit points (WAL flushes) is noted."""
 
     def __init__(self, inner: Any, db: Path) -> None:
         self.inner = inner
         self.db = db
+        self.journal: Journal | None = None
         self.seen_at_send: list[list[tuple[str, str]]] = []
+        self.syncs_at_send: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -33,6 +37,8 @@ class _PeekingTerminal:
         with sqlite3.connect(self.db) as other:
             rows = other.execute("SELECT client_id, status FROM intents").fetchall()
         self.seen_at_send.append([(str(c), str(s)) for c, s in rows])
+        if self.journal is not None:
+            self.syncs_at_send.append(self.journal.sync_commits)
         return self.inner.order_send(request)
 
 
@@ -45,7 +51,9 @@ def _statements(journal: Journal) -> list[str]:
 def _world(tmp_path: Path) -> tuple[list[int], _PeekingTerminal, Engine]:
     now = [MONDAY_0800]
     term = _PeekingTerminal(sim_terminal(now), tmp_path / "j.sqlite")
-    return now, term, make_engine(tmp_path, now, terminal=term)
+    e = make_engine(tmp_path, now, terminal=term, model=ScriptedModel(1))
+    term.journal = e.journal
+    return now, term, e
 
 
 def test_order_when_sent_then_its_intent_was_committed_before_order_send(tmp_path: Path) -> None:
@@ -59,21 +67,95 @@ def test_order_when_sent_then_its_intent_was_committed_before_order_send(tmp_pat
     assert e.journal.intent(cid).status == "done"  # type: ignore[union-attr]
 
 
-def test_bar_with_an_order_when_decided_then_two_commits_one_synchronous_and_risk_written_once_each(
+def test_bar_with_an_order_when_decided_then_exactly_one_synchronous_commit_before_order_send(
     tmp_path: Path,
 ) -> None:
-    now, _, e = _world(tmp_path)
+    now, term, e = _world(tmp_path)
+    e.reconcile()  # the start's own writes (outside any bar) before counting
     stmts = _statements(e.journal)
+    sync0, relaxed0 = e.journal.sync_commits, e.journal.relaxed_commits
 
-    e.on_bar("EURUSD", now[0])
+    rec = e.on_bar("EURUSD", now[0])
 
-    commits = [i for i, s in enumerate(stmts) if s == "COMMIT"]
-    relax = [i for i, s in enumerate(stmts) if s == "PRAGMA synchronous=NORMAL"]
-    assert len(commits) == 2
-    assert len(relax) == 1 and commits[0] < relax[0] < commits[1]  # only the 2nd is relaxed
+    assert rec is not None and rec.verdict == "sent"
+    cid = rec.order_result["results"][0]["client_id"]  # type: ignore[index]
+    assert term.seen_at_send == [[(cid, "pending")]]  # committed before the send
+    assert term.syncs_at_send == [sync0 + 1]  # exactly one synchronous commit before it
+    assert e.journal.sync_commits == sync0 + 1  # and none after it:
+    assert e.journal.relaxed_commits == relaxed0 + 1  # the result and the row commit relaxed
+    assert stmts.count("COMMIT") == 2
+    assert not any(s.startswith("PRAGMA") for s in stmts)
     risk_writes = [s for s in stmts if "INSERT INTO engine_state" in s and "'risk'" in s]
     assert 1 <= len(risk_writes) <= 2
-    assert stmts[-1] == "PRAGMA synchronous=FULL"
+
+
+def test_flip_when_a_bar_sends_two_orders_then_each_intent_is_flushed_by_its_own_synchronous_commit_before_its_send(
+    tmp_path: Path,
+) -> None:
+    now, term, e = _world(tmp_path)
+    e.on_bar("EURUSD", now[0])  # opens the long position
+    now[0] += 300
+    e.model.position = -1  # type: ignore[attr-defined]
+    term.seen_at_send.clear()
+    term.syncs_at_send.clear()
+    sync0 = e.journal.sync_commits
+
+    rec = e.on_bar("EURUSD", now[0])  # close the long, open the short: two order_sends
+
+    assert rec is not None and rec.verdict == "sent"
+    close_id, open_id = (r["client_id"] for r in rec.order_result["results"])  # type: ignore[index]
+    assert len(term.seen_at_send) == 2
+    assert (close_id, "pending") in term.seen_at_send[0]
+    assert (close_id, "done") in term.seen_at_send[1] and (open_id, "pending") in term.seen_at_send[
+        1
+    ]
+    assert term.syncs_at_send == [sync0 + 1, sync0 + 2]
+    assert e.journal.sync_commits == sync0 + 2
+
+
+def test_flip_when_the_flush_before_the_second_order_fails_then_only_the_first_is_sent(
+    tmp_path: Path,
+) -> None:
+    now, term, e = _world(tmp_path)
+    e.on_bar("EURUSD", now[0])
+    now[0] += 300
+    e.model.position = -1  # type: ignore[attr-defined]
+    term.seen_at_send.clear()
+    inner_send = term.inner.order_send
+
+    def send_then_break_the_wal(request: dict[str, Any]) -> Any:
+        e.journal._wal = str(tmp_path / "missing" / "j.sqlite-wal")  # later flushes fail
+        return inner_send(request)
+
+    term.inner.order_send = send_then_break_the_wal
+
+    rec = e.on_bar("EURUSD", now[0])
+
+    assert len(term.seen_at_send) == 1  # the close went out; the open needed a flush first
+    assert rec is not None and not e.journal_up
+
+
+def test_order_when_the_wal_cannot_be_flushed_then_it_is_not_sent(tmp_path: Path) -> None:
+    now, term, e = _world(tmp_path)
+    e.journal._wal = str(tmp_path / "missing" / "j.sqlite-wal")  # fdatasync fails
+
+    rec = e.on_bar("EURUSD", now[0])
+
+    assert term.seen_at_send == []
+    assert rec is not None and rec.verdict != "sent"
+    assert not e.journal_up
+
+
+def test_journal_when_a_synchronous_commit_point_fails_to_flush_then_journal_unavailable(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j.sqlite", "1:2:paper")
+    j._wal = str(tmp_path / "missing" / "j.sqlite-wal")
+    j.begin()
+    j.save_state("risk", "{}")
+
+    with pytest.raises(JournalUnavailable, match="flushing"):
+        j.checkpoint()
 
 
 def test_bar_without_orders_when_decided_then_one_synchronous_commit_and_no_select(
@@ -83,11 +165,13 @@ def test_bar_without_orders_when_decided_then_one_synchronous_commit_and_no_sele
     e.on_bar("EURUSD", now[0])  # opens the long position
     now[0] += 300
     stmts = _statements(e.journal)
+    sync0, relaxed0 = e.journal.sync_commits, e.journal.relaxed_commits
 
     rec = e.on_bar("EURUSD", now[0])  # the model still wants long: hold
 
     assert rec is not None and rec.verdict == "hold"
     assert stmts.count("COMMIT") == 1
+    assert (e.journal.sync_commits, e.journal.relaxed_commits) == (sync0 + 1, relaxed0)
     assert not any(s.startswith("PRAGMA synchronous") for s in stmts)
     assert not any(s.startswith("SELECT") for s in stmts)  # decided(), bar intents: memory
 
@@ -127,10 +211,71 @@ def test_journal_when_state_is_saved_many_times_in_a_transaction_then_one_upsert
     assert Journal(tmp_path / "j.sqlite", "1:2:paper").load_state("risk") == "4"
 
 
-@pytest.mark.parametrize(("durable", "level"), [(True, 2), (False, 0)])
-def test_journal_when_opened_durable_or_not_then_sqlite_syncs_full_or_off(
-    tmp_path: Path, durable: bool, level: int
+@pytest.mark.parametrize(("durable", "level", "flushes"), [(True, 1, True), (False, 0, False)])
+def test_journal_when_opened_durable_or_not_then_sqlite_flushes_the_wal_itself_or_never(
+    tmp_path: Path, durable: bool, level: int, flushes: bool
 ) -> None:
     j = Journal(tmp_path / "j.sqlite", durable=durable)
+    sync0 = j.sync_commits
 
-    assert j._db.execute("PRAGMA synchronous").fetchone()[0] == level
+    j.save_state("risk", "{}")  # outside a transaction: its own commit
+
+    assert j._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert j._db.execute("PRAGMA synchronous").fetchone()[0] == level  # NORMAL or OFF
+    assert (j._wal is not None) is flushes
+    assert j.sync_commits == sync0 + int(flushes)
+
+
+def test_journal_when_opened_by_a_relative_path_through_a_symlink_then_it_flushes_the_real_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    j = Journal(Path("link") / "j.sqlite", "1:2:paper")
+    monkeypatch.chdir(tmp_path / "real")  # the process moves on; the journal keeps flushing
+    sync0 = j.sync_commits
+
+    j.save_state("risk", "{}")
+
+    assert j._wal is not None and Path(j._wal).exists()
+    assert Path(j._wal).resolve() == (tmp_path / "real" / "j.sqlite-wal").resolve()
+    assert j.sync_commits == sync0 + 1
+
+
+def test_power_failure_when_the_bars_relaxed_commit_is_lost_then_restart_recovers_the_order_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    """A power failure loses what was not flushed: here everything after the synchronous
+    commit point before ``order_send``. The journal's files are copied at the send (the state
+    on disk then, at most), the bar completes (its relaxed commit), and the engine restarts on
+    the copy with the same broker."""
+    import shutil
+
+    now = [MONDAY_0800]
+    disk = tmp_path / "at_send"
+    disk.mkdir()
+
+    class Snapshotting(_PeekingTerminal):
+        def order_send(self, request: dict[str, Any]) -> Any:
+            for name in ("j.sqlite", "j.sqlite-wal"):
+                shutil.copy(tmp_path / name, disk / name)
+            return super().order_send(request)
+
+    term = Snapshotting(FaultyTerminal(sim_terminal(now)), tmp_path / "j.sqlite")
+    e = make_engine(tmp_path, now, terminal=term, model=ScriptedModel(1))
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "sent"
+    cid = rec.order_result["results"][0]["client_id"]  # type: ignore[index]
+    e.journal.close()
+
+    e2 = make_engine(disk, now, terminal=term, model=ScriptedModel(1))  # the journal as on disk
+    assert e2.journal.intent(cid).status == "pending"  # type: ignore[union-attr]
+    assert not e2.journal.decided("EURUSD", now[0])  # the row was in the lost commit
+    report = e2.reconcile()
+    rec2 = e2.on_bar("EURUSD", now[0])
+
+    assert report["recovered"] == [cid]
+    assert rec2 is not None and rec2.verdict == "sent"
+    assert rec2.order_result is not None and rec2.order_result["executed_before_restart"]
+    assert len(term.inner.sent) == 1 and len(e2.positions("EURUSD")) == 1
