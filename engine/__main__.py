@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     from engine.control import ControlServer
     from engine.features import OnlineFeatureReader
     from engine.mt5 import TIMEFRAMES
-    from engine.mt5.gateway import open_terminal
 
     es = EngineSettings()
     if es.mt5_mode == "sim" and not es.venues:
@@ -63,20 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     journal = Journal(es.journal_target)
     # TX_ENGINE_VENUES: several venues, else None; costs with the learned slippage when on
     router = open_router(es, journal, estimator=engine_slippage(es))
-    terminal = (
-        router.terminal
-        if router is not None
-        else open_terminal(
-            es.mt5_mode,
-            host=es.mt5_host,
-            port=es.mt5_port,
-            login=es.mt5_login,
-            password=es.mt5_password,
-            server=es.mt5_server,
-            bridge_timeout_s=es.terminal_timeout_s,
-            reconnect_attempts=es.terminal_attempts,
-        )
-    )
+    terminal = router.terminal if router is not None else es.open_terminal()
     reader = OnlineFeatureReader(
         redis.Redis.from_url(es.redis_url),
         project=es.feast_project,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -347,6 +347,22 @@ class EngineSettings(BaseSettings):
             risk_per_trade=self.risk_per_trade,
             fixed_lots=self.lots,
             stop_atr_mult=self.stop_atr_mult,
+        )
+
+    def open_terminal(self, mode: str | None = None) -> Any:
+        """The terminal of ``TX_MT5_*`` (``mode`` overrides ``TX_MT5_MODE``): address, account,
+        bridge deadline and reconnect attempts as configured."""
+        from engine.mt5.gateway import open_terminal
+
+        return open_terminal(
+            mode or self.mt5_mode,
+            host=self.mt5_host,
+            port=self.mt5_port,
+            login=self.mt5_login,
+            password=self.mt5_password,
+            server=self.mt5_server,
+            bridge_timeout_s=self.terminal_timeout_s,
+            reconnect_attempts=self.terminal_attempts,
         )
 
     def execution(self) -> ExecutionConfig:

@@ -223,16 +223,5 @@ def start_reconcile(engine: Any, es: Any, *, own_link: bool) -> ReconcileLoop | 
         return None
     terminal = None
     if own_link:
-        from engine.mt5.gateway import open_terminal
-
-        terminal = open_terminal(
-            "bridge",
-            host=es.mt5_host,
-            port=es.mt5_port,
-            login=es.mt5_login,
-            password=es.mt5_password,
-            server=es.mt5_server,
-            bridge_timeout_s=es.terminal_timeout_s,
-            reconnect_attempts=es.terminal_attempts,
-        )
+        terminal = es.open_terminal("bridge")
     return ReconcileLoop(engine, es.reconcile_interval_s, terminal=terminal).start()

@@ -283,7 +283,6 @@ def run_engine(
         }
 
     from engine.features import OnlineFeatureReader, redis_client
-    from engine.mt5.gateway import open_terminal
 
     before_bar = None
     router, journal = None, None
@@ -299,16 +298,7 @@ def run_engine(
             raise ValueError(
                 "live mode trades a real terminal: set TX_MT5_MODE=native or bridge (paper mode uses the simulator)"
             )
-        terminal = open_terminal(
-            es.mt5_mode,
-            host=es.mt5_host,
-            port=es.mt5_port,
-            login=es.mt5_login,
-            password=es.mt5_password,
-            server=es.mt5_server,
-            bridge_timeout_s=es.terminal_timeout_s,
-            reconnect_attempts=es.terminal_attempts,
-        )
+        terminal = es.open_terminal()
     elif mode == "paper":
         from feature_repo.pipeline.ingest import open_platform_terminal
         from feature_repo.pipeline.stream import FeaturePusher
