@@ -183,7 +183,7 @@ class PrecomputedModel:
     def _prediction(self, probs: np.ndarray) -> Prediction:
         m = self.model
         k = int(np.argmax(probs))
-        label = m.classes[k] if float(probs[k]) >= m.min_confidence else "flat"
+        label = m.label(probs)  # the regime, when the policy has overrides: the engine's gate
         return Prediction(
             m.model_version,
             CLASS_POSITIONS[label],
@@ -192,6 +192,7 @@ class PrecomputedModel:
             m.bundle_sha256,
             "onnx",
             float(probs[k]),
+            policy=m.policy,
         )
 
 
