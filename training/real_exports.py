@@ -43,6 +43,7 @@ from training.config import CONFIG_DIR
 log = logging.getLogger(__name__)
 
 BASELINES = ("flat", "buy_and_hold", "momentum")
+LEARNED = "+policy"  # suffix of an experiment's row under its learned decision policy
 _PIPELINE_CODE = (PROJECT_ROOT / "feature_repo" / "pipeline", PROJECT_ROOT / "engine" / "mt5")
 
 
@@ -79,6 +80,8 @@ class FileResult:
     models: dict[str, dict[str, float]]  # experiment → backtest metrics (+ accuracy)
     baselines: dict[str, dict[str, float]]
     lake: dict[str, Any] = field(default_factory=dict)
+    # experiment → the decision policy learned on the training window's purged folds
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _server_to_utc(s: str, rule: Any) -> datetime:
@@ -190,6 +193,8 @@ def evaluate_file(
     )
     from training.config import load_config
     from training.dataset import build_dataset
+    from training.models import EnsembleModel
+    from training.policy import describe, learn_policy, policy_positions
     from training.splits import purged_train_test
     from training.train import fit_model, make_model, model_data
 
@@ -219,6 +224,7 @@ def evaluate_file(
     )
     n_boot = int(spec.get("n_boot", 500))
     models: dict[str, dict[str, float]] = {}
+    policies: dict[str, dict[str, Any]] = {}
     test = pd.DataFrame()
     for name, (cfg, train, te) in splits.items():
         test = te[te["event_timestamp"].isin(common)].reset_index(drop=True)
@@ -226,7 +232,9 @@ def evaluate_file(
             "%s %s: fitting %s (%s) on %d rows", p.symbol, p.timeframe, name, cfg.family, len(train)
         )
         model = fit_model(make_model(cfg), train, cfg, p.timeframe)
-        proba = model.predict_proba(model_data(test, cfg.feature_service))
+        data = model_data(test, cfg.feature_service)
+        proba = model.predict_proba(data)
+        acc = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
         m = backtest(
             test,
             positions_from_proba(proba, float(spec["min_confidence"])),
@@ -234,8 +242,26 @@ def evaluate_file(
             costs,
             n_boot=n_boot,
         )
-        m["accuracy"] = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
+        m["accuracy"] = acc
         models[name] = m
+        if spec.get("learned_policy", True):  # chosen on the training split's folds only
+            policy = learn_policy(
+                train, cfg, p.timeframe, costs, min_confidence=float(spec["min_confidence"])
+            )
+            regime = model.regime.predict(data) if isinstance(model, EnsembleModel) else None
+            pos = policy_positions(test, proba, policy, costs, regime=regime)
+            lm = backtest(test, pos, p.timeframe, costs, n_boot=n_boot)
+            lm["accuracy"] = acc
+            models[f"{name}{LEARNED}"] = lm
+            policies[name] = {
+                "policy": describe(policy),
+                "valid_net_chosen": policy.stats["valid_net_chosen"],
+                "valid_net_legacy": policy.stats["valid_net_legacy"],
+                "folds": len(policy.stats["folds"]),
+                "test_exposure": lm["exposure"],
+                "test_exposure_legacy": m["exposure"],
+                "decision_policy": policy.to_dict(),
+            }
     return FileResult(
         file=entry["file"],
         symbol=p.symbol,
@@ -250,6 +276,7 @@ def evaluate_file(
         models=models,
         baselines=baselines(test, p.timeframe, costs, n_boot=n_boot),
         lake=p.summary(),
+        policies=policies,
     )
 
 
@@ -264,8 +291,11 @@ _LABELS = {"flat": "always flat", "buy_and_hold": "buy & hold", "momentum": "mom
 def _model_label(name: str) -> str:
     from training.config import load_config
 
-    cfg = load_config(name)
-    return f"{name}: {'XGBoost' if cfg.family == 'xgboost' else 'XGB + transformer ensemble'}"
+    learned = name.endswith(LEARNED)
+    base = name.removesuffix(LEARNED)
+    cfg = load_config(base)
+    fam = "XGBoost" if cfg.family == "xgboost" else "XGB + transformer ensemble"
+    return f"{base}: {fam}, " + ("**learned policy**" if learned else "old rule (top ≥ min_conf)")
 
 
 def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> str:
@@ -273,7 +303,7 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
     lines = [
         "# Real MT5 exports: out-of-sample results after costs",
         "",
-        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `tx report real-exports` from `{raw_dir}` with "
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{spec.get('_invocation', 'tx report real-exports')}` from `{raw_dir}` with "
         "`training/configs/real_exports_v1.yaml`. Every file went through the platform: ingest (broker time rule per "
         "file) → Great Expectations validation → offline features → point-in-time dataset through Feast "
         "`get_historical_features` → purged split at the file's `test_start` (embargo = label horizon) → "
@@ -285,8 +315,8 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         f"[90 % CI] from a moving-block bootstrap of per-bar P&L ({spec.get('n_boot', 500)} resamples). "
         "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned.",
         "",
-        "| symbol | TF | test range (UTC) | test bars | strategy | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | hit rate | PF | accuracy |",
-        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
+        "| symbol | TF | test range (UTC) | test bars | strategy | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | exposure | hit rate | PF | accuracy |",
+        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         head = (
@@ -297,8 +327,27 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         for label, m, acc in rows:
             lines.append(
                 f"{head}| {label} | {_fmt_ci(m, 'net_return', 100)} | {_fmt_ci(m, 'sharpe')} | {m['max_drawdown'] * 100:.2f} "
-                f"| {m['trades']:.0f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
+                f"| {m['trades']:.0f} | {m['exposure']:.3f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
             )
+    if any(r.policies for r in results):
+        lines += [
+            "",
+            "Learned decision policies (`engine/policy.py`, chosen by `training/policy.py` on the "
+            "purged walk-forward validation folds of each training window by after-cost P&L with the "
+            "same costs; the test window is never read; docs/execution-policy.md). Validation net = "
+            "sum of per-bar net log returns over the folds' validation bars (in %); exposure = share "
+            "of test bars in the market.",
+            "",
+            "| symbol | TF | model | chosen policy | validation net %: chosen / old rule | folds | test exposure: learned / old |",
+            "|---|---|---|---|---|---:|---|",
+        ]
+        for r in results:
+            for n, pol in r.policies.items():
+                lines.append(
+                    f"| {r.symbol} | {r.timeframe} | {n} | {pol['policy']} "
+                    f"| {pol['valid_net_chosen'] * 100:+.2f} / {pol['valid_net_legacy'] * 100:+.2f} "
+                    f"| {pol['folds']} | {pol['test_exposure']:.3f} / {pol['test_exposure_legacy']:.3f} |"
+                )
     lines += [
         "",
         "| file | broker time | bars in lake | quarantined days (rows) | soft-flagged rows | train rows |",
@@ -332,14 +381,24 @@ def run_report(
     config: Path | None = None,
     only: list[str] | None = None,
     settings: PlatformSettings | None = None,
+    experiments: list[str] | None = None,
 ) -> tuple[list[FileResult], dict[str, Any]]:
-    """Evaluate every configured file present in ``raw_dir``."""
+    """Evaluate every configured file present in ``raw_dir`` (``experiments`` overrides the
+    spec's list)."""
     from rich.console import Console
     from rich.progress import Progress
 
     from titanovax.progress import interactive
 
     spec = yaml.safe_load((config or CONFIG_DIR / "real_exports_v1.yaml").read_text())
+    if experiments:
+        spec["experiments"] = list(experiments)
+    inv = ["tx report real-exports"]
+    if only:
+        inv.append(f"--only {','.join(only)}")
+    if experiments:
+        inv.append(f"--experiments {','.join(experiments)}")
+    spec["_invocation"] = " ".join(inv)
     entries = [e for e in spec["files"] if not only or any(o in e["file"] for o in only)]
     results = []
     with (
@@ -368,9 +427,10 @@ def real_exports_report(
     config: Path | None = None,
     only: list[str] | None = None,
     settings: PlatformSettings | None = None,
+    experiments: list[str] | None = None,
 ) -> str:
     """Evaluate every configured file present in ``raw_dir``; write the markdown to ``out``."""
-    results, spec = run_report(raw_dir, config, only, settings)
+    results, spec = run_report(raw_dir, config, only, settings, experiments)
     text = render(results, spec, raw_dir)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
