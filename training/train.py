@@ -621,6 +621,7 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
                 "label.cost_multiplier": cfg.label.cost_multiplier,
                 "label.commission": cfg.label.commission,
                 "decision.min_confidence": cfg.decision.min_confidence,
+                "decision.policy": cfg.decision.policy,
                 "feature_service": cfg.feature_service,
                 "timeframe": step["timeframe"],
                 "symbols": ",".join(step["symbols"]),
