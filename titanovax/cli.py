@@ -763,6 +763,13 @@ def report_real_exports(
     experiments: Annotated[
         str, typer.Option(help="Comma-separated experiments instead of the spec's list")
     ] = "",
+    reuse_results: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-results",
+            help="Take a file's result.json from an earlier run with the same rows (the report says so)",
+        ),
+    ] = False,
 ) -> None:
     """Out-of-sample after-cost results per real export, with CIs and baselines; each model
     under the old decision rule and under the policy learned on its training window's folds.
@@ -783,6 +790,7 @@ def report_real_exports(
         only_list,
         _settings(),
         [e for e in experiments.split(",") if e] or None,
+        reuse_results,
     )
     typer.echo(text)
 

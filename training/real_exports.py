@@ -82,6 +82,7 @@ class FileResult:
     lake: dict[str, Any] = field(default_factory=dict)
     # experiment → the decision policy learned on the training window's purged folds
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    generated_at: str = ""
 
 
 def _server_to_utc(s: str, rule: Any) -> datetime:
@@ -313,7 +314,12 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         f"{spec['commission']}, slippage {spec['slippage_spread_k']}×spread + {spec['slippage_vol_k']}×recent one-bar volatility. "
         "Net return = sum of per-bar net log returns over the test range (in %); Sharpe annualised (252 days); "
         f"[90 % CI] from a moving-block bootstrap of per-bar P&L ({spec.get('n_boot', 500)} resamples). "
-        "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned.",
+        "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned."
+        + (
+            f" Results reused from earlier runs of this command (evaluated at): {'; '.join(spec['_reused'])}."
+            if spec.get("_reused")
+            else ""
+        ),
         "",
         "| symbol | TF | test range (UTC) | test bars | strategy | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | exposure | hit rate | PF | accuracy |",
         "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -338,15 +344,23 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
             "sum of per-bar net log returns over the folds' validation bars (in %); exposure = share "
             "of test bars in the market.",
             "",
-            "| symbol | TF | model | chosen policy | validation net %: chosen / old rule | folds | test exposure: learned / old |",
-            "|---|---|---|---|---|---:|---|",
+            "| symbol | TF | model | chosen policy | validation net %: chosen / old rule | best trading candidate on validation (net %) | folds | test exposure: learned / old |",
+            "|---|---|---|---|---|---|---:|---|",
         ]
         for r in results:
             for n, pol in r.policies.items():
+                top = (pol.get("decision_policy") or {}).get("stats", {}).get("top", [])
+                trading = [t for t in top if not t["abstain"]]
+                best = (
+                    f"margin≥{trading[0]['min_margin']:g}, edge≥{trading[0]['min_edge_cost_ratio']:g}×cost "
+                    f"({trading[0]['net'] * 100:+.2f})"
+                    if trading
+                    else "—"
+                )
                 lines.append(
                     f"| {r.symbol} | {r.timeframe} | {n} | {pol['policy']} "
                     f"| {pol['valid_net_chosen'] * 100:+.2f} / {pol['valid_net_legacy'] * 100:+.2f} "
-                    f"| {pol['folds']} | {pol['test_exposure']:.3f} / {pol['test_exposure_legacy']:.3f} |"
+                    f"| {best} | {pol['folds']} | {pol['test_exposure']:.3f} / {pol['test_exposure_legacy']:.3f} |"
                 )
     lines += [
         "",
@@ -382,6 +396,7 @@ def run_report(
     only: list[str] | None = None,
     settings: PlatformSettings | None = None,
     experiments: list[str] | None = None,
+    reuse: bool = False,
 ) -> tuple[list[FileResult], dict[str, Any]]:
     """Evaluate every configured file present in ``raw_dir`` (``experiments`` overrides the
     spec's list)."""
@@ -398,6 +413,8 @@ def run_report(
         inv.append(f"--only {','.join(only)}")
     if experiments:
         inv.append(f"--experiments {','.join(experiments)}")
+    if reuse:
+        inv.append("--reuse-results")
     spec["_invocation"] = " ".join(inv)
     entries = [e for e in spec["files"] if not only or any(o in e["file"] for o in only)]
     results = []
@@ -411,14 +428,40 @@ def run_report(
             if not (raw_dir / entry["file"]).is_file():
                 log.warning("%s not in %s: skipped", entry["file"], raw_dir)
             else:
-                r = evaluate_file(entry, raw_dir, spec, base)
                 out = base.home / "real_exports" / Path(entry["file"]).stem / "result.json"
-                out.write_text(json.dumps(asdict(r), indent=1, default=str))
+                r = _reusable(out, spec) if reuse else None
+                if r is None:
+                    r = evaluate_file(entry, raw_dir, spec, base)
+                    r.generated_at = datetime.now(UTC).isoformat(timespec="minutes")
+                    out.write_text(json.dumps(asdict(r), indent=1, default=str))
+                else:
+                    spec.setdefault("_reused", []).append(f"{r.file} ({r.generated_at})")
                 results.append(r)
             bar.advance(task)
     if not results:
         raise FileNotFoundError(f"none of the configured exports is in {raw_dir}")
     return results, spec
+
+
+def _expected_rows(spec: dict[str, Any]) -> set[str]:
+    exps = list(spec.get("experiments", ["trend_v1"]))
+    return set(exps) | (
+        {f"{e}{LEARNED}" for e in exps} if spec.get("learned_policy", True) else set()
+    )
+
+
+def _reusable(path: Path, spec: dict[str, Any]) -> FileResult | None:
+    """A file's result of an earlier run with the same rows, or None."""
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    if set(raw.get("models", {})) != _expected_rows(spec):
+        return None
+    if not raw.get("generated_at"):  # written before the field: the file's time
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        raw["generated_at"] = mtime.isoformat(timespec="minutes")
+    raw["test_range"] = tuple(raw["test_range"])
+    return FileResult(**raw)
 
 
 def real_exports_report(
@@ -428,9 +471,13 @@ def real_exports_report(
     only: list[str] | None = None,
     settings: PlatformSettings | None = None,
     experiments: list[str] | None = None,
+    reuse: bool = False,
 ) -> str:
-    """Evaluate every configured file present in ``raw_dir``; write the markdown to ``out``."""
-    results, spec = run_report(raw_dir, config, only, settings, experiments)
+    """Evaluate every configured file present in ``raw_dir``; write the markdown to ``out``.
+
+    ``reuse``: take a file's ``result.json`` from an earlier run when it has the same rows
+    (the report then says which files and when they were evaluated)."""
+    results, spec = run_report(raw_dir, config, only, settings, experiments, reuse)
     text = render(results, spec, raw_dir)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
