@@ -78,7 +78,12 @@ def test_policy_when_a_regime_has_an_override_then_it_applies_only_in_that_regim
 
 @pytest.mark.parametrize(
     "bad",
-    [{"min_margin": 1.5}, {"min_edge_cost_ratio": -1}, {"abstain": "yes"}, {"per_regime": {"x": {}}}],
+    [
+        {"min_margin": 1.5},
+        {"min_edge_cost_ratio": -1},
+        {"abstain": "yes"},
+        {"per_regime": {"x": {}}},
+    ],
 )
 def test_policy_when_malformed_then_a_clear_error(bad: dict[str, Any]) -> None:
     with pytest.raises(PolicyError, match="decision_policy"):
@@ -160,7 +165,9 @@ def test_policy_when_the_test_window_is_poisoned_then_fit_step_chooses_the_ident
     assert a == b  # thresholds and every fold statistic
     folds = a["stats"]["folds"]
     assert len(folds) == 3 and all(pd.Timestamp(f["end"]) < test_start for f in folds)
-    assert np.isfinite(a["stats"]["valid_net_chosen"]) and np.isfinite(a["stats"]["valid_net_legacy"])
+    assert np.isfinite(a["stats"]["valid_net_chosen"]) and np.isfinite(
+        a["stats"]["valid_net_legacy"]
+    )
     # the chosen policy beats (or ties, conservatively) the old rule on validation
     assert a["stats"]["valid_net_chosen"] >= a["stats"]["valid_net_legacy"]
 
@@ -260,9 +267,7 @@ def test_policy_when_the_same_probabilities_go_through_backtest_serving_and_engi
         }
     )
     backtest_sides = policy_positions(ds, proba, policy, Costs(), regime=regime)
-    expected, _ = policy_sides(
-        proba, pol, cost_points=costs, edge_points=moves, regime=regime
-    )
+    expected, _ = policy_sides(proba, pol, cost_points=costs, edge_points=moves, regime=regime)
     assert np.array_equal(backtest_sides, expected)
     assert engine_sides == expected.tolist()
     if ratio == 0:
@@ -298,6 +303,10 @@ def test_policy_when_it_abstains_then_the_bar_is_journaled_as_abstain_with_its_r
     last = e.journal.decision("EURUSD", MONDAY_0800 + 600)
     assert last is not None and "policy_abstain" in last["reason"] and e._net_lots("EURUSD") == 0
     assert e.journal.reason_counts().get("policy_abstain") == 1
+    from engine.explain import explain_row
+
+    text = " ".join(explain_row(row)["lines"])
+    assert "Decision policy: ABSTAIN (flat on purpose): margin_below_min" in text
 
 
 def test_serving_when_the_manifest_policy_is_malformed_then_the_bundle_is_refused() -> None:
