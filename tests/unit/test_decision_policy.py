@@ -251,7 +251,8 @@ def test_policy_when_the_same_probabilities_go_through_backtest_serving_and_engi
         costs.append(c)
         moves.append(m)
         rec = e.on_bar("EURUSD", now[0])
-        assert rec is not None and rec.verdict in ("sent", "hold", "abstain"), rec.reason
+        assert rec is not None
+        assert rec.verdict in ("sent", "hold", "abstain"), rec.reason
         engine_sides.append(int(np.sign(e._net_lots("EURUSD"))))
         now[0] += 300
     served = [d.position for d in decide(proba, bundle_spec(_manifest(policy)), regime)]
