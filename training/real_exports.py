@@ -300,7 +300,9 @@ def _model_label(name: str) -> str:
 
 
 def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> str:
-    exps = spec.get("experiments", ["trend_v1"])
+    exps = list(spec.get("experiments", ["trend_v1"]))
+    for r in results:  # a reused result may carry more models than this run asked for
+        exps += [n for n in r.models if not n.endswith(LEARNED) and n not in exps]
     lines = [
         "# Real MT5 exports: out-of-sample results after costs",
         "",
@@ -455,7 +457,7 @@ def _reusable(path: Path, spec: dict[str, Any]) -> FileResult | None:
     if not path.exists():
         return None
     raw = json.loads(path.read_text())
-    if set(raw.get("models", {})) != _expected_rows(spec):
+    if not _expected_rows(spec) <= set(raw.get("models", {})):  # rows of more models: kept
         return None
     if not raw.get("generated_at"):  # written before the field: the file's time
         mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
