@@ -234,7 +234,7 @@ def choose_policy(
             abstain=t.abstain,
         )
         s, per = _score(prep, pol, timeframe)
-        scores.append((t, s))
+        scores.append((t, s, sum(f["trades"] for f in per)))
         if s > best_score:  # strict: ties keep the earlier, more conservative candidate
             best, best_score, best_per = pol, s, per
     legacy_score, legacy_per = _score(prep, base, timeframe)
@@ -263,6 +263,8 @@ def choose_policy(
         for p, c, lg in zip(prep, best_per, legacy_per, strict=True)
     ]
     top = sorted(scores, key=lambda ts: -ts[1])[:5]
+    trading = [ts for ts in scores if ts[2] > 0]
+    best_trading = max(trading, key=lambda ts: ts[1]) if trading else None
     stats = {
         "folds": fold_stats,
         "valid_net_chosen": best_score,
@@ -276,9 +278,19 @@ def choose_policy(
                 "min_edge_cost_ratio": t.min_edge_cost_ratio,
                 "abstain": t.abstain,
                 "net": s,
+                "trades": n,
             }
-            for t, s in top
+            for t, s, n in top
         ],
+        # the best candidate that trades at all on validation (what abstaining was weighed against)
+        "best_trading": None
+        if best_trading is None
+        else {
+            "min_margin": best_trading[0].min_margin,
+            "min_edge_cost_ratio": best_trading[0].min_edge_cost_ratio,
+            "net": best_trading[1],
+            "trades": best_trading[2],
+        },
     }
     chosen = replace(best, chosen_on=CHOSEN_ON, stats=stats)
     log.info(

@@ -351,12 +351,17 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         ]
         for r in results:
             for n, pol in r.policies.items():
-                top = (pol.get("decision_policy") or {}).get("stats", {}).get("top", [])
-                trading = [t for t in top if not t["abstain"]]
+                st = (pol.get("decision_policy") or {}).get("stats", {})
+                bt = st.get("best_trading")
+                if bt is None and "best_trading" not in st:  # results from before the key
+                    bt = next(
+                        (t for t in st.get("top", []) if not t["abstain"] and t["net"] != 0), None
+                    )
                 best = (
-                    f"margin≥{trading[0]['min_margin']:g}, edge≥{trading[0]['min_edge_cost_ratio']:g}×cost "
-                    f"({trading[0]['net'] * 100:+.2f})"
-                    if trading
+                    f"margin≥{bt['min_margin']:g}, edge≥{bt['min_edge_cost_ratio']:g}×cost "
+                    f"({bt['net'] * 100:+.2f}"
+                    + (f", {bt['trades']:.0f} trades)" if "trades" in bt else ")")
+                    if bt
                     else "—"
                 )
                 lines.append(
