@@ -353,16 +353,11 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
             for n, pol in r.policies.items():
                 st = (pol.get("decision_policy") or {}).get("stats", {})
                 bt = st.get("best_trading")
-                if bt is None and "best_trading" not in st:  # results from before the key
-                    bt = next(
-                        (t for t in st.get("top", []) if not t["abstain"] and t["net"] != 0), None
-                    )
                 best = (
                     f"margin≥{bt['min_margin']:g}, edge≥{bt['min_edge_cost_ratio']:g}×cost "
-                    f"({bt['net'] * 100:+.2f}"
-                    + (f", {bt['trades']:.0f} trades)" if "trades" in bt else ")")
+                    f"({bt['net'] * 100:+.2f}, {bt['trades']:.0f} trades)"
                     if bt
-                    else "—"
+                    else ("none trades" if "best_trading" in st else "not recorded by that run")
                 )
                 lines.append(
                     f"| {r.symbol} | {r.timeframe} | {n} | {pol['policy']} "
