@@ -311,14 +311,16 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         "file) → Great Expectations validation → offline features → point-in-time dataset through Feast "
         "`get_historical_features` → purged split at the file's `test_start` (embargo = label horizon) → "
         f"models {', '.join(f'`{e}`' for e in exps)} with their configured parameters, untuned here "
-        f"(label horizon {spec['horizon_bars']} bars; trade when max probability ≥ {spec['min_confidence']}).",
+        f"(label horizon {spec['horizon_bars']} bars). Each model twice: the old rule (trade the top class when its "
+        f"probability ≥ {spec['min_confidence']}) and its **learned policy** (chosen on the training window's purged "
+        "validation folds; table below).",
         "Costs on every position change: half the bar's own spread per unit, commission "
         f"{spec['commission']}, slippage {spec['slippage_spread_k']}×spread + {spec['slippage_vol_k']}×recent one-bar volatility. "
         "Net return = sum of per-bar net log returns over the test range (in %); Sharpe annualised (252 days); "
         f"[90 % CI] from a moving-block bootstrap of per-bar P&L ({spec.get('n_boot', 500)} resamples). "
         "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned."
         + (
-            f" Results reused from earlier runs of this command (evaluated at): {'; '.join(spec['_reused'])}."
+            f" Per-file results reused from earlier `tx report real-exports` runs of this code (their `result.json`, evaluated at): {'; '.join(spec['_reused'])}."
             if spec.get("_reused")
             else ""
         ),
