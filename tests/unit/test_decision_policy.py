@@ -322,3 +322,31 @@ def test_backtest_slippage_is_the_policy_cost_model_default() -> None:
         "slippage_spread_k": s.spread_k,
         "slippage_vol_k": s.vol_k,
     }
+
+
+def test_gate_when_the_bundle_has_a_policy_then_its_positions_are_the_policy_sides_of_the_graph() -> (
+    None
+):
+    """The promotion gate scores a bundle's test window with the bundle's policy (the same
+    ``policy_positions`` as backtest_step), and an older bundle with the old rule."""
+    from training.export import model_to_onnx, onnx_predict, onnx_session
+    from training.gate import Bundle, bundle_positions, costs_from_manifest
+    from training.models import ModelData, XGBModel
+
+    ds = _dataset(1500)
+    feats = list(TREND_V1_FEATURES)
+    model = XGBModel({"n_estimators": 20, "max_depth": 3}).fit(
+        ModelData(ds[feats].to_numpy(np.float32), None, ds["label"].to_numpy())
+    )
+    graph = model_to_onnx(model, len(feats))
+    policy = {"min_confidence": 0.4, "min_margin": 0.15, "min_edge_cost_ratio": 1.0}
+    manifest = {"features": feats, "min_confidence": 0.4, "costs": {"commission": 0.0}}
+    proba = onnx_predict(onnx_session(graph), ds[feats].to_numpy(np.float32))
+    old = bundle_positions(Bundle("1", manifest, graph.SerializeToString()), ds)
+    new = bundle_positions(
+        Bundle("2", {**manifest, "decision_policy": policy}, graph.SerializeToString()), ds
+    )
+    assert np.array_equal(old, positions_from_proba(proba, 0.4))
+    expected = policy_positions(ds, proba, policy, costs_from_manifest(manifest))
+    assert np.array_equal(new, expected)
+    assert (new != old).any() and (new != 0).any()
