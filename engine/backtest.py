@@ -196,6 +196,10 @@ class PrecomputedModel:
         self.hits += 1
         m = self.model
         label, position, conf, probs = self._parts[row.symbol][i]
+        explanation = m._explanation(row, self._probs[row.symbol][i], {})
+        if m.policy is not None:  # the bundle's policy (per regime: from the explanation)
+            label = m.label(self._probs[row.symbol][i], explanation)
+            position = CLASS_POSITIONS[label]
         return Prediction(
             m.model_version,
             position,
@@ -204,7 +208,8 @@ class PrecomputedModel:
             m.bundle_sha256,
             "onnx",
             conf,
-            m._explanation(row, self._probs[row.symbol][i], {}),
+            explanation,
+            policy=m.policy,
         )
 
 

@@ -300,6 +300,9 @@ def explain_row(
         lines.append(f"Risk layer: allowed; the order failed ({row.get('reason_code')}).")
     elif verdict == "hold":
         lines.append("Risk layer: nothing to do (already positioned as the model wants): hold.")
+    elif verdict == "abstain":
+        why = str(row.get("reason") or "").removeprefix("policy_abstain: ")
+        lines.append(f"Decision policy: ABSTAIN (flat on purpose): {why}.")
     else:
         tgt = row.get("target_lots")
         lines.append(

@@ -294,7 +294,7 @@ class DecisionRecord:
     model_version: str | None
     decision: str
     target_lots: float | None
-    verdict: str  # "sent", "hold", "refused", "error"
+    verdict: str  # "sent", "hold", "abstain" (decision policy), "refused", "error"
     reason: str | None
     order_request: dict[str, Any] | None
     order_result: dict[str, Any] | None

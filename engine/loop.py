@@ -61,7 +61,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from engine.config import ExecutionConfig, RiskLimits, SizingConfig
@@ -79,6 +79,9 @@ from engine.metrics import EngineMetrics
 from engine.model_guard import ModelExpired, OutOfDistribution
 from engine.mt5 import Terminal
 from engine.mt5 import protocol as mt5
+from engine.policy import CLASSES as POLICY_CLASSES
+from engine.policy import LABELS as POLICY_LABELS
+from engine.policy import as_policy, decide_policy, policy_cost_points
 from engine.reconcile import Mismatch, compare
 from engine.risk import Reason, RiskManager, RiskState, TradingState
 from engine.router import OrderRouter
@@ -88,8 +91,16 @@ from engine.serving_client import (
     ServingBadAnswer,
     ServingRejected,
     ServingUnavailable,
+    explanation_regime,
 )
-from engine.sizing import atr, cost_points, edge_points, lots_for_risk, round_volume
+from engine.sizing import (
+    atr,
+    cost_points,
+    edge_points,
+    lots_for_risk,
+    return_volatility,
+    round_volume,
+)
 from engine.slippage_model import SlippageEstimator, gate_cost_points
 
 log = logging.getLogger(__name__)
@@ -467,11 +478,19 @@ class Engine:
             if self.killed.is_set():
                 raise _Refuse(Reason.KILL_SWITCH, "kill acknowledged: no new orders")
             t = time.perf_counter()
+            abstain = None
+            if pred.policy is not None:  # the bundle's decision policy (engine/policy.py)
+                pred, abstain = self._policy_gate(symbol, pred)
+                rec.decision = pred.decision
             plan = self._plan(symbol, pred, age)
             lat["risk_ms"] = (time.perf_counter() - t) * 1e3
+            if abstain is not None:
+                rec.reason = f"{Reason.POLICY_ABSTAIN}: {abstain}"
             if plan is None:
                 rec.verdict = "hold"
                 rec.target_lots = self._net_lots(symbol)
+                if abstain is not None and rec.target_lots == 0:
+                    rec.verdict, rec.reason_code = "abstain", str(Reason.POLICY_ABSTAIN)
             else:
                 current, target, sl_d, tp_d = plan
                 rec.target_lots = target
@@ -532,6 +551,38 @@ class Engine:
             rec.verdict = "sent"
             note = f"orders executed before a restart: {[it.intent for it in earlier]}"
             rec.reason = f"{rec.reason}; {note}" if rec.reason else note
+
+    def _policy_gate(self, symbol: str, pred: Prediction) -> tuple[Prediction, str | None]:
+        """The bundle's decision policy on the answer's probabilities, with the spread, ATR
+        and volatility the terminal shows now: the same function the training backtest and
+        serving call. Returns the (possibly flat) prediction and the abstain reason."""
+        pol = as_policy(pred.policy)
+        assert pol is not None
+        cost = edge = None
+        if pol.needs_costs:
+            info = self.terminal.symbol_info(symbol)
+            tick = self.terminal.symbol_info_tick(symbol)
+            n = max(self.sizing.atr_period + 1, 26)
+            rates = self.terminal.copy_rates_from_pos(symbol, self.timeframe, 1, n)
+            if info is not None and tick is not None and info.point and rates is not None:
+                close = float(rates["close"][-1]) if len(rates) else 0.0
+                cost = policy_cost_points(
+                    pol,
+                    spread_points=(tick.ask - tick.bid) / info.point,
+                    vol_points=return_volatility(rates["close"]) * close / info.point,
+                    price_points=close / info.point,
+                )
+                edge = pol.edge_atr_mult * atr(rates, self.sizing.atr_period) / info.point
+        d = decide_policy(
+            [float(pred.probabilities.get(c, 0.0)) for c in POLICY_CLASSES],
+            pol,
+            cost_points=cost,
+            edge_points=edge,
+            regime=explanation_regime(pred.explanation),
+        )
+        if d.side != pred.position:
+            pred = replace(pred, position=d.side, decision=POLICY_LABELS[d.side])
+        return pred, (f"{d.reason}: {d.detail}" if d.reason else None)
 
     def _plan(
         self, symbol: str, pred: Prediction, feature_age: float
@@ -672,7 +723,7 @@ class Engine:
         self.stats.bars += 1
         self.metrics.decisions.labels(rec.verdict).inc()
         self.metrics.last_decision.set(time.time())
-        if rec.reason_code:
+        if rec.reason_code and rec.verdict != "abstain":  # abstaining is no refusal
             self.metrics.refusals.labels(rec.reason_code).inc()
         self.metrics.observe_stages({k: v for k, v in rec.latency_ms.items() if k.endswith("_ms")})
         log.debug("%s %s %s %s", rec.symbol, rec.bar_close, rec.verdict, rec.reason or rec.decision)

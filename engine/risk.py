@@ -60,6 +60,7 @@ class Reason(StrEnum):
     KILLED = "killed"  # the kill was acknowledged before this order_send
     DECISION_ERROR = "decision_error"  # any other failure on the decision path
     EDGE_BELOW_COST = "edge_below_cost"
+    POLICY_ABSTAIN = "policy_abstain"  # the bundle's decision policy abstains (verdict abstain)
     SIZE_BELOW_MIN = "size_below_min"
     NO_MONEY = "no_money"
     NO_PRICES = "no_prices"

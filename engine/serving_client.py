@@ -36,6 +36,7 @@ import httpx
 import numpy as np
 
 from engine.features import FeatureRow
+from engine.policy import PolicyError, apply_policy, as_policy
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,13 @@ class Prediction:
     source: str = "serving"  # serving | onnx
     confidence: float = 0.0
     explanation: dict[str, Any] | None = None  # contract C5: regime + members (None: not sent)
+    policy: dict[str, Any] | None = None  # the bundle's decision_policy (None: the old rule)
+
+
+def explanation_regime(explanation: dict[str, Any] | None) -> int | None:
+    """The regime state an explanation carries, None when it carries none."""
+    reg = (explanation or {}).get("regime")
+    return int(reg["state"]) if isinstance(reg, dict) and reg.get("state") is not None else None
 
 
 def parse_explanation(raw: Any) -> dict[str, Any] | None:
@@ -172,6 +180,11 @@ class ServingClient:
             confidence = float(p.get("confidence", 0.0))
             sha = str(data.get("bundle_sha256") or "")
             explanation = parse_explanation(p.get("explanation"))
+            policy = data.get("decision_policy")
+            if policy is not None:
+                as_policy(policy)  # a malformed policy is a bad answer, never silently dropped
+        except PolicyError as exc:
+            raise ServingBadAnswer(f"invalid decision_policy in the serving answer: {exc}") from exc
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServingBadAnswer(f"unreadable serving answer: {exc!r}: {r.text[:200]}") from exc
         if position not in (-1, 0, 1) or not all(np.isfinite(v) for v in probs.values()):
@@ -179,7 +192,7 @@ class ServingClient:
         self.last_bundle_sha256 = sha
         self.last_model_version = version
         return Prediction(
-            version, position, decision, probs, sha, "serving", confidence, explanation
+            version, position, decision, probs, sha, "serving", confidence, explanation, policy
         )
 
     def guard_manifest(self, bundle_sha256: str) -> dict[str, Any] | None:
@@ -227,6 +240,8 @@ class OnnxModel:
         self.features = list(manifest["features"])
         self.classes = list(manifest.get("classes", ["short", "flat", "long"]))
         self.min_confidence = float(manifest.get("min_confidence", 0.0))
+        self.policy: dict[str, Any] | None = manifest.get("decision_policy")
+        as_policy(self.policy)  # refuse a malformed policy at load (PolicyError)
         self.input_name = str(manifest.get("input_name", "input"))
         self.prob_output = str(manifest.get("prob_output", "probabilities"))
         seq = manifest.get("sequence")
@@ -277,7 +292,7 @@ class OnnxModel:
             row, probs, dict(zip(self.extra_outputs, out[1:], strict=True))
         )
         k = int(np.argmax(probs))
-        label = self.classes[k] if float(probs[k]) >= self.min_confidence else "flat"
+        label = self.label(probs, explanation)
         return Prediction(
             self.model_version,
             CLASS_POSITIONS[label],
@@ -287,7 +302,24 @@ class OnnxModel:
             "onnx",
             float(probs[k]),
             explanation,
+            self.policy,
         )
+
+    def label(self, probs: Any, explanation: dict[str, Any] | None = None) -> str:
+        """The class serving would answer: the bundle's decision policy without the
+        edge-over-cost rule (the engine's gate applies that), else argmax at min_confidence."""
+        if self.policy is None:
+            k = int(np.argmax(probs))
+            return self.classes[k] if float(probs[k]) >= self.min_confidence else "flat"
+        side = apply_policy(
+            [float(p) for p in probs],
+            self.policy,
+            cost_points=None,
+            edge_points=None,
+            regime=explanation_regime(explanation),
+            classes=self.classes,
+        )
+        return {-1: "short", 0: "flat", 1: "long"}[side]
 
     def _explanation(
         self, row: FeatureRow, probs: np.ndarray, extra: dict[str, np.ndarray]

@@ -289,6 +289,7 @@ class ApiMiddleware:
                     explanations=prediction_explanations(
                         champ.spec, scored.probabilities, scored.outputs
                     ),
+                    decision_policy=champ.spec.policy_wire,
                 )
         except Exception:
             logger.exception("predict failed (request %s)", request_id)

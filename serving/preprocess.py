@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.policy import DecisionPolicy, PolicyError, as_policy, policy_sides
+
 #: The trading meaning of each class the bundle may name, as the model bundle contract fixes it.
 CLASS_POSITIONS: Mapping[str, int] = {"short": -1, "flat": 0, "long": 1}
 #: Decision taken when the most probable class is below the bundle's ``min_confidence``.
@@ -43,10 +45,23 @@ class BundleSpec:
     sequence: SequenceSpec | None = None
     explanation: ExplanationSpec | None = None
     native_booster: str | None = None  # file of the XGBoost member's booster (TreeSHAP)
+    # manifest ``decision_policy`` (docs/execution-policy.md); None: the old min_confidence rule
+    decision_policy: DecisionPolicy | None = None
+    # the ensemble's regime rule (vol index, threshold, trend index, |trend| threshold)
+    regime_rule: tuple[int, float, int, float] | None = None
 
     @property
     def n_features(self) -> int:
         return len(self.features)
+
+    @property
+    def policy_wire(self) -> dict[str, Any] | None:
+        """The decision policy as sent with each prediction (no fold statistics)."""
+        if self.decision_policy is None:
+            return None
+        d = self.decision_policy.to_dict()
+        d.pop("stats", None)
+        return d
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,10 @@ def bundle_spec(manifest: Mapping[str, Any]) -> BundleSpec:
     ):
         raise ManifestError(f"manifest 'native_booster' must be a plain file name, got {booster!r}")
     prob_output = str(manifest.get("prob_output", "probabilities"))
+    try:
+        policy = as_policy(manifest.get("decision_policy"))
+    except PolicyError as exc:
+        raise ManifestError(str(exc)) from exc
     return BundleSpec(
         model_name=str(manifest.get("model_name", "")),
         feature_service=str(manifest.get("feature_service", "")),
@@ -211,7 +230,43 @@ def bundle_spec(manifest: Mapping[str, Any]) -> BundleSpec:
         sequence=_sequence_spec(manifest.get("sequence")),
         explanation=_explanation_spec(manifest, prob_output),
         native_booster=booster,
+        decision_policy=policy,
+        regime_rule=_regime_rule(manifest, list(features)),
     )
+
+
+def _regime_rule(
+    manifest: Mapping[str, Any], features: list[str]
+) -> tuple[int, float, int, float] | None:
+    r = (manifest.get("thresholds") or {}).get("regime")
+    if not isinstance(r, Mapping):
+        return None
+    try:
+        return (
+            features.index(r["vol_feature"]),
+            float(r["vol_threshold"]),
+            features.index(r["trend_feature"]),
+            float(r["abs_trend_threshold"]),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ManifestError(f"manifest 'thresholds.regime' is unusable: {exc!r}") from exc
+
+
+def regime_states(
+    spec: BundleSpec, matrix: np.ndarray | None, outputs: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray | None:
+    """Each row's regime state: the graph's ``regime_state`` output when exported, else the
+    manifest's rule on the feature matrix; None for a bundle without regimes."""
+    name = spec.explanation.regime_state if spec.explanation is not None else None
+    if outputs and name and name in outputs:
+        return np.asarray(outputs[name]).reshape(-1).astype(np.int64)
+    if spec.regime_rule is None or matrix is None:
+        return None
+    vi, vt, ti, tt = spec.regime_rule
+    x = np.asarray(matrix, dtype=np.float32)
+    v = x[:, vi] > np.float32(vt)
+    t = np.abs(x[:, ti]) > np.float32(tt)
+    return 2 * v.astype(np.int64) + t.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -246,16 +301,34 @@ class Decision:
     confidence: float
 
 
-def decide(probabilities: np.ndarray, spec: BundleSpec) -> list[Decision]:
+def decide(
+    probabilities: np.ndarray, spec: BundleSpec, regimes: np.ndarray | None = None
+) -> list[Decision]:
     """Map ``[N, C]`` class probabilities to decisions.
 
-    The most probable class is taken when its probability is at least
-    ``spec.min_confidence``; otherwise the decision is ``flat``.
+    With a ``decision_policy`` the bundle's policy decides (:func:`engine.policy.policy_sides`,
+    the function the training backtest and the engine's gate call); serving knows no spread,
+    so the edge-over-cost rule is left to the engine. Without one: the most probable class when
+    its probability is at least ``spec.min_confidence``, otherwise ``flat``.
     """
     if probabilities.ndim != 2 or probabilities.shape[1] != len(spec.classes):
         raise ValueError(
             f"probabilities must be [N, {len(spec.classes)}], got {list(probabilities.shape)}"
         )
+    if spec.decision_policy is not None:
+        sides, _ = policy_sides(
+            probabilities,
+            spec.decision_policy,
+            regime=regimes,
+            classes=spec.classes,
+        )
+        best = probabilities.argmax(axis=1)
+        conf = probabilities[np.arange(len(best)), best]
+        labels = {v: k for k, v in CLASS_POSITIONS.items()}
+        return [
+            Decision(label=labels[s], position=s, confidence=p)
+            for s, p in zip(sides.tolist(), conf.tolist(), strict=True)
+        ]
     best = probabilities.argmax(axis=1)
     confidence = probabilities[np.arange(len(best)), best]
     out: list[Decision] = []

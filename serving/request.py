@@ -430,6 +430,7 @@ def render_predictions(
     bundle_sha256: str,
     request_id: str,
     explanations: Sequence[Explanation] | None = None,
+    decision_policy: dict[str, Any] | None = None,
 ) -> bytes:
     """The ``/v1/predict`` response body (``PredictResponse``), JSON bytes."""
     return _ENCODER.encode(
@@ -443,6 +444,7 @@ def render_predictions(
             bundle_sha256=bundle_sha256,
             request_id=request_id,
             explanations=explanations,
+            decision_policy=decision_policy,
         )
     )
 
@@ -458,6 +460,7 @@ def predict_response(
     bundle_sha256: str,
     request_id: str,
     explanations: Sequence[Explanation] | None = None,
+    decision_policy: dict[str, Any] | None = None,
 ) -> PredictResponse:
     """The ``PredictResponse`` of scored rows (``explanations``: one per row, see
     ``serving.explain.prediction_explanations``; default empty)."""
@@ -489,6 +492,7 @@ def predict_response(
         bundle_sha256=bundle_sha256,
         request_id=request_id,
         predictions=predictions,
+        decision_policy=decision_policy,
     )
 
 

@@ -40,7 +40,7 @@ from serving.inference import (
     predict_proba,
 )
 from serving.inference import warm_up as warm_up_session
-from serving.preprocess import BundleSpec, Decision, bundle_spec, decide
+from serving.preprocess import BundleSpec, Decision, bundle_spec, decide, regime_states
 from serving.request import format_utc
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ class ShadowScorer:
         matrix = np.ascontiguousarray(parsed.matrix[:, plan.columns])
         probs = chall.predict(matrix, parsed.sequence if plan.use_sequence else None)
         latency_us = (time.perf_counter() - t0) * 1e6
-        decisions = decide(probs, chall.spec)
+        decisions = decide(probs, chall.spec, regime_states(chall.spec, matrix))
         lines = []
         agree = 0
         for i, (symbol, ft) in enumerate(zip(parsed.symbols, parsed.feature_times, strict=True)):
@@ -425,7 +425,8 @@ class ServingRuntime:
         """The champion's probabilities and decisions for ``parsed`` (valid for ``state``)."""
         champ = state.champion
         probs, outputs = champ.predict_explained(parsed.matrix, parsed.sequence)
-        return Scored(state, probs, decide(probs, champ.spec), outputs)
+        regimes = regime_states(champ.spec, parsed.matrix, outputs)
+        return Scored(state, probs, decide(probs, champ.spec, regimes), outputs)
 
     def shadow_submit(self, scored: Scored, parsed: ParsedRequest, request_id: str) -> None:
         """Queue the challenger's run on the same rows, when there is a challenger."""

@@ -181,6 +181,14 @@ class PredictResponse(ApiStruct):
         str, Meta(description="X-Request-ID given, or one made up; in the shadow log.")
     ]
     predictions: list[Prediction]
+    decision_policy: Annotated[
+        dict[str, Any] | None,
+        Meta(
+            description="The bundle's decision policy (docs/execution-policy.md) without its "
+            "fold statistics: the engine applies it with the spread it knows. null for a "
+            "bundle without one (the min_confidence rule)."
+        ),
+    ] = None
 
 
 class FeatureContribution(ApiStruct):

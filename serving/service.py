@@ -145,6 +145,7 @@ class TrendService:
             bundle_sha256=champ.bundle_sha256,
             request_id=uuid.uuid4().hex,
             explanations=prediction_explanations(champ.spec, scored.probabilities, scored.outputs),
+            decision_policy=champ.spec.policy_wire,
         )
 
     @bentoml.api(route="/v1/explain")

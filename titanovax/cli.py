@@ -760,8 +760,19 @@ def report_real_exports(
     config: Annotated[
         str | None, typer.Option(help="Report spec (default training/configs/real_exports_v1.yaml)")
     ] = None,
+    experiments: Annotated[
+        str, typer.Option(help="Comma-separated experiments instead of the spec's list")
+    ] = "",
+    reuse_results: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-results",
+            help="Take a file's result.json from an earlier run with the same rows (the report says so)",
+        ),
+    ] = False,
 ) -> None:
-    """Out-of-sample after-cost results per real export, with CIs and baselines.
+    """Out-of-sample after-cost results per real export, with CIs and baselines; each model
+    under the old decision rule and under the policy learned on its training window's folds.
 
     Each file is ingested, validated and featurised into $TX_HOME/real_exports/<file>/,
     reused while unchanged. Datasets come from Feast get_historical_features."""
@@ -773,7 +784,13 @@ def report_real_exports(
     raw_dir = Path(raw) if raw else PROJECT_ROOT.parent / "shared" / "data" / "raw"
     only_list = [o for o in only.split(",") if o] or None
     text = real_exports_report(
-        raw_dir, Path(out), Path(config) if config else None, only_list, _settings()
+        raw_dir,
+        Path(out),
+        Path(config) if config else None,
+        only_list,
+        _settings(),
+        [e for e in experiments.split(",") if e] or None,
+        reuse_results,
     )
     typer.echo(text)
 

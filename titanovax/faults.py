@@ -699,7 +699,7 @@ def check_trial(broker: Any, journal: Any, magic: int, closes: list[int]) -> Tri
     last = rows[max(rows)] if rows else None
     if (
         last is not None
-        and last["verdict"] in ("sent", "hold")
+        and last["verdict"] in ("sent", "hold", "abstain")
         and last["target_lots"] is not None
         and abs(float(last["target_lots"]) - net) > 1e-9
     ):

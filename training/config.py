@@ -173,7 +173,31 @@ class GateConfig(BaseModel):
 
 
 class DecisionConfig(BaseModel):
+    """How probabilities become trades (docs/execution-policy.md)."""
+
     min_confidence: float = Field(0.45, ge=0, le=1)
+    policy: Literal["learned", "legacy"] = Field(
+        "learned",
+        description="learned: thresholds chosen on the purged validation folds of the training "
+        "window by after-cost P&L (manifest decision_policy); legacy: argmax >= min_confidence",
+    )
+    margin_grid: list[float] = Field(
+        default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4],
+        description="candidate min_margin values (p(side) - p(opposite side))",
+    )
+    edge_cost_grid: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 3.0],
+        description="candidate min_edge_cost_ratio values (expected edge / round-trip cost)",
+    )
+    edge_atr_mult: float = Field(
+        1.0, gt=0, description="expected move of a sure call over the label horizon, in ATR14"
+    )
+    per_regime: bool = Field(
+        True, description="try per-regime-state overrides when the model has a regime classifier"
+    )
+    policy_folds: int | None = Field(
+        None, ge=1, description="validation folds for the policy (default: split.n_folds)"
+    )
 
 
 class ExperimentConfig(BaseModel):

@@ -110,7 +110,17 @@ def bundle_positions(bundle: Bundle, window: pd.DataFrame) -> np.ndarray:
     x = window[m["features"]].to_numpy(np.float32)
     seq = sequence_tensor(window) if m.get("sequence") else None
     proba = onnx_predict(onnx_session(bundle.onnx_bytes), x, seq)
-    return positions_from_proba(proba, float(m.get("min_confidence", 0.5)))
+    if m.get("decision_policy") is None:  # a bundle from before decision policies
+        return positions_from_proba(proba, float(m.get("min_confidence", 0.5)))
+    from training.policy import manifest_regime, policy_positions
+
+    return policy_positions(
+        window,
+        proba,
+        m["decision_policy"],
+        costs_from_manifest(m),
+        regime=manifest_regime(m, window),
+    )
 
 
 def costs_from_manifest(m: dict[str, Any]) -> Costs:

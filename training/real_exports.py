@@ -43,6 +43,7 @@ from training.config import CONFIG_DIR
 log = logging.getLogger(__name__)
 
 BASELINES = ("flat", "buy_and_hold", "momentum")
+LEARNED = "+policy"  # suffix of an experiment's row under its learned decision policy
 _PIPELINE_CODE = (PROJECT_ROOT / "feature_repo" / "pipeline", PROJECT_ROOT / "engine" / "mt5")
 
 
@@ -79,6 +80,9 @@ class FileResult:
     models: dict[str, dict[str, float]]  # experiment → backtest metrics (+ accuracy)
     baselines: dict[str, dict[str, float]]
     lake: dict[str, Any] = field(default_factory=dict)
+    # experiment → the decision policy learned on the training window's purged folds
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    generated_at: str = ""
 
 
 def _server_to_utc(s: str, rule: Any) -> datetime:
@@ -190,6 +194,8 @@ def evaluate_file(
     )
     from training.config import load_config
     from training.dataset import build_dataset
+    from training.models import EnsembleModel
+    from training.policy import describe, learn_policy, policy_positions
     from training.splits import purged_train_test
     from training.train import fit_model, make_model, model_data
 
@@ -219,6 +225,7 @@ def evaluate_file(
     )
     n_boot = int(spec.get("n_boot", 500))
     models: dict[str, dict[str, float]] = {}
+    policies: dict[str, dict[str, Any]] = {}
     test = pd.DataFrame()
     for name, (cfg, train, te) in splits.items():
         test = te[te["event_timestamp"].isin(common)].reset_index(drop=True)
@@ -226,7 +233,9 @@ def evaluate_file(
             "%s %s: fitting %s (%s) on %d rows", p.symbol, p.timeframe, name, cfg.family, len(train)
         )
         model = fit_model(make_model(cfg), train, cfg, p.timeframe)
-        proba = model.predict_proba(model_data(test, cfg.feature_service))
+        data = model_data(test, cfg.feature_service)
+        proba = model.predict_proba(data)
+        acc = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
         m = backtest(
             test,
             positions_from_proba(proba, float(spec["min_confidence"])),
@@ -234,8 +243,26 @@ def evaluate_file(
             costs,
             n_boot=n_boot,
         )
-        m["accuracy"] = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
+        m["accuracy"] = acc
         models[name] = m
+        if spec.get("learned_policy", True):  # chosen on the training split's folds only
+            policy = learn_policy(
+                train, cfg, p.timeframe, costs, min_confidence=float(spec["min_confidence"])
+            )
+            regime = model.regime.predict(data) if isinstance(model, EnsembleModel) else None
+            pos = policy_positions(test, proba, policy, costs, regime=regime)
+            lm = backtest(test, pos, p.timeframe, costs, n_boot=n_boot)
+            lm["accuracy"] = acc
+            models[f"{name}{LEARNED}"] = lm
+            policies[name] = {
+                "policy": describe(policy),
+                "valid_net_chosen": policy.stats["valid_net_chosen"],
+                "valid_net_legacy": policy.stats["valid_net_legacy"],
+                "folds": len(policy.stats["folds"]),
+                "test_exposure": lm["exposure"],
+                "test_exposure_legacy": m["exposure"],
+                "decision_policy": policy.to_dict(),
+            }
     return FileResult(
         file=entry["file"],
         symbol=p.symbol,
@@ -250,6 +277,7 @@ def evaluate_file(
         models=models,
         baselines=baselines(test, p.timeframe, costs, n_boot=n_boot),
         lake=p.summary(),
+        policies=policies,
     )
 
 
@@ -264,29 +292,41 @@ _LABELS = {"flat": "always flat", "buy_and_hold": "buy & hold", "momentum": "mom
 def _model_label(name: str) -> str:
     from training.config import load_config
 
-    cfg = load_config(name)
-    return f"{name}: {'XGBoost' if cfg.family == 'xgboost' else 'XGB + transformer ensemble'}"
+    learned = name.endswith(LEARNED)
+    base = name.removesuffix(LEARNED)
+    cfg = load_config(base)
+    fam = "XGBoost" if cfg.family == "xgboost" else "XGB + transformer ensemble"
+    return f"{base}: {fam}, " + ("**learned policy**" if learned else "old rule (top ≥ min_conf)")
 
 
 def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> str:
-    exps = spec.get("experiments", ["trend_v1"])
+    exps = list(spec.get("experiments", ["trend_v1"]))
+    for r in results:  # a reused result may carry more models than this run asked for
+        exps += [n for n in r.models if not n.endswith(LEARNED) and n not in exps]
     lines = [
         "# Real MT5 exports: out-of-sample results after costs",
         "",
-        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `tx report real-exports` from `{raw_dir}` with "
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{spec.get('_invocation', 'tx report real-exports')}` from `{raw_dir}` with "
         "`training/configs/real_exports_v1.yaml`. Every file went through the platform: ingest (broker time rule per "
         "file) → Great Expectations validation → offline features → point-in-time dataset through Feast "
         "`get_historical_features` → purged split at the file's `test_start` (embargo = label horizon) → "
         f"models {', '.join(f'`{e}`' for e in exps)} with their configured parameters, untuned here "
-        f"(label horizon {spec['horizon_bars']} bars; trade when max probability ≥ {spec['min_confidence']}).",
+        f"(label horizon {spec['horizon_bars']} bars). Each model twice: the old rule (trade the top class when its "
+        f"probability ≥ {spec['min_confidence']}) and its **learned policy** (chosen on the training window's purged "
+        "validation folds; table below).",
         "Costs on every position change: half the bar's own spread per unit, commission "
         f"{spec['commission']}, slippage {spec['slippage_spread_k']}×spread + {spec['slippage_vol_k']}×recent one-bar volatility. "
         "Net return = sum of per-bar net log returns over the test range (in %); Sharpe annualised (252 days); "
         f"[90 % CI] from a moving-block bootstrap of per-bar P&L ({spec.get('n_boot', 500)} resamples). "
-        "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned.",
+        "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned."
+        + (
+            f" Per-file results reused from earlier `tx report real-exports` runs of this code (their `result.json`, evaluated at): {'; '.join(spec['_reused'])}."
+            if spec.get("_reused")
+            else ""
+        ),
         "",
-        "| symbol | TF | test range (UTC) | test bars | strategy | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | hit rate | PF | accuracy |",
-        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
+        "| symbol | TF | test range (UTC) | test bars | strategy | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | exposure | hit rate | PF | accuracy |",
+        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         head = (
@@ -297,8 +337,35 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         for label, m, acc in rows:
             lines.append(
                 f"{head}| {label} | {_fmt_ci(m, 'net_return', 100)} | {_fmt_ci(m, 'sharpe')} | {m['max_drawdown'] * 100:.2f} "
-                f"| {m['trades']:.0f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
+                f"| {m['trades']:.0f} | {m['exposure']:.3f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
             )
+    if any(r.policies for r in results):
+        lines += [
+            "",
+            "Learned decision policies (`engine/policy.py`, chosen by `training/policy.py` on the "
+            "purged walk-forward validation folds of each training window by after-cost P&L with the "
+            "same costs; the test window is never read; docs/execution-policy.md). Validation net = "
+            "sum of per-bar net log returns over the folds' validation bars (in %); exposure = share "
+            "of test bars in the market.",
+            "",
+            "| symbol | TF | model | chosen policy | validation net %: chosen / old rule | best trading candidate on validation (net %) | folds | test exposure: learned / old |",
+            "|---|---|---|---|---|---|---:|---|",
+        ]
+        for r in results:
+            for n, pol in r.policies.items():
+                st = (pol.get("decision_policy") or {}).get("stats", {})
+                bt = st.get("best_trading")
+                best = (
+                    f"margin≥{bt['min_margin']:g}, edge≥{bt['min_edge_cost_ratio']:g}×cost "
+                    f"({bt['net'] * 100:+.2f}, {bt['trades']:.0f} trades)"
+                    if bt
+                    else ("none trades" if "best_trading" in st else "not recorded by that run")
+                )
+                lines.append(
+                    f"| {r.symbol} | {r.timeframe} | {n} | {pol['policy']} "
+                    f"| {pol['valid_net_chosen'] * 100:+.2f} / {pol['valid_net_legacy'] * 100:+.2f} "
+                    f"| {best} | {pol['folds']} | {pol['test_exposure']:.3f} / {pol['test_exposure_legacy']:.3f} |"
+                )
     lines += [
         "",
         "| file | broker time | bars in lake | quarantined days (rows) | soft-flagged rows | train rows |",
@@ -332,14 +399,27 @@ def run_report(
     config: Path | None = None,
     only: list[str] | None = None,
     settings: PlatformSettings | None = None,
+    experiments: list[str] | None = None,
+    reuse: bool = False,
 ) -> tuple[list[FileResult], dict[str, Any]]:
-    """Evaluate every configured file present in ``raw_dir``."""
+    """Evaluate every configured file present in ``raw_dir`` (``experiments`` overrides the
+    spec's list)."""
     from rich.console import Console
     from rich.progress import Progress
 
     from titanovax.progress import interactive
 
     spec = yaml.safe_load((config or CONFIG_DIR / "real_exports_v1.yaml").read_text())
+    if experiments:
+        spec["experiments"] = list(experiments)
+    inv = ["tx report real-exports"]
+    if only:
+        inv.append(f"--only {','.join(only)}")
+    if experiments:
+        inv.append(f"--experiments {','.join(experiments)}")
+    if reuse:
+        inv.append("--reuse-results")
+    spec["_invocation"] = " ".join(inv)
     entries = [e for e in spec["files"] if not only or any(o in e["file"] for o in only)]
     results = []
     with (
@@ -352,14 +432,40 @@ def run_report(
             if not (raw_dir / entry["file"]).is_file():
                 log.warning("%s not in %s: skipped", entry["file"], raw_dir)
             else:
-                r = evaluate_file(entry, raw_dir, spec, base)
                 out = base.home / "real_exports" / Path(entry["file"]).stem / "result.json"
-                out.write_text(json.dumps(asdict(r), indent=1, default=str))
+                r = _reusable(out, spec) if reuse else None
+                if r is None:
+                    r = evaluate_file(entry, raw_dir, spec, base)
+                    r.generated_at = datetime.now(UTC).isoformat(timespec="minutes")
+                    out.write_text(json.dumps(asdict(r), indent=1, default=str))
+                else:
+                    spec.setdefault("_reused", []).append(f"{r.file} ({r.generated_at})")
                 results.append(r)
             bar.advance(task)
     if not results:
         raise FileNotFoundError(f"none of the configured exports is in {raw_dir}")
     return results, spec
+
+
+def _expected_rows(spec: dict[str, Any]) -> set[str]:
+    exps = list(spec.get("experiments", ["trend_v1"]))
+    return set(exps) | (
+        {f"{e}{LEARNED}" for e in exps} if spec.get("learned_policy", True) else set()
+    )
+
+
+def _reusable(path: Path, spec: dict[str, Any]) -> FileResult | None:
+    """A file's result of an earlier run with the same rows, or None."""
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    if not _expected_rows(spec) <= set(raw.get("models", {})):  # rows of more models: kept
+        return None
+    if not raw.get("generated_at"):  # written before the field: the file's time
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        raw["generated_at"] = mtime.isoformat(timespec="minutes")
+    raw["test_range"] = tuple(raw["test_range"])
+    return FileResult(**raw)
 
 
 def real_exports_report(
@@ -368,9 +474,14 @@ def real_exports_report(
     config: Path | None = None,
     only: list[str] | None = None,
     settings: PlatformSettings | None = None,
+    experiments: list[str] | None = None,
+    reuse: bool = False,
 ) -> str:
-    """Evaluate every configured file present in ``raw_dir``; write the markdown to ``out``."""
-    results, spec = run_report(raw_dir, config, only, settings)
+    """Evaluate every configured file present in ``raw_dir``; write the markdown to ``out``.
+
+    ``reuse``: take a file's ``result.json`` from an earlier run when it has the same rows
+    (the report then says which files and when they were evaluated)."""
+    results, spec = run_report(raw_dir, config, only, settings, experiments, reuse)
     text = render(results, spec, raw_dir)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

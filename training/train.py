@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.policy import DecisionPolicy
 from titanovax.settings import PROJECT_ROOT, PlatformSettings, utc
 from training.backtest import (
     backtest,
@@ -46,6 +47,7 @@ from training.dataset import build_dataset, sequence_tensor, service_inputs
 from training.labels import CLASSES, POSITIONS
 from training.models import EnsembleModel, ModelData, RegimeClassifier, TransformerModel, XGBModel
 from training.monitor.performance import expected_pnl_from_frame
+from training.policy import policy_positions
 from training.splits import purged_train_test, walk_forward_folds
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ REFERENCE_SAMPLE = "reference_sample.parquet"
 """The bundle's reference sample (contract C1): training-split feature rows plus the model's
 class probabilities ``p_<class>``, the baseline the drift check compares the live window with."""
 REFERENCE_ROWS = 5000
+POLICY_FILE = "decision_policy.json"
+"""The decision policy chosen on the training window's purged folds (manifest ``decision_policy``)."""
 REFERENCE_QUANTILES = {"q01": 0.01, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q99": 0.99}
 
 
@@ -239,6 +243,13 @@ def fit_step(
     wd = _workdir(settings, cfg, tf, as_of)
     with open(wd / "model.pkl", "wb") as f:
         pickle.dump(model, f)
+    if cfg.decision.policy == "learned":  # on the training split's purged folds only
+        from training.policy import learn_policy
+
+        policy = learn_policy(
+            train, cfg, tf, costs_from_config(cfg.costs), params, transformer_params
+        )
+        _write_json(wd / POLICY_FILE, policy.to_dict())
     r = cfg.ranges(utc(as_of) if as_of else None)
     _write_json(
         wd / "step.json",
@@ -258,6 +269,13 @@ def fit_step(
     )
     log.info("fitted %s (%s) on %d rows → %s", cfg.name, cfg.family, len(train), wd)
     return str(wd)
+
+
+def load_policy(workdir: str) -> DecisionPolicy | None:
+    """The work dir's learned decision policy, None for the old rule (``decision.policy: legacy``
+    or a work dir fitted before policies)."""
+    f = Path(workdir) / POLICY_FILE
+    return DecisionPolicy.from_mapping(_read_json(f)) if f.exists() else None
 
 
 def _load_step(workdir: str) -> tuple[dict[str, Any], ExperimentConfig, Any, pd.DataFrame]:
@@ -319,8 +337,20 @@ def backtest_step(workdir: str) -> dict[str, float]:
     data = model_data(test, cfg.feature_service)
     proba = model.predict_proba(data)
     np.save(Path(workdir) / "test_proba.npy", proba)
-    pos = positions_from_proba(proba, cfg.decision.min_confidence)
     costs = costs_from_config(cfg.costs)
+    policy = load_policy(workdir)
+    legacy = positions_from_proba(proba, cfg.decision.min_confidence)
+    pos = (
+        legacy
+        if policy is None
+        else policy_positions(
+            test,
+            proba,
+            policy,
+            costs,
+            regime=model.regime.predict(data) if isinstance(model, EnsembleModel) else None,
+        )
+    )
     bt = backtest(test, pos, tf, costs, n_boot=cfg.gate.n_boot, ci=cfg.gate.ci)
     base = baselines(test, tf, costs, n_boot=cfg.gate.n_boot)
     y = data.labels()
@@ -337,6 +367,11 @@ def backtest_step(workdir: str) -> dict[str, float]:
         "train_rows": float(step["train_rows"]),
         "test_rows": float(step["test_rows"]),
     }
+    if policy is not None:  # the old rule beside the learned policy, on the same bars
+        old = backtest(test, legacy, tf, costs, n_boot=cfg.gate.n_boot, ci=cfg.gate.ci)
+        metrics.update(
+            {f"legacy_{k}": old[k] for k in ("net_return", "sharpe", "trades", "exposure")}
+        )
     pnl = pnl_frame(test, pos, tf, costs)
     pnl.to_parquet(Path(workdir) / "test_pnl.parquet", index=False)
     names, _ = service_inputs(cfg.feature_service)
@@ -561,6 +596,9 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
     manifest = build_manifest(settings, step, cfg, model, metrics, export)
     # C2: what the monitor compares the champion's live P&L with (training/monitor/performance.py)
     manifest["expected_pnl"] = expected_pnl_from_frame(pd.read_parquet(wd / "test_pnl.parquet"))
+    policy = load_policy(workdir)  # docs/execution-policy.md; absent: the old rule
+    if policy is not None:
+        manifest["decision_policy"] = policy.to_dict()
     onnx_model = onnx.load(str(wd / "model.onnx"))
     mlflow = _mlflow(settings)
     exp_id = ensure_experiment(settings)
@@ -583,6 +621,7 @@ def register_step(settings: PlatformSettings, workdir: str) -> TrainResult:
                 "label.cost_multiplier": cfg.label.cost_multiplier,
                 "label.commission": cfg.label.commission,
                 "decision.min_confidence": cfg.decision.min_confidence,
+                "decision.policy": cfg.decision.policy,
                 "feature_service": cfg.feature_service,
                 "timeframe": step["timeframe"],
                 "symbols": ",".join(step["symbols"]),

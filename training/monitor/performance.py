@@ -169,7 +169,11 @@ def live_pnl(
         prev = 0
         for r in sorted(rs, key=lambda r: int(r["bar_close"])):
             t = int(r["bar_close"])
-            pos = _sign(r.get("target_lots")) if r["verdict"] in ("sent", "hold") else prev
+            pos = (
+                _sign(r.get("target_lots"))
+                if r["verdict"] in ("sent", "hold", "abstain")  # abstain: flat, on purpose
+                else prev
+            )
             turnover = abs(pos - prev)
             i = int(np.searchsorted(times, t))
             if i >= len(times) - 1 or times[i] != t:
