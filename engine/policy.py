@@ -100,11 +100,15 @@ class DecisionPolicy:
     min_edge_cost_ratio: float = 0.0
     abstain: bool = False
     edge_atr_mult: float = 1.0
-    per_regime: Mapping[int, Thresholds] = field(default_factory=dict)
+    # the mappings stay out of the hash (a dict has none): a policy sits in serving's frozen,
+    # hashed BundleSpec (the request codec is cached per spec); equality still compares them
+    per_regime: Mapping[int, Thresholds] = field(default_factory=dict, hash=False)
     chosen_on: str = "purged_validation_folds"
     # the backtest's cost model the thresholds were chosen with (return units / multipliers)
-    cost_model: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_COST_MODEL))
-    stats: Mapping[str, Any] = field(default_factory=dict)
+    cost_model: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_COST_MODEL), hash=False
+    )
+    stats: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | DecisionPolicy) -> DecisionPolicy:

@@ -350,3 +350,24 @@ def test_gate_when_the_bundle_has_a_policy_then_its_positions_are_the_policy_sid
     expected = policy_positions(ds, proba, policy, costs_from_manifest(manifest))
     assert np.array_equal(new, expected)
     assert (new != old).any() and (new != 0).any()
+
+
+def test_bundle_spec_with_a_per_regime_policy_when_serving_builds_its_codec_then_it_is_hashable() -> (
+    None
+):
+    # serving caches its request codec per (frozen, hashed) BundleSpec: a policy with
+    # per-regime thresholds, a cost model and fold stats once made serving fail to start
+    # ("unhashable type: 'dict'")
+    from serving.request import codec_for
+
+    policy = {
+        "min_margin": 0.1,
+        "per_regime": {"2": {"min_margin": 0.3, "abstain": False}},
+        "cost_model": {"commission": 0.0, "slippage_spread_k": 0.25, "slippage_vol_k": 0.05},
+        "stats": {"folds": [{"valid_net": 0.01}]},
+    }
+    spec = bundle_spec(_manifest(policy))
+    assert hash(spec) == hash(bundle_spec(_manifest(policy)))
+    assert spec == bundle_spec(_manifest(policy))
+    assert spec != bundle_spec(_manifest({**policy, "per_regime": {}}))
+    assert codec_for(spec) is codec_for(bundle_spec(_manifest(policy)))
