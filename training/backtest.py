@@ -150,6 +150,11 @@ class Costs:
 
 def _spread_rel(ds: pd.DataFrame) -> np.ndarray:
     col = "spread_ret" if "spread_ret" in ds else "cost"
+    if col not in ds:
+        raise ValueError(
+            "the dataset has no spread (column spread_ret or cost): costs cannot be charged; "
+            "a learned decision policy needs them (decision.policy: legacy does not)"
+        )
     return ds[col].to_numpy(dtype=float)
 
 

@@ -46,7 +46,13 @@ def test_real_export_report_when_run_on_usdjpy_then_datasets_come_from_feast_and
 
     assert r.test_range[0] >= "2025-03-26" and r.test_rows > 1500
     assert r.train_rows["trend_v1"] > 4000 and r.train_rows["trend_v2"] > 3800
-    assert set(r.models) == {"trend_v1", "trend_v2"} and set(r.baselines) == {
+    # each model under the old rule and under its learned policy (docs/execution-policy.md)
+    assert set(r.models) == {
+        "trend_v1",
+        "trend_v2",
+        "trend_v1+policy",
+        "trend_v2+policy",
+    } and set(r.baselines) == {
         "flat",
         "buy_and_hold",
         "momentum",

@@ -136,6 +136,8 @@ def ensemble_config(xgb_trials: int, transformer_trials: int) -> ExperimentConfi
         model={"n_estimators": 30, "n_jobs": 1},  # one thread: 2 shared cores here
         transformer={"batch_size": 128},  # type: ignore[arg-type]
         regime={"vol_feature": "vol_24", "trend_feature": "trend_t_48"},  # type: ignore[arg-type]
+        # the synthetic rows carry no spread: nothing to learn an after-cost policy from
+        decision={"policy": "legacy"},  # type: ignore[arg-type]
         tune={  # type: ignore[arg-type]
             "workers": 1,
             "n_trials": xgb_trials,
