@@ -72,7 +72,12 @@ def test_real_export_report_when_run_on_usdjpy_then_datasets_come_from_feast_and
 
     text = render(results, spec, raw_dir)
     rows = [ln for ln in text.splitlines() if ln.startswith("| USDJPY | H1 |")]
-    assert len(rows) == 5 and all(
-        ln.count("[") == 2 for ln in rows
-    )  # 2 models + 3 baselines, each with 2 CIs
+    scored = [ln for ln in rows if ln.count("[") == 2]
+    # 2 models x (old rule, learned policy) + 3 baselines, each with 2 CIs; then the policy
+    # table: the policy each model chose, one row a model
+    assert len(scored) == 7, rows
+    assert [ln.split("|")[3].strip() for ln in rows if ln not in scored] == [
+        "trend_v1",
+        "trend_v2",
+    ], rows
     assert "get_historical_features" in text and "`fixed:+2`" in text
