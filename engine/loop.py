@@ -497,7 +497,7 @@ class Engine:
                 t = time.perf_counter()
                 self._move_position(symbol, current, target, bar_close, rec, sl_d, tp_d)
                 lat["order_ms"] = (time.perf_counter() - t) * 1e3
-        except _GridOnly:
+        except _GridOnly:  # the grid already decided and journaled this bar's actions
             pass
         except _Refuse as r:
             rec.verdict, rec.reason_code, rec.reason = (
