@@ -388,8 +388,8 @@ def run_engine_week(
     return {
         "engine week (UTC)": f"{plan.as_of:%Y-%m-%d} → {plan.engine_end:%Y-%m-%d}, {len(bar_closes)} closed bars, {wall:.0f} s",
         "engine decisions": f"{sum(counts.values())} (orders sent {counts.get('sent', 0)}, holds {counts.get('hold', 0)}, "
-        f"refused {counts.get('refused', 0)}, order errors {counts.get('error', 0)})",
-        "engine refusals by reason": f"{reasons}; trading state at the end {state}",
+        f"abstained {counts.get('abstain', 0)}, refused {counts.get('refused', 0)}, order errors {counts.get('error', 0)})",
+        "engine reasons": f"{reasons}; trading state at the end {state}",
         "tick-to-decision (ms)": f"p50 {np.percentile(lat, 50):.2f}  p99 {np.percentile(lat, 99):.2f}  (features + HTTP serving + order)",
         "paper account": f"balance {acct.balance:.2f} equity {acct.equity:.2f}" if acct else "n/a",
         "journal": str(journal_path),
