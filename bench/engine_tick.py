@@ -16,7 +16,9 @@ The engines are stepped bar by bar in turn (engine A decides a bar, then B, then
 machine's load falls on all of them alike. Per journal it prints tick-to-decision p50/p99
 (the engine's ``total_ms``: features → model → risk → orders, including the write-ahead
 commit before each ``order_send``, taken before the decision row is written), split into bars
-with and without orders, the whole ``on_bar`` (until the bar's commit returned: the decision
+with and without orders; for bars with orders also ``send_ms``, from the bar's start to its
+first ``order_send`` (the intent durable: the moment the decision leaves the engine; what
+follows is the broker's execution, simulated here, and its bookkeeping), the whole ``on_bar`` (until the bar's commit returned: the decision
 row is in the journal) and its CPU time (the thread's: what the bar costs without the waits
 for the disk and for the other processes of a loaded machine), and the disk's own
 ``fdatasync`` latency next to the journals before and after the run.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -104,6 +107,7 @@ def run(
         k: {
             "tick_order": [],
             "tick_none": [],
+            "send": [],
             "on_bar": [],
             "cpu_order": [],
             "cpu_none": [],
@@ -112,6 +116,7 @@ def run(
         for k in kinds
     }
     c0 = {k: (e.journal.sync_commits, e.journal.relaxed_commits) for k, e in engines.items()}
+    gc.freeze()  # as Engine.run_live does after start-up
     closes = worlds[kinds[0]].closes
     for close in closes:
         for k in kinds:
@@ -127,6 +132,8 @@ def run(
                 o["on_bar"].append(dt)
                 sent = rec.order_request is not None
                 o["tick_order" if sent else "tick_none"].append(rec.latency_ms["total_ms"])
+                if "send_ms" in rec.latency_ms:
+                    o["send"].append(rec.latency_ms["send_ms"])
                 o["cpu_order" if sent else "cpu_none"].append(dc)
                 o["verdicts"][rec.verdict] = o["verdicts"].get(rec.verdict, 0) + 1
     for k in kinds:
@@ -169,6 +176,8 @@ def report(out: dict[str, dict[str, Any]]) -> None:
             ("tick-to-decision, all bars", tick),
             ("  bars with orders", o["tick_order"]),
             ("  bars without orders", o["tick_none"]),
+            ("  to the first order_send (send_ms)", o["send"]),
+            ("tick-to-send or, no order, -decision", o["send"] + o["tick_none"]),
             ("on_bar incl. the bar's commit", o["on_bar"]),
             ("  its CPU time, bars with orders", o["cpu_order"]),
             ("  its CPU time, bars without orders", o["cpu_none"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -290,10 +291,30 @@ def test_engine_when_replaying_a_day_then_every_bar_is_journaled_with_stage_late
     e.replay(closes(n=5), ["EURUSD"], lambda t: now.__setitem__(0, t))
     rows = e.journal.rows()
     assert [r["verdict"] for r in rows] == ["sent", "hold", "hold", "hold", "hold"]
-    assert {"feature_ms", "predict_ms", "risk_ms", "order_ms", "total_ms"} <= set(
+    assert {"feature_ms", "predict_ms", "risk_ms", "order_ms", "send_ms", "total_ms"} <= set(
         rows[0]["latency_ms"]
     )
+    sent = rows[0]["latency_ms"]  # tick-to-send: after the model, before the order's end
+    assert sent["predict_ms"] < sent["send_ms"] < sent["total_ms"]
+    assert all("send_ms" not in r["latency_ms"] for r in rows[1:])  # holds send nothing
     assert all(r["trading_state"] == "ACTIVE" and r["model_version"] == "7" for r in rows)
+
+
+def test_engine_when_killed_before_the_send_then_the_bar_has_no_send_time(tmp_path: Path) -> None:
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now)
+    check = e.risk.check
+
+    def kill_after_the_checks(**kw: Any) -> Any:  # the kill lands between plan and send
+        v = check(**kw)
+        e.killed.set()
+        return v
+
+    e.risk.check = kill_after_the_checks  # type: ignore[method-assign]
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.reason_code == "killed", rec
+    assert rec.order_result is not None and "order_ms" in rec.latency_ms
+    assert "send_ms" not in rec.latency_ms  # the send gate said no: nothing left the engine
 
 
 def test_engine_when_reducing_and_the_model_flips_then_it_closes_without_opening_the_other_side(
