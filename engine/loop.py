@@ -61,6 +61,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -119,12 +120,21 @@ class ModelClient(Protocol):
     def predict(self, row: FeatureRow) -> Prediction: ...
 
 
+STATS_KEEP = 250_000
+"""Bars whose latencies :class:`EngineStats` keeps (the newest): a live engine runs for
+months, so the figures are bounded; a backtest of 60 days x 4 symbols on M5 is 69,120 bars."""
+
+
+def _recent() -> deque[Any]:
+    return deque(maxlen=STATS_KEEP)
+
+
 @dataclass
 class EngineStats:
     """In-process figures of one run (the journal and metrics hold the rest)."""
 
-    latencies_ms: list[float] = field(default_factory=list)  # tick-to-decision per bar
-    stages_ms: list[dict[str, float]] = field(default_factory=list)
+    latencies_ms: deque[float] = field(default_factory=_recent)  # tick-to-decision per bar
+    stages_ms: deque[dict[str, float]] = field(default_factory=_recent)
     bars: int = 0
 
 

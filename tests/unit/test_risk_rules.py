@@ -300,6 +300,19 @@ def test_engine_when_replaying_a_day_then_every_bar_is_journaled_with_stage_late
     assert all(r["trading_state"] == "ACTIVE" and r["model_version"] == "7" for r in rows)
 
 
+def test_engine_stats_when_a_run_outgrows_the_bound_then_the_newest_bars_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.loop
+
+    monkeypatch.setattr(engine.loop, "STATS_KEEP", 3)  # a live engine runs for months
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now)
+    e.replay(closes(n=5), ["EURUSD"], lambda t: now.__setitem__(0, t))
+    assert e.stats.bars == 5 and len(e.stats.latencies_ms) == len(e.stats.stages_ms) == 3
+    assert list(e.stats.latencies_ms) == [r["latency_ms"]["total_ms"] for r in e.journal.rows()[2:]]
+
+
 def test_engine_when_killed_before_the_send_then_the_bar_has_no_send_time(tmp_path: Path) -> None:
     now = [MONDAY_0800]
     e = _engine(tmp_path, now)
