@@ -234,6 +234,8 @@ class Engine:
         self.send_gate = threading.Lock()  # held around "kill flag check + order_send"
         self.killed = threading.Event()  # set by kill(), checked before every order_send
         self._send_t: float | None = None  # the bar's first order_send (perf_counter)
+        self._snap_thread: int | None = None  # the deciding thread while a bar is decided
+        self._positions_snap: tuple[Any, ...] | None = None  # its view of the positions
         self.kill_wait_s = kill_wait_s
         self._pending_kill: str | None = None  # a kill not yet persisted (lock was busy)
         self._pending_flatten = False
@@ -476,6 +478,7 @@ class Engine:
                 grid_out = self.grid.step(self, symbol, bar_close)
                 if strategy == "grid":
                     raise _GridOnly
+            self._positions_snap, self._snap_thread = None, threading.get_ident()
             t = time.perf_counter()
             row = self.features.read(symbol)
             lat["feature_ms"] = (time.perf_counter() - t) * 1e3
@@ -538,6 +541,8 @@ class Engine:
             rec.verdict = "error" if rec.order_request else "refused"
             rec.reason_code = str(reason)
             rec.reason = f"{reason}: {type(exc).__name__}: {exc}"[:2000]
+        finally:
+            self._snap_thread, self._positions_snap = None, None
         if grid_out is not None and self.grid is not None:
             self.grid.merge(rec, grid_out, alone=strategy == "grid")
         self._show_executed(rec)
@@ -782,11 +787,25 @@ class Engine:
 
     # --- positions and orders -------------------------------------------------------------
     def positions(self, symbol: str | None = None) -> tuple[Any, ...]:
-        """This engine's open positions (its magic)."""
-        pos = (
-            self.terminal.positions_get(symbol=symbol) if symbol else self.terminal.positions_get()
-        )
-        return tuple(p for p in (pos or ()) if p.magic == self.magic)
+        """This engine's open positions (its magic).
+
+        Inside a decision (from after the grid's step until the bar ends, on the deciding
+        thread only) one ``positions_get`` answers every ask of the bar until an order is
+        sent: the plan asks for the symbol's net, the other symbols' exposure and the count
+        of positions to close, and a bridge terminal answers each call over the network. The
+        bar then also decides on one view of the account."""
+        if self._snap_thread != threading.get_ident():
+            pos = (
+                self.terminal.positions_get(symbol=symbol)
+                if symbol
+                else self.terminal.positions_get()
+            )
+            return tuple(p for p in (pos or ()) if p.magic == self.magic)
+        snap = self._positions_snap
+        if snap is None:
+            every = self.terminal.positions_get() or ()
+            snap = self._positions_snap = tuple(p for p in every if p.magic == self.magic)
+        return snap if symbol is None else tuple(p for p in snap if p.symbol == symbol)
 
     def _model_positions(self, symbol: str) -> tuple[Any, ...]:
         """The model strategy's positions of ``symbol``: this engine's, minus the grid's."""
@@ -842,6 +861,7 @@ class Engine:
                     position=int(p.ticket),
                     **_venue(p),
                 )
+                self._positions_snap = None  # the account moved: ask again
                 outcomes.append(o)
                 if o.status == "done":
                     self.risk.record_order(now)
@@ -862,6 +882,7 @@ class Engine:
                 sl_distance=sl_d,
                 tp_distance=tp_d,
             )
+            self._positions_snap = None
             outcomes.append(o)
             if o.status == "done":
                 self.risk.record_order(now)

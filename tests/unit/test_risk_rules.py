@@ -344,3 +344,58 @@ def test_engine_when_reducing_and_the_model_flips_then_it_closes_without_opening
     assert (
         rec is not None and rec.verdict == "sent" and rec.target_lots == 0.0 and e.positions() == ()
     )
+
+
+def test_engine_when_deciding_a_bar_then_one_positions_view_serves_it_until_an_order(
+    tmp_path: Path,
+) -> None:
+    """A bridge terminal answers each ``positions_get`` over the network: a hold or a flip
+    asks once (an ask after an order would go to the terminal again: the account moved);
+    another thread (the console) asks the terminal itself while the bar is decided."""
+    import threading
+
+    now = [MONDAY_0800]
+    model = ScriptedModel(1)
+    e = _engine(tmp_path, now, model=model)
+    calls: list[dict[str, Any]] = []
+    real = e.terminal.positions_get
+    depth = threading.local()
+
+    def counted(**kw: Any) -> Any:  # the engine's calls (the simulator calls itself too)
+        if not getattr(depth, "n", 0):
+            calls.append(kw)
+        depth.n = getattr(depth, "n", 0) + 1
+        try:
+            return real(**kw)
+        finally:
+            depth.n -= 1
+
+    e.terminal.positions_get = counted  # type: ignore[method-assign]
+    assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
+    opened = len(calls)
+    now[0] += 300
+    calls.clear()
+    assert e.on_bar("EURUSD", now[0]).verdict == "hold"  # type: ignore[union-attr]
+    assert len(calls) == 1 and calls == [{}]
+    seen: list[int] = []
+    predict = model.predict
+
+    def predict_and_look(row: Any) -> Any:  # runs on the deciding thread, mid-bar
+        n = len(calls)
+        t = threading.Thread(target=lambda: seen.append(len(e.positions("EURUSD"))))
+        t.start()
+        t.join()
+        assert len(calls) == n + 1  # the other thread went to the terminal
+        return predict(row)
+
+    model.predict = predict_and_look  # type: ignore[method-assign]
+    model.position = -1  # a flip: close the long, open a short
+    now[0] += 300
+    calls.clear()
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "sent" and rec.target_lots < 0
+    assert seen == [1]
+    assert opened <= 2
+    # the other thread's own call, then the bar's one view (its close and open need no other)
+    assert calls == [{"symbol": "EURUSD"}, {}]
+    assert [p.type for p in e.positions("EURUSD")] == [1]  # the short alone
