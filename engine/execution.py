@@ -181,8 +181,14 @@ class OrderExecutor:
         send_gate: threading.Lock | None = None,
         timeframe: int | None = None,
         venue: str | None = None,
+        symbol_info: Callable[[str], Any] | None = None,
+        closed_bars: Callable[[str, int], Any] | None = None,
     ) -> None:
         self.terminal = terminal
+        # the engine's reads of the bar being decided (one symbol_info, one read of closed
+        # bars per bar); without them, the terminal's
+        self._info_source = symbol_info
+        self._bars_source = closed_bars
         self.timeframe = timeframe  # bars of the fill's recent volatility (None: not journaled)
         self.venue = venue or venue_name(terminal, login)
         self.may_send = may_send
@@ -197,6 +203,16 @@ class OrderExecutor:
         d = json.loads(saved) if saved else {}
         self.working_fill: dict[str, int] = {k: int(v) for k, v in d.get("working", {}).items()}
         self.bad_fill: dict[str, set[int]] = {k: set(v) for k, v in d.get("bad", {}).items()}
+
+    def _symbol_info(self, symbol: str) -> Any:
+        if self._info_source is not None:
+            return self._info_source(symbol)
+        return self.terminal.symbol_info(symbol)
+
+    def _closed_bars(self, symbol: str, timeframe: int, count: int) -> Any:
+        if self._bars_source is not None:
+            return self._bars_source(symbol, count)
+        return self.terminal.copy_rates_from_pos(symbol, timeframe, 1, count)
 
     # --- filling ------------------------------------------------------------------------
     def _save_fill(self) -> None:
@@ -218,7 +234,7 @@ class OrderExecutor:
             first = [self.working_fill[symbol]]
         else:
             first = []
-        info = self.terminal.symbol_info(symbol)
+        info = self._symbol_info(symbol)
         flags = int(info.filling_mode) if info is not None else 0
         out = list(first)
         for name in self.config.filling_preference:
@@ -418,12 +434,10 @@ class OrderExecutor:
         point: float | None = None
         vol: float | None = None
         try:
-            info = self.terminal.symbol_info(out.symbol)
+            info = self._symbol_info(out.symbol)
             point = float(info.point) if info is not None and info.point else None
             if self.timeframe is not None:
-                rates = self.terminal.copy_rates_from_pos(
-                    out.symbol, self.timeframe, 1, FILL_VOL_WINDOW + 1
-                )
+                rates = self._closed_bars(out.symbol, self.timeframe, FILL_VOL_WINDOW + 1)
                 if rates is not None:
                     vol = return_volatility(rates["close"], FILL_VOL_WINDOW)
         except Exception as exc:  # the fill is journaled without them
@@ -471,7 +485,7 @@ class OrderExecutor:
     ) -> None:
         from engine.sizing import stop_prices
 
-        info = self.terminal.symbol_info(symbol)
+        info = self._symbol_info(symbol)
         if info is None or tick is None:
             return
         if widen:  # 10016: step beyond the stops/freeze level by the spread as well

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from engine.config import ExecutionConfig, RiskLimits, SizingConfig
-from engine.execution import OrderExecutor, OrderOutcome
+from engine.execution import FILL_VOL_WINDOW, OrderExecutor, OrderOutcome
 from engine.features import FeatureRow, FeatureUnavailable, InvalidFeatures
 from engine.grid import GridRunner
 from engine.journal import (
@@ -119,6 +119,9 @@ class ModelClient(Protocol):
 
     def predict(self, row: FeatureRow) -> Prediction: ...
 
+
+POLICY_BARS = 26
+"""Closed bars the policy gate reads (its volatility and ATR)."""
 
 STATS_KEEP = 250_000
 """Bars whose latencies :class:`EngineStats` keeps (the newest): a live engine runs for
@@ -236,6 +239,8 @@ class Engine:
         self._send_t: float | None = None  # the bar's first order_send (perf_counter)
         self._snap_thread: int | None = None  # the deciding thread while a bar is decided
         self._positions_snap: tuple[Any, ...] | None = None  # its view of the positions
+        self._infos_snap: dict[str, Any] = {}  # its symbol infos
+        self._bars_snap: dict[str, tuple[int, Any]] = {}  # its closed bars: (asked, rates)
         self.kill_wait_s = kill_wait_s
         self._pending_kill: str | None = None  # a kill not yet persisted (lock was busy)
         self._pending_flatten = False
@@ -270,6 +275,8 @@ class Engine:
             may_send=self._may_send,
             send_gate=self.send_gate,
             timeframe=timeframe,  # the fills' recent volatility
+            symbol_info=self._symbol_info,  # within a bar: the bar's reads
+            closed_bars=self._closed_bars,
         )
         self.router = router  # several venues (engine.router): orders go through the router
         if router is not None:
@@ -479,6 +486,7 @@ class Engine:
                 if strategy == "grid":
                     raise _GridOnly
             self._positions_snap, self._snap_thread = None, threading.get_ident()
+            self._infos_snap, self._bars_snap = {}, {}
             t = time.perf_counter()
             row = self.features.read(symbol)
             lat["feature_ms"] = (time.perf_counter() - t) * 1e3
@@ -543,6 +551,7 @@ class Engine:
             rec.reason = f"{reason}: {type(exc).__name__}: {exc}"[:2000]
         finally:
             self._snap_thread, self._positions_snap = None, None
+            self._infos_snap, self._bars_snap = {}, {}
         if grid_out is not None and self.grid is not None:
             self.grid.merge(rec, grid_out, alone=strategy == "grid")
         self._show_executed(rec)
@@ -589,10 +598,9 @@ class Engine:
         assert pol is not None
         cost = edge = None
         if pol.needs_costs:
-            info = self.terminal.symbol_info(symbol)
+            info = self._symbol_info(symbol)
             tick = self.terminal.symbol_info_tick(symbol)
-            n = max(self.sizing.atr_period + 1, 26)
-            rates = self.terminal.copy_rates_from_pos(symbol, self.timeframe, 1, n)
+            rates = self._closed_bars(symbol, max(self.sizing.atr_period + 1, POLICY_BARS))
             if info is not None and tick is not None and info.point and rates is not None:
                 close = float(rates["close"][-1]) if len(rates) else 0.0
                 cost = policy_cost_points(
@@ -621,7 +629,7 @@ class Engine:
         side = 0 if current == 0 else (1 if current > 0 else -1)
         if pred.position == side:
             return None  # already where the model wants to be (no resizing mid-trade)
-        info = self.terminal.symbol_info(symbol)
+        info = self._symbol_info(symbol)
         tick = self.terminal.symbol_info_tick(symbol)
         now_server = self.clock() + self.offset_s
         market_open = (
@@ -640,9 +648,7 @@ class Engine:
         )
         target, sl_d, tp_d = 0.0, 0.0, 0.0
         if pred.position != 0 and info is not None:
-            rates = self.terminal.copy_rates_from_pos(
-                symbol, self.timeframe, 1, self.sizing.atr_period + 1
-            )
+            rates = self._closed_bars(symbol, self.sizing.atr_period + 1)
             a = atr(rates, self.sizing.atr_period) if rates is not None else 0.0
             sl_d = self.sizing.stop_atr_mult * a
             tp_d = self.sizing.take_profit_atr_mult * a
@@ -806,6 +812,38 @@ class Engine:
             every = self.terminal.positions_get() or ()
             snap = self._positions_snap = tuple(p for p in every if p.magic == self.magic)
         return snap if symbol is None else tuple(p for p in snap if p.symbol == symbol)
+
+    def _symbol_info(self, symbol: str) -> Any:
+        """``symbol_info(symbol)``; inside a decision (the deciding thread) one read serves
+        the bar: the policy gate, the plan, the cost gate and the executor (filling mode,
+        stops, the fill's point) each ask for it. Quotes are not kept: the executor prices
+        each request from a fresh ``symbol_info_tick``."""
+        if self._snap_thread != threading.get_ident():
+            return self.terminal.symbol_info(symbol)
+        if symbol not in self._infos_snap:
+            info = self.terminal.symbol_info(symbol)
+            if info is None:
+                return None  # not kept: the next ask tries again (last_error is the terminal's)
+            self._infos_snap[symbol] = info
+        return self._infos_snap[symbol]
+
+    def _closed_bars(self, symbol: str, count: int) -> Any:
+        """The last ``count`` closed bars of ``symbol`` on the engine's timeframe, oldest
+        first: ``copy_rates_from_pos(symbol, timeframe, 1, count)``. Inside a decision one
+        read of the most any step needs (ATR, the policy's volatility, the fill's) serves the
+        bar, sliced: closed bars do not change within it. Read-only."""
+        if self._snap_thread != threading.get_ident():
+            return self.terminal.copy_rates_from_pos(symbol, self.timeframe, 1, count)
+        got = self._bars_snap.get(symbol)
+        if got is None or got[0] < count:
+            n = max(count, self.sizing.atr_period + 1, POLICY_BARS, FILL_VOL_WINDOW + 1)
+            rates = self.terminal.copy_rates_from_pos(symbol, self.timeframe, 1, n)
+            if rates is None:
+                return None
+            rates.flags.writeable = False
+            got = self._bars_snap[symbol] = (n, rates)
+        rates = got[1]
+        return rates[-count:] if len(rates) > count else rates
 
     def _model_positions(self, symbol: str) -> tuple[Any, ...]:
         """The model strategy's positions of ``symbol``: this engine's, minus the grid's."""

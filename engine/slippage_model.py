@@ -192,9 +192,9 @@ def gate_cost_points(engine: Any, symbol: str, position: int, spread_points: flo
     from engine.sizing import return_volatility
 
     term = engine.terminal
-    info = term.symbol_info(symbol)
+    info = engine._symbol_info(symbol)  # the bar's reads (one per decided bar)
     tick = term.symbol_info_tick(symbol)
-    rates = term.copy_rates_from_pos(symbol, engine.timeframe, 1, FILL_VOL_WINDOW + 1)
+    rates = engine._closed_bars(symbol, FILL_VOL_WINDOW + 1)
     vol_points = 0.0
     if rates is not None and info is not None and tick is not None and info.point:
         price = tick.ask if position > 0 else tick.bid

@@ -399,3 +399,39 @@ def test_engine_when_deciding_a_bar_then_one_positions_view_serves_it_until_an_o
     # the other thread's own call, then the bar's one view (its close and open need no other)
     assert calls == [{"symbol": "EURUSD"}, {}]
     assert [p.type for p in e.positions("EURUSD")] == [1]  # the short alone
+
+
+def test_engine_when_a_bar_trades_then_one_symbol_info_and_one_bars_read_serve_it(
+    tmp_path: Path,
+) -> None:
+    """The plan (ATR), the executor (filling mode, stops, the fill's point and volatility)
+    read the symbol's info and its closed bars once per bar; the fill row carries the same
+    volatility as a read of its own 25 bars, and a bar later reads again."""
+    from engine.execution import FILL_VOL_WINDOW
+    from engine.sizing import return_volatility
+
+    now = [MONDAY_0800]
+    e = _engine(tmp_path, now)
+    reads: dict[str, int] = {"symbol_info": 0, "copy_rates_from_pos": 0}
+    for name in reads:
+        real = getattr(e.terminal, name)
+
+        def counted(*a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            reads[_name] += 1
+            return _real(*a, **kw)
+
+        setattr(e.terminal, name, counted)
+    rec = e.on_bar("EURUSD", now[0])
+    assert rec is not None and rec.verdict == "sent"
+    assert reads == {"symbol_info": 1, "copy_rates_from_pos": 1}
+    fill = e.journal.fills()[-1]
+    own = e.terminal.copy_rates_from_pos("EURUSD", e.timeframe, 1, FILL_VOL_WINDOW + 1)
+    assert fill.volatility == pytest.approx(return_volatility(own["close"], FILL_VOL_WINDOW))
+    assert e._symbol_info("EURUSD") is not None  # outside a bar: the terminal's answer
+    before = dict(reads)
+    model = e.model
+    model.position = -1  # type: ignore[attr-defined]  # the next bar flips: reads again
+    now[0] += 300
+    assert e.on_bar("EURUSD", now[0]).verdict == "sent"  # type: ignore[union-attr]
+    assert reads["symbol_info"] == before["symbol_info"] + 1
+    assert reads["copy_rates_from_pos"] == before["copy_rates_from_pos"] + 1
