@@ -301,6 +301,10 @@ class Venue:
     last_positions: tuple[Any, ...] = ()
     last_account: Any = None
     last_deals: tuple[Any, ...] = ()
+    # wall time (epoch s) each ``last_*`` was read at (taken just before the call)
+    read_at: dict[str, float] = field(default_factory=dict)
+    # symbol -> wall time of its last order completed here after ``last_positions`` was read
+    unread_fills: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -809,7 +813,30 @@ class OrderRouter:
         self._route(
             cid, symbol, routed, v.name, out.status, out.detail or (f"retcode {out.retcode}")
         )
+        self._filled(v, symbol, out, opening=False)
         return out
+
+    def _filled(self, v: Venue, symbol: str, out: OrderOutcome, *, opening: bool) -> None:
+        """An order completed at ``v``: its effect is not in ``v.last_positions`` until the
+        next read, so read ``v``'s positions now. Should ``v`` die before that read, what it
+        last showed misses an opening fill (the engine would see the symbol flat there): the
+        symbol takes no opening order while ``v`` is down (:meth:`_open`)."""
+        if out.status not in _RESOLVED_STATUSES:
+            return
+        if opening:  # a close missed keeps the position in what it showed: exposure overstated
+            v.unread_fills[symbol] = time.time()
+        t = time.time()
+        try:
+            got = v.terminal.positions_get()
+        except Exception as exc:
+            if not _link_error(exc):
+                raise
+            self._down(v, exc)
+            return
+        if got is not None:
+            v.last_positions = got
+            v.read_at["last_positions"] = t
+            v.unread_fills = {k: at for k, at in v.unread_fills.items() if at >= t}
 
     def _holder(self, symbol: str, ticket: int) -> str | None:
         for v in self.venues:
@@ -843,6 +870,16 @@ class OrderRouter:
                 intent,
                 f"in doubt at {d.venue} (down): not sent elsewhere",
                 end=False,
+            )
+        unseen = [v.name for v in self.venues if v.breaker.down and symbol in v.unread_fills]
+        if unseen and not flatten:
+            return self._failed(
+                cid,
+                symbol,
+                bar_close,
+                intent,
+                f"{symbol}: an order filled at {unseen[0]} after its positions were last read, "
+                f"and {unseen[0]} is down: exposure unknown, no new order until it answers",
             )
         held = [c for c, d in self.in_doubt.items() if d.symbol == symbol]
         if held and not flatten:
@@ -960,6 +997,7 @@ class OrderRouter:
             self._route(
                 cid, symbol, intent, v.name, out.status, out.detail or f"retcode {out.retcode}", q
             )
+            self._filled(v, symbol, out, opening=True)
             return out
         detail = (
             "no venue could take the order: "
@@ -1005,7 +1043,12 @@ class OrderRouter:
     ) -> list[Mismatch]:
         """:func:`engine.reconcile.compare` per venue: each venue's positions and deals against
         the intents routed there (an intent without a route: the first venue). Keys and details
-        name the venue."""
+        name the venue.
+
+        A venue that is down shows what it showed when last read: its
+        snapshot is that old, so intents that ended after it are not expected in it (no
+        ``missing_position`` for an order filled there after its last read, e.g. the last
+        fill before it died)."""
         where = self.venue_of()
         first = self.venues[0].name
         by_v: dict[str, list[Any]] = collections.defaultdict(list)
@@ -1022,8 +1065,20 @@ class OrderRouter:
         for d in deals:
             dls[getattr(d, "venue", first)].append(d)
         out: list[Mismatch] = []
+        since = kw.pop("since_wall")
         for v in self.venues:
-            for m in compare(positions=pos[v.name], deals=dls[v.name], intents=by_v[v.name], **kw):
+            if v.breaker.down:  # not read in this pass: what it showed when last read
+                read = min(v.read_at.get("last_positions", 0.0), v.read_at.get("last_deals", 0.0))
+                since_v = min(since, read)
+            else:
+                since_v = since
+            for m in compare(
+                positions=pos[v.name],
+                deals=dls[v.name],
+                intents=by_v[v.name],
+                since_wall=since_v,
+                **kw,
+            ):
                 out.append(Mismatch(m.kind, f"{v.name}/{m.key}", {**m.detail, "venue": v.name}))
         return out
 
@@ -1096,12 +1151,18 @@ class RoutedTerminal:
         for v in self.router.venues:
             got = None
             if self.router.reachable(v):
+                t = time.time()
                 try:
                     got = read(v)
                 except Exception as exc:
                     if not _link_error(exc):
                         raise
                     self.router._down(v, exc)
+                else:
+                    if got is not None:
+                        v.read_at[keep] = t
+                        if keep == "last_positions":  # fills up to t are in this snapshot
+                            v.unread_fills = {k: at for k, at in v.unread_fills.items() if at >= t}
             if got is None:
                 got = getattr(v, keep)  # down: what it last showed
             else:

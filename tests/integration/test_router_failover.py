@@ -25,12 +25,22 @@ def test_failover_when_venue_a_dies_by_sigkill_while_orders_flow_then_b_within_s
     # every order sent after the kill went to B, but those of a symbol whose order was in
     # flight at the kill (in doubt: held, its exposure unknown)
     assert all(x["venue"] == "b" and x["status"] == "done" for x in after if not x["detail"])
-    assert all("in doubt at a" in x["detail"] for x in after if x["detail"])
+    # (or, should the kill land between a fill at A and the read of A's positions that
+    # follows it, that symbol's exposure at A is unknown: held the same way)
+    assert all(
+        "in doubt at a" in x["detail"] or "exposure unknown" in x["detail"]
+        for x in after
+        if x["detail"]
+    )
     assert len([x for x in after if x["venue"] == "b"]) >= 15
     assert r.failover_s is not None and r.failover_s < 3.0
     assert r.duplicates == 0  # no client id executed twice across the two terminals
     assert r.in_doubt_on_b == 0 and len(r.in_doubt) <= 1  # one order at most in flight
-    assert r.executed_ids >= 39 - len(r.in_doubt)
+    # the orders refused are those of at most one symbol, held: its order in flight at the
+    # kill (in doubt), or its fill at A right before the kill that A's positions never showed
+    held = {x["symbol"] for x in after if x["detail"]}
+    assert len(held) <= 1 and r.refused <= len([x for x in after if x["symbol"] in held])
+    assert r.executed_ids >= r.orders - r.refused
     assert r.detail["ok_ids_without_deal"] == 0  # every order said done has its deal
 
 

@@ -268,12 +268,13 @@ def test_engine_when_killed_with_flatten_then_positions_close_at_the_venue_holdi
 class _Link:
     """The link to a real simulated terminal: ``down`` refuses every call, as a dead bridge
     does; ``lose_next`` lets the next ``order_send`` execute and then drops the link (and the
-    answer) mid-call."""
+    answer) mid-call; ``die_after_next`` answers the next ``order_send`` and then goes down."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.down = False
         self.lose_next = False
+        self.die_after_next = False
 
     def _gone(self, call: str) -> mt5.TerminalConnectionError:
         return mt5.TerminalConnectionError(call, (mt5.RES_E_INTERNAL_FAIL_CONNECT, "link down"))
@@ -294,6 +295,8 @@ class _Link:
             if call == "order_send" and self.lose_next:
                 self.lose_next, self.down = False, True
                 raise self._gone(call)
+            if call == "order_send" and self.die_after_next:  # the answer arrives, then down
+                self.die_after_next, self.down = False, True
             return out
 
         return forward
@@ -438,3 +441,79 @@ def test_engine_when_the_model_flips_every_bar_then_closes_go_where_positions_ar
     }
     closes_at = {r["venue"] for r in e.journal.routes() if r["intent"].startswith("close:")}
     assert closes_at == {"b", "c"}
+
+
+def test_reconcile_when_a_venue_dies_right_after_a_fill_then_no_false_missing_position(
+    tmp_path: Path,
+) -> None:
+    """b (the cheaper of a and b) fills an order and its link dies before anything read its
+    positions again: b's last snapshot predates the fill. The continuous reconciliation must
+    not call that position missing (it once did, and the engine went REDUCING: no opening
+    order on a either, the failover of the whole engine undone); the other symbols trade at
+    a (but not the symbol filled at b: its position there is unseen), and once b answers its
+    position is there and reconciles."""
+    now = [MONDAY_0800]
+    venues, links = _venues_with_links(now)
+    journal = Journal(tmp_path / "e.sqlite")
+    router = OrderRouter(venues, journal, ExecutionConfig(), magic=MAGIC)
+    e = Engine(
+        terminal=router.terminal,
+        features=ClockFeatures(now),
+        model=ScriptedModel(1),
+        journal=journal,
+        limits=RiskLimits(),
+        lots=0.1,
+        magic=MAGIC,
+        clock=lambda: float(now[0]),
+        sleep=lambda s: None,
+        router=router,
+    )
+    e.reconcile()
+    first, second = closes(n=2)
+    now[0] = first
+    links["b"].die_after_next = True  # b fills the order, answers, and dies at once
+    assert e.on_bar("EURUSD", first).verdict == "sent"
+    assert journal.routes()[-1]["venue"] == "b"
+    assert not [p for p in router.by_name["b"].last_positions if p.symbol == "EURUSD"]
+    assert set(router.by_name["b"].unread_fills) == {"EURUSD"}
+
+    out = e.reconcile_pass()
+
+    assert out is not None and out["open"] == [], out
+    assert str(e.risk.state.trading_state) == "ACTIVE"
+    assert router.by_name["b"].breaker.down
+    now[0] = second
+    # b's snapshot misses the EURUSD position: the engine sees EURUSD flat, but no second
+    # EURUSD position is opened at a while b, where the fill was, cannot be read
+    held = e.on_bar("EURUSD", second)
+    assert held.verdict != "sent" and held.reason_code == "terminal_unavailable", held.reason
+    assert "exposure unknown" in held.reason
+    rec = e.on_bar("GBPUSD", second)
+    assert rec.verdict == "sent", rec.reason
+    assert journal.routes()[-1]["venue"] == "a"  # the failover: a takes the order
+
+    links["b"].down = False  # b answers again: its position is read and reconciles
+    out = e.reconcile_pass()
+    assert out is not None and out["open"] == [], out
+    assert {(p.symbol, p.venue) for p in e.positions()} == {("EURUSD", "b"), ("GBPUSD", "a")}
+    assert router.by_name["b"].unread_fills == {}
+    now[0] = second + 300
+    assert e.on_bar("EURUSD", second + 300).verdict == "hold"  # long at b, as the model wants
+
+
+def test_route_when_an_order_fills_then_its_venue_positions_are_read_again_at_once(
+    tmp_path: Path,
+) -> None:
+    """After a fill the router reads that venue's positions, so what a venue last showed
+    includes its last fill should it die right after; nothing is held then."""
+    now = [MONDAY_0800]
+    venues, links = _venues_with_links(now)
+    r = OrderRouter(venues, Journal(tmp_path / "j.sqlite"), ExecutionConfig(), magic=MAGIC)
+    r.bind(login=1001, sleep=lambda s: None)
+
+    assert _buy(r, now, MONDAY_0800).status == "done"  # at b
+    b = r.by_name["b"]
+    assert [p.symbol for p in b.last_positions] == ["EURUSD"] and b.unread_fills == {}
+    links["b"].down = True
+    nxt = _buy(r, now, MONDAY_0800 + 300)  # EURUSD again: b down, its position known
+    assert nxt.status == "done" and r.journal.routes()[-1]["venue"] == "a"
