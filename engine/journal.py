@@ -27,6 +27,11 @@ Tables (same SQL on both back ends):
   what (``action``), why (``reason``) and what changed (``detail`` JSON: state before/after,
   positions flattened, mismatches). Appended only; :meth:`Journal.audit_rows` reads it back.
 
+JSON columns (requests, results, latencies, probabilities, explanation, features, intents'
+requests and results) are written by :func:`dumps`: compact text from msgspec that
+``json.loads`` reads back as the very value ``json.dumps`` gave (it falls back to the standard
+library for NaN, infinities and whatever msgspec would write differently).
+
 **Scope.** Every row of every table carries a ``scope``: ``<account login>:<magic>:<mode>``
 (set by the engine once it knows its account, :meth:`Journal.set_scope`). Two engines, or a
 backtest and a paper engine, that share one database never see each other's decisions,
