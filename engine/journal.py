@@ -27,6 +27,11 @@ Tables (same SQL on both back ends):
   what (``action``), why (``reason``) and what changed (``detail`` JSON: state before/after,
   positions flattened, mismatches). Appended only; :meth:`Journal.audit_rows` reads it back.
 
+JSON columns (requests, results, latencies, probabilities, explanation, features, intents'
+requests and results) are written by :func:`dumps`: compact text from msgspec that
+``json.loads`` reads back as the very value ``json.dumps`` gave (it falls back to the standard
+library for NaN, infinities and whatever msgspec would write differently).
+
 **Scope.** Every row of every table carries a ``scope``: ``<account login>:<magic>:<mode>``
 (set by the engine once it knows its account, :meth:`Journal.set_scope`). Two engines, or a
 backtest and a paper engine, that share one database never see each other's decisions,
@@ -49,7 +54,9 @@ COMMIT (what ``synchronous=FULL`` does inside every COMMIT; see :meth:`Journal._
 by hand); when that flush fails the commit point raises :class:`JournalUnavailable` and the
 order is not sent. ``sync_commits`` / ``relaxed_commits`` count the two kinds. State written
 inside a transaction (:meth:`Journal.save_state`, which also takes a callable) is kept in
-memory and upserted once per commit point, with its value at that moment.
+memory and upserted once per commit point, with its value at that moment, and only when that
+value differs from the one this connection committed last (``updated_at`` is when it last
+changed; after a database error or a rollback the next save writes it again).
 :meth:`Journal.decided` answers from a set of decided bars loaded once per scope (the primary
 key still refuses a duplicate). ``durable=False`` (backtests, by choice:
 ``TX_ENGINE_BACKTEST_JOURNAL_DURABLE=false``) never waits for the disk.
@@ -61,19 +68,50 @@ lost, a PostgreSQL statement over its ``statement_timeout``) raises
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 log = logging.getLogger(__name__)
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+_msgspec_encode = msgspec.json.Encoder(enc_hook=float).encode
+_msgspec_decode = msgspec.json.Decoder().decode
+
+
+def dumps(value: Any) -> str:
+    """A JSON column's text, written by msgspec (several times faster than the standard
+    library: this runs for every JSON column of every bar) when its text reads back as a value
+    equal to ``value``; otherwise ``json.dumps(value, default=float)``, as before. The text is
+    compact and may spell a float differently (``1e-05`` as ``0.00001``), but ``json.loads``
+    gives the same value either way. What falls back: NaN and infinities (msgspec writes
+    ``null``, the standard library ``NaN``/``Infinity``), tuples, keys that are not strings,
+    text that is not ASCII (the standard library escapes it), and the types msgspec encodes but
+    the standard library refuses (datetime, set, bytes, dataclasses: still a ``TypeError``)."""
+    try:
+        out = _msgspec_encode(value)
+        if out.isascii() and _msgspec_decode(out) == value:
+            return out.decode()
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError):
+        pass
+    return json.dumps(value, default=float)
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_sql(sql: str) -> str:
+    """The statement with psycopg's placeholders."""
+    return sql.replace("?", "%s")
+
 
 _SCHEMA = (
     """
@@ -327,6 +365,37 @@ class Intent:
     updated_at: float = field(default_factory=time.time)
 
 
+_DECISION_FIELDS = tuple(f.name for f in fields(DecisionRecord))
+_decision_values = operator.attrgetter(*_DECISION_FIELDS)
+_DECISION_JSON_AT = tuple(_DECISION_FIELDS.index(k) for k in _JSON_DECISION)
+_DECISION_SEQUENCE_AT = _DECISION_FIELDS.index("feature_sequence")
+_INSERT_DECISION = (
+    f"INSERT INTO decisions (scope,{','.join(_DECISION_FIELDS)})"
+    f" VALUES ({','.join('?' * (1 + len(_DECISION_FIELDS)))})"
+    # ON CONFLICT DO NOTHING, not an integrity error: in PostgreSQL an error would abort the
+    # whole group transaction
+    " ON CONFLICT (scope, symbol, bar_close) DO NOTHING"
+)
+_FILL_FIELDS = tuple(f.name for f in fields(Fill))
+_fill_values = operator.attrgetter(*_FILL_FIELDS)
+_INSERT_FILL = (
+    f"INSERT INTO fills (scope,{','.join(_FILL_FIELDS)})"
+    f" VALUES ({','.join('?' * (1 + len(_FILL_FIELDS)))})"
+    " ON CONFLICT (scope, client_id) DO NOTHING"
+)
+_INSERT_INTENT = (
+    "INSERT INTO intents (scope, client_id, symbol, bar_close, intent, request, status,"
+    " result, retcode, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (scope, client_id) DO NOTHING"
+)
+_UPSERT_STATE = (
+    "INSERT INTO engine_state (scope, key, value, updated_at) VALUES (?,?,?,?)"
+    " ON CONFLICT (scope, key) DO UPDATE SET value=excluded.value,"
+    " updated_at=excluded.updated_at"
+)
+_NOT_WRITES = ("SELECT", "BEGIN", "COMMIT", "SET LOCAL")
+
+
 class Journal:
     """Decisions, intents and state in SQLite or PostgreSQL (see the module docstring)."""
 
@@ -340,6 +409,10 @@ class Journal:
         self._tx_dirty = False  # it holds a write
         self._tx_decided: list[tuple[str, int]] = []
         self._pending_state: dict[str, str | Callable[[], str]] = {}
+        # engine_state values as this connection last committed them, (scope, key) -> value:
+        # an unchanged value is not written again; _tx_state holds the open transaction's
+        self._saved_state: dict[tuple[str, str], str] = {}
+        self._tx_state: dict[tuple[str, str], str] = {}
         self._decided: set[tuple[str, int]] | None = None
         self._intent_bars: set[tuple[str, int]] | None = None
         self._decided_scope = scope
@@ -456,6 +529,9 @@ class Journal:
         if self._decided is not None:
             self._decided.update(self._tx_decided)
         self._tx_decided.clear()
+        if self._tx_state:
+            self._saved_state.update(self._tx_state)
+            self._tx_state.clear()
         self._tx_relaxed = False
         if relaxed or not self.durable:
             self.relaxed_commits += 1
@@ -499,6 +575,8 @@ class Journal:
         self._tx = False
         self._pending_state.clear()
         self._tx_decided.clear()
+        self._tx_state.clear()
+        self._saved_state.clear()  # a failed bar: write the state again at the next save
         self._tx_relaxed = False
         with self._lock:
             try:
@@ -546,19 +624,36 @@ class Journal:
 
     # --- plumbing -----------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
-        write = not sql.startswith(("SELECT", "BEGIN", "COMMIT", "SET LOCAL"))
-        if self._tx and write:
+        write = not sql.startswith(_NOT_WRITES)
+        if write:
+            return self._write(sql, params)
+        if self.postgres:
+            sql = _pg_sql(sql)
+        with self._lock:
+            try:
+                return self._db.execute(sql, params)
+            except self._integrity:
+                raise
+            except self._errors as exc:
+                self._saved_state.clear()  # what the database holds is not known any more
+                raise JournalUnavailable(f"journal: {type(exc).__name__}: {exc}") from exc
+
+    def _write(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        """Execute a write: inside a group transaction it waits for the commit point, outside
+        one it is committed (and, durable, flushed) at once."""
+        if self._tx:
             self._tx_dirty = True
         if self.postgres:
-            sql = sql.replace("?", "%s")
+            sql = _pg_sql(sql)
         with self._lock:
             try:
                 cur = self._db.execute(sql, params)
             except self._integrity:
                 raise
             except self._errors as exc:
+                self._saved_state.clear()  # what the database holds is not known any more
                 raise JournalUnavailable(f"journal: {type(exc).__name__}: {exc}") from exc
-            if write and not self._tx:  # a write outside a group transaction: its own commit
+            if not self._tx:  # a write outside a group transaction: its own commit
                 if self.durable:
                     self._sync()
                 else:
@@ -572,24 +667,19 @@ class Journal:
                 names = [c[0] for c in cur.description]
                 return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
             except self._errors as exc:
+                self._saved_state.clear()  # what the database holds is not known any more
                 raise JournalUnavailable(f"journal: {type(exc).__name__}: {exc}") from exc
 
     # --- decisions ----------------------------------------------------------------------
     def record(self, rec: DecisionRecord) -> None:
         """Journal one decision; :class:`DuplicateDecision` if the bar was already journaled."""
-        d = {"scope": self.scope, **vars(rec)}  # shallow: JSON columns serialised below
-        if d["feature_sequence"] is not None:
-            d["feature_sequence"] = encode_sequence(d["feature_sequence"])
-        for k in _JSON_DECISION:
-            d[k] = json.dumps(d[k], default=float) if d[k] is not None else None
-        cols = ",".join(d)
-        # ON CONFLICT DO NOTHING, not an integrity error: in PostgreSQL an error would abort
-        # the whole group transaction
-        cur = self._exec(
-            f"INSERT INTO decisions ({cols}) VALUES ({','.join('?' * len(d))})"
-            " ON CONFLICT (scope, symbol, bar_close) DO NOTHING",
-            list(d.values()),
-        )
+        v = [self.scope, *_decision_values(rec)]  # the columns in _INSERT_DECISION's order
+        for i in _DECISION_JSON_AT:
+            if v[i + 1] is not None:
+                v[i + 1] = dumps(v[i + 1])
+        if v[_DECISION_SEQUENCE_AT + 1] is not None:
+            v[_DECISION_SEQUENCE_AT + 1] = encode_sequence(v[_DECISION_SEQUENCE_AT + 1])
+        cur = self._write(_INSERT_DECISION, v)
         if cur.rowcount == 0:
             raise DuplicateDecision(f"{rec.symbol} bar {rec.bar_close} already journaled")
         key = (rec.symbol, int(rec.bar_close))
@@ -706,19 +796,17 @@ class Journal:
     def intent_begin(self, it: Intent) -> bool:
         """Write the intent before the order is sent; ``False`` if this client id exists.
         Inside a group transaction it is durable only from the next :meth:`checkpoint`."""
-        cur = self._exec(
-            "INSERT INTO intents (scope, client_id, symbol, bar_close, intent, request, status,"
-            " result, retcode, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (scope, client_id) DO NOTHING",
+        cur = self._write(
+            _INSERT_INTENT,
             (
                 self.scope,
                 it.client_id,
                 it.symbol,
                 int(it.bar_close),
                 it.intent,
-                json.dumps(it.request),
+                dumps(it.request),
                 it.status,
-                json.dumps(it.result) if it.result is not None else None,
+                dumps(it.result) if it.result is not None else None,
                 it.retcode,
                 it.created_at,
                 it.updated_at,
@@ -732,12 +820,12 @@ class Journal:
         self, client_id: str, status: str, result: dict[str, Any] | None, retcode: int | None
     ) -> None:
         """Record the outcome of an intent."""
-        self._exec(
+        self._write(
             "UPDATE intents SET status=?, result=?, retcode=?, updated_at=?"
             " WHERE scope=? AND client_id=?",
             (
                 status,
-                json.dumps(result) if result is not None else None,
+                dumps(result) if result is not None else None,
                 retcode,
                 time.time(),
                 self.scope,
@@ -751,7 +839,7 @@ class Journal:
         self._exec(
             "UPDATE intents SET status='pending', request=?, result=NULL, retcode=NULL,"
             " updated_at=? WHERE scope=? AND client_id=?",
-            (json.dumps(request), time.time(), self.scope, client_id),
+            (dumps(request), time.time(), self.scope, client_id),
         )
 
     def intent(self, client_id: str) -> Intent | None:
@@ -829,12 +917,13 @@ class Journal:
         self._upsert_state(key, value() if callable(value) else value)
 
     def _upsert_state(self, key: str, value: str) -> None:
-        self._exec(
-            "INSERT INTO engine_state (scope, key, value, updated_at) VALUES (?,?,?,?)"
-            " ON CONFLICT (scope, key) DO UPDATE SET value=excluded.value,"
-            " updated_at=excluded.updated_at",
-            (self.scope, key, value, time.time()),
-        )
+        """Write the value unless it is the one this connection committed last (or wrote
+        earlier in the open transaction): ``updated_at`` is when the value last changed."""
+        k = (self.scope, key)
+        if self._tx_state.get(k, self._saved_state.get(k)) == value:
+            return
+        self._write(_UPSERT_STATE, (self.scope, key, value, time.time()))
+        (self._tx_state if self._tx else self._saved_state)[k] = value
 
     def load_state(self, key: str) -> str | None:
         """The saved state under ``key``, or ``None``."""
@@ -850,12 +939,7 @@ class Journal:
     def record_fill(self, fill: Fill) -> None:
         """Journal one fill (inside the bar's transaction when one is open); a second fill
         of the same client id is ignored (an order fills once)."""
-        d = {"scope": self.scope, **vars(fill)}
-        self._exec(
-            f"INSERT INTO fills ({','.join(d)}) VALUES ({','.join('?' * len(d))})"
-            " ON CONFLICT (scope, client_id) DO NOTHING",
-            list(d.values()),
-        )
+        self._write(_INSERT_FILL, (self.scope, *_fill_values(fill)))
 
     def fills(self, symbol: str | None = None) -> list[Fill]:
         """Fills of this scope (optionally of one symbol), oldest first."""

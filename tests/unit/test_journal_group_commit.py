@@ -279,3 +279,98 @@ def test_power_failure_when_the_bars_relaxed_commit_is_lost_then_restart_recover
     assert rec2 is not None and rec2.verdict == "sent"
     assert rec2.order_result is not None and rec2.order_result["executed_before_restart"]
     assert len(term.inner.sent) == 1 and len(e2.positions("EURUSD")) == 1
+
+
+def _state_row(db: Path) -> tuple[str, float] | None:
+    with sqlite3.connect(db) as other:
+        row = other.execute(
+            "SELECT value, updated_at FROM engine_state WHERE key='risk'"
+        ).fetchone()
+    return None if row is None else (str(row[0]), float(row[1]))
+
+
+def test_journal_when_the_state_is_saved_unchanged_then_it_is_not_written_again(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j.sqlite", "1:2:paper")
+    j.begin()
+    j.save_state("risk", lambda: '{"equity": 1}')
+    j.commit()
+    first = _state_row(tmp_path / "j.sqlite")
+    stmts = _statements(j)
+
+    for _ in range(3):  # bars whose risk state did not change
+        j.begin()
+        j.save_state("risk", lambda: '{"equity": 1}')
+        j.commit()
+    j.save_state("risk", '{"equity": 1}')  # outside a transaction too
+
+    assert not any("engine_state" in s for s in stmts)
+    assert _state_row(tmp_path / "j.sqlite") == first
+    j.begin()
+    j.save_state("risk", lambda: '{"equity": 2}')
+    j.commit()
+    assert sum("INSERT INTO engine_state" in s for s in stmts) == 1
+    assert Journal(tmp_path / "j.sqlite", "1:2:paper").load_state("risk") == '{"equity": 2}'
+
+
+def test_journal_when_the_commit_of_a_new_state_fails_then_the_next_bar_writes_that_state(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j.sqlite", "1:2:paper")
+    j.save_state("risk", '{"equity": 1}')
+    j.begin()
+    j.save_state("risk", lambda: '{"equity": 2}')
+    real = j._db
+    j._db = _Failing(real, "COMMIT")
+    with pytest.raises(JournalUnavailable):
+        j.commit()  # the state was upserted, then the bar rolled back
+    j._db = real
+
+    j.begin()
+    j.save_state("risk", lambda: '{"equity": 2}')
+    j.commit()
+
+    assert Journal(tmp_path / "j.sqlite", "1:2:paper").load_state("risk") == '{"equity": 2}'
+
+
+def test_journal_when_the_scope_changes_then_an_equal_state_is_written_in_the_new_scope(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j.sqlite", "1:2:paper")
+    j.save_state("risk", '{"equity": 1}')
+
+    j.set_scope("1:2:live")
+    j.save_state("risk", '{"equity": 1}')
+
+    assert Journal(tmp_path / "j.sqlite", "1:2:live").load_state("risk") == '{"equity": 1}'
+
+
+def test_journal_when_a_write_fails_then_the_next_save_writes_the_state_again(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "j.sqlite", "1:2:paper")
+    j.save_state("risk", '{"equity": 1}')
+    with sqlite3.connect(tmp_path / "j.sqlite") as other:  # the row lost behind its back
+        other.execute("DELETE FROM engine_state")
+    real = j._db
+    j._db = _Failing(real, "")
+    with pytest.raises(JournalUnavailable):
+        j.save_state("other", "x")
+    j._db = real
+
+    j.save_state("risk", '{"equity": 1}')
+
+    assert Journal(tmp_path / "j.sqlite", "1:2:paper").load_state("risk") == '{"equity": 1}'
+
+
+class _Failing:
+    """A connection whose statements starting with ``prefix`` fail like a full disk."""
+
+    def __init__(self, inner: Any, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def execute(self, sql: str, *a: Any) -> Any:
+        if sql.startswith(self.prefix):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.inner.execute(sql, *a)
