@@ -239,6 +239,12 @@ def learned_slippage(
         "last_fill_utc": float(df["filled_at"].max()),
         "venue": str(df["venue"].iloc[0]),
         "observed_mean_points": float(df["slippage_points"].mean()),
+        # the states the model has seen: a tree model cannot follow a test spread outside them
+        "fill_spread_points": [
+            float(df["spread_points"].min()),
+            float(df["spread_points"].median()),
+            float(df["spread_points"].max()),
+        ],
         "evaluation": ev,
         "gate": gate(ev, cfg),
     }
@@ -266,6 +272,7 @@ def _per_trade(
         "fixed_points": float(np.nanmean(fixed[m] * to_pts[m])),
         "learned_points": float(np.nanmean(learn[m] * to_pts[m])),
         "half_spread_bp": float(np.mean(sr[m]) / 2 * 1e4),
+        "spread_points_median": float(np.median(sp[m])),
     }
 
 
@@ -638,10 +645,13 @@ def _slippage_table(results: list[FileResult]) -> list[str]:
         "every quantile for comparison; gate = the promotion gate of `tx slippage fit` (reported, "
         "nothing is promoted). Held-out mean slippage in points: observed, learned model's mean "
         "prediction, fixed formula. Per trade = mean slippage charged per unit traded on the test "
-        "bars where the first model's old-rule position changes (basis points of price; points).",
+        "bars where the first model's old-rule position changes (basis points of price; points). "
+        "The model knows only the spreads its fills saw (tree models do not extrapolate): where "
+        "the test window's spreads lie outside the training window's, its cost follows the "
+        "nearest spread it saw, not the test bar's.",
         "",
-        "| symbol | TF | fills: train / held-out (failed) | last fill (UTC) < test start | coverage q0.1 / q0.5 / q0.9 | pinball: learned / fixed | gate | held-out mean pts: observed / learned / fixed | per trade on test: fixed → learned |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| symbol | TF | fills: train / held-out (failed) | last fill (UTC) < test start | coverage q0.1 / q0.5 / q0.9 | pinball: learned / fixed | gate | held-out mean pts: observed / learned / fixed | spread pts: fills min–max (median) / test trades median | per trade on test: fixed → learned |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r.slippage
@@ -656,13 +666,19 @@ def _slippage_table(results: list[FileResult]) -> list[str]:
             if pt.get("trades")
             else "no trades"
         )
+        fs, tsp = s.get("fill_spread_points"), pt.get("spread_points_median")
+        spreads = (
+            f"{fs[0]:g}–{fs[2]:g} (median {fs[1]:g}) / {tsp:g}"
+            if fs is not None and tsp is not None
+            else "not recorded by that run"
+        )
         obs = ev["observed_mean"]
         lines_gate = ("passes" if s["gate"]["promote"] else "fails") + f": {s['gate']['reason']}"
         out.append(
             f"| {r.symbol} | {r.timeframe} | {s['n_train']} / {ev['n_test']} ({s['failed']}) "
             f"| {last:%Y-%m-%d %H:%M} < {start:%Y-%m-%d %H:%M} | {cov} "
             f"| {ev['pinball_mean']:.2f} / {ev['fixed_pinball_mean']:.2f} | {lines_gate} "
-            f"| {obs:.2f} / {obs + ev['bias_mean']:.2f} / {obs + ev['fixed_bias']:.2f} | {per} |"
+            f"| {obs:.2f} / {obs + ev['bias_mean']:.2f} / {obs + ev['fixed_bias']:.2f} | {spreads} | {per} |"
         )
     return out
 

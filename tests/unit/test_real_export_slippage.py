@@ -161,7 +161,8 @@ def test_render_when_learned_slippage_and_grid_then_rows_tables_and_intervals(
         slippage={
             **summary,
             "per_trade": {"model": "trend_v1", "trades": 10.0, "fixed_bp": 1.0, "learned_bp": 2.0}
-            | {"fixed_points": 10.0, "learned_points": 20.0, "half_spread_bp": 1.0},
+            | {"fixed_points": 10.0, "learned_points": 20.0, "half_spread_bp": 1.0}
+            | {"spread_points_median": 20.0},
         },
         grid={
             "range": ("2024-03-01", "2024-03-29"),
@@ -207,4 +208,6 @@ def test_render_when_learned_slippage_and_grid_then_rows_tables_and_intervals(
     ev = summary["evaluation"]
     assert f"{ev['quantiles'][1]['coverage']:.3f}" in calib[0]
     assert "1.00 bp (10.0 pts) → 2.00 bp (20.0 pts)" in calib[0]
+    lo, med, hi = summary["fill_spread_points"]
+    assert 5 <= lo <= med <= hi < 40 and f"| {lo:g}–{hi:g} (median {med:g}) / 20 |" in calib[0]
     assert "| EURUSD | H1 | flatten | — / 4 | — / +1.00 | add:x 4 |" in text
