@@ -509,7 +509,8 @@ def _header(
             "calibrated on the newest 25 % (table below; not registered in MLflow). The backtest then "
             "charges, per unit traded, the model's mean prediction for each bar's spread, volatility and "
             f"hour at {spec.get('slippage_volume', 0.1)} lots (`training.backtest.EstimatorSlippage`, the "
-            "hook of `costs.slippage_model: champion`) instead of the fixed formula. `+policy (learned "
+            "hook of `costs.slippage_model: champion`) instead of the fixed formula (a bar quoted "
+            "with a zero spread pays the formula: its point/close ratio is unknown). `+policy (learned "
             "slippage)` is the policy chosen on the same validation folds under those learned costs.",
         )
     if any_grid:
@@ -645,7 +646,9 @@ def _slippage_table(results: list[FileResult]) -> list[str]:
         "every quantile for comparison; gate = the promotion gate of `tx slippage fit` (reported, "
         "nothing is promoted). Held-out mean slippage in points: observed, learned model's mean "
         "prediction, fixed formula. Per trade = mean slippage charged per unit traded on the test "
-        "bars where the first model's old-rule position changes (basis points of price; points). "
+        "bars where the first model's old-rule position changes (basis points of price over all "
+        "of them; points over those with a nonzero spread: a zero-spread bar has no point/close "
+        "ratio, and there the learned costs fall back to the fixed formula). "
         "The model knows only the spreads its fills saw (tree models do not extrapolate): where "
         "the test window's spreads lie outside the training window's, its cost follows the "
         "nearest spread it saw, not the test bar's.",
