@@ -330,10 +330,14 @@ def learn_policy(
     transformer_params: dict[str, Any] | None = None,
     *,
     min_confidence: float | None = None,
+    folds: list[FoldPredictions] | None = None,
 ) -> DecisionPolicy:
-    """Out-of-fold predictions on ``train`` (the purged training split only) → the policy."""
+    """Out-of-fold predictions on ``train`` (the purged training split only) → the policy.
+    ``folds``: those predictions already made (:func:`oof_predictions` of the same ``train``),
+    to choose policies under several cost models without refitting the folds."""
     dc = cfg.decision
-    folds = oof_predictions(train, cfg, timeframe, params, transformer_params)
+    if folds is None:
+        folds = oof_predictions(train, cfg, timeframe, params, transformer_params)
     return choose_policy(
         folds,
         costs=costs,

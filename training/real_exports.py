@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("flat", "buy_and_hold", "momentum")
 LEARNED = "+policy"  # suffix of an experiment's row under its learned decision policy
+LEARNED_SLIP = " (learned slippage)"  # suffix of a row costed with the file's learned slippage
 _PIPELINE_CODE = (PROJECT_ROOT / "feature_repo" / "pipeline", PROJECT_ROOT / "engine" / "mt5")
 
 
@@ -82,6 +83,12 @@ class FileResult:
     lake: dict[str, Any] = field(default_factory=dict)
     # experiment → the decision policy learned on the training window's purged folds
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the baselines on the same test bars under the file's learned slippage
+    baselines_learned: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the slippage model learned from simulated fills on the file's training window
+    slippage: dict[str, Any] = field(default_factory=dict)
+    # the grid strategy on the file's test range (training.grid_report.evaluate)
+    grid: dict[str, Any] = field(default_factory=dict)
     generated_at: str = ""
 
 
@@ -181,21 +188,111 @@ def prepare(entry: dict[str, Any], raw_dir: Path, base: PlatformSettings) -> Pre
     return Prepared(s, symbol, tf, start, test_start, end, **_counts(done), reused=False)
 
 
+def learned_slippage(
+    entry: dict[str, Any], raw_dir: Path, p: Prepared, spec: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The file's slippage model, learned from fills on its own training window only.
+
+    :func:`training.slippage.simulate_export_fills` sends ``slippage_fills`` market orders
+    at the closes of bars drawn from ``[start, test_start)`` (UTC) of the export, through the
+    engine's order executor to the simulated terminal with its state-dependent slippage
+    process (:mod:`engine.mt5.slippage`), over a feed that holds no bar at or after
+    ``test_start``; :func:`training.slippage.train_model` fits the quantile model on the
+    oldest 75 % of those fills and :func:`training.slippage.evaluate` calibrates it on the
+    newest 25 % (both still inside the training window). Nothing is registered in MLflow:
+    the model is the file's own, written to ``$TX_HOME/real_exports/<file>/slippage``.
+    Returns ``(model, summary)``."""
+    from training.slippage import (
+        FitConfig,
+        evaluate,
+        fills_frame,
+        gate,
+        read_fills,
+        simulate_export_fills,
+        train_model,
+    )
+
+    home = p.settings.home
+    journal = home / "slippage_fills.sqlite"
+    journal.unlink(missing_ok=True)  # the fills of this run only
+    seed = int(spec.get("slippage_seed", 0))
+    sim = simulate_export_fills(
+        journal,
+        raw_dir / entry["file"],
+        entry["broker_tz"],
+        int(p.start.timestamp()),
+        int(p.test_start.timestamp()),
+        int(spec.get("slippage_fills", 3000)),
+        seed=seed,
+    )
+    df = fills_frame(read_fills(journal))
+    cfg = FitConfig(seed=seed)
+    model, train, test = train_model(df, cfg, home / "slippage")
+    ev = evaluate(model, test, cfg)
+    summary = {
+        "fills": len(df),
+        "orders": int(sim["orders"]),
+        "failed": int(sim["failed"]),
+        "excluded": int(df.attrs.get("excluded", 0)),
+        "n_train": len(train),
+        "window_utc": sim["window_utc"],
+        "last_fill_utc": float(df["filled_at"].max()),
+        "venue": str(df["venue"].iloc[0]),
+        "observed_mean_points": float(df["slippage_points"].mean()),
+        # the states the model has seen: a tree model cannot follow a test spread outside them
+        "fill_spread_points": [
+            float(df["spread_points"].min()),
+            float(df["spread_points"].median()),
+            float(df["spread_points"].max()),
+        ],
+        "evaluation": ev,
+        "gate": gate(ev, cfg),
+    }
+    return model, summary
+
+
+def _per_trade(
+    costs: Any, learned: Any, ds: pd.DataFrame, turnover: np.ndarray
+) -> dict[str, float]:
+    """Mean slippage per unit traded over the bars where a position changes (``turnover``):
+    fixed formula vs learned model, in basis points of price and in points."""
+    fixed = np.asarray(costs.slippage(ds), dtype=float)
+    learn = np.asarray(learned.slippage(ds), dtype=float)
+    sp = ds["spread_points"].to_numpy(dtype=float)
+    sr = ds["spread_ret"].to_numpy(dtype=float) if "spread_ret" in ds else np.full(len(ds), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        to_pts = np.where(sr > 0, sp / sr, np.nan)  # close / point
+    m = turnover > 0
+    if not m.any():
+        return {"trades": 0.0}
+    return {
+        "trades": float(m.sum()),
+        "fixed_bp": float(np.mean(fixed[m]) * 1e4),
+        "learned_bp": float(np.mean(learn[m]) * 1e4),
+        "fixed_points": float(np.nanmean(fixed[m] * to_pts[m])),
+        "learned_points": float(np.nanmean(learn[m] * to_pts[m])),
+        "half_spread_bp": float(np.mean(sr[m]) / 2 * 1e4),
+        "spread_points_median": float(np.median(sp[m])),
+    }
+
+
 def evaluate_file(
     entry: dict[str, Any], raw_dir: Path, spec: dict[str, Any], base: PlatformSettings
 ) -> FileResult:
     from engine.mt5 import timeframe_seconds
     from training.backtest import (
         Costs,
+        EstimatorSlippage,
         SpreadVolSlippage,
         backtest,
         baselines,
+        pnl_frame,
         positions_from_proba,
     )
     from training.config import load_config
     from training.dataset import build_dataset
     from training.models import EnsembleModel
-    from training.policy import describe, learn_policy, policy_positions
+    from training.policy import learn_policy, oof_predictions, policy_positions
     from training.splits import purged_train_test
     from training.train import fit_model, make_model, model_data
 
@@ -224,6 +321,19 @@ def evaluate_file(
         slippage=SpreadVolSlippage(float(spec["slippage_spread_k"]), float(spec["slippage_vol_k"])),
     )
     n_boot = int(spec.get("n_boot", 500))
+    slip_summary: dict[str, Any] = {}
+    learned: Costs | None = None
+    if spec.get("learned_slippage", False):
+        est, slip_summary = learned_slippage(entry, raw_dir, p, spec)
+        learned = Costs(
+            commission=commission,
+            slippage=EstimatorSlippage(
+                est,
+                volume=float(spec.get("slippage_volume", 0.1)),
+                venue=slip_summary["venue"],
+                fallback=costs.slippage,  # type: ignore[arg-type]
+            ),
+        )
     models: dict[str, dict[str, float]] = {}
     policies: dict[str, dict[str, Any]] = {}
     test = pd.DataFrame()
@@ -236,33 +346,59 @@ def evaluate_file(
         data = model_data(test, cfg.feature_service)
         proba = model.predict_proba(data)
         acc = float((proba.argmax(axis=1) == test["label"].to_numpy()).mean())
-        m = backtest(
-            test,
-            positions_from_proba(proba, float(spec["min_confidence"])),
-            p.timeframe,
-            costs,
-            n_boot=n_boot,
-        )
+        legacy = positions_from_proba(proba, float(spec["min_confidence"]))
+        m = backtest(test, legacy, p.timeframe, costs, n_boot=n_boot)
         m["accuracy"] = acc
         models[name] = m
+        if learned is not None:  # the same positions, costed with the learned slippage
+            models[f"{name}{LEARNED_SLIP}"] = {
+                **backtest(test, legacy, p.timeframe, learned, n_boot=n_boot),
+                "accuracy": acc,
+            }
+            if not slip_summary.get("per_trade"):  # the first model's trades
+                turnover = pnl_frame(test, legacy, p.timeframe, costs)["turnover"].to_numpy()
+                slip_summary["per_trade"] = {
+                    "model": name,
+                    **_per_trade(costs, learned, test, turnover),
+                }
         if spec.get("learned_policy", True):  # chosen on the training split's folds only
+            folds = oof_predictions(train, cfg, p.timeframe)
             policy = learn_policy(
-                train, cfg, p.timeframe, costs, min_confidence=float(spec["min_confidence"])
+                train,
+                cfg,
+                p.timeframe,
+                costs,
+                min_confidence=float(spec["min_confidence"]),
+                folds=folds,
             )
             regime = model.regime.predict(data) if isinstance(model, EnsembleModel) else None
             pos = policy_positions(test, proba, policy, costs, regime=regime)
             lm = backtest(test, pos, p.timeframe, costs, n_boot=n_boot)
             lm["accuracy"] = acc
             models[f"{name}{LEARNED}"] = lm
-            policies[name] = {
-                "policy": describe(policy),
-                "valid_net_chosen": policy.stats["valid_net_chosen"],
-                "valid_net_legacy": policy.stats["valid_net_legacy"],
-                "folds": len(policy.stats["folds"]),
-                "test_exposure": lm["exposure"],
-                "test_exposure_legacy": m["exposure"],
-                "decision_policy": policy.to_dict(),
-            }
+            policies[name] = _policy_row(policy, pos, legacy)
+            if learned is not None:  # chosen on the same folds, under the learned costs
+                lpol = learn_policy(
+                    train,
+                    cfg,
+                    p.timeframe,
+                    learned,
+                    min_confidence=float(spec["min_confidence"]),
+                    folds=folds,
+                )
+                lpos = policy_positions(test, proba, lpol, learned, regime=regime)
+                models[f"{name}{LEARNED}{LEARNED_SLIP}"] = {
+                    **backtest(test, lpos, p.timeframe, learned, n_boot=n_boot),
+                    "accuracy": acc,
+                }
+                policies[f"{name}{LEARNED_SLIP}"] = _policy_row(lpol, lpos, legacy)
+    grid: dict[str, Any] = {}
+    if spec.get("grid", False):  # the grid report's own computation on the file's test range
+        from training.grid_report import evaluate as grid_evaluate
+
+        grid = grid_evaluate(
+            raw_dir, entry, spec, engine=bool(spec.get("grid_engine", True)), n_boot=n_boot
+        )
     return FileResult(
         file=entry["file"],
         symbol=p.symbol,
@@ -278,7 +414,27 @@ def evaluate_file(
         baselines=baselines(test, p.timeframe, costs, n_boot=n_boot),
         lake=p.summary(),
         policies=policies,
+        baselines_learned=(
+            baselines(test, p.timeframe, learned, n_boot=n_boot) if learned is not None else {}
+        ),
+        slippage=slip_summary,
+        grid=grid,
     )
+
+
+def _policy_row(policy: Any, pos: np.ndarray, legacy: np.ndarray) -> dict[str, Any]:
+    """A learned policy's line of the report's policy table."""
+    from training.policy import describe
+
+    return {
+        "policy": describe(policy),
+        "valid_net_chosen": policy.stats["valid_net_chosen"],
+        "valid_net_legacy": policy.stats["valid_net_legacy"],
+        "folds": len(policy.stats["folds"]),
+        "test_exposure": float(np.mean(np.asarray(pos) != 0)),
+        "test_exposure_legacy": float(np.mean(np.asarray(legacy) != 0)),
+        "decision_policy": policy.to_dict(),
+    }
 
 
 def _fmt_ci(m: dict[str, float], key: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -289,62 +445,156 @@ def _fmt_ci(m: dict[str, float], key: str, scale: float = 1.0, digits: int = 2) 
 _LABELS = {"flat": "always flat", "buy_and_hold": "buy & hold", "momentum": "momentum (24 bars)"}
 
 
+def _split_name(name: str) -> tuple[str, bool, bool]:
+    """``(experiment, learned policy?, learned slippage?)`` of a row name."""
+    slip = name.endswith(LEARNED_SLIP)
+    n = name.removesuffix(LEARNED_SLIP)
+    return n.removesuffix(LEARNED), n.endswith(LEARNED), slip
+
+
 def _model_label(name: str) -> str:
     from training.config import load_config
 
-    learned = name.endswith(LEARNED)
-    base = name.removesuffix(LEARNED)
+    base, learned, slip = _split_name(name)
     cfg = load_config(base)
     fam = "XGBoost" if cfg.family == "xgboost" else "XGB + transformer ensemble"
-    return f"{base}: {fam}, " + ("**learned policy**" if learned else "old rule (top ≥ min_conf)")
+    rule = "**learned policy**" if learned else "old rule (top ≥ min_conf)"
+    return f"{base}{LEARNED if learned else ''}: {fam}, {rule}{LEARNED_SLIP if slip else ''}"
 
 
-def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> str:
-    exps = list(spec.get("experiments", ["trend_v1"]))
-    for r in results:  # a reused result may carry more models than this run asked for
-        exps += [n for n in r.models if not n.endswith(LEARNED) and n not in exps]
-    lines = [
+def _row(head: str, label: str, costs: str, m: dict[str, float], acc: str) -> str:
+    return (
+        f"{head}| {label} | {costs} | {_fmt_ci(m, 'net_return', 100)} | {_fmt_ci(m, 'sharpe')} "
+        f"| {m['max_drawdown'] * 100:.2f} | {m['trades']:.0f} | {m['exposure']:.3f} "
+        f"| {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
+    )
+
+
+def _header(
+    results: list[FileResult], spec: dict[str, Any], raw_dir: Path, exps: list[str]
+) -> list[str]:
+    from training.grid_report import BALANCE, REPORT_GRID, REPORT_LIMITS
+
+    g = REPORT_GRID
+    any_slip = any(r.slippage for r in results)
+    any_grid = any(r.grid for r in results)
+    out = [
         "# Real MT5 exports: out-of-sample results after costs",
         "",
-        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{spec.get('_invocation', 'tx report real-exports')}` from `{raw_dir}` with "
-        "`training/configs/real_exports_v1.yaml`. Every file went through the platform: ingest (broker time rule per "
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{spec.get('_invocation', 'tx report real-exports')}` "
+        f"from `{raw_dir}` (files read in place, never copied) with `training/configs/real_exports_v1.yaml`. "
+        "Numbers as they came out, not tuned. How each row was produced:",
+        "",
+        "* **Models, old rule** — every file went through the platform: ingest (broker time rule per "
         "file) → Great Expectations validation → offline features → point-in-time dataset through Feast "
         "`get_historical_features` → purged split at the file's `test_start` (embargo = label horizon) → "
         f"models {', '.join(f'`{e}`' for e in exps)} with their configured parameters, untuned here "
-        f"(label horizon {spec['horizon_bars']} bars). Each model twice: the old rule (trade the top class when its "
-        f"probability ≥ {spec['min_confidence']}) and its **learned policy** (chosen on the training window's purged "
-        "validation folds; table below).",
-        "Costs on every position change: half the bar's own spread per unit, commission "
-        f"{spec['commission']}, slippage {spec['slippage_spread_k']}×spread + {spec['slippage_vol_k']}×recent one-bar volatility. "
-        "Net return = sum of per-bar net log returns over the test range (in %); Sharpe annualised (252 days); "
-        f"[90 % CI] from a moving-block bootstrap of per-bar P&L ({spec.get('n_boot', 500)} resamples). "
-        "All rows of a file are scored on the same test bars with the same costs. Numbers as they came out, not tuned."
+        f"(label horizon {spec['horizon_bars']} bars), trading the top class when its probability ≥ "
+        f"{spec['min_confidence']} (`training/real_exports.py`).",
+        "* **`+policy` rows** — the same model's probabilities through its **learned decision policy**, "
+        "chosen on the training window's purged walk-forward validation folds by after-cost P&L (the "
+        "test window is never read; policy table below; docs/execution-policy.md).",
+    ]
+    if any_slip:
+        out.append(
+            "* **`(learned slippage)` rows** — the same test bars costed with a slippage model learned "
+            "for that file alone. There is no real broker, so its fills are **simulated from the file's "
+            f"own bars**: {spec.get('slippage_fills', 3000)} market orders at the closes of bars drawn at "
+            "random from the file's **training window** `[start, test_start)` only, sent through the "
+            "engine's order executor to the simulated terminal over a feed that holds no bar at or after "
+            "`test_start`, with its state-dependent slippage process (`engine/mt5/slippage.py`: the bar's "
+            "real spread, the file's recent volatility, the hour in UTC by the file's broker time rule, "
+            "order sizes 0.01–20 lots, lognormal noise). The quantile model of `training/slippage.py` "
+            "(XGBoost mean + quantiles 0.1/0.5/0.9) is fitted on the oldest 75 % of those fills and "
+            "calibrated on the newest 25 % (table below; not registered in MLflow). The backtest then "
+            "charges, per unit traded, the model's mean prediction for each bar's spread, volatility and "
+            f"hour at {spec.get('slippage_volume', 0.1)} lots (`training.backtest.EstimatorSlippage`, the "
+            "hook of `costs.slippage_model: champion`) instead of the fixed formula (a bar quoted "
+            "with a zero spread pays the formula: its point/close ratio is unknown). `+policy (learned "
+            "slippage)` is the policy chosen on the same validation folds under those learned costs.",
+        )
+    if any_grid:
+        out.append(
+            "* **Grid rows** — `training.grid_report.evaluate` (the computation of `tx report grid`) on "
+            "the file's test range of raw bars (server time, no lake validation, so its bar count differs "
+            "slightly): the grid's lots as a position (1.0 = fully loaded) through the same backtest under "
+            f"the fixed costs. Grid: the `TX_GRID_*` defaults, not tuned — spacing {g.spacing_atr:g} "
+            f"ATR({g.atr_period}), at most {g.max_levels} levels of {g.lots:g} lots, basket take-profit "
+            f"{g.basket_tp_atr:g} ATR per lot, direction `{g.direction}` (EMA({g.trend_period}) slope filter), "
+            f"caps {REPORT_LIMITS.max_lots:g} lots / {REPORT_LIMITS.max_levels} levels / basket loss "
+            f"{REPORT_LIMITS.max_basket_drawdown:.0%} of a {BALANCE:,.0f} USD account; one row per "
+            "`reverse_mode`. The engine replay of the same bars (strategy `grid`, simulated terminal, "
+            "spread paid, no slippage) is in the grid table below, next to the vectorised result.",
+        )
+    out += [
+        "* **Baselines** — always flat, buy & hold and momentum (sign of the last 24 bars) on the "
+        "models' test bars, under the fixed costs"
+        + (" and under the file's learned slippage." if any_slip else "."),
+        "",
+        "Fixed costs on every position change: half the bar's own spread per unit, commission "
+        f"{spec['commission']}, slippage {spec['slippage_spread_k']}×spread + {spec['slippage_vol_k']}×recent "
+        "one-bar volatility; learned costs replace only that slippage term. Net return = sum of per-bar "
+        "net log returns over the test range (in %); Sharpe annualised (252 days); [90 % CI] from a "
+        f"moving-block bootstrap of per-bar P&L ({spec.get('n_boot', 500)} resamples). All model and "
+        "baseline rows of a file are scored on the same test bars."
         + (
             f" Per-file results reused from earlier `tx report real-exports` runs of this code (their `result.json`, evaluated at): {'; '.join(spec['_reused'])}."
             if spec.get("_reused")
             else ""
         ),
         "",
-        "| symbol | TF | test range (UTC) | test bars | strategy | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | exposure | hit rate | PF | accuracy |",
-        "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    return out
+
+
+def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> str:
+    exps = list(spec.get("experiments", ["trend_v1"]))
+    for r in results:  # a reused result may carry more models than this run asked for
+        exps += [n for n in (_split_name(k)[0] for k in r.models) if n not in exps]
+    lines = _header(results, spec, raw_dir, exps)
+    lines += [
+        "| symbol | TF | test range (UTC) | test bars | strategy | slippage | net % [90 % CI] | Sharpe [90 % CI] | max DD % | trades | exposure | hit rate | PF | accuracy |",
+        "|---|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def order(name: str) -> tuple[bool, int, bool]:
+        base, learned, slip = _split_name(name)
+        return slip, exps.index(base), learned
+
     for r in results:
         head = (
             f"| {r.symbol} | {r.timeframe} | {r.test_range[0]} → {r.test_range[1]} | {r.test_rows} "
         )
-        rows = [(_model_label(n), m, f"{m['accuracy']:.3f}") for n, m in r.models.items()]
-        rows += [(_LABELS[b], r.baselines[b], "—") for b in BASELINES]
-        for label, m, acc in rows:
+        for n in sorted(r.models, key=order):
+            m = r.models[n]
             lines.append(
-                f"{head}| {label} | {_fmt_ci(m, 'net_return', 100)} | {_fmt_ci(m, 'sharpe')} | {m['max_drawdown'] * 100:.2f} "
-                f"| {m['trades']:.0f} | {m['exposure']:.3f} | {m['hit_rate']:.2f} | {m['profit_factor']:.2f} | {acc} |"
+                _row(
+                    head,
+                    _model_label(n),
+                    "learned" if _split_name(n)[2] else "fixed",
+                    m,
+                    f"{m['accuracy']:.3f}",
+                )
+            )
+        if r.grid:
+            gh = (
+                f"| {r.symbol} | {r.timeframe} | {r.grid['range'][0]} → {r.grid['range'][1]} "
+                f"| {r.grid['test_bars']} "
+            )
+            for mode, row in r.grid["grids"].items():
+                lines.append(_row(gh, f"grid, reverse_mode={mode}", "fixed", row["metrics"], "—"))
+        for b in BASELINES:
+            lines.append(_row(head, _LABELS[b], "fixed", r.baselines[b], "—"))
+        for b in BASELINES if r.baselines_learned else ():
+            lines.append(
+                _row(head, f"{_LABELS[b]}{LEARNED_SLIP}", "learned", r.baselines_learned[b], "—")
             )
     if any(r.policies for r in results):
         lines += [
             "",
             "Learned decision policies (`engine/policy.py`, chosen by `training/policy.py` on the "
             "purged walk-forward validation folds of each training window by after-cost P&L with the "
-            "same costs; the test window is never read; docs/execution-policy.md). Validation net = "
+            "costs named; the test window is never read; docs/execution-policy.md). Validation net = "
             "sum of per-bar net log returns over the folds' validation bars (in %); exposure = share "
             "of test bars in the market.",
             "",
@@ -366,6 +616,8 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
                     f"| {pol['valid_net_chosen'] * 100:+.2f} / {pol['valid_net_legacy'] * 100:+.2f} "
                     f"| {best} | {pol['folds']} | {pol['test_exposure']:.3f} / {pol['test_exposure_legacy']:.3f} |"
                 )
+    lines += _slippage_table(results)
+    lines += _grid_table(results)
     lines += [
         "",
         "| file | broker time | bars in lake | quarantined days (rows) | soft-flagged rows | train rows |",
@@ -379,6 +631,86 @@ def render(results: list[FileResult], spec: dict[str, Any], raw_dir: Path) -> st
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _slippage_table(results: list[FileResult]) -> list[str]:
+    rows = [r for r in results if r.slippage]
+    if not rows:
+        return []
+    out = [
+        "",
+        "Learned slippage per file: fills simulated on the file's own training-window bars (above); "
+        "held-out = the newest 25 % of those fills. Coverage = share of held-out fills at or below "
+        "the predicted quantile (jittered target, `training/slippage.py`; raw integer slippage in "
+        "brackets); pinball = mean pinball loss over the three quantiles, the fixed formula used as "
+        "every quantile for comparison; gate = the promotion gate of `tx slippage fit` (reported, "
+        "nothing is promoted). Held-out mean slippage in points: observed, learned model's mean "
+        "prediction, fixed formula. Per trade = mean slippage charged per unit traded on the test "
+        "bars where the first model's old-rule position changes (basis points of price over all "
+        "of them; points over those with a nonzero spread: a zero-spread bar has no point/close "
+        "ratio, and there the learned costs fall back to the fixed formula). "
+        "The model knows only the spreads its fills saw (tree models do not extrapolate): where "
+        "the test window's spreads lie outside the training window's, its cost follows the "
+        "nearest spread it saw, not the test bar's.",
+        "",
+        "| symbol | TF | fills: train / held-out (failed) | last fill (UTC) < test start | coverage q0.1 / q0.5 / q0.9 | pinball: learned / fixed | gate | held-out mean pts: observed / learned / fixed | spread pts: fills min–max (median) / test trades median | per trade on test: fixed → learned |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r.slippage
+        ev = s["evaluation"]
+        cov = " / ".join(f"{q['coverage']:.3f} ({q['coverage_raw']:.3f})" for q in ev["quantiles"])
+        last = datetime.fromtimestamp(s["last_fill_utc"], tz=UTC)
+        start = datetime.fromtimestamp(s["window_utc"][1], tz=UTC)
+        pt = s.get("per_trade") or {}
+        per = (
+            f"{pt['fixed_bp']:.2f} bp ({pt['fixed_points']:.1f} pts) → {pt['learned_bp']:.2f} bp "
+            f"({pt['learned_points']:.1f} pts) over {pt['trades']:.0f} trades of `{pt['model']}`"
+            if pt.get("trades")
+            else "no trades"
+        )
+        fs, tsp = s.get("fill_spread_points"), pt.get("spread_points_median")
+        spreads = (
+            f"{fs[0]:g}–{fs[2]:g} (median {fs[1]:g}) / {tsp:g}"
+            if fs is not None and tsp is not None
+            else "not recorded by that run"
+        )
+        obs = ev["observed_mean"]
+        lines_gate = ("passes" if s["gate"]["promote"] else "fails") + f": {s['gate']['reason']}"
+        out.append(
+            f"| {r.symbol} | {r.timeframe} | {s['n_train']} / {ev['n_test']} ({s['failed']}) "
+            f"| {last:%Y-%m-%d %H:%M} < {start:%Y-%m-%d %H:%M} | {cov} "
+            f"| {ev['pinball_mean']:.2f} / {ev['fixed_pinball_mean']:.2f} | {lines_gate} "
+            f"| {obs:.2f} / {obs + ev['bias_mean']:.2f} / {obs + ev['fixed_bias']:.2f} | {spreads} | {per} |"
+        )
+    return out
+
+
+def _grid_table(results: list[FileResult]) -> list[str]:
+    rows = [r for r in results if r.grid]
+    if not rows:
+        return []
+    out = [
+        "",
+        "Grid: the engine's replay of the same bars next to the vectorised run (orders; account "
+        "result in USD, spread paid, no slippage; the two must agree, tests/unit/test_grid.py), the "
+        "grid's actions, and buy & hold on the grid's own bars under the fixed costs.",
+        "",
+        "| symbol | TF | reverse_mode | engine orders / vectorised | engine USD / vectorised USD | actions | buy & hold on these bars, net % [90 % CI] |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for r in rows:
+        bh = r.grid["baselines"].get("buy_and_hold")
+        for mode, row in r.grid["grids"].items():
+            e = row.get("engine")
+            eng_o = f"{e['orders']} / {row['orders']}" if e else f"— / {row['orders']}"
+            eng_u = f"{e['usd']:+.2f} / {row['usd']:+.2f}" if e else f"— / {row['usd']:+.2f}"
+            acts = ", ".join(f"{k} {v}" for k, v in sorted(row["actions"].items()))
+            out.append(
+                f"| {r.symbol} | {r.timeframe} | {mode} | {eng_o} | {eng_u} | {acts} "
+                f"| {_fmt_ci(bh, 'net_return', 100) if bh else '—'} |"
+            )
+    return out
 
 
 @contextlib.contextmanager
@@ -449,9 +781,12 @@ def run_report(
 
 def _expected_rows(spec: dict[str, Any]) -> set[str]:
     exps = list(spec.get("experiments", ["trend_v1"]))
-    return set(exps) | (
+    rows = set(exps) | (
         {f"{e}{LEARNED}" for e in exps} if spec.get("learned_policy", True) else set()
     )
+    if spec.get("learned_slippage", False):
+        rows |= {f"{r}{LEARNED_SLIP}" for r in rows}
+    return rows
 
 
 def _reusable(path: Path, spec: dict[str, Any]) -> FileResult | None:
@@ -460,6 +795,8 @@ def _reusable(path: Path, spec: dict[str, Any]) -> FileResult | None:
         return None
     raw = json.loads(path.read_text())
     if not _expected_rows(spec) <= set(raw.get("models", {})):  # rows of more models: kept
+        return None
+    if spec.get("grid", False) and not raw.get("grid"):
         return None
     if not raw.get("generated_at"):  # written before the field: the file's time
         mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)

@@ -518,6 +518,10 @@ def simulate_fills(
     start_utc: int | None = None,
     process: Any = None,
     magic: int = 77_000_001,
+    feed: Any = None,
+    times: Sequence[int] | None = None,
+    timeframe: str = "M5",
+    sizes: Sequence[float] = SIZES,
 ) -> dict[str, Any]:
     """Send ``n`` market orders through :class:`engine.execution.OrderExecutor` to simulated
     terminals with slippage on, journaling every fill into ``journal`` (the engine's
@@ -529,17 +533,27 @@ def simulate_fills(
     opens a position or closes the open one (both are fills). Venue ``k`` (``k`` = 0, 1, …) is a
     terminal of its own login whose process slips ``k`` points more at base and ``1 + k/2``
     times the impact, so the venue one-hot carries information. The deviation is unlimited
-    (market execution), so the draws are not censored by requotes."""
+    (market execution), so the draws are not censored by requotes.
+
+    ``feed`` (a :class:`engine.mt5.sim.BarFeed` whose times are UTC, default the synthetic
+    market) and ``times`` (UTC clock readings, one order each, instead of the random walk; ``n``
+    is then ``len(times)``) place the orders on given bars: :func:`simulate_export_fills` uses
+    them to fill on a real export's own bars. ``timeframe`` is the bars of the journaled
+    volatility (the feed's base timeframe)."""
     from dataclasses import replace
 
     from engine.config import ExecutionConfig
     from engine.execution import OrderExecutor
     from engine.journal import journal_scope, open_journal
+    from engine.mt5 import TIMEFRAMES
     from engine.mt5 import protocol as mt5
     from engine.mt5.sim import SimulatedTerminal, SyntheticFeed
     from engine.mt5.slippage import SlippageProcess
     from engine.mt5.synthetic import ORIGIN_UTC
 
+    clock_times = sorted(int(t) for t in times) if times is not None else None
+    if clock_times is not None:
+        n = len(clock_times)
     if n < 1:
         raise ValueError("n must be >= 1")
     if venues < 1:
@@ -549,7 +563,9 @@ def simulate_fills(
     now = [int(start_utc if start_utc is not None else ORIGIN_UTC + 28 * 86_400)]
     cfg = ExecutionConfig(deviation_points=1_000_000, retry_backoff_s=0.0)
     j = open_journal(journal, durable=False)
-    if start_utc is None:  # continue after the journal's newest fill: new fills are the newest
+    if (
+        start_utc is None and clock_times is None
+    ):  # continue after the journal's newest fill: new fills are the newest
         for sc in j.fill_scopes():
             j.set_scope(sc)
             last = j.fills()
@@ -564,8 +580,9 @@ def simulate_fills(
             impact_points=base.impact_points * (1 + k / 2),
         )
         term = SimulatedTerminal(
-            SyntheticFeed(seed=7, symbols=list(symbols)),
+            feed if feed is not None else SyntheticFeed(seed=7, symbols=list(symbols)),
             clock=lambda: now[0],
+            server_utc_offset_hours=0 if feed is not None else 2,
             balance=1e12,
             leverage=1000,
             login=50_000_001 + k,
@@ -581,7 +598,7 @@ def simulate_fills(
             magic=magic,
             login=term.login,
             sleep=lambda _s: None,
-            timeframe=mt5.TIMEFRAME_M5,
+            timeframe=TIMEFRAMES[timeframe],
         )
         legs.append((term, ex, journal_scope(term.login, magic, "fills-sim")))
     open_pos: dict[
@@ -590,9 +607,12 @@ def simulate_fills(
     done = failed = 0
     try:
         for i in range(n):
-            now[0] += int(rng.integers(5, 96)) * 60
-            while not _market_open(now[0]):
-                now[0] += 3600
+            if clock_times is not None:
+                now[0] = clock_times[i]
+            else:
+                now[0] += int(rng.integers(5, 96)) * 60
+                while not _market_open(now[0]):
+                    now[0] += 3600
             k = int(rng.integers(venues))
             sym = str(symbols[int(rng.integers(len(symbols)))])
             term, ex, scope = legs[k]
@@ -600,7 +620,7 @@ def simulate_fills(
             held = open_pos.pop((k, sym), None)
             if held is None:
                 buy = bool(rng.random() < 0.5)
-                vol = float(SIZES[int(rng.integers(len(SIZES)))])
+                vol = float(sizes[int(rng.integers(len(sizes)))])
                 intent, position = f"sim:{i}:open:{'buy' if buy else 'sell'}", None
             else:
                 ticket, side, vol = held
@@ -633,3 +653,75 @@ def simulate_fills(
         "venues": [scope for _t, _e, scope in legs],
         "last_utc": now[0],
     }
+
+
+def export_window_feed(
+    path: Path, broker_tz: str, start_utc: int, end_utc: int, *, column_sources: Any = None
+) -> tuple[Any, str, str]:
+    """``(feed, symbol, timeframe)``: an :class:`engine.mt5.sim.ExportFeed` holding only the
+    bars of the export at ``path`` whose UTC open time is in ``[start_utc, end_utc)``, with
+    server time turned into UTC by the file's broker time rule (``broker_tz``,
+    :func:`engine.mt5.brokertime.parse_rule`), so the feed's offset is 0. Nothing at or after
+    ``end_utc`` is in it: a terminal over it cannot quote, and a slippage draw cannot measure
+    volatility on, a later bar."""
+    from dataclasses import replace
+
+    from engine.mt5.brokertime import parse_rule
+    from engine.mt5.exports import read_export
+    from engine.mt5.sim import ExportFeed
+
+    e = read_export(path, fill=column_sources)
+    rates = e.rates.copy()
+    rates["time"] = parse_rule(broker_tz).to_utc(rates["time"].astype(np.int64))
+    keep = (rates["time"] >= start_utc) & (rates["time"] < end_utc)
+    rates = rates[keep]
+    rates = rates[np.unique(rates["time"], return_index=True)[1]]  # sorted, one bar per time
+    if len(rates) == 0:
+        raise ValueError(f"{path.name}: no bars in [{start_utc}, {end_utc}) UTC")
+    return ExportFeed([replace(e, rates=rates)], server_utc_offset_hours=0), e.symbol, e.timeframe
+
+
+def simulate_export_fills(
+    journal: str | Path,
+    path: Path,
+    broker_tz: str,
+    start_utc: int,
+    end_utc: int,
+    n: int,
+    *,
+    seed: int = 0,
+    process: Any = None,
+) -> dict[str, Any]:
+    """Fills on a real export's own bars in ``[start_utc, end_utc)`` (a training window): up to
+    ``n`` market orders, at the closes of bars drawn at random (seeded, without replacement)
+    from the window, through the simulated terminal over :func:`export_window_feed` with the
+    slippage process on, so each draw sees that bar's real spread, the file's recent
+    volatility and the bar's hour (UTC); sizes from :data:`SIZES`, one venue. The first
+    ``vol_window`` bars are skipped (no volatility yet). Returns :func:`simulate_fills`'s
+    summary with the window and the venue."""
+    from engine.mt5 import timeframe_seconds
+    from engine.mt5.slippage import SlippageProcess
+
+    proc = process if process is not None else SlippageProcess(seed=seed, requote=False)
+    feed, symbol, tf = export_window_feed(path, broker_tz, start_utc, end_utc)
+    step = timeframe_seconds(tf)
+    t = feed.rates(symbol, tf, start_utc, end_utc)["time"].astype(np.int64)
+    closes = t[proc.vol_window + 1 :] + step  # a bar's close: the terminal quotes that bar
+    closes = closes[closes <= end_utc]
+    if len(closes) == 0:
+        raise ValueError(f"{path.name}: too few bars in the window for a fill")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(closes), size=min(n, len(closes)), replace=False))
+    out = simulate_fills(
+        journal,
+        len(pick),
+        seed=seed,
+        symbols=[symbol],
+        venues=1,
+        process=proc,
+        feed=feed,
+        times=[int(x) for x in closes[pick]],
+        timeframe=tf,
+    )
+    out.update(symbol=symbol, timeframe=tf, window_utc=[int(start_utc), int(end_utc)])
+    return out

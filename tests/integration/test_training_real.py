@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -46,21 +47,28 @@ def test_real_export_report_when_run_on_usdjpy_then_datasets_come_from_feast_and
 
     assert r.test_range[0] >= "2025-03-26" and r.test_rows > 1500
     assert r.train_rows["trend_v1"] > 4000 and r.train_rows["trend_v2"] > 3800
-    # each model under the old rule and under its learned policy (docs/execution-policy.md)
-    assert set(r.models) == {
-        "trend_v1",
-        "trend_v2",
-        "trend_v1+policy",
-        "trend_v2+policy",
-    } and set(r.baselines) == {
-        "flat",
-        "buy_and_hold",
-        "momentum",
-    }
-    for m in (*r.models.values(), *r.baselines.values()):
+    # each model under the old rule and under its learned policy (docs/execution-policy.md),
+    # each of them under the fixed costs and under the file's learned slippage
+    rows = {"trend_v1", "trend_v2", "trend_v1+policy", "trend_v2+policy"}
+    assert set(r.models) == rows | {f"{n} (learned slippage)" for n in rows}
+    assert set(r.baselines) == set(r.baselines_learned) == {"flat", "buy_and_hold", "momentum"}
+    grid = [row["metrics"] for row in r.grid["grids"].values()]
+    assert set(r.grid["grids"]) == {"flatten", "reverse", "stop_adding"}
+    for m in (*r.models.values(), *r.baselines.values(), *r.baselines_learned.values(), *grid):
         assert m["sharpe_ci_low"] <= m["sharpe"] <= m["sharpe_ci_high"]
         assert m["net_return_ci_low"] <= m["net_return"] <= m["net_return_ci_high"]
     assert r.baselines["flat"]["net_return"] == 0.0 and r.baselines["flat"]["trades"] == 0
+    # the same positions pay more or less under the learned slippage, never the same
+    assert r.models["trend_v1 (learned slippage)"]["trades"] == r.models["trend_v1"]["trades"]
+    assert (
+        r.models["trend_v1 (learned slippage)"]["net_return"] != r.models["trend_v1"]["net_return"]
+    )
+    # the slippage model: fills only before test_start, held-out calibration per quantile
+    sl = r.slippage
+    assert sl["last_fill_utc"] <= sl["window_utc"][1] and sl["fills"] > 2000
+    assert sl["window_utc"][1] <= pd.Timestamp(r.test_range[0], tz="UTC").timestamp() + 86400
+    assert [q["q"] for q in sl["evaluation"]["quantiles"]] == [0.1, 0.5, 0.9]
+    assert sl["per_trade"]["model"] == "trend_v1" and sl["per_trade"]["trades"] > 0
 
     # the second run reuses the prepared lake while file, rule, range and pipeline code are unchanged
     entry = next(
@@ -73,11 +81,23 @@ def test_real_export_report_when_run_on_usdjpy_then_datasets_come_from_feast_and
     text = render(results, spec, raw_dir)
     rows = [ln for ln in text.splitlines() if ln.startswith("| USDJPY | H1 |")]
     scored = [ln for ln in rows if ln.count("[") == 2]
-    # 2 models x (old rule, learned policy) + 3 baselines, each with 2 CIs; then the policy
-    # table: the policy each model chose, one row a model
-    assert len(scored) == 7, rows
-    assert [ln.split("|")[3].strip() for ln in rows if ln not in scored] == [
+    # 2 models x (old rule, learned policy) x (fixed, learned slippage) + 3 grid modes
+    # + 3 baselines x (fixed, learned slippage), each with 2 CIs
+    assert len(scored) == 17, rows
+    assert sum("(learned slippage) | learned |" in ln for ln in scored) == 7, scored
+    assert sum("| grid, reverse_mode=" in ln for ln in scored) == 3, scored
+    # the policy table: the policy each model chose, under each cost model
+    policy_rows = [
+        ln.split("|")[3].strip() for ln in rows if ln.count("[") == 0 and "fills" not in ln
+    ]
+    assert [n for n in policy_rows if n.startswith("trend")] == [
         "trend_v1",
+        "trend_v1 (learned slippage)",
         "trend_v2",
+        "trend_v2 (learned slippage)",
     ], rows
+    # the calibration table (one row) and the grid's engine table (one row a mode)
+    assert sum(("| passes:" in ln or "| fails:" in ln) for ln in rows) == 1, rows
+    assert sum(ln.count("[") == 1 for ln in rows) == 3, rows
     assert "get_historical_features" in text and "`fixed:+2`" in text
+    assert "simulated from the file's own bars" in text
