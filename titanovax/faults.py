@@ -98,19 +98,21 @@ def free_port() -> int:
 
 
 # --- the model -------------------------------------------------------------------------------
-def tiny_onnx() -> Any:
-    """A real ONNX classifier: ``softmax(x @ W)`` over ``[f0, f1]``; ``f0 > 0`` → long,
-    ``f0 < 0`` → short (the harness alternates f0's sign, so every bar moves the position)."""
+def tiny_onnx(w: np.ndarray | None = None, name: str = "tx_fault_model") -> Any:
+    """A real ONNX classifier: ``softmax(x @ W)`` over ``[f0, f1]`` (classes short, flat,
+    long); by default ``f0 > 0`` → long, ``f0 < 0`` → short (the harness alternates f0's
+    sign, so every bar moves the position)."""
     import onnx
     from onnx import TensorProto, helper
 
-    w = np.array([[-4.0, 0.0, 4.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    if w is None:
+        w = np.array([[-4.0, 0.0, 4.0], [0.0, 0.0, 0.0]], dtype=np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["input", "W"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
         ],
-        "tx_fault_model",
+        name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
         [helper.make_tensor("W", TensorProto.FLOAT, [2, 3], w.flatten().tolist())],

@@ -100,23 +100,10 @@ def _ports(n: int) -> list[int]:
 def _bundle(d: Path) -> Path:
     """A real ONNX classifier over ``[f0, f1]``: ``softmax([f0, f1] @ W)``; ``f0 = +-1`` long
     or short, ``f1 = 1`` flat."""
-    import onnx
-    from onnx import TensorProto, helper
+    from titanovax.faults import tiny_onnx
 
     w = np.array([[-4.0, 0.0, 4.0], [0.0, 4.0, 0.0]], dtype=np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "W"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ],
-        "tx_enginefo_model",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor("W", TensorProto.FLOAT, [2, 3], w.flatten().tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+    model = tiny_onnx(w, "tx_enginefo_model")
     data = model.SerializeToString()
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.onnx").write_bytes(data)
