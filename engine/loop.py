@@ -485,8 +485,7 @@ class Engine:
                 grid_out = self.grid.step(self, symbol, bar_close)
                 if strategy == "grid":
                     raise _GridOnly
-            self._positions_snap, self._snap_thread = None, threading.get_ident()
-            self._infos_snap, self._bars_snap = {}, {}
+            self._bar_view(threading.get_ident())
             t = time.perf_counter()
             row = self.features.read(symbol)
             lat["feature_ms"] = (time.perf_counter() - t) * 1e3
@@ -550,8 +549,7 @@ class Engine:
             rec.reason_code = str(reason)
             rec.reason = f"{reason}: {type(exc).__name__}: {exc}"[:2000]
         finally:
-            self._snap_thread, self._positions_snap = None, None
-            self._infos_snap, self._bars_snap = {}, {}
+            self._bar_view(None)
         if grid_out is not None and self.grid is not None:
             self.grid.merge(rec, grid_out, alone=strategy == "grid")
         self._show_executed(rec)
@@ -812,6 +810,12 @@ class Engine:
             every = self.terminal.positions_get() or ()
             snap = self._positions_snap = tuple(p for p in every if p.magic == self.magic)
         return snap if symbol is None else tuple(p for p in snap if p.symbol == symbol)
+
+    def _bar_view(self, thread: int | None) -> None:
+        """Start (on ``thread``, the deciding one) or end (``None``) the bar's one view of
+        the positions, symbol infos and closed bars; empty either way."""
+        self._snap_thread = thread
+        self._positions_snap, self._infos_snap, self._bars_snap = None, {}, {}
 
     def _symbol_info(self, symbol: str) -> Any:
         """``symbol_info(symbol)``; inside a decision (the deciding thread) one read serves

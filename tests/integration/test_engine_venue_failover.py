@@ -100,31 +100,18 @@ def _ports(n: int) -> list[int]:
 def _bundle(d: Path) -> Path:
     """A real ONNX classifier over ``[f0, f1]``: ``softmax([f0, f1] @ W)``; ``f0 = +-1`` long
     or short, ``f1 = 1`` flat."""
-    from titanovax.faults import tiny_onnx
+    from titanovax.faults import bundle_manifest, tiny_onnx
 
     w = np.array([[-4.0, 0.0, 4.0], [0.0, 4.0, 0.0]], dtype=np.float32)
-    model = tiny_onnx(w, "tx_enginefo_model")
-    data = model.SerializeToString()
+    data = tiny_onnx(w, "tx_enginefo_model").SerializeToString()
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.onnx").write_bytes(data)
-    manifest = {
+    manifest = bundle_manifest(data) | {  # the fault harness's manifest, for this view
         "model_name": "tx_enginefo_model",
         "model_version": "enginefo-1",
         "feature_service": "fo_v1",
         "feature_view": VIEW,
-        "features": ["f0", "f1"],
-        "input_name": "input",
-        "prob_output": "probabilities",
-        "classes": ["short", "flat", "long"],
-        "positions": [-1, 0, 1],
-        "min_confidence": 0.0,
-        "timeframe": "M5",
         "symbols": SYMBOLS,
-        "train_range": ["2025-01-01", "2025-06-01"],
-        "test_range": ["2025-06-01", "2025-07-01"],
-        "label_horizon": 12,
-        "metrics": {"accuracy": 0.5},
-        "bundle_sha256": hashlib.sha256(data).hexdigest(),
     }
     (d / "manifest.json").write_text(json.dumps(manifest))
     return d
