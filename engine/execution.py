@@ -16,6 +16,13 @@ outcome after; a crash in between leaves a pending intent that
 order was not found at the broker) is reset to ``pending`` first, so any number of crashes
 leaves it reconcilable.
 
+**One synchronous commit per bar.** The bar's intents may be journaled together up front
+(:meth:`OrderExecutor.prepare`, as the engine does for a flip: close, then open): the first
+send's commit point makes all of them durable, and a later send of the bar whose intent is
+durable already needs no flush of its own (:meth:`engine.journal.Journal.checkpoint`). An
+intent prepared but never sent (an earlier order of the bar failed) is ended ``failed``
+(:meth:`OrderExecutor.abandon`); one found after a crash is reconciled like any other.
+
 **Kill.** Immediately before every ``order_send``, under the engine's send gate, the executor
 asks ``may_send()`` (no kill acknowledged, journal writable); when it says no the order is not
 sent (``killed``). Only the kill's own flatten orders pass.
@@ -155,6 +162,18 @@ class OrderOutcome:
         return self.status in ("done", "recovered")
 
 
+@dataclass
+class PreparedIntent:
+    """An intent journaled before its order is sent (:meth:`OrderExecutor.prepare`)."""
+
+    client_id: str
+    symbol: str
+    bar_close: int
+    intent: str
+    base: dict[str, Any]  # the request without price, filling mode and stops
+    new: bool  # journaled now; False: the id is from an earlier attempt (look it up first)
+
+
 def _result_dict(res: Any) -> dict[str, Any]:
     d = res._asdict() if hasattr(res, "_asdict") else dict(res)
     d.pop("request", None)
@@ -199,6 +218,9 @@ class OrderExecutor:
         self.login = login
         self.sleep = sleep
         self.on_retcode = on_retcode
+        # seconds spent inside order_send so far: the broker's execution (a network round
+        # trip on a real terminal), told apart from the engine's own time per bar
+        self.broker_s = 0.0
         saved = journal.load_state("filling")
         d = json.loads(saved) if saved else {}
         self.working_fill: dict[str, int] = {k: int(v) for k, v in d.get("working", {}).items()}
@@ -293,27 +315,21 @@ class OrderExecutor:
         sl_distance: float = 0.0,
         tp_distance: float = 0.0,
         flatten: bool = False,
+        prepared: PreparedIntent | None = None,
     ) -> OrderOutcome:
         """Get one intent's order to the broker exactly once, or fail with a reason
-        (``flatten``: the kill's own closing order, sent although the kill is set)."""
-        cid = client_order_id(self.login, self.magic, symbol, bar_close, intent)
+        (``flatten``: the kill's own closing order, sent although the kill is set;
+        ``prepared``: its intent, journaled already by :meth:`prepare` with these arguments)."""
+        if prepared is None:
+            prepared = self.prepare(
+                symbol, bar_close, intent, order_type=order_type, volume=volume, position=position
+            )
+        cid, base = prepared.client_id, prepared.base
         out = OrderOutcome(cid, symbol, int(bar_close), intent, "failed")
-        base: dict[str, Any] = {
-            "action": mt5.TRADE_ACTION_DEAL,
-            "symbol": symbol,
-            "volume": float(volume),
-            "type": order_type,
-            "deviation": self.config.deviation_points,
-            "magic": self.magic,
-            "comment": cid,
-            "type_time": mt5.ORDER_TIME_GTC,
-        }
-        if position is not None:
-            base["position"] = int(position)
         # Write-ahead: an id never journaled was never sent, so a new intent needs no look-up
         # at the broker (the scan of days of deals was the order path's largest cost). An id
         # journaled before (a restart, a re-decided bar) is looked up and sent only if absent.
-        if not self.journal.intent_begin(Intent(cid, symbol, int(bar_close), intent, dict(base))):
+        if not prepared.new:
             found = self.find_existing(symbol, cid, now_utc)
             if found is not None:
                 log.warning(
@@ -341,10 +357,18 @@ class OrderExecutor:
             if position is None and (sl_distance > 0 or tp_distance > 0):
                 self._stops(req, symbol, tick, sl_distance, tp_distance, widen=widened)
             out.requests.append(req)
-            self.journal.checkpoint()  # write-ahead: the intent is durable before the send
+            # write-ahead: the intent is durable before the send (a flush only if it is not
+            # yet: a bar's intents prepared together share the first send's)
+            self.journal.checkpoint()
             with self.send_gate:
                 allowed = flatten or self.may_send()
-                res = self.terminal.order_send(req) if allowed else None
+                res = None
+                if allowed:
+                    t_send = time.perf_counter()
+                    try:
+                        res = self.terminal.order_send(req)
+                    finally:
+                        self.broker_s += time.perf_counter() - t_send
             if not allowed:
                 out.reason, out.detail = Reason.KILLED, "kill acknowledged before order_send"
                 out.requests.pop()
@@ -509,6 +533,46 @@ class OrderExecutor:
             req["sl"] = sl
         if tp:
             req["tp"] = tp
+
+    def prepare(
+        self,
+        symbol: str,
+        bar_close: int,
+        intent: str,
+        *,
+        order_type: int,
+        volume: float,
+        position: int | None = None,
+    ) -> PreparedIntent:
+        """Journal an intent (``pending``) ahead of its send; durable from the next commit
+        point. Send it with :meth:`execute` (``prepared=``) or end it with :meth:`abandon`."""
+        cid = client_order_id(self.login, self.magic, symbol, bar_close, intent)
+        base: dict[str, Any] = {
+            "action": mt5.TRADE_ACTION_DEAL,
+            "symbol": symbol,
+            "volume": float(volume),
+            "type": order_type,
+            "deviation": self.config.deviation_points,
+            "magic": self.magic,
+            "comment": cid,
+            "type_time": mt5.ORDER_TIME_GTC,
+        }
+        if position is not None:
+            base["position"] = int(position)
+        new = self.journal.intent_begin(Intent(cid, symbol, int(bar_close), intent, dict(base)))
+        return PreparedIntent(cid, symbol, int(bar_close), intent, base, new)
+
+    def abandon(self, prepared: PreparedIntent, detail: str) -> None:
+        """A prepared intent that will not be sent: ``failed`` with ``detail``, if it was
+        journaled now. One from an earlier attempt is left as it is (its order may be at the
+        broker: reconciliation looks it up)."""
+        if prepared.new:
+            self.journal.intent_end(
+                prepared.client_id,
+                "failed",
+                {"results": [], "reason": str(Reason.ORDER_FAILED), "detail": detail},
+                None,
+            )
 
     def _end(self, out: OrderOutcome) -> None:
         result = {

@@ -406,6 +406,7 @@ class Journal:
         self._lock = threading.RLock()
         self._tx = False  # a group transaction is open (begin())
         self._tx_relaxed = False  # its commit need not wait for the disk (after checkpoint())
+        self._tx_intents = False  # an intent written in the open transaction (not yet durable)
         self._tx_dirty = False  # it holds a write
         self._tx_decided: list[tuple[str, int]] = []
         self._pending_state: dict[str, str | Callable[[], str]] = {}
@@ -500,11 +501,16 @@ class Journal:
     def checkpoint(self) -> None:
         """The write-ahead commit point (right before ``order_send``): commit what the open
         transaction holds synchronously and open the next one, whose commit need not wait for
-        the disk. Nothing when no transaction is open (writes were committed already)."""
+        the disk. After the bar's first commit point only an intent written since needs a
+        flush: every other write of the bar (results, fills, risk state) rides with its last,
+        relaxed commit, so a bar whose intents were all written up front flushes once.
+        Nothing when no transaction is open (writes were committed already)."""
         if not self._tx:
             return
+        if self._tx_relaxed and not self._tx_intents:
+            return  # every intent of the bar is durable already
         if self._tx_dirty or self._pending_state:
-            self._commit(relaxed=False)  # also the second order of a bar (a flip): synchronous
+            self._commit(relaxed=False)
             self._exec("BEGIN")
             self._tx, self._tx_dirty = True, False
         self._tx_relaxed = True
@@ -525,7 +531,7 @@ class Journal:
         except Exception:
             self.rollback()
             raise
-        self._tx = False
+        self._tx = self._tx_intents = False
         if self._decided is not None:
             self._decided.update(self._tx_decided)
         self._tx_decided.clear()
@@ -572,7 +578,7 @@ class Journal:
         """Drop the open transaction's writes (nothing when none is open)."""
         if not self._tx:
             return
-        self._tx = False
+        self._tx = self._tx_intents = False
         self._pending_state.clear()
         self._tx_decided.clear()
         self._tx_state.clear()
@@ -814,6 +820,8 @@ class Journal:
         )
         if self._intent_bars is not None:
             self._intent_bars.add((it.symbol, int(it.bar_close)))
+        if self._tx and cur.rowcount:
+            self._tx_intents = True
         return bool(cur.rowcount)
 
     def intent_end(
@@ -841,6 +849,8 @@ class Journal:
             " updated_at=? WHERE scope=? AND client_id=?",
             (dumps(request), time.time(), self.scope, client_id),
         )
+        if self._tx:
+            self._tx_intents = True
 
     def intent(self, client_id: str) -> Intent | None:
         """The intent with this client id, if any."""

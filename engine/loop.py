@@ -526,9 +526,10 @@ class Engine:
             else:
                 current, target, sl_d, tp_d = plan
                 rec.target_lots = target
-                t = time.perf_counter()
+                t, b = time.perf_counter(), self.executor.broker_s
                 self._move_position(symbol, current, target, bar_close, rec, sl_d, tp_d)
                 lat["order_ms"] = (time.perf_counter() - t) * 1e3
+                lat["broker_ms"] = (self.executor.broker_s - b) * 1e3  # inside order_send
                 if self._send_t is not None:  # tick-to-send: the first order_send of the bar
                     lat["send_ms"] = (self._send_t - t0) * 1e3
         except _GridOnly:  # the grid already decided and journaled this bar's actions
@@ -884,47 +885,54 @@ class Engine:
         sl_d: float,
         tp_d: float,
     ) -> None:
-        """Close what points the wrong way (or all when going flat), then open the rest (hedging accounts)."""
+        """Close what points the wrong way (or all when going flat), then open the rest
+        (hedging accounts). With one terminal the bar's intents are journaled together before
+        the first send, so a flip (close, then open) waits for the disk once; the router picks
+        the venue, and with it the closing ids, only at each send."""
         outcomes: list[OrderOutcome] = []
-        remaining = current
         now = self.clock()
-        if current != 0 and (target == 0 or (target > 0) != (current > 0)):
-            for p in self._model_positions(symbol):
-                close_type = (
-                    mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY
+        closes = []
+        flip = current != 0 and (target == 0 or (target > 0) != (current > 0))
+        if flip:
+            closes = [
+                (
+                    f"close:{p.ticket}",
+                    mt5.ORDER_TYPE_SELL if p.type == mt5.POSITION_TYPE_BUY else mt5.ORDER_TYPE_BUY,
+                    p.volume,
+                    {"position": int(p.ticket), **_venue(p)},
                 )
-                o = self.executor.execute(
+                for p in self._model_positions(symbol)
+            ]
+        delta = round(target - (0.0 if flip else current), 8)  # once every close is done
+        orders = list(closes)
+        if delta != 0:
+            side = mt5.ORDER_TYPE_BUY if delta > 0 else mt5.ORDER_TYPE_SELL
+            extra = {"sl_distance": sl_d, "tp_distance": tp_d}
+            orders.append((f"open:{'buy' if delta > 0 else 'sell'}", side, abs(delta), extra))
+        ahead: list[Any] = [None] * len(orders)
+        if isinstance(self.executor, OrderExecutor) and len(orders) > 1:
+            ahead = [
+                self.executor.prepare(
                     symbol,
                     bar_close,
-                    f"close:{p.ticket}",
-                    order_type=close_type,
-                    volume=p.volume,
-                    now_utc=now,
-                    position=int(p.ticket),
-                    **_venue(p),
+                    intent,
+                    order_type=kind,
+                    volume=volume,
+                    position=kw.get("position"),
                 )
-                self._positions_snap = None  # the account moved: ask again
-                outcomes.append(o)
-                if o.status == "done":
-                    self.risk.record_order(now)
-                if not o.ok:
-                    break
-            else:
-                remaining = 0.0
-        delta = round(target - remaining, 8)
-        if delta != 0 and all(o.ok for o in outcomes):
-            side = mt5.ORDER_TYPE_BUY if delta > 0 else mt5.ORDER_TYPE_SELL
+                for intent, kind, volume, kw in orders
+            ]
+        for i, (intent, kind, volume, kw) in enumerate(orders):
+            if outcomes and not outcomes[-1].ok:  # a close failed: nothing more this bar
+                if isinstance(self.executor, OrderExecutor) and ahead[i] is not None:
+                    self.executor.abandon(ahead[i], f"not sent: {outcomes[-1].intent} failed")
+                continue
+            if ahead[i] is not None:
+                kw = {**kw, "prepared": ahead[i]}
             o = self.executor.execute(
-                symbol,
-                bar_close,
-                f"open:{'buy' if delta > 0 else 'sell'}",
-                order_type=side,
-                volume=abs(delta),
-                now_utc=now,
-                sl_distance=sl_d,
-                tp_distance=tp_d,
+                symbol, bar_close, intent, order_type=kind, volume=volume, now_utc=now, **kw
             )
-            self._positions_snap = None
+            self._positions_snap = None  # the account moved: ask again
             outcomes.append(o)
             if o.status == "done":
                 self.risk.record_order(now)

@@ -697,6 +697,11 @@ class OrderRouter:
                 )
             return None
 
+    @property
+    def broker_s(self) -> float:
+        """Seconds spent inside ``order_send`` so far, over every venue's executor."""
+        return sum(ex.broker_s for ex in self.executors.values())
+
     # -- sending ---------------------------------------------------------------------------
     def execute(
         self,

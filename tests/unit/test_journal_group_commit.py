@@ -1,7 +1,8 @@
-"""The journal's group commit: a bar is one transaction, the intent is committed (visible to
-another connection) and flushed to disk by exactly one synchronous commit before each
-``order_send`` (also the second order of a flip), a bar without orders commits once, the risk
-state is written once per commit point, and a rolled-back bar is not taken as decided."""
+"""The journal's group commit: a bar is one transaction, its intents are committed (visible
+to another connection) and flushed to disk before any ``order_send`` — a flip's two intents by
+one synchronous commit before the first send, an intent written after the bar's commit point
+by one of its own —, a bar without orders commits once, the risk state is written once per
+commit point, and a rolled-back bar is not taken as decided."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 
 from engine.journal import DecisionRecord, Journal, JournalUnavailable
 from engine.loop import Engine
-from tests.unit.faults import MONDAY_0800, FaultyTerminal, ScriptedModel, make_engine, sim_terminal
+from tests.unit.faults import (
+    MONDAY_0800,
+    Crash,
+    FaultyTerminal,
+    ScriptedModel,
+    make_engine,
+    sim_terminal,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -89,15 +97,27 @@ def test_bar_with_an_order_when_decided_then_exactly_one_synchronous_commit_befo
     assert 1 <= len(risk_writes) <= 2
 
 
-def test_flip_when_a_bar_sends_two_orders_then_each_intent_is_flushed_by_its_own_synchronous_commit_before_its_send(
-    tmp_path: Path,
-) -> None:
-    now, term, e = _world(tmp_path)
+def _flip(
+    tmp_path: Path, now: list[int] | None = None, terminal: Any = None
+) -> tuple[list[int], _PeekingTerminal, Engine]:
+    """An engine long one position, its model now short: the next bar closes, then opens
+    (``terminal``: on the clock ``now``)."""
+    now = now if now is not None else [MONDAY_0800]
+    term = _PeekingTerminal(terminal or sim_terminal(now), tmp_path / "j.sqlite")
+    e = make_engine(tmp_path, now, terminal=term, model=ScriptedModel(1))
+    term.journal = e.journal
     e.on_bar("EURUSD", now[0])  # opens the long position
     now[0] += 300
     e.model.position = -1  # type: ignore[attr-defined]
     term.seen_at_send.clear()
     term.syncs_at_send.clear()
+    return now, term, e
+
+
+def test_flip_when_a_bar_sends_two_orders_then_both_intents_are_flushed_by_one_synchronous_commit_before_the_first_send(
+    tmp_path: Path,
+) -> None:
+    now, term, e = _flip(tmp_path)
     sync0 = e.journal.sync_commits
 
     rec = e.on_bar("EURUSD", now[0])  # close the long, open the short: two order_sends
@@ -105,34 +125,80 @@ def test_flip_when_a_bar_sends_two_orders_then_each_intent_is_flushed_by_its_own
     assert rec is not None and rec.verdict == "sent"
     close_id, open_id = (r["client_id"] for r in rec.order_result["results"])  # type: ignore[index]
     assert len(term.seen_at_send) == 2
-    assert (close_id, "pending") in term.seen_at_send[0]
-    assert (close_id, "done") in term.seen_at_send[1] and (open_id, "pending") in term.seen_at_send[
-        1
-    ]
-    assert term.syncs_at_send == [sync0 + 1, sync0 + 2]
-    assert e.journal.sync_commits == sync0 + 2
+    # both intents committed before the first send, the close's outcome before the second
+    assert {(close_id, "pending"), (open_id, "pending")} <= set(term.seen_at_send[0])
+    assert (open_id, "pending") in term.seen_at_send[1]
+    assert term.syncs_at_send == [sync0 + 1, sync0 + 1]  # one flush, before the first send
+    assert e.journal.sync_commits == sync0 + 1
+    assert e.journal.intent(close_id).status == "done"  # type: ignore[union-attr]
+    assert e.journal.intent(open_id).status == "done"  # type: ignore[union-attr]
 
 
-def test_flip_when_the_flush_before_the_second_order_fails_then_only_the_first_is_sent(
+def test_flip_when_the_close_is_refused_then_the_prepared_open_is_ended_failed_and_never_sent(
     tmp_path: Path,
 ) -> None:
-    now, term, e = _world(tmp_path)
-    e.on_bar("EURUSD", now[0])
-    now[0] += 300
-    e.model.position = -1  # type: ignore[attr-defined]
-    term.seen_at_send.clear()
-    inner_send = term.inner.order_send
-
-    def send_then_break_the_wal(request: dict[str, Any]) -> Any:
-        e.journal._wal = str(tmp_path / "missing" / "j.sqlite-wal")  # later flushes fail
-        return inner_send(request)
-
-    term.inner.order_send = send_then_break_the_wal
+    now = [MONDAY_0800]
+    broker = FaultyTerminal(sim_terminal(now))
+    _, _, e = _flip(tmp_path, now, broker)
+    broker.script.append(10018)  # the close: market closed (final, no retry)
+    before = len(broker.sent)
 
     rec = e.on_bar("EURUSD", now[0])
 
-    assert len(term.seen_at_send) == 1  # the close went out; the open needed a flush first
-    assert rec is not None and not e.journal_up
+    assert rec is not None and rec.verdict == "error"
+    assert [r.get("position") for r in broker.sent[before:]] != [None]  # only the close went out
+    assert len(broker.sent) == before + 1
+    opens = [it for it in e.journal.intents() if it.intent == "open:sell"]
+    assert len(opens) == 1 and opens[0].status == "failed"
+    assert opens[0].result is not None and "not sent" in opens[0].result["detail"]
+    assert not any(d.comment == opens[0].client_id for d in broker.history_deals_get(0, 2**31))
+
+
+def test_journal_when_an_intent_is_written_after_the_bars_commit_point_then_the_next_checkpoint_flushes_it(
+    tmp_path: Path,
+) -> None:
+    from engine.journal import Intent
+
+    j = Journal(tmp_path / "j.sqlite")
+    s0 = j.sync_commits
+    j.begin()
+    j.intent_begin(Intent("a", "EURUSD", 1, "open:buy", {}))
+    j.checkpoint()  # the bar's commit point: a flush
+    assert j.sync_commits == s0 + 1
+    j.intent_end("a", "done", {"results": []}, 10009)
+    j.save_state("risk", "{}")
+    j.checkpoint()  # only results and state since: they ride with the bar's last commit
+    assert j.sync_commits == s0 + 1
+    j.intent_begin(Intent("b", "EURUSD", 1, "close:1", {}))
+    j.checkpoint()  # a new intent (the router writes each at its send): flushed before it
+    assert j.sync_commits == s0 + 2
+    j.commit()
+    assert j.sync_commits == s0 + 2 and j.intent("b") is not None
+
+
+def test_flip_when_the_engine_dies_after_the_first_flush_then_the_restart_sends_each_order_once(
+    tmp_path: Path,
+) -> None:
+    now = [MONDAY_0800]
+    broker = FaultyTerminal(sim_terminal(now))
+    _, _, e = _flip(tmp_path, now, broker)
+    broker.script.append("crash")  # the close executes, then the process dies
+    with pytest.raises(Crash):
+        e.on_bar("EURUSD", now[0])
+    e.journal.close()
+
+    e2 = make_engine(tmp_path, now, terminal=broker, model=ScriptedModel(-1))
+    e2.reconcile()
+    rec = e2.on_bar("EURUSD", now[0])
+
+    assert rec is not None and rec.verdict == "sent"
+    deals = [d for d in broker.history_deals_get(0, 2**31) if d.magic == e2.magic]
+    per_id: dict[str, int] = {}
+    for d in deals:
+        per_id[d.comment] = per_id.get(d.comment, 0) + 1
+    assert all(n == 1 for n in per_id.values()), per_id  # no client id executed twice
+    net = sum(p.volume if p.type == 0 else -p.volume for p in broker.positions_get() or ())
+    assert net == pytest.approx(-0.1)  # flipped exactly once
 
 
 def test_order_when_the_wal_cannot_be_flushed_then_it_is_not_sent(tmp_path: Path) -> None:

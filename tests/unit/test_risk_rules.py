@@ -291,11 +291,12 @@ def test_engine_when_replaying_a_day_then_every_bar_is_journaled_with_stage_late
     e.replay(closes(n=5), ["EURUSD"], lambda t: now.__setitem__(0, t))
     rows = e.journal.rows()
     assert [r["verdict"] for r in rows] == ["sent", "hold", "hold", "hold", "hold"]
-    assert {"feature_ms", "predict_ms", "risk_ms", "order_ms", "send_ms", "total_ms"} <= set(
-        rows[0]["latency_ms"]
-    )
+    stages = {"feature_ms", "predict_ms", "risk_ms", "order_ms", "send_ms", "broker_ms"}
+    assert stages | {"total_ms"} <= set(rows[0]["latency_ms"])
     sent = rows[0]["latency_ms"]  # tick-to-send: after the model, before the order's end
     assert sent["predict_ms"] < sent["send_ms"] < sent["total_ms"]
+    assert 0 < sent["broker_ms"] < sent["order_ms"]  # the broker's part: inside order_send
+    assert all("broker_ms" not in r["latency_ms"] for r in rows[1:])
     assert all("send_ms" not in r["latency_ms"] for r in rows[1:])  # holds send nothing
     assert all(r["trading_state"] == "ACTIVE" and r["model_version"] == "7" for r in rows)
 
