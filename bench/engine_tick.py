@@ -16,7 +16,9 @@ The engines are stepped bar by bar in turn (engine A decides a bar, then B, then
 machine's load falls on all of them alike. Per journal it prints tick-to-decision p50/p99
 (the engine's ``total_ms``: features → model → risk → orders, including the write-ahead
 commit before each ``order_send``, taken before the decision row is written), split into bars
-with and without orders; for bars with orders also ``send_ms``, from the bar's start to its
+with and without orders, and the engine's own part of it (``total_ms`` minus ``broker_ms``, the
+time inside ``order_send``: the simulated broker's execution here, a network round trip to the
+broker on a real terminal); for bars with orders also ``send_ms``, from the bar's start to its
 first ``order_send`` (the intent durable: the moment the decision leaves the engine; what
 follows is the broker's execution, simulated here, and its bookkeeping), the whole ``on_bar`` (until the bar's commit returned: the decision
 row is in the journal) and its CPU time (the thread's: what the bar costs without the waits
@@ -107,6 +109,8 @@ def run(
         k: {
             "tick_order": [],
             "tick_none": [],
+            "own_order": [],
+            "broker": [],
             "send": [],
             "on_bar": [],
             "cpu_order": [],
@@ -132,6 +136,10 @@ def run(
                 o["on_bar"].append(dt)
                 sent = rec.order_request is not None
                 o["tick_order" if sent else "tick_none"].append(rec.latency_ms["total_ms"])
+                if sent:  # the broker's execution (inside order_send) taken out
+                    broker = rec.latency_ms.get("broker_ms", 0.0)
+                    o["broker"].append(broker)
+                    o["own_order"].append(rec.latency_ms["total_ms"] - broker)
                 if "send_ms" in rec.latency_ms:
                     o["send"].append(rec.latency_ms["send_ms"])
                 o["cpu_order" if sent else "cpu_none"].append(dc)
@@ -177,6 +185,9 @@ def report(out: dict[str, dict[str, Any]]) -> None:
             ("  bars with orders", o["tick_order"]),
             ("  bars without orders", o["tick_none"]),
             ("  to the first order_send (send_ms)", o["send"]),
+            ("  inside order_send (broker_ms)", o["broker"]),
+            ("engine's own: minus broker_ms, all", o["own_order"] + o["tick_none"]),
+            ("  bars with orders", o["own_order"]),
             ("tick-to-send or, no order, -decision", o["send"] + o["tick_none"]),
             ("on_bar incl. the bar's commit", o["on_bar"]),
             ("  its CPU time, bars with orders", o["cpu_order"]),
@@ -255,6 +266,12 @@ def main() -> None:
         help="also a durable PostgreSQL journal, in a scratch database made through this "
         "admin URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres)",
     )
+    ap.add_argument(
+        "--journals",
+        default=",".join(JOURNALS),
+        help="journal kinds stepped in turn (each engine added slows the others: caches, "
+        f"memory; e.g. memory,disk-durable for the durable one beside its peer alone), of {JOURNALS}",
+    )
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
@@ -291,7 +308,10 @@ def main() -> None:
                 pg_url = stack.enter_context(
                     postgres_database(args.postgres, f"tx_bench_tick_{os.getpid()}")
                 )
-            kinds = list(JOURNALS) + (["postgres"] if pg_url else [])
+            kinds = [k for k in args.journals.split(",") if k] + (["postgres"] if pg_url else [])
+            unknown = sorted(set(kinds) - set(JOURNALS) - {"postgres"})
+            if unknown:
+                ap.error(f"--journals: unknown kind(s) {unknown}; choose from {JOURNALS}")
             out = run(kinds, args.days, args.symbols, args.bundle, tmp, pg_url)
         print(
             f"{time.perf_counter() - t0:.1f} s, load average after {os.getloadavg()}"
