@@ -4,19 +4,23 @@
    order, total) — model in-process (the ONNX fallback path) and via serving over HTTP;
 2. backtest throughput: decided bars/s through the full engine (risk, sizing, MT5 order path
    on the simulator, journal) against a vectorised numpy loop over the same bars (one batched
-   ONNX call, positions and after-cost P&L as array operations).
+   ONNX call, positions and after-cost P&L as array operations);
+3. with two spans, the long span's cost per decision against the short one's, in lockstep
+   (:func:`lockstep`): on the very same bars (fresh short engines tiling the long span) and
+   against the short span repeated, by kind of bar and by fifth of the run.
 
 The model is a small real XGBoost → ONNX bundle fitted here on earlier synthetic bars (the
 training helper's bundles plug in the same way through ``--bundle``). Serving: ``--serving-url``
 (with ``--serving-token``) uses a running service; otherwise the bench tries to start the
 BentoML service on the bundle and reports why when it cannot.
 
-    .venv/bin/python bench/engine_loop.py [--days 5] [--serving-bars 300] [--bundle DIR]
+    .venv/bin/python bench/engine_loop.py [--spans 3,60] [--no-serving] [--bundle DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import itertools
 import json
@@ -24,6 +28,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -130,7 +135,7 @@ def _print_stages(title: str, stages: list[dict[str, float]]) -> None:
         print(f"  {k.removesuffix('_ms'):<12}{p50:>10.3f}{p99:>10.3f}{n:>8}")
 
 
-def _engine(world: Any, model: Any, journal_target: str) -> Any:
+def _engine(world: Any, model: Any, journal_target: str, *, durable: bool = True) -> Any:
     from engine.config import RiskLimits
     from engine.journal import Journal
     from engine.loop import Engine
@@ -139,7 +144,7 @@ def _engine(world: Any, model: Any, journal_target: str) -> Any:
         terminal=world.terminal,
         features=world.features,
         model=model,
-        journal=Journal(journal_target),
+        journal=Journal(journal_target, durable=durable),
         limits=RiskLimits(daily_loss_limit=0.5, max_drawdown=0.9, max_consecutive_losses=0),
         lots=0.1,
         magic=4242,
@@ -392,6 +397,140 @@ def run_engine(
     return e, res, time.perf_counter() - t0, time.process_time() - c0, acc
 
 
+def lockstep(
+    make_world: Callable[[int, int], Any],
+    bundle: Path,
+    symbols: list[str],
+    short_days: int,
+    long_days: int,
+    journal: Callable[[str], str],
+    *,
+    aligned: bool = False,
+) -> dict[str, Any]:
+    """The long span and short ones decided in turn, one close (all symbols) each, on one
+    thread: the long span's engine goes through its run once while fresh short-span engines
+    (new world, new journal) go through theirs beside it. Both are timed by the thread's CPU
+    clock around the same kind of step, so the drift of a shared machine's speed (which moved
+    sequential runs of the same span by 25 % here) falls on both alike.
+
+    ``aligned=False``: every short run is the span's first ``short_days`` (the bench's short
+    backtest, again and again). ``aligned=True``: the short runs tile the long span, each a
+    fresh engine started at the beginning of its window, so both engines decide the very same
+    bar at each step, and what differs is only what the long engine carries from the days
+    before (journal, deals, positions): whether the cost per decision grows with the run.
+
+    ``make_world(start, end)``: a backtest world over ``(start, end]``; ``journal(tag)``: the
+    journal target of each engine. Returns CPU µs per decision of both, by kind of bar, and by
+    fifth of the long run."""
+    import engine.backtest as bt
+    from engine.serving_client import OnnxModel
+
+    onnx = OnnxModel.from_dir(bundle)
+    window = short_days * 86_400
+
+    def start(t0: int, days: int, tag: str) -> tuple[Any, Any]:
+        w = make_world(t0, t0 + days * 86_400)
+        model = bt.PrecomputedModel.score(onnx, w.features, symbols)
+        e = _engine(w, model, journal(tag), durable=False)
+        return w, e
+
+    # CPU s and decisions by side and by kind of bar (True: with orders)
+    kinds = {side: {True: [0.0, 0], False: [0.0, 0]} for side in ("long", "short")}
+
+    def step(w: Any, e: Any, close: int, side: str) -> float:
+        c0 = time.thread_time()
+        w.set_time(close)
+        total = time.thread_time() - c0
+        for sym in symbols:
+            c = time.thread_time()
+            rec = e.on_bar(sym, close)
+            dt = time.thread_time() - c
+            total += dt
+            if rec is not None:
+                slot = kinds[side][rec.order_request is not None]
+                slot[0] += dt
+                slot[1] += 1
+        return total
+
+    wl, el = start(START, long_days, f"long{long_days}")
+    runs = 0
+    ws, es = start(START, short_days, f"short{short_days}-{runs}")
+    it = iter(ws.closes)
+    at = 0  # aligned: the window of the running short engine
+    fifths = 5
+    per = max(1, len(wl.closes) // fifths)
+    cpu = {"long": [0.0] * fifths, "short": [0.0] * fifths}
+    n = {"long": [0] * fifths, "short": [0] * fifths}
+    gc.freeze()
+    try:
+        for i, close in enumerate(wl.closes):
+            k = min(i // per, fifths - 1)
+            cpu["long"][k] += step(wl, el, close, "long")
+            n["long"][k] += len(symbols)
+            if aligned:
+                c = close
+                if (close - START - 1) // window != at:  # the next window: a fresh engine
+                    es.journal.close()
+                    runs += 1
+                    at = (close - START - 1) // window
+                    ws, es = start(START + at * window, short_days, f"short{short_days}-{runs}")
+                if close not in ws.closes:
+                    raise AssertionError(f"close {close} is not in the short world's bars")
+            else:
+                nxt = next(it, None)
+                if nxt is None:  # the short run ended: a fresh one (world, engine, journal)
+                    es.journal.close()
+                    runs += 1
+                    ws, es = start(START, short_days, f"short{short_days}-{runs}")
+                    it = iter(ws.closes)
+                    nxt = next(it)
+                c = nxt
+            cpu["short"][k] += step(ws, es, c, "short")
+            n["short"][k] += len(symbols)
+    finally:
+        gc.unfreeze()
+        el.journal.close()
+        es.journal.close()
+    us = {side: sum(cpu[side]) / sum(n[side]) * 1e6 for side in cpu}
+    return {
+        "long_us": us["long"],
+        "short_us": us["short"],
+        "short_runs": runs + 1,
+        "kinds": {  # side -> (us per bar with orders, us per bar without, share with orders)
+            side: (
+                by[True][0] / max(by[True][1], 1) * 1e6,
+                by[False][0] / max(by[False][1], 1) * 1e6,
+                by[True][1] / max(by[True][1] + by[False][1], 1),
+            )
+            for side, by in kinds.items()
+        },
+        "fifths": [
+            (cpu["long"][k] / n["long"][k] * 1e6, cpu["short"][k] / n["short"][k] * 1e6)
+            for k in range(fifths)
+            if n["long"][k] and n["short"][k]
+        ],
+    }
+
+
+def print_lockstep(title: str, r: dict[str, Any], short_days: int, long_days: int) -> None:
+    print(
+        f"  {title}: {long_days}-day {r['long_us']:.1f} us/decision (CPU), {short_days}-day "
+        f"{r['short_us']:.1f} ({r['short_runs']} runs beside it): {long_days}-day per decision "
+        f"= {r['long_us'] / r['short_us']:.3f}x the {short_days}-day (<= 1: no slower)"
+    )
+    (lo, ln, lf), (so, sn, sf) = r["kinds"]["long"], r["kinds"]["short"]
+    print(
+        f"    bars with orders {lo:.1f} vs {so:.1f} us ({lo / so:.3f}x), without {ln:.1f} vs "
+        f"{sn:.1f} us ({ln / sn:.3f}x); with orders {lf:.1%} of the long span's bars, "
+        f"{sf:.1%} of the short's; the long span's costs at the short's mix: "
+        f"{(sf * lo + (1 - sf) * ln) / (sf * so + (1 - sf) * sn):.3f}x"
+    )
+    print(
+        "    by fifth of the long run, long/short: "
+        + ", ".join(f"{a / b:.3f}" for a, b in r["fifths"])
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -619,6 +758,44 @@ def main() -> None:
                 f"{long_rate:,.0f}, then {d0}-day again {after:,.0f}: {d1}-day / mean of the "
                 f"{d0}-day runs = {long_rate / ((before + after) / 2):.2f}x"
             )
+
+        if len(spans) >= 2 and has_pre:
+            d0, d1 = spans[0], spans[-1]
+            print(
+                f"\nlockstep, the {d1}-day engine beside fresh {d0}-day ones (predictions precomputed, "
+                "one close of each in turn, CPU time of the thread):"
+            )
+            for run, (title, target, aligned) in enumerate(
+                (
+                    (
+                        "the same bars, journal file, durable=False (a backtest's choice)",
+                        "file",
+                        True,
+                    ),
+                    (
+                        "the short span's first days again, journal file, durable=False",
+                        "file",
+                        False,
+                    ),
+                    ("the short span's first days again, journal SQLite :memory:", "memory", False),
+                ),
+            ):
+
+                def journal(tag: str, run: int = run, target: str = target) -> str:
+                    return (
+                        str(tmp / f"lockstep{run}-{tag}.sqlite") if target == "file" else ":memory:"
+                    )
+
+                r = lockstep(
+                    lambda a, b: backtest_world(s, a, b, names),
+                    bundle,
+                    symbols,
+                    d0,
+                    d1,
+                    journal,
+                    aligned=aligned,
+                )
+                print_lockstep(title, r, d0, d1)
 
         if args.cprofile:
             profile_components(
