@@ -21,7 +21,9 @@ leaves it reconcilable.
 send's commit point makes all of them durable, and a later send of the bar whose intent is
 durable already needs no flush of its own (:meth:`engine.journal.Journal.checkpoint`). An
 intent prepared but never sent (an earlier order of the bar failed) is ended ``failed``
-(:meth:`OrderExecutor.abandon`); one found after a crash is reconciled like any other.
+(:meth:`OrderExecutor.abandon`); one left ``pending`` by a crash, or by a failure that rolls
+the bar back after its commit point, is resolved against the broker by reconciliation like
+any other (``not_sent`` when its order is not there).
 
 **Kill.** Immediately before every ``order_send``, under the engine's send gate, the executor
 asks ``may_send()`` (no kill acknowledged, journal writable); when it says no the order is not
