@@ -203,8 +203,11 @@ class EngineSettings(BaseSettings):
     journal_url: SecretStr | None = None  # a DSN may hold a password: secret
     # backtests journal here only when set (never into TX_JOURNAL_URL/PATH)
     backtest_journal: str | None = Field(default=None, alias="TX_ENGINE_BACKTEST_JOURNAL")
-    # false: a backtest's journal never waits for the disk (a crash may lose its tail)
-    backtest_journal_durable: bool = Field(default=True, alias="TX_ENGINE_BACKTEST_JOURNAL_DURABLE")
+    # a backtest's journal (a new file per run, never resumed) does not wait for the disk
+    # unless true: a crash of the machine may lose its tail, a crash of the process nothing
+    backtest_journal_durable: bool = Field(
+        default=False, alias="TX_ENGINE_BACKTEST_JOURNAL_DURABLE"
+    )
     # comma-separated in the environment: TX_SYMBOLS=EURUSD,GBPUSD
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     timeframe: str = "M5"

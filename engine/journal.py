@@ -58,8 +58,8 @@ memory and upserted once per commit point, with its value at that moment, and on
 value differs from the one this connection committed last (``updated_at`` is when it last
 changed; after a database error or a rollback the next save writes it again).
 :meth:`Journal.decided` answers from a set of decided bars loaded once per scope (the primary
-key still refuses a duplicate). ``durable=False`` (backtests, by choice:
-``TX_ENGINE_BACKTEST_JOURNAL_DURABLE=false``) never waits for the disk.
+key still refuses a duplicate). ``durable=False`` (backtests by default, unless
+``TX_ENGINE_BACKTEST_JOURNAL_DURABLE=true``) never waits for the disk.
 
 **Failures.** A database error other than a duplicate key (disk full, I/O error, connection
 lost, a PostgreSQL statement over its ``statement_timeout``) raises

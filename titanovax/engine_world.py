@@ -280,6 +280,9 @@ def run_engine(
             ),
             "journal": redact_dsn(target),
             "journal_scope": engine.journal.scope,
+            # commit points that waited for the disk: 0 unless TX_ENGINE_BACKTEST_JOURNAL_DURABLE
+            "journal_durable": engine.journal.durable,
+            "journal_sync_commits": engine.journal.sync_commits,
         }
 
     from engine.features import OnlineFeatureReader, redis_client

@@ -101,7 +101,7 @@ def free_port() -> int:
 def tiny_onnx(w: np.ndarray | None = None, name: str = "tx_fault_model") -> Any:
     """A real ONNX classifier: ``softmax(x @ W)`` over ``[f0, f1]`` (classes short, flat,
     long); by default ``f0 > 0`` → long, ``f0 < 0`` → short (the harness alternates f0's
-    sign, so every bar moves the position)."""
+    sign, so every bar moves the position). ``w`` of shape ``[n, 3]`` takes ``n`` features."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -113,9 +113,9 @@ def tiny_onnx(w: np.ndarray | None = None, name: str = "tx_fault_model") -> Any:
             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
         ],
         name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, w.shape[0]])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor("W", TensorProto.FLOAT, [2, 3], w.flatten().tolist())],
+        [helper.make_tensor("W", TensorProto.FLOAT, list(w.shape), w.flatten().tolist())],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
