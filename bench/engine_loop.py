@@ -356,6 +356,7 @@ def run_engine(
     precomputed: bool,
     stages: bool = False,
     segments: list[tuple[Any, ...]] | None = None,
+    durable: bool = True,
 ) -> tuple[Any, Any, float, float, dict[str, float] | None]:
     """One engine backtest: ``(engine, result, wall s, cpu s, stage totals)``; the up-front
     batched scoring (if any) counts in both times."""
@@ -363,7 +364,7 @@ def run_engine(
     from engine.serving_client import OnnxModel
 
     model: Any = OnnxModel.from_dir(bundle)
-    e = _engine(world, model, journal_target)
+    e = _engine(world, model, journal_target, durable=durable)
     acc = instrument(e) if stages else None
     if stages:  # the whole on_bar: the decision and its journal commit
         on_bar = e.on_bar
@@ -617,6 +618,7 @@ def main() -> None:
             )
             engine_runs = [("engine, model per bar (ONNX)", wall_bar, cpu_bar)]
             same_journal = None
+            file_runs: list[tuple[str, float, float]] = []  # shown, not in the ratio
             segs: list[tuple[Any, ...]] = []
             if has_pre:
                 w2 = world()
@@ -628,6 +630,19 @@ def main() -> None:
                 same_journal = journal_fingerprint(e_pre.journal) == journal_fingerprint(
                     e_bar.journal
                 )
+                # what `tx engine run --mode backtest` runs: a new SQLite file, not durable
+                e_file, _, wall_file, cpu_file, _ = run_engine(
+                    world(),
+                    bundle,
+                    str(tmp / f"backtest-{days}d.sqlite"),
+                    symbols,
+                    precomputed=True,
+                    durable=False,
+                )
+                file_runs.append(("  same, journal a file (tx's default)", wall_file, cpu_file))
+                same_journal = same_journal and journal_fingerprint(
+                    e_file.journal
+                ) == journal_fingerprint(e_bar.journal)
             sess = _onnx_session(bundle)
             vec = [vectorised(world(), sess, min_conf, symbols) for _ in range(3)]
             wall_vec = float(np.median([v[0] for v in vec]))
@@ -635,7 +650,7 @@ def main() -> None:
             _, _, n_vec, pnl, vec_pos = vec[0]
             n = r_bar.decisions
             print(f"  {'':<36}{'decisions/s':>14}{'per CPU s':>12}{'us/decision':>13}")
-            for name, wall, cpu in engine_runs:
+            for name, wall, cpu in engine_runs + file_runs:
                 print(f"  {name:<36}{n / wall:>14,.0f}{n / cpu:>12,.0f}{wall / n * 1e6:>13.1f}")
             print(
                 f"  {'vectorised numpy loop (median of 3)':<36}{n_vec / wall_vec:>14,.0f}"
@@ -651,7 +666,8 @@ def main() -> None:
             )
             if same_journal is not None:
                 print(
-                    f"  journal with precomputed predictions identical to per-bar: {same_journal}"
+                    "  journal with precomputed predictions (memory and file) identical to "
+                    f"per-bar: {same_journal}"
                 )
             if len(segs) > 2:
                 print(
