@@ -398,6 +398,61 @@ def run_engine(
     return e, res, time.perf_counter() - t0, time.process_time() - c0, acc
 
 
+class _NoMetrics:
+    """Ablation only (:func:`ablation`): a metrics sink that records nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self
+
+    def __call__(self, *a: Any, **k: Any) -> Any:
+        return self
+
+
+ABLATIONS = ("none", "metrics", "decision row", "metrics + decision row")
+
+
+def ablation(
+    make_world: Callable[[], Any], bundle: Path, symbols: list[str], vec_rate: float, runs: int = 3
+) -> None:
+    """What the engine's backtest would cost without parts it cannot do without: the
+    Prometheus metrics (a sink that records nothing) and the journal's decision row
+    (``record`` skipped), alone and together, predictions precomputed, journal ``:memory:``.
+    Not a mode of the engine: a bound on what removing them could give, against the 1/10
+    target. Variants interleaved ``runs`` times, best CPU time of each."""
+    import engine.backtest as bt
+    from engine.serving_client import OnnxModel
+
+    best: dict[str, float] = {}
+    n = 0
+    for _ in range(runs):
+        for name in ABLATIONS:
+            w = make_world()
+            model = bt.PrecomputedModel.score(OnnxModel.from_dir(bundle), w.features, symbols)
+            e = _engine(w, model, ":memory:")
+            if "metrics" in name:
+                e.metrics = _NoMetrics()
+            if "decision row" in name:
+                e.journal.record = lambda rec: None
+            c0 = time.process_time()
+            res = bt.run_backtest(e, w.closes, symbols, w.set_time)
+            cpu = time.process_time() - c0
+            n = res.decisions
+            best[name] = min(best.get(name, float("inf")), cpu)
+    print(
+        f"\nablation, {n} decisions, predictions precomputed, journal :memory: (best CPU of {runs}):"
+    )
+    print(f"  {'removed':<26}{'us/decision':>12}{'dec/CPU s':>11}{'ratio':>9}")
+    for name in ABLATIONS:
+        rate = n / best[name]
+        print(
+            f"  {name:<26}{best[name] / n * 1e6:>12.1f}{rate:>11,.0f}"
+            f"{rate / vec_rate:>9.4f}  (1/{vec_rate / rate:,.0f})"
+        )
+    print(
+        f"  target: >= 0.1 of the vectorised loop's {vec_rate:,.0f}/CPU s = {1e7 / vec_rate:.1f} us/decision"
+    )
+
+
 def lockstep(
     make_world: Callable[[int, int], Any],
     bundle: Path,
@@ -564,6 +619,12 @@ def main() -> None:
         default=50.0,
         help="--explain-compare: wall time between bar closes, both modes (live M5: 300000)",
     )
+    ap.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also time the short span without the metrics and/or the journal's decision row "
+        "(a bound, not a mode of the engine)",
+    )
     ap.add_argument("--serving-url", default=None)
     ap.add_argument("--serving-token", default=None)
     args = ap.parse_args()
@@ -723,6 +784,8 @@ def main() -> None:
                     same_journal,
                 )
             )
+            if args.ablate and has_pre and days == spans[0]:
+                ablation(world, bundle, symbols, n_vec / cpu_vec)
 
         # -- the short span with the journal on disk (SQLite WAL, durable: a WAL flush per commit point)
         days = spans[0]
