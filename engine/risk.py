@@ -305,7 +305,8 @@ class RiskManager:
         st = self.state
         if st.trading_state is new and st.state_reason == str(reason):
             return
-        log.warning("trading state %s -> %s (%s: %s)", st.trading_state, new, reason, detail)
+        why = ": ".join(str(x) for x in (reason, detail) if x)
+        log.warning("trading state %s -> %s%s", st.trading_state, new, f" ({why})" if why else "")
         st.trading_state, st.state_reason, st.state_detail = new, str(reason), detail
         self._changed()
 

@@ -206,6 +206,33 @@ def backtest_model(es: Any, ps: Any) -> Any:
     return ModelHandle(es)
 
 
+def _replay_quietly(engine: Any, world: BacktestWorld, symbols: list[str]) -> Any:
+    """The backtest's replay with a progress bar over its bar closes (on a terminal only) and
+    without the simulated terminal's line per order (``opened #…``, ``closed #…``): every fill
+    is in the journal and the summary counts them. ``tx -v`` (debug logging) keeps them."""
+    from engine.backtest import run_backtest
+    from titanovax.progress import progress
+
+    sim_log = logging.getLogger("engine.mt5.sim")
+    level = sim_log.level
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        sim_log.setLevel(max(level, logging.WARNING))
+    step = 64  # closes per bar update: the bar's lock stays off the per-close path
+    try:
+        with progress("backtest", len(world.closes)) as advance:
+            seen = [0]
+
+            def set_time(t: int) -> None:
+                world.set_time(t)
+                seen[0] += 1
+                if seen[0] % step == 0:
+                    advance(step)
+
+            return run_backtest(engine, world.closes, symbols, set_time)
+    finally:
+        sim_log.setLevel(level)
+
+
 def run_engine(
     mode: str | None,
     *,
@@ -220,7 +247,7 @@ def run_engine(
     from datetime import UTC, datetime
 
     from engine.app import ModelHandle, build_engine, start_explain_worker
-    from engine.backtest import PrecomputedModel, run_backtest
+    from engine.backtest import PrecomputedModel
     from engine.config import EngineSettings
     from engine.control import ControlServer
     from engine.journal import Journal, redact_dsn
@@ -259,7 +286,7 @@ def run_engine(
             sleep=lambda s: None,
             mode="backtest",
         )
-        res = run_backtest(engine, world.closes, es.symbols, world.set_time)
+        res = _replay_quietly(engine, world, es.symbols)
         lat = np.array(engine.stats.latencies_ms or [0.0])
         return {
             "mode": "backtest",

@@ -1,6 +1,7 @@
 """`tx engine run --mode backtest` through the real app: a backtest's journal does not wait for
 the disk by default (no synchronous commit point in the whole run), and waits at every bar
-when TX_ENGINE_BACKTEST_JOURNAL_DURABLE=true; both journals hold the same decisions.
+when TX_ENGINE_BACKTEST_JOURNAL_DURABLE=true; both journals hold the same decisions. The
+simulated terminal's line per order stays out of the log (the fills are in the journal).
 
 The model is a real ONNX graph (softmax of one feature times a weight) over the trend
 features the backtest world computes; the market is the simulator's."""
@@ -8,6 +9,7 @@ features the backtest world computes; the market is the simulator's."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -91,3 +93,17 @@ def test_backtest_journal_when_run_by_default_then_no_commit_waits_for_the_disk_
     rows = _decisions(tmp_path / "relaxed.sqlite")
     assert len(rows) == relaxed["decisions"]
     assert rows == _decisions(tmp_path / "durable.sqlite")
+
+
+def test_backtest_log_when_run_without_verbose_then_no_line_per_order_and_the_level_is_restored(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("TX_"):
+            monkeypatch.delenv(name)
+    caplog.set_level(logging.INFO)
+    out = _backtest(tmp_path, bundle, "quiet", None)
+    assert out["verdicts"].get("sent", 0) > 0  # orders were filled ...
+    sim = [r for r in caplog.records if r.name == "engine.mt5.sim"]
+    assert not [r for r in sim if r.levelno < logging.WARNING], sim[:3]  # ... not logged
+    assert logging.getLogger("engine.mt5.sim").level == logging.NOTSET  # restored
