@@ -21,6 +21,14 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.unit
 
 
+@pytest.fixture(autouse=True)
+def _no_tx_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the settings each run gives (CliRunner's env adds, it does not remove)."""
+    for name in list(os.environ):
+        if name.startswith("TX_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
     from feature_repo.pipeline.transforms import TREND_V1_FEATURES
@@ -47,8 +55,7 @@ def bundle(tmp_path: Path) -> Path:
 def _backtest(tmp_path: Path, bundle: Path, tag: str, durable: str | None) -> dict:
     from titanovax.cli import app
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TX_")}
-    env |= {
+    env = {
         "TX_HOME": str(tmp_path / "home"),
         "TX_ENGINE_BUNDLE_DIR": str(bundle),
         "TX_SYMBOLS": "EURUSD",
@@ -74,11 +81,8 @@ def _decisions(path: Path) -> list[tuple]:
 
 
 def test_backtest_journal_when_run_by_default_then_no_commit_waits_for_the_disk_and_durable_true_waits_every_bar(
-    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, bundle: Path
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("TX_"):
-            monkeypatch.delenv(name)
     relaxed = _backtest(tmp_path, bundle, "relaxed", None)
     assert relaxed["journal_durable"] is False
     assert relaxed["journal_sync_commits"] == 0
@@ -96,11 +100,8 @@ def test_backtest_journal_when_run_by_default_then_no_commit_waits_for_the_disk_
 
 
 def test_backtest_log_when_run_without_verbose_then_no_line_per_order_and_the_level_is_restored(
-    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("TX_"):
-            monkeypatch.delenv(name)
     caplog.set_level(logging.INFO)
     out = _backtest(tmp_path, bundle, "quiet", None)
     assert out["verdicts"].get("sent", 0) > 0  # orders were filled ...
