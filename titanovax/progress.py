@@ -25,6 +25,8 @@ def progress(description: str, total: float | None) -> Iterator[Callable[..., No
     if not interactive():
         yield lambda n=1, description=None: None
         return
+    import logging
+
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -34,6 +36,7 @@ def progress(description: str, total: float | None) -> Iterator[Callable[..., No
         TimeElapsedColumn,
     )
 
+    real_stderr = sys.stderr
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -43,6 +46,15 @@ def progress(description: str, total: float | None) -> Iterator[Callable[..., No
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=total)
+        # log lines go above the bar: the handlers that write to the real stderr write, while
+        # the bar shows, to the stream Rich put in its place (sys.stderr, redirected)
+        moved = [
+            h
+            for h in logging.getLogger().handlers
+            if isinstance(h, logging.StreamHandler) and h.stream is real_stderr
+        ]
+        for h in moved:
+            h.setStream(sys.stderr)
 
         def advance(n: float = 1, description: str | None = None) -> None:
             if description:
@@ -50,4 +62,8 @@ def progress(description: str, total: float | None) -> Iterator[Callable[..., No
             else:
                 bar.update(task, advance=n)
 
-        yield advance
+        try:
+            yield advance
+        finally:
+            for h in moved:
+                h.setStream(real_stderr)
